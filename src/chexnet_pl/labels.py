@@ -1,0 +1,34 @@
+"""The fixed class order of the model's outputs.
+
+The 14 NIH findings in alphabetical order, then ``No Finding`` (15 outputs by default).
+With ``include_no_finding=False`` the model has the 14 findings alone, as in the CheXNet paper's
+table. Mean AUROC is always taken over the 14 findings only.
+"""
+
+from __future__ import annotations
+
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+)
+NO_FINDING = "No Finding"
+
+
+def class_names(include_no_finding: bool = True) -> list[str]:
+    """Output names in model order: the 14 findings, then ``No Finding`` when included."""
+    names = list(FINDINGS)
+    if include_no_finding:
+        names.append(NO_FINDING)
+    return names

@@ -1,0 +1,94 @@
+"""Shared fixtures: the real NIH data in ../shared/data (skipped when absent), generated data,
+and the project's real Hydra configs composed for tiny runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from chexnet_pl.data.synthetic import generate_synthetic_nih
+from chexnet_pl.train import CONFIG_DIR
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CHEXNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+NIH_META = SHARED_DATA / "nih-meta"
+NIH_SAMPLE = SHARED_DATA / "nih-sample"
+
+
+@pytest.fixture(scope="session")
+def nih_meta() -> Path:
+    if not (NIH_META / "Data_Entry_2017_v2020.csv.gz").is_file():
+        pytest.skip(
+            f"real NIH metadata not found at {NIH_META} (../shared/data is only beside CI checkouts)"
+        )
+    return NIH_META
+
+
+@pytest.fixture(scope="session")
+def nih_sample() -> Path:
+    if not (NIH_SAMPLE / "images").is_dir():
+        pytest.skip(
+            f"real NIH sample images not found at {NIH_SAMPLE} (../shared/data is only beside CI checkouts)"
+        )
+    return NIH_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic download (64 px PNGs) in NIH's format; shared, so treat it as read-only."""
+    return generate_synthetic_nih(
+        tmp_path_factory.mktemp("synthetic_nih"),
+        num_patients=40,
+        images_per_patient=3,
+        image_size=64,
+        prevalence=0.25,
+        seed=1,
+    )
+
+
+def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """The shipped ``train.yaml`` composed by Hydra, as ``python -m chexnet_pl.train`` would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={output_dir}", *(overrides or [])])
+
+
+def tiny_overrides(root: Path, experiment: str = "demo") -> list[str]:
+    """Shrink an experiment to seconds on a CPU: generated 64 px data, no workers, no downloads."""
+    return [
+        f"experiment={experiment}",
+        f"data.root={root}",
+        "data.synthetic=null",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "data.num_workers=0",
+        "model.pretrained=false",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+    ]
+
+
+@pytest.fixture
+def make_cfg(tmp_path, synthetic_root):
+    def _make(*extra: str, experiment: str = "demo") -> DictConfig:
+        return compose_train_config(
+            tmp_path / "run", tiny_overrides(synthetic_root, experiment) + list(extra)
+        )
+
+    yield _make
+    GlobalHydra.instance().clear()

@@ -1,0 +1,94 @@
+"""Official, patient and file splits; patient leaks are always refused."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from chexnet_pl.data.nih_table import read_data_entry
+from chexnet_pl.data.splits import (
+    assert_no_patient_leak,
+    file_split,
+    make_split,
+    official_split,
+    patient_split,
+)
+from chexnet_pl.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def real_table(nih_meta):
+    return read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz")
+
+
+def test_official_split_on_real_metadata(real_table, nih_meta):
+    split = make_split(real_table, "official", nih_meta, val_fraction=0.1, seed=0)
+    counts = split.value_counts().to_dict()
+    assert counts["test"] == 25596
+    assert counts["train"] + counts["val"] == 86524
+    patients = real_table.groupby(split)["Patient ID"].nunique()
+    assert patients["train"] + patients["val"] == 28008 and patients["test"] == 2797
+    assert abs(patients["val"] / 28008 - 0.1) < 0.001
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(real_table["Patient ID"][split == a]) & set(
+            real_table["Patient ID"][split == b]
+        )
+    again = official_split(
+        real_table, nih_meta / "train_val_list.txt", nih_meta / "test_list.txt", 0.1, 0
+    )
+    assert again.equals(split)
+    other_seed = official_split(
+        real_table, nih_meta / "train_val_list.txt", nih_meta / "test_list.txt", 0.1, 1
+    )
+    assert not other_seed.equals(split)
+
+
+def test_patient_split_70_10_20_on_real_metadata(real_table):
+    split = patient_split(real_table, (0.7, 0.1, 0.2), seed=3)
+    assert split.notna().all()
+    assert_no_patient_leak(real_table, split)
+    shares = real_table.groupby(split)["Patient ID"].nunique() / real_table["Patient ID"].nunique()
+    assert shares.round(3).to_dict() == {"test": 0.2, "train": 0.7, "val": 0.1}
+
+
+def _table():
+    return pd.DataFrame(
+        {"Image Index": ["a.png", "b.png", "c.png", "d.png"], "Patient ID": [1, 1, 2, 3]}
+    )
+
+
+def test_file_split_csv_and_txt(tmp_path):
+    csv = tmp_path / "split.csv"
+    csv.write_text("Image Index,split\na.png,train\nb.png,train\nc.png,val\nd.png,test\n")
+    assert file_split(_table(), csv).tolist() == ["train", "train", "val", "test"]
+    txt = tmp_path / "split.txt"
+    txt.write_text("a.png train\nb.png train\n\nc.png test\n")
+    result = file_split(_table(), txt)
+    assert result.tolist()[:3] == ["train", "train", "test"] and pd.isna(result.iloc[3])
+
+
+def test_file_split_errors_name_line_and_value(tmp_path):
+    bad_value = tmp_path / "bad.csv"
+    bad_value.write_text("Image Index,split\na.png,train\nb.png,validation\n")
+    with pytest.raises(DataError, match=r"line 3: split of 'b.png' is 'validation'"):
+        file_split(_table(), bad_value)
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("a.png train\nzzz.png test\n")
+    with pytest.raises(
+        DataError, match=r"1 image\(s\) not in the metadata CSV, e.g. \['zzz.png'\]"
+    ):
+        file_split(_table(), unknown)
+
+
+def test_patient_in_two_splits_is_refused(tmp_path):
+    leaky = tmp_path / "leaky.csv"
+    leaky.write_text("Image Index,split\na.png,train\nb.png,test\nc.png,val\nd.png,test\n")
+    with pytest.raises(DataError, match=r"patient 1 in \['test', 'train'\]"):
+        make_split(_table(), "file", tmp_path, file=leaky)
+
+
+def test_bad_method_and_fractions():
+    with pytest.raises(DataError, match="unknown data.split.method 'random'"):
+        make_split(_table(), "random", ".")
+    with pytest.raises(DataError, match="summing to 1"):
+        patient_split(_table(), (0.7, 0.2, 0.2))

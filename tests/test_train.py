@@ -1,0 +1,189 @@
+"""The shipped Hydra configs, composed for real and run with a real Lightning Trainer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from chexnet_pl.labels import class_names
+from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.train import CONFIG_DIR, resolve_precision, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def test_experiments_ship_the_documented_recipes(make_cfg):
+    assert {"demo", "densenet121", "reproduce_chexnet"} <= set(EXPERIMENTS)
+    paper = make_cfg(experiment="densenet121")
+    assert (paper.data.image_size, paper.data.batch_size) == (32, 8)  # shrunk by the test overrides
+    assert paper.model.optimizer.name == "adam" and paper.model.optimizer.lr == 1e-3
+    assert list(paper.model.optimizer.betas) == [0.9, 0.999]
+    assert (
+        paper.model.scheduler.name,
+        paper.model.scheduler.factor,
+        paper.model.scheduler.patience,
+    ) == ("plateau", 0.1, 1)
+    assert paper.callbacks.model_checkpoint.monitor == "val/auroc" and paper.test is True
+    sgd = make_cfg(experiment="reproduce_chexnet")
+    assert (sgd.model.optimizer.name, sgd.model.optimizer.lr, sgd.model.optimizer.momentum) == (
+        "sgd",
+        0.01,
+        0.9,
+    )
+    assert sgd.model.optimizer.weight_decay == 1e-4 and sgd.callbacks.early_stopping.patience == 3
+
+
+def test_paper_recipe_defaults_before_shrinking():
+    """Composed without test overrides: 224 px, batch 16, ImageNet weights, 15 outputs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=densenet121", "data.root=/data/nih"])
+    GlobalHydra.instance().clear()
+    assert (cfg.data.image_size, cfg.data.batch_size, cfg.model.pretrained) == (224, 16, True)
+    assert cfg.data.include_no_finding and cfg.model.include_no_finding
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_fast_dev_run(make_cfg, experiment):
+    cfg = make_cfg("+trainer.fast_dev_run=true", experiment=experiment)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].state.finished
+    assert "test/loss" in metrics and torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_short_run_writes_checkpoints_tables_and_reloads(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.max_epochs=2", "trainer.limit_train_batches=3")
+    metrics, objects = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (
+        run / "checkpoints" / "last.ckpt"
+    ).is_file()
+    resolved = OmegaConf.load(run / "config_resolved.yaml")
+    assert (
+        resolved.data.root == cfg.data.root
+        and "${" not in (run / "config_resolved.yaml").read_text()
+    )
+    logged = pd.read_csv(run / "csv" / "metrics.csv")
+    assert {"train/loss_epoch", "val/loss", "val/auroc", "val/auroc_best", "test/auroc"} <= set(
+        logged.columns
+    )
+    assert logged.loc[logged["val/loss"].notna(), "epoch"].tolist() == [0, 1]
+    table = pd.read_csv(run / "auroc_table.csv", index_col="class")
+    assert list(table.index) == [*class_names(), "Mean (14 findings)"]
+    assert abs(table.loc["Mean (14 findings)", "test_auroc"] - metrics["test/auroc"]) < 1e-6
+
+    best = CheXNetModule.load_from_checkpoint(
+        run / "checkpoints" / "best.ckpt", map_location="cpu"
+    ).eval()
+    assert best.hparams.backbone == "densenet121" and best.class_names == class_names()
+    last = CheXNetModule.load_from_checkpoint(
+        run / "checkpoints" / "last.ckpt", map_location="cpu"
+    ).eval()
+    trained = objects["model"].cpu().eval()
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(last.predict_proba(images), trained.predict_proba(images))
+    checkpoint = torch.load(
+        run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
+    )
+    assert checkpoint["hyper_parameters"]["optimizer"]["name"] == "adam"
+
+
+def test_fourteen_outputs_is_one_setting(make_cfg):
+    cfg = make_cfg("include_no_finding=false", "+trainer.fast_dev_run=true")
+    _, objects = train(cfg)
+    assert objects["model"].net.classifier.out_features == 14
+    assert objects["datamodule"].num_classes == 14
+
+
+def test_pos_weight_reaches_the_loss(make_cfg):
+    cfg = make_cfg("model.pos_weight=true", "+trainer.fast_dev_run=true")
+    _, objects = train(cfg)
+    expected = torch.as_tensor(objects["datamodule"].pos_weight())
+    torch.testing.assert_close(objects["model"].loss_pos_weight, expected)
+    assert (expected[:14] > 1).all()  # every finding is a minority class here
+
+
+def test_precision_auto():
+    assert resolve_precision("auto") == (
+        "32-true" if not torch.cuda.is_available() else resolve_precision("auto")
+    )
+    assert resolve_precision("bf16-mixed") == "bf16-mixed"
+
+
+def test_command_line_entry_point(synthetic_root, tmp_path):
+    """``python -m chexnet_pl.train`` as a user runs it: Hydra's run folder gets every output."""
+    run_dir = tmp_path / "cli_run"
+    command = [
+        sys.executable,
+        "-m",
+        "chexnet_pl.train",
+        "experiment=demo",
+        f"data.root={synthetic_root}",
+        "data.synthetic=null",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "train.log").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "per-class AUROC" in (run_dir / "train.log").read_text()
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    cfg_dir = Path(CONFIG_DIR)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chexnet_pl.train",
+            "experiment=densenet121",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "data.root" in result.stderr and cfg_dir.is_dir()
+
+
+def test_wandb_logger_offline(make_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("logger=wandb")
+    _, objects = train(cfg)
+    names = [type(lg).__name__ for lg in objects["trainer"].loggers]
+    assert names == ["CSVLogger", "WandbLogger"]
+    import wandb
+
+    wandb.finish()
+    assert list(Path(cfg.paths.output_dir, "wandb").glob("offline-run-*"))
+
+
+def test_instantiated_objects_are_plain(make_cfg):
+    cfg = make_cfg()
+    model = hydra.utils.instantiate(cfg.model)
+    assert isinstance(model.hparams.optimizer, dict) and isinstance(
+        model.hparams.optimizer["betas"], list
+    )
