@@ -92,3 +92,10 @@ def make_cfg(tmp_path, synthetic_root):
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def compose_cfg():
+    """``compose_cfg(output_dir, overrides)``: the shipped config, composed as the CLI would."""
+    yield compose_train_config
+    GlobalHydra.instance().clear()

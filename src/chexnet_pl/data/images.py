@@ -54,7 +54,7 @@ def to_uint8_gray(image: Image.Image) -> np.ndarray:
     """Any PIL mode → HxW uint8: 16-bit is rescaled by its range, colour and alpha are dropped."""
     mode = image.mode
     if mode == "L":
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)  # a writable copy: torch refuses read-only arrays
     if mode.startswith("I"):
         values = np.asarray(image).astype(np.float32)
         peak = values.max(initial=0)
