@@ -100,6 +100,8 @@ def test_short_run_writes_checkpoints_tables_and_reloads(make_cfg, tmp_path):
         run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
     )
     assert checkpoint["hyper_parameters"]["optimizer"]["name"] == "adam"
+    data_hparams = checkpoint["datamodule_hyper_parameters"]  # how to rebuild the same split
+    assert data_hparams["image_size"] == 32 and data_hparams["split"]["method"] == "official"
 
 
 def test_fourteen_outputs_is_one_setting(make_cfg):

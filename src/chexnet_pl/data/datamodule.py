@@ -59,6 +59,8 @@ class NIHDataModule(pl.LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # Plain values, stored in checkpoints so evaluation can rebuild the same data and split.
+        self.save_hyperparameters(logger=False)
         if view_position not in VIEWS:
             raise DataError(f"data.view_position={view_position!r}; use one of {VIEWS}")
         if missing_images not in MISSING_POLICIES:
