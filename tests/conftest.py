@@ -80,6 +80,7 @@ def tiny_overrides(root: Path, experiment: str = "demo") -> list[str]:
         "trainer.num_sanity_val_steps=0",
         "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false",
+        "evaluation.bootstrap_samples=100",
     ]
 
 

@@ -10,7 +10,10 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
+from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
+from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.reporting import auroc_table, format_auroc_table
 
 log = logging.getLogger(__name__)
@@ -59,18 +62,35 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            log.warning("no best checkpoint was saved; testing the weights at the end of training")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-    if trainer.is_global_zero:
-        table = auroc_table(metrics, model.class_names)
+    if cfg.get("test") and trainer.is_global_zero:
+        metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
+    elif trainer.is_global_zero:
+        table = auroc_table(metrics, model.class_names, stages=("val",))
         table.to_csv(output_dir / "auroc_table.csv")
-        log.info("per-class AUROC (run folder %s):\n%s", output_dir, format_auroc_table(table))
+        log.info(
+            "per-class validation AUROC (run folder %s):\n%s", output_dir, format_auroc_table(table)
+        )
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+
+
+def _evaluate_best(
+    cfg: DictConfig, trainer: pl.Trainer, model, datamodule, output_dir: Path
+) -> dict[str, float]:
+    """The same evaluation as ``python -m chexnet_pl.evaluate``, on the best checkpoint's weights."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        model = CheXNetModule.load_from_checkpoint(best, map_location=model.device)
+    else:
+        log.warning("no best checkpoint was saved; evaluating the weights at the end of training")
+    settings = EvaluationSettings.from_config(cfg.get("evaluation"))
+    table, metrics = evaluate_model(model, datamodule, output_dir, settings, "test", best or None)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+        if isinstance(logger, WandbLogger):
+            log_to_wandb(logger.experiment, table, output_dir, "test")
+            logger.experiment.summary.update(metrics)
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

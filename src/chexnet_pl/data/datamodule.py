@@ -189,6 +189,23 @@ class NIHDataModule(pl.LightningDataModule):
             drop_last=shuffle and len(dataset) > self.batch_size,
         )
 
+    def eval_dataloader(self, split: str, image_size: int | None = None) -> DataLoader:
+        """Deterministic, ordered batches of ``split``, optionally resized to another size (TTA)."""
+        if split not in self.datasets:
+            self.setup()
+        if image_size is None or image_size == self.image_size:
+            return self._loader(split, shuffle=False)
+        source = self.datasets[split]
+        dataset = NIHChestXray(
+            source.table, source.labels, source.pathologies, eval_transform(image_size)
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 

@@ -1,0 +1,327 @@
+"""Evaluation: AUROC equal to scikit-learn's, patient bootstrap, operating points, stored
+predictions, scoring a predictions file (real NIH metadata), the command line."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import compose_train_config, tiny_overrides
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from sklearn.metrics import roc_auc_score
+
+from chexnet_pl.data.nih_table import read_data_entry
+from chexnet_pl.data.splits import read_name_list
+from chexnet_pl.errors import DataError
+from chexnet_pl.evaluate import evaluate
+from chexnet_pl.evaluation import predictions as predictions_module
+from chexnet_pl.evaluation.auroc import bootstrap_auroc, weighted_auroc
+from chexnet_pl.evaluation.predictions import read_predictions
+from chexnet_pl.evaluation.report import (
+    MEAN_ROW,
+    PAPER_AUROC,
+    choose_threshold,
+    format_report,
+    operating_point,
+    score_predictions,
+)
+from chexnet_pl.evaluation.runner import label_index
+from chexnet_pl.labels import FINDINGS, class_names
+from chexnet_pl.train import CONFIG_DIR, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_evaluate(output_dir: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"paths.output_dir={output_dir}", *overrides])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_weighted_auroc_equals_scikit_learn_with_ties_and_resamples():
+    rng = np.random.default_rng(1)
+    labels = (rng.random(500) < 0.3).astype(int)
+    scores = np.round(labels * 0.2 + rng.random(500), 1)  # many ties
+    assert abs(weighted_auroc(scores, labels)[0] - roc_auc_score(labels, scores)) < 1e-12
+    counts = rng.integers(0, 3, 500)  # a resample: row i drawn counts[i] times
+    repeated = np.repeat(np.arange(500), counts)
+    expected = roc_auc_score(labels[repeated], scores[repeated])
+    assert abs(weighted_auroc(scores, labels, counts[None, :])[0] - expected) < 1e-12
+    assert np.isnan(weighted_auroc(scores, np.zeros(500))[0])
+
+
+def test_bootstrap_resamples_patients_not_images():
+    rng = np.random.default_rng(2)
+    patients = np.repeat(np.arange(50), 4)
+    labels = (rng.random((200, 2)) < 0.4).astype(int)
+    scores = labels * 0.5 + rng.random((200, 2))
+    samples = bootstrap_auroc(scores, labels, patients, samples=300, seed=0)
+    assert samples.shape == (300, 2)
+    again = bootstrap_auroc(scores, labels, patients, samples=300, seed=0)
+    np.testing.assert_array_equal(samples, again)
+    point = weighted_auroc(scores[:, 0], labels[:, 0])[0]
+    low, high = np.percentile(samples[:, 0], [2.5, 97.5])
+    assert low < point < high and high - low > 0.02
+
+
+def test_operating_points():
+    scores = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    assert choose_threshold(scores, labels, "youden") == pytest.approx(0.35)
+    point = operating_point(scores, labels, 0.35)
+    assert point == pytest.approx(
+        {"sensitivity": 1.0, "specificity": 2 / 3, "ppv": 0.75, "f1": 6 / 7}
+    )
+    assert choose_threshold(scores, labels, "f1") == pytest.approx(0.35)
+    assert np.isnan(choose_threshold(scores, np.zeros(6), "youden"))
+    with pytest.raises(ValueError, match="unknown evaluation.threshold 'max'"):
+        choose_threshold(scores, labels, "max")
+
+
+def test_report_table_layout_and_undefined_class():
+    rng = np.random.default_rng(3)
+    names = class_names()
+    labels = (rng.random((400, 15)) < 0.3).astype(float)
+    labels[:, FINDINGS.index("Hernia")] = 0  # no positives: undefined, not 0.5
+    scores = np.clip(labels * 0.4 + rng.random((400, 15)) * 0.7, 0, 1)
+    table = score_predictions(scores, labels, np.arange(400) // 2, names, 200, 0, 0.95, [0.5] * 15)
+    assert list(table.index) == [*FINDINGS, MEAN_ROW, "No Finding"]
+    assert np.isnan(table.at["Hernia", "auroc"]) and np.isnan(table.at["Hernia", "ci_low"])
+    defined = [f for f in FINDINGS if f != "Hernia"]
+    assert table.at[MEAN_ROW, "auroc"] == pytest.approx(table.loc[defined, "auroc"].mean())
+    assert (
+        table.at["Mass", "paper_auroc"] == PAPER_AUROC["Mass"]
+        and table.at[MEAN_ROW, "paper_auroc"] == 0.841
+    )
+    assert table.at["Mass", "diff_vs_paper"] == pytest.approx(table.at["Mass", "auroc"] - 0.8676)
+    assert (table.loc[defined, "ci_low"] < table.loc[defined, "auroc"]).all()
+    assert (table.loc[defined, "auroc"] < table.loc[defined, "ci_high"]).all()
+    assert table.at["Mass", "positives"] + table.at["Mass", "negatives"] == 400
+    text = format_report(table)
+    assert "undefined" in text and "nan" not in text.lower().replace("undefined", "")
+
+
+def _write_preds(path: Path, names, scores, columns=None):
+    frame = pd.DataFrame(scores, columns=columns or [f"prob_{c}" for c in class_names()])
+    frame.insert(0, "Image Index", names)
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda f: f.assign(**{"Image Index": ["zzz.png", *f["Image Index"][1:]]}),
+            r"1 image name\(s\) not in the NIH metadata, e.g. \['zzz.png'\]",
+        ),
+        (
+            lambda f: f.drop(columns=["prob_Mass", "prob_Hernia"]),
+            r"lacks 2 class column\(s\): \['prob_Hernia', 'prob_Mass'\]",
+        ),
+        (
+            lambda f: f.assign(prob_Edema=["high", *f["prob_Edema"][1:]]),
+            r"line 2, column prob_Edema: 'high' is not a probability",
+        ),
+        (
+            lambda f: f.assign(prob_Edema=[*f["prob_Edema"][:3], 1.5, *f["prob_Edema"][4:]]),
+            r"line 5, column prob_Edema: .*1.5",
+        ),
+        (lambda f: pd.concat([f, f.head(1)]), r"has more than one row"),
+    ],
+)
+def test_bad_predictions_files(tmp_path, synthetic_root, edit, message):
+    truth = label_index(read_data_entry(synthetic_root / "Data_Entry_2017_v2020.csv"))
+    frame = pd.DataFrame(np.full((10, 15), 0.5), columns=[f"prob_{c}" for c in class_names()])
+    frame.insert(0, "Image Index", truth.index[:10])
+    path = tmp_path / "preds.csv"
+    edit(frame).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message):
+        read_predictions(path, truth.index)
+
+
+def test_scoring_a_file_built_from_the_real_metadata(nih_meta, tmp_path):
+    """The official test list (25,596 images) with noisy label-derived scores, scored without a model."""
+    table = read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz")
+    test_names = read_name_list(nih_meta / "test_list.txt")
+    truth = label_index(table).loc[test_names]
+    rng = np.random.default_rng(0)
+    labels = truth[class_names()].to_numpy()
+    scores = np.clip(0.25 * labels + rng.random(labels.shape) * 0.75, 0, 1).round(
+        3
+    )  # ties included
+    preds = _write_preds(tmp_path / "preds.csv", test_names, scores)
+    cfg = compose_evaluate(
+        tmp_path / "out",
+        f"preds={preds}",
+        f"data.root={nih_meta}",
+        "evaluation.bootstrap_samples=200",
+    )
+    metrics = evaluate(cfg)
+    aucs = pd.read_csv(tmp_path / "out" / "aucs.csv", index_col="class")
+    for j, name in enumerate(class_names()):
+        expected = roc_auc_score(labels[:, j], scores[:, j])
+        assert abs(aucs.at[name, "auroc"] - expected) < 1e-6
+        assert aucs.at[name, "positives"] == labels[:, j].sum()
+    assert metrics["test/auroc"] == pytest.approx(
+        np.mean([roc_auc_score(labels[:, j], scores[:, j]) for j in range(14)]), abs=1e-6
+    )
+    assert (tmp_path / "out" / "roc_curves.png").is_file() and (
+        tmp_path / "out" / "pr_curves.png"
+    ).is_file()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_root):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_train_config(run, tiny_overrides(synthetic_root) + ["trainer.max_epochs=2"])
+    GlobalHydra.instance().clear()
+    train(cfg)
+    return run
+
+
+def test_train_and_evaluate_share_one_code_path(trained_run, tmp_path):
+    cfg = compose_evaluate(
+        tmp_path / "eval",
+        f"ckpt={trained_run}/checkpoints/best.ckpt",
+        "data.num_workers=0",
+        "evaluation.bootstrap_samples=100",
+    )
+    evaluate(cfg)
+    from_train = pd.read_csv(trained_run / "aucs.csv", index_col="class")
+    from_evaluate = pd.read_csv(tmp_path / "eval" / "aucs.csv", index_col="class")
+    pd.testing.assert_frame_equal(from_train, from_evaluate)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(trained_run / "preds.csv"), pd.read_csv(tmp_path / "eval" / "preds.csv")
+    )
+    assert list(pd.read_csv(tmp_path / "eval" / "preds.csv").columns) == [
+        "Image Index",
+        *[f"prob_{c}" for c in class_names()],
+    ]
+
+
+def test_second_evaluation_reuses_stored_predictions(trained_run, tmp_path, monkeypatch, caplog):
+    ckpt = f"ckpt={trained_run}/checkpoints/best.ckpt"
+    evaluate(
+        compose_evaluate(
+            tmp_path / "first",
+            ckpt,
+            "split=val",
+            "data.num_workers=0",
+            "evaluation.bootstrap_samples=0",
+        )
+    )
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr("chexnet_pl.evaluation.runner.predict", must_not_run)
+    with caplog.at_level(logging.INFO):
+        evaluate(
+            compose_evaluate(
+                tmp_path / "second",
+                ckpt,
+                "split=val",
+                "data.num_workers=0",
+                "evaluation.bootstrap_samples=0",
+            )
+        )
+    assert "reusing stored predictions" in caplog.text
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "first" / "preds.csv"),
+        pd.read_csv(tmp_path / "second" / "preds.csv"),
+    )
+
+
+@pytest.mark.parametrize("tta", ["hflip", "tencrop"])
+def test_test_time_augmentation(trained_run, tmp_path, tta):
+    ckpt = f"ckpt={trained_run}/checkpoints/best.ckpt"
+    plain = evaluate(
+        compose_evaluate(
+            tmp_path / "plain", ckpt, "data.num_workers=0", "evaluation.bootstrap_samples=0"
+        )
+    )
+    augmented = evaluate(
+        compose_evaluate(
+            tmp_path / tta,
+            ckpt,
+            f"evaluation.tta={tta}",
+            "data.num_workers=0",
+            "evaluation.bootstrap_samples=0",
+        )
+    )
+    a = pd.read_csv(tmp_path / "plain" / "preds.csv").iloc[:, 1:].to_numpy()
+    b = pd.read_csv(tmp_path / tta / "preds.csv").iloc[:, 1:].to_numpy()
+    assert a.shape == b.shape and not np.allclose(a, b) and ((b >= 0) & (b <= 1)).all()
+    assert set(plain) == set(augmented)
+
+
+def test_hflip_is_the_mean_of_image_and_mirror():
+    from chexnet_pl.evaluation.predictions import _probabilities
+    from chexnet_pl.models.module import CheXNetModule
+
+    model = CheXNetModule().eval()
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = (torch.sigmoid(model(images)) + torch.sigmoid(model(images.flip(-1)))) / 2
+        torch.testing.assert_close(_probabilities(model, images, "hflip", 32), expected)
+        assert _probabilities(
+            model, torch.randint(0, 256, (2, 1, 37, 37), dtype=torch.uint8), "tencrop", 32
+        ).shape == (2, 15)
+
+
+def test_command_line_scores_a_file_and_reports_bad_input(synthetic_root, tmp_path):
+    truth = label_index(read_data_entry(synthetic_root / "Data_Entry_2017_v2020.csv"))
+    rng = np.random.default_rng(0)
+    good = _write_preds(tmp_path / "good.csv", truth.index, rng.random((len(truth), 15)))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chexnet_pl.evaluate",
+            f"preds={good}",
+            f"data.root={synthetic_root}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+            "evaluation.bootstrap_samples=50",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out" / "aucs.csv").is_file() and "Mean (14 findings)" in (
+        tmp_path / "out" / "evaluate.log"
+    ).read_text()
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(good).drop(columns=["prob_Edema"]).to_csv(bad, index=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chexnet_pl.evaluate",
+            f"preds={bad}",
+            f"data.root={synthetic_root}",
+            f"hydra.run.dir={tmp_path / 'bad_out'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2
+    assert "lacks 1 class column(s): ['prob_Edema']" in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+
+
+def test_cpu_bf16_detection_is_a_bool():
+    assert isinstance(predictions_module.cpu_has_fast_bf16(), bool)
