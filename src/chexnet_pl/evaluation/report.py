@@ -4,6 +4,7 @@ paper's published values beside them, and operating points chosen on validation.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,12 +91,9 @@ def score_predictions(
         sample_means = mean_over(samples, class_names, FINDINGS)
         tail = (1 - confidence) / 2 * 100
         with_mean = np.column_stack([samples, sample_means])
-        with np.errstate(invalid="ignore"):
-            low, high = (
-                np.nanpercentile(with_mean, [tail, 100 - tail], axis=0)
-                if with_mean.size
-                else (np.nan, np.nan)
-            )
+        with warnings.catch_warnings():  # an all-NaN column is an undefined class: NaN is right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanpercentile(with_mean, [tail, 100 - tail], axis=0)
         defined = ~np.isnan(np.append(auroc, mean))
         table["ci_low"] = np.where(defined, low, np.nan)
         table["ci_high"] = np.where(defined, high, np.nan)
