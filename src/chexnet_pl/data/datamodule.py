@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,13 @@ class NIHDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = min(int(num_workers), os.cpu_count() or 1)
+        if self.num_workers < int(num_workers):
+            log.info(
+                "data.num_workers=%s capped at this machine's %d CPU cores",
+                num_workers,
+                self.num_workers,
+            )
         self.pin_memory = bool(pin_memory)
         self.missing_images = missing_images
         self.augment = dict(augment or {})

@@ -135,4 +135,25 @@ def format_report(table: pd.DataFrame) -> str:
                 for lo, hi in zip(shown.pop("ci_low"), shown.pop("ci_high"), strict=True)
             ],
         )
-    return shown.to_string(float_format=lambda v: f"{v:.4f}", na_rep="undefined")
+    # Cells that do not apply are blank; "undefined" is kept for scores that could not be computed.
+    not_applicable = {
+        MEAN_ROW: ["threshold", "sensitivity", "specificity", "ppv", "f1"],
+        NO_FINDING: ["paper_auroc", "diff_vs_paper"],
+    }
+    shown = shown.astype(object)
+    for row, columns in not_applicable.items():
+        for column in columns:
+            if row in shown.index and column in shown.columns:
+                shown.at[row, column] = ""
+    return shown.to_string(
+        na_rep="undefined",
+        formatters={
+            c: _cell for c in shown.columns if c not in ("positives", "negatives", "95% CI")
+        }
+    )
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):
+        return value
+    return "undefined" if pd.isna(value) else f"{value:.4f}"
