@@ -81,6 +81,7 @@ def tiny_overrides(root: Path, experiment: str = "demo") -> list[str]:
         "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false",
         "evaluation.bootstrap_samples=100",
+        "callbacks.visualization.n_images=2",
     ]
 
 

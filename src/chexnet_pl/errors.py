@@ -20,3 +20,7 @@ class ImageReadError(DataError):
 
 class WeightsError(ChexnetError, RuntimeError):
     """Pretrained weights or a checkpoint could not be loaded."""
+
+
+class TrainingError(ChexnetError, RuntimeError):
+    """Training cannot go on (a non-finite loss, an unusable output folder)."""

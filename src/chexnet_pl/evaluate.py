@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 DATA_OVERRIDES = ("root", "csv", "image_size", "num_workers", "eval_batch_size", "missing_images")
 
 
-def datamodule_from_checkpoint(checkpoint: Path, data_cfg: DictConfig) -> NIHDataModule:
+def datamodule_from_checkpoint(
+    checkpoint: Path, data_cfg: DictConfig, output_dir: Path
+) -> NIHDataModule:
     """The data and split the checkpoint was trained with; ``data.*`` given here take precedence."""
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
         "datamodule_hyper_parameters"
@@ -41,7 +43,7 @@ def datamodule_from_checkpoint(checkpoint: Path, data_cfg: DictConfig) -> NIHDat
         if not data_cfg.get("root"):
             raise DataError(f"{checkpoint} holds no data settings; give data.root=/path/to/nih")
         stored = {}
-    settings = {**stored, "synthetic": None}
+    settings = {**stored, "synthetic": None, "report_dir": str(output_dir)}
     settings.update({k: data_cfg[k] for k in DATA_OVERRIDES if data_cfg.get(k) is not None})
     return NIHDataModule(**settings)
 
@@ -65,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt:
         checkpoint = Path(cfg.ckpt).expanduser()
         model = load_model(checkpoint)
-        datamodule = datamodule_from_checkpoint(checkpoint, cfg.data)
+        datamodule = datamodule_from_checkpoint(checkpoint, cfg.data, output_dir)
         table, metrics = evaluate_model(model, datamodule, output_dir, settings, split, checkpoint)
     else:
         if not cfg.data.get("root") and not cfg.data.get("csv"):

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
+from chexnet_pl.callbacks import AtomicCheckpointIO
+from chexnet_pl.errors import ChexnetError, DataError, TrainingError, WeightsError
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
+from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.reporting import auroc_table, format_auroc_table
+from chexnet_pl.run_info import run_info
+from chexnet_pl.sweep import RUN_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,53 @@ def resolve_precision(requested: str | int) -> str | int:
     return "32-true"
 
 
+def _unwrap_worker_error(exc: RuntimeError) -> Exception:
+    """A DataLoader worker's ImageReadError reaches here as a RuntimeError holding its traceback
+    as text; give the user the error itself, not the worker's stack."""
+    text = str(exc)
+    if "Caught ImageReadError" not in text:
+        return exc
+    line = next(
+        (x for x in reversed(text.splitlines()) if "ImageReadError: " in x), text.splitlines()[0]
+    )
+    reason = line.split("ImageReadError: ", 1)[-1]
+    return DataError(
+        f"{reason}. Replace the file, or set data.on_bad_image=skip to leave such images out."
+    )
+
+
+def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
+    """Fail before training, not at the first checkpoint, when outputs cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write to the output folder {output_dir}: {exc.strerror or exc}. "
+            "Choose another with hydra.run.dir=... (or paths.output_dir=...)"
+        ) from exc
+    free_gb = shutil.disk_usage(output_dir).free / 1e9
+    if free_gb < min_free_gb:
+        raise TrainingError(
+            f"only {free_gb:.2f} GB free where the run writes ({output_dir}); checkpoints need more "
+            f"(paths.min_free_gb={min_free_gb}). Free space or choose another folder with hydra.run.dir=..."
+        )
+
+
+def check_resumable(model: CheXNetModule, ckpt_path: str) -> None:
+    """A checkpoint of another backbone or class count gets a plain message, not a key dump."""
+    stored = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+    for key in ("backbone", "include_no_finding"):
+        if key in stored and stored[key] != model.hparams[key]:
+            raise WeightsError(
+                f"cannot resume from {ckpt_path}: it has {key}={stored[key]!r}, this run has "
+                f"{key}={model.hparams[key]!r}. Resume with the settings of that run, or start from its "
+                "weights with init_from= instead."
+            )
+
+
 def _instantiate_all(section: DictConfig | None) -> list:
     if not section:
         return []
@@ -41,26 +97,44 @@ def _instantiate_all(section: DictConfig | None) -> list:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, then test."""
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_dir, float(cfg.paths.get("min_free_gb", 1.0)))
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
 
+    (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
+
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
+    if cfg.get("init_from"):
+        init_from_checkpoint(model, cfg.init_from)
+    if cfg.get("ckpt_path"):
+        check_resumable(model, cfg.ckpt_path)
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
-    trainer: pl.Trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers)
+    if trainer_cfg.get("sync_batchnorm") and (
+        trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    ):
+        log.info("sync_batchnorm needs GPUs; off for this CPU run")
+        trainer_cfg["sync_batchnorm"] = False
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        trainer_cfg, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
     log.info("precision %s on %s", trainer_cfg["precision"], trainer.accelerator.__class__.__name__)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except RuntimeError as exc:
+        raise _unwrap_worker_error(exc) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        _write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
 
     if cfg.get("test") and trainer.is_global_zero:
         metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
@@ -71,6 +145,48 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             "per-class validation AUROC (run folder %s):\n%s", output_dir, format_auroc_table(table)
         )
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+
+
+def _name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
+    """In a multirun, W&B runs of one sweep share a group and are named by their overrides."""
+    if not logger_cfg or "wandb" not in logger_cfg or not HydraConfig.initialized():
+        return logger_cfg
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    with open_dict(logger_cfg):
+        if logger_cfg.wandb.get("group") is None:
+            logger_cfg.wandb.group = Path(hydra_cfg.sweep.dir).name
+        if logger_cfg.wandb.get("name") is None:
+            logger_cfg.wandb.name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+    return logger_cfg
+
+
+def _write_run_summary(trainer: pl.Trainer, output_dir: Path, metric_name: str | None) -> None:
+    """``run_summary.json``: best monitored value, its epoch and checkpoint (read by sweep summaries)."""
+    callback = trainer.checkpoint_callback
+    best_path = callback.best_model_path if callback else ""
+    best_epoch = None
+    if best_path:
+        best_epoch = int(
+            torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+        )
+    best_score = callback.best_model_score if callback else None
+    summary = {
+        "best_val_auroc": float(best_score) if best_score is not None else None,
+        "best_epoch": best_epoch,
+        "checkpoint": best_path or None,
+        "last_checkpoint": str(Path(best_path).with_name("last.ckpt")) if best_path else None,
+        "optimized_metric": metric_name,
+        "optimized_value": float(trainer.callback_metrics[metric_name])
+        if metric_name in trainer.callback_metrics
+        else None,
+    }
+    (output_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=1))
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and summary["best_val_auroc"] is not None:
+            logger.experiment.summary["val/auroc_best"] = summary["best_val_auroc"]
 
 
 def _evaluate_best(
@@ -95,7 +211,13 @@ def _evaluate_best(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+    try:
+        metrics, _ = train(cfg)
+    except ChexnetError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records it in summary.csv and goes on with the other runs
+        log.error("%s", exc)
+        raise SystemExit(2) from exc
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
         log.warning("optimized_metric %r was not logged; sweepers get None", name)

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from chexnet_pl.data.dataset import NIHChestXray
+from chexnet_pl.data.image_check import find_bad_images
 from chexnet_pl.data.images import find_images
 from chexnet_pl.data.nih_table import IMAGE, VIEW, find_data_entry, label_matrix, read_data_entry
 from chexnet_pl.data.splits import SPLITS, make_split
@@ -56,6 +57,9 @@ class NIHDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         missing_images: str = "error",
+        on_bad_image: str = "error",
+        check_images: bool = True,
+        report_dir: str | None = None,
         augment: Mapping[str, Any] | None = None,
         synthetic: Mapping[str, Any] | None = None,
     ) -> None:
@@ -68,6 +72,8 @@ class NIHDataModule(pl.LightningDataModule):
             raise DataError(
                 f"data.missing_images={missing_images!r}; use one of {MISSING_POLICIES}"
             )
+        if on_bad_image not in MISSING_POLICIES:
+            raise DataError(f"data.on_bad_image={on_bad_image!r}; use one of {MISSING_POLICIES}")
         self.root = Path(root).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         self.pathologies = class_names(include_no_finding)
@@ -85,6 +91,9 @@ class NIHDataModule(pl.LightningDataModule):
             )
         self.pin_memory = bool(pin_memory)
         self.missing_images = missing_images
+        self.on_bad_image = on_bad_image
+        self.check_images = bool(check_images)
+        self.report_dir = Path(report_dir) if report_dir else None
         self.augment = dict(augment or {})
         self.synthetic = dict(synthetic) if synthetic else None
         self.table: pd.DataFrame | None = None
@@ -121,6 +130,8 @@ class NIHDataModule(pl.LightningDataModule):
             )
             table, labels = table[keep].reset_index(drop=True), labels[keep]
         table, labels = self._attach_paths(table, labels, csv)
+        if self.check_images:
+            table, labels = self._drop_bad_images(table, labels)
 
         self.table, self.labels = table, labels
         for name in SPLITS:
@@ -130,8 +141,15 @@ class NIHDataModule(pl.LightningDataModule):
                 if name == "train"
                 else eval_transform(self.image_size)
             )
+            skip_report = (
+                self._skip_report if name == "train" and self.on_bad_image == "skip" else None
+            )
             self.datasets[name] = NIHChestXray(
-                table[rows], labels[rows], self.pathologies, transform=transform
+                table[rows],
+                labels[rows],
+                self.pathologies,
+                transform=transform,
+                skip_report=skip_report,
             )
         sizes = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("split sizes: %s", sizes)
@@ -172,6 +190,41 @@ class NIHDataModule(pl.LightningDataModule):
             )
             table, labels = table[~missing].reset_index(drop=True), labels[~missing]
         return table, labels
+
+    @property
+    def _skip_report(self) -> Path:
+        return (self.report_dir or Path.cwd()) / "skipped_images.csv"
+
+    def _drop_bad_images(
+        self, table: pd.DataFrame, labels: np.ndarray
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Check every used image's header and end (not a full decode) before training starts."""
+        paths = table["path"].astype(str)
+        bad = dict(find_bad_images(paths.tolist()))
+        if not bad:
+            return table, labels
+        is_bad = paths.isin(bad).to_numpy()
+        listing = pd.DataFrame({"Image Index": table.loc[is_bad, IMAGE], "path": paths[is_bad]})
+        listing["reason"] = listing["path"].map(bad)
+        listing["found"] = "before training"
+        if self.on_bad_image == "skip":
+            report = self._skip_report
+        else:
+            report = (self.report_dir or Path.cwd()) / "bad_images.csv"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        listing.to_csv(report, index=False)
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in list(bad.items())[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        if self.on_bad_image == "error":
+            raise DataError(
+                f"{len(bad)} image file(s) cannot be used (all listed in {report}):\n{lines}{more}\n"
+                "Replace them, or set data.on_bad_image=skip to train without them."
+            )
+        log.warning(
+            "data.on_bad_image=skip: leaving out %d unusable image(s), listed in %s:\n%s%s",
+            len(bad), report, lines, more,
+        )  # fmt: skip
+        return table[~is_bad].reset_index(drop=True), labels[~is_bad]
 
     def pos_weight(self) -> np.ndarray:
         """Per-class negatives/positives on the training split (1 where a class has no positives)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,9 @@ from torch.utils.data import Dataset
 
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.nih_table import IMAGE
+from chexnet_pl.errors import DataError, ImageReadError
+
+log = logging.getLogger(__name__)
 
 
 class NIHChestXray(Dataset):
@@ -26,6 +31,7 @@ class NIHChestXray(Dataset):
         labels: np.ndarray,
         pathologies: Sequence[str],
         transform: Callable | None = None,
+        skip_report: str | Path | None = None,
     ) -> None:
         if len(table) != len(labels):
             raise ValueError(f"table has {len(table)} rows but labels has {len(labels)}")
@@ -33,6 +39,9 @@ class NIHChestXray(Dataset):
         self.labels = np.ascontiguousarray(labels, dtype=np.float32)
         self.pathologies = list(pathologies)
         self.transform = transform
+        # Where an image that fails to decode mid-epoch is recorded before it is replaced by the
+        # next readable one (training only; None: the error stops the run, naming the file).
+        self.skip_report = Path(skip_report) if skip_report else None
         self._paths = self.table["path"].astype(str).tolist()
         self._names = self.table[IMAGE].tolist()
 
@@ -40,8 +49,26 @@ class NIHChestXray(Dataset):
         return len(self._paths)
 
     def __getitem__(self, index: int) -> dict:
-        image = read_gray(self._paths[index])
+        for attempt in range(min(len(self), 100)):
+            row = (index + attempt) % len(self)
+            try:
+                image = read_gray(self._paths[row])
+            except ImageReadError as exc:
+                if self.skip_report is None:
+                    raise
+                self._record_skip(row, exc)
+                continue
+            return self._sample(row, image)
+        raise DataError(
+            f"100 images in a row from {self._paths[index]} on could not be read; see {self.skip_report}"
+        )
+
+    def _sample(self, index: int, image: np.ndarray) -> dict:
         if self.transform is not None:
+            # Albumentations draws from its own generators, seeded from OS entropy unless told
+            # otherwise; seeding them from torch's generator (seeded per worker by Lightning and
+            # saved in checkpoints) makes augmentation reproducible and resumable.
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             image = self.transform(image=image)["image"]
         return {
             "img": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0),
@@ -49,3 +76,16 @@ class NIHChestXray(Dataset):
             "idx": index,
             "name": self._names[index],
         }
+
+    def _record_skip(self, index: int, error: ImageReadError) -> None:
+        log.warning(
+            "skipping unreadable image %s: %s (recorded in %s)",
+            error.path,
+            error.reason,
+            self.skip_report,
+        )
+        self.skip_report.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.skip_report, "a") as report:  # one short line per write: safe across workers
+            report.write(
+                f"{self._names[index]},{error.path},{error.reason.replace(',', ';')},during training\n"
+            )

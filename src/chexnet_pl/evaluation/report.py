@@ -149,7 +149,7 @@ def format_report(table: pd.DataFrame) -> str:
         na_rep="undefined",
         formatters={
             c: _cell for c in shown.columns if c not in ("positives", "negatives", "95% CI")
-        }
+        },
     )
 
 

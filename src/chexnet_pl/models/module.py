@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
+from chexnet_pl.errors import TrainingError, WeightsError
 from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
@@ -83,13 +85,22 @@ class CheXNetModule(pl.LightningModule):
         self.val_auroc = PerClassAUROC(len(self.class_names))
         self.test_auroc = PerClassAUROC(len(self.class_names))
         self.val_auroc_best = MaxMetric()
+        self.val_auroc_best.persistent(True)  # the best value survives a resume
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # type: ignore[override]
         """As Lightning's, but never fetches ImageNet weights: the checkpoint holds every weight."""
         kwargs.setdefault("pretrained", False)
         kwargs.setdefault("weights_path", None)
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, weights_only=True, **kwargs
+            )
+        except pickle.UnpicklingError as exc:
+            raise WeightsError(
+                f"{checkpoint_path} needs arbitrary unpickling to load, which is refused "
+                f"(weights_only=True): {str(exc).splitlines()[0][:200]}"
+            ) from exc
 
     # -- inference ---------------------------------------------------------------------------
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -126,6 +137,13 @@ class CheXNetModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["img"])
         loss = self._loss(logits, batch["lab"])
+        if not torch.isfinite(loss):
+            names = list(batch["name"])
+            raise TrainingError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step "
+                f"{self.global_step}, batch {batch_idx}; its images: {names[:16]}"
+                f"{' ...' if len(names) > 16 else ''}. Lower model.optimizer.lr, or check those images."
+            )
         self.train_loss(loss.detach())
         self.log(
             "train/loss",
@@ -186,10 +204,6 @@ class CheXNetModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_auroc(self.test_auroc, "test")
-
-    def on_train_start(self) -> None:
-        # The sanity check must not count towards the best value.
-        self.val_auroc_best.reset()
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)

@@ -1,0 +1,86 @@
+"""Class activation maps from the model contract (``forward_features`` / ``forward_head``).
+
+``cam``: the original CAM (Zhou et al. 2016), exact for a global-average-pool + linear head: the
+maps of *every* class come from one forward pass. Grad-CAM and its relatives come from the
+``grad-cam`` package, on the layer that produces ``forward_features`` — so any backbone with that
+contract gets heat maps without hooks into private layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+GRAD_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "gradcamelementwise": GradCAMElementWise,
+}
+METHODS = ("cam", *GRAD_METHODS)
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map to [0, 1] (a constant map becomes zeros)."""
+    flat = maps.flatten(-2)
+    low = flat.min(-1, keepdim=True).values
+    high = flat.max(-1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+
+
+@torch.inference_mode()
+def class_activation_maps(
+    model, images: torch.Tensor, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """CAMs of all classes in one pass: B×K×H×W in [0, 1], upsampled to ``size`` (the input's by default).
+
+    CAM_k = Σ_c w_kc · f_c — the classifier applied at every position of the last feature map.
+    """
+    model.eval()
+    features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
+    weight = model.net.classifier.weight.float()
+    maps = torch.einsum("kc,bchw->bkhw", weight, features)
+    maps = F.interpolate(maps, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+    return _normalise(maps).cpu()
+
+
+def grad_cam(
+    model, images: torch.Tensor, class_index: int, method: str = "gradcam"
+) -> torch.Tensor:
+    """One class's map per image (B×H×W in [0, 1]) by a ``grad-cam`` method."""
+    if method not in GRAD_METHODS:
+        raise ValueError(f"unknown heat-map method {method!r}; use one of {METHODS}")
+    model.eval()
+    inputs = model.prepare_input(images.to(model.device)).contiguous()
+    with GRAD_METHODS[method](model=model.net, target_layers=[model.net.features]) as explainer:
+        maps = explainer(
+            input_tensor=inputs, targets=[ClassifierOutputTarget(class_index)] * len(images)
+        )
+    return _normalise(torch.from_numpy(np.asarray(maps, dtype=np.float32)))
+
+
+def heatmaps(
+    model, images: torch.Tensor, class_indices: list[int], method: str = "cam"
+) -> torch.Tensor:
+    """B×len(class_indices)×H×W maps by ``method`` (``cam`` computes all classes in one pass)."""
+    if method == "cam":
+        return class_activation_maps(model, images)[:, class_indices]
+    return torch.stack([grad_cam(model, images, k, method) for k in class_indices], dim=1)

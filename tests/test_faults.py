@@ -1,0 +1,272 @@
+"""Fault injection: each bad input or fault is built on disk (or a real process is signalled)
+and the exact behaviour is asserted. The README's "Reliability" table summarises these cases."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.errors import DataError, TrainingError, WeightsError
+from chexnet_pl.import_weights import ARNOWENG_CLASSES, import_arnoweng
+from chexnet_pl.labels import FINDINGS
+from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+
+def _png_bytes(array: np.ndarray, mode: str | None = None, path: Path | None = None) -> bytes:
+    path = path or Path(f"/tmp/_fault_{os.getpid()}.png")
+    Image.fromarray(array, mode=mode).save(path)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def _corrupt_middle(data: bytes) -> bytes:
+    """Header and IEND intact, compressed pixels destroyed: passes the fast check, fails decoding."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(200) + data[middle + 200 :]
+
+
+@pytest.fixture
+def faulty_root(tmp_path, synthetic_root):
+    """A copy of the synthetic download whose first training images are replaced by bad cases."""
+    root = tmp_path / "faulty"
+    shutil.copytree(synthetic_root, root)
+    names = (root / "train_val_list.txt").read_text().split()
+    gray = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    cases = {
+        "zero_bytes": (b"", "empty file (0 bytes)"),
+        "truncated_png": (_png_bytes(gray)[:-300], "truncated PNG"),
+        "text_named_png": (b"patient notes, not an image\n", "not an image"),
+    }
+    readable = {
+        "sixteen_bit": _png_bytes(gray.astype(np.uint16) * 257),
+        "rgba": _png_bytes(np.dstack([gray, gray, gray, np.full_like(gray, 128)]), "RGBA"),
+        "non_square": _png_bytes(gray[:, :40]),
+        "tiny": _png_bytes(gray[:2, :2]),
+    }
+    layout = {}
+    for name, (case, (content, reason)) in zip(names, cases.items(), strict=False):
+        (root / "images" / name).write_bytes(content)
+        layout[name] = (case, reason)
+    for name, (case, content) in zip(names[len(cases) :], readable.items(), strict=False):
+        (root / "images" / name).write_bytes(content)
+        layout[name] = (case, None)
+    palette = names[len(cases) + len(readable)]
+    Image.fromarray(gray).convert("P").save(root / "images" / palette)
+    layout[palette] = ("palette", None)
+    jpeg = names[len(cases) + len(readable) + 1]
+    Image.fromarray(gray).save(root / "images" / jpeg, format="JPEG")
+    layout[jpeg] = ("jpeg_named_png", None)
+    return root, layout
+
+
+def _dm(root, **kwargs):
+    settings = {
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "split": {"method": "official", "val_fraction": 0.2},
+    }
+    return NIHDataModule(root=str(root), **{**settings, **kwargs})
+
+
+def test_bad_images_stop_before_training_listing_every_one(faulty_root, tmp_path):
+    root, layout = faulty_root
+    with pytest.raises(DataError) as err:
+        _dm(root, report_dir=str(tmp_path / "run")).setup("fit")
+    message = str(err.value)
+    bad = {name: reason for name, (case, reason) in layout.items() if reason}
+    assert message.startswith(f"{len(bad)} image file(s) cannot be used")
+    for name, reason in bad.items():
+        assert f"{name}: {reason}" in message
+    listed = pd.read_csv(tmp_path / "run" / "bad_images.csv")
+    assert sorted(listed["Image Index"]) == sorted(bad)
+    assert "data.on_bad_image=skip" in message
+
+
+def test_skip_leaves_bad_images_out_and_lists_them(faulty_root, tmp_path, caplog):
+    root, layout = faulty_root
+    dm = _dm(root, on_bad_image="skip", report_dir=str(tmp_path / "run"))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    bad = [name for name, (_, reason) in layout.items() if reason]
+    assert f"leaving out {len(bad)} unusable image(s)" in caplog.text
+    skipped = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
+    assert sorted(skipped["Image Index"]) == sorted(bad) and set(skipped["found"]) == {
+        "before training"
+    }
+    # Every odd-but-valid file is read as 8-bit gray at the training size.
+    for name, (case, reason) in layout.items():
+        if reason is None:
+            dataset = next(
+                d for d in dm.datasets.values() if (d.table["Image Index"] == name).any()
+            )
+            sample = dataset[int(np.flatnonzero(dataset.table["Image Index"] == name)[0])]
+            assert sample["img"].dtype == torch.uint8 and sample["img"].shape == (1, 32, 32), case
+    assert not set(bad) & set(dm.table["Image Index"])
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_image_that_breaks_mid_epoch_in_a_worker(synthetic_root, tmp_path, make_cfg, policy):
+    """Passes the header check, fails to decode inside a DataLoader worker."""
+    root = tmp_path / "mid_epoch"
+    shutil.copytree(synthetic_root, root)
+    cfg = make_cfg(f"data.root={root}", "data.num_workers=1", f"data.on_bad_image={policy}", "test=false",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=1.0")  # fmt: skip
+    probe = hydra.utils.instantiate(cfg.data)
+    probe.setup("fit")
+    victim = probe.datasets["train"].table["Image Index"].iloc[0]
+    path = root / "images" / victim
+    path.write_bytes(_corrupt_middle(path.read_bytes()))
+    if policy == "error":
+        with pytest.raises(
+            DataError,
+            match=rf"^cannot read image \S*{victim}: corrupt or truncated .*on_bad_image=skip",
+        ):
+            train(cfg)
+    else:
+        metrics, _ = train(cfg)
+        assert np.isfinite(metrics["train/loss_epoch"])
+        report = Path(cfg.paths.output_dir) / "skipped_images.csv"
+        assert f"{victim},{path}," in report.read_text() and "during training" in report.read_text()
+
+
+def test_split_with_zero_images(synthetic_root):
+    with pytest.raises(DataError, match=r"the val split has no images"):
+        _dm(synthetic_root, split={"method": "official", "val_fraction": 0.0}).setup("fit")
+
+
+def test_non_finite_loss_names_step_and_images(make_cfg, monkeypatch):
+    monkeypatch.setattr(
+        CheXNetModule, "_loss", lambda self, logits, labels: logits.sum() * float("nan")
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"training loss is nan at epoch 0, global step 0, batch 0; its images: \['0000",
+    ):
+        train(make_cfg("test=false"))
+
+
+def test_unwritable_output_folder_and_full_disk(make_cfg, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrainingError, match=r"cannot write to the output folder .*a_file/run"):
+        train(make_cfg(f"paths.output_dir={blocker}/run"))
+    with pytest.raises(
+        TrainingError, match=r"GB free where the run writes .*paths.min_free_gb=1000000000000.0"
+    ):
+        train(make_cfg("paths.min_free_gb=1e12"))
+
+
+def test_unsafe_and_mismatched_checkpoints(make_cfg, tmp_path):
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "extra": argparse.Namespace(x=1)}, unsafe)
+    with pytest.raises(WeightsError, match="arbitrary unpickling"):
+        CheXNetModule.load_from_checkpoint(unsafe)
+    _, objects = train(make_cfg("test=false"))
+    last = Path(objects["trainer"].checkpoint_callbacks[1].dirpath) / "last.ckpt"
+    with pytest.raises(
+        WeightsError, match=r"it has include_no_finding=True, this run has include_no_finding=False"
+    ):
+        train(
+            make_cfg(
+                f"ckpt_path={last}",
+                "include_no_finding=false",
+                f"paths.output_dir={tmp_path / 'resume'}",
+            )
+        )
+
+
+def _arnoweng_checkpoint(path: Path) -> tuple[dict, torch.nn.Module]:
+    """A checkpoint in arnoweng/CheXNet's format: DataParallel prefix, old DenseNet keys, 14 sigmoid outputs."""
+    torch.manual_seed(3)
+    reference = torchvision.models.densenet121()
+    reference.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
+    import re
+
+    state = OrderedDict(
+        (
+            "module.densenet121."
+            + re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k),
+            v,
+        )
+        for k, v in reference.state_dict().items()
+    )
+    assert "module.densenet121.features.denseblock1.denselayer1.norm.1.weight" in state
+    torch.save({"epoch": 9, "arch": "DenseNet121", "state_dict": state, "best_loss": 0.15}, path)
+    return state, reference.eval()
+
+
+def test_import_arnoweng_chexnet_weights(tmp_path):
+    source = tmp_path / "model.pth.tar"
+    _, reference = _arnoweng_checkpoint(source)
+    target = tmp_path / "imported.ckpt"
+    run = subprocess.run([sys.executable, "-m", "chexnet_pl.import_weights", str(source), str(target)],
+                         env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    model = CheXNetModule.load_from_checkpoint(target).eval()
+    assert model.class_names == list(FINDINGS)
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        theirs = reference(model.prepare_input(images).contiguous())
+        ours = model.predict_proba(images)
+    order = [ARNOWENG_CLASSES.index(c) for c in FINDINGS]
+    torch.testing.assert_close(ours, theirs[:, order], atol=1e-5, rtol=1e-4)
+
+
+def test_import_refuses_a_checkpoint_that_would_drop_weights(tmp_path):
+    source = tmp_path / "model.pth.tar"
+    state, _ = _arnoweng_checkpoint(source)
+    del state["module.densenet121.features.denseblock3.denselayer5.conv.2.weight"]
+    torch.save({"state_dict": state}, source)
+    with pytest.raises(
+        WeightsError, match=r"1 weight\(s\) missing .*denseblock3.denselayer5.conv2.weight"
+    ):
+        import_arnoweng(source, tmp_path / "out.ckpt")
+
+
+def test_sigint_saves_a_checkpoint_and_exits(synthetic_root, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    command = [
+        sys.executable, "-m", "chexnet_pl.train", "experiment=demo", f"data.root={synthetic_root}",
+        "data.synthetic=null", "data.image_size=32", "data.num_workers=0", "trainer.max_epochs=50",
+        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while (
+        not (run_dir / "checkpoints" / "last.ckpt").exists()
+        and time.time() < deadline
+        and process.poll() is None
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output[-2000:]
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    assert "Resume with ckpt_path=" in output and str(interrupted) in output
+    assert torch.load(interrupted, map_location="cpu", weights_only=True)["epoch"] >= 1
+    CheXNetModule.load_from_checkpoint(interrupted)

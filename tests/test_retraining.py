@@ -1,0 +1,266 @@
+"""Resume after a kill, fine-tune from another run, sweeps and their summary, DDP on CPU,
+launcher configs, reproducibility."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from chexnet_pl.callbacks import AtomicCheckpointIO
+from chexnet_pl.errors import WeightsError
+from chexnet_pl.models.init_from import init_from_checkpoint
+from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.train import CONFIG_DIR, train
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(root: Path, run_dir: Path, *extra: str, multirun: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "chexnet_pl.train"]
+    if multirun:
+        command.append("-m")
+    command += [
+        "experiment=demo", f"data.root={root}", "data.synthetic=null", "data.image_size=32",
+        "data.batch_size=8", "data.num_workers=0", "trainer.enable_progress_bar=false",
+        "evaluation.bootstrap_samples=50", "evaluation.plots=false",
+        f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}", *extra,
+    ]  # fmt: skip
+    return command
+
+
+def epoch_metrics(run_dir: Path) -> pd.DataFrame:
+    logged = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    return logged[logged["val/loss"].notna()].set_index("epoch")[
+        ["val/loss", "val/auroc", "val/auroc_best"]
+    ]
+
+
+def test_resume_after_sigkill_continues_exactly(synthetic_root, tmp_path):
+    settings = ("trainer.max_epochs=4", "+trainer.limit_train_batches=6", "test=false")
+    whole = subprocess.run(cli(synthetic_root, tmp_path / "whole", *settings), env=ENV, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(cli(synthetic_root, killed_dir, *settings), env=ENV, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    stopped_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert stopped_at < 3
+    assert not list(last.parent.glob("*.partial"))
+
+    resumed_dir = tmp_path / "resumed"
+    resumed = subprocess.run(cli(synthetic_root, resumed_dir, *settings, f"ckpt_path={last}"), env=ENV,
+                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = epoch_metrics(tmp_path / "whole"), epoch_metrics(resumed_dir)
+    assert list(got.index) == list(range(stopped_at + 1, 4))  # continues after the saved epoch
+    pd.testing.assert_frame_equal(got, expected.loc[got.index], atol=1e-5, rtol=0)
+    final = torch.load(
+        resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert final["epoch"] == 3
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1}, target)
+
+    def crash(obj, stream):
+        stream.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.fixture(scope="module")
+def source_checkpoint(tmp_path_factory):
+    """A 14-output checkpoint saved by a real Trainer."""
+    import pytorch_lightning as pl
+
+    model = CheXNetModule(include_no_finding=False)
+    trainer = pl.Trainer(
+        max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(model)
+    path = tmp_path_factory.mktemp("source") / "fourteen.ckpt"
+    trainer.save_checkpoint(path)
+    return path, model
+
+
+def test_init_from_reinitialises_only_a_mismatched_head(source_checkpoint, caplog):
+    path, source = source_checkpoint
+    target = CheXNetModule(include_no_finding=True)
+    head_before = target.net.classifier.weight.clone()
+    with caplog.at_level(logging.WARNING):
+        init_from_checkpoint(target, path)
+    assert (
+        "its head has 14 outputs, this model has 15; reinitialising the classifier only"
+        in caplog.text
+    )
+    torch.testing.assert_close(
+        target.net.features.body.conv0.weight, source.net.features.body.conv0.weight
+    )
+    torch.testing.assert_close(target.net.classifier.weight, head_before)
+    same = CheXNetModule(include_no_finding=False)
+    init_from_checkpoint(same, path)
+    torch.testing.assert_close(same.net.classifier.weight, source.net.classifier.weight)
+
+
+def test_init_from_refuses_other_backbones_and_unsafe_files(source_checkpoint, tmp_path):
+    path, _ = source_checkpoint
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["backbone"] = "resnet50"
+    other = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other)
+    with pytest.raises(WeightsError, match="holds a resnet50 but this run builds a densenet121"):
+        init_from_checkpoint(CheXNetModule(), other)
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "callback": argparse.Namespace(a=1)}, unsafe)
+    with pytest.raises(WeightsError, match="weights_only=True"):
+        init_from_checkpoint(CheXNetModule(), unsafe)
+
+
+def test_retrain_experiment_freezes_the_backbone_first(source_checkpoint, make_cfg):
+    path, source = source_checkpoint
+    cfg = make_cfg(f"init_from={path}", "trainer.max_epochs=1", "test=false", experiment="retrain")
+    assert cfg.model.optimizer.lr == 1e-4 and cfg.callbacks.freeze_backbone.epochs == 1
+    _, objects = train(cfg)
+    model = objects["model"]
+    torch.testing.assert_close(
+        model.net.features.body.conv0.weight, source.net.features.body.conv0.weight
+    )
+    torch.testing.assert_close(
+        model.net.features.body.norm5.running_mean, source.net.features.body.norm5.running_mean
+    )  # batch-norm statistics frozen too
+    assert model.net.classifier.out_features == 15
+
+
+def test_same_seed_same_metrics_and_run_info(make_cfg, tmp_path):
+    first, _ = train(make_cfg("test=false", "trainer.max_epochs=2"))
+    run = Path(make_cfg().paths.output_dir)
+    info = json.loads((run / "run_info.json").read_text())
+    second, _ = train(
+        make_cfg(
+            "test=false", "trainer.max_epochs=2", "paths.output_dir=" + str(tmp_path / "again")
+        )
+    )
+    assert first["val/loss"] == second["val/loss"] and first["val/auroc"] == second["val/auroc"]
+    assert info["packages"]["torch"] == torch.__version__.split("+")[0] or info["packages"][
+        "torch"
+    ].startswith("2.")
+    assert "git_commit" in info and info["packages"]["pytorch-lightning"]
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["best_epoch"] in (0, 1) and summary["checkpoint"].endswith("best.ckpt")
+    assert (run / "config_resolved.yaml").is_file()
+
+
+def test_sweep_summary_reports_successes_and_names_failures(synthetic_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        cli(synthetic_root, sweep_dir, "hparams_search=lr_wd_grid", "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2", "model.optimizer.lr=1e-3,-1",
+            "model.optimizer.weight_decay=0", "test=false", multirun=True),
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode != 0  # lr=-1 fails, and Hydra says so at the end
+    assert (sweep_dir / "0" / "checkpoints" / "best.ckpt").is_file()
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert summary["status"].tolist() == ["COMPLETED", "FAILED"]
+    assert (
+        "model.optimizer.lr=0.001" in summary.loc[0, "overrides"]
+        and summary.loc[0, "best_val_auroc"] > 0
+    )
+    assert summary.loc[0, "checkpoint"].endswith("best.ckpt") and summary.loc[0, "best_epoch"] == 0
+    assert (
+        "Invalid learning rate" in summary.loc[1, "error"]
+        and "model.optimizer.lr=-1" in summary.loc[1, "overrides"]
+    )
+    assert "sweep summary" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        (
+            ["-m", "hparams_search=lr_wd_grid"],
+            lambda c: c.hydra.sweeper.params["model.optimizer.lr"] == "1e-3,3e-4,1e-4",
+        ),
+        (
+            ["hparams_search=optuna_lr_wd"],
+            lambda c: c.hydra.sweeper.direction == "maximize" and c.hydra.sweeper.n_trials == 20,
+        ),
+        (
+            ["hydra/launcher=submitit_slurm"],
+            lambda c: c.hydra.launcher._target_.endswith("SlurmLauncher"),
+        ),
+        (
+            ["hydra/launcher=slurm_gpu"],
+            lambda c: (
+                c.hydra.launcher.gpus_per_node == 1
+                and c.hydra.launcher._target_.endswith("SlurmLauncher")
+            ),
+        ),
+        (["trainer=ddp"], lambda c: c.trainer.strategy == "ddp" and c.trainer.sync_batchnorm),
+    ],
+)
+def test_sweeper_launcher_and_ddp_configs_compose(overrides, check):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[o for o in overrides if o != "-m"] + ["data.root=/data/nih"],
+            return_hydra_config=True,
+        )
+    GlobalHydra.instance().clear()
+    assert check(cfg)
+
+
+def test_optuna_sweeper_runs(synthetic_root, tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    result = subprocess.run(
+        cli(synthetic_root, sweep_dir, "hparams_search=optuna_lr_wd", "hydra.sweeper.n_trials=2",
+            "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "test=false", multirun=True),
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best value" in result.stderr + result.stdout
+    assert len(pd.read_csv(sweep_dir / "summary.csv")) == 2
+
+
+def test_ddp_on_cpu_with_two_processes(synthetic_root, tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        cli(synthetic_root, run_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2"),
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stderr + result.stdout
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "aucs.csv").is_file()
