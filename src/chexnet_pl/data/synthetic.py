@@ -47,10 +47,15 @@ def _lesion_mask(shape: str, radius: int) -> np.ndarray:
     return masks[shape]
 
 
-def lesion_box(finding: str, image_size: int, jitter: tuple[float, float] = (0.0, 0.0)) -> tuple:
+def lesion_box(
+    finding: str,
+    image_size: int,
+    jitter: tuple[float, float] = (0.0, 0.0),
+    lesion_scale: float = 1.0,
+) -> tuple:
     """(x, y, w, h) in pixels of a finding's lesion, as in ``BBox_List_2017.csv``."""
     index = FINDINGS.index(finding)
-    radius = int(round(image_size * (0.045 if index < 7 else 0.065)))
+    radius = int(round(image_size * (0.045 if index < 7 else 0.065) * lesion_scale))
     cx = int(round((LESION_CENTRES[finding][0] + jitter[0]) * image_size))
     cy = int(round((LESION_CENTRES[finding][1] + jitter[1]) * image_size))
     return cx - radius, cy - radius, 2 * radius + 1, 2 * radius + 1
@@ -65,12 +70,15 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
-def _render(size: int, findings: list[str], rng: np.random.Generator) -> tuple[np.ndarray, list]:
+def _render(
+    size: int, findings: list[str], rng: np.random.Generator, lesion_scale: float = 1.0
+) -> tuple[np.ndarray, list]:
     image = _background(size, rng)
     boxes = []
     for finding in findings:
         jitter = tuple(rng.uniform(-0.03, 0.03, 2))
-        x, y, w, h = lesion_box(finding, size, jitter)
+        x, y, w, h = lesion_box(finding, size, jitter, lesion_scale)
+        x, y = min(max(x, 0), size - w), min(max(y, 0), size - h)
         shape = SHAPES[FINDINGS.index(finding) % len(SHAPES)]
         mask = _lesion_mask(shape, (w - 1) // 2)
         image[y : y + h, x : x + w][mask] += 110
@@ -86,6 +94,7 @@ def generate_synthetic_nih(
     prevalence: float = 0.12,
     test_fraction: float = 0.2,
     seed: int = 0,
+    lesion_scale: float = 1.0,
 ) -> Path:
     """Write CSV (v2020 columns), PNGs under ``images/``, split lists and a box list into ``root``."""
     root = Path(root)
@@ -101,7 +110,7 @@ def generate_synthetic_nih(
         for follow_up in range(images_per_patient):
             name = f"{patient:08d}_{follow_up:03d}.png"
             present = [f for f in FINDINGS if rng.random() < prevalence]
-            image, boxes = _render(image_size, present, rng)
+            image, boxes = _render(image_size, present, rng, lesion_scale)
             Image.fromarray(image, mode="L").save(root / "images" / name)
             rows.append(
                 {

@@ -82,7 +82,10 @@ def iobb(predicted: Sequence[float], truth: Sequence[float]) -> float:
 def score_box(heatmap: np.ndarray, truth: Sequence[float], threshold: float) -> dict[str, float]:
     """Best IoU and IoBB of the map's boxes with one true box, and the pointing-game hit."""
     predicted = heatmap_boxes(heatmap, threshold)
-    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    # The centre of the maximum's plateau: an upsampled coarse map is flat around its peak, and
+    # the first index of that plateau (np.argmax) would sit on its corner.
+    rows, cols = np.nonzero(heatmap >= heatmap.max() - 1e-6)
+    row, col = float(rows.mean()), float(cols.mean())
     x, y, w, h = truth
     return {
         "iou": max((iou(p, truth) for p in predicted), default=0.0),
