@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test bench lint format clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
+
+# Not part of the tests: timings are noisy on shared machines.
+bench: setup
+	$(BIN)/python benchmarks/heatmaps.py
 
 lint: setup
 	$(BIN)/ruff check .

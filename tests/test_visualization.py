@@ -183,7 +183,7 @@ def test_heatmap_of_a_lesion_peaks_on_it(learnt):
     single = boxes.groupby("Image Index").filter(lambda g: len(g) == 1).head(40)
     hits = 0
     for _, box in single.iterrows():
-        gray = np.asarray(Image.open(root / "images" / box["Image Index"]))
+        gray = np.array(Image.open(root / "images" / box["Image Index"]))
         image = torch.from_numpy(gray)[None, None]
         heat = heatmaps(model, image, [class_names().index(box["Finding Label"])], "cam")[
             0, 0
@@ -269,3 +269,20 @@ def test_visualize_a_finding(learnt, tmp_path):
         bad.returncode == 2
         and "label='Flu' is not an output of this model" in bad.stderr + bad.stdout
     )
+
+
+def test_cam_equals_grad_cam_for_a_pooled_linear_head():
+    """With global average pooling + linear, Grad-CAM's channel weights are the classifier's
+    weights divided by the map size, so Grad-CAM is CAM with negatives clipped (before scaling)."""
+    torch.manual_seed(0)
+    model = CheXNetModule().eval()
+    images = torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8)
+    with torch.inference_mode():
+        features = model.net.forward_features(model.prepare_input(images))
+        raw = torch.einsum("kc,bchw->bkhw", model.net.classifier.weight, features)[:, 4:5]
+        clipped = torch.nn.functional.interpolate(
+            raw.clamp_min(0), size=(128, 128), mode="bilinear"
+        )[0, 0]
+    expected = (clipped - clipped.min()) / (clipped.max() - clipped.min())
+    from_grad_cam = grad_cam(model, images, class_index=4, method="gradcam")[0]
+    assert torch.corrcoef(torch.stack([expected.flatten(), from_grad_cam.flatten()]))[0, 1] > 0.99

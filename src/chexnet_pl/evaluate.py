@@ -13,6 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
 from chexnet_pl.errors import ChexnetError, DataError, WeightsError
@@ -99,11 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = evaluate(cfg)
-    except ChexnetError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    metrics = run_or_exit(evaluate, cfg)
     return metrics.get(f"{cfg.split}/auroc")
 
 

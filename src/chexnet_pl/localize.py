@@ -12,6 +12,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.images import find_images, read_gray
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
@@ -73,11 +74,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="localize")
 def main(cfg: DictConfig) -> None:
-    try:
-        localize(cfg)
-    except ChexnetError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_or_exit(localize, cfg)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.errors import ChexnetError
 from chexnet_pl.train import CONFIG_DIR
 from chexnet_pl.visualization.explain import explain
@@ -56,11 +57,7 @@ def predict(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg)
-    except ChexnetError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_or_exit(predict, cfg)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from chexnet_pl.run_info import run_info
 from chexnet_pl.sweep import RUN_SUMMARY
 
 log = logging.getLogger(__name__)
+# Lightning 2.6 warns about its own use of a torch API on every step; it is noise to users.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 

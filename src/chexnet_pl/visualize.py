@@ -12,6 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.errors import ChexnetError, DataError
@@ -75,11 +76,7 @@ def visualize(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")
 def main(cfg: DictConfig) -> None:
-    try:
-        visualize(cfg)
-    except ChexnetError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
+    run_or_exit(visualize, cfg)
 
 
 if __name__ == "__main__":
