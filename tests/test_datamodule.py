@@ -70,6 +70,15 @@ def test_eval_is_deterministic_train_is_augmented(synthetic_root):
     assert torch.equal(train[0]["img"][0], torch.from_numpy(resized[:, ::-1].copy()))
 
 
+def test_evaluating_the_training_split_is_not_augmented(synthetic_root):
+    dm = _datamodule(synthetic_root, augment={"hflip": 1.0, "affine": 1.0})
+    dm.setup("fit")
+    loader = dm.eval_dataloader("train")
+    assert [type(t).__name__ for t in loader.dataset.transform.transforms] == ["Resize"]
+    first = next(iter(loader))["img"]
+    assert torch.equal(first, next(iter(dm.eval_dataloader("train")))["img"])
+
+
 def test_pos_weight_from_training_labels(synthetic_root):
     dm = _datamodule(synthetic_root)
     dm.setup("fit")

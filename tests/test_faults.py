@@ -152,9 +152,14 @@ def test_image_that_breaks_mid_epoch_in_a_worker(synthetic_root, tmp_path, make_
         assert f"{victim},{path}," in report.read_text() and "during training" in report.read_text()
 
 
-def test_split_with_zero_images(synthetic_root):
+def test_split_with_zero_images(synthetic_root, make_cfg):
     with pytest.raises(DataError, match=r"the val split has no images"):
         _dm(synthetic_root, split={"method": "official", "val_fraction": 0.0}).setup("fit")
+    # With test=true (the default) an empty test split stops the run before training.
+    cfg = make_cfg("data.split.method=patient", "data.split.fractions=[0.9,0.1,0.0]")
+    with pytest.raises(DataError, match=r"the test split has no images"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
 def test_non_finite_loss_names_step_and_images(make_cfg, monkeypatch):
@@ -233,6 +238,31 @@ def test_import_arnoweng_chexnet_weights(tmp_path):
         ours = model.predict_proba(images)
     order = [ARNOWENG_CLASSES.index(c) for c in FINDINGS]
     torch.testing.assert_close(ours, theirs[:, order], atol=1e-5, rtol=1e-4)
+
+
+def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_root):
+    """arnoweng's file predates num_batches_tracked; the 14-output model evaluates on 15-class data."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from chexnet_pl.evaluate import evaluate
+    from chexnet_pl.train import CONFIG_DIR
+
+    source = tmp_path / "model.pth.tar"
+    state, _ = _arnoweng_checkpoint(source)
+    torch.save(
+        {"state_dict": {k: v for k, v in state.items() if "num_batches_tracked" not in k}}, source
+    )
+    target = tmp_path / "imported.ckpt"
+    import_arnoweng(source, target)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"paths.output_dir={tmp_path / 'eval'}", f"ckpt={target}",
+                                             f"data.root={synthetic_root}", "data.image_size=64",
+                                             "data.num_workers=0", "evaluation.bootstrap_samples=0"])  # fmt: skip
+    GlobalHydra.instance().clear()
+    metrics = evaluate(cfg)
+    assert "test/auroc" in metrics and "test/auroc_No Finding" not in metrics
 
 
 def test_import_refuses_a_checkpoint_that_would_drop_weights(tmp_path):

@@ -79,6 +79,11 @@ def test_resume_after_sigkill_continues_exactly(synthetic_root, tmp_path):
         resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert final["epoch"] == 3
+    # The new folder's best.ckpt is the best over all epochs, including those before the kill.
+    best = json.loads((resumed_dir / "run_summary.json").read_text())
+    assert best["best_val_auroc"] == pytest.approx(expected["val/auroc"].max(), abs=1e-6)
+    assert best["best_epoch"] == int(expected["val/auroc"].idxmax())
+    assert Path(best["checkpoint"]).parent == resumed_dir / "checkpoints"
 
 
 def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -159,6 +164,15 @@ def test_retrain_experiment_freezes_the_backbone_first(source_checkpoint, make_c
         model.net.features.body.norm5.running_mean, source.net.features.body.norm5.running_mean
     )  # batch-norm statistics frozen too
     assert model.net.classifier.out_features == 15
+
+
+def test_backbone_trains_again_after_the_frozen_epochs(source_checkpoint, make_cfg):
+    path, source = source_checkpoint
+    cfg = make_cfg(f"init_from={path}", "trainer.max_epochs=2", "test=false", experiment="retrain")
+    _, objects = train(cfg)
+    body = objects["model"].net.features.body
+    assert not torch.equal(body.conv0.weight, source.net.features.body.conv0.weight)
+    assert not torch.equal(body.norm5.running_mean, source.net.features.body.norm5.running_mean)
 
 
 def test_same_seed_same_metrics_and_run_info(make_cfg, tmp_path):

@@ -131,6 +131,7 @@ def test_precision_auto():
         "32-true" if not torch.cuda.is_available() else resolve_precision("auto")
     )
     assert resolve_precision("bf16-mixed") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"  # even where a GPU exists
 
 
 def test_command_line_entry_point(synthetic_root, tmp_path):

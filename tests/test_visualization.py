@@ -149,6 +149,17 @@ def test_callback_writes_overlays_and_tables_every_epoch(learnt):
     ].any()
 
 
+def test_callback_with_a_gradient_method(make_cfg):
+    """Lightning calls the hook under inference mode; Grad-CAM still gets its gradients."""
+    cfg = make_cfg(
+        "callbacks.visualization.method=gradcam", "callbacks.visualization.n_images=1", "test=false"
+    )
+    train(cfg)
+    assert (
+        len(list((Path(cfg.paths.output_dir) / "visualizations" / "epoch_000").glob("*.png"))) == 1
+    )
+
+
 def test_localisation_far_above_chance(learnt, tmp_path):
     root, run = learnt
     table = localize(

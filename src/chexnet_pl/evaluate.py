@@ -34,7 +34,7 @@ DATA_OVERRIDES = ("root", "csv", "image_size", "num_workers", "eval_batch_size",
 
 
 def datamodule_from_checkpoint(
-    checkpoint: Path, data_cfg: DictConfig, output_dir: Path
+    checkpoint: Path, data_cfg: DictConfig, output_dir: Path, include_no_finding: bool
 ) -> NIHDataModule:
     """The data and split the checkpoint was trained with; ``data.*`` given here take precedence."""
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
@@ -44,7 +44,9 @@ def datamodule_from_checkpoint(
         if not data_cfg.get("root"):
             raise DataError(f"{checkpoint} holds no data settings; give data.root=/path/to/nih")
         stored = {}
+    # The model decides the classes (an imported 14-output checkpoint stores no data settings).
     settings = {**stored, "synthetic": None, "report_dir": str(output_dir)}
+    settings["include_no_finding"] = include_no_finding
     settings.update({k: data_cfg[k] for k in DATA_OVERRIDES if data_cfg.get(k) is not None})
     return NIHDataModule(**settings)
 
@@ -68,7 +70,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt:
         checkpoint = Path(cfg.ckpt).expanduser()
         model = load_model(checkpoint)
-        datamodule = datamodule_from_checkpoint(checkpoint, cfg.data, output_dir)
+        datamodule = datamodule_from_checkpoint(
+            checkpoint, cfg.data, output_dir, model.hparams.include_no_finding
+        )
         table, metrics = evaluate_model(model, datamodule, output_dir, settings, split, checkpoint)
     else:
         if not cfg.data.get("root") and not cfg.data.get("csv"):

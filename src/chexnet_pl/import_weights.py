@@ -55,7 +55,13 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
     state_dict = checkpoint.get("state_dict", checkpoint)
     model = CheXNetModule(backbone="densenet121", include_no_finding=False, pretrained=False)
     converted = convert_arnoweng_state_dict(state_dict)
-    own = {k for k in model.state_dict() if k.startswith("net.")}
+    # num_batches_tracked counters did not exist before PyTorch 0.4.1 (arnoweng's file predates them).
+    own = {
+        k
+        for k in model.state_dict()
+        if k.startswith("net.") and not k.endswith("num_batches_tracked")
+    }
+    converted = {k: v for k, v in converted.items() if not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(own - set(converted)), sorted(set(converted) - own)
     if missing or unexpected:
         raise WeightsError(

@@ -33,11 +33,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def resolve_precision(requested: str | int) -> str | int:
+def resolve_precision(requested: str | int, accelerator: str = "auto") -> str | int:
     """``auto`` → 16-mixed on CUDA (bf16-mixed where supported), 32-true on CPU."""
     if requested != "auto":
         return requested
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -118,7 +118,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
+    trainer_cfg["precision"] = resolve_precision(
+        trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto"))
+    )
     if trainer_cfg.get("sync_batchnorm") and (
         trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
     ):

@@ -33,6 +33,9 @@ def visualize(cfg: DictConfig) -> Path:
             f"label={cfg.label!r} is not an output of this model; choose one of {model.class_names}"
         )
     settings = {**data_settings, "synthetic": None, "report_dir": str(cfg.paths.output_dir)}
+    settings["include_no_finding"] = (
+        model.hparams.include_no_finding
+    )  # the model decides the classes
     settings.update({k: v for k, v in cfg.data.items() if v is not None})
     if "root" not in settings:
         raise DataError("give data.root=/path/to/nih (the checkpoint does not name one)")

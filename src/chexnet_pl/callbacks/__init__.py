@@ -1,5 +1,6 @@
 """Lightning callbacks of the project."""
 
+from chexnet_pl.callbacks.best_checkpoint import BestCheckpoint
 from chexnet_pl.callbacks.checkpoint_io import AtomicCheckpointIO
 from chexnet_pl.callbacks.freeze_backbone import FreezeBackbone
 from chexnet_pl.callbacks.interrupt import InterruptCheckpoint
@@ -7,6 +8,7 @@ from chexnet_pl.callbacks.rng_state import RNGStateCheckpoint
 from chexnet_pl.callbacks.visualization import VisualizationCallback
 
 __all__ = [
+    "BestCheckpoint",
     "AtomicCheckpointIO",
     "FreezeBackbone",
     "InterruptCheckpoint",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -74,7 +75,9 @@ class VisualizationCallback(pl.Callback):
         ]
         out_dir = self.dirpath / f"epoch_{trainer.current_epoch:03d}"
         was_training = pl_module.training
-        explain(pl_module, xrays, trainer.datamodule.image_size, out_dir, self.method)
+        # Lightning runs this hook under inference mode; Grad-CAM methods need gradients.
+        with torch.inference_mode(False), torch.enable_grad():
+            explain(pl_module, xrays, trainer.datamodule.image_size, out_dir, self.method)
         pl_module.train(was_training)
         log.info(
             "wrote %d heat maps to %s in %.2f s", len(xrays), out_dir, time.perf_counter() - start

@@ -60,6 +60,7 @@ class NIHDataModule(pl.LightningDataModule):
         on_bad_image: str = "error",
         check_images: bool = True,
         report_dir: str | None = None,
+        require_test: bool = False,
         augment: Mapping[str, Any] | None = None,
         synthetic: Mapping[str, Any] | None = None,
     ) -> None:
@@ -94,6 +95,7 @@ class NIHDataModule(pl.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.check_images = bool(check_images)
         self.report_dir = Path(report_dir) if report_dir else None
+        self.require_test = bool(require_test)
         self.augment = dict(augment or {})
         self.synthetic = dict(synthetic) if synthetic else None
         self.table: pd.DataFrame | None = None
@@ -153,7 +155,8 @@ class NIHDataModule(pl.LightningDataModule):
             )
         sizes = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("split sizes: %s", sizes)
-        for name in ("train", "val"):
+        # With test=true an empty test split is found here, before training, not after it.
+        for name in ("train", "val", "test") if self.require_test else ("train", "val"):
             if sizes[name] == 0:
                 raise DataError(
                     f"the {name} split has no images (split sizes {sizes}); check data.split and "
@@ -253,12 +256,11 @@ class NIHDataModule(pl.LightningDataModule):
         """Deterministic, ordered batches of ``split``, optionally resized to another size (TTA)."""
         if split not in self.datasets:
             self.setup()
-        if image_size is None or image_size == self.image_size:
-            return self._loader(split, shuffle=False)
+        if split != "train" and (image_size is None or image_size == self.image_size):
+            return self._loader(split, shuffle=False)  # val and test already use the eval transform
         source = self.datasets[split]
-        dataset = NIHChestXray(
-            source.table, source.labels, source.pathologies, eval_transform(image_size)
-        )
+        resize = eval_transform(image_size or self.image_size)  # never training augmentation here
+        dataset = NIHChestXray(source.table, source.labels, source.pathologies, resize)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,

@@ -121,7 +121,12 @@ def predict_split(
     """Predictions of ``split`` — from the cache when this checkpoint was evaluated so before."""
     datamodule.setup()
     expected = datamodule.datasets[split].table[IMAGE].tolist()
-    key = {"tta": settings.tta, "image_size": datamodule.image_size, "images": len(expected)}
+    key = {
+        "tta": settings.tta,
+        "precision": settings.precision,
+        "image_size": datamodule.image_size,
+        "images": len(expected),
+    }
     if cache is not None and (stored := cache.load(split, key, expected)) is not None:
         return stored
     loader = datamodule.eval_dataloader(split, tta_resize(datamodule.image_size, settings.tta))
