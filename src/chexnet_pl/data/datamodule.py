@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from chexnet_pl.data.cache import ImageCache, StaleCache, cache_folder, check_sources, open_cache
 from chexnet_pl.data.dataset import NIHChestXray
 from chexnet_pl.data.image_check import find_bad_images
 from chexnet_pl.data.images import find_images
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 VIEWS = ("all", "PA", "AP")
 MISSING_POLICIES = ("error", "skip")
+CACHE_MODES = ("auto", "off", "required")
 
 
 class NIHDataModule(pl.LightningDataModule):
@@ -40,6 +42,11 @@ class NIHDataModule(pl.LightningDataModule):
         view_position: all | PA | AP.
         missing_images: error (stop, naming the missing files) or skip (use only images present).
         augment: keyword arguments of ``train_transform``.
+        cache: auto (read the pre-resized cache of ``python -m chexnet_pl.data.prepare`` when one
+            is valid for these images, else decode the PNGs), off, or required (stop when there
+            is no valid cache). A stale or partial cache is never used.
+        cache_dir: where ``prepare`` wrote it (default ``<root>/prepared``); ``cache_size``: which
+            size to use (default: the smallest prepared size ≥ ``image_size``).
         synthetic: keyword arguments of ``generate_synthetic_nih``; when set, ``prepare_data``
             writes that dataset into ``root`` if it is not there yet.
     """
@@ -63,6 +70,9 @@ class NIHDataModule(pl.LightningDataModule):
         require_test: bool = False,
         augment: Mapping[str, Any] | None = None,
         synthetic: Mapping[str, Any] | None = None,
+        cache: str = "auto",
+        cache_dir: str | None = None,
+        cache_size: int | None = None,
     ) -> None:
         super().__init__()
         # Plain values, stored in checkpoints so evaluation can rebuild the same data and split.
@@ -75,6 +85,8 @@ class NIHDataModule(pl.LightningDataModule):
             )
         if on_bad_image not in MISSING_POLICIES:
             raise DataError(f"data.on_bad_image={on_bad_image!r}; use one of {MISSING_POLICIES}")
+        if cache not in CACHE_MODES:
+            raise DataError(f"data.cache={cache!r}; use one of {CACHE_MODES}")
         self.root = Path(root).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         self.pathologies = class_names(include_no_finding)
@@ -98,6 +110,10 @@ class NIHDataModule(pl.LightningDataModule):
         self.require_test = bool(require_test)
         self.augment = dict(augment or {})
         self.synthetic = dict(synthetic) if synthetic else None
+        self.cache_mode = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / "prepared"
+        self.cache_size = int(cache_size) if cache_size else None
+        self.image_cache: ImageCache | None = None
         self.table: pd.DataFrame | None = None
         self.labels: np.ndarray | None = None
         self.datasets: dict[str, NIHChestXray] = {}
@@ -111,6 +127,10 @@ class NIHDataModule(pl.LightningDataModule):
             from chexnet_pl.data.synthetic import ensure_synthetic_nih
 
             ensure_synthetic_nih(self.root, **self.synthetic)
+            if self.cache_mode != "off":  # the demo takes the fast path too
+                from chexnet_pl.data.prepare import build_cache
+
+                build_cache(self.root, self.image_size, self.cache_dir, workers=1, progress=False)
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
@@ -132,8 +152,26 @@ class NIHDataModule(pl.LightningDataModule):
             )
             table, labels = table[keep].reset_index(drop=True), labels[keep]
         table, labels = self._attach_paths(table, labels, csv)
-        if self.check_images:
-            table, labels = self._drop_bad_images(table, labels)
+        cache_rows = self._open_cache(table)
+        if cache_rows is not None:
+            # prepare decoded every image in full: the ones it could not read are the bad ones.
+            entries = self.image_cache.index.iloc[cache_rows]
+            is_bad = (entries["status"] != "ok").to_numpy()
+            bad = dict(
+                zip(table.loc[is_bad, "path"].astype(str), entries["error"][is_bad], strict=True)
+            )
+            keep = self._drop_bad_images(table, bad)
+        else:
+            keep = (
+                self._drop_bad_images(
+                    table, dict(find_bad_images(table["path"].astype(str).tolist()))
+                )
+                if self.check_images
+                else None
+            )
+        if keep is not None:
+            table, labels = table[keep].reset_index(drop=True), labels[keep]
+            cache_rows = None if cache_rows is None else cache_rows[keep]
 
         self.table, self.labels = table, labels
         for name in SPLITS:
@@ -152,6 +190,8 @@ class NIHDataModule(pl.LightningDataModule):
                 self.pathologies,
                 transform=transform,
                 skip_report=skip_report,
+                cache=self.image_cache,
+                cache_rows=None if cache_rows is None else cache_rows[rows],
             )
         sizes = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("split sizes: %s", sizes)
@@ -198,14 +238,56 @@ class NIHDataModule(pl.LightningDataModule):
     def _skip_report(self) -> Path:
         return (self.report_dir or Path.cwd()) / "skipped_images.csv"
 
-    def _drop_bad_images(
-        self, table: pd.DataFrame, labels: np.ndarray
-    ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Check every used image's header and end (not a full decode) before training starts."""
-        paths = table["path"].astype(str)
-        bad = dict(find_bad_images(paths.tolist()))
+    def _open_cache(self, table: pd.DataFrame) -> np.ndarray | None:
+        """The cache rows of ``table`` when a valid cache covers it (``data.cache``), else None."""
+        if self.cache_mode == "off":
+            return None
+        if self.cache_size:
+            sizes = [self.cache_size]
+        else:
+            prepared = self.cache_dir.glob("*px") if self.cache_dir.is_dir() else []
+            sizes = sorted(
+                int(p.name[:-2])
+                for p in prepared
+                if p.name[:-2].isdigit() and int(p.name[:-2]) >= self.image_size
+            )
+        problems = []
+        for size in sizes:
+            folder = cache_folder(self.cache_dir, size)
+            try:
+                cache = open_cache(folder, size)
+                rows = check_sources(cache, table[IMAGE], table["path"])
+            except StaleCache as exc:
+                problems.append(str(exc))
+                continue
+            log.info("reading %d images from the %d px cache in %s", len(table), size, folder)
+            self.image_cache = cache
+            return rows
+        build = f"python -m chexnet_pl.data.prepare root={self.root} size={self.cache_size or self.image_size}"
+        if self.cache_dir != self.root / "prepared":
+            build += f" cache_dir={self.cache_dir}"
+        found = (
+            "; ".join(problems)
+            or f"no prepared cache of ≥ {self.image_size} px in {self.cache_dir}"
+        )
+        if self.cache_mode == "required":
+            raise DataError(f"data.cache=required, but {found}. Build it with: {build}")
+        if problems:
+            log.warning(
+                "not using the image cache: %s. Decoding PNGs instead; rebuild it with: %s",
+                found,
+                build,
+            )
+        else:
+            log.info("decoding PNGs (%s); for faster loading run once: %s", found, build)
+        return None
+
+    def _drop_bad_images(self, table: pd.DataFrame, bad: dict[str, str]) -> np.ndarray | None:
+        """Rows to keep given unusable files (``bad``: path → reason), per ``on_bad_image``;
+        None when all are usable."""
         if not bad:
-            return table, labels
+            return None
+        paths = table["path"].astype(str)
         is_bad = paths.isin(bad).to_numpy()
         listing = pd.DataFrame({"Image Index": table.loc[is_bad, IMAGE], "path": paths[is_bad]})
         listing["reason"] = listing["path"].map(bad)
@@ -227,7 +309,7 @@ class NIHDataModule(pl.LightningDataModule):
             "data.on_bad_image=skip: leaving out %d unusable image(s), listed in %s:\n%s%s",
             len(bad), report, lines, more,
         )  # fmt: skip
-        return table[~is_bad].reset_index(drop=True), labels[~is_bad]
+        return ~is_bad
 
     def pos_weight(self) -> np.ndarray:
         """Per-class negatives/positives on the training split (1 where a class has no positives)."""
@@ -260,7 +342,16 @@ class NIHDataModule(pl.LightningDataModule):
             return self._loader(split, shuffle=False)  # val and test already use the eval transform
         source = self.datasets[split]
         resize = eval_transform(image_size or self.image_size)  # never training augmentation here
-        dataset = NIHChestXray(source.table, source.labels, source.pathologies, resize)
+        size = image_size or self.image_size
+        cached = source.cache is not None and source.cache.size >= size
+        dataset = NIHChestXray(
+            source.table,
+            source.labels,
+            source.pathologies,
+            resize,
+            cache=source.cache if cached else None,
+            cache_rows=source.cache_rows if cached else None,
+        )
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from chexnet_pl.data.cache import ImageCache
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.errors import DataError, ImageReadError
@@ -32,6 +33,8 @@ class NIHChestXray(Dataset):
         pathologies: Sequence[str],
         transform: Callable | None = None,
         skip_report: str | Path | None = None,
+        cache: ImageCache | None = None,
+        cache_rows: np.ndarray | None = None,
     ) -> None:
         if len(table) != len(labels):
             raise ValueError(f"table has {len(table)} rows but labels has {len(labels)}")
@@ -44,11 +47,18 @@ class NIHChestXray(Dataset):
         self.skip_report = Path(skip_report) if skip_report else None
         self._paths = self.table["path"].astype(str).tolist()
         self._names = self.table[IMAGE].tolist()
+        # With a cache (``data.prepare``), images come pre-decoded from its memory map.
+        self.cache = cache
+        self.cache_rows = None if cache is None else np.asarray(cache_rows, dtype=np.int64)
+        if cache is not None and len(self.cache_rows) != len(self._paths):
+            raise ValueError(f"{len(self._paths)} rows but {len(self.cache_rows)} cache rows")
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> dict:
+        if self.cache is not None:
+            return self._sample(index, self.cache.read(self.cache_rows[index]))
         for attempt in range(min(len(self), 100)):
             row = (index + attempt) % len(self)
             try:

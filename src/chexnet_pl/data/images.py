@@ -33,7 +33,7 @@ def find_images(root: str | Path) -> dict[str, Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data root {root} is not a folder. Set data.root to the NIH download folder."
+            f"data root {root} is not a folder. Point data.root (root= for prepare) at the NIH download folder."
         )
     found: dict[str, Path] = {}
     folders = []

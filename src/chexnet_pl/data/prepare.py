@@ -1,0 +1,282 @@
+"""Decode every image once into the pre-resized cache the data module reads (``data.cache``).
+
+python -m chexnet_pl.data.prepare root=/data/nih size=256 [workers=16] [cache_dir=/fast/disk]
+
+Parallel across cores, resumable (rerun after an interruption continues where it stopped),
+atomic (the cache appears only when complete), and a no-op when the cache is up to date with the
+source files; a stale cache (files added, changed or removed) is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from chexnet_pl.cli import run_or_exit
+from chexnet_pl.data.cache import (
+    CACHE_FORMAT,
+    CACHE_VERSION,
+    IMAGES,
+    INDEX,
+    INTERPOLATION,
+    MANIFEST,
+    STATUS_BAD,
+    STATUS_OK,
+    STATUS_TODO,
+    StaleCache,
+    cache_folder,
+    open_cache,
+    source_listing,
+)
+from chexnet_pl.data.images import find_images, read_gray
+from chexnet_pl.errors import DataError, ImageReadError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+STATUS, ERRORS = "status.u8", "errors.jsonl"
+SOURCE_COLUMNS = ["Image Index", "source", "bytes", "mtime_ns"]
+
+
+def default_cache_dir(root: str | Path) -> Path:
+    return Path(root).expanduser() / "prepared"
+
+
+def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
+    """Area interpolation to a square, as the training transform's resize does."""
+    if image.shape == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+# -- worker side ------------------------------------------------------------------------------
+_worker: dict = {}
+
+
+def _open_worker(folder: str, count: int, size: int) -> None:
+    cv2.setNumThreads(1)  # one image per process at a time; parallelism is across processes
+    _worker["images"] = np.memmap(
+        Path(folder) / IMAGES, dtype=np.uint8, mode="r+", shape=(count, size, size)
+    )
+    _worker["status"] = np.memmap(Path(folder) / STATUS, dtype=np.uint8, mode="r+", shape=(count,))
+    _worker["size"] = size
+
+
+def _decode_chunk(job: tuple[np.ndarray, list[str]]) -> tuple[int, list[tuple[int, str, str]]]:
+    """Decode, resize and store one chunk; images are flushed before their status is."""
+    rows, paths = job
+    images, status, size = _worker["images"], _worker["status"], _worker["size"]
+    failures, done = [], []
+    for row, path in zip(rows, paths, strict=True):
+        try:
+            images[row] = resize_gray(read_gray(path), size)
+            done.append(row)
+        except ImageReadError as exc:
+            failures.append((int(row), path, exc.reason))
+    images.flush()
+    status[np.asarray(done, dtype=np.int64)] = STATUS_OK
+    status[np.asarray([row for row, _, _ in failures], dtype=np.int64)] = STATUS_BAD
+    status.flush()
+    return len(rows), failures
+
+
+# -- main side --------------------------------------------------------------------------------
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
+    """Keep a partial build of the same sources and size; else start a fresh one."""
+    if partial.exists():
+        try:
+            manifest = json.loads((partial / MANIFEST).read_text())
+            previous = pd.read_csv(partial / INDEX)[SOURCE_COLUMNS]
+            if (
+                manifest.get("size") == size
+                and manifest.get("version") == CACHE_VERSION
+                and previous.equals(listing[SOURCE_COLUMNS])
+                and (partial / STATUS).stat().st_size == len(listing)
+            ):
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        log.info("discarding the partial cache in %s: its sources or settings differ", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    listing.to_csv(partial / INDEX, index=False)
+    with open(partial / IMAGES, "wb") as handle:
+        handle.truncate(len(listing) * size * size)
+    with open(partial / STATUS, "wb") as handle:
+        handle.truncate(len(listing))
+    _write_json(
+        partial / MANIFEST,
+        {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "size": size,
+            "interpolation": INTERPOLATION,
+            "count": len(listing),
+            "complete": False,
+        },
+    )
+
+
+def build_cache(
+    root: str | Path,
+    size: int = 256,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    chunk_size: int = 64,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build (or bring up to date) the ``size`` px cache of every image under ``root``."""
+    size = int(size)
+    if size < 8:
+        raise DataError(f"size={size}: the cache needs images of at least 8 px")
+    root = Path(root).expanduser()
+    folder = cache_folder(cache_dir or default_cache_dir(root), size)
+    images = find_images(root)
+    if not images:
+        raise DataError(
+            f"no images under {root}: expected {root}/images/*.png or {root}/images_NNN/images/*.png"
+        )
+    listing = source_listing(images, root)
+    if folder.exists() and not force:
+        try:
+            current = open_cache(folder, size)
+            if current.index[SOURCE_COLUMNS].equals(listing[SOURCE_COLUMNS]):
+                log.info("%s is up to date (%d images)", folder, len(listing))
+                return folder
+            reason = "the source images changed (added, removed or modified)"
+        except StaleCache as exc:
+            reason = str(exc)
+        log.warning("rebuilding %s: %s", folder, reason)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the cache under {folder.parent} ({exc}); give cache_dir=<writable folder>"
+        ) from exc
+
+    partial = folder.with_name(folder.name + ".partial")
+    _start_or_resume(partial, listing, size)
+    status = np.fromfile(partial / STATUS, dtype=np.uint8)
+    todo = np.flatnonzero(status == STATUS_TODO)
+    if len(todo) < len(listing):
+        log.info(
+            "resuming %s: %d of %d images already done",
+            partial,
+            len(listing) - len(todo),
+            len(listing),
+        )
+    paths = [str(images[name]) for name in listing["Image Index"]]
+    jobs = [
+        (todo[start : start + chunk_size], [paths[i] for i in todo[start : start + chunk_size]])
+        for start in range(0, len(todo), chunk_size)
+    ]
+    workers = max(1, min(int(workers or os.cpu_count() or 1), len(jobs) or 1))
+    log.info(
+        "decoding %d images to %d px with %d process(es) into %s", len(todo), size, workers, partial
+    )
+    with (
+        open(partial / ERRORS, "a") as errors,
+        tqdm(total=len(todo), unit="img", disable=not progress) as bar,
+    ):
+
+        def record(result: tuple[int, list[tuple[int, str, str]]]) -> None:
+            count, failures = result
+            for row, path, reason in failures:
+                errors.write(json.dumps({"row": row, "path": path, "reason": reason}) + "\n")
+                log.warning("cannot read %s: %s", path, reason)
+            errors.flush()
+            bar.update(count)
+
+        if workers == 1:
+            _open_worker(str(partial), len(listing), size)
+            for job in jobs:
+                record(_decode_chunk(job))
+            _worker.clear()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(
+                workers, initializer=_open_worker, initargs=(str(partial), len(listing), size)
+            ) as pool:
+                for result in pool.imap_unordered(_decode_chunk, jobs):
+                    record(result)
+    return _finish(partial, folder, listing)
+
+
+def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
+    status = np.fromfile(partial / STATUS, dtype=np.uint8)
+    if (status == STATUS_TODO).any():
+        raise DataError(
+            f"{partial}: {(status == STATUS_TODO).sum()} images were not decoded; rerun"
+        )
+    reasons: dict[int, str] = {}
+    if (partial / ERRORS).exists():
+        for line in (partial / ERRORS).read_text().splitlines():
+            entry = json.loads(line)
+            reasons[entry["row"]] = entry["reason"]
+    index = listing.copy()
+    index["status"] = np.where(status == STATUS_OK, "ok", "bad")
+    index["error"] = [
+        reasons.get(row, "unreadable") if value == STATUS_BAD else ""
+        for row, value in enumerate(status)
+    ]
+    index.to_csv(partial / INDEX, index=False)
+    manifest = json.loads((partial / MANIFEST).read_text())
+    manifest.update({"complete": True, "bad": int((status == STATUS_BAD).sum())})
+    _write_json(partial / MANIFEST, manifest)
+    (partial / STATUS).unlink()
+    (partial / ERRORS).unlink(missing_ok=True)
+
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(partial, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    bad = manifest["bad"]
+    log.info(
+        "%s: %d images of %d px%s",
+        folder,
+        len(index),
+        manifest["size"],
+        f"; {bad} unreadable (listed with their reason in {folder / INDEX})" if bad else "",
+    )
+    return folder
+
+
+def prepare(cfg: DictConfig) -> Path:
+    return build_cache(
+        cfg.root,
+        size=int(cfg.size),
+        cache_dir=cfg.cache_dir,
+        workers=cfg.workers,
+        chunk_size=int(cfg.chunk_size),
+        force=bool(cfg.force),
+        progress=bool(cfg.progress),
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    run_or_exit(prepare, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The pre-resized image cache: built from real PNG files, resumable, atomic, never used stale."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from chexnet_pl.data import prepare as prepare_module
+from chexnet_pl.data.cache import StaleCache, cache_folder, open_cache
+from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.data.images import read_gray
+from chexnet_pl.data.prepare import build_cache, resize_gray
+from chexnet_pl.errors import DataError
+
+
+@pytest.fixture
+def release(tmp_path, synthetic_root):
+    """A writable copy of the synthetic release (64 px PNGs)."""
+    root = tmp_path / "nih"
+    shutil.copytree(synthetic_root, root)
+    return root
+
+
+def _datamodule(root, **kwargs):
+    settings = {
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "split": {"method": "official", "seed": 0},
+        "report_dir": str(root / "reports"),
+    }
+    return NIHDataModule(root=str(root), **{**settings, **kwargs})
+
+
+def test_cache_holds_each_image_area_resized(release):
+    folder = build_cache(release, size=32, workers=1, progress=False)
+    assert folder == release / "prepared" / "32px"
+    cache = open_cache(folder, 32)
+    pngs = sorted((release / "images").glob("*.png"))
+    assert cache.count == len(pngs) and list(cache.index["Image Index"]) == [p.name for p in pngs]
+    for row in (0, 7, len(pngs) - 1):
+        expected = resize_gray(read_gray(pngs[row]), 32)
+        assert np.array_equal(cache.read(row), expected)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["size"] == 32 and manifest["bad"] == 0
+    assert not (folder / "status.u8").exists()
+
+
+def test_data_module_reads_the_cache_with_the_same_samples_and_augmentations(release):
+    build_cache(release, size=32, workers=1, progress=False)
+    augment = {"hflip": 0.5, "affine": 1.0}
+    cached = _datamodule(release, augment=augment)
+    raw = _datamodule(release, augment=augment, cache="off")
+    cached.setup()
+    raw.setup()
+    assert cached.datasets["train"].cache is not None and raw.datasets["train"].cache is None
+    for split in ("train", "val", "test"):
+        a, b = cached.datasets[split], raw.datasets[split]
+        assert list(a.table["Image Index"]) == list(b.table["Image Index"])
+        for index in (0, len(a) - 1):
+            torch.manual_seed(index)  # the augmentation draws from torch's generator
+            sample_a = a[index]
+            torch.manual_seed(index)
+            sample_b = b[index]
+            assert torch.equal(sample_a["img"], sample_b["img"]), (split, index)
+            assert torch.equal(sample_a["lab"], sample_b["lab"])
+
+
+def test_a_larger_cache_is_resized_down_and_a_smaller_one_is_not_used(release, caplog):
+    build_cache(release, size=48, workers=1, progress=False)
+    dm = _datamodule(release, image_size=32)
+    dm.setup()
+    assert dm.image_cache.size == 48
+    image = dm.datasets["val"][0]["img"]
+    assert image.shape == (1, 32, 32) and image.dtype == torch.uint8
+    reference = resize_gray(read_gray(dm.datasets["val"].table["path"][0]), 32)
+    assert np.abs(image[0].numpy().astype(int) - reference.astype(int)).mean() < 3
+
+    caplog.set_level(logging.INFO)
+    bigger = _datamodule(release, image_size=64)
+    bigger.setup()
+    assert bigger.image_cache is None
+    assert "size=64" in caplog.text  # says how to build one
+
+
+def test_changed_source_makes_the_cache_stale_until_rebuilt(release, caplog):
+    build_cache(release, size=32, workers=1, progress=False)
+    victim = sorted((release / "images").glob("*.png"))[3]
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    caplog.set_level(logging.WARNING)
+    dm = _datamodule(release)
+    dm.setup()
+    assert dm.image_cache is None and victim.name in caplog.text and "prepare" in caplog.text
+    with pytest.raises(
+        DataError, match=rf"cache=required.*{victim.name}.*chexnet_pl\.data\.prepare"
+    ):
+        _datamodule(release, cache="required").setup()
+
+    caplog.clear()
+    build_cache(release, size=32, workers=1, progress=False)
+    assert "rebuilding" in caplog.text
+    dm = _datamodule(release, cache="required")
+    dm.setup()
+    assert dm.image_cache is not None
+
+
+def test_added_or_removed_image_triggers_a_rebuild(release, caplog):
+    build_cache(release, size=32, workers=1, progress=False)
+    pngs = sorted((release / "images").glob("*.png"))
+    shutil.copy(pngs[0], release / "images" / "99999999_000.png")
+    caplog.set_level(logging.INFO)
+    folder = build_cache(release, size=32, workers=1, progress=False)
+    assert "rebuilding" in caplog.text
+    assert "99999999_000.png" in set(open_cache(folder, 32).index["Image Index"])
+
+    pngs[1].unlink()  # a listed image gone: the data module must not read a stale copy of it
+    with pytest.raises(DataError, match=pngs[1].name):
+        _datamodule(release, cache="required").setup()
+
+
+def test_interrupted_build_is_invisible_then_resumed(release, monkeypatch):
+    real = prepare_module._decode_chunk
+    calls = {"n": 0}
+
+    def interrupted(job):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(prepare_module, "_decode_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(release, size=32, workers=1, chunk_size=16, progress=False)
+    folder = cache_folder(release / "prepared", 32)
+    assert not folder.exists() and folder.with_name("32px.partial").exists()
+    with pytest.raises(DataError, match="cache=required"):
+        _datamodule(release, cache="required").setup()
+
+    monkeypatch.setattr(prepare_module, "_decode_chunk", real)
+    decoded = []
+    monkeypatch.setattr(
+        prepare_module, "_decode_chunk", lambda job: decoded.append(len(job[0])) or real(job)
+    )
+    build_cache(release, size=32, workers=1, chunk_size=16, progress=False)
+    total = len(list((release / "images").glob("*.png")))
+    assert sum(decoded) == total - 32  # the two finished chunks were not decoded again
+    fresh = build_cache(release, size=32, cache_dir=release / "fresh", workers=1, progress=False)
+    assert (folder / "images.u8").read_bytes() == (fresh / "images.u8").read_bytes()
+
+
+def test_unreadable_image_is_recorded_and_handled_like_a_bad_file(release):
+    victim = sorted((release / "images").glob("*.png"))[5]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    folder = build_cache(release, size=32, workers=1, progress=False)
+    cache = open_cache(folder, 32)
+    entry = cache.index.set_index("Image Index").loc[victim.name]
+    assert entry["status"] == "bad" and entry["error"]
+
+    with pytest.raises(DataError, match=victim.name):
+        _datamodule(release).setup()
+    dm = _datamodule(release, on_bad_image="skip")
+    dm.setup()
+    assert dm.image_cache is not None
+    assert victim.name not in set(dm.table["Image Index"])
+    assert victim.name in (release / "reports" / "skipped_images.csv").read_text()
+
+
+def test_cache_of_another_version_is_refused(release):
+    folder = build_cache(release, size=32, workers=1, progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 0}))
+    with pytest.raises(StaleCache, match="another version"):
+        open_cache(folder, 32)
+    assert _datamodule(release).image_cache is None
+
+
+def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chexnet_pl.data.prepare",
+            f"root={release}",
+            "size=32",
+            "workers=2",
+            "chunk_size=10",
+            "progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    serial = build_cache(release, size=32, cache_dir=tmp_path / "serial", workers=1, progress=False)
+    parallel = cache_folder(release / "prepared", 32)
+    assert (parallel / "images.u8").read_bytes() == (serial / "images.u8").read_bytes()
+
+
+def test_prepare_command_names_a_missing_root(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "chexnet_pl.data.prepare", f"root={tmp_path / 'nope'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "nope is not a folder" in output and "Traceback" not in output
+
+
+def test_real_sample_cache(nih_sample, tmp_path):
+    folder = build_cache(nih_sample, size=64, cache_dir=tmp_path, workers=2, progress=False)
+    cache = open_cache(folder, 64)
+    assert cache.count == 59 and set(cache.index["status"]) == {"ok"}
+    for row in range(0, 59, 11):
+        source = nih_sample / "images" / cache.index["Image Index"][row]
+        assert np.array_equal(cache.read(row), resize_gray(read_gray(source), 64))
+    dm = NIHDataModule(
+        root=str(nih_sample),
+        image_size=64,
+        num_workers=0,
+        cache="required",
+        cache_dir=str(tmp_path),
+    )
+    dm.setup()
+    assert sum(len(ds) for ds in dm.datasets.values()) == 59
