@@ -126,11 +126,19 @@ def test_pos_weight_reaches_the_loss(make_cfg):
     assert (expected[:14] > 1).all()  # every finding is a minority class here
 
 
-def test_precision_auto():
-    assert resolve_precision("auto") == (
-        "32-true" if not torch.cuda.is_available() else resolve_precision("auto")
-    )
+def test_precision_auto(monkeypatch):
+    from chexnet_pl import train as train_module
+
     assert resolve_precision("bf16-mixed") == "bf16-mixed"
+    monkeypatch.setattr(train_module.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto") == "32-true"  # emulated bf16 would be slower
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto") == "bf16-mixed"
+    monkeypatch.setattr(train_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train_module.torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto") == "16-mixed"
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "32-true"  # even where a GPU exists
 
 

@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from chexnet_pl.callbacks import AtomicCheckpointIO
 from chexnet_pl.errors import ChexnetError, DataError, TrainingError, WeightsError
+from chexnet_pl.evaluation.predictions import cpu_has_fast_bf16
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
 from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
 from chexnet_pl.models.module import CheXNetModule
@@ -34,12 +35,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def resolve_precision(requested: str | int, accelerator: str = "auto") -> str | int:
-    """``auto`` → 16-mixed on CUDA (bf16-mixed where supported), 32-true on CPU."""
+    """``auto`` → bf16-mixed on CUDA (16-mixed where bf16 is missing); on CPU bf16-mixed where
+    the CPU has native bf16 (AVX512-BF16/AMX), else 32-true (emulated bf16 is slower than fp32)."""
     if requested != "auto":
         return requested
     if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
 def _unwrap_worker_error(exc: RuntimeError) -> Exception:
