@@ -1,6 +1,6 @@
 """Score heat maps against NIH's radiologist boxes.
 
-python -m chexnet_pl.localize ckpt=best.ckpt data.root=/data/nih [method=cam] [threshold=0.5]
+python -m chexnet_pl.localize ckpt=best.ckpt data.root=/data/nih [method=auto] [threshold=0.5]
 """
 
 from __future__ import annotations

@@ -91,6 +91,23 @@ def check_resumable(model: CheXNetModule, ckpt_path: str) -> None:
             )
 
 
+def check_input_size(model: CheXNetModule, image_size: int) -> None:
+    """A backbone that cannot take ``image_size`` px (AlexNet below 63 px) stops with a message
+    before training, not with a pooling error at the first step."""
+    probe = torch.zeros(1, 1, image_size, image_size, dtype=torch.uint8, device=model.device)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    except RuntimeError as exc:
+        raise TrainingError(
+            f"model.backbone={model.hparams.backbone} cannot take {image_size} px images "
+            f"({str(exc).splitlines()[0][:160]}). Raise data.image_size."
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
 def _instantiate_all(section: DictConfig | None) -> list:
     if not section:
         return []
@@ -113,6 +130,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
+    check_input_size(model, int(cfg.data.image_size))
     if cfg.get("init_from"):
         init_from_checkpoint(model, cfg.init_from)
     if cfg.get("ckpt_path"):

@@ -1,4 +1,4 @@
-"""Train only the classifier for the first epochs of a fine-tune, then everything."""
+"""Train only the head for the first epochs of a fine-tune, then everything."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ log = logging.getLogger(__name__)
 
 
 class FreezeBackbone(pl.Callback):
-    """Freeze ``model.net.features`` (weights and batch-norm statistics) for ``epochs`` epochs."""
+    """Freeze ``model.net.features`` (weights and batch-norm statistics) for ``epochs`` epochs.
+
+    Every backbone in the registry splits into ``features`` (the convolutional body) and a head
+    (its pooling, ``pre_logits`` — AlexNet's fc6/fc7, ConvNeXt's LayerNorm — the classifier and
+    GoogLeNet's auxiliary classifiers); the head trains throughout.
+    """
 
     def __init__(self, epochs: int = 1) -> None:
         self.epochs = int(epochs)

@@ -22,15 +22,16 @@ log = logging.getLogger(__name__)
 class VisualizationCallback(pl.Callback):
     """``n_images`` validation images, chosen once (seeded) as positives of different findings.
 
-    Each image's overlay shows its most probable finding (``method``: ``cam`` costs one forward
-    pass for all classes; any ``grad-cam`` method works too).
+    Each image's overlay shows its most probable finding (``method``: ``auto`` is ``cam`` where
+    the backbone's head allows it — one forward pass for all classes — else Grad-CAM; any
+    ``grad-cam`` method works too).
     """
 
     def __init__(
         self,
         dirpath: str,
         n_images: int = 8,
-        method: str = "cam",
+        method: str = "auto",
         every_n_epochs: int = 1,
         seed: int = 0,
     ):

@@ -57,28 +57,40 @@ class NIHChestXray(Dataset):
         return len(self._paths)
 
     def __getitem__(self, index: int) -> dict:
+        self._seed_transform()
+        return self._sample(*self._load(index))
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A whole batch (the DataLoader calls this when it exists), with one augmentation seed
+        per batch: reseeding albumentations costs as much as augmenting a cached image."""
+        self._seed_transform()
+        return [self._sample(*self._load(index)) for index in indices]
+
+    def _seed_transform(self) -> None:
+        # Albumentations draws from its own generators, seeded from OS entropy unless told
+        # otherwise; seeding them from torch's generator (seeded per worker by Lightning and
+        # saved in checkpoints) makes augmentation reproducible and resumable.
+        if self.transform is not None:
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+    def _load(self, index: int) -> tuple[int, np.ndarray]:
+        """The row actually used (a later one when skipping unreadable files) and its image."""
         if self.cache is not None:
-            return self._sample(index, self.cache.read(self.cache_rows[index]))
+            return index, self.cache.read(self.cache_rows[index])
         for attempt in range(min(len(self), 100)):
             row = (index + attempt) % len(self)
             try:
-                image = read_gray(self._paths[row])
+                return row, read_gray(self._paths[row])
             except ImageReadError as exc:
                 if self.skip_report is None:
                     raise
                 self._record_skip(row, exc)
-                continue
-            return self._sample(row, image)
         raise DataError(
             f"100 images in a row from {self._paths[index]} on could not be read; see {self.skip_report}"
         )
 
     def _sample(self, index: int, image: np.ndarray) -> dict:
         if self.transform is not None:
-            # Albumentations draws from its own generators, seeded from OS entropy unless told
-            # otherwise; seeding them from torch's generator (seeded per worker by Lightning and
-            # saved in checkpoints) makes augmentation reproducible and resumable.
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             image = self.transform(image=image)["image"]
         return {
             "img": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0),

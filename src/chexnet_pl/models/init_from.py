@@ -42,24 +42,27 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
             f"set model.backbone={source_backbone} or start from a {target_backbone} checkpoint"
         )
     own = model.state_dict()
+    # The layers with one output per class: the classifier, and GoogLeNet's auxiliary ones.
+    head_prefixes = tuple(f"net.{name}." for name in model.net.output_layer_names())
     head_mismatch = [
         k
         for k in state
-        if k.startswith(HEAD_PREFIX) and k in own and state[k].shape != own[k].shape
+        if k.startswith(head_prefixes) and k in own and state[k].shape != own[k].shape
     ]
     if head_mismatch:
         log.warning(
-            "init_from %s: its head has %d outputs, this model has %d; reinitialising the classifier only",
+            "init_from %s: its head has %d outputs, this model has %d; reinitialising the classifier only%s",
             path, state[HEAD_PREFIX + "weight"].shape[0], own[HEAD_PREFIX + "weight"].shape[0],
+            " (and the auxiliary classifiers' output layers)" if len(head_prefixes) > 1 else "",
         )  # fmt: skip
-        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
     # Metric states and buffers such as the loss weights belong to the new run.
     state = {k: v for k, v in state.items() if k.startswith("net.")}
     result = model.load_state_dict(state, strict=False)
     missing = [
         k
         for k in result.missing_keys
-        if k.startswith("net.") and not (head_mismatch and k.startswith(HEAD_PREFIX))
+        if k.startswith("net.") and not (head_mismatch and k.startswith(head_prefixes))
     ]
     if missing or result.unexpected_keys:
         raise WeightsError(

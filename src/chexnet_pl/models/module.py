@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0}
 DEFAULT_SCHEDULER = {"name": "plateau", "monitor": "val/loss", "factor": 0.1, "patience": 1}
+# Weight of each auxiliary classifier's loss (GoogLeNet's two), as in the GoogLeNet paper.
+AUX_LOSS_WEIGHT = 0.3
 
 
 class CheXNetModule(pl.LightningModule):
@@ -38,6 +40,9 @@ class CheXNetModule(pl.LightningModule):
         scheduler: ``name`` (plateau | cosine | none) and its settings; plateau watches ``monitor``.
         pos_weight: weight each class's positives by negatives/positives of the training split.
         channels_last: run convolutions in NHWC (faster on CPUs and tensor cores).
+        compile: ``torch.compile`` the training forward (``compile_backend``: inductor, or eager
+            to check tracing only). Evaluation, prediction and heat maps run the eager network,
+            and checkpoints hold the same keys either way.
     """
 
     def __init__(
@@ -51,6 +56,8 @@ class CheXNetModule(pl.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         pos_weight: bool = False,
         channels_last: bool = True,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         optimizer = {**DEFAULT_OPTIMIZER, **dict(optimizer or {})}
@@ -66,9 +73,12 @@ class CheXNetModule(pl.LightningModule):
                 "scheduler": _plain(scheduler),
                 "pos_weight": pos_weight,
                 "channels_last": channels_last,
+                "compile": compile,
+                "compile_backend": compile_backend,
             }
         )
         self.class_names = make_class_names(include_no_finding)
+        self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
         self.normalizer = create_normalizer(backbone)
         # Weights come from the checkpoint when loading one; never download again then.
         self.net = create_backbone(
@@ -120,6 +130,15 @@ class CheXNetModule(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("compile") and self._train_forward is None:
+            # Kept out of the module tree (plain attribute): state_dict keys stay unchanged.
+            self.__dict__["_train_forward"] = torch.compile(
+                self.net.forward_with_aux, backend=self.hparams.get("compile_backend", "inductor")
+            )
+            log.info(
+                "compiling the training forward with torch.compile (%s)",
+                self.hparams.compile_backend,
+            )
         if stage == "fit" and self.hparams.pos_weight and self.trainer is not None:
             weights = torch.as_tensor(self.trainer.datamodule.pos_weight())
             self.loss_pos_weight.copy_(weights)
@@ -135,8 +154,15 @@ class CheXNetModule(pl.LightningModule):
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["img"])
-        loss = self._loss(logits, batch["lab"])
+        forward = self._train_forward or self.net.forward_with_aux
+        logits, aux_logits = forward(self.prepare_input(batch["img"]))
+        head_loss = self._loss(logits, batch["lab"])
+        loss = head_loss
+        if aux_logits:  # GoogLeNet's auxiliary classifiers: in the training loss only
+            aux_loss = sum(self._loss(aux, batch["lab"]) for aux in aux_logits)
+            loss = head_loss + AUX_LOSS_WEIGHT * aux_loss
+            self.log("train/aux_loss", aux_loss.detach(), on_step=True, on_epoch=True,
+                     batch_size=len(logits))  # fmt: skip
         if not torch.isfinite(loss):
             names = list(batch["name"])
             raise TrainingError(
@@ -144,7 +170,7 @@ class CheXNetModule(pl.LightningModule):
                 f"{self.global_step}, batch {batch_idx}; its images: {names[:16]}"
                 f"{' ...' if len(names) > 16 else ''}. Lower model.optimizer.lr, or check those images."
             )
-        self.train_loss(loss.detach())
+        self.train_loss(head_loss.detach())  # comparable across backbones: no auxiliary terms
         self.log(
             "train/loss",
             self.train_loss,

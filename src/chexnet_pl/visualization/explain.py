@@ -13,7 +13,7 @@ import torch
 
 from chexnet_pl.data.transforms import eval_transform
 from chexnet_pl.visualization.figures import prediction_table, save_figure, upsample
-from chexnet_pl.visualization.heatmaps import heatmaps
+from chexnet_pl.visualization.heatmaps import heatmaps, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,16 @@ def explain(
     xrays: Sequence[XRay],
     image_size: int,
     out_dir: Path,
-    method: str = "cam",
+    method: str = "auto",
     findings: Sequence[str] | None = None,
     thresholds: Sequence[float] | float = 0.5,
     top_k: int = 1,
 ) -> pd.DataFrame:
     """For each image write ``<name>.csv`` (prediction table) and ``<name>_<finding>.png``
     (overlay + table) for ``findings`` (default: its ``top_k`` most probable); return the
-    probabilities (``Image Index``, ``prob_<Class>``)."""
+    probabilities (``Image Index``, ``prob_<Class>``). ``method="auto"``: CAM where the
+    backbone's head allows it, else Grad-CAM."""
+    method = resolve_method(model, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(model.class_names)
     images = model_input(xrays, image_size)

@@ -1,9 +1,12 @@
 """Class activation maps from the model contract (``forward_features`` / ``forward_head``).
 
 ``cam``: the original CAM (Zhou et al. 2016), exact for a global-average-pool + linear head: the
-maps of *every* class come from one forward pass. Grad-CAM and its relatives come from the
-``grad-cam`` package, on the layer that produces ``forward_features`` — so any backbone with that
-contract gets heat maps without hooks into private layers.
+maps of *every* class come from one forward pass. Backbones whose head is something else
+(AlexNet's MLP, ConvNeXt's LayerNorm before the linear layer) say so (``net.cam_available``), and
+asking them for CAM is an error. Grad-CAM and its relatives come from the ``grad-cam`` package,
+on the layer that produces ``forward_features`` (``net.features``) — so every backbone with that
+contract gets them without hooks into private layers. ``auto`` is CAM where the head allows it,
+else Grad-CAM.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from chexnet_pl.errors import ChexnetError
+
 GRAD_METHODS = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
@@ -35,7 +40,37 @@ GRAD_METHODS = {
     "ablationcam": AblationCAM,
     "gradcamelementwise": GradCAMElementWise,
 }
-METHODS = ("cam", *GRAD_METHODS)
+METHODS = ("auto", "cam", *GRAD_METHODS)
+
+
+class CAMUnavailableError(ChexnetError, ValueError):
+    """CAM was asked of a backbone whose head is not global average pooling + one linear layer."""
+
+
+def cam_available(model) -> bool:
+    """Whether ``model``'s head is global average pooling + one linear layer (CAM is exact)."""
+    return bool(getattr(model.net, "cam_available", False))
+
+
+def resolve_method(model, method: str) -> str:
+    """``auto`` → ``cam`` where the head allows it, else ``gradcam``; unknown names are an error."""
+    if method not in METHODS:
+        raise ValueError(f"unknown heat-map method {method!r}; use one of {METHODS}")
+    if method == "auto":
+        return "cam" if cam_available(model) else "gradcam"
+    return method
+
+
+def _require_cam(model) -> None:
+    if cam_available(model):
+        return
+    backbone = model.hparams.get("backbone", type(model.net).__name__)
+    head = getattr(model.net, "head_description", "not global average pooling + one linear layer")
+    raise CAMUnavailableError(
+        f"CAM needs a head that is global average pooling + one linear layer; {backbone}'s head is "
+        f"{head}, so the classifier applied at each position is not a class map. Use "
+        "method=gradcam (or another Grad-CAM method), or method=auto, which picks Grad-CAM here."
+    )
 
 
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -53,7 +88,9 @@ def class_activation_maps(
     """CAMs of all classes in one pass: B×K×H×W in [0, 1], upsampled to ``size`` (the input's by default).
 
     CAM_k = Σ_c w_kc · f_c — the classifier applied at every position of the last feature map.
+    Raises ``CAMUnavailableError`` for a head where that is not the class's evidence.
     """
+    _require_cam(model)
     model.eval()
     features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
     weight = model.net.classifier.weight.float()
@@ -78,9 +115,11 @@ def grad_cam(
 
 
 def heatmaps(
-    model, images: torch.Tensor, class_indices: list[int], method: str = "cam"
+    model, images: torch.Tensor, class_indices: list[int], method: str = "auto"
 ) -> torch.Tensor:
-    """B×len(class_indices)×H×W maps by ``method`` (``cam`` computes all classes in one pass)."""
+    """B×len(class_indices)×H×W maps by ``method`` (``cam`` computes all classes in one pass;
+    ``auto`` is ``cam`` where the backbone's head allows it, else ``gradcam``)."""
+    method = resolve_method(model, method)
     if method == "cam":
         return class_activation_maps(model, images)[:, class_indices]
     return torch.stack([grad_cam(model, images, k, method) for k in class_indices], dim=1)
