@@ -23,6 +23,8 @@ test: setup
 
 # Not part of the tests: timings are noisy on shared machines.
 bench: setup
+	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/heatmaps.py
 
 lint: setup

@@ -278,6 +278,24 @@ def test_truncated_archive_is_detected(tmp_path):
     assert not (tmp_path / "images").exists() or not list((tmp_path / "images").iterdir())
 
 
+def test_damage_anywhere_in_an_archive_is_detected(tmp_path):
+    """Damage inside member data decodes to wrong bytes without a deflate error; only gzip's CRC at
+    the end of the stream catches it, so extraction must read the stream to its end."""
+    from chexnet_pl.data.download import extract_images
+
+    body = _archive([f"{i:08d}_000.png" for i in range(30)])
+    positions = range(100, len(body) - 100, len(body) // 25)
+    for position in positions:
+        damaged = bytearray(body)
+        damaged[position : position + 64] = bytes(64)
+        archive = tmp_path / f"{position}" / "images_001.tar.gz"
+        archive.parent.mkdir()
+        archive.write_bytes(bytes(damaged))
+        with pytest.raises(DownloadError, match="is corrupt"):
+            extract_images(archive, archive.parent / "root")
+        assert not list((archive.parent / "root" / "images").glob("*.png"))
+
+
 def test_checksum_mismatch_names_both_digests(server, tmp_path):
     server.files["/x.tar.gz"] = b"released bytes"
     with pytest.raises(DownloadError, match=r"sha256 is [0-9a-f]{64}, expected 00ff"):

@@ -204,6 +204,10 @@ def extract_images(archive: Path, root: Path) -> int:
                 with source, open(staging / "images" / path.name, "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK)
                 names.append(path.name)
+            # tarfile stops at the end-of-archive marker; reading on to the end of the gzip stream
+            # makes gzip check its CRC and length, which catch damage inside member data.
+            while tar.fileobj.read(CHUNK):
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         bad = archive.with_name(archive.name + ".bad")
