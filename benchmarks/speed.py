@@ -232,49 +232,60 @@ class _Batches(Dataset):
 def lightning_overhead(
     device: torch.device, steps: int, size: int
 ) -> list[tuple[str, float, float]]:
-    """Steady-state step time of ``Trainer.fit`` vs a raw loop over the same module and data."""
+    """Steady-state step rate of ``Trainer.fit`` vs a raw loop over the same module and batches.
+
+    Run at a small image size with many steps, so that the per-step cost Lightning adds is not
+    hidden by the convolution time (the ratio is then an upper bound on the overhead at 224 px);
+    each is run twice, interleaved, and the better rate of each is kept (CPU timing noise).
+    """
     batch = 16
-    data = _Batches(batch * (steps + 2), size)
-    loader = DataLoader(data, batch_size=batch, num_workers=0)
+    loader = DataLoader(_Batches(batch * (steps + 2), size), batch_size=batch, num_workers=0)
 
-    torch.manual_seed(0)
-    model, precision = project_model(device)
-    clock = _StepClock()
-    trainer = pl.Trainer(
-        accelerator=device.type if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[clock],
-    )
-    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-4)
-    trainer.fit(model, loader)
-    lightning_rate = batch * (len(clock.times) - 2) / (clock.times[-1] - clock.times[1])
+    def fit_rate() -> float:
+        torch.manual_seed(0)
+        model, precision = project_model(device)
+        clock = _StepClock()
+        trainer = pl.Trainer(
+            accelerator=device.type if device.type == "cuda" else "cpu",
+            devices=1,
+            precision=precision,
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[clock],
+        )
+        model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=1e-4)
+        trainer.fit(model, loader)
+        return batch * (len(clock.times) - 2) / (clock.times[-1] - clock.times[1])
 
-    torch.manual_seed(0)
-    model, precision = project_model(device)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(enabled=precision == "16-mixed")
-    times = []
-    for batch_idx, item in enumerate(loader):
-        item = {k: v.to(device) if torch.is_tensor(v) else v for k, v in item.items()}
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
-            loss = model.training_step(item, batch_idx)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        _sync(device)
-        times.append(time.perf_counter())
-    raw_rate = batch * (len(times) - 2) / (times[-1] - times[1])
-    return [("Lightning fit vs raw loop", raw_rate, lightning_rate)]
+    def raw_rate() -> float:
+        torch.manual_seed(0)
+        model, precision = project_model(device)
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler(enabled=precision == "16-mixed")
+        times = []
+        for batch_idx, item in enumerate(loader):
+            item = {k: v.to(device) if torch.is_tensor(v) else v for k, v in item.items()}
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, precision):
+                loss = model.training_step(item, batch_idx)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            _sync(device)
+            times.append(time.perf_counter())
+        return batch * (len(times) - 2) / (times[-1] - times[1])
+
+    fits, raws = [], []
+    for _ in range(2):
+        raws.append(raw_rate())
+        fits.append(fit_rate())
+    return [(f"Lightning fit vs raw loop ({size} px)", max(raws), max(fits))]
 
 
 def heatmaps(size: int) -> list[tuple[str, float, float]]:
@@ -323,7 +334,7 @@ def main() -> None:
     rows += loading(args.rows, args.workers)
     rows += training(device, compute_steps)
     rows += inference(device, compute_steps)
-    rows += lightning_overhead(device, max(compute_steps, 4), 224)
+    rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
     if device.type == "cpu":
         rows += heatmaps(224)
 
@@ -331,7 +342,7 @@ def main() -> None:
     for label, base, project in rows:
         key = label.split(" (")[0]
         target = TARGETS.get(key)
-        if key == "Lightning fit vs raw loop":
+        if key.startswith("Lightning fit vs raw loop"):
             verdict = f"{'≥0.95':>8}{' ok' if project / base >= 0.95 else ' MISSED'}"
         elif target:
             verdict = f"{f'≥{target:g}':>8}{' ok' if project / base >= target else ' MISSED'}"

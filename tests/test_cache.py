@@ -236,3 +236,16 @@ def test_real_sample_cache(nih_sample, tmp_path):
     )
     dm.setup()
     assert sum(len(ds) for ds in dm.datasets.values()) == 59
+
+
+def test_area_resize_in_two_steps_matches_one_area_step(nih_sample):
+    import cv2
+
+    from chexnet_pl.data.transforms import area_resize
+
+    image = read_gray(sorted((nih_sample / "images").glob("*.png"))[0])
+    two_steps = area_resize(image, 224)
+    one_step = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA)
+    assert two_steps.shape == (224, 224) and two_steps.dtype == np.uint8
+    assert np.abs(two_steps.astype(int) - one_step.astype(int)).mean() < 1.0
+    assert area_resize(one_step, 224) is one_step  # already the size: untouched

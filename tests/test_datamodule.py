@@ -74,7 +74,7 @@ def test_evaluating_the_training_split_is_not_augmented(synthetic_root):
     dm = _datamodule(synthetic_root, augment={"hflip": 1.0, "affine": 1.0})
     dm.setup("fit")
     loader = dm.eval_dataloader("train")
-    assert [type(t).__name__ for t in loader.dataset.transform.transforms] == ["Resize"]
+    assert [type(t).__name__ for t in loader.dataset.transform.transforms] == ["AreaResize"]
     first = next(iter(loader))["img"]
     assert torch.equal(first, next(iter(dm.eval_dataloader("train")))["img"])
 

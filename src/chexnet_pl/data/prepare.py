@@ -40,6 +40,7 @@ from chexnet_pl.data.cache import (
     source_listing,
 )
 from chexnet_pl.data.images import find_images, read_gray
+from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.errors import DataError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,8 @@ def default_cache_dir(root: str | Path) -> Path:
 
 
 def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
-    """Area interpolation to a square, as the training transform's resize does."""
-    if image.shape == (size, size):
-        return image
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    """Area interpolation to a square, exactly as the training and evaluation transforms resize."""
+    return area_resize(image, size)
 
 
 # -- worker side ------------------------------------------------------------------------------
