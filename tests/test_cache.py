@@ -181,7 +181,58 @@ def test_cache_of_another_version_is_refused(release):
     (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 0}))
     with pytest.raises(StaleCache, match="another version"):
         open_cache(folder, 32)
-    assert _datamodule(release).image_cache is None
+    dm = _datamodule(release)
+    dm.setup()
+    assert dm.image_cache is None and dm.datasets["train"].cache is None  # decodes PNGs instead
+    with pytest.raises(DataError, match="another version"):
+        _datamodule(release, cache="required").setup()
+
+
+def test_damaged_cache_files_fall_back_to_pngs(release, caplog):
+    folder = build_cache(release, size=32, workers=1, progress=False)
+    (folder / "index.csv").write_text("Image Index,source\n")  # a half-copied index
+    caplog.set_level(logging.WARNING)
+    dm = _datamodule(release)
+    dm.setup()
+    assert dm.image_cache is None and "lacks the column" in caplog.text
+    (folder / "index.csv").unlink()
+    with pytest.raises(DataError, match="is damaged"):
+        _datamodule(release, cache="required").setup()
+
+
+def test_cache_rebuilt_while_in_use_is_refused_not_misread(release):
+    build_cache(release, size=32, workers=1, progress=False)
+    dm = _datamodule(release, cache="required")
+    dm.setup()
+    build_cache(release, size=32, workers=1, progress=False, force=True)  # a new images.u8
+    with pytest.raises(DataError, match="rebuilt or changed while this run was using it"):
+        dm.datasets["val"][0]
+
+
+def test_cache_size_below_the_image_size_is_refused(release):
+    build_cache(release, size=32, workers=1, progress=False)
+    with pytest.raises(DataError, match="cache_size=32 is smaller than data.image_size=48"):
+        _datamodule(release, image_size=48, cache_size=32).setup()
+
+
+def test_finished_build_stopped_before_its_rename_is_published(release, monkeypatch):
+    calls = []
+    real = prepare_module._publish
+
+    def stop_before_rename(partial, folder):
+        calls.append(partial)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_publish", stop_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(release, size=32, workers=1, progress=False)
+    monkeypatch.setattr(prepare_module, "_publish", real)
+    decoded = []
+    monkeypatch.setattr(prepare_module, "_decode_chunk", lambda job: decoded.append(job) or (0, []))
+    folder = build_cache(release, size=32, workers=1, progress=False)
+    assert decoded == [] and open_cache(folder, 32).count == len(
+        list((release / "images").glob("*.png"))
+    )
 
 
 def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):

@@ -235,6 +235,7 @@ def test_complete_part_file_is_recognised_by_a_416_answer(server, tmp_path):
     (tmp_path / "x.tar.gz.part").write_bytes(body)
     fetched = fetch(f"{server.url}/x.tar.gz", tmp_path / "x.tar.gz", backoff_s=0, progress=False)
     assert fetched.path.read_bytes() == body
+    assert server.ranges("/x.tar.gz") == [f"bytes={len(body)}-"]  # one request, nothing refetched
 
 
 def test_corrupt_archive_is_detected_and_nothing_of_it_is_extracted(
@@ -323,7 +324,7 @@ def test_missing_file_says_where_to_find_the_current_link(server, tmp_path):
 
 
 def test_unreachable_server_keeps_the_bytes_and_says_rerun(tmp_path):
-    with pytest.raises(DownloadError, match=r"after 2 tries.*rerun to resume"):
+    with pytest.raises(DownloadError, match=r"2 tries in a row without progress.*rerun to resume"):
         fetch(
             "http://127.0.0.1:9/x.tar.gz",
             tmp_path / "x.tar.gz",
@@ -351,3 +352,37 @@ def test_archive_with_a_path_outside_the_folder_is_refused(tmp_path):
     with pytest.raises(DownloadError, match=r"unexpected entry '\.\./\.\./evil\.png'"):
         extract_images(archive, tmp_path / "root")
     assert not (tmp_path.parent / "evil.png").exists()
+
+
+def test_progress_resets_the_retry_budget(server, tmp_path):
+    body = _archive([f"{i:08d}_000.png" for i in range(20)])
+    server.files["/a.tar.gz"] = body
+    drops = {"left": 4}
+    original = server.drop_once
+
+    class DropSeveralTimes(set):
+        def __contains__(self, path):
+            return drops["left"] > 0
+
+        def discard(self, path):
+            drops["left"] -= 1
+
+    server.drop_once = DropSeveralTimes()
+    fetched = fetch(
+        f"{server.url}/a.tar.gz", tmp_path / "a.tar.gz", retries=1, backoff_s=0, progress=False
+    )
+    server.drop_once = original
+    assert fetched.path.read_bytes() == body  # 4 drops, each after progress, with retries=1
+    assert len(server.ranges("/a.tar.gz")) == 5
+
+
+def test_unknown_checksum_algorithm_is_named(server, tmp_path):
+    server.files["/x.bin"] = b"abc"
+    with pytest.raises(DownloadError, match="crc32:1234.*md5:<hex>"):
+        fetch(
+            f"{server.url}/x.bin",
+            tmp_path / "x.bin",
+            checksum="crc32:1234",
+            backoff_s=0,
+            progress=False,
+        )

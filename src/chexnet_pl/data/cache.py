@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet_pl.errors import DataError
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "chexnet_pl-image-cache"
@@ -55,11 +57,17 @@ class ImageCache:
     size: int
     count: int
     index: pd.DataFrame  # row-aligned with images.u8
+    identity: tuple[int, int, int] = (0, 0, 0)  # inode, size, mtime of images.u8 when opened
     _array: np.memmap | None = field(default=None, repr=False)
 
     @property
     def array(self) -> np.memmap:
         if self._array is None:
+            if _identity(self.folder / IMAGES) != self.identity:
+                raise DataError(
+                    f"the cache {self.folder} was rebuilt or changed while this run was using it "
+                    "(its rows no longer match); start the run again"
+                )
             self._array = np.memmap(
                 self.folder / IMAGES,
                 dtype=np.uint8,
@@ -97,8 +105,26 @@ def read_manifest(folder: Path) -> dict:
         raise StaleCache(f"{path} is not valid JSON ({exc})") from exc
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+INDEX_COLUMNS = ["Image Index", "source", "bytes", "mtime_ns", "status", "error"]
+
+
 def open_cache(folder: Path, size: int) -> ImageCache:
     """Open a complete cache of ``size`` px; raises StaleCache saying why it cannot be used."""
+    try:
+        return _open_cache(folder, size)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged or half-copied files
+        raise StaleCache(f"{folder} is damaged ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_cache(folder: Path, size: int) -> ImageCache:
     manifest = read_manifest(folder)
     if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
         raise StaleCache(
@@ -110,6 +136,9 @@ def open_cache(folder: Path, size: int) -> ImageCache:
     if manifest.get("size") != size or manifest.get("interpolation") != INTERPOLATION:
         raise StaleCache(f"{folder} holds {manifest.get('size')} px images, not {size} px")
     index = pd.read_csv(folder / INDEX, dtype={"error": str}, keep_default_na=False)
+    missing = [column for column in INDEX_COLUMNS if column not in index.columns]
+    if missing:
+        raise StaleCache(f"{folder / INDEX} lacks the column(s) {missing}")
     expected = manifest["count"] * size * size
     actual = (folder / IMAGES).stat().st_size if (folder / IMAGES).exists() else -1
     if len(index) != manifest["count"] or actual != expected:
@@ -117,7 +146,7 @@ def open_cache(folder: Path, size: int) -> ImageCache:
             f"{folder} is damaged: {len(index)} index rows and {actual} bytes of images for "
             f"{manifest['count']} images of {size} px"
         )
-    return ImageCache(folder, size, int(manifest["count"]), index)
+    return ImageCache(folder, size, int(manifest["count"]), index, _identity(folder / IMAGES))
 
 
 def check_sources(cache: ImageCache, names: pd.Series, paths: pd.Series) -> np.ndarray:

@@ -243,6 +243,12 @@ class NIHDataModule(pl.LightningDataModule):
         if self.cache_mode == "off":
             return None
         if self.cache_size:
+            if self.cache_size < self.image_size:
+                raise DataError(
+                    f"data.cache_size={self.cache_size} is smaller than data.image_size="
+                    f"{self.image_size}: the images would be upsampled. Prepare a cache of at "
+                    "least that size, or leave data.cache_size unset."
+                )
             sizes = [self.cache_size]
         else:
             prepared = self.cache_dir.glob("*px") if self.cache_dir.is_dir() else []

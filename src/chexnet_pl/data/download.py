@@ -11,6 +11,7 @@ member names) into a staging folder; only a fully readable archive's images move
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -67,6 +68,10 @@ def _check_digest(path: Path, expected: str | None) -> str:
     if expected:
         algorithm, _, value = expected.rpartition(":")
         algorithm = algorithm or "sha256"
+        if algorithm not in ("sha256", "sha1", "md5"):
+            raise DownloadError(
+                f"checksum {expected!r} for {path.name}: use '<sha256 hex>', 'sha1:<hex>' or 'md5:<hex>'"
+            )
         actual = sha256 if algorithm == "sha256" else _hash_file(path, algorithm)
         if actual.lower() != value.lower():
             raise DownloadError(
@@ -74,6 +79,14 @@ def _check_digest(path: Path, expected: str | None) -> str:
                 f"not the released one; it was moved to {path.name}.bad — rerun to fetch it again."
             )
     return sha256
+
+
+def _range_start(value: str | None) -> int | None:
+    """``bytes 100-199/1000`` → 100."""
+    if not value or not value.startswith("bytes ") or "-" not in value:
+        return None
+    start = value[len("bytes ") :].split("-", 1)[0].strip()
+    return int(start) if start.isdigit() else None
 
 
 def _total_from_content_range(value: str | None) -> int | None:
@@ -102,11 +115,18 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     resumed_from = part.stat().st_size if part.exists() else 0
     last_error: Exception | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            wait = min(backoff_s * 2 ** (attempt - 1), 60.0)
+    failures = 0  # in a row without progress; a try that moved the file forward resets it
+    while True:
+        if failures > retries:
+            raise DownloadError(
+                f"could not fetch {dest.name} from {url}: {failures} tries in a row without "
+                f"progress, the last: {last_error}. The bytes so far are kept in {part}; rerun "
+                "to resume."
+            )
+        if failures:
+            wait = min(backoff_s * 2 ** (failures - 1), 60.0)
             log.warning(
-                "%s: %s; retrying in %.0f s (%d/%d)", dest.name, last_error, wait, attempt, retries
+                "%s: %s; retrying in %.0f s (%d/%d)", dest.name, last_error, wait, failures, retries
             )
             time.sleep(wait)
         have = part.stat().st_size if part.exists() else 0
@@ -115,17 +135,27 @@ def fetch(
             headers["Range"] = f"bytes={have}-"
         try:
             with urlopen(Request(url, headers=headers), timeout=timeout_s) as response:
-                if have and response.status != 206:
-                    log.info("%s: the server ignored the resume request; starting over", dest.name)
+                content_range = response.headers.get("Content-Range")
+                if have and (response.status != 206 or _range_start(content_range) != have):
+                    log.info(
+                        "%s: the server did not resume at byte %d; starting over", dest.name, have
+                    )
+                    if response.status == 206:  # a range, but not the one asked for
+                        part.unlink()
+                        failures += 1
+                        last_error = ConnectionError(f"server answered {content_range}")
+                        continue
                     have = 0
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length is not None else None
                 if response.status == 206:
-                    total = (
-                        _total_from_content_range(response.headers.get("Content-Range")) or total
-                    )
+                    total = _total_from_content_range(content_range) or total
+                try:
+                    out = open(part, "ab" if have else "wb")
+                except OSError as exc:
+                    raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
                 with (
-                    open(part, "ab" if have else "wb") as out,
+                    out,
                     tqdm(
                         total=total,
                         initial=have,
@@ -137,20 +167,29 @@ def fetch(
                     ) as bar,
                 ):
                     while block := response.read(CHUNK):
-                        out.write(block)
+                        try:
+                            out.write(block)
+                        except OSError as exc:
+                            raise DownloadError(
+                                f"cannot write {part}: {exc.strerror or exc} (is the disk full?); "
+                                "the bytes so far are kept — rerun to resume"
+                            ) from exc
                         bar.update(len(block))
             size = part.stat().st_size
             if total is not None and size != total:
+                failures = 0 if size > have else failures + 1
                 last_error = ConnectionError(f"connection closed at {size} of {total} bytes")
                 continue
             break
         except HTTPError as exc:
+            exc.close()
             if exc.code == 416 and have:  # asked past the end: the part may already be whole
                 total = _total_from_content_range(exc.headers.get("Content-Range"))
                 if total == have:
                     break
                 part.unlink()  # longer than the file on the server: not that file
                 last_error = exc
+                failures += 1
                 continue
             if exc.code in (401, 403, 404, 410):
                 raise DownloadError(
@@ -159,13 +198,11 @@ def fetch(
                     f"(archives.<key>=<url> or metadata.<key>.url=<url>)."
                 ) from exc
             last_error = exc
+            failures += 1
         except (URLError, http.client.HTTPException, OSError) as exc:
             last_error = exc
-    else:
-        raise DownloadError(
-            f"could not fetch {dest.name} from {url} after {retries + 1} tries: {last_error}. "
-            f"The bytes so far are kept in {part}; rerun to resume."
-        )
+            now = part.stat().st_size if part.exists() else 0
+            failures = 0 if now > have else failures + 1
     try:
         sha256 = _check_digest(part, checksum)
     except DownloadError:
@@ -208,7 +245,7 @@ def extract_images(archive: Path, root: Path) -> int:
             # makes gzip check its CRC and length, which catch damage inside member data.
             while tar.fileobj.read(CHUNK):
                 pass
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         bad = archive.with_name(archive.name + ".bad")
         os.replace(archive, bad)
@@ -219,6 +256,12 @@ def extract_images(archive: Path, root: Path) -> int:
     except DownloadError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    except OSError as exc:  # writing the images, not reading the archive: the archive is kept
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DownloadError(
+            f"cannot extract {archive.name} into {root}: {exc.strerror or exc} (is the disk full, or "
+            f"the folder read-only?). {archive} is kept; rerun once that is fixed."
+        ) from exc
     target = root / "images"
     target.mkdir(exist_ok=True)
     for name in names:
@@ -248,7 +291,7 @@ def download_nih(
     archives: Mapping[str, str],
     metadata: Mapping[str, Mapping[str, str | None]],
     checksums: Mapping[str, str] | None = None,
-    only: list[str] | None = None,
+    only: list[str] | str | None = None,
     keep_archives: bool = False,
     retries: int = 5,
     timeout_s: float = 60.0,
@@ -261,10 +304,15 @@ def download_nih(
     to ``{"file": name, "url": url or None}``; ``checksums`` is keyed like those two.
     """
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot create {root}: {exc.strerror or exc}; choose another root="
+        ) from exc
     checksums = dict(checksums or {})
     state = _load_state(root)
-    wanted = list(only) if only else list(archives)
+    wanted = ([only] if isinstance(only, str) else list(only)) if only else list(archives)
     unknown = [key for key in wanted if key not in archives]
     if unknown:
         raise DownloadError(
@@ -327,7 +375,7 @@ def download(cfg: DictConfig) -> dict:
         dict(cfg.archives),
         {key: dict(entry) for key, entry in cfg.metadata.items()},
         checksums=dict(cfg.checksums or {}),
-        only=list(cfg.only) if cfg.only else None,
+        only=[cfg.only] if isinstance(cfg.only, str) else (list(cfg.only) if cfg.only else None),
         keep_archives=bool(cfg.keep_archives),
         retries=int(cfg.retries),
         timeout_s=float(cfg.timeout_s),

@@ -14,6 +14,8 @@ import logging
 import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import cv2
@@ -102,6 +104,8 @@ def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
     if partial.exists():
         try:
             manifest = json.loads((partial / MANIFEST).read_text())
+            if manifest.get("complete") and manifest.get("size") == size:
+                return  # finished but not yet renamed into place when the last run stopped
             previous = pd.read_csv(partial / INDEX)[SOURCE_COLUMNS]
             if (
                 manifest.get("size") == size
@@ -114,12 +118,22 @@ def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
             pass
         log.info("discarding the partial cache in %s: its sources or settings differ", partial)
         shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    listing.to_csv(partial / INDEX, index=False)
-    with open(partial / IMAGES, "wb") as handle:
-        handle.truncate(len(listing) * size * size)
-    with open(partial / STATUS, "wb") as handle:
-        handle.truncate(len(listing))
+    needed = len(listing) * size * size
+    try:
+        partial.mkdir(parents=True)
+        listing.to_csv(partial / INDEX, index=False)
+        # Reserve the space now: a memory map that runs out of disk mid-build dies with SIGBUS.
+        with open(partial / IMAGES, "wb") as handle:
+            os.posix_fallocate(handle.fileno(), 0, max(needed, 1))
+        with open(partial / STATUS, "wb") as handle:
+            handle.truncate(len(listing))
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(
+            f"cannot create the cache in {partial}: {exc.strerror or exc}. It needs "
+            f"{needed / 1e9:.1f} GB ({len(listing)} images of {size} px); free space or give "
+            "cache_dir=<another folder>."
+        ) from exc
     _write_json(
         partial / MANIFEST,
         {
@@ -173,6 +187,8 @@ def build_cache(
 
     partial = folder.with_name(folder.name + ".partial")
     _start_or_resume(partial, listing, size)
+    if json.loads((partial / MANIFEST).read_text()).get("complete"):
+        return _publish(partial, folder)
     status = np.fromfile(partial / STATUS, dtype=np.uint8)
     todo = np.flatnonzero(status == STATUS_TODO)
     if len(todo) < len(listing):
@@ -205,17 +221,24 @@ def build_cache(
             bar.update(count)
 
         if workers == 1:
-            _open_worker(str(partial), len(listing), size)
-            for job in jobs:
-                record(_decode_chunk(job))
-            _worker.clear()
+            try:
+                _open_worker(str(partial), len(listing), size)
+                for job in jobs:
+                    record(_decode_chunk(job))
+            finally:
+                _worker.clear()
         else:
             context = multiprocessing.get_context("spawn")
-            with context.Pool(
-                workers, initializer=_open_worker, initargs=(str(partial), len(listing), size)
-            ) as pool:
-                for result in pool.imap_unordered(_decode_chunk, jobs):
-                    record(result)
+            args = (str(partial), len(listing), size)
+            try:
+                with ProcessPoolExecutor(workers, context, _open_worker, args) as pool:
+                    for result in pool.map(_decode_chunk, jobs):
+                        record(result)
+            except BrokenProcessPool as exc:
+                raise DataError(
+                    f"a decoding process died while building {partial} (out of memory or disk?); "
+                    "the chunks finished so far are kept — rerun to resume"
+                ) from exc
     return _finish(partial, folder, listing)
 
 
@@ -228,7 +251,10 @@ def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
     reasons: dict[int, str] = {}
     if (partial / ERRORS).exists():
         for line in (partial / ERRORS).read_text().splitlines():
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by an interrupted run
+                continue
             reasons[entry["row"]] = entry["reason"]
     index = listing.copy()
     index["status"] = np.where(status == STATUS_OK, "ok", "bad")
@@ -242,7 +268,12 @@ def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
     _write_json(partial / MANIFEST, manifest)
     (partial / STATUS).unlink()
     (partial / ERRORS).unlink(missing_ok=True)
+    return _publish(partial, folder)
 
+
+def _publish(partial: Path, folder: Path) -> Path:
+    """Rename a complete build into place (replacing an older cache)."""
+    manifest = json.loads((partial / MANIFEST).read_text())
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -253,7 +284,7 @@ def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
     log.info(
         "%s: %d images of %d px%s",
         folder,
-        len(index),
+        manifest["count"],
         manifest["size"],
         f"; {bad} unreadable (listed with their reason in {folder / INDEX})" if bad else "",
     )
