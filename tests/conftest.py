@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 from chexnet_pl.train import CONFIG_DIR
 
@@ -51,6 +52,17 @@ def synthetic_root(tmp_path_factory) -> Path:
         prevalence=0.25,
         seed=1,
     )
+
+
+def small_datamodule(root: Path, **overrides) -> NIHDataModule:
+    """An NIHDataModule for tests: 32 px, batch 4, no workers, the official split (seed 0)."""
+    settings = {
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "split": {"method": "official", "seed": 0},
+    }
+    return NIHDataModule(root=str(root), **{**settings, **overrides})
 
 
 def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:

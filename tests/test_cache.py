@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import small_datamodule
 
 from chexnet_pl.data import prepare as prepare_module
 from chexnet_pl.data.cache import StaleCache, cache_folder, open_cache
@@ -30,14 +31,7 @@ def release(tmp_path, synthetic_root):
 
 
 def _datamodule(root, **kwargs):
-    settings = {
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "split": {"method": "official", "seed": 0},
-        "report_dir": str(root / "reports"),
-    }
-    return NIHDataModule(root=str(root), **{**settings, **kwargs})
+    return small_datamodule(root, report_dir=str(root / "reports"), **kwargs)
 
 
 def test_cache_holds_each_image_area_resized(release):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import small_datamodule
 
-from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.transforms import eval_transform
 from chexnet_pl.errors import DataError
@@ -18,13 +18,7 @@ from chexnet_pl.labels import class_names
 
 
 def _datamodule(root, **kwargs):
-    defaults = {
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "split": {"method": "official", "seed": 0},
-    }
-    return NIHDataModule(root=str(root), **{**defaults, **kwargs})
+    return small_datamodule(root, **kwargs)
 
 
 def test_samples_join_back_to_the_metadata(synthetic_root):

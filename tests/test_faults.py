@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from conftest import small_datamodule
 from PIL import Image
 
-from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.errors import DataError, TrainingError, WeightsError
 from chexnet_pl.import_weights import ARNOWENG_CLASSES, import_arnoweng
 from chexnet_pl.labels import FINDINGS
@@ -82,13 +82,9 @@ def faulty_root(tmp_path, synthetic_root):
 
 
 def _dm(root, **kwargs):
-    settings = {
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "split": {"method": "official", "val_fraction": 0.2},
-    }
-    return NIHDataModule(root=str(root), **{**settings, **kwargs})
+    return small_datamodule(
+        root, **{"split": {"method": "official", "val_fraction": 0.2}, **kwargs}
+    )
 
 
 def test_bad_images_stop_before_training_listing_every_one(faulty_root, tmp_path):
