@@ -32,7 +32,7 @@ from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.evaluation.predictions import autocast_context
 from chexnet_pl.models.module import CheXNetModule
-from chexnet_pl.train import resolve_precision
+from chexnet_pl.models.precision import resolve_precision
 from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-sample"

@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from chexnet_pl.cli import CONFIG_MODULE
 from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.synthetic import generate_synthetic_nih
-from chexnet_pl.train import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -65,11 +65,23 @@ def small_datamodule(root: Path, **overrides) -> NIHDataModule:
     return NIHDataModule(root=str(root), **{**settings, **overrides})
 
 
-def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
-    """The shipped ``train.yaml`` composed by Hydra, as ``python -m chexnet_pl.train`` would."""
+def compose_config(
+    name: str, output_dir: Path | None = None, *overrides: str, hydra_config: bool = False
+) -> DictConfig:
+    """A shipped config (``train``, ``evaluate``, ``predict``...) composed by Hydra from the
+    installed package, as its command would; ``output_dir`` sets ``paths.output_dir``."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={output_dir}", *(overrides or [])])
+    extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return compose(name, overrides=[*extra, *overrides], return_hydra_config=hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """The shipped ``train.yaml`` composed by Hydra, as ``chexnet-train`` would."""
+    return compose_config("train", output_dir, *(overrides or []))
 
 
 def tiny_overrides(root: Path, experiment: str = "demo") -> list[str]:
@@ -113,3 +125,24 @@ def compose_cfg():
     """``compose_cfg(output_dir, overrides)``: the shipped config, composed as the CLI would."""
     yield compose_train_config
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data root, run folder) of DenseNet-121 trained once per test session for two epochs on
+    synthetic lesions (96 px, so CAMs are 3×3), with the final test evaluation: the checkpoint
+    that evaluation, visualisation and export tests share."""
+    from chexnet_pl.train import train
+
+    base = tmp_path_factory.mktemp("learnt")
+    root = generate_synthetic_nih(base / "data", num_patients=120, images_per_patient=3, image_size=96,
+                                  prevalence=0.2, seed=5, lesion_scale=2.0)  # fmt: skip
+    cfg = compose_train_config(base / "run", [
+        "experiment=demo", f"data.root={root}", "data.synthetic=null", "data.num_workers=0",
+        "data.image_size=96", "data.batch_size=16", "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false", "evaluation.bootstrap_samples=100",
+        "callbacks.visualization.n_images=3",
+    ])  # fmt: skip
+    metrics, _ = train(cfg)
+    assert metrics["val/auroc"] > 0.75, metrics
+    return root, base / "run"

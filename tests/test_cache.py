@@ -18,7 +18,8 @@ from chexnet_pl.data import prepare as prepare_module
 from chexnet_pl.data.cache import StaleCache, cache_folder, open_cache
 from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.images import read_gray
-from chexnet_pl.data.prepare import build_cache, resize_gray
+from chexnet_pl.data.prepare import build_cache
+from chexnet_pl.data.transforms import area_resize as resize_gray
 from chexnet_pl.errors import DataError
 
 
@@ -234,7 +235,7 @@ def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):
         [
             sys.executable,
             "-m",
-            "chexnet_pl.data.prepare",
+            "chexnet_pl.prepare",
             f"root={release}",
             "size=32",
             "workers=2",
@@ -254,7 +255,7 @@ def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):
 
 def test_prepare_command_names_a_missing_root(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "chexnet_pl.data.prepare", f"root={tmp_path / 'nope'}"],
+        [sys.executable, "-m", "chexnet_pl.prepare", f"root={tmp_path / 'nope'}"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_config
 from PIL import Image
 
 from chexnet_pl.data.datamodule import NIHDataModule
-from chexnet_pl.data.download import DownloadError, download, download_nih, fetch
-from chexnet_pl.train import CONFIG_DIR
+from chexnet_pl.data.download import DownloadError, download_nih, fetch
+from chexnet_pl.download import download
 
 METADATA = {
     "data_entry": "Data_Entry_2017_v2020.csv",
@@ -127,7 +126,6 @@ def _serve_release(server: RangeServer, synthetic_root: Path) -> dict[str, list[
 
 
 def _config(root: Path, server: RangeServer, parts, extra: list[str] | None = None):
-    GlobalHydra.instance().clear()
     overrides = [
         f"root={root}",
         "~archives",
@@ -142,14 +140,11 @@ def _config(root: Path, server: RangeServer, parts, extra: list[str] | None = No
         "progress=false",
         *(extra or []),
     ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("download", overrides=overrides)
+    return compose_config("download", None, *overrides)
 
 
 def test_shipped_config_lists_the_twelve_nih_archives():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("download", overrides=["root=/tmp/x"])
+    cfg = compose_config("download", None, "root=/tmp/x")
     assert list(cfg.archives) == [f"images_{i:03d}" for i in range(1, 13)]
     assert all(
         url.startswith("https://nihcc.box.com/shared/static/") for url in cfg.archives.values()

@@ -12,16 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_train_config, tiny_overrides
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_config
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
-from chexnet_pl.evaluation import predictions as predictions_module
 from chexnet_pl.evaluation.auroc import bootstrap_auroc, weighted_auroc
 from chexnet_pl.evaluation.predictions import read_predictions
 from chexnet_pl.evaluation.report import (
@@ -34,17 +31,12 @@ from chexnet_pl.evaluation.report import (
 )
 from chexnet_pl.evaluation.runner import label_index
 from chexnet_pl.labels import FINDINGS, class_names
-from chexnet_pl.train import CONFIG_DIR, train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_evaluate(output_dir: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"paths.output_dir={output_dir}", *overrides])
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_config("evaluate", output_dir, *overrides)
 
 
 def test_weighted_auroc_equals_scikit_learn_with_ties_and_resamples():
@@ -180,13 +172,9 @@ def test_scoring_a_file_built_from_the_real_metadata(nih_meta, tmp_path):
     ).is_file()
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, synthetic_root):
-    run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_train_config(run, tiny_overrides(synthetic_root) + ["trainer.max_epochs=2"])
-    GlobalHydra.instance().clear()
-    train(cfg)
-    return run
+@pytest.fixture
+def trained_run(learnt_run):
+    return learnt_run[1]
 
 
 def test_train_and_evaluate_share_one_code_path(trained_run, tmp_path):
@@ -321,7 +309,3 @@ def test_command_line_scores_a_file_and_reports_bad_input(synthetic_root, tmp_pa
     assert run.returncode == 2
     assert "lacks 1 class column(s): ['prob_Edema']" in run.stderr + run.stdout
     assert "Traceback" not in run.stderr
-
-
-def test_cpu_bf16_detection_is_a_bool():
-    assert isinstance(predictions_module.cpu_has_fast_bf16(), bool)

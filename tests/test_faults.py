@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import small_datamodule
+from conftest import compose_config, small_datamodule
 from PIL import Image
 
 from chexnet_pl.errors import DataError, TrainingError, WeightsError
@@ -238,11 +238,7 @@ def test_import_arnoweng_chexnet_weights(tmp_path):
 
 def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_root):
     """arnoweng's file predates num_batches_tracked; the 14-output model evaluates on 15-class data."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from chexnet_pl.evaluate import evaluate
-    from chexnet_pl.train import CONFIG_DIR
 
     source = tmp_path / "model.pth.tar"
     state, _ = _arnoweng_checkpoint(source)
@@ -251,12 +247,8 @@ def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_ro
     )
     target = tmp_path / "imported.ckpt"
     import_arnoweng(source, target)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"paths.output_dir={tmp_path / 'eval'}", f"ckpt={target}",
-                                             f"data.root={synthetic_root}", "data.image_size=64",
-                                             "data.num_workers=0", "evaluation.bootstrap_samples=0"])  # fmt: skip
-    GlobalHydra.instance().clear()
+    cfg = compose_config("evaluate", tmp_path / "eval", f"ckpt={target}", f"data.root={synthetic_root}",
+                         "data.image_size=64", "data.num_workers=0", "evaluation.bootstrap_samples=0")  # fmt: skip
     metrics = evaluate(cfg)
     assert "test/auroc" in metrics and "test/auroc_No Finding" not in metrics
 

@@ -16,14 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_config
 
-from chexnet_pl.callbacks import AtomicCheckpointIO
 from chexnet_pl.errors import WeightsError
 from chexnet_pl.models.init_from import init_from_checkpoint
 from chexnet_pl.models.module import CheXNetModule
-from chexnet_pl.train import CONFIG_DIR, train
+from chexnet_pl.train import train
+from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
@@ -244,14 +243,13 @@ def test_sweep_summary_reports_successes_and_names_failures(synthetic_root, tmp_
     ],
 )
 def test_sweeper_launcher_and_ddp_configs_compose(overrides, check):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[o for o in overrides if o != "-m"] + ["data.root=/data/nih"],
-            return_hydra_config=True,
-        )
-    GlobalHydra.instance().clear()
+    cfg = compose_config(
+        "train",
+        None,
+        *[o for o in overrides if o != "-m"],
+        "data.root=/data/nih",
+        hydra_config=True,
+    )
     assert check(cfg)
 
 

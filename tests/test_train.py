@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import subprocess
 import sys
@@ -11,16 +12,23 @@ import hydra
 import pandas as pd
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 
+from chexnet_pl.cli import CONFIG_MODULE
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 from chexnet_pl.labels import class_names
 from chexnet_pl.models.module import CheXNetModule
-from chexnet_pl.train import CONFIG_DIR, resolve_precision, train
+from chexnet_pl.models.precision import resolve_precision
+from chexnet_pl.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.name.removesuffix(".yaml")
+    for p in importlib.resources.files(CONFIG_MODULE).joinpath("experiment").iterdir()
+    if p.name.endswith(".yaml")
+)
 
 
 def test_experiments_ship_the_documented_recipes(make_cfg):
@@ -46,13 +54,7 @@ def test_experiments_ship_the_documented_recipes(make_cfg):
 
 def test_paper_recipe_defaults_before_shrinking():
     """Composed without test overrides: 224 px, batch 16, ImageNet weights, 15 outputs."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=densenet121", "data.root=/data/nih"])
-    GlobalHydra.instance().clear()
+    cfg = compose_config("train", None, "experiment=densenet121", "data.root=/data/nih")
     assert (cfg.data.image_size, cfg.data.batch_size, cfg.model.pretrained) == (224, 16, True)
     assert cfg.data.include_no_finding and cfg.model.include_no_finding
 
@@ -128,7 +130,7 @@ def test_pos_weight_reaches_the_loss(make_cfg):
 
 
 def test_precision_auto(monkeypatch):
-    from chexnet_pl import train as train_module
+    from chexnet_pl.models import precision as train_module
 
     assert resolve_precision("bf16-mixed") == "bf16-mixed"
     monkeypatch.setattr(train_module.torch.cuda, "is_available", lambda: False)
@@ -141,6 +143,25 @@ def test_precision_auto(monkeypatch):
     assert resolve_precision("auto") == "16-mixed"
     monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "32-true"  # even where a GPU exists
+
+
+def test_one_precision_vocabulary_for_training_and_evaluation():
+    """Evaluation takes the trainer's names (and the short ones); autocast follows them."""
+    from chexnet_pl.errors import ChexnetError
+    from chexnet_pl.models.precision import autocast_context, check_precision
+
+    assert [check_precision(n) for n in ("fp32", "bf16", "fp16", "16-mixed")] == [
+        "32-true", "bf16-mixed", "16-mixed", "16-mixed",
+    ]  # fmt: skip
+    with pytest.raises(ChexnetError, match=r"evaluation.precision='half' is not a precision"):
+        check_precision("half", "evaluation.precision")
+    cpu = torch.device("cpu")
+    with autocast_context(cpu, "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for name in ("32-true", "16-mixed"):  # fp16 autocast on a CPU would be slower: fp32
+        with autocast_context(cpu, name):
+            assert not torch.is_autocast_enabled("cpu")
 
 
 def test_command_line_entry_point(synthetic_root, tmp_path):
@@ -172,7 +193,7 @@ def test_command_line_entry_point(synthetic_root, tmp_path):
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path):
-    cfg_dir = Path(CONFIG_DIR)
+    """Run from an empty folder: the configs come from the installed package, not the cwd."""
     result = subprocess.run(
         [
             sys.executable,
@@ -181,13 +202,13 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
             "experiment=densenet121",
             f"hydra.run.dir={tmp_path}",
         ],
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode != 0
-    assert "data.root" in result.stderr and cfg_dir.is_dir()
+    assert "Missing mandatory value: data.root" in result.stderr, result.stderr[-2000:]
 
 
 def test_wandb_logger_offline(make_cfg, monkeypatch):

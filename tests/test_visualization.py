@@ -11,17 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_train_config
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_config
 from PIL import Image
 
-from chexnet_pl.data.synthetic import generate_synthetic_nih
 from chexnet_pl.evaluation.localization import heatmap_boxes, iobb, iou, read_bbox_list, score_box
 from chexnet_pl.labels import class_names
 from chexnet_pl.localize import localize
 from chexnet_pl.models.module import CheXNetModule
-from chexnet_pl.train import CONFIG_DIR, train
+from chexnet_pl.train import train
 from chexnet_pl.visualization.figures import overlay, prediction_table
 from chexnet_pl.visualization.heatmaps import (
     GRAD_METHODS,
@@ -33,12 +30,7 @@ from chexnet_pl.visualization.heatmaps import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def compose_task(name: str, output_dir: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", *overrides])
-    GlobalHydra.instance().clear()
-    return cfg
+compose_task = compose_config
 
 
 def test_cam_is_the_classifier_at_every_position():
@@ -117,21 +109,9 @@ def test_real_box_list_reads_with_nih_spelling(nih_meta):
     assert boxes["Finding Label"].nunique() == 8
 
 
-@pytest.fixture(scope="module")
-def learnt(tmp_path_factory):
-    """DenseNet-121 trained for two epochs on synthetic lesions (96 px, so CAMs are 3×3)."""
-    base = tmp_path_factory.mktemp("learnt")
-    root = generate_synthetic_nih(base / "data", num_patients=120, images_per_patient=3, image_size=96,
-                                  prevalence=0.2, seed=5, lesion_scale=2.0)  # fmt: skip
-    cfg = compose_train_config(base / "run", [
-        "experiment=demo", f"data.root={root}", "data.synthetic=null", "data.num_workers=0", "data.image_size=96",
-        "data.batch_size=16", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "test=false",
-        "callbacks.visualization.n_images=3",
-    ])  # fmt: skip
-    metrics, _ = train(cfg)
-    GlobalHydra.instance().clear()
-    assert metrics["val/auroc"] > 0.75
-    return root, base / "run"
+@pytest.fixture
+def learnt(learnt_run):
+    return learnt_run
 
 
 def test_callback_writes_overlays_and_tables_every_epoch(learnt):

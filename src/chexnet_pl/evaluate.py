@@ -1,7 +1,7 @@
 """Evaluate a checkpoint or score a predictions file against the NIH labels.
 
-python -m chexnet_pl.evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [split=test]
-python -m chexnet_pl.evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
+chexnet-evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [split=test]
+chexnet-evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import logging
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.cli import run_or_exit
-from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.checkpoints import datamodule_for, load_run
+from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
-from chexnet_pl.errors import ChexnetError, DataError, WeightsError
+from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluation.predictions import read_predictions
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
@@ -25,37 +24,8 @@ from chexnet_pl.evaluation.runner import (
     log_to_wandb,
     score_and_write,
 )
-from chexnet_pl.models.module import CheXNetModule
-from chexnet_pl.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
-
-DATA_OVERRIDES = ("root", "csv", "image_size", "num_workers", "eval_batch_size", "missing_images")
-
-
-def datamodule_from_checkpoint(
-    checkpoint: Path, data_cfg: DictConfig, output_dir: Path, include_no_finding: bool
-) -> NIHDataModule:
-    """The data and split the checkpoint was trained with; ``data.*`` given here take precedence."""
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "datamodule_hyper_parameters"
-    )
-    if not stored:
-        if not data_cfg.get("root"):
-            raise DataError(f"{checkpoint} holds no data settings; give data.root=/path/to/nih")
-        stored = {}
-    # The model decides the classes (an imported 14-output checkpoint stores no data settings).
-    settings = {**stored, "synthetic": None, "report_dir": str(output_dir)}
-    settings["include_no_finding"] = include_no_finding
-    settings.update({k: data_cfg[k] for k in DATA_OVERRIDES if data_cfg.get(k) is not None})
-    return NIHDataModule(**settings)
-
-
-def load_model(checkpoint: Path) -> CheXNetModule:
-    if not checkpoint.is_file():
-        raise WeightsError(f"checkpoint not found: {checkpoint} (ckpt=)")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return CheXNetModule.load_from_checkpoint(checkpoint, map_location=device).eval()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -68,12 +38,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if bool(cfg.ckpt) == bool(cfg.preds):
         raise ChexnetError("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
     if cfg.ckpt:
-        checkpoint = Path(cfg.ckpt).expanduser()
-        model = load_model(checkpoint)
-        datamodule = datamodule_from_checkpoint(
-            checkpoint, cfg.data, output_dir, model.hparams.include_no_finding
+        run = load_run(cfg.ckpt)
+        datamodule = datamodule_for(run, cfg.data, output_dir)
+        table, metrics = evaluate_model(
+            run.model, datamodule, output_dir, settings, split, run.path
         )
-        table, metrics = evaluate_model(model, datamodule, output_dir, settings, split, checkpoint)
     else:
         if not cfg.data.get("root") and not cfg.data.get("csv"):
             raise DataError(
@@ -102,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_or_exit(evaluate, cfg)
     return metrics.get(f"{cfg.split}/auroc")

@@ -1,6 +1,7 @@
 """Import third-party CheXNet weights as a chexnet_pl checkpoint.
 
-    python -m chexnet_pl.import_weights path/to/model.pth.tar chexnet_arnoweng.ckpt
+    chexnet-import-weights path/to/model.pth.tar chexnet_arnoweng.ckpt
+    (or python -m chexnet_pl.import_weights ...)
 
 arnoweng/CheXNet's ``model.pth.tar`` holds a DataParallel DenseNet-121 with torchvision's old key
 names (``module.densenet121.features.denseblock1.denselayer1.norm.1.weight``) and a 14-way
@@ -18,10 +19,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from chexnet_pl.errors import ChexnetError, WeightsError
+from chexnet_pl.checkpoints import read_checkpoint
+from chexnet_pl.cli import user_errors_exit
+from chexnet_pl.errors import WeightsError
 from chexnet_pl.labels import FINDINGS
 from chexnet_pl.models.backbones import remap_legacy_densenet_keys
-from chexnet_pl.models.init_from import read_checkpoint
 from chexnet_pl.models.module import CheXNetModule
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     ).items():
         if key.startswith("features."):
             converted["net.features.body." + key.removeprefix("features.")] = value
-        elif key.startswith("classifier.0.") or key.startswith("classifier."):
+        elif key.startswith("classifier."):  # classifier.0.* in their Sequential head
             name = key.split(".")[-1]
             order = [ARNOWENG_CLASSES.index(c) for c in FINDINGS]
             converted[f"net.classifier.{name}"] = value[order]
@@ -94,11 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
+    with user_errors_exit():
         import_arnoweng(args.source, args.target)
-    except ChexnetError as exc:
-        log.error("%s", exc)
-        return 2
     return 0
 
 

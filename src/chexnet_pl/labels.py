@@ -32,3 +32,9 @@ def class_names(include_no_finding: bool = True) -> list[str]:
     if include_no_finding:
         names.append(NO_FINDING)
     return names
+
+
+def finding_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
+    """The outputs that are findings: every class but ``No Finding``. Mean AUROC is taken over
+    these, so a model or dataset with another label list needs no other change here."""
+    return [name for name in class_names if name != NO_FINDING]

@@ -1,6 +1,6 @@
 """Score heat maps against NIH's radiologist boxes.
 
-python -m chexnet_pl.localize ckpt=best.ckpt data.root=/data/nih [method=auto] [threshold=0.5]
+chexnet-localize ckpt=best.ckpt data.root=/data/nih [method=auto] [threshold=0.5]
 """
 
 from __future__ import annotations
@@ -12,24 +12,23 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import run_or_exit
+from chexnet_pl.checkpoints import load_run
+from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.data.images import find_images, read_gray
-from chexnet_pl.errors import ChexnetError, DataError
+from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
-from chexnet_pl.train import CONFIG_DIR
 from chexnet_pl.visualization.explain import XRay, model_input
 from chexnet_pl.visualization.figures import upsample
-from chexnet_pl.visualization.heatmaps import METHODS, heatmaps
-from chexnet_pl.visualization.inputs import load_model
+from chexnet_pl.visualization.heatmaps import check_method, heatmaps
 
 log = logging.getLogger(__name__)
 
 
 def localize(cfg: DictConfig) -> pd.DataFrame:
-    if cfg.method not in METHODS:
-        raise ChexnetError(f"method={cfg.method!r}; use one of {METHODS}")
-    model, trained_size, data_settings = load_model(cfg.ckpt)
-    root = Path(cfg.data.root or data_settings.get("root") or "")
+    check_method(cfg.method)
+    run = load_run(cfg.ckpt)
+    model = run.model
+    root = Path(cfg.data.root or run.data_settings.get("root") or "")
     if not root.is_dir():
         raise DataError(
             "give data.root=/path/to/nih (the folder with BBox_List_2017.csv and the images)"
@@ -41,7 +40,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
         raise DataError(
             f"{len(missing)} image(s) of the box list are not under {root}, e.g. {missing[:3]}"
         )
-    image_size = int(cfg.image_size or trained_size)
+    image_size = int(cfg.image_size or run.image_size)
     names = list(model.class_names)
     results = []
     images = boxes["Image Index"].unique().tolist()
@@ -72,7 +71,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="localize")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="localize")
 def main(cfg: DictConfig) -> None:
     run_or_exit(localize, cfg)
 

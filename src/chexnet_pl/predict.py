@@ -1,7 +1,7 @@
 """Predict and explain X-rays with a trained checkpoint.
 
-python -m chexnet_pl.predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
-python -m chexnet_pl.predict ckpt=best.ckpt images=folder/ [out=folder]
+chexnet-predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
+chexnet-predict ckpt=best.ckpt images=folder/ [out=folder]
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import run_or_exit
-from chexnet_pl.errors import ChexnetError
-from chexnet_pl.train import CONFIG_DIR
+from chexnet_pl.checkpoints import load_run
+from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.visualization.explain import explain
-from chexnet_pl.visualization.heatmaps import METHODS
-from chexnet_pl.visualization.inputs import image_files, load_model, read_xrays, thresholds_from
+from chexnet_pl.visualization.heatmaps import check_method
+from chexnet_pl.visualization.inputs import image_files, read_xrays, thresholds_from
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +25,11 @@ log = logging.getLogger(__name__)
 def predict(cfg: DictConfig) -> Path:
     """Write ``predictions.csv`` (Image Index, prob_<Class>...) and, per image, its prediction table
     and overlays of its ``top_k`` most probable findings. Returns the output folder."""
-    if cfg.method not in METHODS:
-        raise ChexnetError(f"method={cfg.method!r}; use one of {METHODS}")
+    check_method(cfg.method)
     out_dir = Path(cfg.out or cfg.paths.output_dir)
-    model, trained_size, _ = load_model(cfg.ckpt)
-    image_size = int(cfg.image_size or trained_size)
+    run = load_run(cfg.ckpt)
+    model = run.model
+    image_size = int(cfg.image_size or run.image_size)
     paths = image_files(cfg.image, cfg.images)
     thresholds = thresholds_from(cfg.thresholds, model.class_names)
     frames = []
@@ -55,7 +54,7 @@ def predict(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
     run_or_exit(predict, cfg)
 

@@ -1,10 +1,10 @@
-"""Train (and test) a chest X-ray classifier: ``python -m chexnet_pl.train experiment=densenet121``."""
+"""Train (and test) a chest X-ray classifier: ``chexnet-train experiment=densenet121``
+(or ``python -m chexnet_pl.train ...``); settings: conf/train.yaml."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,95 +17,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
-from chexnet_pl.callbacks import AtomicCheckpointIO
-from chexnet_pl.errors import ChexnetError, DataError, TrainingError, WeightsError
-from chexnet_pl.evaluation.predictions import cpu_has_fast_bf16
+from chexnet_pl.cli import CONFIG_PATH, user_errors_exit
+from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
-from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
+from chexnet_pl.models.init_from import init_from_checkpoint
 from chexnet_pl.models.module import CheXNetModule
-from chexnet_pl.reporting import auroc_table, format_auroc_table
-from chexnet_pl.run_info import run_info
-from chexnet_pl.sweep import RUN_SUMMARY
+from chexnet_pl.models.precision import resolve_precision
+from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
+from chexnet_pl.training.checks import (
+    check_input_size,
+    check_output_dir,
+    check_resumable,
+    unwrap_worker_error,
+)
+from chexnet_pl.training.run_info import run_info
+from chexnet_pl.training.run_summary import write_run_summary
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 warns about its own use of a torch API on every step; it is noise to users.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def resolve_precision(requested: str | int, accelerator: str = "auto") -> str | int:
-    """``auto`` → bf16-mixed on CUDA (16-mixed where bf16 is missing); on CPU bf16-mixed where
-    the CPU has native bf16 (AVX512-BF16/AMX), else 32-true (emulated bf16 is slower than fp32)."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
-
-
-def _unwrap_worker_error(exc: RuntimeError) -> Exception:
-    """A DataLoader worker's ImageReadError reaches here as a RuntimeError holding its traceback
-    as text; give the user the error itself, not the worker's stack."""
-    text = str(exc)
-    if "Caught ImageReadError" not in text:
-        return exc
-    line = next(
-        (x for x in reversed(text.splitlines()) if "ImageReadError: " in x), text.splitlines()[0]
-    )
-    reason = line.split("ImageReadError: ", 1)[-1]
-    return DataError(
-        f"{reason}. Replace the file, or set data.on_bad_image=skip to leave such images out."
-    )
-
-
-def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
-    """Fail before training, not at the first checkpoint, when outputs cannot be written."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise TrainingError(
-            f"cannot write to the output folder {output_dir}: {exc.strerror or exc}. "
-            "Choose another with hydra.run.dir=... (or paths.output_dir=...)"
-        ) from exc
-    free_gb = shutil.disk_usage(output_dir).free / 1e9
-    if free_gb < min_free_gb:
-        raise TrainingError(
-            f"only {free_gb:.2f} GB free where the run writes ({output_dir}); checkpoints need more "
-            f"(paths.min_free_gb={min_free_gb}). Free space or choose another folder with hydra.run.dir=..."
-        )
-
-
-def check_resumable(model: CheXNetModule, ckpt_path: str) -> None:
-    """A checkpoint of another backbone or class count gets a plain message, not a key dump."""
-    stored = read_checkpoint(ckpt_path).get("hyper_parameters", {})
-    for key in ("backbone", "include_no_finding"):
-        if key in stored and stored[key] != model.hparams[key]:
-            raise WeightsError(
-                f"cannot resume from {ckpt_path}: it has {key}={stored[key]!r}, this run has "
-                f"{key}={model.hparams[key]!r}. Resume with the settings of that run, or start from its "
-                "weights with init_from= instead."
-            )
-
-
-def check_input_size(model: CheXNetModule, image_size: int) -> None:
-    """A backbone that cannot take ``image_size`` px (AlexNet below 63 px) stops with a message
-    before training, not with a pooling error at the first step."""
-    probe = torch.zeros(1, 1, image_size, image_size, dtype=torch.uint8, device=model.device)
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(probe)
-    except RuntimeError as exc:
-        raise TrainingError(
-            f"model.backbone={model.hparams.backbone} cannot take {image_size} px images "
-            f"({str(exc).splitlines()[0][:160]}). Raise data.image_size."
-        ) from exc
-    finally:
-        model.train(was_training)
 
 
 def _instantiate_all(section: DictConfig | None) -> list:
@@ -156,10 +86,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except RuntimeError as exc:
-        raise _unwrap_worker_error(exc) from exc
+        raise unwrap_worker_error(exc) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
-        _write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
+        write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
 
     if cfg.get("test") and trainer.is_global_zero:
         metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
@@ -188,32 +118,6 @@ def _name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
     return logger_cfg
 
 
-def _write_run_summary(trainer: pl.Trainer, output_dir: Path, metric_name: str | None) -> None:
-    """``run_summary.json``: best monitored value, its epoch and checkpoint (read by sweep summaries)."""
-    callback = trainer.checkpoint_callback
-    best_path = callback.best_model_path if callback else ""
-    best_epoch = None
-    if best_path:
-        best_epoch = int(
-            torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-        )
-    best_score = callback.best_model_score if callback else None
-    summary = {
-        "best_val_auroc": float(best_score) if best_score is not None else None,
-        "best_epoch": best_epoch,
-        "checkpoint": best_path or None,
-        "last_checkpoint": str(Path(best_path).with_name("last.ckpt")) if best_path else None,
-        "optimized_metric": metric_name,
-        "optimized_value": float(trainer.callback_metrics[metric_name])
-        if metric_name in trainer.callback_metrics
-        else None,
-    }
-    (output_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=1))
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and summary["best_val_auroc"] is not None:
-            logger.experiment.summary["val/auroc_best"] = summary["best_val_auroc"]
-
-
 def _evaluate_best(
     cfg: DictConfig, trainer: pl.Trainer, model, datamodule, output_dir: Path
 ) -> dict[str, float]:
@@ -234,15 +138,10 @@ def _evaluate_best(
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with user_errors_exit():  # in a multirun, the sweep records the error and goes on
         metrics, _ = train(cfg)
-    except ChexnetError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweep records it in summary.csv and goes on with the other runs
-        log.error("%s", exc)
-        raise SystemExit(2) from exc
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
         log.warning("optimized_metric %r was not logged; sweepers get None", name)

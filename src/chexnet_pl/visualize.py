@@ -1,6 +1,6 @@
 """Explore a finding: ``n`` images of a split that have it, each with overlay and prediction table.
 
-python -m chexnet_pl.visualize ckpt=best.ckpt data.root=/data/nih label=Infiltration n=8 [split=test]
+chexnet-visualize ckpt=best.ckpt data.root=/data/nih label=Infiltration n=8 [split=test]
 """
 
 from __future__ import annotations
@@ -12,34 +12,26 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import run_or_exit
-from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.checkpoints import datamodule_for, load_run
+from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.data.images import read_gray
-from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.train import CONFIG_DIR
+from chexnet_pl.errors import DataError
 from chexnet_pl.visualization.explain import XRay, explain
-from chexnet_pl.visualization.heatmaps import METHODS
-from chexnet_pl.visualization.inputs import load_model, thresholds_from
+from chexnet_pl.visualization.heatmaps import check_method
+from chexnet_pl.visualization.inputs import thresholds_from
 
 log = logging.getLogger(__name__)
 
 
 def visualize(cfg: DictConfig) -> Path:
-    if cfg.method not in METHODS:
-        raise ChexnetError(f"method={cfg.method!r}; use one of {METHODS}")
-    model, image_size, data_settings = load_model(cfg.ckpt)
+    check_method(cfg.method)
+    run = load_run(cfg.ckpt)
+    model = run.model
     if cfg.label not in model.class_names:
         raise DataError(
             f"label={cfg.label!r} is not an output of this model; choose one of {model.class_names}"
         )
-    settings = {**data_settings, "synthetic": None, "report_dir": str(cfg.paths.output_dir)}
-    settings["include_no_finding"] = (
-        model.hparams.include_no_finding
-    )  # the model decides the classes
-    settings.update({k: v for k, v in cfg.data.items() if v is not None})
-    if "root" not in settings:
-        raise DataError("give data.root=/path/to/nih (the checkpoint does not name one)")
-    datamodule = NIHDataModule(**settings)
+    datamodule = datamodule_for(run, cfg.data, cfg.paths.output_dir)
     datamodule.setup()
     dataset = datamodule.datasets[cfg.split]
     column = model.class_names.index(cfg.label)
@@ -60,7 +52,7 @@ def visualize(cfg: DictConfig) -> Path:
     explain(
         model,
         xrays,
-        int(cfg.image_size or image_size),
+        int(cfg.image_size or run.image_size),
         out_dir,
         cfg.method,
         [cfg.label],
@@ -77,7 +69,7 @@ def visualize(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="visualize")
 def main(cfg: DictConfig) -> None:
     run_or_exit(visualize, cfg)
 

@@ -1,7 +1,6 @@
 """Lightning callbacks of the project."""
 
 from chexnet_pl.callbacks.best_checkpoint import BestCheckpoint
-from chexnet_pl.callbacks.checkpoint_io import AtomicCheckpointIO
 from chexnet_pl.callbacks.freeze_backbone import FreezeBackbone
 from chexnet_pl.callbacks.interrupt import InterruptCheckpoint
 from chexnet_pl.callbacks.rng_state import RNGStateCheckpoint
@@ -9,7 +8,6 @@ from chexnet_pl.callbacks.visualization import VisualizationCallback
 
 __all__ = [
     "BestCheckpoint",
-    "AtomicCheckpointIO",
     "FreezeBackbone",
     "InterruptCheckpoint",
     "RNGStateCheckpoint",

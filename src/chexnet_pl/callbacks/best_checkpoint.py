@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+from chexnet_pl.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,8 @@ class BestCheckpoint(ModelCheckpoint):
             return
         new_best = Path(self.dirpath) / old_best.name
         new_best.parent.mkdir(parents=True, exist_ok=True)
-        partial = new_best.with_name(new_best.name + ".partial")
-        shutil.copyfile(old_best, partial)
-        os.replace(partial, new_best)
+        with atomic_write(new_best) as partial:
+            shutil.copyfile(old_best, partial)
         self.best_model_path = self.kth_best_model_path = str(new_best)
         self.best_k_models = {str(new_best): self.best_model_score}
         log.info(

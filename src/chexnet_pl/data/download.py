@@ -1,6 +1,6 @@
 """Download NIH ChestX-ray14 as released: 12 image archives (+ metadata files), resumable.
 
-python -m chexnet_pl.data.download root=/data/nih
+The command is ``chexnet-download`` (``python -m chexnet_pl.download``).
 
 Each file is fetched to ``<name>.part`` and resumed with an HTTP Range request after a dropped
 connection or a killed run; it becomes ``<name>`` only when its length (and checksum, where one is
@@ -12,7 +12,6 @@ member names) into a staging folder; only a fully readable archive's images move
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import json
 import logging
@@ -27,16 +26,13 @@ from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-import hydra
-from omegaconf import DictConfig
 from tqdm import tqdm
 
-from chexnet_pl.cli import run_or_exit
 from chexnet_pl.errors import DataError
+from chexnet_pl.files import file_digest, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 NIH_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 STATE_FILE = "download_state.json"
 CHUNK = 1 << 20
@@ -54,17 +50,9 @@ class Fetched:
     resumed_from: int  # bytes already on disk when this run started on the file
 
 
-def _hash_file(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_digest(path: Path, expected: str | None) -> str:
     """sha256 of ``path``; raises when ``expected`` ("<hex>" = sha256, or "md5:<hex>") differs."""
-    sha256 = _hash_file(path, "sha256")
+    sha256 = file_digest(path, "sha256")
     if expected:
         algorithm, _, value = expected.rpartition(":")
         algorithm = algorithm or "sha256"
@@ -72,7 +60,7 @@ def _check_digest(path: Path, expected: str | None) -> str:
             raise DownloadError(
                 f"checksum {expected!r} for {path.name}: use '<sha256 hex>', 'sha1:<hex>' or 'md5:<hex>'"
             )
-        actual = sha256 if algorithm == "sha256" else _hash_file(path, algorithm)
+        actual = sha256 if algorithm == "sha256" else file_digest(path, algorithm)
         if actual.lower() != value.lower():
             raise DownloadError(
                 f"{path.name}: {algorithm} is {actual}, expected {value}. The file is corrupt or "
@@ -281,9 +269,7 @@ def _load_state(root: Path) -> dict:
 
 
 def _save_state(root: Path, state: dict) -> None:
-    tmp = root / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, root / STATE_FILE)
+    write_text_atomic(root / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
 
 
 def download_nih(
@@ -367,27 +353,3 @@ def download_nih(
         f"; still missing {missing} (from {NIH_PAGE})" if missing else "",
     )
     return state
-
-
-def download(cfg: DictConfig) -> dict:
-    return download_nih(
-        cfg.root,
-        dict(cfg.archives),
-        {key: dict(entry) for key, entry in cfg.metadata.items()},
-        checksums=dict(cfg.checksums or {}),
-        only=[cfg.only] if isinstance(cfg.only, str) else (list(cfg.only) if cfg.only else None),
-        keep_archives=bool(cfg.keep_archives),
-        retries=int(cfg.retries),
-        timeout_s=float(cfg.timeout_s),
-        backoff_s=float(cfg.backoff_s),
-        progress=bool(cfg.progress),
-    )
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="download")
-def main(cfg: DictConfig) -> None:
-    run_or_exit(download, cfg)
-
-
-if __name__ == "__main__":
-    main()

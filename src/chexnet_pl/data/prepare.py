@@ -1,6 +1,6 @@
 """Decode every image once into the pre-resized cache the data module reads (``data.cache``).
 
-python -m chexnet_pl.data.prepare root=/data/nih size=256 [workers=16] [cache_dir=/fast/disk]
+The command is ``chexnet-prepare`` (``python -m chexnet_pl.prepare``).
 
 Parallel across cores, resumable (rerun after an interruption continues where it stopped),
 atomic (the cache appears only when complete), and a no-op when the cache is up to date with the
@@ -19,13 +19,10 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import cv2
-import hydra
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 from tqdm import tqdm
 
-from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.cache import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -44,10 +41,10 @@ from chexnet_pl.data.cache import (
 from chexnet_pl.data.images import find_images, read_gray
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.errors import DataError, ImageReadError
+from chexnet_pl.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 STATUS, ERRORS = "status.u8", "errors.jsonl"
 SOURCE_COLUMNS = ["Image Index", "source", "bytes", "mtime_ns"]
 
@@ -56,9 +53,21 @@ def default_cache_dir(root: str | Path) -> Path:
     return Path(root).expanduser() / "prepared"
 
 
-def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
-    """Area interpolation to a square, exactly as the training and evaluation transforms resize."""
-    return area_resize(image, size)
+def reserve_space(handle, size: int) -> None:
+    """Allocate ``size`` bytes on disk for ``handle`` (a full disk raises OSError now, not SIGBUS
+    later). macOS and Windows have no posix_fallocate: there the file is only extended, after
+    checking that the disk has room."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(handle.fileno(), 0, size)
+        return
+    free = shutil.disk_usage(Path(handle.name).parent).free
+    if free < size:
+        raise OSError(28, f"No space left on device ({free} bytes free, {size} needed)")
+    handle.truncate(size)
+
+
+def write_json_atomic(path: Path, value: dict) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2))
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -81,7 +90,7 @@ def _decode_chunk(job: tuple[np.ndarray, list[str]]) -> tuple[int, list[tuple[in
     failures, done = [], []
     for row, path in zip(rows, paths, strict=True):
         try:
-            images[row] = resize_gray(read_gray(path), size)
+            images[row] = area_resize(read_gray(path), size)
             done.append(row)
         except ImageReadError as exc:
             failures.append((int(row), path, exc.reason))
@@ -93,12 +102,6 @@ def _decode_chunk(job: tuple[np.ndarray, list[str]]) -> tuple[int, list[tuple[in
 
 
 # -- main side --------------------------------------------------------------------------------
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
     """Keep a partial build of the same sources and size; else start a fresh one."""
     if partial.exists():
@@ -124,7 +127,7 @@ def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
         listing.to_csv(partial / INDEX, index=False)
         # Reserve the space now: a memory map that runs out of disk mid-build dies with SIGBUS.
         with open(partial / IMAGES, "wb") as handle:
-            os.posix_fallocate(handle.fileno(), 0, max(needed, 1))
+            reserve_space(handle, max(needed, 1))
         with open(partial / STATUS, "wb") as handle:
             handle.truncate(len(listing))
     except OSError as exc:
@@ -134,7 +137,7 @@ def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
             f"{needed / 1e9:.1f} GB ({len(listing)} images of {size} px); free space or give "
             "cache_dir=<another folder>."
         ) from exc
-    _write_json(
+    write_json_atomic(
         partial / MANIFEST,
         {
             "format": CACHE_FORMAT,
@@ -265,7 +268,7 @@ def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
     index.to_csv(partial / INDEX, index=False)
     manifest = json.loads((partial / MANIFEST).read_text())
     manifest.update({"complete": True, "bad": int((status == STATUS_BAD).sum())})
-    _write_json(partial / MANIFEST, manifest)
+    write_json_atomic(partial / MANIFEST, manifest)
     (partial / STATUS).unlink()
     (partial / ERRORS).unlink(missing_ok=True)
     return _publish(partial, folder)
@@ -289,24 +292,3 @@ def _publish(partial: Path, folder: Path) -> Path:
         f"; {bad} unreadable (listed with their reason in {folder / INDEX})" if bad else "",
     )
     return folder
-
-
-def prepare(cfg: DictConfig) -> Path:
-    return build_cache(
-        cfg.root,
-        size=int(cfg.size),
-        cache_dir=cfg.cache_dir,
-        workers=cfg.workers,
-        chunk_size=int(cfg.chunk_size),
-        force=bool(cfg.force),
-        progress=bool(cfg.progress),
-    )
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
-def main(cfg: DictConfig) -> None:
-    run_or_exit(prepare, cfg)
-
-
-if __name__ == "__main__":
-    main()

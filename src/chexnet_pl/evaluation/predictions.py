@@ -6,12 +6,9 @@ two projects' prediction files can be exchanged.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +20,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.errors import DataError
+from chexnet_pl.files import atomic_write, file_sha256
 from chexnet_pl.labels import FINDINGS, class_names
+from chexnet_pl.models.precision import autocast_context
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +33,6 @@ TENCROP_RESIZE = 256 / 224  # arnoweng/CheXNet: resize 256, ten 224 crops
 
 def prob_columns(names: Sequence[str]) -> list[str]:
     return [PROB + name for name in names]
-
-
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_context(device: torch.device, precision: str):
-    """``auto``: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16; else fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        dtype = (
-            torch.float16
-            if precision == "fp16" or not torch.cuda.is_bf16_supported()
-            else torch.bfloat16
-        )
-        return torch.autocast("cuda", dtype=dtype)
-    if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def tta_resize(image_size: int, tta: str) -> int:
@@ -156,14 +129,6 @@ def read_predictions(
     return table[[IMAGE, *prob_columns(names)]], names
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class PredictionCache:
     """Predictions stored beside a checkpoint's run (``<run>/predictions/``) so a second evaluation
     of the same checkpoint, split and settings reads them instead of running the model again."""
@@ -200,9 +165,8 @@ class PredictionCache:
         path, key = self._key(split, settings)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".csv.partial")
-            table.to_csv(partial, index=False)
-            os.replace(partial, path)
+            with atomic_write(path) as partial:
+                table.to_csv(partial, index=False)
             path.with_suffix(".json").write_text(json.dumps(key, sort_keys=True, indent=1))
         except OSError as exc:
             log.warning(

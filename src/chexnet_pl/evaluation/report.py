@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chexnet_pl.evaluation.auroc import bootstrap_auroc, mean_over, per_class_auroc
-from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.labels import NO_FINDING, finding_names
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def score_predictions(
     """The per-class table (``aucs.csv``): AUROC, CI, counts, the paper's value and the difference,
     and — when thresholds are given — the operating point at each class's threshold."""
     auroc = per_class_auroc(scores, labels)
-    mean = float(mean_over(auroc, class_names, FINDINGS))
+    mean = float(mean_over(auroc, class_names, finding_names(class_names)))
     positives = labels.sum(axis=0).astype(int)
     table = pd.DataFrame(
         {"auroc": auroc, "positives": positives, "negatives": len(labels) - positives},
@@ -88,7 +88,7 @@ def score_predictions(
     table.loc[MEAN_ROW, ["auroc", "positives", "negatives"]] = [mean, np.nan, np.nan]
     if bootstrap_samples > 0:
         samples = bootstrap_auroc(scores, labels, patients, bootstrap_samples, bootstrap_seed)
-        sample_means = mean_over(samples, class_names, FINDINGS)
+        sample_means = mean_over(samples, class_names, finding_names(class_names))
         tail = (1 - confidence) / 2 * 100
         with_mean = np.column_stack([samples, sample_means])
         with warnings.catch_warnings():  # an all-NaN column is an undefined class: NaN is right

@@ -7,25 +7,12 @@ from pathlib import Path
 
 import torch
 
+from chexnet_pl.checkpoints import read_checkpoint
 from chexnet_pl.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "net.classifier."
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)``: a checkpoint needing arbitrary unpickling is refused."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), ...
-        raise WeightsError(
-            f"cannot load {path} safely: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
-            "Only checkpoints loadable with weights_only=True are read."
-        ) from exc
 
 
 def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from torchmetrics.classification import MultilabelAUROC
 from torchmetrics.utilities import dim_zero_cat
 
-from chexnet_pl.labels import FINDINGS
+from chexnet_pl.labels import finding_names
 
 
 class PerClassAUROC(MultilabelAUROC):
@@ -35,7 +35,8 @@ class PerClassAUROC(MultilabelAUROC):
 
 
 def mean_finding_auroc(per_class: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-    """Mean over the 14 findings (never ``No Finding``), ignoring undefined classes."""
-    index = [i for i, name in enumerate(class_names) if name in FINDINGS]
+    """Mean over the findings (never ``No Finding``), ignoring undefined classes."""
+    findings = finding_names(class_names)
+    index = [i for i, name in enumerate(class_names) if name in findings]
     values = per_class[index]
     return values.nanmean() if not torch.isnan(values).all() else values.new_tensor(float("nan"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import logging
 import math
 import pickle
@@ -20,8 +22,23 @@ from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0}
-DEFAULT_SCHEDULER = {"name": "plateau", "monitor": "val/loss", "factor": 0.1, "patience": 1}
+
+@functools.cache
+def default_recipe() -> tuple[dict, dict]:
+    """The optimizer and scheduler of ``conf/model/chexnet.yaml`` (the CheXNet paper's): the
+    defaults live in that file only, for the configs and for modules built in Python alike."""
+    from omegaconf import OmegaConf
+
+    from chexnet_pl.cli import CONFIG_MODULE
+
+    source = importlib.resources.files(CONFIG_MODULE).joinpath("model", "chexnet.yaml")
+    model_cfg = OmegaConf.create(source.read_text())
+    return (
+        OmegaConf.to_container(model_cfg.optimizer),
+        OmegaConf.to_container(model_cfg.scheduler),
+    )
+
+
 # Weight of each auxiliary classifier's loss (GoogLeNet's two), as in the GoogLeNet paper.
 AUX_LOSS_WEIGHT = 0.3
 
@@ -60,8 +77,9 @@ class CheXNetModule(pl.LightningModule):
         compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
-        optimizer = {**DEFAULT_OPTIMIZER, **dict(optimizer or {})}
-        scheduler = {**DEFAULT_SCHEDULER, **dict(scheduler or {})}
+        default_optimizer, default_scheduler = default_recipe()
+        optimizer = {**default_optimizer, **dict(optimizer or {})}
+        scheduler = {**default_scheduler, **dict(scheduler or {})}
         self.save_hyperparameters(
             {
                 "backbone": backbone,
@@ -87,7 +105,6 @@ class CheXNetModule(pl.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("loss_pos_weight", torch.ones(len(self.class_names)))
-        self.criterion = nn.BCEWithLogitsLoss()
 
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()

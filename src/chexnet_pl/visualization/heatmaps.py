@@ -47,6 +47,19 @@ class CAMUnavailableError(ChexnetError, ValueError):
     """CAM was asked of a backbone whose head is not global average pooling + one linear layer."""
 
 
+class UnknownMethodError(ChexnetError, ValueError):
+    """A heat-map method name that is not one of ``METHODS``."""
+
+
+def check_method(method: str, setting: str = "method") -> str:
+    """``method`` when it names a heat-map method, else an error naming ``setting`` and the choices."""
+    if method not in METHODS:
+        raise UnknownMethodError(
+            f"{setting}={method!r} is not a heat-map method; use one of {METHODS}"
+        )
+    return method
+
+
 def cam_available(model) -> bool:
     """Whether ``model``'s head is global average pooling + one linear layer (CAM is exact)."""
     return bool(getattr(model.net, "cam_available", False))
@@ -54,8 +67,7 @@ def cam_available(model) -> bool:
 
 def resolve_method(model, method: str) -> str:
     """``auto`` → ``cam`` where the head allows it, else ``gradcam``; unknown names are an error."""
-    if method not in METHODS:
-        raise ValueError(f"unknown heat-map method {method!r}; use one of {METHODS}")
+    check_method(method)
     if method == "auto":
         return "cam" if cam_available(model) else "gradcam"
     return method
@@ -103,8 +115,10 @@ def grad_cam(
     model, images: torch.Tensor, class_index: int, method: str = "gradcam"
 ) -> torch.Tensor:
     """One class's map per image (B×H×W in [0, 1]) by a ``grad-cam`` method."""
-    if method not in GRAD_METHODS:
-        raise ValueError(f"unknown heat-map method {method!r}; use one of {METHODS}")
+    if check_method(method) not in GRAD_METHODS:
+        raise UnknownMethodError(
+            f"{method!r} is not a Grad-CAM method; use one of {tuple(GRAD_METHODS)}"
+        )
     model.eval()
     inputs = model.prepare_input(images.to(model.device)).contiguous()
     with GRAD_METHODS[method](model=model.net, target_layers=[model.net.features]) as explainer:

@@ -1,30 +1,15 @@
-"""Loading what the visualisation commands need: a checkpoint's model and image size, image files,
-and operating thresholds from an evaluation's aucs.csv."""
+"""Loading what the visualisation commands need: image files and operating thresholds from an
+evaluation's aucs.csv (the model: ``chexnet_pl.checkpoints.load_run``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from chexnet_pl.data.images import IMAGE_SUFFIXES, read_gray
-from chexnet_pl.errors import DataError, WeightsError
-from chexnet_pl.models.init_from import read_checkpoint
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.errors import DataError
 from chexnet_pl.visualization.explain import XRay
-
-
-def load_model(checkpoint: str | Path) -> tuple[CheXNetModule, int, dict]:
-    """The model, the image size it was trained at (224 if the checkpoint does not say) and the
-    data settings stored with it."""
-    checkpoint = Path(checkpoint).expanduser()
-    if not checkpoint.is_file():
-        raise WeightsError(f"checkpoint not found: {checkpoint} (ckpt=)")
-    data = read_checkpoint(checkpoint).get("datamodule_hyper_parameters") or {}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = CheXNetModule.load_from_checkpoint(checkpoint, map_location=device).eval()
-    return model, int(data.get("image_size", 224)), data
 
 
 def image_files(image: str | None, images: str | None) -> list[Path]:

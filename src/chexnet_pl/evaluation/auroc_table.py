@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-MEAN_ROW = "Mean (14 findings)"
+from chexnet_pl.evaluation.report import MEAN_ROW
 
 
 def auroc_table(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from chexnet_pl.files import atomic_write
+from chexnet_pl.training.run_summary import RUN_SUMMARY
+
 log = logging.getLogger(__name__)
 
-RUN_SUMMARY = "run_summary.json"
 COLUMNS = [
     "job",
     "status",
@@ -42,9 +43,8 @@ def write_summary(sweep_dir: Path) -> pd.DataFrame:
         ["_failed", "best_val_auroc", "job"], ascending=[True, False, True], na_position="last"
     )
     table = table.drop(columns="_failed")
-    partial = sweep_dir / "summary.csv.partial"
-    table.to_csv(partial, index=False)
-    os.replace(partial, sweep_dir / "summary.csv")
+    with atomic_write(sweep_dir / "summary.csv") as partial:
+        table.to_csv(partial, index=False)
     return table
 
 
