@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup demo test test-fast bench lint format clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml setup.py
 demo: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python -m chexnet_pl.train experiment=demo
 
+# The full suite (what CI runs through .ci/run).
 test: setup
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
+
+# For iterating: everything but the tests that train or launch commands (< 3 min on 2 cores).
+test-fast: setup
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow"
 
 # Not part of the tests: timings are noisy on shared machines.
 bench: setup

@@ -146,3 +146,15 @@ def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
     metrics, _ = train(cfg)
     assert metrics["val/auroc"] > 0.75, metrics
     return root, base / "run"
+
+
+# Fixtures that run a training: a test using one is in the full suite only (`make test`), not in
+# the fast tier (`make test-fast`, ``-m "not slow"``). Tests that train or launch commands by
+# themselves carry ``@pytest.mark.slow``.
+TRAINING_FIXTURES = {"make_cfg", "compose_cfg", "learnt_run", "learnt", "trained_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

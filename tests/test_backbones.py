@@ -226,6 +226,7 @@ def test_googlenet_aux_heads_add_to_the_training_loss_only():
     assert calls == []  # never used to predict or to explain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["googlenet", "alexnet"])
 def test_freeze_backbone_trains_the_head_only(name, tmp_path):
     """Frozen: ``features`` keep weights and batch-norm statistics; the whole head trains
@@ -274,6 +275,7 @@ def test_every_experiment_config_composes(experiment, tmp_path):
     assert other.model.backbone == "resnet50"
 
 
+@pytest.mark.slow
 def test_sweep_across_backbones_writes_the_summary_table(synthetic_root, tmp_path):
     """A real Hydra multirun over two small backbones; AlexNet's heat maps (no CAM) by Grad-CAM."""
     sweep_dir = tmp_path / "sweep"
@@ -302,6 +304,7 @@ def test_sweep_across_backbones_writes_the_summary_table(synthetic_root, tmp_pat
     assert "sweep summary" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_compiled_training_forward_keeps_checkpoint_keys_and_eager_eval(tmp_path):
     """compile=true: the training forward goes through torch.compile (the eager backend here,
     which traces like inductor without generating code); weights and outputs stay the same."""

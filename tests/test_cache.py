@@ -230,6 +230,7 @@ def test_finished_build_stopped_before_its_rename_is_published(release, monkeypa
     )
 
 
+@pytest.mark.slow
 def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):
     result = subprocess.run(
         [
@@ -253,6 +254,7 @@ def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):
     assert (parallel / "images.u8").read_bytes() == (serial / "images.u8").read_bytes()
 
 
+@pytest.mark.slow
 def test_prepare_command_names_a_missing_root(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "chexnet_pl.prepare", f"root={tmp_path / 'nope'}"],

@@ -267,6 +267,7 @@ def test_hflip_is_the_mean_of_image_and_mirror():
         ).shape == (2, 15)
 
 
+@pytest.mark.slow
 def test_command_line_scores_a_file_and_reports_bad_input(synthetic_root, tmp_path):
     truth = label_index(read_data_entry(synthetic_root / "Data_Entry_2017_v2020.csv"))
     rng = np.random.default_rng(0)

@@ -219,6 +219,7 @@ def _arnoweng_checkpoint(path: Path) -> tuple[dict, torch.nn.Module]:
     return state, reference.eval()
 
 
+@pytest.mark.slow
 def test_import_arnoweng_chexnet_weights(tmp_path):
     source = tmp_path / "model.pth.tar"
     _, reference = _arnoweng_checkpoint(source)
@@ -264,6 +265,7 @@ def test_import_refuses_a_checkpoint_that_would_drop_weights(tmp_path):
         import_arnoweng(source, tmp_path / "out.ckpt")
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_exits(synthetic_root, tmp_path):
     run_dir = tmp_path / "interrupted"
     command = [

@@ -48,6 +48,7 @@ def epoch_metrics(run_dir: Path) -> pd.DataFrame:
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_exactly(synthetic_root, tmp_path):
     settings = ("trainer.max_epochs=4", "+trainer.limit_train_batches=6", "test=false")
     whole = subprocess.run(cli(synthetic_root, tmp_path / "whole", *settings), env=ENV, cwd=REPO,
@@ -193,6 +194,7 @@ def test_same_seed_same_metrics_and_run_info(make_cfg, tmp_path):
     assert (run / "config_resolved.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_sweep_summary_reports_successes_and_names_failures(synthetic_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
@@ -253,6 +255,7 @@ def test_sweeper_launcher_and_ddp_configs_compose(overrides, check):
     assert check(cfg)
 
 
+@pytest.mark.slow
 def test_optuna_sweeper_runs(synthetic_root, tmp_path):
     sweep_dir = tmp_path / "optuna"
     result = subprocess.run(
@@ -265,6 +268,7 @@ def test_optuna_sweeper_runs(synthetic_root, tmp_path):
     assert len(pd.read_csv(sweep_dir / "summary.csv")) == 2
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(synthetic_root, tmp_path):
     run_dir = tmp_path / "ddp"
     result = subprocess.run(

@@ -164,6 +164,7 @@ def test_one_precision_vocabulary_for_training_and_evaluation():
             assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow
 def test_command_line_entry_point(synthetic_root, tmp_path):
     """``python -m chexnet_pl.train`` as a user runs it: Hydra's run folder gets every output."""
     run_dir = tmp_path / "cli_run"
@@ -192,6 +193,7 @@ def test_command_line_entry_point(synthetic_root, tmp_path):
     assert (run_dir / "aucs.csv").is_file()
 
 
+@pytest.mark.slow
 def test_missing_data_root_is_a_clear_error(tmp_path):
     """Run from an empty folder: the configs come from the installed package, not the cwd."""
     result = subprocess.run(

@@ -17,11 +17,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
+from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, user_errors_exit
 from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
 from chexnet_pl.models.init_from import init_from_checkpoint
-from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.precision import resolve_precision
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 from chexnet_pl.training.checks import (
@@ -124,7 +124,7 @@ def _evaluate_best(
     """The same evaluation as ``python -m chexnet_pl.evaluate``, on the best checkpoint's weights."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
-        model = CheXNetModule.load_from_checkpoint(best, map_location=model.device)
+        model = load_run(best, device=model.device).model
     else:
         log.warning("no best checkpoint was saved; evaluating the weights at the end of training")
     settings = EvaluationSettings.from_config(cfg.get("evaluation"))

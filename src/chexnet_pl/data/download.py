@@ -95,15 +95,19 @@ def fetch(
     backoff_s: float = 2.0,
     progress: bool = True,
 ) -> Fetched:
-    """Fetch ``url`` to ``dest``, resuming ``dest.part`` with Range requests; atomic at the end."""
+    """Fetch ``url`` to ``dest``, resuming ``dest.part`` with Range requests; atomic at the end.
+
+    ``retries`` counts tries in a row that brought no new bytes (with exponential backoff): a
+    connection that drops again and again but moves the file forward each time is not given up.
+    """
     dest = Path(dest)
     if not url.startswith(("http://", "https://")):
         raise DownloadError(f"{dest.name}: {url!r} is not an http(s) URL")
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    resumed_from = part.stat().st_size if part.exists() else 0
+    resumed_from = _size(part)
     last_error: Exception | None = None
-    failures = 0  # in a row without progress; a try that moved the file forward resets it
+    failures = 0  # in a row without progress
     while True:
         if failures > retries:
             raise DownloadError(
@@ -117,80 +121,90 @@ def fetch(
                 "%s: %s; retrying in %.0f s (%d/%d)", dest.name, last_error, wait, failures, retries
             )
             time.sleep(wait)
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": "chexnet_pl-download"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        try:
-            with urlopen(Request(url, headers=headers), timeout=timeout_s) as response:
-                content_range = response.headers.get("Content-Range")
-                if have and (response.status != 206 or _range_start(content_range) != have):
-                    log.info(
-                        "%s: the server did not resume at byte %d; starting over", dest.name, have
-                    )
-                    if response.status == 206:  # a range, but not the one asked for
-                        part.unlink()
-                        failures += 1
-                        last_error = ConnectionError(f"server answered {content_range}")
-                        continue
-                    have = 0
-                length = response.headers.get("Content-Length")
-                total = have + int(length) if length is not None else None
-                if response.status == 206:
-                    total = _total_from_content_range(content_range) or total
-                try:
-                    out = open(part, "ab" if have else "wb")
-                except OSError as exc:
-                    raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
-                with (
-                    out,
-                    tqdm(
-                        total=total,
-                        initial=have,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=dest.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    while block := response.read(CHUNK):
-                        try:
-                            out.write(block)
-                        except OSError as exc:
-                            raise DownloadError(
-                                f"cannot write {part}: {exc.strerror or exc} (is the disk full?); "
-                                "the bytes so far are kept — rerun to resume"
-                            ) from exc
-                        bar.update(len(block))
-            size = part.stat().st_size
-            if total is not None and size != total:
-                failures = 0 if size > have else failures + 1
-                last_error = ConnectionError(f"connection closed at {size} of {total} bytes")
-                continue
+        complete, last_error, progressed = _try_once(url, part, dest.name, timeout_s, progress)
+        if complete:
             break
-        except HTTPError as exc:
-            exc.close()
-            if exc.code == 416 and have:  # asked past the end: the part may already be whole
-                total = _total_from_content_range(exc.headers.get("Content-Range"))
-                if total == have:
-                    break
-                part.unlink()  # longer than the file on the server: not that file
-                last_error = exc
-                failures += 1
-                continue
-            if exc.code in (401, 403, 404, 410):
+        failures = 0 if progressed else failures + 1
+    return _publish(part, dest, checksum, resumed_from)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _try_once(
+    url: str, part: Path, name: str, timeout_s: float, progress: bool
+) -> tuple[bool, Exception | None, bool]:
+    """One request, resuming ``part``: (complete, the error if not, whether bytes were added).
+    Errors that a retry cannot fix (a moved link, an unwritable disk) are raised."""
+    have = _size(part)
+    headers = {"User-Agent": "chexnet_pl-download"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        with urlopen(Request(url, headers=headers), timeout=timeout_s) as response:
+            content_range = response.headers.get("Content-Range")
+            if have and (response.status != 206 or _range_start(content_range) != have):
+                log.info("%s: the server did not resume at byte %d; starting over", name, have)
+                if response.status == 206:  # a range, but not the one asked for
+                    part.unlink()
+                    return False, ConnectionError(f"server answered {content_range}"), False
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            if response.status == 206:
+                total = _total_from_content_range(content_range) or total
+            _write_body(response, part, have, total, name, progress)
+        size = part.stat().st_size
+        if total is not None and size != total:
+            return (
+                False,
+                ConnectionError(f"connection closed at {size} of {total} bytes"),
+                size > have,
+            )
+        return True, None, True
+    except HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and have:  # asked past the end: the part may already be whole
+            if _total_from_content_range(exc.headers.get("Content-Range")) == have:
+                return True, None, False
+            part.unlink()  # longer than the file on the server: not that file
+            return False, exc, False
+        if exc.code in (401, 403, 404, 410):
+            raise DownloadError(
+                f"{url} answered HTTP {exc.code} ({exc.reason}) for {name}. The link may "
+                f"have moved: find the current one on {NIH_PAGE} and give it in the config "
+                f"(archives.<key>=<url> or metadata.<key>.url=<url>)."
+            ) from exc
+        return False, exc, False
+    except (URLError, http.client.HTTPException, OSError) as exc:
+        return False, exc, _size(part) > have
+
+
+def _write_body(
+    response, part: Path, have: int, total: int | None, name: str, progress: bool
+) -> None:
+    """Append the response body to ``part`` (or start it anew when ``have`` is 0)."""
+    try:
+        out = open(part, "ab" if have else "wb")
+    except OSError as exc:
+        raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
+    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+               disable=not progress)  # fmt: skip
+    with out, bar:
+        while block := response.read(CHUNK):
+            try:
+                out.write(block)
+            except OSError as exc:
                 raise DownloadError(
-                    f"{url} answered HTTP {exc.code} ({exc.reason}) for {dest.name}. The link may "
-                    f"have moved: find the current one on {NIH_PAGE} and give it in the config "
-                    f"(archives.<key>=<url> or metadata.<key>.url=<url>)."
+                    f"cannot write {part}: {exc.strerror or exc} (is the disk full?); "
+                    "the bytes so far are kept — rerun to resume"
                 ) from exc
-            last_error = exc
-            failures += 1
-        except (URLError, http.client.HTTPException, OSError) as exc:
-            last_error = exc
-            now = part.stat().st_size if part.exists() else 0
-            failures = 0 if now > have else failures + 1
+            bar.update(len(block))
+
+
+def _publish(part: Path, dest: Path, checksum: str | None, resumed_from: int) -> Fetched:
+    """Check a complete ``part`` and rename it to ``dest`` (a failed check: ``dest.bad``)."""
     try:
         sha256 = _check_digest(part, checksum)
     except DownloadError:
@@ -296,21 +310,28 @@ def download_nih(
         raise DownloadError(
             f"cannot create {root}: {exc.strerror or exc}; choose another root="
         ) from exc
-    checksums = dict(checksums or {})
-    state = _load_state(root)
     wanted = ([only] if isinstance(only, str) else list(only)) if only else list(archives)
     unknown = [key for key in wanted if key not in archives]
     if unknown:
         raise DownloadError(
             f"only={unknown}: not archives of the release; use some of {list(archives)}"
         )
-    options = {
-        "retries": retries,
-        "timeout_s": timeout_s,
-        "backoff_s": backoff_s,
-        "progress": progress,
-    }
+    state = _load_state(root)
+    options = {"retries": retries, "timeout_s": timeout_s, "backoff_s": backoff_s,
+               "progress": progress}  # fmt: skip
+    checksums = dict(checksums or {})
+    _fetch_metadata(root, metadata, checksums, state, options)
+    for index, key in enumerate(wanted, 1):
+        step = f"[{index}/{len(wanted)}]"
+        _fetch_and_extract(root, key, archives[key], checksums, state, options, keep_archives, step)
+    _log_summary(root, metadata, state)
+    return state
 
+
+def _fetch_metadata(
+    root: Path, metadata: Mapping, checksums: Mapping[str, str], state: dict, options: dict
+) -> None:
+    """The CSV and list files that are not in ``root`` yet (where a URL is configured)."""
     for key, entry in metadata.items():
         name, url = entry["file"], entry.get("url")
         if (root / name).exists():
@@ -325,24 +346,31 @@ def download_nih(
         state[name] = {"bytes": fetched.size, "sha256": fetched.sha256}
         _save_state(root, state)
 
-    for index, key in enumerate(wanted, 1):
-        name = f"{key}.tar.gz"
-        if state.get(name, {}).get("extracted"):
-            log.info("[%d/%d] %s: already extracted", index, len(wanted), name)
-            continue
-        archive = root / "archives" / name
-        if not archive.exists():
-            log.info("[%d/%d] fetching %s", index, len(wanted), name)
-            fetched = fetch(archives[key], archive, checksum=checksums.get(key), **options)
-            state[name] = {"bytes": fetched.size, "sha256": fetched.sha256}
-            _save_state(root, state)
-        count = extract_images(archive, root)
-        state.setdefault(name, {}).update({"extracted": True, "images": count})
-        _save_state(root, state)
-        log.info("[%d/%d] %s: %d images → %s", index, len(wanted), name, count, root / "images")
-        if not keep_archives:
-            archive.unlink()
 
+def _fetch_and_extract(
+    root: Path, key: str, url: str, checksums: Mapping[str, str], state: dict, options: dict,
+    keep_archive: bool, step: str,
+) -> None:  # fmt: skip
+    """One image archive: fetched unless on disk, extracted, recorded in the state file."""
+    name = f"{key}.tar.gz"
+    if state.get(name, {}).get("extracted"):
+        log.info("%s %s: already extracted", step, name)
+        return
+    archive = root / "archives" / name
+    if not archive.exists():
+        log.info("%s fetching %s", step, name)
+        fetched = fetch(url, archive, checksum=checksums.get(key), **options)
+        state[name] = {"bytes": fetched.size, "sha256": fetched.sha256}
+        _save_state(root, state)
+    count = extract_images(archive, root)
+    state.setdefault(name, {}).update({"extracted": True, "images": count})
+    _save_state(root, state)
+    log.info("%s %s: %d images → %s", step, name, count, root / "images")
+    if not keep_archive:
+        archive.unlink()
+
+
+def _log_summary(root: Path, metadata: Mapping, state: dict) -> None:
     images = sum(entry.get("images", 0) for entry in state.values())
     missing = [e["file"] for e in metadata.values() if not (root / e["file"]).exists()]
     log.info(
@@ -352,4 +380,3 @@ def download_nih(
         sum(1 for entry in state.values() if entry.get("extracted")),
         f"; still missing {missing} (from {NIH_PAGE})" if missing else "",
     )
-    return state

@@ -1,0 +1,92 @@
+"""Reading a trained run back from its checkpoint: the one place every command loads a model.
+
+A chexnet_pl checkpoint holds the model's plain hyperparameters (backbone, classes, ...), its
+weights, and the data module's settings (root, split, image size), so ``load_run`` rebuilds the
+model and ``datamodule_for`` the same data and split without any config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chexnet_pl.errors import DataError, WeightsError
+
+log = logging.getLogger(__name__)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)``: a checkpoint needing arbitrary unpickling is refused."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), ...
+        raise WeightsError(
+            f"cannot load {path} safely: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+            "Only checkpoints loadable with weights_only=True are read."
+        ) from exc
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Run:
+    """A trained model with what it was trained on."""
+
+    path: Path
+    model: Any  # CheXNetModule, in eval mode
+    data_settings: dict = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        """The size the model was trained at (224 when the checkpoint does not say)."""
+        return int(self.data_settings.get("image_size", 224))
+
+
+def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
+    """The checkpoint's model (eval mode, on ``device`` or the GPU when there is one) and data
+    settings; ImageNet weights are never fetched, the checkpoint holds every weight."""
+    from chexnet_pl.models.module import CheXNetModule
+
+    path = Path(checkpoint).expanduser()
+    stored = read_checkpoint(path)
+    hparams = stored.get("hyper_parameters")
+    if not isinstance(stored.get("state_dict"), dict) or not isinstance(hparams, dict):
+        raise WeightsError(
+            f"{path} holds no model weights and settings; is it a chexnet_pl checkpoint "
+            "(<run>/checkpoints/*.ckpt, or one written by chexnet-import-weights)?"
+        )
+    model = CheXNetModule(**{**hparams, "pretrained": False, "weights_path": None})
+    try:
+        model.load_state_dict(stored["state_dict"])
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{path} does not fit the model its settings describe: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    model = model.to(device or default_device()).eval()
+    return Run(path, model, dict(stored.get("datamodule_hyper_parameters") or {}))
+
+
+def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Path):
+    """The data module and split ``run`` was trained with; ``overrides`` (``data.*`` given on the
+    command line, None = keep) take precedence. The model decides the classes."""
+    from chexnet_pl.data.datamodule import NIHDataModule
+
+    settings = {**run.data_settings, "synthetic": None, "report_dir": str(output_dir)}
+    settings["include_no_finding"] = bool(run.model.hparams.include_no_finding)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if not settings.get("root"):
+        raise DataError(
+            f"{run.path} does not name the data folder it was trained on; "
+            "give data.root=/path/to/nih"
+        )
+    return NIHDataModule(**settings)

@@ -1,0 +1,87 @@
+"""Find NIH images on disk (either download layout) and decode them as 8-bit grayscale."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from chexnet_pl.errors import DataError, ImageReadError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _scan(folder: Path, found: dict[str, Path]) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                if entry.name in found:
+                    raise DataError(
+                        f"image {entry.name} is in two places: {found[entry.name]} and {entry.path}. "
+                        "Remove one copy."
+                    )
+                found[entry.name] = Path(entry.path)
+
+
+def find_images(root: str | Path) -> dict[str, Path]:
+    """Map image file name → path for ``root/images/*.png`` and ``root/images_NNN/images/*.png``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"data root {root} is not a folder. Point data.root (root= for prepare) at the NIH download folder."
+        )
+    found: dict[str, Path] = {}
+    folders = []
+    if (root / "images").is_dir():
+        folders.append(root / "images")
+    for part in sorted(root.glob("images_*")):
+        if (part / "images").is_dir():
+            folders.append(part / "images")
+        elif part.is_dir():
+            folders.append(part)
+    for folder in folders:
+        _scan(folder, found)
+    log.info("found %d images in %d folder(s) under %s", len(found), len(folders), root)
+    return found
+
+
+def to_uint8_gray(image: Image.Image) -> np.ndarray:
+    """Any PIL mode → HxW uint8: 16-bit is rescaled by its range, colour and alpha are dropped."""
+    mode = image.mode
+    if mode == "L":
+        return np.array(image, dtype=np.uint8)  # a writable copy: torch refuses read-only arrays
+    if mode.startswith("I"):
+        values = np.asarray(image).astype(np.float32)
+        peak = values.max(initial=0)
+        # Scale by the range the data uses: 12-bit values in a 16-bit file would come out black.
+        full_scale = 255.0 if peak <= 255 else 4095.0 if peak <= 4095 else 65535.0
+        return np.clip(values * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        lo, hi = float(values.min(initial=0)), float(values.max(initial=1))
+        return np.clip((values - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
+    if mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGB" if mode != "LA" else "L")
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Decode one image file as HxW uint8 grayscale; ImageReadError names the file and reason."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_uint8_gray(image)
+    except FileNotFoundError as exc:
+        raise ImageReadError(path, "file not found") from exc
+    except UnidentifiedImageError as exc:
+        size = path.stat().st_size if path.exists() else 0
+        reason = "empty file (0 bytes)" if size == 0 else "not an image PIL can identify"
+        raise ImageReadError(path, reason) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated ({exc})") from exc

@@ -1,0 +1,131 @@
+"""Read NIH's ``Data_Entry_2017.csv`` (2017 and v2020 forms) into a table and a label matrix."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexnet_pl.errors import DataError
+from chexnet_pl.labels import FINDINGS, NO_FINDING
+
+log = logging.getLogger(__name__)
+
+IMAGE = "Image Index"
+FINDING_LABELS = "Finding Labels"
+PATIENT = "Patient ID"
+VIEW = "View Position"
+REQUIRED_COLUMNS = (IMAGE, FINDING_LABELS, PATIENT, VIEW)
+DATA_ENTRY_NAMES = (
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017.csv.gz",
+    "Data_Entry_2017_v2020.csv.gz",
+)
+
+
+def find_data_entry(root: str | Path) -> Path:
+    """The metadata CSV inside a download folder, in any of the names NIH has used."""
+    root = Path(root)
+    for name in DATA_ENTRY_NAMES:
+        if (root / name).is_file():
+            return root / name
+    raise DataError(
+        f"no metadata CSV in {root}: expected one of {', '.join(DATA_ENTRY_NAMES)}. "
+        "Point data.root at the NIH download folder, or give data.csv=/path/to/Data_Entry_2017.csv"
+    )
+
+
+def _csv_line(index: int) -> int:
+    """Line number in the file of a 0-based data row (the header is line 1)."""
+    return index + 2
+
+
+def read_data_entry(path: str | Path) -> pd.DataFrame:
+    """Read the metadata CSV, accepting the 2017 trailing comma and the v2020 split headers.
+
+    Returns a table with a fresh 0..N-1 index and ``Patient ID`` as int. Raises DataError
+    naming the file, line and value for missing columns, duplicate images or empty labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"metadata CSV not found: {path}")
+    try:
+        table = pd.read_csv(path, dtype={IMAGE: str, FINDING_LABELS: str, VIEW: str})
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+        raise DataError(f"cannot parse {path} as a CSV: {exc}") from exc
+    # The 2017 release ends every line with a comma: pandas adds an empty "Unnamed: N" column.
+    empty_extra = [
+        c for c in table.columns if str(c).startswith("Unnamed") and table[c].isna().all()
+    ]
+    table = table.drop(columns=empty_extra)
+    table.columns = [str(c).strip() for c in table.columns]
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {missing}; it has {list(table.columns)}. "
+            f"NIH's Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)} among its columns."
+        )
+    if table.empty:
+        raise DataError(f"{path} has a header but no rows")
+
+    for column in (IMAGE, FINDING_LABELS, VIEW):
+        table[column] = table[column].fillna("").str.strip()
+    blank = table.index[table[IMAGE] == ""]
+    if len(blank):
+        raise DataError(f"{path}: empty '{IMAGE}' on line(s) {[_csv_line(i) for i in blank[:5]]}")
+    dupes = table[table[IMAGE].duplicated(keep=False)]
+    if len(dupes):
+        first = dupes.iloc[0][IMAGE]
+        lines = [_csv_line(i) for i in dupes.index[dupes[IMAGE] == first]]
+        raise DataError(
+            f"{path}: {dupes[IMAGE].nunique()} image name(s) appear on more than one row, "
+            f"e.g. {first!r} on lines {lines}. Remove the duplicate rows."
+        )
+    empty_labels = table.index[table[FINDING_LABELS] == ""]
+    if len(empty_labels):
+        i = empty_labels[0]
+        raise DataError(
+            f"{path}: empty '{FINDING_LABELS}' for {table.at[i, IMAGE]!r} on line {_csv_line(i)} "
+            f"({len(empty_labels)} row(s) in all). Use 'No Finding' for an image without findings."
+        )
+    patient = pd.to_numeric(table[PATIENT], errors="coerce")
+    bad_patient = table.index[patient.isna()]
+    if len(bad_patient):
+        i = bad_patient[0]
+        raise DataError(
+            f"{path}: '{PATIENT}' is not a number on line {_csv_line(i)}: {table.at[i, PATIENT]!r}"
+        )
+    table[PATIENT] = patient.astype(np.int64)
+    return table.reset_index(drop=True)
+
+
+def label_matrix(
+    finding_labels: pd.Series, pathologies: Sequence[str], source: str | Path = "metadata"
+) -> np.ndarray:
+    """Pipe-separated ``Finding Labels`` → float32 matrix, one column per pathology, in order.
+
+    An unknown label is an error naming the row and value; a known label that the class list
+    leaves out (``No Finding`` with 14 outputs) is simply not a column.
+    """
+    dummies = finding_labels.str.get_dummies(sep="|")
+    dummies.columns = [c.strip() for c in dummies.columns]
+    known = set(FINDINGS) | {NO_FINDING}
+    unknown = [c for c in dummies.columns if c not in known]
+    if unknown:
+        value = unknown[0]
+        rows = dummies.index[dummies[value] > 0]
+        raise DataError(
+            f"{source}: unknown finding label {value!r} on line {_csv_line(rows[0])} "
+            f"({len(rows)} row(s)); known labels are {sorted(known)}"
+        )
+    dummies = dummies.T.groupby(level=0).max().T  # labels with stray spaces collapse to one
+    matrix = np.zeros((len(finding_labels), len(pathologies)), dtype=np.float32)
+    for j, name in enumerate(pathologies):
+        if name in dummies.columns:
+            matrix[:, j] = dummies[name].to_numpy(dtype=np.float32)
+    return matrix

@@ -1,0 +1,167 @@
+"""Train/val/test assignment by patient: NIH's official lists, a seeded random split, or a file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexnet_pl.data.nih_table import IMAGE, PATIENT
+from chexnet_pl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+TRAIN_VAL_LIST = "train_val_list.txt"
+TEST_LIST = "test_list.txt"
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    """One image name per line (blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split list not found: {path}")
+    names = [line.strip() for line in path.read_text().splitlines()]
+    return [n for n in names if n]
+
+
+def _patients_to_fraction(patients: np.ndarray, fraction: float, rng: np.random.Generator) -> set:
+    """A seeded random subset of patients holding about ``fraction`` of them."""
+    unique = np.unique(patients)
+    count = int(round(len(unique) * fraction))
+    if fraction > 0 and count == 0 and len(unique) > 1:
+        count = 1
+    return set(rng.permutation(unique)[:count].tolist())
+
+
+def _check_listed(table: pd.DataFrame, names: Sequence[str], source: Path) -> None:
+    unknown = sorted(set(names) - set(table[IMAGE]))
+    if unknown:
+        raise DataError(
+            f"{source} names {len(unknown)} image(s) not in the metadata CSV, e.g. {unknown[:3]}. "
+            "Use the split list that came with the same release as the CSV."
+        )
+
+
+def official_split(
+    table: pd.DataFrame,
+    train_val_list: str | Path,
+    test_list: str | Path,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> pd.Series:
+    """NIH's lists; validation is a seeded fraction of train_val's *patients*."""
+    train_val_list, test_list = Path(train_val_list), Path(test_list)
+    train_val = read_name_list(train_val_list)
+    test = read_name_list(test_list)
+    _check_listed(table, train_val, train_val_list)
+    _check_listed(table, test, test_list)
+    split = pd.Series(pd.NA, index=table.index, dtype="object")
+    split[table[IMAGE].isin(train_val)] = "train"
+    split[table[IMAGE].isin(test)] = "test"
+    in_train_val = split == "train"
+    val_patients = _patients_to_fraction(
+        table.loc[in_train_val, PATIENT].to_numpy(), val_fraction, np.random.default_rng(seed)
+    )
+    split[in_train_val & table[PATIENT].isin(val_patients)] = "val"
+    unlisted = int(split.isna().sum())
+    if unlisted:
+        log.warning(
+            "%d image(s) of the CSV are in neither official list; they are not used", unlisted
+        )
+    return split
+
+
+def patient_split(
+    table: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> pd.Series:
+    """A seeded random train/val/test split by patient (CheXNet used 70/10/20)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise DataError(
+            f"data.split.fractions must be three non-negative numbers summing to 1, got {list(fractions)}"
+        )
+    patients = np.random.default_rng(seed).permutation(np.unique(table[PATIENT].to_numpy()))
+    edges = np.round(np.cumsum(fractions) * len(patients)).astype(int)
+    assignment = {}
+    for name, chunk in zip(SPLITS, np.split(patients, edges[:2]), strict=True):
+        assignment.update(dict.fromkeys(chunk.tolist(), name))
+    return table[PATIENT].map(assignment).astype("object")
+
+
+def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
+    """Image → split from a CSV (columns ``Image Index``, ``split``) or a TXT of ``name split`` lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file not found: {path} (data.split.file)")
+    if path.suffix.lower() == ".csv":
+        listed = pd.read_csv(path, dtype=str)
+        listed.columns = [c.strip() for c in listed.columns]
+        if IMAGE not in listed.columns or "split" not in listed.columns:
+            raise DataError(
+                f"{path} needs columns '{IMAGE}' and 'split'; it has {list(listed.columns)}"
+            )
+        pairs = listed[[IMAGE, "split"]].fillna("").apply(lambda col: col.str.strip())
+        lines = pairs.index + 2
+    else:
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            fields = line.replace(",", " ").split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise DataError(f"{path}, line {number}: expected 'image split', got {line!r}")
+            rows.append((number, *fields))
+        lines = pd.Index([r[0] for r in rows])
+        pairs = pd.DataFrame([r[1:] for r in rows], columns=[IMAGE, "split"])
+    for i, (name, value) in enumerate(zip(pairs[IMAGE], pairs["split"], strict=True)):
+        if value not in SPLITS:
+            raise DataError(
+                f"{path}, line {lines[i]}: split of {name!r} is {value!r}; use one of {SPLITS}"
+            )
+    if pairs[IMAGE].duplicated().any():
+        name = pairs.loc[pairs[IMAGE].duplicated(), IMAGE].iloc[0]
+        raise DataError(f"{path}: image {name!r} is listed more than once")
+    _check_listed(table, pairs[IMAGE].tolist(), path)
+    return table[IMAGE].map(dict(zip(pairs[IMAGE], pairs["split"], strict=True))).astype("object")
+
+
+def assert_no_patient_leak(table: pd.DataFrame, split: pd.Series) -> None:
+    """Fail if any patient has images in two splits (that leaks patients into evaluation)."""
+    assigned = pd.DataFrame({PATIENT: table[PATIENT], "split": split}).dropna()
+    per_patient = assigned.groupby(PATIENT)["split"].nunique()
+    leaked = per_patient[per_patient > 1]
+    if len(leaked):
+        patient = int(leaked.index[0])
+        where = sorted(assigned.loc[assigned[PATIENT] == patient, "split"].unique())
+        raise DataError(
+            f"{len(leaked)} patient(s) have images in more than one split, e.g. patient {patient} "
+            f"in {where}. Splits must be by patient; fix the split file."
+        )
+
+
+def make_split(
+    table: pd.DataFrame,
+    method: str,
+    root: str | Path,
+    val_fraction: float = 0.1,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    file: str | Path | None = None,
+    seed: int = 0,
+) -> pd.Series:
+    """Dispatch on ``data.split.method`` and check the result for patient leaks."""
+    root = Path(root)
+    if method == "official":
+        split = official_split(table, root / TRAIN_VAL_LIST, root / TEST_LIST, val_fraction, seed)
+    elif method == "patient":
+        split = patient_split(table, fractions, seed)
+    elif method == "file":
+        if file is None:
+            raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
+        split = file_split(table, file)
+    else:
+        raise DataError(f"unknown data.split.method {method!r}; use official, patient or file")
+    assert_no_patient_leak(table, split)
+    return split

@@ -1,0 +1,1 @@
+"""Evaluation: predictions stored once, per-class AUROC with bootstrap CIs, operating points, curves."""

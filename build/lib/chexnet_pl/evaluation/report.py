@@ -1,0 +1,159 @@
+"""Score predictions against ground truth: per-class AUROC with patient-bootstrap CIs, the CheXNet
+paper's published values beside them, and operating points chosen on validation."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from chexnet_pl.evaluation.auroc import bootstrap_auroc, mean_over, per_class_auroc
+from chexnet_pl.labels import NO_FINDING, finding_names
+
+log = logging.getLogger(__name__)
+
+# Rajpurkar et al. 2017 (CheXNet), Table 1: test AUROC per finding.
+PAPER_AUROC = {
+    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Consolidation": 0.7901, "Edema": 0.8878,
+    "Effusion": 0.8638, "Emphysema": 0.9371, "Fibrosis": 0.8047, "Hernia": 0.9164,
+    "Infiltration": 0.7345, "Mass": 0.8676, "Nodule": 0.7802, "Pleural_Thickening": 0.8062,
+    "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
+}  # fmt: skip
+PAPER_MEAN = 0.841
+MEAN_ROW = "Mean (14 findings)"
+THRESHOLD_METHODS = ("youden", "f1")
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray, method: str = "youden") -> float:
+    """Youden's J (max sensitivity + specificity − 1) or the F1-optimal threshold; NaN if undefined."""
+    positive = labels > 0.5
+    if positive.all() or not positive.any():
+        return float("nan")
+    if method == "youden":
+        fpr, tpr, thresholds = roc_curve(positive, scores)
+        best = int(np.argmax(tpr - fpr))
+        return float(min(thresholds[best], 1.0))
+    if method == "f1":
+        precision, recall, thresholds = precision_recall_curve(positive, scores)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
+        return float(thresholds[int(np.argmax(f1))])
+    raise ValueError(f"unknown evaluation.threshold {method!r}; use one of {THRESHOLD_METHODS}")
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, PPV and F1 of ``score >= threshold``."""
+    if np.isnan(threshold):
+        return dict.fromkeys(("sensitivity", "specificity", "ppv", "f1"), float("nan"))
+    predicted, positive = scores >= threshold, labels > 0.5
+    tp = float(np.sum(predicted & positive))
+    fp = float(np.sum(predicted & ~positive))
+    fn = float(np.sum(~predicted & positive))
+    tn = float(np.sum(~predicted & ~positive))
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else float("nan")
+
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def score_predictions(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    patients: np.ndarray,
+    class_names: Sequence[str],
+    bootstrap_samples: int = 1000,
+    bootstrap_seed: int = 0,
+    confidence: float = 0.95,
+    thresholds: Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """The per-class table (``aucs.csv``): AUROC, CI, counts, the paper's value and the difference,
+    and — when thresholds are given — the operating point at each class's threshold."""
+    auroc = per_class_auroc(scores, labels)
+    mean = float(mean_over(auroc, class_names, finding_names(class_names)))
+    positives = labels.sum(axis=0).astype(int)
+    table = pd.DataFrame(
+        {"auroc": auroc, "positives": positives, "negatives": len(labels) - positives},
+        index=list(class_names),
+    )
+    table.loc[MEAN_ROW, ["auroc", "positives", "negatives"]] = [mean, np.nan, np.nan]
+    if bootstrap_samples > 0:
+        samples = bootstrap_auroc(scores, labels, patients, bootstrap_samples, bootstrap_seed)
+        sample_means = mean_over(samples, class_names, finding_names(class_names))
+        tail = (1 - confidence) / 2 * 100
+        with_mean = np.column_stack([samples, sample_means])
+        with warnings.catch_warnings():  # an all-NaN column is an undefined class: NaN is right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanpercentile(with_mean, [tail, 100 - tail], axis=0)
+        defined = ~np.isnan(np.append(auroc, mean))
+        table["ci_low"] = np.where(defined, low, np.nan)
+        table["ci_high"] = np.where(defined, high, np.nan)
+    table["paper_auroc"] = [PAPER_AUROC.get(name, np.nan) for name in class_names] + [PAPER_MEAN]
+    table["diff_vs_paper"] = table["auroc"] - table["paper_auroc"]
+    if thresholds is not None:
+        points = [
+            {"threshold": t, **operating_point(scores[:, j], labels[:, j], t)}
+            for j, t in enumerate(thresholds)
+        ]
+        for column in ("threshold", "sensitivity", "specificity", "ppv", "f1"):
+            table[column] = [p[column] for p in points] + [np.nan]
+    table.index.name = "class"
+    # No Finding is reported on its own line, after the mean it is not part of.
+    order = (
+        [n for n in class_names if n != NO_FINDING]
+        + [MEAN_ROW]
+        + [n for n in class_names if n == NO_FINDING]
+    )
+    undefined = [n for n in class_names if np.isnan(table.at[n, "auroc"])]
+    if undefined:
+        log.warning(
+            "AUROC undefined (no positives or no negatives in this split) for: %s", undefined
+        )
+    return table.loc[order]
+
+
+def format_report(table: pd.DataFrame) -> str:
+    """Readable text: undefined values say so instead of NaN."""
+    shown = table.copy()
+    for column in ("positives", "negatives"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{int(v)}")
+    if "ci_low" in shown:
+        shown.insert(
+            1,
+            "95% CI",
+            [
+                "" if pd.isna(lo) else f"{lo:.4f}-{hi:.4f}"
+                for lo, hi in zip(shown.pop("ci_low"), shown.pop("ci_high"), strict=True)
+            ],
+        )
+    # Cells that do not apply are blank; "undefined" is kept for scores that could not be computed.
+    not_applicable = {
+        MEAN_ROW: ["threshold", "sensitivity", "specificity", "ppv", "f1"],
+        NO_FINDING: ["paper_auroc", "diff_vs_paper"],
+    }
+    shown = shown.astype(object)
+    for row, columns in not_applicable.items():
+        for column in columns:
+            if row in shown.index and column in shown.columns:
+                shown.at[row, column] = ""
+    return shown.to_string(
+        na_rep="undefined",
+        formatters={
+            c: _cell for c in shown.columns if c not in ("positives", "negatives", "95% CI")
+        },
+    )
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):
+        return value
+    return "undefined" if pd.isna(value) else f"{value:.4f}"

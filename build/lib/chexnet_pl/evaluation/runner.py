@@ -1,0 +1,180 @@
+"""One evaluation code path for ``train`` (after fitting) and ``evaluate`` (a checkpoint or a file)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from chexnet_pl.data.nih_table import IMAGE, PATIENT, label_matrix
+from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.plots import plot_curves
+from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
+from chexnet_pl.evaluation.report import (
+    MEAN_ROW,
+    choose_threshold,
+    format_report,
+    score_predictions,
+)
+from chexnet_pl.labels import class_names as all_class_names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """``conf/evaluation/default.yaml``."""
+
+    tta: str = "none"
+    threshold: str = "youden"
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+    precision: str = "auto"
+    plots: bool = True
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
+        return cls(**dict(section or {}))
+
+
+def label_index(table: pd.DataFrame) -> pd.DataFrame:
+    """Metadata rows → ``Image Index``-indexed frame of ``Patient ID`` and all 15 label columns."""
+    names = all_class_names(True)
+    labels = label_matrix(table["Finding Labels"], names)
+    frame = pd.DataFrame(labels, columns=names, index=pd.Index(table[IMAGE], name=IMAGE))
+    frame.insert(0, PATIENT, table[PATIENT].to_numpy())
+    return frame
+
+
+def _aligned(preds: pd.DataFrame, truth: pd.DataFrame, names: Sequence[str]):
+    rows = truth.loc[preds[IMAGE]]
+    return (
+        preds[prob_columns(names)].to_numpy(np.float64),
+        rows[list(names)].to_numpy(),
+        rows[PATIENT].to_numpy(),
+    )
+
+
+def score_and_write(
+    preds: pd.DataFrame,
+    truth: pd.DataFrame,
+    names: Sequence[str],
+    output_dir: Path,
+    settings: EvaluationSettings,
+    split: str = "test",
+    val_preds: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Score a predictions table against ``truth`` (see ``label_index``); write aucs.csv and plots."""
+    if preds.empty:
+        raise DataError(f"no predictions to score for the {split} split")
+    scores, labels, patients = _aligned(preds, truth, names)
+    if val_preds is not None and len(val_preds):
+        val_scores, val_labels, _ = _aligned(val_preds, truth, names)
+        chosen_on = "val"
+    else:
+        val_scores, val_labels = scores, labels
+        chosen_on = split
+        log.warning(
+            "no validation predictions: operating thresholds are chosen on %s itself (optimistic)",
+            split,
+        )
+    thresholds = [
+        choose_threshold(val_scores[:, j], val_labels[:, j], settings.threshold)
+        for j in range(len(names))
+    ]
+    table = score_predictions(
+        scores, labels, patients, names, settings.bootstrap_samples, settings.bootstrap_seed,
+        settings.confidence, thresholds,
+    )  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output_dir / "aucs.csv")
+    if settings.plots:
+        plot_curves(scores, labels, names, output_dir, title=f"{split} split, {len(preds)} images")
+    log.info(
+        "%s split: %d images of %d patients; thresholds (%s) chosen on %s\n%s",
+        split, len(preds), len(set(patients)), settings.threshold, chosen_on, format_report(table),
+    )  # fmt: skip
+    metrics = {
+        f"{split}/auroc_{n}": float(table.at[n, "auroc"])
+        for n in names
+        if not np.isnan(table.at[n, "auroc"])
+    }
+    if not np.isnan(table.at[MEAN_ROW, "auroc"]):
+        metrics[f"{split}/auroc"] = float(table.at[MEAN_ROW, "auroc"])
+    return table, metrics
+
+
+def predict_split(
+    model: torch.nn.Module,
+    datamodule,
+    split: str,
+    settings: EvaluationSettings,
+    cache: PredictionCache | None = None,
+) -> pd.DataFrame:
+    """Predictions of ``split`` — from the cache when this checkpoint was evaluated so before."""
+    datamodule.setup()
+    expected = datamodule.datasets[split].table[IMAGE].tolist()
+    key = {
+        "tta": settings.tta,
+        "precision": settings.precision,
+        "image_size": datamodule.image_size,
+        "images": len(expected),
+    }
+    if cache is not None and (stored := cache.load(split, key, expected)) is not None:
+        return stored
+    loader = datamodule.eval_dataloader(split, tta_resize(datamodule.image_size, settings.tta))
+    preds = predict(
+        model, loader, model.class_names, settings.tta, datamodule.image_size, settings.precision
+    )
+    if cache is not None:
+        cache.save(split, key, preds)
+    return preds
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    datamodule,
+    output_dir: str | Path,
+    settings: EvaluationSettings,
+    split: str = "test",
+    checkpoint: str | Path | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Predict ``split`` (and validation, for thresholds), store both, score and report."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule.setup()
+    if len(datamodule.datasets[split]) == 0:
+        raise DataError(f"the {split} split has no images; nothing to evaluate")
+    if list(model.class_names) != list(datamodule.pathologies):
+        raise DataError(
+            f"the model has {len(model.class_names)} outputs but the data has {len(datamodule.pathologies)} "
+            "classes; set include_no_finding to what the model was trained with"
+        )
+    cache = PredictionCache(checkpoint) if checkpoint else None
+    preds = predict_split(model, datamodule, split, settings, cache)
+    preds.to_csv(output_dir / "preds.csv", index=False)
+    val_preds = None
+    if split != "val" and len(datamodule.datasets["val"]):
+        val_preds = predict_split(model, datamodule, "val", settings, cache)
+        val_preds.to_csv(output_dir / "preds_val.csv", index=False)
+    truth = label_index(datamodule.table)
+    return score_and_write(preds, truth, model.class_names, output_dir, settings, split, val_preds)
+
+
+def log_to_wandb(run, table: pd.DataFrame, output_dir: Path, split: str) -> None:
+    """The per-class table and the curve plots into a W&B run."""
+    import wandb
+
+    payload = {f"{split}/aucs": wandb.Table(dataframe=table.reset_index())}
+    for kind in ("roc", "pr"):
+        path = output_dir / f"{kind}_curves.png"
+        if path.is_file():
+            payload[f"{split}/{kind}_curves"] = wandb.Image(str(path))
+    run.log(payload)

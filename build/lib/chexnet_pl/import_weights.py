@@ -1,0 +1,105 @@
+"""Import third-party CheXNet weights as a chexnet_pl checkpoint.
+
+    chexnet-import-weights path/to/model.pth.tar chexnet_arnoweng.ckpt
+    (or python -m chexnet_pl.import_weights ...)
+
+arnoweng/CheXNet's ``model.pth.tar`` holds a DataParallel DenseNet-121 with torchvision's old key
+names (``module.densenet121.features.denseblock1.denselayer1.norm.1.weight``) and a 14-way
+``classifier.0`` in that project's class order. Keys are remapped and every weight must land —
+no ``strict=False`` dropping weights silently (which leaves a random network with AUROC ≈ 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from chexnet_pl.checkpoints import read_checkpoint
+from chexnet_pl.cli import user_errors_exit
+from chexnet_pl.errors import WeightsError
+from chexnet_pl.labels import FINDINGS
+from chexnet_pl.models.backbones import remap_legacy_densenet_keys
+from chexnet_pl.models.module import CheXNetModule
+
+log = logging.getLogger(__name__)
+
+# arnoweng/CheXNet's output order (that of the original ChestX-ray8 paper's first 8 + 6 more).
+ARNOWENG_CLASSES = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)  # fmt: skip
+
+
+def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Their keys → this project's ``net.*`` keys, classifier rows reordered to ``FINDINGS``."""
+    converted = {}
+    for key, value in remap_legacy_densenet_keys(
+        {k.removeprefix("module.").removeprefix("densenet121."): v for k, v in state_dict.items()}
+    ).items():
+        if key.startswith("features."):
+            converted["net.features.body." + key.removeprefix("features.")] = value
+        elif key.startswith("classifier."):  # classifier.0.* in their Sequential head
+            name = key.split(".")[-1]
+            order = [ARNOWENG_CLASSES.index(c) for c in FINDINGS]
+            converted[f"net.classifier.{name}"] = value[order]
+        else:
+            raise WeightsError(f"unexpected key {key!r}: is this arnoweng/CheXNet's DenseNet-121?")
+    return converted
+
+
+def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
+    checkpoint = read_checkpoint(source)
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    model = CheXNetModule(backbone="densenet121", include_no_finding=False, pretrained=False)
+    converted = convert_arnoweng_state_dict(state_dict)
+    # num_batches_tracked counters did not exist before PyTorch 0.4.1 (arnoweng's file predates them).
+    own = {
+        k
+        for k in model.state_dict()
+        if k.startswith("net.") and not k.endswith("num_batches_tracked")
+    }
+    converted = {k: v for k, v in converted.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(own - set(converted)), sorted(set(converted) - own)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source} does not map onto DenseNet-121: {len(missing)} weight(s) missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    model.load_state_dict(converted, strict=False)  # every net.* key checked above
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": pl.__version__,
+            "epoch": 0,
+            "global_step": 0,
+            "imported_from": str(source),
+        },
+        target,
+    )
+    log.info("wrote %s (14 outputs, this project's class order) from %s", target, source)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="arnoweng/CheXNet model.pth.tar")
+    parser.add_argument(
+        "target", help="the .ckpt to write (loads with CheXNetModule.load_from_checkpoint)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    with user_errors_exit():
+        import_arnoweng(args.source, args.target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

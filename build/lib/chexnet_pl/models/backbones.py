@@ -1,0 +1,405 @@
+"""Backbones with the timm-style contract: ``forward_features`` (last feature map) and
+``forward_head`` (pooling + classifier), so heat maps need no private hooks.
+
+One registry, ``BACKBONES``, maps a name (``model.backbone=``) to a torchvision constructor, its
+ImageNet weights, how its network splits into ``features`` (the layer heat maps explain) and a head
+whose last linear layer is replaced by one with an output per class, and which ImageNet keys that
+replacement drops. ImageNet weights come from torchvision's URL or a local file; preprocessing
+(mean, std) travels with the backbone in ``InputNormalizer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from chexnet_pl.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GLOBAL_AVERAGE_LINEAR = "global average pooling + one linear layer"
+
+
+class ChestXrayNet(nn.Module):
+    """``features`` (the last feature map) → ``pool`` → ``pre_logits`` → ``classifier`` (logits).
+
+    ``classifier`` is always a new linear layer with one output per class. ``pre_logits`` is what
+    the ImageNet head had between pooling and its last linear layer (flattening, dropout;
+    AlexNet's fc6/fc7, ConvNeXt's LayerNorm), kept with its pretrained weights.
+
+    ``cam_available``: the head is global average pooling + one linear layer (dropout aside), so
+    the classifier applied at every position of ``features`` is an exact class activation map.
+    ``aux_heads`` (GoogLeNet's) read intermediate feature maps; they only serve the training loss.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        num_features: int,
+        num_classes: int,
+        *,
+        pool: nn.Module | None = None,
+        pre_logits: nn.Module | None = None,
+        aux_heads: Mapping[str, nn.Module] | None = None,
+        cam_available: bool = True,
+        head_description: str = GLOBAL_AVERAGE_LINEAR,
+    ) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = pool if pool is not None else nn.AdaptiveAvgPool2d(1)
+        self.pre_logits = pre_logits if pre_logits is not None else nn.Flatten(1)
+        self.num_features = num_features
+        self.classifier = nn.Linear(num_features, num_classes)
+        self.aux_heads = nn.ModuleDict(dict(aux_heads or {}))
+        self.cam_available = cam_available
+        self.head_description = head_description
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pre_logits(self.pool(features)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the auxiliary heads' logits (an empty list for backbones without them)."""
+        if not self.aux_heads:
+            return self(x), []
+        features, taps = self.features.forward_with_taps(x)
+        aux_logits = [head(taps[name]) for name, head in self.aux_heads.items()]
+        return self.forward_head(features), aux_logits
+
+    def output_layer_names(self) -> list[str]:
+        """The layers with one output per class (what a different class count reinitialises)."""
+        return ["classifier", *(f"aux_heads.{name}.fc2" for name in self.aux_heads)]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one torchvision architecture as a ``ChestXrayNet``.
+
+    Args:
+        family: the architecture family (``experiment=<family>`` has its training recipe).
+        constructor: torchvision's builder, called with ``weights=None`` and ``constructor_kwargs``.
+        weights: torchvision's ImageNet weights (their URL is where ``pretrained`` downloads from).
+        build: the torchvision network (ImageNet weights loaded or not) and the class count → the
+            ``ChestXrayNet`` made of its parts.
+        replaced_keys: prefixes of the ImageNet state_dict keys of the layers ``build`` replaces;
+            a weights file may hold them in any shape, or lack them.
+        optional_keys: prefixes a weights file may lack (GoogLeNet's aux heads: never trained).
+        mean, std: the normalisation the ImageNet weights expect.
+    """
+
+    family: str
+    constructor: Callable[..., nn.Module]
+    weights: torchvision.models.WeightsEnum
+    build: Callable[[nn.Module, int], ChestXrayNet]
+    replaced_keys: tuple[str, ...]
+    optional_keys: tuple[str, ...] = ()
+    constructor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+class _DenseNetFeatures(nn.Module):
+    """DenseNet's ``features`` followed by the final ReLU that torchvision applies in forward."""
+
+    def __init__(self, densenet: nn.Module) -> None:
+        super().__init__()
+        self.body = densenet.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x))
+
+
+def _build_densenet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+    return ChestXrayNet(_DenseNetFeatures(network), network.classifier.in_features, num_classes)
+
+
+def _build_resnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    features = nn.Sequential(OrderedDict((name, getattr(network, name)) for name in names))
+    return ChestXrayNet(features, network.fc.in_features, num_classes)
+
+
+def _build_alexnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+    # The ImageNet head is an MLP on a 6×6 pooled map; fc6 and fc7 keep their weights.
+    mlp = network.classifier
+    pre_logits = nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(1), dropout6=mlp[0], fc6=mlp[1], relu6=mlp[2],
+            dropout7=mlp[3], fc7=mlp[4], relu7=mlp[5],
+        )
+    )  # fmt: skip
+    return ChestXrayNet(
+        network.features,
+        mlp[6].in_features,
+        num_classes,
+        pool=network.avgpool,
+        pre_logits=pre_logits,
+        cam_available=False,
+        head_description="6×6 average pooling + a three-layer MLP (fc6, fc7, classifier)",
+    )
+
+
+class _GoogLeNetFeatures(nn.Module):
+    """GoogLeNet up to ``inception5b``; ``forward_with_taps`` also returns the inputs of its
+    auxiliary classifiers (the outputs of ``inception4a`` and ``inception4d``)."""
+
+    LAYERS = (
+        "conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+        "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+        "inception5a", "inception5b",
+    )  # fmt: skip
+    TAPS = {"inception4a": "aux1", "inception4d": "aux2"}
+
+    def __init__(self, googlenet: nn.Module) -> None:
+        super().__init__()
+        for name in self.LAYERS:
+            self.add_module(name, getattr(googlenet, name))
+
+    def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        taps = {}
+        for name in self.LAYERS:
+            x = getattr(self, name)(x)
+            if name in self.TAPS:
+                taps[self.TAPS[name]] = x
+        return x, taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.LAYERS:
+            x = getattr(self, name)(x)
+        return x
+
+
+def _build_googlenet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+    aux_heads = {"aux1": network.aux1, "aux2": network.aux2}
+    for head in aux_heads.values():
+        head.fc2 = nn.Linear(head.fc2.in_features, num_classes)
+    pre_logits = nn.Sequential(OrderedDict(flatten=nn.Flatten(1), dropout=network.dropout))
+    return ChestXrayNet(
+        _GoogLeNetFeatures(network),
+        network.fc.in_features,
+        num_classes,
+        pre_logits=pre_logits,
+        aux_heads=aux_heads,
+    )
+
+
+def _build_efficientnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+    dropout, linear = network.classifier
+    pre_logits = nn.Sequential(OrderedDict(flatten=nn.Flatten(1), dropout=dropout))
+    return ChestXrayNet(network.features, linear.in_features, num_classes, pre_logits=pre_logits)
+
+
+def _build_convnext(network: nn.Module, num_classes: int) -> ChestXrayNet:
+    # The pooled vector is layer-normalised before the linear layer: normalising by its own
+    # statistics is not linear in the features, so the classifier at each position is no CAM.
+    norm, flatten, linear = network.classifier
+    pre_logits = nn.Sequential(OrderedDict(norm=norm, flatten=flatten))
+    return ChestXrayNet(
+        network.features,
+        linear.in_features,
+        num_classes,
+        pre_logits=pre_logits,
+        cam_available=False,
+        head_description="global average pooling + LayerNorm + linear",
+    )
+
+
+_models = torchvision.models
+
+
+def _densenet(constructor: Callable[..., nn.Module], weights) -> BackboneSpec:
+    return BackboneSpec("densenet", constructor, weights, _build_densenet, ("classifier.",))
+
+
+def _resnet(constructor: Callable[..., nn.Module], weights) -> BackboneSpec:
+    return BackboneSpec("resnet", constructor, weights, _build_resnet, ("fc.",))
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "densenet121": _densenet(_models.densenet121, _models.DenseNet121_Weights.IMAGENET1K_V1),
+    "densenet169": _densenet(_models.densenet169, _models.DenseNet169_Weights.IMAGENET1K_V1),
+    "densenet201": _densenet(_models.densenet201, _models.DenseNet201_Weights.IMAGENET1K_V1),
+    "resnet18": _resnet(_models.resnet18, _models.ResNet18_Weights.IMAGENET1K_V1),
+    # V2: torchvision's improved recipe (80.9% top-1 against V1's 76.1%), same preprocessing.
+    "resnet50": _resnet(_models.resnet50, _models.ResNet50_Weights.IMAGENET1K_V2),
+    "alexnet": BackboneSpec(
+        "alexnet",
+        _models.alexnet,
+        _models.AlexNet_Weights.IMAGENET1K_V1,
+        _build_alexnet,
+        ("classifier.6.",),
+    ),  # fmt: skip
+    "googlenet": BackboneSpec(
+        "googlenet",
+        _models.googlenet,
+        _models.GoogLeNet_Weights.IMAGENET1K_V1,
+        _build_googlenet,
+        ("fc.", "aux1.fc2.", "aux2.fc2."),
+        optional_keys=("aux1.", "aux2."),
+        # torchvision's ImageNet GoogLeNet has transform_input=True: it turns ImageNet-normalised
+        # input into (x - 0.5) / 0.5. Normalising by 0.5/0.5 here gives its layers that same input.
+        constructor_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True},
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+    "efficientnet_b0": BackboneSpec(
+        "efficientnet",
+        _models.efficientnet_b0,
+        _models.EfficientNet_B0_Weights.IMAGENET1K_V1,
+        _build_efficientnet,
+        ("classifier.1.",),
+    ),  # fmt: skip
+    "convnext_tiny": BackboneSpec(
+        "convnext",
+        _models.convnext_tiny,
+        _models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1,
+        _build_convnext,
+        ("classifier.2.",),
+    ),  # fmt: skip
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise WeightsError(
+            f"unknown backbone {name!r}; available: {sorted(BACKBONES)} (model.backbone=...)"
+        )
+    return BACKBONES[name]
+
+
+# torchvision's DenseNet files (and arnoweng/CheXNet's) use the old names "norm.1", "conv.2".
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.[^.]+)$")
+
+
+def remap_legacy_densenet_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``...denselayer1.norm.1.weight`` → ``...denselayer1.norm1.weight``; other keys unchanged."""
+    remapped = {}
+    for key, value in state_dict.items():
+        match = _OLD_DENSENET_KEY.match(key)
+        remapped[match.group(1) + match.group(2) if match else key] = value
+    return remapped
+
+
+class InputNormalizer(nn.Module):
+    """1xHxW uint8 (or float in [0, 1]) grayscale → 3-channel float normalised by mean/std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (model.weights_path)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        raise WeightsError(
+            f"cannot load {path} as a weights file: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            "Only plain state_dict files are read (weights_only=True) — no arbitrary pickles."
+        ) from exc
+    if (
+        isinstance(loaded, dict)
+        and "state_dict" in loaded
+        and isinstance(loaded["state_dict"], dict)
+    ):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"{path} does not hold a state_dict (found {type(loaded).__name__})")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def _download_state_dict(name: str, spec: BackboneSpec, url: str | None) -> dict[str, torch.Tensor]:
+    url = url or spec.weights.url
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=True, check_hash=True
+        )
+    except (URLError, OSError, RuntimeError) as exc:
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        raise WeightsError(
+            f"could not fetch ImageNet weights for {name} from {url} ({exc}). Either go online "
+            f"once (the file is then cached at {cache}), or download {Path(url).name} elsewhere and "
+            f"give it as model.weights_path=/path/to/{Path(url).name}; or train from scratch "
+            "with model.pretrained=false."
+        ) from exc
+
+
+def load_imagenet_weights(
+    network: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str
+) -> None:
+    """Load an ImageNet state_dict into torchvision's ``name`` network; every key must land
+    except those of the layers the new head replaces (and the optional ones)."""
+    spec = backbone_spec(name)
+    if spec.family == "densenet":
+        state_dict = remap_legacy_densenet_keys(dict(state_dict))
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(spec.replaced_keys)}
+    try:
+        result = network.load_state_dict(kept, strict=False)
+    except RuntimeError as exc:  # tensor shape mismatches
+        raise WeightsError(
+            f"weights for {name} do not fit the architecture: {str(exc)[:300]}"
+        ) from exc
+    may_lack = spec.replaced_keys + spec.optional_keys
+    problems = [k for k in result.missing_keys if not k.startswith(may_lack)]
+    problems += result.unexpected_keys
+    if problems:
+        raise WeightsError(
+            f"weights for {name} do not match the architecture: {len(problems)} key(s) differ, "
+            f"e.g. {problems[:3]}. Is this file for {name}?"
+        )
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    weights_url: str | None = None,
+) -> ChestXrayNet:
+    """Build ``name`` with a new ``num_classes`` head, ImageNet-initialised when asked.
+
+    ``weights_path`` (a local ImageNet state_dict) wins over downloading; ``weights_url``
+    replaces torchvision's URL (a mirror).
+    """
+    spec = backbone_spec(name)
+    network = spec.constructor(weights=None, **spec.constructor_kwargs)
+    if weights_path or pretrained:
+        if weights_path:
+            state_dict = _read_state_dict(Path(weights_path).expanduser())
+        else:
+            state_dict = _download_state_dict(name, spec, weights_url)
+        load_imagenet_weights(network, state_dict, name)
+        log.info("loaded ImageNet weights into %s from %s", name, weights_path or "torchvision")
+    return spec.build(network, num_classes)
+
+
+def create_normalizer(name: str) -> InputNormalizer:
+    spec = backbone_spec(name)
+    return InputNormalizer(spec.mean, spec.std)

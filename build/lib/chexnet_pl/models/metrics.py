@@ -1,0 +1,42 @@
+"""Exact multilabel AUROC per class, undefined (NaN) where a class lacks positives or negatives."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torchmetrics.classification import MultilabelAUROC
+from torchmetrics.utilities import dim_zero_cat
+
+from chexnet_pl.labels import finding_names
+
+
+class PerClassAUROC(MultilabelAUROC):
+    """torchmetrics' exact (``thresholds=None``) multilabel AUROC, one value per class.
+
+    torchmetrics returns 0 for a class with no positives; that is not a score, so such
+    classes come out as NaN here and are left out of the mean.
+    """
+
+    def __init__(self, num_labels: int, **kwargs) -> None:
+        super().__init__(num_labels=num_labels, average=None, thresholds=None, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        target = dim_zero_cat(self.target)
+        positives = (target == 1).sum(0)
+        negatives = (target == 0).sum(0)
+        defined = (positives > 0) & (negatives > 0)
+        if not defined.any():
+            return torch.full((self.num_labels,), float("nan"), device=target.device)
+        with warnings.catch_warnings():  # "no positive samples": handled as NaN below
+            warnings.simplefilter("ignore", UserWarning)
+            values = super().compute().float()
+        return torch.where(defined, values, torch.full_like(values, float("nan")))
+
+
+def mean_finding_auroc(per_class: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+    """Mean over the findings (never ``No Finding``), ignoring undefined classes."""
+    findings = finding_names(class_names)
+    index = [i for i, name in enumerate(class_names) if name in findings]
+    values = per_class[index]
+    return values.nanmean() if not torch.isnan(values).all() else values.new_tensor(float("nan"))

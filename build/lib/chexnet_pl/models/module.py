@@ -1,0 +1,307 @@
+"""The LightningModule: backbone + BCE-with-logits loss, optimizer, plateau schedule, AUROC."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import logging
+import math
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from chexnet_pl.errors import TrainingError, WeightsError
+from chexnet_pl.labels import class_names as make_class_names
+from chexnet_pl.models.backbones import create_backbone, create_normalizer
+from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def default_recipe() -> tuple[dict, dict]:
+    """The optimizer and scheduler of ``conf/model/chexnet.yaml`` (the CheXNet paper's): the
+    defaults live in that file only, for the configs and for modules built in Python alike."""
+    from omegaconf import OmegaConf
+
+    from chexnet_pl.cli import CONFIG_MODULE
+
+    source = importlib.resources.files(CONFIG_MODULE).joinpath("model", "chexnet.yaml")
+    model_cfg = OmegaConf.create(source.read_text())
+    return (
+        OmegaConf.to_container(model_cfg.optimizer),
+        OmegaConf.to_container(model_cfg.scheduler),
+    )
+
+
+# Weight of each auxiliary classifier's loss (GoogLeNet's two), as in the GoogLeNet paper.
+AUX_LOSS_WEIGHT = 0.3
+
+
+class CheXNetModule(pl.LightningModule):
+    """Multilabel chest X-ray classifier; outputs logits, ``predict_proba`` gives sigmoids.
+
+    Every argument is a plain value (saved in hparams) so ``load_from_checkpoint`` rebuilds it.
+
+    Args:
+        backbone: a name in ``models.backbones.BACKBONES``.
+        include_no_finding: 15 outputs (14 findings + No Finding) when true, else 14.
+        pretrained / weights_path / weights_url: ImageNet initialisation (see ``create_backbone``).
+        optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``betas`` or
+            ``momentum``/``nesterov``.
+        scheduler: ``name`` (plateau | cosine | none) and its settings; plateau watches ``monitor``.
+        pos_weight: weight each class's positives by negatives/positives of the training split.
+        channels_last: run convolutions in NHWC (faster on CPUs and tensor cores).
+        compile: ``torch.compile`` the training forward (``compile_backend``: inductor, or eager
+            to check tracing only). Evaluation, prediction and heat maps run the eager network,
+            and checkpoints hold the same keys either way.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "densenet121",
+        include_no_finding: bool = True,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        weights_url: str | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        pos_weight: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+    ) -> None:
+        super().__init__()
+        default_optimizer, default_scheduler = default_recipe()
+        optimizer = {**default_optimizer, **dict(optimizer or {})}
+        scheduler = {**default_scheduler, **dict(scheduler or {})}
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "include_no_finding": include_no_finding,
+                "pretrained": pretrained,
+                "weights_path": weights_path,
+                "weights_url": weights_url,
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "pos_weight": pos_weight,
+                "channels_last": channels_last,
+                "compile": compile,
+                "compile_backend": compile_backend,
+            }
+        )
+        self.class_names = make_class_names(include_no_finding)
+        self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
+        self.normalizer = create_normalizer(backbone)
+        # Weights come from the checkpoint when loading one; never download again then.
+        self.net = create_backbone(
+            backbone, len(self.class_names), pretrained, weights_path, weights_url
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("loss_pos_weight", torch.ones(len(self.class_names)))
+
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_auroc = PerClassAUROC(len(self.class_names))
+        self.test_auroc = PerClassAUROC(len(self.class_names))
+        self.val_auroc_best = MaxMetric()
+        self.val_auroc_best.persistent(True)  # the best value survives a resume
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # type: ignore[override]
+        """As Lightning's, but never fetches ImageNet weights: the checkpoint holds every weight."""
+        kwargs.setdefault("pretrained", False)
+        kwargs.setdefault("weights_path", None)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, weights_only=True, **kwargs
+            )
+        except pickle.UnpicklingError as exc:
+            raise WeightsError(
+                f"{checkpoint_path} needs arbitrary unpickling to load, which is refused "
+                f"(weights_only=True): {str(exc).splitlines()[0][:200]}"
+            ) from exc
+
+    # -- inference ---------------------------------------------------------------------------
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 1xHxW batch (as the data module yields) → normalised float NCHW for ``net``."""
+        x = self.normalizer(images)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of uint8 grayscale images."""
+        return self.net(self.prepare_input(images))
+
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(images.to(self.device))).float()
+
+    # -- training ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("compile") and self._train_forward is None:
+            # Kept out of the module tree (plain attribute): state_dict keys stay unchanged.
+            self.__dict__["_train_forward"] = torch.compile(
+                self.net.forward_with_aux, backend=self.hparams.get("compile_backend", "inductor")
+            )
+            log.info(
+                "compiling the training forward with torch.compile (%s)",
+                self.hparams.compile_backend,
+            )
+        if stage == "fit" and self.hparams.pos_weight and self.trainer is not None:
+            weights = torch.as_tensor(self.trainer.datamodule.pos_weight())
+            self.loss_pos_weight.copy_(weights)
+            log.info(
+                "positive class weights: %s",
+                dict(zip(self.class_names, weights.tolist(), strict=True)),
+            )
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pos_weight = self.loss_pos_weight if self.hparams.pos_weight else None
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), labels, pos_weight=pos_weight
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        forward = self._train_forward or self.net.forward_with_aux
+        logits, aux_logits = forward(self.prepare_input(batch["img"]))
+        head_loss = self._loss(logits, batch["lab"])
+        loss = head_loss
+        if aux_logits:  # GoogLeNet's auxiliary classifiers: in the training loss only
+            aux_loss = sum(self._loss(aux, batch["lab"]) for aux in aux_logits)
+            loss = head_loss + AUX_LOSS_WEIGHT * aux_loss
+            self.log("train/aux_loss", aux_loss.detach(), on_step=True, on_epoch=True,
+                     batch_size=len(logits))  # fmt: skip
+        if not torch.isfinite(loss):
+            names = list(batch["name"])
+            raise TrainingError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step "
+                f"{self.global_step}, batch {batch_idx}; its images: {names[:16]}"
+                f"{' ...' if len(names) > 16 else ''}. Lower model.optimizer.lr, or check those images."
+            )
+        self.train_loss(head_loss.detach())  # comparable across backbones: no auxiliary terms
+        self.log(
+            "train/loss",
+            self.train_loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(logits),
+        )
+        return loss
+
+    def _eval_step(
+        self, batch: dict, loss_metric: MeanMetric, auroc: PerClassAUROC, stage: str
+    ) -> torch.Tensor:
+        logits = self(batch["img"])
+        loss = self._loss(logits, batch["lab"])
+        loss_metric(loss, weight=len(logits))
+        auroc.update(torch.sigmoid(logits.float()), batch["lab"].int())
+        self.log(
+            f"{stage}/loss",
+            loss_metric,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(logits),
+        )
+        return logits
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_loss, self.val_auroc, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_loss, self.test_auroc, "test")
+
+    def _log_auroc(self, auroc: PerClassAUROC, stage: str) -> torch.Tensor:
+        per_class = auroc.compute()
+        auroc.reset()
+        mean = mean_finding_auroc(per_class, self.class_names)
+        undefined = [
+            n for n, v in zip(self.class_names, per_class.tolist(), strict=True) if math.isnan(v)
+        ]
+        if undefined and not self.trainer.sanity_checking:
+            log.warning(
+                "%s AUROC undefined (no positives or no negatives) for: %s", stage, undefined
+            )
+        for name, value in zip(self.class_names, per_class, strict=True):
+            if not torch.isnan(value):
+                self.log(f"{stage}/auroc_{name}", value)
+        if not torch.isnan(mean):
+            self.log(f"{stage}/auroc", mean, prog_bar=True)
+        return mean
+
+    def on_validation_epoch_end(self) -> None:
+        mean = self._log_auroc(self.val_auroc, "val")
+        if not self.trainer.sanity_checking and not torch.isnan(mean):
+            self.val_auroc_best(mean)
+            self.log("val/auroc_best", self.val_auroc_best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self._log_auroc(self.test_auroc, "test")
+
+    def configure_optimizers(self) -> dict:
+        optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)
+        scheduler_cfg = dict(self.hparams.scheduler)
+        name = scheduler_cfg.pop("name", "none")
+        if name == "none":
+            return {"optimizer": optimizer}
+        if name == "plateau":
+            monitor = scheduler_cfg.pop("monitor", "val/loss")
+            mode = scheduler_cfg.pop("mode", "max" if "auroc" in monitor else "min")
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=mode, **scheduler_cfg
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"},
+            }
+        if name == "cosine":
+            max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max_epochs, eta_min=float(scheduler_cfg.get("eta_min", 0.0))
+            )
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        raise ValueError(f"unknown model.scheduler.name {name!r}; use plateau, cosine or none")
+
+
+def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Adam (the paper: lr 1e-3, betas 0.9/0.999), AdamW, or SGD with momentum."""
+    settings = dict(settings)
+    name = str(settings.pop("name", "adam")).lower()
+    lr = float(settings.pop("lr"))
+    weight_decay = float(settings.pop("weight_decay", 0.0))
+    if name in ("adam", "adamw"):
+        betas = tuple(float(b) for b in settings.pop("betas", (0.9, 0.999)))
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=lr,
+            momentum=float(settings.pop("momentum", 0.9)),
+            nesterov=bool(settings.pop("nesterov", False)),
+            weight_decay=weight_decay,
+        )
+    raise ValueError(f"unknown model.optimizer.name {name!r}; use adam, adamw or sgd")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples → plain dicts/lists, so checkpoints hold no config objects."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,63 @@
+"""One precision vocabulary for training and evaluation: Lightning's names.
+
+``auto`` | ``32-true`` | ``bf16-mixed`` | ``16-mixed`` (and ``64-true``); ``auto`` picks bf16 on CUDA
+(fp16 where the GPU lacks bf16) and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32 —
+emulated bf16 is slower than fp32. ``fp32``/``bf16``/``fp16`` are accepted as short names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from chexnet_pl.errors import ChexnetError
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "64-true")
+SHORT_NAMES = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed",
+               "16": "16-mixed", "64": "64-true"}  # fmt: skip
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_precision(requested: str | int, setting: str = "precision") -> str:
+    """The canonical name of ``requested``, or an error naming ``setting`` and the choices."""
+    name = SHORT_NAMES.get(str(requested), str(requested))
+    if name not in PRECISIONS:
+        raise ChexnetError(
+            f"{setting}={requested!r} is not a precision; use one of {PRECISIONS} "
+            f"(or {tuple(SHORT_NAMES)})"
+        )
+    return name
+
+
+def resolve_precision(requested: str | int, accelerator: str = "auto") -> str:
+    """The precision a run on ``accelerator`` (auto | gpu | cuda | cpu) uses for ``requested``."""
+    name = check_precision(requested)
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Autocast for inference on ``device`` at ``precision`` (resolved for that device)."""
+    name = resolve_precision(precision, "cuda" if device.type == "cuda" else "cpu")
+    if name == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = "16-mixed"
+    if name == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if name == "16-mixed" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()  # fp16 autocast on a CPU is slower than fp32: run fp32

@@ -1,0 +1,152 @@
+"""Train (and test) a chest X-ray classifier: ``chexnet-train experiment=densenet121``
+(or ``python -m chexnet_pl.train ...``); settings: conf/train.yaml."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
+
+from chexnet_pl.checkpoints import load_run
+from chexnet_pl.cli import CONFIG_PATH, user_errors_exit
+from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
+from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
+from chexnet_pl.models.init_from import init_from_checkpoint
+from chexnet_pl.models.precision import resolve_precision
+from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
+from chexnet_pl.training.checks import (
+    check_input_size,
+    check_output_dir,
+    check_resumable,
+    unwrap_worker_error,
+)
+from chexnet_pl.training.run_info import run_info
+from chexnet_pl.training.run_summary import write_run_summary
+
+log = logging.getLogger(__name__)
+# Lightning 2.6 warns about its own use of a torch API on every step; it is noise to users.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _instantiate_all(section: DictConfig | None) -> list:
+    if not section:
+        return []
+    return [
+        hydra.utils.instantiate(item) for item in section.values() if item and "_target_" in item
+    ]
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, then test."""
+    output_dir = Path(cfg.paths.output_dir)
+    check_output_dir(output_dir, float(cfg.paths.get("min_free_gb", 1.0)))
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+
+    (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    check_input_size(model, int(cfg.data.image_size))
+    if cfg.get("init_from"):
+        init_from_checkpoint(model, cfg.init_from)
+    if cfg.get("ckpt_path"):
+        check_resumable(model, cfg.ckpt_path)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(
+        trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto"))
+    )
+    if trainer_cfg.get("sync_batchnorm") and (
+        trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    ):
+        log.info("sync_batchnorm needs GPUs; off for this CPU run")
+        trainer_cfg["sync_batchnorm"] = False
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        trainer_cfg, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
+    log.info("precision %s on %s", trainer_cfg["precision"], trainer.accelerator.__class__.__name__)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except RuntimeError as exc:
+        raise unwrap_worker_error(exc) from exc
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
+
+    if cfg.get("test") and trainer.is_global_zero:
+        metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
+    elif trainer.is_global_zero:
+        table = auroc_table(metrics, model.class_names, stages=("val",))
+        table.to_csv(output_dir / "auroc_table.csv")
+        log.info(
+            "per-class validation AUROC (run folder %s):\n%s", output_dir, format_auroc_table(table)
+        )
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+
+
+def _name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
+    """In a multirun, W&B runs of one sweep share a group and are named by their overrides."""
+    if not logger_cfg or "wandb" not in logger_cfg or not HydraConfig.initialized():
+        return logger_cfg
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    with open_dict(logger_cfg):
+        if logger_cfg.wandb.get("group") is None:
+            logger_cfg.wandb.group = Path(hydra_cfg.sweep.dir).name
+        if logger_cfg.wandb.get("name") is None:
+            logger_cfg.wandb.name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+    return logger_cfg
+
+
+def _evaluate_best(
+    cfg: DictConfig, trainer: pl.Trainer, model, datamodule, output_dir: Path
+) -> dict[str, float]:
+    """The same evaluation as ``python -m chexnet_pl.evaluate``, on the best checkpoint's weights."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        model = load_run(best, device=model.device).model
+    else:
+        log.warning("no best checkpoint was saved; evaluating the weights at the end of training")
+    settings = EvaluationSettings.from_config(cfg.get("evaluation"))
+    table, metrics = evaluate_model(model, datamodule, output_dir, settings, "test", best or None)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+        if isinstance(logger, WandbLogger):
+            log_to_wandb(logger.experiment, table, output_dir, "test")
+            logger.experiment.summary.update(metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with user_errors_exit():  # in a multirun, the sweep records the error and goes on
+        metrics, _ = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        log.warning("optimized_metric %r was not logged; sweepers get None", name)
+    return metrics.get(name) if name else None
+
+
+if __name__ == "__main__":
+    main()

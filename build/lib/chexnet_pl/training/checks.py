@@ -1,0 +1,75 @@
+"""Checks a run makes before training, so that a mistake stops it in seconds, not hours."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from chexnet_pl.checkpoints import read_checkpoint
+from chexnet_pl.errors import DataError, TrainingError, WeightsError
+
+
+def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
+    """Fail before training, not at the first checkpoint, when outputs cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write to the output folder {output_dir}: {exc.strerror or exc}. "
+            "Choose another with hydra.run.dir=... (or paths.output_dir=...)"
+        ) from exc
+    free_gb = shutil.disk_usage(output_dir).free / 1e9
+    if free_gb < min_free_gb:
+        raise TrainingError(
+            f"only {free_gb:.2f} GB free where the run writes ({output_dir}); checkpoints need more "
+            f"(paths.min_free_gb={min_free_gb}). Free space or choose another folder with hydra.run.dir=..."
+        )
+
+
+def check_resumable(model, ckpt_path: str) -> None:
+    """A checkpoint of another backbone or class count gets a plain message, not a key dump."""
+    stored = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+    for key in ("backbone", "include_no_finding"):
+        if key in stored and stored[key] != model.hparams[key]:
+            raise WeightsError(
+                f"cannot resume from {ckpt_path}: it has {key}={stored[key]!r}, this run has "
+                f"{key}={model.hparams[key]!r}. Resume with the settings of that run, or start from its "
+                "weights with init_from= instead."
+            )
+
+
+def check_input_size(model, image_size: int) -> None:
+    """A backbone that cannot take ``image_size`` px (AlexNet below 63 px) stops with a message
+    before training, not with a pooling error at the first step."""
+    probe = torch.zeros(1, 1, image_size, image_size, dtype=torch.uint8, device=model.device)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    except RuntimeError as exc:
+        raise TrainingError(
+            f"model.backbone={model.hparams.backbone} cannot take {image_size} px images "
+            f"({str(exc).splitlines()[0][:160]}). Raise data.image_size."
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def unwrap_worker_error(exc: RuntimeError) -> Exception:
+    """A DataLoader worker's ImageReadError reaches here as a RuntimeError holding its traceback
+    as text; give the user the error itself, not the worker's stack."""
+    text = str(exc)
+    if "Caught ImageReadError" not in text:
+        return exc
+    line = next(
+        (x for x in reversed(text.splitlines()) if "ImageReadError: " in x), text.splitlines()[0]
+    )
+    reason = line.split("ImageReadError: ", 1)[-1]
+    return DataError(
+        f"{reason}. Replace the file, or set data.on_bad_image=skip to leave such images out."
+    )

@@ -1,0 +1,94 @@
+"""A Hydra callback that keeps ``<sweep dir>/summary.csv`` up to date as multirun jobs finish.
+
+Each job leaves ``<sweep>/summary/<job number>.json`` (a job on a cluster node writes only its
+own file), and the CSV is rebuilt from all of them, best ``val/auroc`` first, so a sweep that
+partly failed still reports the runs that succeeded and names the ones that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from chexnet_pl.files import atomic_write
+from chexnet_pl.training.run_summary import RUN_SUMMARY
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "job",
+    "status",
+    "overrides",
+    "best_val_auroc",
+    "best_epoch",
+    "checkpoint",
+    "output_dir",
+    "error",
+]
+
+
+def write_summary(sweep_dir: Path) -> pd.DataFrame:
+    rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "summary").glob("*.json"))]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["_failed"] = table["status"] != "COMPLETED"
+    table = table.sort_values(
+        ["_failed", "best_val_auroc", "job"], ascending=[True, False, True], na_position="last"
+    )
+    table = table.drop(columns="_failed")
+    with atomic_write(sweep_dir / "summary.csv") as partial:
+        table.to_csv(partial, index=False)
+    return table
+
+
+def format_summary(table: pd.DataFrame) -> str:
+    shown = table[["job", "status", "best_val_auroc", "best_epoch", "overrides"]]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+class SweepSummary(Callback):
+    """Registered in ``conf/hydra/default.yaml``; does nothing outside ``-m`` (multirun)."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        output_dir = Path(config.hydra.runtime.output_dir)
+        row: dict[str, Any] = {
+            "job": int(config.hydra.job.num),
+            "status": job_return.status.name,
+            "overrides": " ".join(config.hydra.overrides.task),
+            "output_dir": str(output_dir),
+        }
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value
+            row["error"] = f"{type(error).__name__}: {error}"
+        summary = output_dir / RUN_SUMMARY
+        if summary.is_file():
+            row.update(json.loads(summary.read_text()))
+        (sweep_dir / "summary").mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "summary" / f"{row['job']:04d}.json").write_text(json.dumps(row))
+        # Printed after every job: a sweep with a failed job ends in an exception, with no
+        # on_multirun_end, and the table must still be seen.
+        log.info(
+            "sweep summary so far (%s):\n%s",
+            sweep_dir / "summary.csv",
+            format_summary(write_summary(sweep_dir)),
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not (sweep_dir / "summary").is_dir():
+            return
+        table = write_summary(sweep_dir)
+        failed = table.loc[table["status"] != "COMPLETED", "overrides"].tolist()
+        log.info("sweep summary (%s):\n%s", sweep_dir / "summary.csv", format_summary(table))
+        if failed:
+            log.warning("%d run(s) failed: %s", len(failed), failed)

@@ -1,0 +1,1 @@
+"""Heat maps (CAM, Grad-CAM family), overlays on the X-ray, prediction tables."""

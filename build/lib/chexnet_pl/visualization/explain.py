@@ -1,0 +1,76 @@
+"""Explain images end to end: probabilities, heat maps, overlays and prediction tables on disk."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from chexnet_pl.data.transforms import eval_transform
+from chexnet_pl.visualization.figures import prediction_table, save_figure, upsample
+from chexnet_pl.visualization.heatmaps import heatmaps, resolve_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class XRay:
+    """One image to explain: its name, the full-resolution 8-bit gray pixels, and labels if known."""
+
+    name: str
+    gray: np.ndarray
+    truth: np.ndarray | None = None
+
+
+def model_input(xrays: Sequence[XRay], image_size: int) -> torch.Tensor:
+    resize = eval_transform(image_size)
+    return torch.stack(
+        [torch.from_numpy(resize(image=x.gray)["image"]).unsqueeze(0) for x in xrays]
+    )
+
+
+def explain(
+    model,
+    xrays: Sequence[XRay],
+    image_size: int,
+    out_dir: Path,
+    method: str = "auto",
+    findings: Sequence[str] | None = None,
+    thresholds: Sequence[float] | float = 0.5,
+    top_k: int = 1,
+) -> pd.DataFrame:
+    """For each image write ``<name>.csv`` (prediction table) and ``<name>_<finding>.png``
+    (overlay + table) for ``findings`` (default: its ``top_k`` most probable); return the
+    probabilities (``Image Index``, ``prob_<Class>``). ``method="auto"``: CAM where the
+    backbone's head allows it, else Grad-CAM."""
+    method = resolve_method(model, method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(model.class_names)
+    images = model_input(xrays, image_size)
+    probabilities = model.predict_proba(images).cpu().numpy()
+    chosen_per_image = []
+    for probs in probabilities:
+        if findings:
+            chosen_per_image.append([names.index(f) for f in findings])
+        else:
+            chosen_per_image.append(list(np.argsort(-probs)[:top_k]))
+    needed = sorted({k for chosen in chosen_per_image for k in chosen})
+    maps = heatmaps(model, images, needed, method)
+    for i, xray in enumerate(xrays):
+        table = prediction_table(probabilities[i], names, xray.truth, thresholds)
+        stem = Path(xray.name).stem
+        table.to_csv(out_dir / f"{stem}.csv", index=False)
+        for k in chosen_per_image[i]:
+            heat = upsample(maps[i, needed.index(k)].numpy(), xray.gray.shape)
+            save_figure(
+                out_dir / f"{stem}_{names[k]}.png", xray.gray, heat, names[k], float(probabilities[i, k]), table,
+                title=f"{xray.name} — {method}",
+            )  # fmt: skip
+    frame = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
+    frame.insert(0, "Image Index", [x.name for x in xrays])
+    return frame

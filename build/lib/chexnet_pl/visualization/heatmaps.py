@@ -1,0 +1,139 @@
+"""Class activation maps from the model contract (``forward_features`` / ``forward_head``).
+
+``cam``: the original CAM (Zhou et al. 2016), exact for a global-average-pool + linear head: the
+maps of *every* class come from one forward pass. Backbones whose head is something else
+(AlexNet's MLP, ConvNeXt's LayerNorm before the linear layer) say so (``net.cam_available``), and
+asking them for CAM is an error. Grad-CAM and its relatives come from the ``grad-cam`` package,
+on the layer that produces ``forward_features`` (``net.features``) — so every backbone with that
+contract gets them without hooks into private layers. ``auto`` is CAM where the head allows it,
+else Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from chexnet_pl.errors import ChexnetError
+
+GRAD_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "gradcamelementwise": GradCAMElementWise,
+}
+METHODS = ("auto", "cam", *GRAD_METHODS)
+
+
+class CAMUnavailableError(ChexnetError, ValueError):
+    """CAM was asked of a backbone whose head is not global average pooling + one linear layer."""
+
+
+class UnknownMethodError(ChexnetError, ValueError):
+    """A heat-map method name that is not one of ``METHODS``."""
+
+
+def check_method(method: str, setting: str = "method") -> str:
+    """``method`` when it names a heat-map method, else an error naming ``setting`` and the choices."""
+    if method not in METHODS:
+        raise UnknownMethodError(
+            f"{setting}={method!r} is not a heat-map method; use one of {METHODS}"
+        )
+    return method
+
+
+def cam_available(model) -> bool:
+    """Whether ``model``'s head is global average pooling + one linear layer (CAM is exact)."""
+    return bool(getattr(model.net, "cam_available", False))
+
+
+def resolve_method(model, method: str) -> str:
+    """``auto`` → ``cam`` where the head allows it, else ``gradcam``; unknown names are an error."""
+    check_method(method)
+    if method == "auto":
+        return "cam" if cam_available(model) else "gradcam"
+    return method
+
+
+def _require_cam(model) -> None:
+    if cam_available(model):
+        return
+    backbone = model.hparams.get("backbone", type(model.net).__name__)
+    head = getattr(model.net, "head_description", "not global average pooling + one linear layer")
+    raise CAMUnavailableError(
+        f"CAM needs a head that is global average pooling + one linear layer; {backbone}'s head is "
+        f"{head}, so the classifier applied at each position is not a class map. Use "
+        "method=gradcam (or another Grad-CAM method), or method=auto, which picks Grad-CAM here."
+    )
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map to [0, 1] (a constant map becomes zeros)."""
+    flat = maps.flatten(-2)
+    low = flat.min(-1, keepdim=True).values
+    high = flat.max(-1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+
+
+@torch.inference_mode()
+def class_activation_maps(
+    model, images: torch.Tensor, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """CAMs of all classes in one pass: B×K×H×W in [0, 1], upsampled to ``size`` (the input's by default).
+
+    CAM_k = Σ_c w_kc · f_c — the classifier applied at every position of the last feature map.
+    Raises ``CAMUnavailableError`` for a head where that is not the class's evidence.
+    """
+    _require_cam(model)
+    model.eval()
+    features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
+    weight = model.net.classifier.weight.float()
+    maps = torch.einsum("kc,bchw->bkhw", weight, features)
+    maps = F.interpolate(maps, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+    return _normalise(maps).cpu()
+
+
+def grad_cam(
+    model, images: torch.Tensor, class_index: int, method: str = "gradcam"
+) -> torch.Tensor:
+    """One class's map per image (B×H×W in [0, 1]) by a ``grad-cam`` method."""
+    if check_method(method) not in GRAD_METHODS:
+        raise UnknownMethodError(
+            f"{method!r} is not a Grad-CAM method; use one of {tuple(GRAD_METHODS)}"
+        )
+    model.eval()
+    inputs = model.prepare_input(images.to(model.device)).contiguous()
+    with GRAD_METHODS[method](model=model.net, target_layers=[model.net.features]) as explainer:
+        maps = explainer(
+            input_tensor=inputs, targets=[ClassifierOutputTarget(class_index)] * len(images)
+        )
+    return _normalise(torch.from_numpy(np.asarray(maps, dtype=np.float32)))
+
+
+def heatmaps(
+    model, images: torch.Tensor, class_indices: list[int], method: str = "auto"
+) -> torch.Tensor:
+    """B×len(class_indices)×H×W maps by ``method`` (``cam`` computes all classes in one pass;
+    ``auto`` is ``cam`` where the backbone's head allows it, else ``gradcam``)."""
+    method = resolve_method(model, method)
+    if method == "cam":
+        return class_activation_maps(model, images)[:, class_indices]
+    return torch.stack([grad_cam(model, images, k, method) for k in class_indices], dim=1)

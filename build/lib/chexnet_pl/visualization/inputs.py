@@ -1,0 +1,53 @@
+"""Loading what the visualisation commands need: image files and operating thresholds from an
+evaluation's aucs.csv (the model: ``chexnet_pl.checkpoints.load_run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from chexnet_pl.data.images import IMAGE_SUFFIXES, read_gray
+from chexnet_pl.errors import DataError
+from chexnet_pl.visualization.explain import XRay
+
+
+def image_files(image: str | None, images: str | None) -> list[Path]:
+    """``image=`` one file, or ``images=`` a folder's PNG/JPEG files (sorted)."""
+    if bool(image) == bool(images):
+        raise DataError("give exactly one of image=path/to/xray.png or images=path/to/folder")
+    if image:
+        path = Path(image).expanduser()
+        if not path.exists():
+            raise DataError(f"image not found: {path}")
+        if path.is_dir():
+            raise DataError(f"{path} is a folder; use images={path} for a folder")
+        return [path]
+    folder = Path(images).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"images={folder} is not a folder")
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    if not files:
+        raise DataError(f"no .png/.jpg/.jpeg files in {folder}")
+    return files
+
+
+def read_xrays(paths: list[Path]) -> list[XRay]:
+    return [XRay(p.name, read_gray(p)) for p in paths]
+
+
+def thresholds_from(aucs_csv: str | Path | None, class_names: list[str]) -> list[float] | float:
+    """Per-class operating thresholds from an evaluation's aucs.csv, or 0.5."""
+    if not aucs_csv:
+        return 0.5
+    table = pd.read_csv(aucs_csv, index_col="class")
+    if "threshold" not in table:
+        raise DataError(
+            f"{aucs_csv} has no 'threshold' column; give the aucs.csv an evaluation wrote"
+        )
+    missing = [c for c in class_names if c not in table.index]
+    if missing:
+        raise DataError(f"{aucs_csv} lacks classes {missing}")
+    return [float(v) if pd.notna(v) else 0.5 for v in table.loc[class_names, "threshold"]]
