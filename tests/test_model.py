@@ -196,3 +196,27 @@ def test_optimizer_and_scheduler_choices():
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.9, 0.999)
     with pytest.raises(ValueError, match="unknown model.optimizer.name 'lbfgs'"):
         CheXNetModule(optimizer={"name": "lbfgs", "lr": 1}).configure_optimizers()
+
+
+def test_label_list_travels_with_the_model_and_its_checkpoint(tmp_path):
+    """Another dataset's labels (CheXpert-like names here) need no change to the model code: the
+    list sizes the head, is stored in the checkpoint, and the mean AUROC leaves No Finding out."""
+    import pytorch_lightning as pl
+
+    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.models.metrics import mean_finding_auroc
+
+    names = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "No Finding"]
+    model = CheXNetModule(backbone="resnet18", class_names=names)
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    assert model.eval()(images).shape == (2, 5)
+    assert model.hparams.include_no_finding and model.class_names == names
+    trainer = pl.Trainer(max_epochs=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False)  # fmt: skip
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    loaded = load_run(tmp_path / "other.ckpt", device="cpu").model
+    assert loaded.class_names == names
+    torch.testing.assert_close(loaded(images), model(images))
+    per_class = torch.tensor([0.5, 0.6, 0.7, 0.8, 0.1])
+    assert mean_finding_auroc(per_class, names).item() == pytest.approx(0.65)

@@ -59,7 +59,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
 
     datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model)
+    # The label list travels with the data: the model gets the data module's classes.
+    model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.pathologies))
     check_input_size(model, int(cfg.data.image_size))
     if cfg.get("init_from"):
         init_from_checkpoint(model, cfg.init_from)

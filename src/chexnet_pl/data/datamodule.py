@@ -42,7 +42,7 @@ class NIHDataModule(pl.LightningDataModule):
         view_position: all | PA | AP.
         missing_images: error (stop, naming the missing files) or skip (use only images present).
         augment: keyword arguments of ``train_transform``.
-        cache: auto (read the pre-resized cache of ``python -m chexnet_pl.data.prepare`` when one
+        cache: auto (read the pre-resized cache of ``chexnet-prepare`` when one
             is valid for these images, else decode the PNGs), off, or required (stop when there
             is no valid cache). A stale or partial cache is never used.
         cache_dir: where ``prepare`` wrote it (default ``<root>/prepared``); ``cache_size``: which
@@ -269,7 +269,7 @@ class NIHDataModule(pl.LightningDataModule):
             log.info("reading %d images from the %d px cache in %s", len(table), size, folder)
             self.image_cache = cache
             return rows
-        build = f"python -m chexnet_pl.data.prepare root={self.root} size={self.cache_size or self.image_size}"
+        build = f"chexnet-prepare root={self.root} size={self.cache_size or self.image_size}"
         if self.cache_dir != self.root / "prepared":
             build += f" cache_dir={self.cache_dir}"
         found = (

@@ -7,7 +7,7 @@ import importlib.resources
 import logging
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from chexnet_pl.errors import TrainingError, WeightsError
+from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
@@ -50,7 +51,10 @@ class CheXNetModule(pl.LightningModule):
 
     Args:
         backbone: a name in ``models.backbones.BACKBONES``.
-        include_no_finding: 15 outputs (14 findings + No Finding) when true, else 14.
+        include_no_finding: NIH's 15 outputs (14 findings + No Finding) when true, else 14.
+        class_names: the output names, in order, when they come from the data (``train`` passes
+            the data module's ``pathologies``, so another dataset's label list needs no change
+            here); stored in checkpoints. None: NIH's, per ``include_no_finding``.
         pretrained / weights_path / weights_url: ImageNet initialisation (see ``create_backbone``).
         optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``betas`` or
             ``momentum``/``nesterov``.
@@ -75,8 +79,11 @@ class CheXNetModule(pl.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        class_names = list(class_names) if class_names else make_class_names(include_no_finding)
+        include_no_finding = NO_FINDING in class_names
         default_optimizer, default_scheduler = default_recipe()
         optimizer = {**default_optimizer, **dict(optimizer or {})}
         scheduler = {**default_scheduler, **dict(scheduler or {})}
@@ -93,9 +100,10 @@ class CheXNetModule(pl.LightningModule):
                 "channels_last": channels_last,
                 "compile": compile,
                 "compile_backend": compile_backend,
+                "class_names": class_names,
             }
         )
-        self.class_names = make_class_names(include_no_finding)
+        self.class_names = class_names
         self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
         self.normalizer = create_normalizer(backbone)
         # Weights come from the checkpoint when loading one; never download again then.

@@ -34,7 +34,7 @@ def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
 def check_resumable(model, ckpt_path: str) -> None:
     """A checkpoint of another backbone or class count gets a plain message, not a key dump."""
     stored = read_checkpoint(ckpt_path).get("hyper_parameters", {})
-    for key in ("backbone", "include_no_finding"):
+    for key in ("backbone", "include_no_finding", "class_names"):
         if key in stored and stored[key] != model.hparams[key]:
             raise WeightsError(
                 f"cannot resume from {ckpt_path}: it has {key}={stored[key]!r}, this run has "
