@@ -15,7 +15,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import compose_train_config
-from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader
 
 from chexnet_pl.callbacks import FreezeBackbone
@@ -261,7 +260,6 @@ def test_init_from_reinitialises_every_output_layer(tmp_path):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_config_composes(experiment, tmp_path):
     cfg = compose_train_config(tmp_path, [f"experiment={experiment}", "data.root=/data/nih"])
-    GlobalHydra.instance().clear()
     spec = BACKBONES[cfg.model.backbone]
     if experiment in {s.family for s in BACKBONES.values()}:
         assert spec.family == experiment and cfg.model.pretrained
@@ -271,7 +269,6 @@ def test_every_experiment_config_composes(experiment, tmp_path):
     assert cfg.callbacks.visualization.method == "auto"  # heat maps for any backbone
     # Switching the backbone is one override, with any recipe.
     other = compose_train_config(tmp_path, [f"experiment={experiment}", "data.root=/data/nih", "model.backbone=resnet50"])  # fmt: skip
-    GlobalHydra.instance().clear()
     assert other.model.backbone == "resnet50"
 
 
