@@ -2,6 +2,8 @@
 
 python -m chexnet_pl.evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [split=test]
 python -m chexnet_pl.evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
+python -m chexnet_pl.evaluate preds=a.csv compare=b.csv data.root=/data/nih [compare_on=intersection]
+python -m chexnet_pl.evaluate ckpt=a.ckpt compare_ckpt=b.ckpt
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ import logging
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.datamodule import NIHDataModule
-from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
+from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
 from chexnet_pl.errors import ChexnetError, DataError, WeightsError
-from chexnet_pl.evaluation.predictions import read_predictions
+from chexnet_pl.evaluation.compare import write_comparison
+from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
     evaluate_model,
     label_index,
     log_to_wandb,
+    predict_split,
     score_and_write,
 )
 from chexnet_pl.models.module import CheXNetModule
@@ -58,6 +63,50 @@ def load_model(checkpoint: Path) -> CheXNetModule:
     return CheXNetModule.load_from_checkpoint(checkpoint, map_location=device).eval()
 
 
+def compare_with(
+    cfg: DictConfig,
+    preds_a: pd.DataFrame,
+    names_a: list[str],
+    truth: pd.DataFrame,
+    settings: EvaluationSettings,
+    datamodule: NIHDataModule | None,
+) -> dict[str, float]:
+    """``compare=b.csv`` or ``compare_ckpt=b.ckpt``: ΔAUROC of A (``preds=``/``ckpt=``) − B on
+    the images both have; writes compare.csv and compare.png."""
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("compare") and cfg.get("compare_ckpt"):
+        raise ChexnetError("give one of compare=b.csv or compare_ckpt=b.ckpt, not both")
+    if cfg.get("compare"):
+        preds_b, names_b = read_predictions(cfg.compare, truth.index)
+        label_b = str(cfg.compare)
+    else:
+        checkpoint = Path(cfg.compare_ckpt).expanduser()
+        model = load_model(checkpoint)
+        if datamodule is not None:  # A's data and split, at the size B was trained at
+            stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            size = (stored.get("datamodule_hyper_parameters") or {}).get("image_size", 224)
+            datamodule = NIHDataModule(
+                **{**datamodule.hparams, "image_size": int(size),
+                   "include_no_finding": model.hparams.include_no_finding}
+            )  # fmt: skip
+        else:
+            datamodule = datamodule_from_checkpoint(
+                checkpoint, cfg.data, output_dir, model.hparams.include_no_finding
+            )
+        preds_b = predict_split(model, datamodule, cfg.split, settings, PredictionCache(checkpoint))
+        preds_b.to_csv(output_dir / "preds_compare.csv", index=False)
+        names_b, label_b = list(model.class_names), str(checkpoint)
+    names = [n for n in names_a if n in names_b]
+    label_a = str(cfg.preds or cfg.ckpt)
+    table = write_comparison(
+        preds_a, preds_b, truth, names, output_dir, label_a, label_b, cfg.compare_on,
+        settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence, settings.plots,
+    )  # fmt: skip
+    return {
+        f"{cfg.split}/delta_auroc_{n}": float(v) for n, v in table["delta"].items() if pd.notna(v)
+    }
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -74,6 +123,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             checkpoint, cfg.data, output_dir, model.hparams.include_no_finding
         )
         table, metrics = evaluate_model(model, datamodule, output_dir, settings, split, checkpoint)
+        if cfg.get("compare") or cfg.get("compare_ckpt"):
+            preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
+            truth = label_index(datamodule.table)
+            metrics |= compare_with(cfg, preds, model.class_names, truth, settings, datamodule)
     else:
         if not cfg.data.get("root") and not cfg.data.get("csv"):
             raise DataError(
@@ -88,6 +141,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         table, metrics = score_and_write(
             preds, truth, names, output_dir, settings, split, val_preds
         )
+        if cfg.get("compare") or cfg.get("compare_ckpt"):
+            metrics |= compare_with(cfg, preds, names, truth, settings, None)
     if cfg.get("wandb"):
         import wandb
 
