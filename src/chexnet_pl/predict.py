@@ -1,7 +1,7 @@
 """Predict and explain X-rays with a trained checkpoint.
 
 python -m chexnet_pl.predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
-python -m chexnet_pl.predict ckpt=best.ckpt images=folder/ [out=folder]
+python -m chexnet_pl.predict ckpt=best.ckpt images=folder/ [out=folder] [calibration=calibration.json]
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from chexnet_pl.errors import ChexnetError
 from chexnet_pl.train import CONFIG_DIR
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.heatmaps import METHODS
-from chexnet_pl.visualization.inputs import image_files, load_model, read_xrays, thresholds_from
+from chexnet_pl.visualization.inputs import (
+    calibration_and_thresholds,
+    image_files,
+    load_model,
+    read_xrays,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,9 @@ def predict(cfg: DictConfig) -> Path:
     model, trained_size, _ = load_model(cfg.ckpt)
     image_size = int(cfg.image_size or trained_size)
     paths = image_files(cfg.image, cfg.images)
-    thresholds = thresholds_from(cfg.thresholds, model.class_names)
+    calibration, thresholds = calibration_and_thresholds(
+        cfg.get("calibration"), cfg.thresholds, model.class_names
+    )
     frames = []
     for start in range(0, len(paths), int(cfg.batch_size)):
         xrays = read_xrays(paths[start : start + int(cfg.batch_size)])
@@ -45,6 +52,7 @@ def predict(cfg: DictConfig) -> Path:
                 cfg.method,
                 thresholds=thresholds,
                 top_k=int(cfg.top_k),
+                calibration=calibration,
             )
         )
     table = pd.concat(frames, ignore_index=True)

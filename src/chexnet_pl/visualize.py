@@ -19,7 +19,7 @@ from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.train import CONFIG_DIR
 from chexnet_pl.visualization.explain import XRay, explain
 from chexnet_pl.visualization.heatmaps import METHODS
-from chexnet_pl.visualization.inputs import load_model, thresholds_from
+from chexnet_pl.visualization.inputs import calibration_and_thresholds, load_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def visualize(cfg: DictConfig) -> Path:
         for i in rows
     ]
     out_dir = Path(cfg.paths.output_dir)
-    thresholds = thresholds_from(cfg.thresholds, model.class_names)
+    calibration, thresholds = calibration_and_thresholds(
+        cfg.get("calibration"), cfg.thresholds, model.class_names
+    )
     explain(
         model,
         xrays,
@@ -65,6 +67,7 @@ def visualize(cfg: DictConfig) -> Path:
         cfg.method,
         [cfg.label],
         thresholds,
+        calibration=calibration,
     )
     log.info(
         "%d image(s) with %s (of %d in %s) → %s",
