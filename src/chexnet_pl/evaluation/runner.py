@@ -211,12 +211,12 @@ def evaluate_model(
 
 
 def log_to_wandb(run, table: pd.DataFrame, output_dir: Path, split: str) -> None:
-    """The per-class table and the curve plots into a W&B run."""
+    """The per-class table and the plots (curves, reliability, subgroups) into a W&B run."""
     import wandb
 
     payload = {f"{split}/aucs": wandb.Table(dataframe=table.reset_index())}
-    for kind in ("roc", "pr"):
-        path = output_dir / f"{kind}_curves.png"
+    for name in ("roc_curves", "pr_curves", "reliability", "subgroups_forest"):
+        path = output_dir / f"{name}.png"
         if path.is_file():
-            payload[f"{split}/{kind}_curves"] = wandb.Image(str(path))
+            payload[f"{split}/{name}"] = wandb.Image(str(path))
     run.log(payload)
