@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/heatmaps.py
+	$(BIN)/python benchmarks/subgroups.py
 
 lint: setup
 	$(BIN)/ruff check .

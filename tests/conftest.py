@@ -127,6 +127,28 @@ def compose_cfg():
     GlobalHydra.instance().clear()
 
 
+def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, **data) -> Path:
+    """A randomly initialised DenseNet-121 (no download) saved as a loadable checkpoint, with the
+    data settings ``data`` (e.g. root=) that evaluate/predict read from checkpoints."""
+    import torch
+
+    from chexnet_pl.models.module import CheXNetModule
+
+    torch.manual_seed(seed)
+    model = CheXNetModule(pretrained=False)
+    settings = {"image_size": image_size, "num_workers": 0, "eval_batch_size": 16, **data}
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "datamodule_hyper_parameters": settings,
+            "pytorch-lightning_version": "2",
+        },
+        path,
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
     """(data root, run folder) of DenseNet-121 trained once per test session for two epochs on

@@ -1,7 +1,7 @@
 """Predict and explain X-rays with a trained checkpoint.
 
 chexnet-predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
-chexnet-predict ckpt=best.ckpt images=folder/ [out=folder]
+chexnet-predict ckpt=best.ckpt images=folder/ [out=folder] [calibration=calibration.json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.heatmaps import check_method
-from chexnet_pl.visualization.inputs import image_files, read_xrays, thresholds_from
+from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_xrays
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ def predict(cfg: DictConfig) -> Path:
     model = run.model
     image_size = int(cfg.image_size or run.image_size)
     paths = image_files(cfg.image, cfg.images)
-    thresholds = thresholds_from(cfg.thresholds, model.class_names)
+    calibration, thresholds = calibration_and_thresholds(
+        cfg.get("calibration"), cfg.thresholds, model.class_names
+    )
     frames = []
     for start in range(0, len(paths), int(cfg.batch_size)):
         xrays = read_xrays(paths[start : start + int(cfg.batch_size)])
@@ -44,6 +46,7 @@ def predict(cfg: DictConfig) -> Path:
                 cfg.method,
                 thresholds=thresholds,
                 top_k=int(cfg.top_k),
+                calibration=calibration,
             )
         )
     table = pd.concat(frames, ignore_index=True)

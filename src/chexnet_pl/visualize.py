@@ -18,7 +18,7 @@ from chexnet_pl.data.images import read_gray
 from chexnet_pl.errors import DataError
 from chexnet_pl.visualization.explain import XRay, explain
 from chexnet_pl.visualization.heatmaps import check_method
-from chexnet_pl.visualization.inputs import thresholds_from
+from chexnet_pl.visualization.inputs import calibration_and_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def visualize(cfg: DictConfig) -> Path:
         for i in rows
     ]
     out_dir = Path(cfg.paths.output_dir)
-    thresholds = thresholds_from(cfg.thresholds, model.class_names)
+    calibration, thresholds = calibration_and_thresholds(
+        cfg.get("calibration"), cfg.thresholds, model.class_names
+    )
     explain(
         model,
         xrays,
@@ -57,6 +59,7 @@ def visualize(cfg: DictConfig) -> Path:
         cfg.method,
         [cfg.label],
         thresholds,
+        calibration=calibration,
     )
     log.info(
         "%d image(s) with %s (of %d in %s) → %s",

@@ -1,4 +1,5 @@
-"""Find NIH images on disk (either download layout) and decode them as 8-bit grayscale."""
+"""Find NIH images on disk (either download layout) and decode them as 8-bit grayscale
+(PNG/JPEG through PIL, DICOM through ``chexnet_pl.data.dicom``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from chexnet_pl.data.dicom import looks_like_dicom, read_dicom
 from chexnet_pl.errors import DataError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ def to_uint8_gray(image: Image.Image) -> np.ndarray:
 def read_gray(path: str | Path) -> np.ndarray:
     """Decode one image file as HxW uint8 grayscale; ImageReadError names the file and reason."""
     path = Path(path)
+    # Only files that are not PNG/JPEG by name are sniffed, so dataset reads cost nothing more.
+    if path.suffix.lower() not in IMAGE_SUFFIXES and looks_like_dicom(path):
+        return read_dicom(path)
     try:
         with Image.open(path) as image:
             image.load()

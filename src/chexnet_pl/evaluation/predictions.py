@@ -161,6 +161,18 @@ class PredictionCache:
         log.info("reusing stored predictions %s", path)
         return table
 
+    def store_file(self, source: Path, name: str) -> Path | None:
+        """A copy of ``source`` as ``<run>/predictions/<checkpoint stem>_<name>``."""
+        target = self.folder / f"{self.checkpoint.stem}_{name}"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+        except OSError as exc:
+            log.warning("could not store %s beside the checkpoint (%s)", source.name, exc)
+            return None
+        log.info("%s stored as %s", source.name, target)
+        return target
+
     def save(self, split: str, settings: dict, table: pd.DataFrame) -> Path | None:
         path, key = self._key(split, settings)
         try:

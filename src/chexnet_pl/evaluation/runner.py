@@ -14,6 +14,7 @@ import torch
 
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, label_matrix
 from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.calibration import write_calibration_report
 from chexnet_pl.evaluation.plots import plot_curves
 from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
 from chexnet_pl.evaluation.report import (
@@ -21,6 +22,12 @@ from chexnet_pl.evaluation.report import (
     choose_threshold,
     format_report,
     score_predictions,
+)
+from chexnet_pl.evaluation.subgroups import (
+    METADATA_COLUMNS,
+    Subgroups,
+    format_summary,
+    write_subgroup_report,
 )
 from chexnet_pl.labels import class_names as all_class_names
 
@@ -38,18 +45,31 @@ class EvaluationSettings:
     confidence: float = 0.95
     precision: str = "auto"
     plots: bool = True
+    subgroups: tuple[str, ...] = ("sex", "age", "view")
+    age_bands: tuple[int, ...] = (20, 40, 60, 80)
+    max_age: int = 100
+    calibrate: str = "none"
+    calibration_bins: int = 15
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        return cls(**dict(section or {}))
+        values = dict(section or {})
+        for key in ("subgroups", "age_bands"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 def label_index(table: pd.DataFrame) -> pd.DataFrame:
-    """Metadata rows → ``Image Index``-indexed frame of ``Patient ID`` and all 15 label columns."""
+    """Metadata rows → ``Image Index``-indexed frame of ``Patient ID``, all 15 label columns and
+    the subgroup metadata the table has (sex, age, view, follow-up)."""
     names = all_class_names(True)
     labels = label_matrix(table["Finding Labels"], names)
     frame = pd.DataFrame(labels, columns=names, index=pd.Index(table[IMAGE], name=IMAGE))
     frame.insert(0, PATIENT, table[PATIENT].to_numpy())
+    for column in METADATA_COLUMNS:
+        if column in table.columns:
+            frame[column] = table[column].to_numpy()
     return frame
 
 
@@ -94,12 +114,29 @@ def score_and_write(
         settings.confidence, thresholds,
     )  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
+    calibration, fitted, calibration_line = write_calibration_report(
+        scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
+        val_scores if chosen_on == "val" else None, val_labels, split, settings.plots,
+    )  # fmt: skip
+    table[["ece", "brier"]] = calibration[["ece_equal_mass", "brier"]].reindex(table.index)
+    if fitted is not None:
+        calibrated = preds[[IMAGE]].copy()
+        calibrated[prob_columns(names)] = fitted.apply(scores, names)
+        calibrated.to_csv(output_dir / "preds_calibrated.csv", index=False)
     table.to_csv(output_dir / "aucs.csv")
     if settings.plots:
         plot_curves(scores, labels, names, output_dir, title=f"{split} split, {len(preds)} images")
+    subgroups = write_subgroup_report(
+        scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds,
+        Subgroups(settings.subgroups, settings.age_bands, settings.max_age), output_dir,
+        settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
+        table["auroc"].to_dict(), settings.plots, split,
+    )  # fmt: skip
     log.info(
-        "%s split: %d images of %d patients; thresholds (%s) chosen on %s\n%s",
-        split, len(preds), len(set(patients)), settings.threshold, chosen_on, format_report(table),
+        "%s split: %d images of %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
+        split, len(preds), len(set(patients)), settings.threshold, chosen_on,
+        format_report(table.drop(columns=["ece", "brier"])), calibration_line,
+        f"\n{format_summary(subgroups)}" if subgroups else "",
     )  # fmt: skip
     metrics = {
         f"{split}/auroc_{n}": float(table.at[n, "auroc"])
@@ -165,16 +202,21 @@ def evaluate_model(
         val_preds = predict_split(model, datamodule, "val", settings, cache)
         val_preds.to_csv(output_dir / "preds_val.csv", index=False)
     truth = label_index(datamodule.table)
-    return score_and_write(preds, truth, model.class_names, output_dir, settings, split, val_preds)
+    result = score_and_write(
+        preds, truth, model.class_names, output_dir, settings, split, val_preds
+    )
+    if cache is not None and settings.calibrate != "none":
+        cache.store_file(output_dir / "calibration.json", f"calibration_{settings.calibrate}.json")
+    return result
 
 
 def log_to_wandb(run, table: pd.DataFrame, output_dir: Path, split: str) -> None:
-    """The per-class table and the curve plots into a W&B run."""
+    """The per-class table and the plots (curves, reliability, subgroups) into a W&B run."""
     import wandb
 
     payload = {f"{split}/aucs": wandb.Table(dataframe=table.reset_index())}
-    for kind in ("roc", "pr"):
-        path = output_dir / f"{kind}_curves.png"
+    for name in ("roc_curves", "pr_curves", "reliability", "subgroups_forest"):
+        path = output_dir / f"{name}.png"
         if path.is_file():
-            payload[f"{split}/{kind}_curves"] = wandb.Image(str(path))
+            payload[f"{split}/{name}"] = wandb.Image(str(path))
     run.log(payload)

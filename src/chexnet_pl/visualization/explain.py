@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from chexnet_pl.data.transforms import eval_transform
+from chexnet_pl.evaluation.calibration import Calibration
 from chexnet_pl.visualization.figures import prediction_table, save_figure, upsample
 from chexnet_pl.visualization.heatmaps import heatmaps, resolve_method
 
@@ -43,16 +44,20 @@ def explain(
     findings: Sequence[str] | None = None,
     thresholds: Sequence[float] | float = 0.5,
     top_k: int = 1,
+    calibration: Calibration | None = None,
 ) -> pd.DataFrame:
     """For each image write ``<name>.csv`` (prediction table) and ``<name>_<finding>.png``
     (overlay + table) for ``findings`` (default: its ``top_k`` most probable); return the
     probabilities (``Image Index``, ``prob_<Class>``). ``method="auto"``: CAM where the
-    backbone's head allows it, else Grad-CAM."""
+    backbone's head allows it, else Grad-CAM. With ``calibration`` the probabilities are the
+    calibrated ones and every table has a ``calibration`` column saying which."""
     method = resolve_method(model, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(model.class_names)
     images = model_input(xrays, image_size)
     probabilities = model.predict_proba(images).cpu().numpy()
+    if calibration is not None:
+        probabilities = calibration.apply(probabilities, names).astype(np.float32)
     chosen_per_image = []
     for probs in probabilities:
         if findings:
@@ -63,14 +68,19 @@ def explain(
     maps = heatmaps(model, images, needed, method)
     for i, xray in enumerate(xrays):
         table = prediction_table(probabilities[i], names, xray.truth, thresholds)
+        if calibration is not None:
+            table["calibration"] = calibration.label
         stem = Path(xray.name).stem
         table.to_csv(out_dir / f"{stem}.csv", index=False)
         for k in chosen_per_image[i]:
             heat = upsample(maps[i, needed.index(k)].numpy(), xray.gray.shape)
             save_figure(
                 out_dir / f"{stem}_{names[k]}.png", xray.gray, heat, names[k], float(probabilities[i, k]), table,
-                title=f"{xray.name} — {method}",
+                title=f"{xray.name} — {method}"
+                + (f" — calibrated: {calibration.label}" if calibration else ""),
             )  # fmt: skip
     frame = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
     frame.insert(0, "Image Index", [x.name for x in xrays])
+    if calibration is not None:
+        frame["calibration"] = calibration.label
     return frame

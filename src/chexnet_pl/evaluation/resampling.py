@@ -1,0 +1,139 @@
+"""Patient-bootstrap resamples, and the AUROC of many groups of images on every resample at once.
+
+A resample draws patients with replacement; an image's weight is how often its patient was
+drawn. Everything a group's weighted AUROC needs is a sum of per-patient counts: per distinct
+positive score, the positive images there, the negatives tied with it, the negatives between it
+and the next lower one. Those counts form one sparse (rows × patients) matrix per class and
+grouping, built once; a block of resamples is then one sparse × dense product and a running sum,
+so subgroup intervals on the 25,596-image test split cost seconds (``benchmarks/subgroups.py``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+
+@dataclass(frozen=True)
+class PatientResamples:
+    """Per-image patient codes, and blocks of per-patient draw counts."""
+
+    codes: np.ndarray  # image → patient 0..P-1
+    num_patients: int
+    samples: int
+    seed: int = 0
+    chunk: int = 250
+
+    @classmethod
+    def of(cls, patients: np.ndarray, samples: int, seed: int = 0) -> PatientResamples:
+        codes, uniques = pd.factorize(np.asarray(patients))
+        return cls(codes.astype(np.int64), len(uniques), int(samples), int(seed))
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """patients × B count matrices (float32: small whole numbers are exact), ``samples``
+        columns in all, the same for the same seed."""
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, self.samples, self.chunk):
+            size = min(self.chunk, self.samples - start)
+            draws = rng.integers(0, self.num_patients, size=(size, self.num_patients))
+            flat = draws + (np.arange(size) * self.num_patients)[:, None]
+            counts = np.bincount(flat.ravel(), minlength=size * self.num_patients)
+            yield np.ascontiguousarray(counts.reshape(size, self.num_patients).T, dtype=np.float32)
+
+
+class GroupedAuroc:
+    """AUROC of one class within each group of images, for the data as is and for resamples.
+
+    ``groups``: a code ``0..num_groups-1`` per image (``-1``: in no group). The Mann-Whitney
+    statistic with ties counted half, as scikit-learn's ``roc_auc_score``; NaN where a group has
+    no positive or no negative weight.
+    """
+
+    def __init__(
+        self,
+        scores: np.ndarray,
+        positive: np.ndarray,
+        groups: np.ndarray,
+        num_groups: int,
+        patient_codes: np.ndarray,
+        num_patients: int,
+    ) -> None:
+        scores = np.asarray(scores, dtype=np.float64)
+        positive = np.asarray(positive) > 0.5
+        groups = np.asarray(groups)
+        self.num_groups = num_groups
+        rows, cols, present, starts = [], [], [], []
+        offset = 0
+        for g in range(num_groups):
+            members = np.flatnonzero(groups == g)
+            pos, neg = members[positive[members]], members[~positive[members]]
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            levels = np.unique(scores[pos])  # the distinct positive scores, ascending
+            k = len(levels)
+            # A negative counts as "below" every level above it: bin = how many levels are <= it.
+            neg_bin = np.searchsorted(levels, scores[neg], side="right")
+            tied = (neg_bin > 0) & (levels[np.maximum(neg_bin - 1, 0)] == scores[neg])
+            below_rows = neg_bin[neg_bin < k]
+            entries = (
+                (np.searchsorted(levels, scores[pos]), patient_codes[pos], 0),  # positives
+                (neg_bin[tied] - 1, patient_codes[neg[tied]], 1),  # negatives tied with a level
+                (below_rows, patient_codes[neg[neg_bin < k]], 2),  # negatives just below a level
+            )
+            for level_rows, patient, kind in entries:
+                rows.append(offset + kind * k + level_rows)
+                cols.append(patient)
+            rows.append(np.full(len(neg), offset + 3 * k))  # all negatives of the group
+            cols.append(patient_codes[neg])
+            present.append(g)
+            starts.append((offset, k))
+            offset += 3 * k + 1
+        self.present = np.asarray(present, dtype=np.int64)
+        self.layout = starts
+        rows_all = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        cols_all = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        self.matrix = sparse.csr_matrix(
+            (np.ones(len(rows_all), dtype=np.float32), (rows_all, cols_all)),
+            shape=(offset, num_patients),
+        )  # duplicate (row, patient) entries are summed: counts per patient
+        self.matrix.sum_duplicates()
+        self._unweighted = np.ones((num_patients, 1), dtype=np.float32)
+
+    def point(self) -> np.ndarray:
+        """Per group, the AUROC of the data as is (every patient once)."""
+        return self.resampled(self._unweighted)[0]
+
+    def resampled(self, counts: np.ndarray) -> np.ndarray:
+        """B × groups for draw counts ``counts`` (patients × B)."""
+        out = np.full((counts.shape[1], self.num_groups), np.nan)
+        if not len(self.present):
+            return out
+        sums = (self.matrix @ counts).astype(np.float64)  # rows × B; exact: whole numbers < 2**24
+        for g, (start, k) in zip(self.present, self.layout, strict=True):
+            positives = sums[start : start + k]
+            tied = sums[start + k : start + 2 * k]
+            below = np.cumsum(sums[start + 2 * k : start + 3 * k], axis=0)
+            negatives = sums[start + 3 * k]
+            numerator = np.einsum("kb,kb->b", positives, below + 0.5 * tied)
+            denominator = positives.sum(axis=0) * negatives
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, g] = np.where(denominator > 0, numerator / denominator, np.nan)
+        return out
+
+
+def percentile_interval(
+    samples: np.ndarray, confidence: float, defined: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval along axis 0, ignoring NaN resamples; NaN where ``defined`` is False."""
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():  # an all-NaN column is an undefined value: NaN is right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+    if defined is not None:
+        low, high = np.where(defined, low, np.nan), np.where(defined, high, np.nan)
+    return low, high
