@@ -65,6 +65,28 @@ def small_datamodule(root: Path, **overrides) -> NIHDataModule:
     return NIHDataModule(root=str(root), **{**settings, **overrides})
 
 
+def random_checkpoint(path: Path, backbone: str = "densenet121", image_size: int = 64) -> Path:
+    """A randomly initialised model saved as a checkpoint (what ``load_from_checkpoint`` and the
+    commands read): weights, hyperparameters and the data module's image size."""
+    import torch
+
+    from chexnet_pl.models.module import CheXNetModule
+
+    torch.manual_seed(0)
+    model = CheXNetModule(backbone=backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "datamodule_hyper_parameters": {"image_size": image_size},
+            "pytorch-lightning_version": "2",
+        },
+        path,
+    )
+    return path
+
+
 def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
     """The shipped ``train.yaml`` composed by Hydra, as ``python -m chexnet_pl.train`` would."""
     GlobalHydra.instance().clear()
