@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup browser demo test bench lint format clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,20 @@ $(STAMP): pyproject.toml
 demo: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python -m chexnet_pl.train experiment=demo
 
-test: setup
+# Debian's chromium + chromium-driver for the browser test of the web page (tests/test_serve.py).
+# Installed only when missing, and only as root with apt-get; otherwise that test skips, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (apt-get) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "apt-get could not install chromium: the browser test will skip"; \
+	else \
+		echo "chromium/chromedriver missing and apt-get unavailable or not root: the browser test will skip"; \
+	fi
+
+test: setup browser
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
 
 # Not part of the tests: timings are noisy on shared machines.
@@ -26,6 +39,9 @@ bench: setup
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/heatmaps.py
+	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/serve.py --backend torch
+	$(BIN)/python benchmarks/serve.py --backend onnx
 
 lint: setup
 	$(BIN)/ruff check .

@@ -59,7 +59,11 @@ def _decode_with_pil(data: bytes, pil_format: str, max_pixels: int) -> np.ndarra
     except UploadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise UploadError(413, f"decompression bomb refused: {exc}") from exc
+        raise UploadError(
+            413,
+            f"the image declares more pixels than this service decodes (over {max_pixels / 1e6:.0f}"
+            f" MP, max_pixels=): a decompression bomb? ({exc}); send a smaller image",
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadError(
             422, f"the {pil_format} file is corrupt or truncated ({exc}); send the whole file"
