@@ -29,8 +29,13 @@ from PIL import Image
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
 from chexnet_pl.serving.batching import BatchingQueue
+from chexnet_pl.serving.card import model_card
 from chexnet_pl.serving.decode import UploadError, decode_image
+from chexnet_pl.serving.export import onnx_bytes
+from chexnet_pl.serving.predictor import Predictor
+from chexnet_pl.serving.served_model import ServedModel
 from chexnet_pl.serving.uploads import file_from_body
 
 REPO = Path(__file__).resolve().parents[1]
@@ -431,3 +436,27 @@ def test_page_in_a_real_browser(server, browser, nih_sample, tmp_path):
     screenshot = tmp_path / "page.png"
     browser.save_screenshot(str(screenshot))
     assert Image.open(screenshot).size[0] > 0
+
+
+@pytest.mark.slow
+def test_a_head_without_cam_gets_grad_cam_on_torch_and_a_422_on_onnx(nih_sample):
+    """AlexNet (an MLP head): Grad-CAM through the PyTorch backend; its ONNX export has no maps."""
+    size = 128  # AlexNet's feature map is 3×3 here (1×1 at 64 px: a constant map)
+    torch.manual_seed(0)
+    module = CheXNetModule(backbone="alexnet").eval()
+    card = model_card("alexnet.ckpt", "alexnet", module.class_names, size, [0.5] * 15, None,
+                      ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
+    image = area_resize(read_gray(nih_images(nih_sample, 1)[0]), size)
+    on_torch = Predictor(TorchBackend(module), card)
+    result = on_torch.submit(image, on_torch.heat_choice("top")).result(120)
+    ((index, heat),) = result.maps.items()
+    assert index == int(np.argmax(result.probabilities))
+    assert heat.shape == (size, size) and heat.min() >= 0 and heat.max() == pytest.approx(1)
+    on_onnx = Predictor(OnnxBackend(onnx_bytes(ServedModel(module), size)), card)
+    with pytest.raises(UploadError, match="no heat maps on the onnx backend") as error:
+        on_onnx.heat_choice("top")
+    assert error.value.status == 422
+    plain = on_onnx.submit(image, on_onnx.heat_choice("none")).result(120)
+    assert np.abs(plain.probabilities - result.probabilities).max() < 1e-4 and not plain.maps
+    on_torch.close()
+    on_onnx.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -68,7 +69,11 @@ def create_app(
         yield
         predictor.close()  # the model's worker thread ends with the server
 
-    app = FastAPI(title="chexnet_pl", description=NOT_A_MEDICAL_DEVICE, lifespan=lifespan)
+    # No /docs or /redoc: their pages load Swagger UI from a CDN; /openapi.json stays.
+    app = FastAPI(
+        title="chexnet_pl", description=NOT_A_MEDICAL_DEVICE, lifespan=lifespan,
+        docs_url=None, redoc_url=None,
+    )  # fmt: skip
     page = page_html()
 
     @app.exception_handler(UploadError)
@@ -90,6 +95,18 @@ def create_app(
             {"error": f"internal error ({type(exc).__name__}); the server log has the details"},
             status_code=500,
         )
+
+    def read_upload(body: bytes, content_type: str | None) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """The file's bytes, its full-resolution gray pixels and the model's input (off the event
+        loop: decoding a PNG takes milliseconds)."""
+        data = file_from_body(body, content_type)
+        gray = decode_image(data, limits.max_pixels)
+        if uploads_dir is not None:
+            log.info(
+                "upload kept as %s (save_uploads)",
+                save_upload(uploads_dir, data, sniff_format(data)),
+            )
+        return data, gray, predictor.model_input(gray)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -128,12 +145,10 @@ def create_app(
             raise UploadError(
                 422, f"overlay_size={overlay_size}: use 16 to {limits.max_overlay_side}"
             )
-        data = file_from_body(body, request.headers.get("content-type"))
-        gray = await run_in_threadpool(decode_image, data, limits.max_pixels)
-        if uploads_dir is not None:
-            saved = await run_in_threadpool(save_upload, uploads_dir, data, sniff_format(data))
-            log.info("upload kept as %s (save_uploads)", saved)
-        result = await asyncio.wrap_future(predictor.submit(gray, heat))
+        data, gray, model_input = await run_in_threadpool(
+            read_upload, body, request.headers.get("content-type")
+        )
+        result = await asyncio.wrap_future(predictor.submit(model_input, heat))
         overlays = {
             predictor.class_names[k]: await run_in_threadpool(overlay_png, gray, heat_map, overlay_size)
             for k, heat_map in result.maps.items()

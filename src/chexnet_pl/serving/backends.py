@@ -38,6 +38,7 @@ class TorchBackend:
         self.module = module.eval()
         self.served = ServedModel(module, cams=cam_available(module)).eval()
         self.has_cams = self.served.with_cams
+        self.heatmaps = "cam" if self.has_cams else "gradcam"
         self.device = module.device
 
     @torch.inference_mode()
@@ -60,6 +61,7 @@ class OnnxBackend:
         self.session = onnx_session(model)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.has_cams = CAMS in self.outputs
+        self.heatmaps = "cam" if self.has_cams else "none"
 
     def run(self, images: np.ndarray) -> Outputs:
         results = dict(zip(self.outputs, self.session.run(None, {INPUT: images}), strict=True))
@@ -110,7 +112,7 @@ def load_backend(
         checkpoint, module.hparams.backbone, module.class_names, image_size, values, source,
         outputs, checkpoint_sha256=sha256,
     )  # fmt: skip
-    card["heatmaps"] = "cam" if served.has_cams else ("gradcam" if backend == "torch" else "none")
+    card["heatmaps"] = served.heatmaps
     return served, card
 
 

@@ -49,6 +49,11 @@ class Predictor:
 
     def heat_choice(self, value: str) -> str | int:
         """``none`` / ``top`` / ``all`` / a finding's name (→ its index); else a 422."""
+        if value != "none" and self.backend.heatmaps == "none":
+            raise UploadError(
+                422, f"overlay={value!r}: this model has no heat maps on the {self.backend.name} "
+                "backend (no CAM output; Grad-CAM needs backend=torch); use overlay=none",
+            )  # fmt: skip
         if value in HEAT_CHOICES:
             return value
         if value in self.class_names:
@@ -57,8 +62,13 @@ class Predictor:
             422, f"overlay={value!r}: use one of {[*HEAT_CHOICES, *self.class_names]}"
         )
 
-    def submit(self, gray: np.ndarray, heat: str | int = "none") -> Future[JobResult]:
-        return self.queue.submit(Job(area_resize(gray, self.image_size), heat))
+    def model_input(self, gray: np.ndarray) -> np.ndarray:
+        """Full-resolution gray → the model's H×W uint8 input (as in evaluation)."""
+        return area_resize(gray, self.image_size)
+
+    def submit(self, image: np.ndarray, heat: str | int = "none") -> Future[JobResult]:
+        """``image``: ``model_input``'s output. The result comes from the model's worker."""
+        return self.queue.submit(Job(image, heat))
 
     def _chosen(self, heat: str | int, probabilities: np.ndarray) -> list[int]:
         if heat == "none":
