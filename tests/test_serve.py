@@ -242,6 +242,20 @@ def test_model_and_health(server, densenet_checkpoint):
 
 
 @pytest.mark.slow
+def test_binds_to_loopback_only_by_default(server):
+    """The listening socket's local address, as the kernel lists it (/proc/net/tcp)."""
+    table = Path("/proc/net/tcp")
+    if not table.is_file():
+        pytest.skip("no /proc/net/tcp on this system")
+    port = int(server.url.rsplit(":", 1)[1])
+    listening = [
+        fields[1] for fields in (line.split() for line in table.read_text().splitlines()[1:])
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A"  # 0A: LISTEN
+    ]  # fmt: skip
+    assert listening == ["0100007F:" + f"{port:04X}"]  # 127.0.0.1, little-endian hex
+
+
+@pytest.mark.slow
 def test_predict_real_images_equals_the_module(server, densenet_checkpoint, nih_sample):
     for path in nih_images(nih_sample, 3):
         answer = server.post(path.read_bytes())
