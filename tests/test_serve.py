@@ -398,7 +398,7 @@ def browser(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1200,1000",
+        "--window-size=1100,980",
     ):
         options.add_argument(flag)  # fmt: skip
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
