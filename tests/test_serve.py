@@ -311,6 +311,7 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, nih_sample):
         (b"\x00" * 128 + b"DICM" + b"\x00" * 64, {}, 415, "DICOM"),
         (good, {"overlay": "Bogus"}, 422, "overlay='Bogus'"),
         (good, {"overlay": "top", "overlay_size": 100000}, 422, "overlay_size=100000"),
+        (good, {"overlay_size": "big"}, 422, "query.overlay_size: Input should be a valid integer"),
     ]
     for data, params, status, message in cases:
         answer = requests.post(f"{server.url}/predict", params=params, data=data, timeout=120)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from chexnet_pl.serving.decode import DEFAULT_MAX_PIXELS, UploadError, decode_image, sniff_format
@@ -86,6 +87,15 @@ def create_app(
     async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
         counters.client_errors += 1
         return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        counters.client_errors += 1
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return JSONResponse({"error": problems}, status_code=422)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -164,7 +174,7 @@ def create_app(
                     "above_threshold": bool(row.above_threshold),
                 }
                 for row in table.itertuples()
-            ],  # fmt: skip
+            ],
             "top_finding": str(table.at[0, "finding"]),
             "probabilities": {
                 n: float(p)
