@@ -198,11 +198,11 @@ def nih_images(nih_sample: Path, count: int) -> list[Path]:
     return sorted((nih_sample / "images").glob("*.png"))[:count]
 
 
-def expected_probabilities(checkpoint: Path, path: Path) -> np.ndarray:
-    """What the LightningModule itself says for the image, resized as served."""
+def expected_probabilities(checkpoint: Path, paths: list[Path]) -> list[np.ndarray]:
+    """What the LightningModule itself says for each image, resized as served."""
     model = CheXNetModule.load_from_checkpoint(checkpoint).eval()
-    image = torch.from_numpy(area_resize(read_gray(path), SIZE))[None, None]
-    return model.predict_proba(image)[0].numpy()
+    images = torch.stack([torch.from_numpy(area_resize(read_gray(p), SIZE))[None] for p in paths])
+    return list(model.predict_proba(images).numpy())
 
 
 def overlay_image(data_url: str) -> Image.Image:
@@ -257,11 +257,13 @@ def test_binds_to_loopback_only_by_default(server):
 
 @pytest.mark.slow
 def test_predict_real_images_equals_the_module(server, densenet_checkpoint, nih_sample):
-    for path in nih_images(nih_sample, 3):
+    paths = nih_images(nih_sample, 3)
+    for path, expected in zip(
+        paths, expected_probabilities(densenet_checkpoint, paths), strict=True
+    ):
         answer = server.post(path.read_bytes())
         assert answer.status_code == 200, answer.text
         result = answer.json()
-        expected = expected_probabilities(densenet_checkpoint, path)
         got = np.array([result["probabilities"][n] for n in result["thresholds"]])
         assert np.abs(got - expected).max() < 1e-4
         table = result["findings"]
@@ -360,10 +362,10 @@ def test_onnx_backend_answers_as_pytorch_and_keeps_uploads_when_asked(tmp_path, 
         model = requests.get(f"{onnx.url}/model", timeout=10).json()
         assert model["backend"] == "onnx" and model["heatmaps"] == "cam"
         paths = nih_images(nih_sample, 2)
-        for path in paths:
+        for path, expected in zip(paths, expected_probabilities(checkpoint, paths), strict=True):
             result = onnx.post(path.read_bytes(), overlay="top").json()
             got = np.array([result["probabilities"][n] for n in model["classes"]])
-            assert np.abs(got - expected_probabilities(checkpoint, path)).max() < 1e-4
+            assert np.abs(got - expected).max() < 1e-4
             assert overlay_image(result["overlays"][result["top_finding"]]).size == (512, 512)
         assert onnx.post(b"not an image").status_code == 415
         saved = sorted(p.read_bytes() for p in kept.iterdir())
