@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench lint format clean
+.PHONY: setup browser demo test test-fast bench lint format clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,21 @@ $(STAMP): pyproject.toml setup.py
 demo: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python -m chexnet_pl.train experiment=demo
 
+# Debian's chromium + chromium-driver for the browser test of the web page (tests/test_serve.py).
+# Installed only when missing, and only as root with apt-get; otherwise that test skips, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (apt-get) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "apt-get could not install chromium: the browser test will skip"; \
+	else \
+		echo "chromium/chromedriver missing and apt-get unavailable or not root: the browser test will skip"; \
+	fi
+
 # The full suite (what CI runs through .ci/run).
-test: setup
+test: setup browser
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
 
 # For iterating: everything but the tests that train or launch commands (< 3 min on 2 cores).
@@ -32,6 +45,9 @@ bench: setup
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/heatmaps.py
 	$(BIN)/python benchmarks/subgroups.py
+	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/serve.py --backend torch
+	$(BIN)/python benchmarks/serve.py --backend onnx
 
 lint: setup
 	$(BIN)/ruff check .

@@ -127,16 +127,19 @@ def compose_cfg():
     GlobalHydra.instance().clear()
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, **data) -> Path:
-    """A randomly initialised DenseNet-121 (no download) saved as a loadable checkpoint, with the
-    data settings ``data`` (e.g. root=) that evaluate/predict read from checkpoints."""
+def random_checkpoint(
+    path: Path, backbone: str = "densenet121", image_size: int = 64, seed: int = 0, **data
+) -> Path:
+    """A randomly initialised model (no download) saved as a loadable checkpoint: weights,
+    hyperparameters, and the data settings ``data`` (e.g. root=) that the commands read from it."""
     import torch
 
     from chexnet_pl.models.module import CheXNetModule
 
     torch.manual_seed(seed)
-    model = CheXNetModule(pretrained=False)
+    model = CheXNetModule(backbone=backbone, pretrained=False)
     settings = {"image_size": image_size, "num_workers": 0, "eval_batch_size": 16, **data}
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "state_dict": model.state_dict(),

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_config, tiny_checkpoint
+from conftest import compose_config, random_checkpoint
 from PIL import Image
 
 from chexnet_pl.errors import DataError
@@ -119,7 +119,9 @@ def test_evaluate_with_temperature_then_predict_with_its_file(
     """The shared evaluation path (as at the end of `train`) reports calibration and subgroups;
     predict applies the stored parameters, and its tables say so."""
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    ckpt = tiny_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", root=str(synthetic_root))
+    ckpt = random_checkpoint(
+        tmp_path / "run" / "checkpoints" / "best.ckpt", image_size=32, root=str(synthetic_root)
+    )
     with caplog.at_level(logging.INFO):
         evaluate(compose_task("evaluate", tmp_path / "eval", f"ckpt={ckpt}", "data.num_workers=0",
                               "evaluation.bootstrap_samples=50", "evaluation.calibrate=temperature"))  # fmt: skip

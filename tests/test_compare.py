@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_config, tiny_checkpoint
+from conftest import compose_config, random_checkpoint
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import read_data_entry
@@ -182,8 +182,8 @@ def test_mismatched_images_are_an_error_unless_intersection(synthetic_root, tmp_
 
 @pytest.mark.slow
 def test_compare_two_checkpoints_on_the_same_split(synthetic_root, tmp_path):
-    first = tiny_checkpoint(tmp_path / "a.ckpt", seed=0, root=str(synthetic_root))
-    second = tiny_checkpoint(tmp_path / "b.ckpt", seed=1, root=str(synthetic_root))
+    first = random_checkpoint(tmp_path / "a.ckpt", image_size=32, seed=0, root=str(synthetic_root))
+    second = random_checkpoint(tmp_path / "b.ckpt", image_size=32, seed=1, root=str(synthetic_root))
     metrics = evaluate(
         compose_evaluate(
             tmp_path / "out", f"ckpt={first}", f"compare_ckpt={second}", "data.num_workers=0",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_config, tiny_checkpoint
+from conftest import compose_config, random_checkpoint
 from PIL import Image
 
 from chexnet_pl.data.images import read_gray
@@ -242,7 +242,7 @@ def compose_predict(output_dir: Path, *overrides: str):
 def test_predict_on_a_folder_mixing_png_jpeg_and_dicom(xrays, tmp_path):
     """Probabilities from each DICOM form equal the PNG's (1e-5); the folder's JPEG and a DICOM
     without a suffix are read too, and every image gets its overlay."""
-    ckpt = tiny_checkpoint(tmp_path / "model.ckpt", seed=3, image_size=32)
+    ckpt = random_checkpoint(tmp_path / "model.ckpt", image_size=32, seed=3)
     folder = tmp_path / "in"
     folder.mkdir()
     name, gray = xrays[0][0], xrays[0][1][::4, ::4].copy()  # 256 px: overlays draw faster

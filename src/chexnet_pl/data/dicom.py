@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -109,15 +110,17 @@ def _check_decodable(ds, path: Path) -> None:
         )  # fmt: skip
 
 
-def read_dicom(path: str | Path) -> np.ndarray:
-    """One DICOM file → HxW uint8 grayscale (see the module's steps); ImageReadError otherwise."""
+def read_dicom(source: str | Path | BinaryIO, name: str = "upload.dcm") -> np.ndarray:
+    """One DICOM file (a path, or an open binary stream called ``name`` in messages) → HxW uint8
+    grayscale (see the module's steps); ImageReadError otherwise."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_windowing
 
-    path = Path(path)
+    stream = source if hasattr(source, "read") else Path(source)
+    path = Path(name) if hasattr(source, "read") else Path(source)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(stream)
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
     except InvalidDicomError as exc:

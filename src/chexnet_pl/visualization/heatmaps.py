@@ -105,10 +105,20 @@ def class_activation_maps(
     _require_cam(model)
     model.eval()
     features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
-    weight = model.net.classifier.weight.float()
-    maps = torch.einsum("kc,bchw->bkhw", weight, features)
-    maps = F.interpolate(maps, size=size or images.shape[-2:], mode="bilinear", align_corners=False)
-    return _normalise(maps).cpu()
+    return cams_from_features(
+        features, model.net.classifier.weight.float(), size or images.shape[-2:]
+    ).cpu()
+
+
+def cams_from_features(
+    features: torch.Tensor, classifier_weight: torch.Tensor, size: tuple[int, int] | torch.Size
+) -> torch.Tensor:
+    """B×C×h×w features and the K×C classifier weight → B×K×H×W maps in [0, 1] at ``size``.
+
+    Plain tensor operations only, so exported graphs (ONNX, TorchScript) compute the same maps."""
+    maps = torch.einsum("kc,bchw->bkhw", classifier_weight, features)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return _normalise(maps)
 
 
 def grad_cam(

@@ -1,0 +1,135 @@
+"""The two ways the service runs the model: PyTorch (``ServedModel``) or ONNX Runtime (its export).
+
+Both take a uint8 N×1×H×W batch and give probabilities (N×K) and, where the model has them, the
+class activation maps of every class (N×K×H×W in [0, 1]). Backbones without a CAM head get a
+Grad-CAM map per asked finding from the PyTorch backend only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chexnet_pl.files import file_sha256
+from chexnet_pl.serving.card import find_thresholds, model_card, read_sidecar, sidecar_path
+from chexnet_pl.serving.export import onnx_bytes, onnx_session
+from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
+from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class Outputs:
+    probabilities: np.ndarray  # N×K
+    cams: np.ndarray | None  # N×K×H×W in [0, 1], or None for a head without CAM
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, module) -> None:
+        self.module = module.eval()
+        self.served = ServedModel(module, cams=cam_available(module)).eval()
+        self.has_cams = self.served.with_cams
+        self.heatmaps = "cam" if self.has_cams else "gradcam"
+        self.device = module.device
+
+    @torch.inference_mode()
+    def run(self, images: np.ndarray) -> Outputs:
+        outputs = self.served(torch.from_numpy(images).to(self.device))
+        if self.has_cams:
+            probabilities, cams = outputs
+            return Outputs(probabilities.float().cpu().numpy(), cams.float().cpu().numpy())
+        return Outputs(outputs.float().cpu().numpy(), None)
+
+    def grad_cam(self, image: np.ndarray, class_index: int) -> np.ndarray:
+        """One image's Grad-CAM map of one class (H×W in [0, 1]), for heads without CAM."""
+        return grad_cam(self.module, torch.from_numpy(image[None]), class_index)[0].numpy()
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, model: bytes | str | Path) -> None:
+        # Without spinning: 7.1 against 3.6 requests/s in benchmarks/serve.py on 2 cores.
+        self.session = onnx_session(model, spinning=False)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.has_cams = CAMS in self.outputs
+        self.heatmaps = "cam" if self.has_cams else "none"
+
+    def run(self, images: np.ndarray) -> Outputs:
+        results = dict(zip(self.outputs, self.session.run(None, {INPUT: images}), strict=True))
+        return Outputs(results[PROBABILITIES], results.get(CAMS))
+
+    def grad_cam(self, image: np.ndarray, class_index: int) -> np.ndarray:
+        raise ServingError(
+            "this ONNX model has no CAM output, and Grad-CAM needs PyTorch: serve with "
+            "backend=torch for heat maps"
+        )
+
+
+def load_backend(
+    checkpoint: str | Path,
+    backend: str = "torch",
+    onnx: str | Path | None = None,
+    image_size: int | None = None,
+    thresholds: str | Path | None = None,
+) -> tuple[TorchBackend | OnnxBackend, dict]:
+    """The backend and the model card (classes, image size, thresholds, checkpoint hash).
+
+    ``backend=onnx`` exports the checkpoint in memory at start (with CAMs where the head allows
+    them), or uses ``onnx`` (a file from ``chexnet_pl.export``) whose sidecar must name this
+    checkpoint's SHA-256.
+    """
+    from chexnet_pl.checkpoints import load_run
+
+    if backend not in BACKENDS:
+        raise ServingError(f"backend={backend!r}; use one of {BACKENDS}")
+    checkpoint = Path(checkpoint).expanduser()
+    run = load_run(checkpoint)
+    module, trained_size = run.model, run.image_size
+    sha256 = file_sha256(checkpoint)
+    image_size = int(image_size or trained_size)
+    if backend == "torch":
+        served: TorchBackend | OnnxBackend = TorchBackend(module)
+    elif onnx:
+        served = _onnx_from_file(Path(onnx).expanduser(), sha256)
+        image_size = int(read_sidecar(onnx)["image_size"])
+    else:
+        module = module.cpu().float()
+        log.info("exporting %s to ONNX in memory (backend=onnx)", checkpoint.name)
+        served = OnnxBackend(
+            onnx_bytes(ServedModel(module, cams=cam_available(module)), image_size)
+        )
+    values, source = find_thresholds(checkpoint, thresholds, module.class_names)
+    outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
+    card = model_card(
+        checkpoint, module.hparams.backbone, module.class_names, image_size, values, source,
+        outputs, checkpoint_sha256=sha256,
+    )  # fmt: skip
+    card["heatmaps"] = served.heatmaps
+    return served, card
+
+
+def _onnx_from_file(path: Path, checkpoint_sha256: str) -> OnnxBackend:
+    if not path.is_file():
+        raise ServingError(f"onnx={path} not found; export one with python -m chexnet_pl.export")
+    if not sidecar_path(path).is_file():
+        raise ServingError(
+            f"{sidecar_path(path)} not found: onnx= takes a file written by chexnet_pl.export, "
+            "whose JSON sidecar names the checkpoint it came from"
+        )
+    exported_from = read_sidecar(path).get("checkpoint_sha256")
+    if exported_from != checkpoint_sha256:
+        raise ServingError(
+            f"{path} was exported from a checkpoint with SHA-256 {exported_from}, not from ckpt= "
+            f"(SHA-256 {checkpoint_sha256}); export this checkpoint, or serve the one it came from"
+        )
+    return OnnxBackend(path)

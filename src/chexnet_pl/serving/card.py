@@ -1,0 +1,100 @@
+"""What travels with a served or exported model: class order, image size, preprocessing, the
+operating thresholds of its evaluation and the checkpoint's SHA-256 (the export's JSON sidecar and
+the web service's ``GET /model``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chexnet_pl.files import file_sha256
+from chexnet_pl.models.backbones import backbone_spec
+from chexnet_pl.serving.served_model import INPUT
+from chexnet_pl.visualization.inputs import thresholds_from
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def find_thresholds(
+    checkpoint: str | Path, aucs_csv: str | Path | None, class_names: list[str]
+) -> tuple[list[float], str | None]:
+    """Per-class operating thresholds and where they came from.
+
+    ``aucs_csv`` (an evaluation's aucs.csv) when given; else an ``aucs.csv`` beside the checkpoint
+    or in its run folder (``<run>/checkpoints/best.ckpt`` → ``<run>/aucs.csv``, which ``train``
+    writes for its best checkpoint); else 0.5 for every class (source ``None``).
+    """
+    if not aucs_csv:
+        checkpoint = Path(checkpoint).expanduser()
+        found = [p / "aucs.csv" for p in (checkpoint.parent, checkpoint.parent.parent)]
+        aucs_csv = next((p for p in found if p.is_file()), None)
+        if aucs_csv is not None:
+            log.info("operating thresholds from %s (found beside the checkpoint)", aucs_csv)
+    if not aucs_csv:
+        log.info("no aucs.csv given or found beside the checkpoint: thresholds are 0.5")
+        return [DEFAULT_THRESHOLD] * len(class_names), None
+    values = thresholds_from(aucs_csv, class_names)
+    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(class_names),))
+    return [float(v) for v in values], str(aucs_csv)
+
+
+def preprocessing(backbone: str, image_size: int) -> dict[str, Any]:
+    """How an image becomes the model's input (what a client outside this package must do)."""
+    spec = backbone_spec(backbone)
+    return {
+        "decode": "8-bit grayscale: colour and alpha dropped (PIL 'L'), 16-bit rescaled by its "
+        "range (chexnet_pl.data.images.to_uint8_gray)",
+        "resize": f"area interpolation to {image_size}x{image_size}, no crop, aspect not kept "
+        "(OpenCV INTER_AREA, a whole-factor step first: chexnet_pl.data.transforms.area_resize)",
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 1, image_size, image_size]},
+        "normalisation": "inside the model: x / 255, gray repeated to 3 channels, (x - mean) / std",
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+
+
+def model_card(
+    checkpoint: str | Path,
+    backbone: str,
+    class_names: list[str],
+    image_size: int,
+    thresholds: list[float],
+    thresholds_source: str | None,
+    outputs: list[str],
+    checkpoint_sha256: str | None = None,
+) -> dict[str, Any]:
+    checkpoint = Path(checkpoint).expanduser()
+    return {
+        "classes": list(class_names),
+        "image_size": int(image_size),
+        "backbone": backbone,
+        "outputs": outputs,
+        "preprocessing": preprocessing(backbone, image_size),
+        "thresholds": dict(zip(class_names, thresholds, strict=True)),
+        "thresholds_source": thresholds_source
+        or f"none found: {DEFAULT_THRESHOLD} for every class",
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256 or file_sha256(checkpoint),
+    }
+
+
+def sidecar_path(model_file: str | Path) -> Path:
+    """``best.onnx`` → ``best.onnx.json`` (one per exported file, whatever its format)."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+def write_sidecar(model_file: str | Path, card: dict[str, Any]) -> Path:
+    path = sidecar_path(model_file)
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def read_sidecar(model_file: str | Path) -> dict[str, Any]:
+    return json.loads(sidecar_path(model_file).read_text())

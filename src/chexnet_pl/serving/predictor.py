@@ -1,0 +1,116 @@
+"""A decoded X-ray → probabilities, the prediction table and heat-map overlays, through the one
+model-owning worker (``BatchingQueue``)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from chexnet_pl.data.transforms import area_resize
+from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
+from chexnet_pl.serving.batching import BatchingQueue
+from chexnet_pl.serving.decode import UploadError
+from chexnet_pl.visualization.figures import overlay, prediction_table, upsample
+
+# Which heat maps a request wants: none, the most probable finding's, every finding's, or one.
+HEAT_CHOICES = ("none", "top", "all")
+
+
+@dataclass
+class Job:
+    image: np.ndarray  # H×W uint8 at the model's input size
+    heat: str | int  # "none" | "top" | "all" | a class index
+
+
+@dataclass
+class JobResult:
+    probabilities: np.ndarray  # K
+    maps: dict[int, np.ndarray] = field(default_factory=dict)  # class index → H×W in [0, 1]
+
+
+class Predictor:
+    """Owns the backend through a batching worker; safe to call from many threads."""
+
+    def __init__(self, backend: TorchBackend | OnnxBackend, card: dict, max_batch: int = 8) -> None:
+        self.backend = backend
+        self.card = card
+        self.class_names: list[str] = list(card["classes"])
+        self.image_size = int(card["image_size"])
+        self.thresholds = [float(card["thresholds"][name]) for name in self.class_names]
+        self.queue: BatchingQueue[Job, JobResult] = BatchingQueue(self._run_batch, max_batch)
+
+    def heat_choice(self, value: str) -> str | int:
+        """``none`` / ``top`` / ``all`` / a finding's name (→ its index); else a 422."""
+        if value != "none" and self.backend.heatmaps == "none":
+            raise UploadError(
+                422, f"overlay={value!r}: this model has no heat maps on the {self.backend.name} "
+                "backend (no CAM output; Grad-CAM needs backend=torch); use overlay=none",
+            )  # fmt: skip
+        if value in HEAT_CHOICES:
+            return value
+        if value in self.class_names:
+            return self.class_names.index(value)
+        raise UploadError(
+            422, f"overlay={value!r}: use one of {[*HEAT_CHOICES, *self.class_names]}"
+        )
+
+    def model_input(self, gray: np.ndarray) -> np.ndarray:
+        """Full-resolution gray → the model's H×W uint8 input (as in evaluation)."""
+        return area_resize(gray, self.image_size)
+
+    def submit(self, image: np.ndarray, heat: str | int = "none") -> Future[JobResult]:
+        """``image``: ``model_input``'s output. The result comes from the model's worker."""
+        return self.queue.submit(Job(image, heat))
+
+    def _chosen(self, heat: str | int, probabilities: np.ndarray) -> list[int]:
+        if heat == "none":
+            return []
+        if heat == "top":
+            return [int(np.argmax(probabilities))]
+        if heat == "all":
+            return list(range(len(self.class_names)))
+        return [int(heat)]
+
+    def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
+        images = np.stack([job.image for job in jobs])[:, None]
+        outputs = self.backend.run(np.ascontiguousarray(images))
+        results = []
+        for i, job in enumerate(jobs):
+            probabilities = outputs.probabilities[i]
+            chosen = self._chosen(job.heat, probabilities)
+            if outputs.cams is not None:
+                maps = {k: outputs.cams[i, k] for k in chosen}
+            else:
+                maps = {k: self.backend.grad_cam(images[i], k) for k in chosen}
+            results.append(JobResult(probabilities, maps))
+        return results
+
+    def table(self, probabilities: np.ndarray) -> pd.DataFrame:
+        """The ``predict`` table: finding, probability, threshold, above it; most probable first."""
+        table = prediction_table(probabilities, self.class_names, thresholds=self.thresholds)
+        return table.rename(columns={"predicted": "above_threshold"})
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+def overlay_png(gray: np.ndarray, heat: np.ndarray, max_side: int = 512) -> str:
+    """The heat map blended on the X-ray (shrunk so its longer side is ``max_side``), as a PNG
+    data URL."""
+    height, width = gray.shape
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    blended = overlay(gray, upsample(heat, gray.shape))
+    buffer = io.BytesIO()
+    Image.fromarray(blended).save(buffer, format="PNG", compress_level=3)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,57 @@
+"""The model as it is served: uint8 N×1×H×W in, probabilities (and optionally the class
+activation maps of every class) out, with the backbone's normalisation inside.
+
+One module for every consumer — the ONNX and TorchScript exports trace it, and the web service's
+PyTorch backend runs it — so the exported graphs and the served PyTorch model are the same
+computation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from chexnet_pl.errors import ChexnetError
+from chexnet_pl.visualization.heatmaps import cam_available, cams_from_features
+
+PROBABILITIES = "probabilities"
+CAMS = "cams"
+INPUT = "images"
+
+
+class ServingError(ChexnetError, ValueError):
+    """A model cannot be exported or served as asked (backbone, option, file)."""
+
+
+class ServedModel(nn.Module):
+    """``images`` (uint8 N×1×H×W) → ``probabilities`` (N×K) [, ``cams`` (N×K×H×W in [0, 1])].
+
+    ``cams=True`` needs a head that is global average pooling + one linear layer (see
+    ``visualization.heatmaps``); the maps are those of ``class_activation_maps``.
+    """
+
+    def __init__(self, module: nn.Module, cams: bool = False) -> None:
+        super().__init__()
+        if cams and not cam_available(module):
+            backbone = module.hparams.get("backbone", type(module.net).__name__)
+            raise ServingError(
+                f"cams=true needs a backbone whose head is global average pooling + one linear "
+                f"layer; {backbone}'s head is {module.net.head_description}. Export without cams "
+                "(cams=false); its heat maps need Grad-CAM, which runs in PyTorch only."
+            )
+        self.normalizer = module.normalizer
+        self.net = module.net
+        self.with_cams = cams
+        self.class_names = list(module.class_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [PROBABILITIES, CAMS] if self.with_cams else [PROBABILITIES]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(self.normalizer(images))
+        probabilities = torch.sigmoid(self.net.forward_head(features))
+        if not self.with_cams:
+            return probabilities
+        cams = cams_from_features(features, self.net.classifier.weight, images.shape[-2:])
+        return probabilities, cams
