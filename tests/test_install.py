@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
-            "import-weights")  # fmt: skip
+            "import-weights", "export", "serve")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_wheel_carries_every_config_and_module(wheel):
     }
     assert configs and configs <= names, sorted(configs - names)
     assert modules <= names, sorted(modules - names)
-    assert "chexnet_pl/py.typed" in names
+    assert {"chexnet_pl/py.typed", "chexnet_pl/serving/page.html"} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert all(f"chexnet-{c} = " in scripts for c in COMMANDS), scripts
