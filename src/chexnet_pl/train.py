@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
-from chexnet_pl.callbacks import AtomicCheckpointIO
+from chexnet_pl.callbacks import AtomicCheckpointIO, SyncFreeProgressBar
 from chexnet_pl.errors import ChexnetError, DataError, TrainingError, WeightsError
 from chexnet_pl.evaluation.predictions import cpu_has_fast_bf16
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
@@ -136,6 +136,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("ckpt_path"):
         check_resumable(model, cfg.ckpt_path)
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(SyncFreeProgressBar())  # Lightning's own reads the device every step
     loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(
