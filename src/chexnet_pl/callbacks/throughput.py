@@ -55,7 +55,9 @@ class Throughput(pl.Callback):
     def __init__(self) -> None:
         self._train = _Clock()
         self._eval = _Clock()
-        self.train_rates: list[float] = []  # every measured interval, for benchmarks
+        # every measured interval (images/s) and when it ended (time.time()), for benchmarks
+        self.train_rates: list[float] = []
+        self.train_marks: list[float] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train = _Clock()
@@ -73,6 +75,7 @@ class Throughput(pl.Callback):
             rate = self._train.rate(pl_module.device)
             if not math.isnan(rate):
                 self.train_rates.append(rate)
+                self.train_marks.append(time.time())
                 pl_module.log("train/img_s", rate, on_step=True, on_epoch=False, batch_size=1)
             self._train.start(pl_module.device)
 

@@ -61,6 +61,10 @@ def resolve_num_workers(setting: int | str) -> int:
         raise ValueError(f"data.num_workers={setting!r}; use a number or auto") from None
 
 
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
+
+
 def bytes_needed(rows: int, image_size: int, classes: int) -> int:
     return rows * (image_size * image_size + 4 * classes)
 
@@ -93,13 +97,13 @@ def choose_loader(
     available = free_memory(device)
     if needed > share * available:
         problems.append(
-            f"the images need {needed / 1e9:.2f} GB, more than data.device_memory_share={share} "
-            f"of the {available / 1e9:.2f} GB free on {device}"
+            f"the images need {_size(needed)}, more than data.device_memory_share={share} "
+            f"of the {_size(available)} free on {device}"
         )
     if not problems:
         return "device", (
-            f"{needed / 1e9:.2f} GB of prepared images fit in {share:.0%} of the "
-            f"{available / 1e9:.2f} GB free on {device}"
+            f"{_size(needed)} of prepared images fit in {share:.0%} of the "
+            f"{_size(available)} free on {device}"
         )
     if mode == "device":
         raise ValueError("; ".join(problems))
