@@ -274,7 +274,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def bare_steps(device: torch.device, size: int, batch: int, steps: int) -> dict[str, float]:
+def bare_steps(
+    device: torch.device, size: int, batch: int, steps: int, warmup: int = 3
+) -> dict[str, float]:
     """Plain PyTorch step (fp32, NCHW, float input) and the project's bare step, no data."""
     labels = torch.randint(0, 2, (batch, NUM_CLASSES), device=device).float()
     criterion = torch.nn.BCEWithLogitsLoss()
@@ -302,7 +304,7 @@ def bare_steps(device: torch.device, size: int, batch: int, steps: int) -> dict[
 
     rates = {}
     for name, step in (("plain", plain_step), ("project", project_step)):
-        for _ in range(3):
+        for _ in range(warmup):
             step()
         _sync()
         start = time.perf_counter()
@@ -340,7 +342,7 @@ def print_table(rows: list[dict], plain: dict[int, dict]) -> None:
               f"{row['sm']:>15}{compiled}")  # fmt: skip
     for row in rows:
         if "eval" in row:
-            print(f"{'evaluation (predict, batch 256), ' + row['what'].split(', ')[1]:<34}"
+            print(f"{'eval (predict), ' + row['what'].split(', ')[1]:<34}"
                   f"{'256':>6}{rate(row['eval']):>9}")  # fmt: skip
 
 
@@ -392,7 +394,10 @@ def main() -> None:
     build_cache(root, args.size, workers=os.cpu_count() or 1, progress=False)
     log.info("prepare: %.0f s", time.perf_counter() - mark)
 
-    plain = {b: bare_steps(device, args.size, b, max(args.steps // 4, 2)) for b in args.batches}
+    warmup = 1 if args.quick else 3
+    plain = {
+        b: bare_steps(device, args.size, b, max(args.steps // 4, 2), warmup) for b in args.batches
+    }
     UTIL = Utilisation()
     rows = []
     try:

@@ -30,7 +30,9 @@ from chexnet_pl.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
-DATA_OVERRIDES = ("root", "csv", "image_size", "num_workers", "eval_batch_size", "missing_images")
+DATA_OVERRIDES = (
+    "root", "csv", "image_size", "num_workers", "eval_batch_size", "missing_images", "loader",
+)  # fmt: skip
 
 
 def datamodule_from_checkpoint(
