@@ -170,8 +170,7 @@ def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, fl
                                    device)  # fmt: skip
             loader = DeviceLoader(on_device, 16, shuffle=True, seed=0, augment=BatchAugment())
             rate = device_loader_rate(loader, epochs=20)
-            rows_out.append((f"loading, cached ({size} px, device path on {device.type})",
-                             baseline, rate))  # fmt: skip
+            rows_out.append((f"loading, cached ({size} px, device path)", baseline, rate))
     return rows_out
 
 
