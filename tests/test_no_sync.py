@@ -55,6 +55,7 @@ def watched_reads(on_read):
             setattr(torch.Tensor, name, original)
 
 
+@pytest.mark.slow
 def test_training_step_never_reads_a_tensor_back(make_cfg, monkeypatch):
     step = CheXNetModule.training_step
     calls = []

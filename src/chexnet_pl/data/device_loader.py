@@ -177,6 +177,10 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.augment = augment
         self.sampler = EpochOrder(len(data), seed, shuffle)
+        on_cpu = data.images.device.type == "cpu"
+        # NumPy views of CPU-resident data: its gather is single-threaded, while torch's parallel
+        # one leaves OpenMP threads spinning against OpenCV's warps (~800 vs ~7,000 img/s).
+        self._host = (data.images.numpy(), data.labels.numpy()) if on_cpu else None
 
     def __len__(self) -> int:
         count = len(self.data) / self.batch_size
@@ -185,18 +189,15 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[dict]:
         order_generator, augment_rng = self.sampler.generators()
         order = self.sampler.order(order_generator)
-        device = self.data.images.device
-        on_device = order.to(device)
+        on_device = order.to(self.data.images.device)
         host_order = order.numpy()  # names are looked up on the host: no device read per batch
         for index in range(len(self)):
             start = index * self.batch_size
             host_rows = host_order[start : start + self.batch_size]
-            if device.type == "cpu":
-                # NumPy's gather is single-threaded; torch's parallel one leaves OpenMP threads
-                # spinning against OpenCV's warps (measured: ~800 instead of ~7,000 img/s).
+            if self._host is not None:
                 rows = torch.from_numpy(host_rows)
-                images = torch.from_numpy(self.data.images.numpy()[host_rows])
-                labels = torch.from_numpy(self.data.labels.numpy()[host_rows])
+                images = torch.from_numpy(self._host[0][host_rows])
+                labels = torch.from_numpy(self._host[1][host_rows])
             else:
                 rows = on_device[start : start + self.batch_size]
                 images = self.data.images.index_select(0, rows)
