@@ -1,6 +1,6 @@
 """The project's data and compute paths against the common CheXNet reimplementation pattern.
 
-    .venv/bin/python benchmarks/speed.py [--device auto|cpu|cuda] [--quick]
+    .venv/bin/python benchmarks/speed.py [--device auto|cpu|cuda] [--quick] [--loading-only]
 
 Everything runs in this one process on this machine, side by side, and each line prints the
 baseline, the project's figure and their ratio. The baseline is the usual pattern, written as a
@@ -26,8 +26,10 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import open_cache
 from chexnet_pl.data.dataset import NIHChestXray
+from chexnet_pl.data.device_loader import DeviceLoader, load_split
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.evaluation.predictions import autocast_context
@@ -37,7 +39,7 @@ from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-sample"
 NUM_CLASSES = 15
-TARGETS = {  # ratio to the baseline this project aims for on a 2-core CPU (issue 6)
+TARGETS = {  # ratio to the baseline this project aims for on a 2-core CPU (issues 6 and 16)
     "loading, cached": 30.0,
     "loading, raw PNG": 1.5,
     "training": 2.2,
@@ -87,6 +89,39 @@ def loader_rate(dataset: Dataset, workers: int, batch_size: int = 16, epochs: in
     return count / (time.perf_counter() - start)
 
 
+def device_loader_rate(loader: DeviceLoader, epochs: int) -> float:
+    """Images/s of the device path's batches (index, augment, dict), timed like ``loader_rate``."""
+    count, start = 0, None
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            count += len(batch["name"])
+    _sync(loader.data.images.device)
+    return count / (time.perf_counter() - start)
+
+
+def augment_rates(device: torch.device, batch: int = 16) -> list[tuple[str, float, float]]:
+    """Batched flip + affine at 224 px: OpenCV per image vs one grid_sample (issue 16)."""
+    images = torch.randint(0, 256, (batch, 224, 224), dtype=torch.uint8, device=device)
+    rates = {}
+    for warp in ("opencv", "grid") if device.type == "cpu" else ("grid",):
+        augment, rng = BatchAugment(warp=warp), np.random.default_rng(0)
+        augment(images, rng)
+        _sync(device)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 2:
+            augment(images, rng)
+            count += batch
+        _sync(device)
+        rates[warp] = count / (time.perf_counter() - start)
+    if "opencv" in rates:
+        return [("augment a batch: grid_sample vs OpenCV (CPU)", rates["grid"], rates["opencv"])]
+    return []
+
+
 def steps_rate(step, batch_size: int, steps: int, device: torch.device) -> float:
     step()  # warm-up (allocations, cuDNN autotuning)
     step()
@@ -104,7 +139,7 @@ def _sync(device: torch.device) -> None:
 
 
 # -- the figures ------------------------------------------------------------------------------
-def loading(rows: int, workers: int) -> list[tuple[str, float, float]]:
+def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, float, float]]:
     images = sorted(str(p) for p in (SAMPLE / "images").glob("*.png"))
     if not images:
         raise SystemExit(f"the NIH sample images are not in {SAMPLE}")
@@ -130,6 +165,12 @@ def loading(rows: int, workers: int) -> list[tuple[str, float, float]]:
             )
             rate = loader_rate(cached, workers, epochs=6)
             rows_out.append((f"loading, cached ({size} px cache)", baseline, rate))
+            # The device path (data.loader=device): the same rows resident on the device
+            on_device = load_split(cache, cached.cache_rows, labels, table["Image Index"], 224,
+                                   device)  # fmt: skip
+            loader = DeviceLoader(on_device, 16, shuffle=True, seed=0, augment=BatchAugment())
+            rate = device_loader_rate(loader, epochs=20)
+            rows_out.append((f"loading, cached ({size} px, device path)", baseline, rate))
     return rows_out
 
 
@@ -311,6 +352,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (all paths)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per compute figure")
     parser.add_argument("--quick", action="store_true", help="fewer rows and steps (a smoke run)")
+    parser.add_argument("--loading-only", action="store_true", help="only the loading figures")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.steps = 64, 1
@@ -331,12 +373,14 @@ def main() -> None:
     )
 
     rows = []
-    rows += loading(args.rows, args.workers)
-    rows += training(device, compute_steps)
-    rows += inference(device, compute_steps)
-    rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
-    if device.type == "cpu":
-        rows += heatmaps(224)
+    rows += loading(args.rows, args.workers, device)
+    rows += augment_rates(device)
+    if not args.loading_only:
+        rows += training(device, compute_steps)
+        rows += inference(device, compute_steps)
+        rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
+        if device.type == "cpu":
+            rows += heatmaps(224)
 
     print(f"\n{'figure (images/s)':<42}{'baseline':>10}{'project':>10}{'ratio':>8}{'target':>9}")
     for label, base, project in rows:

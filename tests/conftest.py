@@ -4,6 +4,7 @@ and the project's real Hydra configs composed for tiny runs."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_MODULE
 from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -52,6 +54,16 @@ def synthetic_root(tmp_path_factory) -> Path:
         prevalence=0.25,
         seed=1,
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory, synthetic_root) -> Path:
+    """``synthetic_root`` copied, with a prepared 32 px cache (the tests' image size), so
+    ``data.loader=auto`` takes the device path; shared, so treat it as read-only."""
+    root = tmp_path_factory.mktemp("synthetic_cached") / "nih"
+    shutil.copytree(synthetic_root, root)
+    build_cache(root, size=32, workers=1, progress=False)
+    return root
 
 
 def small_datamodule(root: Path, **overrides) -> NIHDataModule:

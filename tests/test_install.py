@@ -4,6 +4,7 @@ carries its configs and console scripts, and trains from an empty folder."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,10 +20,18 @@ COMMANDS = ("train", "evaluate", "predict", "visualize", "localize", "download",
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of what the sdist would hold, so the clone gets no build/ or egg-info.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("src", "conf"):
+        shutil.copytree(
+            REPO / name, source / name, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+        )
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(REPO)],
+         "--wheel-dir", str(out), str(source)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     (path,) = out.glob("chexnet_pl-*.whl")

@@ -8,9 +8,12 @@ point at their ``main``. Library code lives in the subpackages.
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf import DictConfig
@@ -21,9 +24,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The repository's conf/ folder, installed as the package ``chexnet_pl.conf`` (see setup.py): found
-# the same way in a clone, an editable install and a wheel.
+# the same way in an editable install and a wheel. A source tree used without installing
+# (PYTHONPATH=src, as on a bare GPU host) has it beside src/.
 CONFIG_MODULE = "chexnet_pl.conf"
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+SOURCE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+_INSTALLED = importlib.util.find_spec(CONFIG_MODULE) is not None
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}" if _INSTALLED else str(SOURCE_CONFIG_DIR)
+
+
+def config_dir() -> Path:
+    """The folder of the Hydra configs (for ``initialize_config_dir`` and reading a YAML file)."""
+    if _INSTALLED:
+        return Path(str(importlib.resources.files(CONFIG_MODULE)))
+    return SOURCE_CONFIG_DIR
 
 
 def _in_multirun() -> bool:

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
+from chexnet_pl.callbacks import SyncFreeProgressBar
 from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, user_errors_exit
 from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
@@ -67,6 +68,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("ckpt_path"):
         check_resumable(model, cfg.ckpt_path)
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(SyncFreeProgressBar())  # Lightning's own reads the device every step
     loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(

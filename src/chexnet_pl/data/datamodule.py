@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import ImageCache, StaleCache, cache_folder, check_sources, open_cache
 from chexnet_pl.data.dataset import NIHChestXray
+from chexnet_pl.data.device_loader import (
+    LOADERS,
+    DeviceImages,
+    DeviceLoader,
+    bytes_needed,
+    choose_loader,
+    load_split,
+    resolve_num_workers,
+)
 from chexnet_pl.data.image_check import find_bad_images
 from chexnet_pl.data.images import find_images
 from chexnet_pl.data.nih_table import IMAGE, VIEW, find_data_entry, label_matrix, read_data_entry
@@ -49,6 +58,12 @@ class NIHDataModule(pl.LightningDataModule):
             size to use (default: the smallest prepared size ≥ ``image_size``).
         synthetic: keyword arguments of ``generate_synthetic_nih``; when set, ``prepare_data``
             writes that dataset into ``root`` if it is not there yet.
+        num_workers: DataLoader workers, or auto (the usable cores − 1, at most 16).
+        loader: auto, workers (DataLoader) or device (``data.device_loader``: the split's cached
+            images held on the training device). auto picks device when a valid cache covers
+            the images and they fit in ``device_memory_share`` of the device's free memory (of
+            the available RAM on a CPU).
+        seed: seeds the device path's per-epoch order and augmentation (the run's ``seed``).
     """
 
     def __init__(
@@ -61,7 +76,7 @@ class NIHDataModule(pl.LightningDataModule):
         image_size: int = 224,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
-        num_workers: int = 4,
+        num_workers: int | str = "auto",
         pin_memory: bool = True,
         missing_images: str = "error",
         on_bad_image: str = "error",
@@ -73,6 +88,9 @@ class NIHDataModule(pl.LightningDataModule):
         cache: str = "auto",
         cache_dir: str | None = None,
         cache_size: int | None = None,
+        loader: str = "auto",
+        device_memory_share: float = 0.5,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         # Plain values, stored in checkpoints so evaluation can rebuild the same data and split.
@@ -87,6 +105,12 @@ class NIHDataModule(pl.LightningDataModule):
             raise DataError(f"data.on_bad_image={on_bad_image!r}; use one of {MISSING_POLICIES}")
         if cache not in CACHE_MODES:
             raise DataError(f"data.cache={cache!r}; use one of {CACHE_MODES}")
+        if loader not in LOADERS:
+            raise DataError(f"data.loader={loader!r}; use one of {LOADERS}")
+        if not 0 < float(device_memory_share) <= 1:
+            raise DataError(
+                f"data.device_memory_share={device_memory_share!r}; use a share in (0, 1]"
+            )
         self.root = Path(root).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         self.pathologies = class_names(include_no_finding)
@@ -95,8 +119,11 @@ class NIHDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = min(int(num_workers), os.cpu_count() or 1)
-        if self.num_workers < int(num_workers):
+        try:
+            self.num_workers = resolve_num_workers(num_workers)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        if num_workers != "auto" and self.num_workers < int(num_workers):
             log.info(
                 "data.num_workers=%s capped at this machine's %d CPU cores",
                 num_workers,
@@ -117,6 +144,10 @@ class NIHDataModule(pl.LightningDataModule):
         self.table: pd.DataFrame | None = None
         self.labels: np.ndarray | None = None
         self.datasets: dict[str, NIHChestXray] = {}
+        self.loader_mode, self.device_memory_share = loader, float(device_memory_share)
+        self.seed = int(seed if seed is not None else self.split_args.get("seed") or 0)
+        self.loader_kind: str | None = None  # workers | device, chosen at the first loader
+        self.on_device: dict[str, DeviceImages] = {}
 
     @property
     def num_classes(self) -> int:
@@ -324,12 +355,57 @@ class NIHDataModule(pl.LightningDataModule):
         negatives = len(labels) - positives
         return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _data_device(self) -> torch.device:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _device_data(self, name: str) -> DeviceImages | None:
+        """``name``'s images on the training device when the device path is chosen, else None."""
+        if self.loader_kind is None:
+            device = self._data_device()
+            rows = sum(len(d) for d in self.datasets.values())
+            try:
+                self.loader_kind, why = choose_loader(
+                    self.loader_mode,
+                    self.image_cache is not None,
+                    bytes_needed(rows, self.image_size, self.num_classes),
+                    device,
+                    self.device_memory_share,
+                    self.trainer.world_size if self.trainer is not None else 1,
+                )
+            except ValueError as exc:
+                build = f"chexnet-prepare root={self.root} size={self.image_size}"
+                raise DataError(
+                    f"data.loader=device cannot be used: {exc}. Use data.loader=workers (or "
+                    f"auto), or prepare a cache with: {build}"
+                ) from exc
+            log.info("data loading: %s (%s)", self.loader_kind, why)
+        if self.loader_kind != "device":
+            return None
+        if name not in self.on_device:
+            dataset = self.datasets[name]
+            self.on_device[name] = load_split(
+                dataset.cache, dataset.cache_rows, dataset.labels, dataset.table[IMAGE].tolist(),
+                self.image_size, self._data_device(),
+            )  # fmt: skip
+        return self.on_device[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader | DeviceLoader:
         if name not in self.datasets:
             self.setup()
         dataset = self.datasets[name]
         if len(dataset) == 0:
             raise DataError(f"the {name} split has no images; check data.split")
+        if (on_device := self._device_data(name)) is not None:
+            return DeviceLoader(
+                on_device,
+                self.batch_size if shuffle else self.eval_batch_size,
+                shuffle=shuffle,
+                seed=self.seed,
+                augment=BatchAugment(**self.augment) if shuffle else None,  # training only
+                drop_last=shuffle and len(dataset) > self.batch_size,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
@@ -340,12 +416,15 @@ class NIHDataModule(pl.LightningDataModule):
             drop_last=shuffle and len(dataset) > self.batch_size,
         )
 
-    def eval_dataloader(self, split: str, image_size: int | None = None) -> DataLoader:
+    def eval_dataloader(
+        self, split: str, image_size: int | None = None
+    ) -> DataLoader | DeviceLoader:
         """Deterministic, ordered batches of ``split``, optionally resized to another size (TTA)."""
         if split not in self.datasets:
             self.setup()
-        if split != "train" and (image_size is None or image_size == self.image_size):
-            return self._loader(split, shuffle=False)  # val and test already use the eval transform
+        if image_size is None or image_size == self.image_size:
+            if split != "train" or self._device_data(split) is not None:
+                return self._loader(split, shuffle=False)  # unaugmented on either path
         source = self.datasets[split]
         resize = eval_transform(image_size or self.image_size)  # never training augmentation here
         size = image_size or self.image_size

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import logging
 import math
 import pickle
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from chexnet_pl.errors import TrainingError, WeightsError
+from chexnet_pl.errors import WeightsError
 from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
+from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,9 @@ def default_recipe() -> tuple[dict, dict]:
     defaults live in that file only, for the configs and for modules built in Python alike."""
     from omegaconf import OmegaConf
 
-    from chexnet_pl.cli import CONFIG_MODULE
+    from chexnet_pl.cli import config_dir
 
-    source = importlib.resources.files(CONFIG_MODULE).joinpath("model", "chexnet.yaml")
-    model_cfg = OmegaConf.create(source.read_text())
+    model_cfg = OmegaConf.load(config_dir() / "model" / "chexnet.yaml")
     return (
         OmegaConf.to_container(model_cfg.optimizer),
         OmegaConf.to_container(model_cfg.scheduler),
@@ -42,6 +42,9 @@ def default_recipe() -> tuple[dict, dict]:
 
 # Weight of each auxiliary classifier's loss (GoogLeNet's two), as in the GoogLeNet paper.
 AUX_LOSS_WEIGHT = 0.3
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# How often the training loss is read back to check it is finite, when the trainer logs never.
+DEFAULT_CHECK_EVERY = 50
 
 
 class CheXNetModule(pl.LightningModule):
@@ -64,6 +67,12 @@ class CheXNetModule(pl.LightningModule):
         compile: ``torch.compile`` the training forward (``compile_backend``: inductor, or eager
             to check tracing only). Evaluation, prediction and heat maps run the eager network,
             and checkpoints hold the same keys either way.
+        compile_mode: inductor's mode: default, reduce-overhead (CUDA graphs), max-autotune,
+            max-autotune-no-cudagraphs. Other backends ignore it.
+
+    The training step never waits for the device: the loss is checked for NaN/inf once every
+    ``trainer.log_every_n_steps`` steps (when Lightning logs anyway), at the end of each epoch
+    and before every checkpoint, and the error names the first bad step and its images.
     """
 
     def __init__(
@@ -79,9 +88,12 @@ class CheXNetModule(pl.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
+        compile_mode: str = "default",
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"model.compile_mode={compile_mode!r}; use one of {COMPILE_MODES}")
         class_names = list(class_names) if class_names else make_class_names(include_no_finding)
         include_no_finding = NO_FINDING in class_names
         default_optimizer, default_scheduler = default_recipe()
@@ -100,11 +112,15 @@ class CheXNetModule(pl.LightningModule):
                 "channels_last": channels_last,
                 "compile": compile,
                 "compile_backend": compile_backend,
+                "compile_mode": compile_mode,
                 "class_names": class_names,
             }
         )
         self.class_names = class_names
         self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
+        self.loss_guard = NonFiniteLossGuard()
+        self.compile_seconds: float | None = None  # the first (compiling) training step's time
+        self._first_step_started: float | None = None
         self.normalizer = create_normalizer(backbone)
         # Weights come from the checkpoint when loading one; never download again then.
         self.net = create_backbone(
@@ -114,7 +130,9 @@ class CheXNetModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("loss_pos_weight", torch.ones(len(self.class_names)))
 
-        self.train_loss = MeanMetric()
+        # "disable": torchmetrics' NaN check reads the value back every step (a host sync);
+        # non-finite losses are caught by ``loss_guard`` instead.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_auroc = PerClassAUROC(len(self.class_names))
@@ -156,13 +174,17 @@ class CheXNetModule(pl.LightningModule):
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.get("compile") and self._train_forward is None:
+            backend = self.hparams.get("compile_backend", "inductor")
+            mode = self.hparams.get("compile_mode", "default")
+            options = {"mode": mode} if backend == "inductor" and mode != "default" else {}
             # Kept out of the module tree (plain attribute): state_dict keys stay unchanged.
             self.__dict__["_train_forward"] = torch.compile(
-                self.net.forward_with_aux, backend=self.hparams.get("compile_backend", "inductor")
+                self.net.forward_with_aux, backend=backend, **options
             )
             log.info(
-                "compiling the training forward with torch.compile (%s)",
-                self.hparams.compile_backend,
+                "compiling the training forward with torch.compile (backend %s, mode %s)",
+                backend,
+                mode if backend == "inductor" else "n/a",
             )
         if stage == "fit" and self.hparams.pos_weight and self.trainer is not None:
             weights = torch.as_tensor(self.trainer.datamodule.pos_weight())
@@ -188,23 +210,44 @@ class CheXNetModule(pl.LightningModule):
             loss = head_loss + AUX_LOSS_WEIGHT * aux_loss
             self.log("train/aux_loss", aux_loss.detach(), on_step=True, on_epoch=True,
                      batch_size=len(logits))  # fmt: skip
-        if not torch.isfinite(loss):
-            names = list(batch["name"])
-            raise TrainingError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step "
-                f"{self.global_step}, batch {batch_idx}; its images: {names[:16]}"
-                f"{' ...' if len(names) > 16 else ''}. Lower model.optimizer.lr, or check those images."
-            )
+        # No `if not torch.isfinite(loss)` here: that waits for the device every step.
+        self.loss_guard.record(loss, self.current_epoch, self.global_step, batch_idx, batch["name"])
         self.train_loss(head_loss.detach())  # comparable across backbones: no auxiliary terms
-        self.log(
-            "train/loss",
-            self.train_loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(logits),
-        )
+        # Not prog_bar: Lightning turns progress-bar values into Python numbers every step (a
+        # sync); ``callbacks.SyncFreeProgressBar`` shows it at each logging step instead.
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, batch_size=len(logits))
         return loss
+
+    def _check_every(self) -> int:
+        every = int(getattr(self.trainer, "log_every_n_steps", 0) or 0)
+        return every if every > 0 else DEFAULT_CHECK_EVERY
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.get("compile") and self.compile_seconds is None:
+            self._first_step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self._check_every()
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if len(self.loss_guard) >= every or self.global_step % every == 0 or last:
+            self.loss_guard.check()
+        if self._first_step_started is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_seconds = time.perf_counter() - self._first_step_started
+            self._first_step_started = None
+            log.info("first training step, compiling included: %.1f s", self.compile_seconds)
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"compile_s": self.compile_seconds}, step=self.global_step)
+
+    def on_train_epoch_end(self) -> None:
+        self.loss_guard.check()
+
+    def on_validation_start(self) -> None:
+        self.loss_guard.check()  # never validate (or checkpoint) weights a NaN step produced
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_guard.check()
 
     def _eval_step(
         self, batch: dict, loss_metric: MeanMetric, auroc: PerClassAUROC, stage: str
@@ -258,6 +301,8 @@ class CheXNetModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)
+        if optimizer.defaults.get("fused"):
+            log.info("fused %s optimizer on %s", type(optimizer).__name__, self.device)
         scheduler_cfg = dict(self.hparams.scheduler)
         name = scheduler_cfg.pop("name", "none")
         if name == "none":
@@ -281,16 +326,30 @@ class CheXNetModule(pl.LightningModule):
         raise ValueError(f"unknown model.scheduler.name {name!r}; use plateau, cosine or none")
 
 
+def use_fused(setting: bool | str | None, parameters: list[torch.Tensor]) -> bool | None:
+    """``fused``: auto (default) → True when every parameter is on CUDA (one kernel per step for
+    all parameters instead of several per tensor), else the optimizer's own default; true/false."""
+    if setting in (None, "auto"):
+        on_cuda = bool(parameters) and all(p.device.type == "cuda" for p in parameters)
+        return True if on_cuda else None
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"model.optimizer.fused={setting!r}; use auto, true or false")
+
+
 def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Adam (the paper: lr 1e-3, betas 0.9/0.999), AdamW, or SGD with momentum."""
+    """Adam (the paper: lr 1e-3, betas 0.9/0.999), AdamW, or SGD with momentum; fused on CUDA."""
     settings = dict(settings)
+    parameters = list(parameters)
     name = str(settings.pop("name", "adam")).lower()
     lr = float(settings.pop("lr"))
     weight_decay = float(settings.pop("weight_decay", 0.0))
+    tensors = [p for p in parameters if isinstance(p, torch.Tensor)]
+    fused = use_fused(settings.pop("fused", "auto"), tensors)
     if name in ("adam", "adamw"):
         betas = tuple(float(b) for b in settings.pop("betas", (0.9, 0.999)))
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+        return cls(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(
             parameters,
@@ -298,6 +357,7 @@ def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Opti
             momentum=float(settings.pop("momentum", 0.9)),
             nesterov=bool(settings.pop("nesterov", False)),
             weight_decay=weight_decay,
+            fused=fused,
         )
     raise ValueError(f"unknown model.optimizer.name {name!r}; use adam, adamw or sgd")
 

@@ -1,1 +1,0 @@
-"""Evaluation: predictions stored once, per-class AUROC with bootstrap CIs, operating points, curves."""

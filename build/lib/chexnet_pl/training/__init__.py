@@ -1,1 +1,0 @@
-"""What a training run needs around the Trainer: pre-flight checks, checkpoint I/O, run records."""

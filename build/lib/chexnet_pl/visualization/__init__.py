@@ -1,1 +1,0 @@
-"""Heat maps (CAM, Grad-CAM family), overlays on the X-ray, prediction tables."""
