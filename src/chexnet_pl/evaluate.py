@@ -26,6 +26,7 @@ from chexnet_pl.evaluation.runner import (
     score_and_write,
 )
 from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.settings import check_evaluation
 from chexnet_pl.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def load_model(checkpoint: Path) -> CheXNetModule:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
     output_dir = Path(cfg.paths.output_dir)
+    check_evaluation(cfg.evaluation)
     settings = EvaluationSettings.from_config(cfg.evaluation)
     split = cfg.split
     if split not in ("train", "val", "test"):

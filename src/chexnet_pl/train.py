@@ -25,6 +25,7 @@ from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.reporting import auroc_table, format_auroc_table
 from chexnet_pl.run_info import run_info
+from chexnet_pl.settings import check_heatmap_method, check_train_config
 from chexnet_pl.sweep import RUN_SUMMARY
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def _instantiate_all(section: DictConfig | None) -> list:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, then test."""
+    check_train_config(cfg)  # every setting, before anything is built
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, float(cfg.paths.get("min_free_gb", 1.0)))
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -131,6 +133,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
     check_input_size(model, int(cfg.data.image_size))
+    visualization = (cfg.get("callbacks") or {}).get("visualization")
+    if visualization and int(visualization.get("n_images", 0)) > 0:
+        check_heatmap_method(model, "callbacks.visualization.method", visualization.method)
     if cfg.get("init_from"):
         init_from_checkpoint(model, cfg.init_from)
     if cfg.get("ckpt_path"):

@@ -15,6 +15,7 @@ from chexnet_pl.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SPLIT_METHODS = ("official", "patient", "file")
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 
@@ -162,6 +163,6 @@ def make_split(
             raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
         split = file_split(table, file)
     else:
-        raise DataError(f"unknown data.split.method {method!r}; use official, patient or file")
+        raise DataError(f"unknown data.split.method {method!r}; use one of {SPLIT_METHODS}")
     assert_no_patient_leak(table, split)
     return split

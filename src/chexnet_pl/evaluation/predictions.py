@@ -22,13 +22,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from chexnet_pl.data.nih_table import IMAGE
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError, shown
 from chexnet_pl.labels import FINDINGS, class_names
 
 log = logging.getLogger(__name__)
 
 PROB = "prob_"
 TTA_MODES = ("none", "hflip", "tencrop")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TENCROP_RESIZE = 256 / 224  # arnoweng/CheXNet: resize 256, ten 224 crops
 
 
@@ -80,7 +81,7 @@ def _probabilities(
         crops = torch.cat(TF.ten_crop(images, [crop, crop]))  # (10·B)×1×crop×crop
         probs = torch.sigmoid(model(crops).float())
         return probs.view(10, len(images), -1).mean(0)
-    raise ValueError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
+    raise ConfigError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
 
 
 @torch.inference_mode()
@@ -94,7 +95,9 @@ def predict(
 ) -> pd.DataFrame:
     """Probabilities for every image the loader yields, batch by batch (images are not kept)."""
     if tta not in TTA_MODES:
-        raise ValueError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
+        raise ConfigError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown evaluation.precision {precision!r}; use one of {PRECISIONS}")
     model.eval()
     device = next(model.parameters()).device
     rows, image_names = [], []
@@ -139,7 +142,7 @@ def read_predictions(
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{path}, line {i + 2}, column {column}: {table[column].iloc[i]!r} is not a probability "
+                f"{path}, line {i + 2}, column {column}: {shown(table[column].iloc[i])} is not a probability "
                 f"in [0, 1] ({int(bad.sum())} bad value(s) in that column)"
             )
         table[column] = values.astype(np.float64)

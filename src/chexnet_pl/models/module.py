@@ -13,13 +13,15 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from chexnet_pl.errors import TrainingError, WeightsError
+from chexnet_pl.errors import ConfigError, TrainingError, WeightsError
 from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
 
 log = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "none")
 DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0}
 DEFAULT_SCHEDULER = {"name": "plateau", "monitor": "val/loss", "factor": 0.1, "patience": 1}
 # Weight of each auxiliary classifier's loss (GoogLeNet's two), as in the GoogLeNet paper.
@@ -253,7 +255,7 @@ class CheXNetModule(pl.LightningModule):
                 optimizer, T_max=max_epochs, eta_min=float(scheduler_cfg.get("eta_min", 0.0))
             )
             return {"optimizer": optimizer, "lr_scheduler": scheduler}
-        raise ValueError(f"unknown model.scheduler.name {name!r}; use plateau, cosine or none")
+        raise ConfigError(f"unknown model.scheduler.name {name!r}; use one of {SCHEDULERS}")
 
 
 def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -274,7 +276,7 @@ def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Opti
             nesterov=bool(settings.pop("nesterov", False)),
             weight_decay=weight_decay,
         )
-    raise ValueError(f"unknown model.optimizer.name {name!r}; use adam, adamw or sgd")
+    raise ConfigError(f"unknown model.optimizer.name {name!r}; use one of {OPTIMIZERS}")
 
 
 def _plain(value: Any) -> Any:

@@ -27,7 +27,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ChexnetError, ConfigError
 
 GRAD_METHODS = {
     "gradcam": GradCAM,
@@ -55,13 +55,13 @@ def cam_available(model) -> bool:
 def resolve_method(model, method: str) -> str:
     """``auto`` → ``cam`` where the head allows it, else ``gradcam``; unknown names are an error."""
     if method not in METHODS:
-        raise ValueError(f"unknown heat-map method {method!r}; use one of {METHODS}")
+        raise ConfigError(f"unknown heat-map method {method!r}; use one of {METHODS}")
     if method == "auto":
         return "cam" if cam_available(model) else "gradcam"
     return method
 
 
-def _require_cam(model) -> None:
+def require_cam(model) -> None:
     if cam_available(model):
         return
     backbone = model.hparams.get("backbone", type(model.net).__name__)
@@ -90,7 +90,7 @@ def class_activation_maps(
     CAM_k = Σ_c w_kc · f_c — the classifier applied at every position of the last feature map.
     Raises ``CAMUnavailableError`` for a head where that is not the class's evidence.
     """
-    _require_cam(model)
+    require_cam(model)
     model.eval()
     features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
     weight = model.net.classifier.weight.float()
@@ -104,7 +104,7 @@ def grad_cam(
 ) -> torch.Tensor:
     """One class's map per image (B×H×W in [0, 1]) by a ``grad-cam`` method."""
     if method not in GRAD_METHODS:
-        raise ValueError(f"unknown heat-map method {method!r}; use one of {METHODS}")
+        raise ConfigError(f"unknown heat-map method {method!r}; use one of {METHODS}")
     model.eval()
     inputs = model.prepare_input(images.to(model.device)).contiguous()
     with GRAD_METHODS[method](model=model.net, target_layers=[model.net.features]) as explainer:
