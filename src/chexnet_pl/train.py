@@ -18,7 +18,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
 from chexnet_pl.callbacks import AtomicCheckpointIO
-from chexnet_pl.errors import ChexnetError, DataError, TrainingError, WeightsError
+from chexnet_pl.errors import (
+    ChexnetError,
+    DataError,
+    ImageReadError,
+    TrainingError,
+    WeightsError,
+)
 from chexnet_pl.evaluation.predictions import cpu_has_fast_bf16
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
 from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
@@ -45,19 +51,31 @@ def resolve_precision(requested: str | int, accelerator: str = "auto") -> str | 
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
-def _unwrap_worker_error(exc: RuntimeError) -> Exception:
+def _unwrap_worker_error(exc: Exception, on_bad_image: str = "error") -> Exception:
     """A DataLoader worker's ImageReadError reaches here as a RuntimeError holding its traceback
-    as text; give the user the error itself, not the worker's stack."""
+    as text; give the user the error itself, not the worker's stack, and advice that fits."""
     text = str(exc)
-    if "Caught ImageReadError" not in text:
+    if isinstance(exc, ImageReadError):
+        reason = text
+    elif "Caught ImageReadError" in text:
+        line = next(
+            (x for x in reversed(text.splitlines()) if "ImageReadError: " in x),
+            text.splitlines()[0],
+        )
+        reason = line.split("ImageReadError: ", 1)[-1]
+    else:
         return exc
-    line = next(
-        (x for x in reversed(text.splitlines()) if "ImageReadError: " in x), text.splitlines()[0]
-    )
-    reason = line.split("ImageReadError: ", 1)[-1]
-    return DataError(
-        f"{reason}. Replace the file, or set data.on_bad_image=skip to leave such images out."
-    )
+    if on_bad_image == "skip":
+        advice = (
+            "data.on_bad_image=skip replaces such images only in the training split (skipping one "
+            "would change what validation and test measure); the val and test images of "
+            "data.decode_check were decoded before training, so this file changed since or its "
+            "split is not in data.decode_check. Replace the file, or add its split to "
+            "data.decode_check so such files are left out before training."
+        )
+    else:
+        advice = "Replace the file, or set data.on_bad_image=skip to leave such images out."
+    return DataError(f"{reason}. {advice}")
 
 
 def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
@@ -161,7 +179,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except RuntimeError as exc:
-        raise _unwrap_worker_error(exc) from exc
+        raise _unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error")) from exc
+    except ImageReadError as exc:
+        raise _unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error")) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         _write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
@@ -229,7 +249,20 @@ def _evaluate_best(
     else:
         log.warning("no best checkpoint was saved; evaluating the weights at the end of training")
     settings = EvaluationSettings.from_config(cfg.get("evaluation"))
-    table, metrics = evaluate_model(model, datamodule, output_dir, settings, "test", best or None)
+    try:
+        table, metrics = evaluate_model(
+            model, datamodule, output_dir, settings, "test", best or None
+        )
+    except (ChexnetError, RuntimeError) as exc:
+        # Hours of training are not lost to one file: say so, and how to evaluate again.
+        problem = _unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error"))
+        if not isinstance(problem, ChexnetError):
+            raise
+        rerun = f"python -m chexnet_pl.evaluate ckpt={best}" if best else "the evaluate command"
+        raise TrainingError(
+            f"training finished and its checkpoints are kept, but the test evaluation failed: "
+            f"{problem} Then evaluate with: {rerun}"
+        ) from exc
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()
