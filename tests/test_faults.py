@@ -411,3 +411,70 @@ def test_evaluation_failing_after_training_keeps_the_run_and_says_how_to_evaluat
     assert f"cannot read image {path}" in message
     assert f"python -m chexnet_pl.evaluate ckpt={run}/checkpoints/best.ckpt" in message
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "run_summary.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def damaged_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A real checkpoint cut in half, an empty file, a text file and random bytes named .ckpt."""
+    import pytorch_lightning as pl
+
+    folder = tmp_path_factory.mktemp("damaged")
+    trainer = pl.Trainer(
+        max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(CheXNetModule())
+    good = folder / "good.ckpt"
+    trainer.save_checkpoint(good)
+    data = good.read_bytes()
+    contents = {"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n",
+                "random": np.random.default_rng(0).bytes(4096)}  # fmt: skip
+    for name, content in contents.items():
+        (folder / f"{name}.ckpt").write_bytes(content)
+    return {name: folder / f"{name}.ckpt" for name in contents}
+
+
+def test_damaged_checkpoints_are_said_to_be_damaged_wherever_read(
+    damaged_checkpoints, make_cfg, synthetic_root, tmp_path
+):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from chexnet_pl.evaluate import evaluate
+    from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
+    from chexnet_pl.predict import predict
+    from chexnet_pl.train import CONFIG_DIR
+
+    def composed(name: str, *overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(name, overrides=[f"paths.output_dir={tmp_path / name}", *overrides])
+        GlobalHydra.instance().clear()
+        return cfg
+
+    image = next((synthetic_root / "images").iterdir())
+    for kind, path in damaged_checkpoints.items():
+        damaged = rf"^{re.escape(str(path))} is damaged or not a checkpoint \(\w+"
+        readers = {
+            "read_checkpoint": lambda p=path: read_checkpoint(p),
+            "load_from_checkpoint": lambda p=path: CheXNetModule.load_from_checkpoint(p),
+            "init_from": lambda p=path: init_from_checkpoint(CheXNetModule(), p),
+            "evaluate": lambda p=path: evaluate(composed("evaluate", f"ckpt={p}")),
+            "predict": lambda p=path: predict(composed("predict", f"ckpt={p}", f"image={image}")),
+        }
+        for reader, read in readers.items():
+            with pytest.raises(WeightsError, match=damaged):
+                read()
+            print(kind, reader, "ok")
+    with pytest.raises(WeightsError, match=r"is damaged or not a checkpoint .*copy it again"):
+        train(make_cfg(f"ckpt_path={damaged_checkpoints['truncated']}"))
+
+
+def test_damaged_checkpoint_on_the_command_line_is_one_line(damaged_checkpoints, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "chexnet_pl.evaluate", f"ckpt={damaged_checkpoints['truncated']}",
+         f"hydra.run.dir={tmp_path / 'eval'}"],
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "is damaged or not a checkpoint (RuntimeError: PytorchStreamReader" in run.stdout
+    assert "Traceback" not in run.stderr + run.stdout

@@ -25,6 +25,7 @@ from chexnet_pl.evaluation.runner import (
     log_to_wandb,
     score_and_write,
 )
+from chexnet_pl.models.init_from import read_checkpoint
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.settings import check_evaluation
 from chexnet_pl.train import CONFIG_DIR
@@ -38,9 +39,7 @@ def datamodule_from_checkpoint(
     checkpoint: Path, data_cfg: DictConfig, output_dir: Path, include_no_finding: bool
 ) -> NIHDataModule:
     """The data and split the checkpoint was trained with; ``data.*`` given here take precedence."""
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "datamodule_hyper_parameters"
-    )
+    stored = read_checkpoint(checkpoint).get("datamodule_hyper_parameters")
     if not stored:
         if not data_cfg.get("root"):
             raise DataError(f"{checkpoint} holds no data settings; give data.root=/path/to/nih")

@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from chexnet_pl.errors import ConfigError, TrainingError, WeightsError
 from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
+from chexnet_pl.models.init_from import read_checkpoint
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,11 @@ class CheXNetModule(pl.LightningModule):
             return super().load_from_checkpoint(
                 checkpoint_path, map_location=map_location, weights_only=True, **kwargs
             )
-        except pickle.UnpicklingError as exc:
-            raise WeightsError(
-                f"{checkpoint_path} needs arbitrary unpickling to load, which is refused "
-                f"(weights_only=True): {str(exc).splitlines()[0][:200]}"
-            ) from exc
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as exc:
+            if isinstance(exc, WeightsError):
+                raise
+            read_checkpoint(checkpoint_path)  # a damaged or unsafe file: said plainly
+            raise  # the file reads: this is another problem, shown as it is
 
     # -- inference ---------------------------------------------------------------------------
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
