@@ -478,3 +478,43 @@ def test_damaged_checkpoint_on_the_command_line_is_one_line(damaged_checkpoints,
     assert run.returncode == 2
     assert "is damaged or not a checkpoint (RuntimeError: PytorchStreamReader" in run.stdout
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def _immutable(folder: Path) -> bool:
+    """``chattr +i``: unwritable even for root (a read-only run folder; tests run as root here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    except FileNotFoundError:  # no chattr
+        return False
+
+
+def _run_command(module: str, *overrides: str) -> tuple[int, str]:
+    run = subprocess.run([sys.executable, "-m", module, *overrides], env=ENV, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_unwritable_run_folder_is_one_line_before_hydra_writes(tmp_path, synthetic_root):
+    """Hydra makes the run folder and opens its log file there before the command runs; a folder
+    under a file, or a read-only one, gave Hydra's traceback (NotADirectoryError / "Unable to
+    configure handler 'file'")."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cases = [("chexnet_pl.train", "hydra.run.dir", blocker / "run",
+              ("experiment=demo", f"data.root={synthetic_root}", "data.synthetic=null")),
+             ("chexnet_pl.data.prepare", "hydra.sweep.dir", blocker / "sweep",
+              ("-m", f"root={synthetic_root}"))]  # fmt: skip
+    read_only = tmp_path / "read_only"
+    try:
+        if _immutable(read_only):  # as root, only an immutable folder refuses writes
+            cases.append(("chexnet_pl.data.prepare", "hydra.run.dir", read_only,
+                          (f"root={synthetic_root}",)))  # fmt: skip
+        for module, key, folder, overrides in cases:
+            status, output = _run_command(module, *overrides, f"{key}={folder}")
+            assert status == 2, (module, folder, output[-2000:])
+            assert f"cannot write to the run folder {folder}: " in output, output[-2000:]
+            assert f"Choose a writable one with {key}=" in output
+            assert "Traceback" not in output and "Error executing job" not in output
+    finally:
+        subprocess.run(["chattr", "-i", str(read_only)], capture_output=True)

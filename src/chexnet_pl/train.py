@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
 from chexnet_pl.callbacks import AtomicCheckpointIO
+from chexnet_pl.cli import unwritable_reason
 from chexnet_pl.errors import (
     ChexnetError,
     DataError,
@@ -80,16 +81,12 @@ def _unwrap_worker_error(exc: Exception, on_bad_image: str = "error") -> Excepti
 
 def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
     """Fail before training, not at the first checkpoint, when outputs cannot be written."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
+    reason = unwritable_reason(output_dir)
+    if reason is not None:
         raise TrainingError(
-            f"cannot write to the output folder {output_dir}: {exc.strerror or exc}. "
+            f"cannot write to the output folder {output_dir}: {reason}. "
             "Choose another with hydra.run.dir=... (or paths.output_dir=...)"
-        ) from exc
+        )
     free_gb = shutil.disk_usage(output_dir).free / 1e9
     if free_gb < min_free_gb:
         raise TrainingError(
