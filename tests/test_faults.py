@@ -414,18 +414,37 @@ def test_evaluation_failing_after_training_keeps_the_run_and_says_how_to_evaluat
 
 
 @pytest.fixture(scope="module")
-def damaged_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A real checkpoint cut in half, an empty file, a text file and random bytes named .ckpt."""
+def model_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint saved by a real Trainer with no data settings in it (like an imported one)."""
     import pytorch_lightning as pl
 
-    folder = tmp_path_factory.mktemp("damaged")
     trainer = pl.Trainer(
         max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
     trainer.strategy.connect(CheXNetModule())
-    good = folder / "good.ckpt"
-    trainer.save_checkpoint(good)
-    data = good.read_bytes()
+    path = tmp_path_factory.mktemp("model_only") / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _compose(name: str, output_dir: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from chexnet_pl.train import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", *overrides])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def damaged_checkpoints(tmp_path_factory, model_checkpoint) -> dict[str, Path]:
+    """A real checkpoint cut in half, an empty file, a text file and random bytes named .ckpt."""
+    folder = tmp_path_factory.mktemp("damaged")
+    data = model_checkpoint.read_bytes()
     contents = {"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n",
                 "random": np.random.default_rng(0).bytes(4096)}  # fmt: skip
     for name, content in contents.items():
@@ -436,20 +455,12 @@ def damaged_checkpoints(tmp_path_factory) -> dict[str, Path]:
 def test_damaged_checkpoints_are_said_to_be_damaged_wherever_read(
     damaged_checkpoints, make_cfg, synthetic_root, tmp_path
 ):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from chexnet_pl.evaluate import evaluate
     from chexnet_pl.models.init_from import init_from_checkpoint, read_checkpoint
     from chexnet_pl.predict import predict
-    from chexnet_pl.train import CONFIG_DIR
 
     def composed(name: str, *overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(name, overrides=[f"paths.output_dir={tmp_path / name}", *overrides])
-        GlobalHydra.instance().clear()
-        return cfg
+        return _compose(name, tmp_path / name, *overrides)
 
     image = next((synthetic_root / "images").iterdir())
     for kind, path in damaged_checkpoints.items():
@@ -518,3 +529,46 @@ def test_unwritable_run_folder_is_one_line_before_hydra_writes(tmp_path, synthet
             assert "Traceback" not in output and "Error executing job" not in output
     finally:
         subprocess.run(["chattr", "-i", str(read_only)], capture_output=True)
+
+
+def test_localize_without_data_root_never_reads_the_current_folder(
+    model_checkpoint, synthetic_root, tmp_path, monkeypatch
+):
+    from chexnet_pl.localize import localize
+
+    monkeypatch.chdir(tmp_path)  # a box list here must not be picked up
+    shutil.copy(synthetic_root / "BBox_List_2017.csv", tmp_path / "BBox_List_2017.csv")
+    cfg = _compose("localize", tmp_path / "out", f"ckpt={model_checkpoint}")
+    with pytest.raises(DataError, match=r"^give data.root=/path/to/nih .*does not name one"):
+        localize(cfg)
+
+
+def test_predict_a_folder_with_unreadable_files(model_checkpoint, synthetic_root, tmp_path):
+    """Every readable image is predicted; the others are listed with their reason."""
+    from chexnet_pl.predict import predict
+
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    good = sorted((synthetic_root / "images").iterdir())[:2]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    png = good[0].read_bytes()
+    bad = {"empty.png": b"", "notes.png": b"patient notes\n", "cut.png": png[: len(png) // 2],
+           "corrupt.png": _corrupt_middle(png)}  # fmt: skip
+    for name, content in bad.items():
+        (folder / name).write_bytes(content)
+    out = tmp_path / "out"
+    predict(_compose("predict", out, f"ckpt={model_checkpoint}", f"images={folder}",
+                     f"out={out}", "image_size=32"))  # fmt: skip
+    predicted = pd.read_csv(out / "predictions.csv")
+    assert sorted(predicted["Image Index"]) == sorted(p.name for p in good)
+    skipped = pd.read_csv(out / "skipped.csv").set_index("Image Index")["reason"]
+    assert sorted(skipped.index) == sorted(bad)
+    assert skipped["empty.png"] == "empty file (0 bytes)"
+    assert skipped["corrupt.png"].startswith("corrupt or truncated")
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"none of the 1 image\(s\) could be read .*empty.png"):
+        predict(_compose("predict", tmp_path / "o2", f"ckpt={model_checkpoint}",
+                         f"images={only_bad}", "image_size=32"))  # fmt: skip

@@ -14,18 +14,21 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import run_or_exit
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.train import CONFIG_DIR
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.heatmaps import METHODS
-from chexnet_pl.visualization.inputs import image_files, load_model, read_xrays, thresholds_from
+from chexnet_pl.visualization.inputs import image_files, load_model, read_readable, thresholds_from
 
 log = logging.getLogger(__name__)
+
+SKIPPED = "skipped.csv"  # images of images= that could not be read, with the reason
 
 
 def predict(cfg: DictConfig) -> Path:
     """Write ``predictions.csv`` (Image Index, prob_<Class>...) and, per image, its prediction table
-    and overlays of its ``top_k`` most probable findings. Returns the output folder."""
+    and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
+    ``skipped.csv`` (an error only when none can). Returns the output folder."""
     if cfg.method not in METHODS:
         raise ChexnetError(f"method={cfg.method!r}; use one of {METHODS}")
     out_dir = Path(cfg.out or cfg.paths.output_dir)
@@ -33,9 +36,12 @@ def predict(cfg: DictConfig) -> Path:
     image_size = int(cfg.image_size or trained_size)
     paths = image_files(cfg.image, cfg.images)
     thresholds = thresholds_from(cfg.thresholds, model.class_names)
-    frames = []
+    frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
-        xrays = read_xrays(paths[start : start + int(cfg.batch_size)])
+        xrays, unreadable = read_readable(paths[start : start + int(cfg.batch_size)])
+        skipped.extend(unreadable)
+        if not xrays:
+            continue
         frames.append(
             explain(
                 model,
@@ -46,6 +52,18 @@ def predict(cfg: DictConfig) -> Path:
                 thresholds=thresholds,
                 top_k=int(cfg.top_k),
             )
+        )
+    if skipped:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        listing = pd.DataFrame(skipped, columns=["Image Index", "reason"])
+        listing.to_csv(out_dir / SKIPPED, index=False)
+        lines = "".join(f"\n  {name}: {reason}" for name, reason in skipped[:10])
+        log.warning("%d of %d image(s) could not be read (all in %s):%s",
+                    len(skipped), len(paths), out_dir / SKIPPED, lines)  # fmt: skip
+    if not frames:
+        raise DataError(
+            f"none of the {len(paths)} image(s) could be read (each with its reason in "
+            f"{out_dir / SKIPPED}), e.g. {skipped[0][0]}: {skipped[0][1]}"
         )
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out_dir / "predictions.csv", index=False)

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from chexnet_pl.data.images import IMAGE_SUFFIXES, read_gray
-from chexnet_pl.errors import DataError, WeightsError
+from chexnet_pl.errors import DataError, ImageReadError, WeightsError
 from chexnet_pl.models.init_from import read_checkpoint
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.visualization.explain import XRay
@@ -51,6 +51,17 @@ def image_files(image: str | None, images: str | None) -> list[Path]:
 
 def read_xrays(paths: list[Path]) -> list[XRay]:
     return [XRay(p.name, read_gray(p)) for p in paths]
+
+
+def read_readable(paths: list[Path]) -> tuple[list[XRay], list[tuple[str, str]]]:
+    """The images that decode, and (file name, reason) for each that does not."""
+    xrays, unreadable = [], []
+    for path in paths:
+        try:
+            xrays.append(XRay(path.name, read_gray(path)))
+        except ImageReadError as exc:
+            unreadable.append((path.name, exc.reason))
+    return xrays, unreadable
 
 
 def thresholds_from(aucs_csv: str | Path | None, class_names: list[str]) -> list[float] | float:
