@@ -572,3 +572,66 @@ def test_predict_a_folder_with_unreadable_files(model_checkpoint, synthetic_root
     with pytest.raises(DataError, match=r"none of the 1 image\(s\) could be read .*empty.png"):
         predict(_compose("predict", tmp_path / "o2", f"ckpt={model_checkpoint}",
                          f"images={only_bad}", "image_size=32"))  # fmt: skip
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie has exited; only its parent (here the container's init) has yet to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_prepare_workers_exit_when_prepare_is_killed(tmp_path, caplog):
+    """SIGKILL the parent mid-build: its decoding processes must not idle on, orphaned; a rerun
+    resumes from the chunks that were finished."""
+    import cv2
+
+    from chexnet_pl.data.cache import open_cache
+    from chexnet_pl.data.prepare import build_cache
+
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    big = tmp_path / "big.png"  # 2048 px of noise: ~50 ms to decode, so the build takes seconds
+    noise = np.random.default_rng(0).integers(0, 256, (2048, 2048), dtype=np.uint8)
+    cv2.imwrite(str(big), noise, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    for i in range(120):
+        os.link(big, root / "images" / f"{i:08d}_000.png")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chexnet_pl.data.prepare", f"root={root}", "size=32", "workers=2",
+         "chunk_size=1", "progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
+        env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    status = root / "prepared" / "32px.partial" / "status.u8"
+    deadline, workers = time.time() + 180, []
+    while time.time() < deadline and process.poll() is None:
+        workers = _children(process.pid)
+        if len(workers) >= 2 and status.exists() and any(status.read_bytes()):
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, "prepare ended before it could be killed"
+    done = sum(1 for b in status.read_bytes() if b)
+    assert len(workers) >= 2 and 0 < done < 120
+    deadline = time.time() + 20
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "orphaned workers are still running"
+    with caplog.at_level(logging.INFO):
+        folder = build_cache(root, size=32, workers=1, progress=False)
+    assert "resuming" in caplog.text and "already done" in caplog.text
+    cache = open_cache(folder, 32)
+    assert cache.count == 120 and (cache.index["status"] == "ok").all()
