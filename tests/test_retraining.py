@@ -277,4 +277,20 @@ def test_ddp_on_cpu_with_two_processes(synthetic_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stderr + result.stdout
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    # data.batch_size=8 is the global batch: 4 images per process.
+    assert "global batch 8 = 2 process(es) x 4 images" in output
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "aucs.csv").is_file()
+
+
+def test_global_batch_is_split_across_processes(make_cfg):
+    from chexnet_pl.data.datamodule import split_global_batch
+    from chexnet_pl.errors import ConfigError
+
+    assert split_global_batch(16, 1) == 16 and split_global_batch(16, 8) == 2
+    with pytest.raises(ConfigError, match=r"data.batch_size=16 .* across the 3 training processes"):
+        split_global_batch(16, 3)
+    cfg = make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "data.batch_size=7")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data.batch_size=7 .* 2 training processes; .*e.g. 6"):
+        train(cfg)  # refused before any process is started
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from chexnet_pl.callbacks import AtomicCheckpointIO
 from chexnet_pl.cli import unwritable_reason
+from chexnet_pl.data.datamodule import split_global_batch
 from chexnet_pl.errors import (
     ChexnetError,
     DataError,
@@ -170,6 +171,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer_cfg, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )
     log.info("precision %s on %s", trainer_cfg["precision"], trainer.accelerator.__class__.__name__)
+    per_process = split_global_batch(int(cfg.data.batch_size), trainer.world_size)
+    log.info(
+        "global batch %d = %d process(es) x %d images (data.batch_size is the global batch)",
+        per_process * trainer.world_size, trainer.world_size, per_process,
+    )  # fmt: skip
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

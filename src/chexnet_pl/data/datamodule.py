@@ -22,7 +22,7 @@ from chexnet_pl.data.images import find_images
 from chexnet_pl.data.nih_table import IMAGE, VIEW, find_data_entry, label_matrix, read_data_entry
 from chexnet_pl.data.splits import SPLITS, make_split
 from chexnet_pl.data.transforms import eval_transform, train_transform
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.labels import class_names
 
 log = logging.getLogger(__name__)
@@ -376,20 +376,27 @@ class NIHDataModule(pl.LightningDataModule):
         negatives = len(labels) - positives
         return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
 
+    @property
+    def process_batch_size(self) -> int:
+        """This process's share of ``batch_size`` (the global training batch) under DDP."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return split_global_batch(self.batch_size, world_size)
+
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:
             self.setup()
         dataset = self.datasets[name]
         if len(dataset) == 0:
             raise DataError(f"the {name} split has no images; check data.split")
+        batch_size = self.process_batch_size if name == "train" else self.eval_batch_size
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if name == "train" else self.eval_batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=shuffle and len(dataset) > batch_size,
         )
 
     def eval_dataloader(self, split: str, image_size: int | None = None) -> DataLoader:
@@ -425,3 +432,15 @@ class NIHDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def split_global_batch(batch_size: int, world_size: int) -> int:
+    """``data.batch_size`` is the global training batch (the paper's 16 stays 16 on 8 GPUs, at the
+    same learning rate); each of ``world_size`` processes loads its share."""
+    if world_size < 1 or batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} is the global batch and must divide evenly across the "
+            f"{world_size} training processes; use a multiple of {world_size} (e.g. "
+            f"{max(world_size, batch_size // world_size * world_size)})"
+        )
+    return batch_size // world_size
