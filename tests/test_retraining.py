@@ -185,10 +185,14 @@ def test_same_seed_same_metrics_and_run_info(make_cfg, tmp_path):
         )
     )
     assert first["val/loss"] == second["val/loss"] and first["val/auroc"] == second["val/auroc"]
-    assert info["packages"]["torch"] == torch.__version__.split("+")[0] or info["packages"][
-        "torch"
-    ].startswith("2.")
-    assert "git_commit" in info and info["packages"]["pytorch-lightning"]
+    import hydra
+    import pytorch_lightning
+
+    # The versions of the packages that ran, exactly (a local build suffix such as +cu130 aside).
+    assert info["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert info["packages"]["pytorch-lightning"] == pytorch_lightning.__version__
+    assert info["packages"]["hydra-core"] == hydra.__version__
+    assert len(info["git_commit"] or "0" * 40) == 40
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["best_epoch"] in (0, 1) and summary["checkpoint"].endswith("best.ckpt")
     assert (run / "config_resolved.yaml").is_file()
@@ -294,3 +298,54 @@ def test_global_batch_is_split_across_processes(make_cfg):
     with pytest.raises(ConfigError, match=r"data.batch_size=7 .* 2 training processes; .*e.g. 6"):
         train(cfg)  # refused before any process is started
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_run_summary_names_the_monitored_metric(make_cfg):
+    """With monitor=val/loss the best value is a loss, recorded as one (before: as best_val_auroc)."""
+    cfg = make_cfg("callbacks.model_checkpoint.monitor=val/loss",
+                   "callbacks.model_checkpoint.mode=min", "trainer.max_epochs=2", "test=false")  # fmt: skip
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    summary = json.loads((run / "run_summary.json").read_text())
+    losses = epoch_metrics(run)["val/loss"]
+    assert (summary["monitor"], summary["mode"]) == ("val/loss", "min")
+    assert summary["best_monitor"] == pytest.approx(losses.min(), abs=1e-6)
+    assert summary["best_epoch"] == int(losses.idxmin()) and "best_val_auroc" not in summary
+
+
+def test_sweep_summary_sorts_by_the_monitors_direction(tmp_path):
+    from chexnet_pl.sweep import write_summary
+
+    (tmp_path / "summary").mkdir()
+    rows = [
+        {
+            "job": 0,
+            "status": "COMPLETED",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best_monitor": 0.4,
+        },
+        {"job": 1, "status": "FAILED", "error": "boom"},
+        {
+            "job": 2,
+            "status": "COMPLETED",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best_monitor": 0.2,
+        },
+        {
+            "job": 3,
+            "status": "COMPLETED",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best_monitor": 0.3,
+        },
+    ]
+    for row in rows:
+        (tmp_path / "summary" / f"{row['job']:04d}.json").write_text(json.dumps(row))
+    assert write_summary(tmp_path)["job"].tolist() == [2, 3, 0, 1]  # lowest loss first
+    for row in rows[::2] + rows[3:]:  # the completed runs watch an AUROC: highest first
+        row.update(monitor="val/auroc", mode="max", best_val_auroc=row["best_monitor"])
+        (tmp_path / "summary" / f"{row['job']:04d}.json").write_text(json.dumps(row))
+    write_summary(tmp_path)
+    assert pd.read_csv(tmp_path / "summary.csv")["job"].tolist() == [0, 3, 2, 1]
