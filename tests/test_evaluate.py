@@ -323,5 +323,16 @@ def test_command_line_scores_a_file_and_reports_bad_input(synthetic_root, tmp_pa
     assert "Traceback" not in run.stderr
 
 
-def test_cpu_bf16_detection_is_a_bool():
-    assert isinstance(predictions_module.cpu_has_fast_bf16(), bool)
+def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
+    detect = predictions_module.cpu_has_fast_bf16
+    cases = {
+        "avx2": ("flags\t\t: fpu sse2 avx avx2 fma", False),  # this project's machine
+        "avx512_bf16": ("flags\t\t: fpu avx2 avx512f avx512_bf16", True),
+        "amx": ("flags\t\t: fpu avx2 amx_tile amx_bf16 amx_int8", True),
+        "elsewhere": ("model name\t: avx512_bf16 in a name, not a flag\nflags\t\t: avx2", False),
+    }
+    for name, (text, expected) in cases.items():
+        path = tmp_path / name
+        path.write_text(f"processor\t: 0\n{text}\n")
+        assert detect(path) is expected, name
+    assert detect(tmp_path / "no_cpuinfo") is False

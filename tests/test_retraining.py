@@ -216,7 +216,7 @@ def test_sweep_summary_reports_successes_and_names_failures(synthetic_root, tmp_
     )
     assert summary.loc[0, "checkpoint"].endswith("best.ckpt") and summary.loc[0, "best_epoch"] == 0
     assert (
-        "Invalid learning rate" in summary.loc[1, "error"]
+        "model.optimizer.lr=-1 is out of range" in summary.loc[1, "error"]
         and "model.optimizer.lr=-1" in summary.loc[1, "overrides"]
     )
     assert "sweep summary" in result.stderr + result.stdout
