@@ -93,3 +93,14 @@ def test_command_line_reports_a_bad_setting_in_one_line(synthetic_root, tmp_path
     assert run.returncode == 2
     assert "evaluation.tta='hflp' is not a valid setting" in run.stderr + run.stdout
     assert "Traceback" not in run.stderr
+
+
+def test_a_missing_mandatory_setting_of_any_command_is_one_line(tmp_path):
+    """``ckpt: ???`` in predict.yaml: before, OmegaConf's MissingMandatoryValue traceback."""
+    run = subprocess.run(
+        [sys.executable, "-m", "chexnet_pl.predict", "image=x.png", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "required setting not given: ckpt=..." in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from chexnet_pl.errors import ChexnetError
 
@@ -24,6 +25,9 @@ def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         return task(cfg)
     except ChexnetError as exc:
         log.error("%s", exc)
+        raise SystemExit(2) from exc
+    except MissingMandatoryValue as exc:  # a `???` setting the command line did not give
+        log.error("required setting not given: %s=... (add it to the command)", exc.full_key)
         raise SystemExit(2) from exc
 
 

@@ -230,14 +230,14 @@ class NIHDataModule(pl.LightningDataModule):
             [
                 table.loc[missing, [IMAGE, "split"]].assign(
                     reason=f"not on disk under {self.root}", kind="missing"
-                ),  # fmt: skip
+                ),
                 present.loc[is_bad, [IMAGE, "split"]].assign(
                     reason=present.loc[is_bad, "path"].astype(str).map(bad), kind="bad"
                 ),
             ],
             ignore_index=True,
         )
-        self._report(problems, len(table), csv, bad)
+        self._report(problems, len(table), csv)
         keep = ~is_bad
         labels = labels[~missing][keep]
         if cache_rows is not None:
