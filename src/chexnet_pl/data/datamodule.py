@@ -258,7 +258,7 @@ class NIHDataModule(pl.LightningDataModule):
         )  # fmt: skip
         return found
 
-    def _report(self, problems: pd.DataFrame, listed: int, csv: Path, bad: dict[str, str]) -> None:
+    def _report(self, problems: pd.DataFrame, listed: int, csv: Path) -> None:
         """Stop, naming every problem a policy does not allow; else record what is left out."""
         policy = {"missing": self.missing_images, "bad": self.on_bad_image}
         stopping = problems[problems["kind"].map(policy) == "error"]
