@@ -506,6 +506,7 @@ def _run_command(module: str, *overrides: str) -> tuple[int, str]:
     return run.returncode, run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_run_folder_is_one_line_before_hydra_writes(tmp_path, synthetic_root):
     """Hydra makes the run folder and opens its log file there before the command runs; a folder
     under a file, or a read-only one, gave Hydra's traceback (NotADirectoryError / "Unable to
