@@ -91,13 +91,15 @@ def partial_download(tmp_path, synthetic_root):
     return root, removed
 
 
-def test_partial_download_stops_with_count_and_examples(partial_download):
+def test_partial_download_stops_with_count_and_examples(partial_download, tmp_path):
     root, removed = partial_download
     with pytest.raises(DataError) as err:
-        _datamodule(root).setup("fit")
+        _datamodule(root, report_dir=str(tmp_path / "run")).setup("fit")
     message = str(err.value)
     assert f"{len(removed)} of 120 images" in message
     assert removed[0] in message and "data.missing_images=skip" in message
+    listed = pd.read_csv(tmp_path / "run" / "bad_images.csv")
+    assert sorted(listed["Image Index"]) == removed
 
 
 def test_partial_download_skip_uses_images_present(partial_download, caplog, tmp_path):
