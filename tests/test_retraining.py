@@ -300,6 +300,7 @@ def test_global_batch_is_split_across_processes(make_cfg):
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_run_summary_names_the_monitored_metric(make_cfg):
     """With monitor=val/loss the best value is a loss, recorded as one (before: as best_val_auroc)."""
     cfg = make_cfg("callbacks.model_checkpoint.monitor=val/loss",
