@@ -91,23 +91,28 @@ def partial_download(tmp_path, synthetic_root):
     return root, removed
 
 
-def test_partial_download_stops_with_count_and_examples(partial_download):
+def test_partial_download_stops_with_count_and_examples(partial_download, tmp_path):
     root, removed = partial_download
     with pytest.raises(DataError) as err:
-        _datamodule(root).setup("fit")
+        _datamodule(root, report_dir=str(tmp_path / "run")).setup("fit")
     message = str(err.value)
     assert f"{len(removed)} of 120 images" in message
     assert removed[0] in message and "data.missing_images=skip" in message
+    listed = pd.read_csv(tmp_path / "run" / "bad_images.csv")
+    assert sorted(listed["Image Index"]) == removed
 
 
-def test_partial_download_skip_uses_images_present(partial_download, caplog):
+def test_partial_download_skip_uses_images_present(partial_download, caplog, tmp_path):
     root, removed = partial_download
-    dm = _datamodule(root, missing_images="skip")
+    dm = _datamodule(root, missing_images="skip", report_dir=str(tmp_path / "run"))
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
     assert f"leaving out {len(removed)} of 120" in caplog.text
     assert len(dm.table) == 120 - len(removed)
     assert not set(removed) & set(dm.table["Image Index"])
+    skipped = pd.read_csv(tmp_path / "run" / "skipped_images.csv")  # each one left out, and why
+    assert sorted(skipped["Image Index"]) == removed
+    assert set(skipped["reason"]) == {f"not on disk under {root}"}
 
 
 def test_no_images_at_all(tmp_path, synthetic_root):

@@ -126,7 +126,7 @@ def _write_preds(path: Path, names, scores, columns=None):
         ),
         (
             lambda f: f.assign(prob_Edema=[*f["prob_Edema"][:3], 1.5, *f["prob_Edema"][4:]]),
-            r"line 5, column prob_Edema: .*1.5",
+            r"line 5, column prob_Edema: 1.5 is not a probability",  # not np.float64(1.5)
         ),
         (lambda f: pd.concat([f, f.head(1)]), r"has more than one row"),
     ],
@@ -300,3 +300,19 @@ def test_command_line_scores_a_file_and_reports_bad_input(synthetic_root, tmp_pa
     assert run.returncode == 2
     assert "lacks 1 class column(s): ['prob_Edema']" in run.stderr + run.stdout
     assert "Traceback" not in run.stderr
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
+    from chexnet_pl.models.precision import cpu_has_fast_bf16 as detect
+
+    cases = {
+        "avx2": ("flags\t\t: fpu sse2 avx avx2 fma", False),  # this project's machine
+        "avx512_bf16": ("flags\t\t: fpu avx2 avx512f avx512_bf16", True),
+        "amx": ("flags\t\t: fpu avx2 amx_tile amx_bf16 amx_int8", True),
+        "elsewhere": ("model name\t: avx512_bf16 in a name, not a flag\nflags\t\t: avx2", False),
+    }
+    for name, (text, expected) in cases.items():
+        path = tmp_path / name
+        path.write_text(f"processor\t: 0\n{text}\n")
+        assert detect(path) is expected, name
+    assert detect(tmp_path / "no_cpuinfo") is False

@@ -185,10 +185,14 @@ def test_same_seed_same_metrics_and_run_info(make_cfg, tmp_path):
         )
     )
     assert first["val/loss"] == second["val/loss"] and first["val/auroc"] == second["val/auroc"]
-    assert info["packages"]["torch"] == torch.__version__.split("+")[0] or info["packages"][
-        "torch"
-    ].startswith("2.")
-    assert "git_commit" in info and info["packages"]["pytorch-lightning"]
+    import hydra
+    import pytorch_lightning
+
+    # The versions of the packages that ran, exactly (a local build suffix such as +cu130 aside).
+    assert info["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert info["packages"]["pytorch-lightning"] == pytorch_lightning.__version__
+    assert info["packages"]["hydra-core"] == hydra.__version__
+    assert len(info["git_commit"] or "0" * 40) == 40
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["best_epoch"] in (0, 1) and summary["checkpoint"].endswith("best.ckpt")
     assert (run / "config_resolved.yaml").is_file()
@@ -213,7 +217,7 @@ def test_sweep_summary_reports_successes_and_names_failures(synthetic_root, tmp_
     )
     assert summary.loc[0, "checkpoint"].endswith("best.ckpt") and summary.loc[0, "best_epoch"] == 0
     assert (
-        "Invalid learning rate" in summary.loc[1, "error"]
+        "model.optimizer.lr=-1 is out of range" in summary.loc[1, "error"]
         and "model.optimizer.lr=-1" in summary.loc[1, "overrides"]
     )
     assert "sweep summary" in result.stderr + result.stdout
@@ -279,4 +283,72 @@ def test_ddp_on_cpu_with_two_processes(synthetic_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stderr + result.stdout
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    # data.batch_size=8 is the global batch: 4 images per process.
+    assert "global batch 8 = 2 process(es) x 4 images" in output
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "aucs.csv").is_file()
+
+
+def test_global_batch_is_split_across_processes(make_cfg):
+    from chexnet_pl.data.datamodule import split_global_batch
+    from chexnet_pl.errors import ConfigError
+
+    assert split_global_batch(16, 1) == 16 and split_global_batch(16, 8) == 2
+    with pytest.raises(ConfigError, match=r"data.batch_size=16 .* across the 3 training processes"):
+        split_global_batch(16, 3)
+    cfg = make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "data.batch_size=7")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data.batch_size=7 .* 2 training processes; .*e.g. 6"):
+        train(cfg)  # refused before any process is started
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_run_summary_names_the_monitored_metric(make_cfg):
+    """With monitor=val/loss the best value is a loss, recorded as one (before: as best_val_auroc)."""
+    cfg = make_cfg("callbacks.model_checkpoint.monitor=val/loss",
+                   "callbacks.model_checkpoint.mode=min", "trainer.max_epochs=2", "test=false")  # fmt: skip
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    summary = json.loads((run / "run_summary.json").read_text())
+    losses = epoch_metrics(run)["val/loss"]
+    assert (summary["monitor"], summary["mode"]) == ("val/loss", "min")
+    assert summary["best_monitor"] == pytest.approx(losses.min(), abs=1e-6)
+    assert summary["best_epoch"] == int(losses.idxmin()) and "best_val_auroc" not in summary
+
+
+def test_sweep_summary_sorts_by_the_monitors_direction(tmp_path):
+    from chexnet_pl.training.sweep_summary import write_summary
+
+    (tmp_path / "summary").mkdir()
+    rows = [
+        {
+            "job": 0,
+            "status": "COMPLETED",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best_monitor": 0.4,
+        },
+        {"job": 1, "status": "FAILED", "error": "boom"},
+        {
+            "job": 2,
+            "status": "COMPLETED",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best_monitor": 0.2,
+        },
+        {
+            "job": 3,
+            "status": "COMPLETED",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best_monitor": 0.3,
+        },
+    ]
+    for row in rows:
+        (tmp_path / "summary" / f"{row['job']:04d}.json").write_text(json.dumps(row))
+    assert write_summary(tmp_path)["job"].tolist() == [2, 3, 0, 1]  # lowest loss first
+    for row in rows[::2] + rows[3:]:  # the completed runs watch an AUROC: highest first
+        row.update(monitor="val/auroc", mode="max", best_val_auroc=row["best_monitor"])
+        (tmp_path / "summary" / f"{row['job']:04d}.json").write_text(json.dumps(row))
+    write_summary(tmp_path)
+    assert pd.read_csv(tmp_path / "summary.csv")["job"].tolist() == [0, 3, 2, 1]

@@ -92,3 +92,44 @@ def test_bad_method_and_fractions():
         make_split(_table(), "random", ".")
     with pytest.raises(DataError, match="summing to 1"):
         patient_split(_table(), (0.7, 0.2, 0.2))
+
+
+def _official_lists(folder, train_val: str, test: str, bom: bool = False):
+    prefix = "\ufeff" if bom else ""
+    (folder / "train_val_list.txt").write_text(prefix + train_val, encoding="utf-8")
+    (folder / "test_list.txt").write_text(prefix + test, encoding="utf-8")
+    return folder
+
+
+def test_image_in_both_official_lists_is_named_with_its_lines(tmp_path):
+    """Before: b.png silently moved to test (its patient has no other image to trip the leak check)."""
+    table = pd.DataFrame({"Image Index": ["a.png", "b.png", "c.png"], "Patient ID": [1, 2, 3]})
+    _official_lists(tmp_path, "a.png\nb.png\n", "c.png\n\nb.png\n")
+    with pytest.raises(
+        DataError,
+        match=r"1 image\(s\) are in both .*train_val_list.txt and .*test_list.txt: b.png "
+        r"\(line 2 of train_val_list.txt, line 3 of test_list.txt\)",
+    ):
+        make_split(table, "official", tmp_path)
+
+
+def test_split_lists_with_a_byte_order_mark_are_read(tmp_path):
+    table = _table()
+    _official_lists(tmp_path, "a.png\nb.png\nc.png\n", "d.png\n", bom=True)
+    split = make_split(table, "official", tmp_path, val_fraction=0.0)
+    assert split.tolist() == ["train", "train", "train", "test"]
+    txt = tmp_path / "split.txt"
+    txt.write_text("\ufeffa.png train\nb.png train\nc.png val\nd.png test\n", encoding="utf-8")
+    csv = tmp_path / "split.csv"
+    csv.write_text("\ufeffImage Index,split\na.png,train\nb.png,train\nc.png,val\nd.png,test\n")
+    for path in (txt, csv):
+        assert file_split(table, path).tolist() == ["train", "train", "val", "test"]
+
+
+def test_a_leak_through_the_official_lists_says_what_to_do(tmp_path):
+    _official_lists(tmp_path, "a.png\nc.png\nd.png\n", "b.png\n")  # patient 1: a train, b test
+    with pytest.raises(DataError) as err:
+        make_split(_table(), "official", tmp_path)
+    message = str(err.value)
+    assert "patient 1 in ['test', 'train']" in message and "fix the split file" not in message
+    assert "use the lists of the same release as the CSV, or data.split.method=patient" in message

@@ -8,6 +8,8 @@ model and ``datamodule_for`` the same data and split without any config.
 from __future__ import annotations
 
 import logging
+import pickle
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +23,40 @@ log = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)``: a checkpoint needing arbitrary unpickling is refused."""
+    """``torch.load(weights_only=True)``: a checkpoint needing arbitrary unpickling is refused,
+    and a damaged file (truncated, empty, not a checkpoint) is said to be one."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), ...
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+        raise checkpoint_load_error(path, exc) from exc
+    if not isinstance(checkpoint, dict):
         raise WeightsError(
-            f"cannot load {path} safely: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
-            "Only checkpoints loadable with weights_only=True are read."
-        ) from exc
+            f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not the "
+            "dictionary of weights and settings a run saves"
+        )
+    return checkpoint
+
+
+def checkpoint_load_error(path: str | Path, exc: BaseException) -> WeightsError:
+    """What a failed ``torch.load`` of ``path`` means for the user, in one sentence."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line),
+                      "")  # fmt: skip
+        name = detail.split("GLOBAL", 1)[-1].split(" was not", 1)[0].strip() if detail else ""
+        return WeightsError(
+            f"{path} needs arbitrary unpickling to load ({name or 'a Python object'} is not plain "
+            "weights), which is refused: only checkpoints loadable with weights_only=True are read"
+        )
+    reason = textwrap.shorten(text.splitlines()[0] if text.strip() else "", 120) or "no data"
+    return WeightsError(
+        f"{path} is damaged or not a checkpoint ({type(exc).__name__}: {reason}). A file cut short "
+        "(a copy or save that did not finish) reads like this: copy it again, or use the run's "
+        "other checkpoint (checkpoints/last.ckpt or best.ckpt)."
+    )
 
 
 def default_device() -> torch.device:

@@ -1,9 +1,10 @@
-"""What every command shares: where the Hydra configs are, and user errors ending in one line.
+"""What every command shares: where the Hydra configs are, user errors ending in one line, and
+a run folder that cannot be written stopping the command before Hydra writes into it.
 
 The commands are the modules at the package's top level (``train``, ``evaluate``, ``predict``,
-``visualize``, ``localize``, ``download``, ``prepare``, ``import_weights``), each a thin
-``@hydra.main`` (or argparse) wrapper around a library function; console scripts ``chexnet-<name>``
-point at their ``main``. Library code lives in the subpackages.
+``visualize``, ``localize``, ``download``, ``prepare``, ``import_weights``, ``export``, ``serve``),
+each a thin ``@hydra.main`` (or argparse) wrapper around a library function; console scripts
+``chexnet-<name>`` point at their ``main``. Library code lives in the subpackages.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from chexnet_pl.errors import ChexnetError
 
@@ -48,10 +52,9 @@ def _in_multirun() -> bool:
 
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
-    """A ChexnetError (bad input, said plainly) is logged as one line and exits with status 2.
-
-    In a Hydra multirun it propagates instead: the sweep records it in summary.csv and goes on.
-    """
+    """A ChexnetError (bad input, said plainly) or a missing ``???`` setting is logged as one
+    line and exits with status 2. In a Hydra multirun it propagates instead: the sweep records
+    it in summary.csv and goes on with the other runs."""
     try:
         yield
     except ChexnetError as exc:
@@ -59,9 +62,48 @@ def user_errors_exit() -> Iterator[None]:
             raise
         log.error("%s", exc)
         raise SystemExit(2) from exc
+    except MissingMandatoryValue as exc:  # a `???` setting the command line did not give
+        if _in_multirun():
+            raise
+        log.error("required setting not given: %s=... (add it to the command)", exc.full_key)
+        raise SystemExit(2) from exc
 
 
 def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run ``task(cfg)`` under ``user_errors_exit``."""
     with user_errors_exit():
         return task(cfg)
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made if absent), or None when they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+class OutputFolderCheck(Callback):
+    """Registered in ``conf/hydra/default.yaml``. Hydra creates the run folder and opens its log
+    file there before the command runs, and fails with its own traceback when it cannot; this
+    checks the folder first and stops with one line instead."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _stop_if_unwritable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _stop_if_unwritable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def _stop_if_unwritable(folder: Path, key: str) -> None:
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        log.error(
+            "cannot write to the run folder %s: %s. Choose a writable one with %s=/path/to/folder",
+            folder, reason, key,
+        )  # fmt: skip
+        raise SystemExit(2)

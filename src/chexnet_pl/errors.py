@@ -1,5 +1,7 @@
 """Exceptions a user can hit, each with a message that says what was wrong, where, and what to do."""
 
+from __future__ import annotations
+
 
 class ChexnetError(Exception):
     """Base class of the project's user-facing errors."""
@@ -18,9 +20,21 @@ class ImageReadError(DataError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
+class ConfigError(ChexnetError, ValueError):
+    """A setting has a value the code cannot use (named with its key, value and what is allowed)."""
+
+
 class WeightsError(ChexnetError, RuntimeError):
     """Pretrained weights or a checkpoint could not be loaded."""
 
 
 class TrainingError(ChexnetError, RuntimeError):
     """Training cannot go on (a non-finite loss, an unusable output folder)."""
+
+
+def shown(value: object) -> str:
+    """A value as a message shows it: numbers plain (``1.5``, not ``np.float64(1.5)``), text quoted."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
+        value = item()
+    return repr(value)

@@ -30,6 +30,7 @@ from chexnet_pl.evaluation.runner import (
     predict_split,
     score_and_write,
 )
+from chexnet_pl.settings import check_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def compare_with(
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
     output_dir = Path(cfg.paths.output_dir)
+    check_evaluation(cfg.evaluation)
     settings = EvaluationSettings.from_config(cfg.evaluation)
     split = cfg.split
     if split not in ("train", "val", "test"):

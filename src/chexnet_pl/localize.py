@@ -28,10 +28,17 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     check_method(cfg.method)
     run = load_run(cfg.ckpt)
     model = run.model
-    root = Path(cfg.data.root or run.data_settings.get("root") or "")
+    given = cfg.data.root or run.data_settings.get("root")
+    if not given:  # Path("") is the current folder: never read boxes from wherever this runs
+        raise DataError(
+            f"give data.root=/path/to/nih (the folder with BBox_List_2017.csv and the images); "
+            f"{cfg.ckpt} does not name one"
+        )
+    root = Path(given).expanduser()
     if not root.is_dir():
         raise DataError(
-            "give data.root=/path/to/nih (the folder with BBox_List_2017.csv and the images)"
+            f"data.root={root} is not a folder; give the NIH folder with BBox_List_2017.csv and "
+            "the images"
         )
     boxes = read_bbox_list(Path(cfg.boxes) if cfg.boxes else root / "BBox_List_2017.csv")
     on_disk = find_images(root)

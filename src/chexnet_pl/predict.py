@@ -15,16 +15,20 @@ from omegaconf import DictConfig
 
 from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
+from chexnet_pl.errors import DataError
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.heatmaps import check_method
-from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_xrays
+from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_readable
 
 log = logging.getLogger(__name__)
+
+SKIPPED = "skipped.csv"  # images of images= that could not be read, with the reason
 
 
 def predict(cfg: DictConfig) -> Path:
     """Write ``predictions.csv`` (Image Index, prob_<Class>...) and, per image, its prediction table
-    and overlays of its ``top_k`` most probable findings. Returns the output folder."""
+    and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
+    ``skipped.csv`` (an error only when none can). Returns the output folder."""
     check_method(cfg.method)
     out_dir = Path(cfg.out or cfg.paths.output_dir)
     run = load_run(cfg.ckpt)
@@ -34,9 +38,12 @@ def predict(cfg: DictConfig) -> Path:
     calibration, thresholds = calibration_and_thresholds(
         cfg.get("calibration"), cfg.thresholds, model.class_names
     )
-    frames = []
+    frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
-        xrays = read_xrays(paths[start : start + int(cfg.batch_size)])
+        xrays, unreadable = read_readable(paths[start : start + int(cfg.batch_size)])
+        skipped.extend(unreadable)
+        if not xrays:
+            continue
         frames.append(
             explain(
                 model,
@@ -48,6 +55,18 @@ def predict(cfg: DictConfig) -> Path:
                 top_k=int(cfg.top_k),
                 calibration=calibration,
             )
+        )
+    if skipped:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        listing = pd.DataFrame(skipped, columns=["Image Index", "reason"])
+        listing.to_csv(out_dir / SKIPPED, index=False)
+        lines = "".join(f"\n  {name}: {reason}" for name, reason in skipped[:10])
+        log.warning("%d of %d image(s) could not be read (all in %s):%s",
+                    len(skipped), len(paths), out_dir / SKIPPED, lines)  # fmt: skip
+    if not frames:
+        raise DataError(
+            f"none of the {len(paths)} image(s) could be read (each with its reason in "
+            f"{out_dir / SKIPPED}), e.g. {skipped[0][0]}: {skipped[0][1]}"
         )
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out_dir / "predictions.csv", index=False)

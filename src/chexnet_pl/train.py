@@ -20,10 +20,13 @@ from pytorch_lightning.loggers import WandbLogger
 from chexnet_pl.callbacks import SyncFreeProgressBar
 from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, user_errors_exit
+from chexnet_pl.data.datamodule import split_global_batch
+from chexnet_pl.errors import ChexnetError, ImageReadError, TrainingError
 from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
 from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
 from chexnet_pl.models.init_from import init_from_checkpoint
 from chexnet_pl.models.precision import resolve_precision
+from chexnet_pl.settings import check_heatmap_method, check_train_config
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 from chexnet_pl.training.checks import (
     check_input_size,
@@ -49,6 +52,7 @@ def _instantiate_all(section: DictConfig | None) -> list:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, then test."""
+    check_train_config(cfg)  # every setting, before anything is built
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, float(cfg.paths.get("min_free_gb", 1.0)))
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -63,6 +67,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # The label list travels with the data: the model gets the data module's classes.
     model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.pathologies))
     check_input_size(model, int(cfg.data.image_size))
+    visualization = (cfg.get("callbacks") or {}).get("visualization")
+    if visualization and int(visualization.get("n_images", 0)) > 0:
+        check_heatmap_method(model, "callbacks.visualization.method", visualization.method)
     if cfg.get("init_from"):
         init_from_checkpoint(model, cfg.init_from)
     if cfg.get("ckpt_path"):
@@ -84,13 +91,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer_cfg, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )
     log.info("precision %s on %s", trainer_cfg["precision"], trainer.accelerator.__class__.__name__)
+    per_process = split_global_batch(int(cfg.data.batch_size), trainer.world_size)
+    log.info(
+        "global batch %d = %d process(es) x %d images (data.batch_size is the global batch)",
+        per_process * trainer.world_size, trainer.world_size, per_process,
+    )  # fmt: skip
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except RuntimeError as exc:
-        raise unwrap_worker_error(exc) from exc
+        raise unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error")) from exc
+    except ImageReadError as exc:
+        raise unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error")) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
@@ -132,7 +146,20 @@ def _evaluate_best(
     else:
         log.warning("no best checkpoint was saved; evaluating the weights at the end of training")
     settings = EvaluationSettings.from_config(cfg.get("evaluation"))
-    table, metrics = evaluate_model(model, datamodule, output_dir, settings, "test", best or None)
+    try:
+        table, metrics = evaluate_model(
+            model, datamodule, output_dir, settings, "test", best or None
+        )
+    except (ChexnetError, RuntimeError) as exc:
+        # Hours of training are not lost to one file: say so, and how to evaluate again.
+        problem = unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error"))
+        if not isinstance(problem, ChexnetError):
+            raise
+        rerun = f"chexnet-evaluate ckpt={best}" if best else "the evaluate command"
+        raise TrainingError(
+            f"training finished and its checkpoints are kept, but the test evaluation failed: "
+            f"{problem} Then evaluate with: {rerun}"
+        ) from exc
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,17 +27,20 @@ from chexnet_pl.data.device_loader import (
     load_split,
     resolve_num_workers,
 )
-from chexnet_pl.data.image_check import find_bad_images
+from chexnet_pl.data.image_check import find_bad_images, find_undecodable
 from chexnet_pl.data.images import find_images
 from chexnet_pl.data.nih_table import IMAGE, VIEW, find_data_entry, label_matrix, read_data_entry
 from chexnet_pl.data.splits import SPLITS, make_split
 from chexnet_pl.data.transforms import eval_transform, train_transform
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.labels import class_names
 
 log = logging.getLogger(__name__)
 
 VIEWS = ("all", "PA", "AP")
+# One row per image left out of a run, whatever the reason (missing, unreadable, failed mid-epoch).
+SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
+REPORT_COLUMNS = ["Image Index", "split", "reason"]
 MISSING_POLICIES = ("error", "skip")
 CACHE_MODES = ("auto", "off", "required")
 
@@ -50,6 +55,11 @@ class NIHDataModule(pl.LightningDataModule):
         split: ``method`` (official | patient | file), ``val_fraction``, ``fractions``, ``file``, ``seed``.
         view_position: all | PA | AP.
         missing_images: error (stop, naming the missing files) or skip (use only images present).
+        on_bad_image: error (stop, listing every unusable file) or skip (leave them out).
+        check_images: a fast header check of every image before training; ``decode_check``:
+            the splits whose images are also decoded in full then (when not read from the cache,
+            whose builder decoded every image), so a corrupt val/test file cannot end a run late.
+        report_dir: where ``skipped_images.csv`` / ``bad_images.csv`` go (the run folder).
         augment: keyword arguments of ``train_transform``.
         cache: auto (read the pre-resized cache of ``chexnet-prepare`` when one
             is valid for these images, else decode the PNGs), off, or required (stop when there
@@ -81,6 +91,7 @@ class NIHDataModule(pl.LightningDataModule):
         missing_images: str = "error",
         on_bad_image: str = "error",
         check_images: bool = True,
+        decode_check: tuple[str, ...] | list[str] = ("val", "test"),
         report_dir: str | None = None,
         require_test: bool = False,
         augment: Mapping[str, Any] | None = None,
@@ -133,6 +144,10 @@ class NIHDataModule(pl.LightningDataModule):
         self.missing_images = missing_images
         self.on_bad_image = on_bad_image
         self.check_images = bool(check_images)
+        unknown = [name for name in decode_check or () if name not in SPLITS]
+        if unknown:
+            raise DataError(f"data.decode_check={list(decode_check)}: use names from {SPLITS}")
+        self.decode_check = tuple(decode_check or ())
         self.report_dir = Path(report_dir) if report_dir else None
         self.require_test = bool(require_test)
         self.augment = dict(augment or {})
@@ -182,27 +197,9 @@ class NIHDataModule(pl.LightningDataModule):
                 "view_position=%s keeps %d of %d images", self.view_position, keep.sum(), len(table)
             )
             table, labels = table[keep].reset_index(drop=True), labels[keep]
-        table, labels = self._attach_paths(table, labels, csv)
-        cache_rows = self._open_cache(table)
-        if cache_rows is not None:
-            # prepare decoded every image in full: the ones it could not read are the bad ones.
-            entries = self.image_cache.index.iloc[cache_rows]
-            is_bad = (entries["status"] != "ok").to_numpy()
-            bad = dict(
-                zip(table.loc[is_bad, "path"].astype(str), entries["error"][is_bad], strict=True)
-            )
-            keep = self._drop_bad_images(table, bad)
-        else:
-            keep = (
-                self._drop_bad_images(
-                    table, dict(find_bad_images(table["path"].astype(str).tolist()))
-                )
-                if self.check_images
-                else None
-            )
-        if keep is not None:
-            table, labels = table[keep].reset_index(drop=True), labels[keep]
-            cache_rows = None if cache_rows is None else cache_rows[keep]
+        used = table["split"].notna().to_numpy()
+        table, labels = table[used].reset_index(drop=True), labels[used]
+        table, labels, cache_rows = self._check_files(table, labels, csv)
 
         self.table, self.labels = table, labels
         for name in SPLITS:
@@ -234,40 +231,125 @@ class NIHDataModule(pl.LightningDataModule):
                     "data.view_position"
                 )
 
-    def _attach_paths(
+    def _check_files(
         self, table: pd.DataFrame, labels: np.ndarray, csv: Path
-    ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Add a ``path`` column for every split row; missing files per ``missing_images``."""
-        used = table["split"].notna().to_numpy()
-        table, labels = table[used].reset_index(drop=True), labels[used]
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+        """Attach each row's ``path``; find every missing and unusable file in one pass, then
+        stop listing all of them (per ``missing_images`` / ``on_bad_image``) or leave them out."""
         on_disk = find_images(self.root)
+        if not on_disk:
+            raise DataError(
+                f"no images under {self.root}: expected {self.root}/images/*.png or "
+                f"{self.root}/images_NNN/images/*.png"
+            )
         table["path"] = table[IMAGE].map(on_disk)
         missing = table["path"].isna().to_numpy()
-        if missing.any():
-            examples = table.loc[missing, IMAGE].head(5).tolist()
-            if not on_disk:
-                raise DataError(
-                    f"no images under {self.root}: expected {self.root}/images/*.png or "
-                    f"{self.root}/images_NNN/images/*.png"
-                )
-            if self.missing_images == "error":
-                raise DataError(
-                    f"{missing.sum()} of {len(table)} images listed in {csv} are not under "
-                    f"{self.root}, e.g. {examples}. If the download is partial, set "
-                    "data.missing_images=skip to use only the images present."
-                )
+        present = table[~missing].reset_index(drop=True)
+        cache_rows = self._open_cache(present)
+        if cache_rows is not None:
+            # prepare decoded every image in full: the ones it could not read are the bad ones.
+            entries = self.image_cache.index.iloc[cache_rows]
+            is_bad = (entries["status"] != "ok").to_numpy()
+            bad = dict(zip(present.loc[is_bad, "path"].astype(str), entries["error"][is_bad],
+                           strict=True))  # fmt: skip
+        elif self.check_images:
+            bad = dict(find_bad_images(present["path"].astype(str).tolist()))
+            bad.update(self._decode_check(present, bad))
+        else:
+            bad = {}
+        is_bad = present["path"].astype(str).isin(bad).to_numpy()
+        problems = pd.concat(
+            [
+                table.loc[missing, [IMAGE, "split"]].assign(
+                    reason=f"not on disk under {self.root}", kind="missing"
+                ),
+                present.loc[is_bad, [IMAGE, "split"]].assign(
+                    reason=present.loc[is_bad, "path"].astype(str).map(bad), kind="bad"
+                ),
+            ],
+            ignore_index=True,
+        )
+        self._report(problems, len(table), csv)
+        keep = ~is_bad
+        labels = labels[~missing][keep]
+        if cache_rows is not None:
+            cache_rows = cache_rows[keep]
+        return present[keep].reset_index(drop=True), labels, cache_rows
+
+    def _decode_check(self, present: pd.DataFrame, bad: dict[str, str]) -> dict[str, str]:
+        """Decode the ``decode_check`` splits' images in full (those the header check passed)."""
+        if not self.decode_check:
+            return {}
+        rows = present["split"].isin(self.decode_check) & ~present["path"].astype(str).isin(bad)
+        paths = present.loc[rows, "path"].astype(str).tolist()
+        start = time.perf_counter()
+        found = dict(find_undecodable(paths))
+        log.info(
+            "decoded the %d %s image(s) in full in %.1f s (data.decode_check): %d unreadable",
+            len(paths), "/".join(self.decode_check), time.perf_counter() - start, len(found),
+        )  # fmt: skip
+        return found
+
+    def _report(self, problems: pd.DataFrame, listed: int, csv: Path) -> None:
+        """Stop, naming every problem a policy does not allow; else record what is left out."""
+        policy = {"missing": self.missing_images, "bad": self.on_bad_image}
+        stopping = problems[problems["kind"].map(policy) == "error"]
+        if len(stopping):
+            report = self._report_path(BAD_IMAGES)
+            self._write_report(report, stopping)
+            raise DataError("\n".join(self._describe(stopping, listed, csv, report)))
+        skip_any = "skip" in policy.values()
+        if skip_any:  # the header too, so rows added mid-training read as a table
+            self._write_report(self._skip_report, problems)
+        for kind, count in problems["kind"].value_counts().items():
+            what = "listed images not on disk" if kind == "missing" else "unusable image file(s)"
+            examples = problems.loc[problems["kind"] == kind, [IMAGE, "reason"]].head(5)
+            lines = "".join(f"\n  {name}: {reason}" for name, reason in examples.itertuples(False))
             log.warning(
-                "data.missing_images=skip: leaving out %d of %d listed images not on disk (e.g. %s)",
-                missing.sum(),
-                len(table),
-                examples,
+                "data.%s=skip: leaving out %d of %d %s (all listed in %s):%s",
+                "missing_images" if kind == "missing" else "on_bad_image",
+                count, listed, what, self._skip_report, lines,
+            )  # fmt: skip
+
+    def _describe(self, stopping: pd.DataFrame, listed: int, csv: Path, report: Path) -> list[str]:
+        parts = []
+        missing = stopping[stopping["kind"] == "missing"]
+        if len(missing):
+            parts.append(
+                f"{len(missing)} of {listed} images listed in {csv} are not under {self.root}, "
+                f"e.g. {missing[IMAGE].head(5).tolist()}. If the download is partial, set "
+                "data.missing_images=skip to use only the images present."
             )
-            table, labels = table[~missing].reset_index(drop=True), labels[~missing]
-        return table, labels
+        bad = stopping[stopping["kind"] == "bad"]
+        if len(bad):
+            lines = "\n".join(
+                f"  {name} ({split}): {reason}"
+                for name, split, reason in bad[[IMAGE, "split", "reason"]]
+                .head(20)
+                .itertuples(False)
+            )
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            parts.append(
+                f"{len(bad)} image file(s) cannot be used:\n{lines}{more}\n"
+                "Replace them, or set data.on_bad_image=skip to train without them."
+            )
+        parts.append(f"All {len(stopping)} are listed in {report}.")
+        return parts
+
+    def _report_path(self, name: str) -> Path:
+        return (self.report_dir or Path.cwd()) / name
+
+    def _write_report(self, path: Path, problems: pd.DataFrame) -> None:
+        if self.trainer is not None and self.trainer.global_rank != 0:
+            return  # one writer per run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        problems[REPORT_COLUMNS].to_csv(partial, index=False)
+        os.replace(partial, path)
 
     @property
     def _skip_report(self) -> Path:
-        return (self.report_dir or Path.cwd()) / "skipped_images.csv"
+        return self._report_path(SKIPPED_IMAGES)
 
     def _open_cache(self, table: pd.DataFrame) -> np.ndarray | None:
         """The cache rows of ``table`` when a valid cache covers it (``data.cache``), else None."""
@@ -319,35 +401,6 @@ class NIHDataModule(pl.LightningDataModule):
             log.info("decoding PNGs (%s); for faster loading run once: %s", found, build)
         return None
 
-    def _drop_bad_images(self, table: pd.DataFrame, bad: dict[str, str]) -> np.ndarray | None:
-        """Rows to keep given unusable files (``bad``: path → reason), per ``on_bad_image``;
-        None when all are usable."""
-        if not bad:
-            return None
-        paths = table["path"].astype(str)
-        is_bad = paths.isin(bad).to_numpy()
-        listing = pd.DataFrame({"Image Index": table.loc[is_bad, IMAGE], "path": paths[is_bad]})
-        listing["reason"] = listing["path"].map(bad)
-        listing["found"] = "before training"
-        if self.on_bad_image == "skip":
-            report = self._skip_report
-        else:
-            report = (self.report_dir or Path.cwd()) / "bad_images.csv"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        listing.to_csv(report, index=False)
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in list(bad.items())[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        if self.on_bad_image == "error":
-            raise DataError(
-                f"{len(bad)} image file(s) cannot be used (all listed in {report}):\n{lines}{more}\n"
-                "Replace them, or set data.on_bad_image=skip to train without them."
-            )
-        log.warning(
-            "data.on_bad_image=skip: leaving out %d unusable image(s), listed in %s:\n%s%s",
-            len(bad), report, lines, more,
-        )  # fmt: skip
-        return ~is_bad
-
     def pos_weight(self) -> np.ndarray:
         """Per-class negatives/positives on the training split (1 where a class has no positives)."""
         labels = self.datasets["train"].labels
@@ -391,29 +444,36 @@ class NIHDataModule(pl.LightningDataModule):
             )  # fmt: skip
         return self.on_device[name]
 
+    @property
+    def process_batch_size(self) -> int:
+        """This process's share of ``batch_size`` (the global training batch) under DDP."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return split_global_batch(self.batch_size, world_size)
+
     def _loader(self, name: str, shuffle: bool) -> DataLoader | DeviceLoader:
         if name not in self.datasets:
             self.setup()
         dataset = self.datasets[name]
         if len(dataset) == 0:
             raise DataError(f"the {name} split has no images; check data.split")
+        batch_size = self.process_batch_size if name == "train" else self.eval_batch_size
         if (on_device := self._device_data(name)) is not None:
             return DeviceLoader(
                 on_device,
-                self.batch_size if shuffle else self.eval_batch_size,
+                batch_size,
                 shuffle=shuffle,
                 seed=self.seed,
                 augment=BatchAugment(**self.augment) if shuffle else None,  # training only
-                drop_last=shuffle and len(dataset) > self.batch_size,
+                drop_last=shuffle and len(dataset) > batch_size,
             )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if name == "train" else self.eval_batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=shuffle and len(dataset) > batch_size,
         )
 
     def eval_dataloader(
@@ -452,3 +512,15 @@ class NIHDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def split_global_batch(batch_size: int, world_size: int) -> int:
+    """``data.batch_size`` is the global training batch (the paper's 16 stays 16 on 8 GPUs, at the
+    same learning rate); each of ``world_size`` processes loads its share."""
+    if world_size < 1 or batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} is the global batch and must divide evenly across the "
+            f"{world_size} training processes; use a multiple of {world_size} (e.g. "
+            f"{max(world_size, batch_size // world_size * world_size)})"
+        )
+    return batch_size // world_size

@@ -106,8 +106,18 @@ class NIHChestXray(Dataset):
             error.reason,
             self.skip_report,
         )
+        split = self.table["split"].iloc[index] if "split" in self.table else ""
+        reason = f"failed to decode during training: {error.reason}"
         self.skip_report.parent.mkdir(parents=True, exist_ok=True)
         with open(self.skip_report, "a") as report:  # one short line per write: safe across workers
-            report.write(
-                f"{self._names[index]},{error.path},{error.reason.replace(',', ';')},during training\n"
-            )
+            if report.tell() == 0:  # the data module writes the header; this is a fallback
+                report.write("Image Index,split,reason\n")
+            report.write(f"{self._names[index]},{split},{_csv_field(reason)}\n")
+
+
+def _csv_field(text: str) -> str:
+    """One CSV field: quoted (inner quotes doubled) when it holds a comma, quote or newline."""
+    text = text.replace("\n", " ")
+    if any(c in text for c in ',"'):
+        return '"' + text.replace('"', '""') + '"'
+    return text

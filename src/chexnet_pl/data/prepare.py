@@ -9,11 +9,16 @@ source files; a stale cache (files added, changed or removed) is rebuilt.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -72,9 +77,32 @@ def write_json_atomic(path: Path, value: dict) -> None:
 
 # -- worker side ------------------------------------------------------------------------------
 _worker: dict = {}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _open_worker(folder: str, count: int, size: int) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """A SIGKILLed parent cannot stop its pool; its workers would idle on, orphaned. Ask the
+    kernel to send SIGTERM when the parent dies (Linux), and watch the parent's pid as well
+    (other systems, or a parent that died before the request took effect)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog alone
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _open_worker(folder: str, count: int, size: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one image per process at a time; parallelism is across processes
     _worker["images"] = np.memmap(
         Path(folder) / IMAGES, dtype=np.uint8, mode="r+", shape=(count, size, size)
@@ -232,7 +260,7 @@ def build_cache(
                 _worker.clear()
         else:
             context = multiprocessing.get_context("spawn")
-            args = (str(partial), len(listing), size)
+            args = (str(partial), len(listing), size, os.getpid())
             try:
                 with ProcessPoolExecutor(workers, context, _open_worker, args) as pool:
                     for result in pool.map(_decode_chunk, jobs):

@@ -15,17 +15,43 @@ from chexnet_pl.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SPLIT_METHODS = ("official", "patient", "file")
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 
 
-def read_name_list(path: str | Path) -> list[str]:
-    """One image name per line (blank lines ignored)."""
+def read_numbered_list(path: str | Path) -> list[tuple[str, int]]:
+    """(image name, line number) per non-blank line; a UTF-8 byte order mark is allowed."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split list not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines()]
-    return [n for n in names if n]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return [(line.strip(), number) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    """One image name per line (blank lines ignored)."""
+    return [name for name, _ in read_numbered_list(path)]
+
+
+def _check_disjoint(
+    train_val: list[tuple[str, int]], train_val_list: Path, test: list[tuple[str, int]],
+    test_list: Path,
+) -> None:  # fmt: skip
+    """An image in both official lists would silently count as test; name each with its lines."""
+    test_lines = dict(test)
+    both = [(name, line, test_lines[name]) for name, line in train_val if name in test_lines]
+    if both:
+        shown = "; ".join(
+            f"{name} (line {a} of {train_val_list.name}, line {b} of {test_list.name})"
+            for name, a, b in both[:5]
+        )
+        more = f" and {len(both) - 5} more" if len(both) > 5 else ""
+        raise DataError(
+            f"{len(both)} image(s) are in both {train_val_list} and {test_list}: {shown}{more}. "
+            "An image belongs to one of them: use the lists that came with the CSV's release, or "
+            "remove each from one list."
+        )
 
 
 def _patients_to_fraction(patients: np.ndarray, fraction: float, rng: np.random.Generator) -> set:
@@ -55,8 +81,11 @@ def official_split(
 ) -> pd.Series:
     """NIH's lists; validation is a seeded fraction of train_val's *patients*."""
     train_val_list, test_list = Path(train_val_list), Path(test_list)
-    train_val = read_name_list(train_val_list)
-    test = read_name_list(test_list)
+    numbered_train_val = read_numbered_list(train_val_list)
+    numbered_test = read_numbered_list(test_list)
+    _check_disjoint(numbered_train_val, train_val_list, numbered_test, test_list)
+    train_val = [name for name, _ in numbered_train_val]
+    test = [name for name, _ in numbered_test]
     _check_listed(table, train_val, train_val_list)
     _check_listed(table, test, test_list)
     split = pd.Series(pd.NA, index=table.index, dtype="object")
@@ -97,7 +126,7 @@ def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
     if not path.is_file():
         raise DataError(f"split file not found: {path} (data.split.file)")
     if path.suffix.lower() == ".csv":
-        listed = pd.read_csv(path, dtype=str)
+        listed = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
         listed.columns = [c.strip() for c in listed.columns]
         if IMAGE not in listed.columns or "split" not in listed.columns:
             raise DataError(
@@ -107,7 +136,7 @@ def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
         lines = pairs.index + 2
     else:
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             fields = line.replace(",", " ").split()
             if not fields:
                 continue
@@ -128,8 +157,11 @@ def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
     return table[IMAGE].map(dict(zip(pairs[IMAGE], pairs["split"], strict=True))).astype("object")
 
 
-def assert_no_patient_leak(table: pd.DataFrame, split: pd.Series) -> None:
-    """Fail if any patient has images in two splits (that leaks patients into evaluation)."""
+def assert_no_patient_leak(
+    table: pd.DataFrame, split: pd.Series, remedy: str = "fix the split file"
+) -> None:
+    """Fail if any patient has images in two splits (that leaks patients into evaluation);
+    ``remedy`` says what to do for the split method in use."""
     assigned = pd.DataFrame({PATIENT: table[PATIENT], "split": split}).dropna()
     per_patient = assigned.groupby(PATIENT)["split"].nunique()
     leaked = per_patient[per_patient > 1]
@@ -138,7 +170,7 @@ def assert_no_patient_leak(table: pd.DataFrame, split: pd.Series) -> None:
         where = sorted(assigned.loc[assigned[PATIENT] == patient, "split"].unique())
         raise DataError(
             f"{len(leaked)} patient(s) have images in more than one split, e.g. patient {patient} "
-            f"in {where}. Splits must be by patient; fix the split file."
+            f"in {where}. Splits must be by patient: {remedy}."
         )
 
 
@@ -155,13 +187,19 @@ def make_split(
     root = Path(root)
     if method == "official":
         split = official_split(table, root / TRAIN_VAL_LIST, root / TEST_LIST, val_fraction, seed)
+        remedy = (
+            f"NIH's own {TRAIN_VAL_LIST} and {TEST_LIST} keep each patient in one of them; use "
+            "the lists of the same release as the CSV, or data.split.method=patient"
+        )
     elif method == "patient":
         split = patient_split(table, fractions, seed)
+        remedy = "report this as a bug"
     elif method == "file":
         if file is None:
             raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
         split = file_split(table, file)
+        remedy = f"fix {file} (data.split.file) so each patient's images share one split"
     else:
-        raise DataError(f"unknown data.split.method {method!r}; use official, patient or file")
-    assert_no_patient_leak(table, split)
+        raise DataError(f"unknown data.split.method {method!r}; use one of {SPLIT_METHODS}")
+    assert_no_patient_leak(table, split, remedy)
     return split

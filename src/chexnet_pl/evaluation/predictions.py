@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from chexnet_pl.data.nih_table import IMAGE
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError, shown
 from chexnet_pl.files import atomic_write, file_sha256
 from chexnet_pl.labels import FINDINGS, class_names
-from chexnet_pl.models.precision import autocast_context
+from chexnet_pl.models.precision import autocast_context, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _probabilities(
         crops = torch.cat(TF.ten_crop(images, [crop, crop]))  # (10·B)×1×crop×crop
         probs = torch.sigmoid(model(crops).float())
         return probs.view(10, len(images), -1).mean(0)
-    raise ValueError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
+    raise ConfigError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
 
 
 @torch.inference_mode()
@@ -67,7 +67,8 @@ def predict(
 ) -> pd.DataFrame:
     """Probabilities for every image the loader yields, batch by batch (images are not kept)."""
     if tta not in TTA_MODES:
-        raise ValueError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
+        raise ConfigError(f"unknown evaluation.tta {tta!r}; use one of {TTA_MODES}")
+    check_precision(precision, "evaluation.precision")
     model.eval()
     device = next(model.parameters()).device
     rows, image_names = [], []
@@ -112,7 +113,7 @@ def read_predictions(
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{path}, line {i + 2}, column {column}: {table[column].iloc[i]!r} is not a probability "
+                f"{path}, line {i + 2}, column {column}: {shown(table[column].iloc[i])} is not a probability "
                 f"in [0, 1] ({int(bad.sum())} bad value(s) in that column)"
             )
         table[column] = values.astype(np.float64)

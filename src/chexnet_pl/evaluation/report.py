@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import bootstrap_auroc, mean_over, per_class_auroc
 from chexnet_pl.labels import NO_FINDING, finding_names
 
@@ -42,7 +43,7 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, method: str = "youd
         with np.errstate(invalid="ignore", divide="ignore"):
             f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
         return float(thresholds[int(np.argmax(f1))])
-    raise ValueError(f"unknown evaluation.threshold {method!r}; use one of {THRESHOLD_METHODS}")
+    raise ConfigError(f"unknown evaluation.threshold {method!r}; use one of {THRESHOLD_METHODS}")
 
 
 def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from chexnet_pl.errors import WeightsError
+from chexnet_pl.checkpoints import read_checkpoint
+from chexnet_pl.errors import ConfigError, WeightsError
 from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
@@ -23,6 +24,9 @@ from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
 
 log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "none")
 
 
 @functools.cache
@@ -149,11 +153,11 @@ class CheXNetModule(pl.LightningModule):
             return super().load_from_checkpoint(
                 checkpoint_path, map_location=map_location, weights_only=True, **kwargs
             )
-        except pickle.UnpicklingError as exc:
-            raise WeightsError(
-                f"{checkpoint_path} needs arbitrary unpickling to load, which is refused "
-                f"(weights_only=True): {str(exc).splitlines()[0][:200]}"
-            ) from exc
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as exc:
+            if isinstance(exc, WeightsError):
+                raise
+            read_checkpoint(checkpoint_path)  # a damaged or unsafe file: said plainly
+            raise  # the file reads: this is another problem, shown as it is
 
     # -- inference ---------------------------------------------------------------------------
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -323,7 +327,7 @@ class CheXNetModule(pl.LightningModule):
                 optimizer, T_max=max_epochs, eta_min=float(scheduler_cfg.get("eta_min", 0.0))
             )
             return {"optimizer": optimizer, "lr_scheduler": scheduler}
-        raise ValueError(f"unknown model.scheduler.name {name!r}; use plateau, cosine or none")
+        raise ConfigError(f"unknown model.scheduler.name {name!r}; use one of {SCHEDULERS}")
 
 
 def use_fused(setting: bool | str | None, parameters: list[torch.Tensor]) -> bool | None:
@@ -359,7 +363,7 @@ def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Opti
             weight_decay=weight_decay,
             fused=fused,
         )
-    raise ValueError(f"unknown model.optimizer.name {name!r}; use adam, adamw or sgd")
+    raise ConfigError(f"unknown model.optimizer.name {name!r}; use one of {OPTIMIZERS}")
 
 
 def _plain(value: Any) -> Any:

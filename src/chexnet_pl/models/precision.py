@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "64-true")
 SHORT_NAMES = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed",
@@ -21,20 +21,26 @@ SHORT_NAMES = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16":
 
 
 @functools.cache
-def cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path(cpuinfo).read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = {
+        flag
+        for line in text.splitlines()
+        if line.split(":", 1)[0].strip() == "flags"
+        for flag in line.split(":", 1)[1].split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def check_precision(requested: str | int, setting: str = "precision") -> str:
     """The canonical name of ``requested``, or an error naming ``setting`` and the choices."""
     name = SHORT_NAMES.get(str(requested), str(requested))
     if name not in PRECISIONS:
-        raise ChexnetError(
+        raise ConfigError(
             f"{setting}={requested!r} is not a precision; use one of {PRECISIONS} "
             f"(or {tuple(SHORT_NAMES)})"
         )

@@ -8,21 +8,18 @@ from pathlib import Path
 import torch
 
 from chexnet_pl.checkpoints import read_checkpoint
-from chexnet_pl.errors import DataError, TrainingError, WeightsError
+from chexnet_pl.cli import unwritable_reason
+from chexnet_pl.errors import DataError, ImageReadError, TrainingError, WeightsError
 
 
 def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
     """Fail before training, not at the first checkpoint, when outputs cannot be written."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
+    reason = unwritable_reason(output_dir)
+    if reason is not None:
         raise TrainingError(
-            f"cannot write to the output folder {output_dir}: {exc.strerror or exc}. "
+            f"cannot write to the output folder {output_dir}: {reason}. "
             "Choose another with hydra.run.dir=... (or paths.output_dir=...)"
-        ) from exc
+        )
     free_gb = shutil.disk_usage(output_dir).free / 1e9
     if free_gb < min_free_gb:
         raise TrainingError(
@@ -60,16 +57,28 @@ def check_input_size(model, image_size: int) -> None:
         model.train(was_training)
 
 
-def unwrap_worker_error(exc: RuntimeError) -> Exception:
+def unwrap_worker_error(exc: Exception, on_bad_image: str = "error") -> Exception:
     """A DataLoader worker's ImageReadError reaches here as a RuntimeError holding its traceback
-    as text; give the user the error itself, not the worker's stack."""
+    as text; give the user the error itself, not the worker's stack, and advice that fits."""
     text = str(exc)
-    if "Caught ImageReadError" not in text:
+    if isinstance(exc, ImageReadError):
+        reason = text
+    elif "Caught ImageReadError" in text:
+        line = next(
+            (x for x in reversed(text.splitlines()) if "ImageReadError: " in x),
+            text.splitlines()[0],
+        )
+        reason = line.split("ImageReadError: ", 1)[-1]
+    else:
         return exc
-    line = next(
-        (x for x in reversed(text.splitlines()) if "ImageReadError: " in x), text.splitlines()[0]
-    )
-    reason = line.split("ImageReadError: ", 1)[-1]
-    return DataError(
-        f"{reason}. Replace the file, or set data.on_bad_image=skip to leave such images out."
-    )
+    if on_bad_image == "skip":
+        advice = (
+            "data.on_bad_image=skip replaces such images only in the training split (skipping one "
+            "would change what validation and test measure); the val and test images of "
+            "data.decode_check were decoded before training, so this file changed since or its "
+            "split is not in data.decode_check. Replace the file, or add its split to "
+            "data.decode_check so such files are left out before training."
+        )
+    else:
+        advice = "Replace the file, or set data.on_bad_image=skip to leave such images out."
+    return DataError(f"{reason}. {advice}")

@@ -1,8 +1,9 @@
 """A Hydra callback that keeps ``<sweep dir>/summary.csv`` up to date as multirun jobs finish.
 
 Each job leaves ``<sweep>/summary/<job number>.json`` (a job on a cluster node writes only its
-own file), and the CSV is rebuilt from all of them, best ``val/auroc`` first, so a sweep that
-partly failed still reports the runs that succeeded and names the ones that failed.
+own file), and the CSV is rebuilt from all of them, best first by each run's checkpoint monitor
+in its direction (highest ``val/auroc``, lowest ``val/loss``), so a sweep that partly failed
+still reports the runs that succeeded and names the ones that failed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ COLUMNS = [
     "job",
     "status",
     "overrides",
+    "monitor",
+    "mode",
+    "best_monitor",
     "best_val_auroc",
     "best_epoch",
     "checkpoint",
@@ -39,17 +43,22 @@ def write_summary(sweep_dir: Path) -> pd.DataFrame:
     rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "summary").glob("*.json"))]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["_failed"] = table["status"] != "COMPLETED"
-    table = table.sort_values(
-        ["_failed", "best_val_auroc", "job"], ascending=[True, False, True], na_position="last"
+    # Best first in the monitor's own direction: a loss ranks lowest first, an AUROC highest.
+    best = pd.to_numeric(table["best_monitor"], errors="coerce").combine_first(
+        pd.to_numeric(table["best_val_auroc"], errors="coerce")  # summaries written before
     )
-    table = table.drop(columns="_failed")
+    table["_rank"] = best.where(table["mode"] == "min", -best)
+    table = table.sort_values(
+        ["_failed", "_rank", "job"], ascending=[True, True, True], na_position="last"
+    )
+    table = table.drop(columns=["_failed", "_rank"])
     with atomic_write(sweep_dir / "summary.csv") as partial:
         table.to_csv(partial, index=False)
     return table
 
 
 def format_summary(table: pd.DataFrame) -> str:
-    shown = table[["job", "status", "best_val_auroc", "best_epoch", "overrides"]]
+    shown = table[["job", "status", "monitor", "best_monitor", "best_epoch", "overrides"]]
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 

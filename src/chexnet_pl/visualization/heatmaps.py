@@ -27,7 +27,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ChexnetError, ConfigError
 
 GRAD_METHODS = {
     "gradcam": GradCAM,
@@ -47,7 +47,7 @@ class CAMUnavailableError(ChexnetError, ValueError):
     """CAM was asked of a backbone whose head is not global average pooling + one linear layer."""
 
 
-class UnknownMethodError(ChexnetError, ValueError):
+class UnknownMethodError(ConfigError):
     """A heat-map method name that is not one of ``METHODS``."""
 
 
@@ -73,7 +73,7 @@ def resolve_method(model, method: str) -> str:
     return method
 
 
-def _require_cam(model) -> None:
+def require_cam(model) -> None:
     if cam_available(model):
         return
     backbone = model.hparams.get("backbone", type(model.net).__name__)
@@ -102,7 +102,7 @@ def class_activation_maps(
     CAM_k = Σ_c w_kc · f_c — the classifier applied at every position of the last feature map.
     Raises ``CAMUnavailableError`` for a head where that is not the class's evidence.
     """
-    _require_cam(model)
+    require_cam(model)
     model.eval()
     features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
     return cams_from_features(

@@ -10,7 +10,7 @@ import pandas as pd
 
 from chexnet_pl.data.dicom import looks_like_dicom
 from chexnet_pl.data.images import IMAGE_SUFFIXES, read_gray
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import DataError, ImageReadError
 from chexnet_pl.evaluation.calibration import Calibration
 from chexnet_pl.visualization.explain import XRay
 
@@ -50,6 +50,17 @@ def image_files(image: str | None, images: str | None) -> list[Path]:
 
 def read_xrays(paths: list[Path]) -> list[XRay]:
     return [XRay(p.name, read_gray(p)) for p in paths]
+
+
+def read_readable(paths: list[Path]) -> tuple[list[XRay], list[tuple[str, str]]]:
+    """The images that decode, and (file name, reason) for each that does not."""
+    xrays, unreadable = [], []
+    for path in paths:
+        try:
+            xrays.append(XRay(path.name, read_gray(path)))
+        except ImageReadError as exc:
+            unreadable.append((path.name, exc.reason))
+    return xrays, unreadable
 
 
 def thresholds_from(aucs_csv: str | Path | None, class_names: list[str]) -> list[float] | float:
