@@ -403,7 +403,7 @@ def test_evaluation_failing_after_training_keeps_the_run_and_says_how_to_evaluat
     message = str(err.value)
     assert message.startswith("training finished and its checkpoints are kept, but the test ")
     assert f"cannot read image {path}" in message
-    assert f"python -m chexnet_pl.evaluate ckpt={run}/checkpoints/best.ckpt" in message
+    assert f"chexnet-evaluate ckpt={run}/checkpoints/best.ckpt" in message
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "run_summary.json").is_file()
 
 
@@ -500,12 +500,12 @@ def test_unwritable_run_folder_is_one_line_before_hydra_writes(tmp_path, synthet
     blocker.write_text("not a folder")
     cases = [("chexnet_pl.train", "hydra.run.dir", blocker / "run",
               ("experiment=demo", f"data.root={synthetic_root}", "data.synthetic=null")),
-             ("chexnet_pl.data.prepare", "hydra.sweep.dir", blocker / "sweep",
+             ("chexnet_pl.prepare", "hydra.sweep.dir", blocker / "sweep",
               ("-m", f"root={synthetic_root}"))]  # fmt: skip
     read_only = tmp_path / "read_only"
     try:
         if _immutable(read_only):  # as root, only an immutable folder refuses writes
-            cases.append(("chexnet_pl.data.prepare", "hydra.run.dir", read_only,
+            cases.append(("chexnet_pl.prepare", "hydra.run.dir", read_only,
                           (f"root={synthetic_root}",)))  # fmt: skip
         for module, key, folder, overrides in cases:
             status, output = _run_command(module, *overrides, f"{key}={folder}")
@@ -597,7 +597,7 @@ def test_prepare_workers_exit_when_prepare_is_killed(tmp_path, caplog):
     for i in range(120):
         os.link(big, root / "images" / f"{i:08d}_000.png")
     process = subprocess.Popen(
-        [sys.executable, "-m", "chexnet_pl.data.prepare", f"root={root}", "size=32", "workers=2",
+        [sys.executable, "-m", "chexnet_pl.prepare", f"root={root}", "size=32", "workers=2",
          "chunk_size=1", "progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
         env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

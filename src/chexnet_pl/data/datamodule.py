@@ -456,7 +456,7 @@ class NIHDataModule(pl.LightningDataModule):
         dataset = self.datasets[name]
         if len(dataset) == 0:
             raise DataError(f"the {name} split has no images; check data.split")
-        batch_size = self.process_batch_size if name == "train" else self.eval_batch_size
+        batch_size = self.process_batch_size if shuffle else self.eval_batch_size
         if (on_device := self._device_data(name)) is not None:
             return DeviceLoader(
                 on_device,
