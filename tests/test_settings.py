@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
     [
         ("evaluation.tta=hflp", r"evaluation.tta='hflp' .*use one of: none, hflip, tencrop"),
         ("evaluation.threshold=max", r"evaluation.threshold='max' .*use one of: youden, f1"),
-        ("evaluation.precision=fp64", r"evaluation.precision='fp64' is not a precision; use one of .*'32-true', 'bf16-mixed'"),
+        (
+            "evaluation.precision=fp64",
+            r"evaluation.precision='fp64' is not a precision; use one of .*'32-true', 'bf16-mixed'",
+        ),
         ("+evaluation.boostrap=10", r"unknown setting\(s\) in evaluation: boostrap"),
         ("callbacks.visualization.method=gradcm", r"visualization.method='gradcm' .*gradcam"),
         ("model.optimizer.name=adamm", r"model.optimizer.name='adamm' .*adam, adamw, sgd"),

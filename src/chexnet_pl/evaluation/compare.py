@@ -21,6 +21,7 @@ from scipy.stats import norm, rankdata
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.evaluation.plots import save_figure
 from chexnet_pl.evaluation.predictions import prob_columns
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
 from chexnet_pl.labels import FINDINGS, NO_FINDING
@@ -244,8 +245,6 @@ def write_comparison(
             f"A = {label_a}\nB = {label_b}\n{len(a):,} images, {confidence:.0%} CI (patient bootstrap)",
             fontsize=8,
         )
-        figure.tight_layout()
-        figure.savefig(output_dir / "compare.png", dpi=80)
-        plt.close(figure)
+        save_figure(figure, output_dir / "compare.png")
     log.info("%s", format_comparison(table, label_a, label_b, len(a), patients, bootstrap_samples))
     return table

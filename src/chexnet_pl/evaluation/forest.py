@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from chexnet_pl.evaluation.plots import save_figure  # noqa: E402
+
 
 def forest_panel(
     ax,
@@ -81,10 +83,4 @@ def plot_subgroup_forest(
         forest_panel(ax, labels, block["auroc"], lows, highs, reference)
         weight = "bold" if finding == mean_name else "normal"
         ax.set_title(finding.replace("_", " "), fontsize=9, fontweight=weight)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)

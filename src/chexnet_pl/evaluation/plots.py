@@ -16,6 +16,18 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
 
 
+def save_figure(figure, path: str | Path, title: str | None = None, title_size=None) -> Path:
+    """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file."""
+    path = Path(path)
+    if title:
+        figure.suptitle(title, fontsize=title_size)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
 def _grid(count: int):
     columns = 5
     rows = math.ceil(count / columns)
@@ -59,11 +71,5 @@ def plot_curves(
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.legend(loc="lower right" if kind == "roc" else "upper right", fontsize=8)
-        if title:
-            figure.suptitle(title)
-        figure.tight_layout()
-        path = Path(output_dir) / f"{kind}_curves.png"
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
-        paths[kind] = path
+        paths[kind] = save_figure(figure, Path(output_dir) / f"{kind}_curves.png", title)
     return paths

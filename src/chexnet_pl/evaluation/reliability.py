@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
+from chexnet_pl.evaluation.plots import save_figure  # noqa: E402
+
 
 def plot_reliability(
     scores: np.ndarray,
@@ -69,10 +71,4 @@ def plot_reliability(
         ax.set_xlabel("mean predicted probability", fontsize=7)
         ax.set_ylabel("observed frequency", fontsize=7)
         ax.tick_params(labelsize=7)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)

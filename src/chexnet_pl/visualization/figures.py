@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from chexnet_pl.evaluation.plots import save_figure as write_figure  # noqa: E402
+
 
 def upsample(heatmap: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     """A low-resolution map → ``shape`` (the original X-ray's), bilinear."""
@@ -83,10 +85,4 @@ def save_figure(
             if mark:
                 for column in range(len(columns)):
                     rendered[row, column].set_facecolor("#ffd6d6")
-    if title:
-        figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return write_figure(figure, path, title, title_size=10)
