@@ -16,18 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from conftest import compose_config, random_checkpoint
 from PIL import Image
-
-from chexnet_pl.data.images import read_gray
-from chexnet_pl.errors import DataError, ImageReadError
-from chexnet_pl.predict import predict
-from chexnet_pl.visualization.inputs import image_files
-
-pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import (  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
     MPEG4HP41,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -35,6 +29,11 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
     generate_uid,
 )
+
+from chexnet_pl.data.images import read_gray
+from chexnet_pl.errors import DataError, ImageReadError
+from chexnet_pl.predict import predict
+from chexnet_pl.visualization.inputs import image_files
 
 REPO = Path(__file__).resolve().parents[1]
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation

@@ -410,7 +410,8 @@ def browser(tmp_path):
     if missing:
         pytest.skip(f"{missing} not installed (make browser installs Debian's chromium and "
                     "chromium-driver, as root with apt-get)")  # fmt: skip
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium import webdriver
+
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for a driver online
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
