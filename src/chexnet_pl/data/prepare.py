@@ -199,16 +199,8 @@ def build_cache(
             f"no images under {root}: expected {root}/images/*.png or {root}/images_NNN/images/*.png"
         )
     listing = source_listing(images, root)
-    if folder.exists() and not force:
-        try:
-            current = open_cache(folder, size)
-            if current.index[SOURCE_COLUMNS].equals(listing[SOURCE_COLUMNS]):
-                log.info("%s is up to date (%d images)", folder, len(listing))
-                return folder
-            reason = "the source images changed (added, removed or modified)"
-        except StaleCache as exc:
-            reason = str(exc)
-        log.warning("rebuilding %s: %s", folder, reason)
+    if not force and _up_to_date(folder, size, listing):
+        return folder
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -230,6 +222,32 @@ def build_cache(
             len(listing),
         )
     paths = [str(images[name]) for name in listing["Image Index"]]
+    _decode_all(partial, paths, todo, size, chunk_size, workers, progress)
+    return _finish(partial, folder, listing)
+
+
+def _up_to_date(folder: Path, size: int, listing: pd.DataFrame) -> bool:
+    """Whether ``folder`` is a complete cache of exactly these sources (else say why it is rebuilt)."""
+    if not folder.exists():
+        return False
+    try:
+        current = open_cache(folder, size)
+        if current.index[SOURCE_COLUMNS].equals(listing[SOURCE_COLUMNS]):
+            log.info("%s is up to date (%d images)", folder, len(listing))
+            return True
+        reason = "the source images changed (added, removed or modified)"
+    except StaleCache as exc:
+        reason = str(exc)
+    log.warning("rebuilding %s: %s", folder, reason)
+    return False
+
+
+def _decode_all(
+    partial: Path, paths: list[str], todo: np.ndarray, size: int, chunk_size: int,
+    workers: int | None, progress: bool,
+) -> None:  # fmt: skip
+    """Decode the ``todo`` rows of ``paths`` into the partial cache, in chunks, across processes;
+    unreadable files are appended to its errors file."""
     jobs = [
         (todo[start : start + chunk_size], [paths[i] for i in todo[start : start + chunk_size]])
         for start in range(0, len(todo), chunk_size)
@@ -253,14 +271,14 @@ def build_cache(
 
         if workers == 1:
             try:
-                _open_worker(str(partial), len(listing), size)
+                _open_worker(str(partial), len(paths), size)
                 for job in jobs:
                     record(_decode_chunk(job))
             finally:
                 _worker.clear()
         else:
             context = multiprocessing.get_context("spawn")
-            args = (str(partial), len(listing), size, os.getpid())
+            args = (str(partial), len(paths), size, os.getpid())
             try:
                 with ProcessPoolExecutor(workers, context, _open_worker, args) as pool:
                     for result in pool.map(_decode_chunk, jobs):
@@ -270,7 +288,6 @@ def build_cache(
                     f"a decoding process died while building {partial} (out of memory or disk?); "
                     "the chunks finished so far are kept — rerun to resume"
                 ) from exc
-    return _finish(partial, folder, listing)
 
 
 def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
