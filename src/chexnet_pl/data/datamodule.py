@@ -43,6 +43,26 @@ SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
 REPORT_COLUMNS = ["Image Index", "split", "reason"]
 MISSING_POLICIES = ("error", "skip")
 CACHE_MODES = ("auto", "off", "required")
+CHOICES = {"view_position": VIEWS, "missing_images": MISSING_POLICIES,
+           "on_bad_image": MISSING_POLICIES, "cache": CACHE_MODES, "loader": LOADERS}  # fmt: skip
+
+
+def _check_choices(**settings: str) -> None:
+    """Each ``data.<key>=value`` must be one of its allowed values (CHOICES)."""
+    for key, value in settings.items():
+        if value not in CHOICES[key]:
+            raise DataError(f"data.{key}={value!r}; use one of {CHOICES[key]}")
+
+
+def _workers(requested: int | str) -> int:
+    """``data.num_workers``: ``auto`` or a count, capped at this machine's cores."""
+    try:
+        workers = resolve_num_workers(requested)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    if requested != "auto" and workers < int(requested):
+        log.info("data.num_workers=%s capped at this machine's %d CPU cores", requested, workers)
+    return workers
 
 
 class NIHDataModule(pl.LightningDataModule):
@@ -106,18 +126,8 @@ class NIHDataModule(pl.LightningDataModule):
         super().__init__()
         # Plain values, stored in checkpoints so evaluation can rebuild the same data and split.
         self.save_hyperparameters(logger=False)
-        if view_position not in VIEWS:
-            raise DataError(f"data.view_position={view_position!r}; use one of {VIEWS}")
-        if missing_images not in MISSING_POLICIES:
-            raise DataError(
-                f"data.missing_images={missing_images!r}; use one of {MISSING_POLICIES}"
-            )
-        if on_bad_image not in MISSING_POLICIES:
-            raise DataError(f"data.on_bad_image={on_bad_image!r}; use one of {MISSING_POLICIES}")
-        if cache not in CACHE_MODES:
-            raise DataError(f"data.cache={cache!r}; use one of {CACHE_MODES}")
-        if loader not in LOADERS:
-            raise DataError(f"data.loader={loader!r}; use one of {LOADERS}")
+        _check_choices(view_position=view_position, missing_images=missing_images,
+                       on_bad_image=on_bad_image, cache=cache, loader=loader)  # fmt: skip
         if not 0 < float(device_memory_share) <= 1:
             raise DataError(
                 f"data.device_memory_share={device_memory_share!r}; use a share in (0, 1]"
@@ -130,16 +140,7 @@ class NIHDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        try:
-            self.num_workers = resolve_num_workers(num_workers)
-        except ValueError as exc:
-            raise DataError(str(exc)) from exc
-        if num_workers != "auto" and self.num_workers < int(num_workers):
-            log.info(
-                "data.num_workers=%s capped at this machine's %d CPU cores",
-                num_workers,
-                self.num_workers,
-            )
+        self.num_workers = _workers(num_workers)
         self.pin_memory = bool(pin_memory)
         self.missing_images = missing_images
         self.on_bad_image = on_bad_image
