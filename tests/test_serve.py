@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import random_checkpoint
+from conftest import compose_config, random_checkpoint
 from PIL import Image
 
 from chexnet_pl.data.images import read_gray
@@ -40,6 +40,15 @@ from chexnet_pl.serving.uploads import file_from_body
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
+# The service's shipped limits (conf/serve.yaml, conf/decode/default.yaml), as `serve` reads them.
+SHIPPED = compose_config("serve", None, "ckpt=unused")
+MAX_PIXELS = int(SHIPPED.max_pixels)
+MAX_UPLOAD_BYTES = int(SHIPPED.max_upload_mb * 2**20)
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """``decode_image`` with the service's shipped limits."""
+    return decode_image(data, max_pixels, MAX_UPLOAD_BYTES)
 
 
 # -- building blocks, in memory -------------------------------------------------------------
@@ -71,12 +80,12 @@ def encoded(gray: np.ndarray, fmt: str, mode: str = "L") -> bytes:
 def test_decode_reads_real_png_and_jpeg_like_the_training_loader(nih_sample):
     for path in sorted((nih_sample / "images").glob("*.png"))[:4]:
         expected = read_gray(path)
-        assert np.array_equal(decode_image(path.read_bytes()), expected)
-        jpeg = decode_image(encoded(expected, "JPEG"))
+        assert np.array_equal(decode(path.read_bytes()), expected)
+        jpeg = decode(encoded(expected, "JPEG"))
         assert jpeg.shape == expected.shape
         assert np.abs(jpeg.astype(int) - expected).mean() < 3  # lossy, but the same picture
     rgba = encoded(expected, "PNG", "RGBA")
-    assert np.array_equal(decode_image(rgba), expected)
+    assert np.array_equal(decode(rgba), expected)
 
 
 def test_dicom_uploads_decode_as_predict_reads_them(tmp_path):
@@ -88,13 +97,13 @@ def test_dicom_uploads_decode_as_predict_reads_them(tmp_path):
 
     gray = np.random.default_rng(0).integers(0, 256, (96, 80), dtype=np.uint8)
     path = write_dicom(tmp_path / "x.dcm", (gray.astype(np.uint16) * 16), bits_stored=12)
-    assert np.array_equal(decode_image(path.read_bytes()), read_gray(path))
+    assert np.array_equal(decode(path.read_bytes()), read_gray(path))
     frames = write_dicom(tmp_path / "f.dcm", np.stack([gray, gray]), frames=2)
     with pytest.raises(UploadError, match="multi-frame") as error:
-        decode_image(frames.read_bytes())
+        decode(frames.read_bytes())
     assert error.value.status == 422
     with pytest.raises(UploadError, match="declares 80×96 pixels") as error:
-        decode_image(path.read_bytes(), max_pixels=1000)
+        decode(path.read_bytes(), max_pixels=1000)
     assert error.value.status == 413
 
 
@@ -110,15 +119,15 @@ def test_dicom_uploads_decode_as_predict_reads_them(tmp_path):
             "cannot use this DICOM: a DICOM without pixel data",
         ),
         (png_header_only(8_000, 8_000), 413, "declares 8000×8000 pixels"),
-        (png_header_only(30_000, 30_000), 413, "more pixels than this service decodes"),
+        (png_header_only(30_000, 30_000), 413, "declares more pixels than PIL decodes"),
         (png_header_only(100, 100), 422, "corrupt or truncated"),
-        (png_header_only(0, 10), 422, "corrupt or truncated"),
+        (png_header_only(0, 10), 422, "cannot use this PNG: not an image PIL can identify"),
     ],
     ids=["empty", "text", "gif", "dicom", "bomb", "huge-bomb", "truncated", "no-pixels"],
 )
 def test_decode_refuses_bad_uploads_with_a_status_and_message(data, status, message):
     with pytest.raises(UploadError, match=message) as error:
-        decode_image(data)
+        decode(data)
     assert error.value.status == status
 
 

@@ -20,6 +20,11 @@ class ImageReadError(DataError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image declares more pixels than ``max_pixels`` (or inflates beyond its limit): refused
+    before its pixels are decoded (the web service answers 413)."""
+
+
 class ConfigError(ChexnetError, ValueError):
     """A setting has a value the code cannot use (named with its key, value and what is allowed)."""
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
+from chexnet_pl.data.image_limits import check_max_pixels
 from chexnet_pl.errors import DataError
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.heatmaps import check_method
@@ -30,6 +31,7 @@ def predict(cfg: DictConfig) -> Path:
     and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
     check_method(cfg.method)
+    max_pixels = check_max_pixels(cfg.max_pixels)
     out_dir = Path(cfg.out or cfg.paths.output_dir)
     run = load_run(cfg.ckpt)
     model = run.model
@@ -40,7 +42,7 @@ def predict(cfg: DictConfig) -> Path:
     )
     frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
-        xrays, unreadable = read_readable(paths[start : start + int(cfg.batch_size)])
+        xrays, unreadable = read_readable(paths[start : start + int(cfg.batch_size)], max_pixels)
         skipped.extend(unreadable)
         if not xrays:
             continue

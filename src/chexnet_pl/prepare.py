@@ -24,6 +24,7 @@ def prepare(cfg: DictConfig) -> Path:
         chunk_size=int(cfg.chunk_size),
         force=bool(cfg.force),
         progress=bool(cfg.progress),
+        max_pixels=cfg.max_pixels,
     )
 
 

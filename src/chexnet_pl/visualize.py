@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from chexnet_pl.checkpoints import datamodule_for, load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
+from chexnet_pl.data.image_limits import check_max_pixels
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.errors import DataError
 from chexnet_pl.visualization.explain import XRay, explain
@@ -25,12 +26,16 @@ log = logging.getLogger(__name__)
 
 def visualize(cfg: DictConfig) -> Path:
     check_method(cfg.method)
+    max_pixels = check_max_pixels(cfg.max_pixels)
     run = load_run(cfg.ckpt)
     model = run.model
     if cfg.label not in model.class_names:
         raise DataError(
             f"label={cfg.label!r} is not an output of this model; choose one of {model.class_names}"
         )
+    calibration, thresholds = calibration_and_thresholds(  # checked before any image is read
+        cfg.get("calibration"), cfg.thresholds, model.class_names
+    )
     datamodule = datamodule_for(run, cfg.data, cfg.paths.output_dir)
     datamodule.setup()
     dataset = datamodule.datasets[cfg.split]
@@ -42,15 +47,12 @@ def visualize(cfg: DictConfig) -> Path:
     xrays = [
         XRay(
             dataset.table["Image Index"].iloc[i],
-            read_gray(dataset.table["path"].iloc[i]),
+            read_gray(dataset.table["path"].iloc[i], max_pixels),
             dataset.labels[i],
         )
         for i in rows
     ]
     out_dir = Path(cfg.paths.output_dir)
-    calibration, thresholds = calibration_and_thresholds(
-        cfg.get("calibration"), cfg.thresholds, model.class_names
-    )
     explain(
         model,
         xrays,

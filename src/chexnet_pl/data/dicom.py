@@ -10,19 +10,31 @@
    same gray, whatever they show.
 4. MONOCHROME1 (white = low values) is inverted, so bone is bright as in NIH's PNGs.
 
-Refused with a message: files without pixel data (reports, presentation states), multi-frame
-images, colour models other than RGB/YBR, video transfer syntaxes, and compressed syntaxes whose
-decoder is not installed (the message names the packages to install).
+Refused with a message, from the header and before any pixel is decoded: files without pixel
+data (reports, presentation states), multi-frame images (by NumberOfFrames, or by uncompressed
+pixel data holding several frames), more pixels than ``max_pixels``, colour models other than
+RGB/YBR, video transfer syntaxes, and compressed syntaxes whose decoder is not installed (the
+message names the packages to install). Damaged files and Deflated datasets that inflate beyond
+what they declare are refused while opening (``dicom_file``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from chexnet_pl.data.dicom_file import (
+    PIXEL_KEYWORDS,
+    header_numbers,
+    one_line,
+    open_dataset,
+    reporting_errors_ourselves,
+)
+from chexnet_pl.data.image_limits import check_declared_pixels
 from chexnet_pl.errors import ImageReadError
 
 log = logging.getLogger(__name__)
@@ -110,30 +122,79 @@ def _check_decodable(ds, path: Path) -> None:
         )  # fmt: skip
 
 
-def read_dicom(source: str | Path | BinaryIO, name: str = "upload.dcm") -> np.ndarray:
-    """One DICOM file (a path, or an open binary stream called ``name`` in messages) → HxW uint8
-    grayscale (see the module's steps); ImageReadError otherwise."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_windowing
+def _check_one_frame(ds, path: Path, rows: int, columns: int) -> None:
+    """Uncompressed pixel data long enough for two frames or more, in a file that does not say
+    it has several (no NumberOfFrames), is a multi-frame image with a wrong header."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed:
+        return  # encapsulated: the decoded shape is checked instead
+    keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
+    bits = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}.get(
+        keyword, int(ds.get("BitsAllocated", 8) or 8)
+    )
+    frame_bytes = math.ceil(rows * columns * int(ds.get("SamplesPerPixel", 1) or 1) * bits / 8)
+    element = ds.get_item(keyword)
+    length = getattr(element, "length", None)
+    if length is None or length == 0xFFFFFFFF:
+        length = len(element.value or b"")
+    if frame_bytes and length >= 2 * frame_bytes:
+        raise ImageReadError(
+            path, f"its pixel data holds {length // frame_bytes} frames of {columns}×{rows} "
+            f"({length} bytes) but its header declares one (NumberOfFrames "
+            f"{ds.get('NumberOfFrames', 'absent')}): export the frame you want as its own file",
+        )  # fmt: skip
 
+
+def read_dicom(
+    source: str | Path | BinaryIO,
+    name: str = "upload.dcm",
+    max_pixels: int | None = None,
+    max_inflated_bytes: int | None = None,
+) -> np.ndarray:
+    """One DICOM file (a path, or an open binary stream called ``name`` in messages) → HxW uint8
+    grayscale (see the module's steps); ImageReadError otherwise. More than ``max_pixels``
+    declared pixels (rows × columns × frames), or a Deflated dataset inflating beyond
+    ``max_inflated_bytes``, is ``ImageTooLargeError``, before any pixel is decoded."""
     stream = source if hasattr(source, "read") else Path(source)
     path = Path(name) if hasattr(source, "read") else Path(source)
+    with reporting_errors_ourselves():
+        ds = open_dataset(stream, path, max_pixels, max_inflated_bytes)
+        photometric = _check_single_image(ds, path, max_pixels)
+        try:
+            stored = ds.pixel_array
+        except Exception as exc:  # pydicom raises many types for broken pixel data
+            raise ImageReadError(
+                path, f"its pixel data cannot be decoded ({one_line(exc)})"
+            ) from exc
+    rows, columns, _ = header_numbers(ds)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if stored.shape not in ((rows, columns), (rows, columns, samples)):
+        raise ImageReadError(
+            path, f"its pixel data decodes to an array of shape {stored.shape}, not the one "
+            f"{columns}×{rows} image its header declares",
+        )  # fmt: skip
     try:
-        ds = pydicom.dcmread(stream)
-    except FileNotFoundError as exc:
-        raise ImageReadError(path, "file not found") from exc
-    except InvalidDicomError as exc:
-        raise ImageReadError(path, f"not a DICOM file ({exc})") from exc
-    except (OSError, EOFError, ValueError, KeyError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated DICOM ({exc})") from exc
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return _to_gray(ds, stored, photometric, path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a header value pydicom cannot apply (a window, a LUT, the bits)
+        raise ImageReadError(
+            path, f"its pixel values cannot be mapped to gray with its header ({one_line(exc)})"
+        ) from exc
+
+
+def _check_single_image(ds, path: Path, max_pixels: int | None) -> str:
+    """Everything that can be said from the header: one still X-ray image, not larger than
+    ``max_pixels``, with a decoder for its transfer syntax. Returns its photometric
+    interpretation."""
+    if not any(tag in ds for tag in PIXEL_KEYWORDS):
         kind = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
         raise ImageReadError(
             path, f"a DICOM without pixel data ({kind}, modality {ds.get('Modality', '?')}): "
             "not an image",
         )  # fmt: skip
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, columns, frames = header_numbers(ds)
+    check_declared_pixels(path, columns, rows, max_pixels, frames)
     if frames > 1:
         raise ImageReadError(
             path, f"a multi-frame DICOM ({frames} frames); predictions take single X-ray images: "
@@ -145,25 +206,37 @@ def read_dicom(source: str | Path | BinaryIO, name: str = "upload.dcm") -> np.nd
             path, f"photometric interpretation {photometric or 'missing'!r} is not supported "
             f"(use one of {MONOCHROME + ('RGB',)})",
         )  # fmt: skip
+    _check_one_frame(ds, path, rows, columns)
     _check_decodable(ds, path)
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for broken pixel data
-        raise ImageReadError(path, f"its pixel data cannot be decoded ({exc})") from exc
+    return photometric
+
+
+def _to_gray(ds, stored: np.ndarray, photometric: str, path: Path) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_windowing
+
     if photometric in COLOUR:  # pydicom returns RGB; luminance as PIL's "L" (ITU-R 601)
         if stored.dtype != np.uint8:
             raise ImageReadError(path, f"{stored.dtype} colour pixels are not supported")
         from PIL import Image
 
         return np.array(Image.fromarray(stored, mode="RGB").convert("L"), dtype=np.uint8)
-    values = apply_modality_lut(stored, ds).astype(np.float64)
+    # float64 throughout (exact for 16-bit values and their rescale), without needless copies:
+    # a 40 MP image is 320 MB per array.
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    del stored
     low, high = _output_range(ds)
     if "VOILUTSequence" in ds:
         values, low, high = _voi_lut(values, ds)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        values = apply_windowing(values, ds, index=0)
-    gray = np.clip((values.astype(np.float64) - low) * (255.0 / max(high - low, 1e-9)), 0, 255)
-    gray = np.floor(gray + 0.5).astype(np.uint8)
+        values = np.asarray(apply_windowing(values, ds, index=0), dtype=np.float64)
+    if not values.flags.writeable:
+        values = values.copy()
+    values -= low
+    values *= 255.0 / max(high - low, 1e-9)
+    np.clip(values, 0, 255, out=values)
+    values += 0.5
+    gray = np.floor(values, out=values).astype(np.uint8)
+    del values
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     log.debug(

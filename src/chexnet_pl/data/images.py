@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from chexnet_pl.data.dicom import looks_like_dicom, read_dicom
-from chexnet_pl.errors import DataError, ImageReadError
+from chexnet_pl.data.image_limits import check_declared_pixels
+from chexnet_pl.errors import DataError, ImageReadError, ImageTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +74,48 @@ def to_uint8_gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """Decode one image file as HxW uint8 grayscale; ImageReadError names the file and reason."""
-    path = Path(path)
-    # Only files that are not PNG/JPEG by name are sniffed, so dataset reads cost nothing more.
-    if path.suffix.lower() not in IMAGE_SUFFIXES and looks_like_dicom(path):
-        return read_dicom(path)
+def decode_pil(
+    source: str | Path | BinaryIO,
+    max_pixels: int | None = None,
+    name: str | Path | None = None,
+    formats: list[str] | None = None,
+) -> np.ndarray:
+    """A PNG/JPEG (any format PIL reads, or only ``formats``) → HxW uint8 gray, its declared size
+    checked against ``max_pixels`` before decoding; ImageReadError names ``name`` (default: the
+    path) and the reason."""
+    path = Path(name if name is not None else source)  # type: ignore[arg-type]
     try:
-        with Image.open(path) as image:
+        with Image.open(source, formats=formats) as image:
+            width, height = image.size
+            check_declared_pixels(path, width, height, max_pixels)
+            if width == 0 or height == 0:
+                raise ImageReadError(path, f"the image has no pixels ({width}×{height})")
             image.load()
             return to_uint8_gray(image)
+    except ImageReadError:
+        raise
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
+    except Image.DecompressionBombError as exc:  # PIL's own limit, when above max_pixels
+        raise ImageTooLargeError(path, f"declares more pixels than PIL decodes ({exc})") from exc
     except UnidentifiedImageError as exc:
-        size = path.stat().st_size if path.exists() else 0
-        reason = "empty file (0 bytes)" if size == 0 else "not an image PIL can identify"
+        empty = (
+            isinstance(source, str | Path)
+            and Path(source).exists()
+            and not Path(source).stat().st_size
+        )
+        reason = "empty file (0 bytes)" if empty else "not an image PIL can identify"
         raise ImageReadError(path, reason) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"corrupt or truncated ({exc})") from exc
+
+
+def read_gray(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Decode one image file as HxW uint8 grayscale; ImageReadError names the file and reason.
+    A file declaring more than ``max_pixels`` pixels is refused before decoding
+    (``ImageTooLargeError``)."""
+    path = Path(path)
+    # Only files that are not PNG/JPEG by name are sniffed, so dataset reads cost nothing more.
+    if path.suffix.lower() not in IMAGE_SUFFIXES and looks_like_dicom(path):
+        return read_dicom(path, max_pixels=max_pixels)
+    return decode_pil(path, max_pixels)

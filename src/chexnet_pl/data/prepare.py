@@ -43,6 +43,7 @@ from chexnet_pl.data.cache import (
     open_cache,
     source_listing,
 )
+from chexnet_pl.data.image_limits import check_max_pixels
 from chexnet_pl.data.images import find_images, read_gray
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.errors import DataError, ImageReadError
@@ -100,7 +101,9 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _open_worker(folder: str, count: int, size: int, parent_pid: int | None = None) -> None:
+def _open_worker(
+    folder: str, count: int, size: int, parent_pid: int | None = None, max_pixels: int | None = None
+) -> None:
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one image per process at a time; parallelism is across processes
@@ -109,6 +112,7 @@ def _open_worker(folder: str, count: int, size: int, parent_pid: int | None = No
     )
     _worker["status"] = np.memmap(Path(folder) / STATUS, dtype=np.uint8, mode="r+", shape=(count,))
     _worker["size"] = size
+    _worker["max_pixels"] = max_pixels
 
 
 def _decode_chunk(job: tuple[np.ndarray, list[str]]) -> tuple[int, list[tuple[int, str, str]]]:
@@ -118,7 +122,7 @@ def _decode_chunk(job: tuple[np.ndarray, list[str]]) -> tuple[int, list[tuple[in
     failures, done = [], []
     for row, path in zip(rows, paths, strict=True):
         try:
-            images[row] = area_resize(read_gray(path), size)
+            images[row] = area_resize(read_gray(path, _worker["max_pixels"]), size)
             done.append(row)
         except ImageReadError as exc:
             failures.append((int(row), path, exc.reason))
@@ -186,9 +190,12 @@ def build_cache(
     chunk_size: int = 64,
     force: bool = False,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> Path:
-    """Build (or bring up to date) the ``size`` px cache of every image under ``root``."""
+    """Build (or bring up to date) the ``size`` px cache of every image under ``root``; an image
+    declaring more than ``max_pixels`` pixels is recorded as unreadable, never decoded."""
     size = int(size)
+    max_pixels = check_max_pixels(max_pixels)
     if size < 8:
         raise DataError(f"size={size}: the cache needs images of at least 8 px")
     root = Path(root).expanduser()
@@ -222,7 +229,7 @@ def build_cache(
             len(listing),
         )
     paths = [str(images[name]) for name in listing["Image Index"]]
-    _decode_all(partial, paths, todo, size, chunk_size, workers, progress)
+    _decode_all(partial, paths, todo, size, chunk_size, workers, progress, max_pixels)
     return _finish(partial, folder, listing)
 
 
@@ -244,7 +251,7 @@ def _up_to_date(folder: Path, size: int, listing: pd.DataFrame) -> bool:
 
 def _decode_all(
     partial: Path, paths: list[str], todo: np.ndarray, size: int, chunk_size: int,
-    workers: int | None, progress: bool,
+    workers: int | None, progress: bool, max_pixels: int | None = None,
 ) -> None:  # fmt: skip
     """Decode the ``todo`` rows of ``paths`` into the partial cache, in chunks, across processes;
     unreadable files are appended to its errors file."""
@@ -271,14 +278,14 @@ def _decode_all(
 
         if workers == 1:
             try:
-                _open_worker(str(partial), len(paths), size)
+                _open_worker(str(partial), len(paths), size, max_pixels=max_pixels)
                 for job in jobs:
                     record(_decode_chunk(job))
             finally:
                 _worker.clear()
         else:
             context = multiprocessing.get_context("spawn")
-            args = (str(partial), len(paths), size, os.getpid())
+            args = (str(partial), len(paths), size, os.getpid(), max_pixels)
             try:
                 with ProcessPoolExecutor(workers, context, _open_worker, args) as pool:
                     for result in pool.map(_decode_chunk, jobs):

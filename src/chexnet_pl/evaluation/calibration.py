@@ -3,8 +3,9 @@ reliability diagrams, and per-class temperature / Platt scaling fitted on valida
 
 Both scalings act on the logit z of a probability: Platt ``σ(a·z + b)``, temperature ``σ(z / T)``
 (``a = 1/T``, ``b = 0``). Both are a one-feature logistic regression (scikit-learn), with or
-without intercept; the parameters are written as JSON that ``predict`` / ``visualize`` read
-with ``calibration=<file>``.
+without intercept; the parameters are written as JSON that ``predict``, ``visualize`` and
+``serve`` read with ``calibration=<file>``, each through ``Calibration.read``, which checks the
+file (finite numbers, positive temperatures, the model's classes) before any image is read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.files import write_text_atomic
 from chexnet_pl.labels import FINDINGS, NO_FINDING
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ CALIBRATION_METHODS = ("none", "temperature", "platt")
 MEAN_ROW = "Mean (14 findings)"
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit
 FORMAT = "chexnet_pl.calibration/1"
+READ_HINT = "give the calibration.json of an evaluation run with evaluation.calibrate="
 
 
 def logit(probabilities: np.ndarray) -> np.ndarray:
@@ -77,36 +80,100 @@ class Calibration:
         for name, a, b in zip(self.class_names, self.slope, self.intercept, strict=True):
             entry = {"slope": float(a), "intercept": float(b)}
             if self.method == "temperature":
-                entry = {"temperature": float(1 / a) if a != 0 else math.inf, **entry}
+                entry = {"temperature": float(1 / a) if a > 0 else None, **entry}
             classes[name] = entry
         return {"format": FORMAT, "method": self.method, "fitted_on": self.fitted_on,
                 "formula": "sigmoid(slope * logit(p) + intercept)", "classes": classes}  # fmt: skip
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1))
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1))
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> Calibration:
-        """Read a calibration file an evaluation wrote; errors name the file and what is wrong."""
+    def read(cls, path: str | Path, class_names: Sequence[str] | None = None) -> Calibration:
+        """Read a calibration file an evaluation wrote, checked before use (``from_json``)."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(f"calibration file not found: {path} (calibration=)")
         try:
             data = json.loads(path.read_text())
-            classes = data["classes"]
-            method = data["method"]
-            slope = np.array([float(classes[n]["slope"]) for n in classes])
-            intercept = np.array([float(classes[n]["intercept"]) for n in classes])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(
                 f"{path} is not a calibration file an evaluation wrote ({type(exc).__name__}: "
-                f"{exc}); give the calibration.json of an evaluation run with evaluation.calibrate="
+                f"{exc}); {READ_HINT}"
             ) from exc
-        if method not in CALIBRATION_METHODS[1:] or not np.isfinite(slope).all():
-            raise DataError(f"{path}: method {method!r} or its parameters are not usable")
-        return cls(method, list(classes), slope, intercept, data.get("fitted_on", ""), path)
+        return cls.from_json(data, path, class_names)
+
+    @classmethod
+    def from_json(
+        cls, data: object, path: Path | None = None, class_names: Sequence[str] | None = None
+    ) -> Calibration:
+        """``to_json``'s output, checked: finite numbers, a positive temperature, and (given the
+        model's ``class_names``) exactly the model's classes. Errors name the file (``path``),
+        the class and the value."""
+        where = path or "the calibration"
+        try:
+            classes, method = data["classes"], data["method"]  # type: ignore[index]
+            entries = {str(n): dict(classes[n]) for n in classes}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{where} is not a calibration file an evaluation wrote ({type(exc).__name__}: "
+                f"{exc}); {READ_HINT}"
+            ) from exc
+        if data.get("format", FORMAT) != FORMAT or method not in CALIBRATION_METHODS[1:]:
+            raise DataError(
+                f"{where}: format {data.get('format')!r}, method {method!r}: not a calibration "
+                f"this version reads (format {FORMAT}, method one of {CALIBRATION_METHODS[1:]}); "
+                f"{READ_HINT}"
+            )
+        slope = np.array([_parameter(where, n, e, "slope") for n, e in entries.items()])
+        intercept = np.array([_parameter(where, n, e, "intercept") for n, e in entries.items()])
+        if method == "temperature":
+            for (name, entry), a, b in zip(entries.items(), slope, intercept, strict=True):
+                temperature = 1 / a if a > 0 else None
+                if "temperature" in entry:
+                    temperature = _parameter(where, name, entry, "temperature")
+                if a <= 0 or temperature is None or temperature <= 0 or b != 0:
+                    raise DataError(
+                        f"{where}: class {name!r} has temperature {entry.get('temperature')}, "
+                        f"slope {a:g}, intercept {b:g}; temperature scaling needs a positive "
+                        f"temperature (slope = 1/temperature, intercept 0); {READ_HINT}"
+                    )
+        fitted_on = str(data.get("fitted_on", ""))
+        calibration = cls(method, list(entries), slope, intercept, fitted_on, path)
+        if class_names is not None:
+            calibration.check_classes(class_names)
+        return calibration
+
+    def check_classes(self, class_names: Sequence[str]) -> None:
+        """The file must hold exactly the model's classes: one it lacks cannot be calibrated, and
+        one the model does not have says it was fitted for another model."""
+        self._index(class_names)
+        unknown = [n for n in self.class_names if n not in class_names]
+        if unknown:
+            where = f" ({self.path})" if self.path else ""
+            raise DataError(
+                f"the calibration{where} has classes this model does not output: {unknown} (the "
+                f"model's: {list(class_names)}). Use the calibration.json of an evaluation of "
+                "this model"
+            )
+
+
+def _parameter(where: object, name: str, entry: dict, key: str) -> float:
+    """One finite number of a class's entry, or a DataError naming the file, class and value."""
+    value = entry.get(key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise DataError(
+            f"{where}: class {name!r} has {key} {value!r}, not a finite number; the file is "
+            "damaged or was not written by an evaluation: evaluate again with "
+            "evaluation.calibrate="
+        )
+    return number
 
 
 def fit_calibration(
@@ -130,7 +197,14 @@ def fit_calibration(
         # C large: effectively unregularised maximum likelihood, as temperature / Platt scaling.
         model = LogisticRegression(C=1e6, fit_intercept=method == "platt", max_iter=1000)
         model.fit(logit(scores[:, j])[:, None], positive.astype(int))
-        slope[j] = float(model.coef_[0, 0])
+        fitted = float(model.coef_[0, 0])
+        if fitted <= 0 and method == "temperature":  # no temperature gives that: left as is
+            log.warning(
+                "%s: the fitted slope is %.3f (not positive), which no temperature gives: its "
+                "scores do not rank cases on %s; left uncalibrated", name, fitted, fitted_on,
+            )  # fmt: skip
+            continue
+        slope[j] = fitted
         intercept[j] = float(model.intercept_[0]) if method == "platt" else 0.0
         if slope[j] <= 0:
             log.warning(

@@ -4,9 +4,15 @@
 ``POST /predict`` the image as the request body, or as the ``file`` field of a multipart form;
                  ``?overlay=none|top|all|<finding>`` adds base64 PNG overlays → JSON
 ``GET /health``  liveness and counters
-``GET /model``   classes, image size, preprocessing, thresholds, checkpoint SHA-256, limits
+``GET /model``   classes, image size, preprocessing, thresholds, calibration, checkpoint SHA-256
+                 (its file name, not where it lies on the server), limits
+``GET /openapi.json`` the API's schema. There is no ``/docs`` or ``/redoc`` page (they would load
+                 Swagger UI from a CDN into the browser of someone reading X-rays); both answer
+                 404 with a message pointing at the schema.
 
-Bad input is a 4xx with ``{"error": message}``; nothing a client sends makes a 500.
+Bad input is a 4xx with ``{"error": message}``; nothing a client sends makes a 500, and a 500
+(a fault of the service) says what the user can do and gives a reference to find it in the log.
+A request whose ``Host`` header is not one the service answers to is a 400 (``hosts``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +33,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from chexnet_pl.serving.decode import DEFAULT_MAX_PIXELS, UploadError, decode_image, sniff_format
+from chexnet_pl.data.image_limits import check_max_pixels
+from chexnet_pl.errors import ConfigError, shown
+from chexnet_pl.serving.decode import UploadError, decode_image, sniff_format
+from chexnet_pl.serving.hosts import HostCheck
 from chexnet_pl.serving.predictor import Predictor, overlay_png
 from chexnet_pl.serving.served_model import ServingError
 from chexnet_pl.serving.uploads import file_from_body, read_limited, save_upload
@@ -38,11 +48,42 @@ NOT_A_MEDICAL_DEVICE = (
 )
 
 
-@dataclass
+# The request body a client may send for /predict (documented in /openapi.json).
+IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        **{kind: IMAGE_BODY for kind in ("image/png", "image/jpeg", "application/dicom")},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": IMAGE_BODY}, "required": ["file"]}
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
 class Limits:
-    max_upload_bytes: int = 50 * 2**20
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_overlay_side: int = 2048
+    """What one request may ask of the service (the settings ``max_upload_mb``, ``max_pixels``)."""
+
+    max_upload_bytes: int
+    max_pixels: int
+    max_overlay_side: int = 2048  # the longest side of an overlay (the page asks for 512)
+
+    @classmethod
+    def from_settings(cls, max_upload_mb: object, max_pixels: object) -> Limits:
+        """Checked settings, or ConfigError naming the key and value."""
+        try:
+            upload_mb = float(max_upload_mb)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            upload_mb = float("nan")
+        if not upload_mb > 0:
+            raise ConfigError(f"max_upload_mb={shown(max_upload_mb)}: give a positive size in MB")
+        pixels = check_max_pixels(max_pixels)
+        if pixels is None:
+            raise ConfigError(
+                "max_pixels=null: the service needs a limit, e.g. max_pixels=40000000"
+            )
+        return cls(int(upload_mb * 2**20), pixels)
 
 
 @dataclass
@@ -58,10 +99,13 @@ def page_html() -> str:
 
 
 def create_app(
-    predictor: Predictor, limits: Limits | None = None, save_uploads: str | Path | None = None
+    predictor: Predictor,
+    limits: Limits,
+    save_uploads: str | Path | None = None,
+    allowed_hosts: frozenset[str] | None = None,
 ) -> FastAPI:
-    """The FastAPI application around one loaded model."""
-    limits = limits or Limits()
+    """The FastAPI application around one loaded model; ``allowed_hosts``: the ``Host`` names it
+    answers (``hosts.allowed_host_names``; None: any)."""
     uploads_dir = Path(save_uploads).expanduser() if save_uploads else None
     counters = Counters(started=time.time())
 
@@ -76,6 +120,11 @@ def create_app(
         docs_url=None, redoc_url=None,
     )  # fmt: skip
     page = page_html()
+
+    def host_refused() -> None:
+        counters.client_errors += 1
+
+    app.add_middleware(HostCheck, allowed=allowed_hosts, on_refused=host_refused)
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
@@ -100,9 +149,17 @@ def create_app(
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         counters.server_errors += 1
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        reference = uuid.uuid4().hex[:8]
+        log.error("%s %s failed (reference %s)", request.method, request.url.path, reference,
+                  exc_info=exc)  # fmt: skip
         return JSONResponse(
-            {"error": f"internal error ({type(exc).__name__}); the server log has the details"},
+            {
+                "error": f"the service failed on this request ({type(exc).__name__}, reference "
+                f"{reference}): a fault of the service, not something wrong with your image "
+                "that it could name. Try again; if it fails again, try another image, and tell "
+                f"whoever runs the service the reference {reference}: its log has the details.",
+                "reference": reference,
+            },
             status_code=500,
         )
 
@@ -110,7 +167,8 @@ def create_app(
         """The file's bytes, its full-resolution gray pixels and the model's input (off the event
         loop: decoding a PNG takes milliseconds)."""
         data = file_from_body(body, content_type)
-        gray = decode_image(data, limits.max_pixels)
+        # a Deflated DICOM may inflate no further than an uncompressed upload may be long
+        gray = decode_image(data, limits.max_pixels, limits.max_upload_bytes)
         if uploads_dir is not None:
             log.info(
                 "upload kept as %s (save_uploads)",
@@ -121,6 +179,18 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.get("/docs", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False)
+    async def no_docs_page() -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": "no documentation page here: /docs and /redoc would load Swagger UI from "
+                "a CDN into your browser. The API's schema is at /openapi.json (open it in any "
+                "OpenAPI viewer); the endpoints are described in the README."
+            },
+            status_code=404,
+        )
 
     @app.get("/health")
     async def health() -> dict:
@@ -144,7 +214,7 @@ def create_app(
             "notice": NOT_A_MEDICAL_DEVICE,
         }
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra={"requestBody": PREDICT_BODY})
     async def predict(request: Request, overlay: str = "none", overlay_size: int = 512) -> dict:
         started = time.perf_counter()
         body = await read_limited(
@@ -188,6 +258,7 @@ def create_app(
                 "height": int(gray.shape[0]),
                 "format": sniff_format(data),
             },  # fmt: skip
+            "calibration": predictor.calibration_label,  # None: raw probabilities
             "checkpoint_sha256": predictor.card["checkpoint_sha256"],
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
         }

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet_pl.evaluation.calibration import Calibration
 from chexnet_pl.files import file_sha256
-from chexnet_pl.serving.card import find_thresholds, model_card, read_sidecar, sidecar_path
+from chexnet_pl.serving.card import find_thresholds, model_card, read_sidecar
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
 from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
@@ -81,12 +82,16 @@ def load_backend(
     onnx: str | Path | None = None,
     image_size: int | None = None,
     thresholds: str | Path | None = None,
+    calibration: str | Path | None = None,
 ) -> tuple[TorchBackend | OnnxBackend, dict]:
-    """The backend and the model card (classes, image size, thresholds, checkpoint hash).
+    """The backend and the model card (classes, image size, thresholds, checkpoint hash, and the
+    calibration applied to the probabilities, if any).
 
     ``backend=onnx`` exports the checkpoint in memory at start (with CAMs where the head allows
     them), or uses ``onnx`` (a file from ``chexnet_pl.export``) whose sidecar must name this
-    checkpoint's SHA-256.
+    checkpoint's SHA-256 and the file's own. ``calibration`` (an evaluation's calibration.json)
+    is checked against the model's classes before anything else is done; thresholds read from
+    an aucs.csv, chosen on raw probabilities, are mapped through it.
     """
     from chexnet_pl.checkpoints import load_run
 
@@ -95,13 +100,13 @@ def load_backend(
     checkpoint = Path(checkpoint).expanduser()
     run = load_run(checkpoint)
     module, trained_size = run.model, run.image_size
+    scaling = Calibration.read(calibration, module.class_names) if calibration else None
     sha256 = file_sha256(checkpoint)
     image_size = int(image_size or trained_size)
     if backend == "torch":
         served: TorchBackend | OnnxBackend = TorchBackend(module)
     elif onnx:
-        served = _onnx_from_file(Path(onnx).expanduser(), sha256)
-        image_size = int(read_sidecar(onnx)["image_size"])
+        served, image_size = _onnx_from_file(Path(onnx).expanduser(), sha256)
     else:
         module = module.cpu().float()
         log.info("exporting %s to ONNX in memory (backend=onnx)", checkpoint.name)
@@ -109,27 +114,32 @@ def load_backend(
             onnx_bytes(ServedModel(module, cams=cam_available(module)), image_size)
         )
     values, source = find_thresholds(checkpoint, thresholds, module.class_names)
+    if scaling is not None and source is not None:
+        values = [float(v) for v in scaling.apply(np.asarray([values]), module.class_names)[0]]
     outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
     card = model_card(
         checkpoint, module.hparams.backbone, module.class_names, image_size, values, source,
         outputs, checkpoint_sha256=sha256,
     )  # fmt: skip
     card["heatmaps"] = served.heatmaps
+    card["calibration"] = None
+    if scaling is not None:
+        card["calibration"] = {**scaling.to_json(), "file": Path(calibration).name}
+        if source is not None:
+            card["thresholds_source"] += f" (mapped through {Path(calibration).name})"
     return served, card
 
 
-def _onnx_from_file(path: Path, checkpoint_sha256: str) -> OnnxBackend:
+def _onnx_from_file(path: Path, checkpoint_sha256: str) -> tuple[OnnxBackend, int]:
+    """The backend of an exported file and its image size, once its sidecar is checked against
+    the file (``read_sidecar``) and names this checkpoint."""
     if not path.is_file():
         raise ServingError(f"onnx={path} not found; export one with python -m chexnet_pl.export")
-    if not sidecar_path(path).is_file():
-        raise ServingError(
-            f"{sidecar_path(path)} not found: onnx= takes a file written by chexnet_pl.export, "
-            "whose JSON sidecar names the checkpoint it came from"
-        )
-    exported_from = read_sidecar(path).get("checkpoint_sha256")
+    card = read_sidecar(path)
+    exported_from = card.get("checkpoint_sha256")
     if exported_from != checkpoint_sha256:
         raise ServingError(
             f"{path} was exported from a checkpoint with SHA-256 {exported_from}, not from ckpt= "
             f"(SHA-256 {checkpoint_sha256}); export this checkpoint, or serve the one it came from"
         )
-    return OnnxBackend(path)
+    return OnnxBackend(path), int(card["image_size"])

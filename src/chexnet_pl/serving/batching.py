@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
+from chexnet_pl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 Job = TypeVar("Job")
@@ -27,7 +29,7 @@ class BatchingQueue(Generic[Job, Result]):
         self, run_batch: Callable[[Sequence[Job]], Sequence[Result]], max_batch: int = 8
     ) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch={max_batch}; use 1 or more")
+            raise ConfigError(f"max_batch={max_batch}; use 1 or more")
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.batches = 0

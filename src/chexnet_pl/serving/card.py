@@ -13,7 +13,7 @@ import numpy as np
 
 from chexnet_pl.files import file_sha256
 from chexnet_pl.models.backbones import backbone_spec
-from chexnet_pl.serving.served_model import INPUT
+from chexnet_pl.serving.served_model import INPUT, ServingError
 from chexnet_pl.visualization.inputs import thresholds_from
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def model_card(
         "thresholds": dict(zip(class_names, thresholds, strict=True)),
         "thresholds_source": thresholds_source
         or f"none found: {DEFAULT_THRESHOLD} for every class",
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint.name,  # the name only: the card is served to clients
         "checkpoint_sha256": checkpoint_sha256 or file_sha256(checkpoint),
     }
 
@@ -90,11 +90,35 @@ def sidecar_path(model_file: str | Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
 
 
-def write_sidecar(model_file: str | Path, card: dict[str, Any]) -> Path:
-    path = sidecar_path(model_file)
-    path.write_text(json.dumps(card, indent=2) + "\n")
-    return path
-
-
 def read_sidecar(model_file: str | Path) -> dict[str, Any]:
-    return json.loads(sidecar_path(model_file).read_text())
+    """The sidecar of an exported model, checked against the model file: its ``model_sha256``
+    must be the file's (an export stopped between its two renames leaves a sidecar describing
+    another model). ``ServingError`` names both files and says what to do."""
+    model_file = Path(model_file)
+    path = sidecar_path(model_file)
+    again = "export the checkpoint again with chexnet-export"
+    if not path.is_file():
+        raise ServingError(
+            f"{path} not found: an exported model is used with the JSON sidecar chexnet-export "
+            f"writes beside it; {again}"
+        )
+    try:
+        card = json.loads(path.read_text())
+        expected = card.get("model_sha256")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise ServingError(f"{path} is damaged ({type(exc).__name__}: {exc}); {again}") from exc
+    if not expected:
+        raise ServingError(
+            f"{path} does not name its model's SHA-256 (written by an older chexnet-export), so "
+            f"it cannot be checked against {model_file.name}; {again}"
+        )
+    if not model_file.is_file():
+        raise ServingError(f"{model_file} not found beside its sidecar {path.name}; {again}")
+    actual = file_sha256(model_file)
+    if actual != expected:
+        raise ServingError(
+            f"{path.name} describes another model than {model_file} (SHA-256 {expected[:12]}… in "
+            f"the sidecar, {actual[:12]}… on disk): an export was stopped between writing the two, "
+            f"or one of them was replaced; {again}"
+        )
+    return card

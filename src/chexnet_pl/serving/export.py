@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chexnet_pl.serving.card import find_thresholds, model_card, write_sidecar
+from chexnet_pl.serving.card import find_thresholds, model_card
+from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
 
 log = logging.getLogger(__name__)
@@ -138,21 +139,22 @@ def export_checkpoint(
     thresholds: str | Path | None = None,
 ) -> Path:
     """Export ``checkpoint`` as served (uint8 in, probabilities [and CAMs] out) to ``out``
-    (default: beside the checkpoint, ``best.onnx`` / ``best.pt``), check it against PyTorch on a
-    batch of another size than the traced one, and write ``<out>.json``. Returns ``out``."""
+    (default: beside the checkpoint, ``best.onnx`` / ``best.pt``; a folder: that name in it),
+    check it against PyTorch on a batch of another size than the traced one, and publish it with
+    ``<out>.json`` (``publish``). Returns the model file."""
     from chexnet_pl.checkpoints import load_run
 
     if fmt not in FORMATS:
         raise ServingError(f"format={fmt!r}; use one of {sorted(FORMATS)}")
     checkpoint = Path(checkpoint).expanduser()
+    out = destination(out, checkpoint, FORMATS[fmt])
+    prepare_destination(out)  # before the work: an unwritable folder stops here
     run = load_run(checkpoint, device="cpu")
     model, trained_size = run.model.float(), run.image_size
     backbone = model.hparams.backbone
     image_size = int(image_size or trained_size)
     served = ServedModel(model, cams=cams).eval()
     check_input_size(served, image_size, backbone)
-    out = Path(out).expanduser() if out else checkpoint.with_suffix(FORMATS[fmt])
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     data = (
         onnx_bytes(served, image_size) if fmt == "onnx" else torchscript_bytes(served, image_size)
@@ -163,10 +165,6 @@ def export_checkpoint(
             f"the {fmt} export of {checkpoint} differs from PyTorch by {differences[0]:.2e} in its "
             f"probabilities (tolerance {PARITY_TOLERANCE:.0e}); nothing was written"
         )
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(out)
-
     values, source = find_thresholds(checkpoint, thresholds, model.class_names)
     card = model_card(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
@@ -182,7 +180,7 @@ def export_checkpoint(
             ),
         }
     )
-    sidecar = write_sidecar(out, card)
+    sidecar = publish(out, data, card)
     log.info(
         "%s → %s (%.1f MB) and %s; outputs %s, largest difference from PyTorch %s",
         checkpoint, out, out.stat().st_size / 1e6, sidecar.name, served.output_names,

@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from chexnet_pl.data.transforms import area_resize
+from chexnet_pl.evaluation.calibration import Calibration
 from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
 from chexnet_pl.serving.batching import BatchingQueue
 from chexnet_pl.serving.decode import UploadError
@@ -43,6 +44,12 @@ class Predictor:
         self.backend = backend
         self.card = card
         self.class_names: list[str] = list(card["classes"])
+        # the card's calibration (checked when read by load_backend) applies to every answer
+        scaling = card.get("calibration")
+        self.calibration = (
+            Calibration.from_json(scaling, None, self.class_names) if scaling else None
+        )
+        self.calibration_label = f"{scaling['method']} ({scaling['file']})" if scaling else None
         self.image_size = int(card["image_size"])
         self.thresholds = [float(card["thresholds"][name]) for name in self.class_names]
         self.queue: BatchingQueue[Job, JobResult] = BatchingQueue(self._run_batch, max_batch)
@@ -83,8 +90,11 @@ class Predictor:
         images = np.stack([job.image for job in jobs])[:, None]
         outputs = self.backend.run(np.ascontiguousarray(images))
         results = []
+        probabilities_of = outputs.probabilities
+        if self.calibration is not None:
+            probabilities_of = self.calibration.apply(probabilities_of, self.class_names)
         for i, job in enumerate(jobs):
-            probabilities = outputs.probabilities[i]
+            probabilities = probabilities_of[i].astype(np.float32)
             chosen = self._chosen(job.heat, probabilities)
             if outputs.cams is not None:
                 maps = {k: outputs.cams[i, k] for k in chosen}

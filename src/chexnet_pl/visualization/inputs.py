@@ -48,16 +48,19 @@ def image_files(image: str | None, images: str | None) -> list[Path]:
     return files
 
 
-def read_xrays(paths: list[Path]) -> list[XRay]:
-    return [XRay(p.name, read_gray(p)) for p in paths]
+def read_xrays(paths: list[Path], max_pixels: int | None = None) -> list[XRay]:
+    return [XRay(p.name, read_gray(p, max_pixels)) for p in paths]
 
 
-def read_readable(paths: list[Path]) -> tuple[list[XRay], list[tuple[str, str]]]:
-    """The images that decode, and (file name, reason) for each that does not."""
+def read_readable(
+    paths: list[Path], max_pixels: int | None = None
+) -> tuple[list[XRay], list[tuple[str, str]]]:
+    """The images that decode, and (file name, reason) for each that does not (declaring more
+    than ``max_pixels`` pixels is a reason, found before decoding)."""
     xrays, unreadable = [], []
     for path in paths:
         try:
-            xrays.append(XRay(path.name, read_gray(path)))
+            xrays.append(XRay(path.name, read_gray(path, max_pixels)))
         except ImageReadError as exc:
             unreadable.append((path.name, exc.reason))
     return xrays, unreadable
@@ -86,8 +89,7 @@ def calibration_and_thresholds(
     thresholds = thresholds_from(aucs_csv, class_names)
     if not calibration_file:
         return None, thresholds
-    calibration = Calibration.read(calibration_file)
-    calibration.apply(np.zeros((1, len(class_names))), class_names)  # every class covered
+    calibration = Calibration.read(calibration_file, class_names)
     if aucs_csv:
         raw = np.asarray(thresholds, dtype=np.float64)[None, :]
         thresholds = [float(v) for v in calibration.apply(raw, class_names)[0]]
