@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def console_script(name: str) -> list[str]:
+    """How a user runs ``chexnet-<name>``: the console script installed beside this Python
+    (``.venv/bin/chexnet-predict``), or ``python -m chexnet_pl.<module>`` where there is none."""
+    script = Path(sys.executable).parent / f"chexnet-{name}"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", f"chexnet_pl.{name.replace('-', '_')}"]

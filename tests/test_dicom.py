@@ -10,6 +10,8 @@ PNG by at most one gray level; its probabilities are within 0.01.
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +20,12 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from conftest import compose_config, random_checkpoint
+from conftest import compose_config, console_script, random_checkpoint
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     MPEG4HP41,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -30,8 +33,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from chexnet_pl.data.dicom import read_dicom
 from chexnet_pl.data.images import read_gray
-from chexnet_pl.errors import DataError, ImageReadError
+from chexnet_pl.errors import DataError, ImageReadError, ImageTooLargeError
 from chexnet_pl.predict import predict
 from chexnet_pl.visualization.inputs import image_files
 
@@ -276,3 +280,166 @@ def test_same_stem_in_one_folder_is_refused(xrays, tmp_path):
     write_dicom(folder / "scan.dcm", xrays[0][1])
     with pytest.raises(DataError, match="scan.dcm and scan.png in .* would write the same outputs"):
         image_files(None, str(folder))
+
+
+# -- bad files of the kinds a PACS export or an attacker produces (issue 23) ----------------------
+
+
+def cut_in_pixel_length(path: Path, gray: np.ndarray) -> Path:
+    """A valid file cut inside the Pixel Data element's 4-byte length field."""
+    data = write_dicom(path, gray).read_bytes()
+    start = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010), then VR "OW", 2 reserved, length
+    path.write_bytes(data[: start + 10])
+    return path
+
+
+def rle_declaring(path: Path, gray: np.ndarray, rows: int, columns: int) -> Path:
+    """A few-KB RLE file whose header declares ``rows``×``columns`` (its segments hold ``gray``)."""
+    write_dicom(path, gray)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.Rows, ds.Columns = rows, columns
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def two_frames_unannounced(path: Path, gray: np.ndarray) -> Path:
+    """Two frames of pixel data and no NumberOfFrames."""
+    return write_dicom(path, np.stack([gray, gray]))
+
+
+def deflated(path: Path, stored: np.ndarray, declare: tuple[int, int] | None = None, **kw) -> Path:
+    """``stored`` in the Deflated transfer syntax (the whole dataset zlib-compressed); ``declare``
+    puts other Rows/Columns in its header than the pixel data holds."""
+    write_dicom(path, stored, **kw)
+    ds = pydicom.dcmread(path)
+    if declare is not None:
+        ds.Rows, ds.Columns = declare
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def deflate_bomb(path: Path) -> Path:
+    """64 KB that inflate to 64 MB: 5792×5792 16-bit zeros (33.5 MP, under the shipped limit)."""
+    return deflated(path, np.zeros((5792, 5792), np.uint16), bits_stored=12)
+
+
+def test_a_file_cut_in_the_pixel_data_length_is_named(tmp_path):
+    path = cut_in_pixel_length(tmp_path / "cut.dcm", np.zeros((32, 32), np.uint8))
+    with pytest.raises(ImageReadError, match=r"cut.dcm: corrupt or truncated DICOM \(unpack"):
+        read_gray(path)
+
+
+def test_a_huge_declared_rle_image_is_refused_before_decoding(tmp_path, caplog):
+    """40000×40000 declared in 5 KB: refused from the header, without pydicom allocating the
+    1.6 GB its decoder would (tracemalloc sees numpy's and Python's allocations)."""
+    import tracemalloc
+
+    path = rle_declaring(tmp_path / "rle.dcm", np.zeros((64, 64), np.uint8), 40_000, 40_000)
+    assert path.stat().st_size < 10_000
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.DEBUG), pytest.raises(ImageTooLargeError) as error:
+            read_gray(path, max_pixels=40_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "rle.dcm: declares 40000×40000 pixels (1,600 MP), more than the 40 MP allowed" in str(
+        error.value
+    )
+    assert peak < 20 * 2**20, peak
+    assert not [r for r in caplog.records if r.exc_info]  # nothing decoded, nothing logged
+
+
+def test_a_failing_decoder_logs_no_traceback(tmp_path):
+    """pydicom's decoders log every failing plugin with its traceback at ERROR; while the project
+    reads a file, that record is kept at DEBUG and the error is said once, by the project."""
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    path = rle_declaring(tmp_path / "damaged.dcm", np.full((64, 64), 7, np.uint8), 64, 64)
+    ds = pydicom.dcmread(path)
+    fragment = next(generate_fragments(ds.PixelData))
+    ds.PixelData = encapsulate([fragment[: len(fragment) // 2]])
+    ds.save_as(path, enforce_file_format=True)
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from chexnet_pl.data.images import read_gray\n"
+        f"try:\n    read_gray({str(path)!r})\n"
+        "except Exception as exc:\n    print('ERROR', exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert "ERROR cannot read image" in result.stdout and "damaged.dcm" in result.stdout
+    assert "its pixel data cannot be decoded" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr  # pydicom's was printed before
+
+
+def test_two_frames_without_number_of_frames_are_refused(tmp_path):
+    path = two_frames_unannounced(tmp_path / "two.dcm", np.zeros((32, 48), np.uint8))
+    with pytest.raises(
+        ImageReadError, match=r"two.dcm: its pixel data holds 2 frames of 48×32 .*NumberOfFrames"
+    ):
+        read_gray(path)
+
+
+def test_deflated_files_are_read_within_bounds(xrays, tmp_path):
+    """A Deflated file reads as the uncompressed one; one inflating beyond what its header
+    declares, beyond ``max_inflated_bytes`` or cut short is refused, naming the file."""
+    gray = xrays[0][1][::4, ::4].copy()
+    plain = write_dicom(tmp_path / "plain.dcm", gray)
+    packed = deflated(tmp_path / "deflated.dcm", gray)
+    assert packed.stat().st_size < plain.stat().st_size
+    np.testing.assert_array_equal(read_gray(packed), read_gray(plain))
+    lying = deflated(tmp_path / "lying.dcm", np.zeros((2048, 2048), np.uint16), declare=(64, 64))
+    with pytest.raises(ImageReadError, match=r"lying.dcm: its Deflated data inflates to more than"
+                       r" the .* KB its header accounts for"):  # fmt: skip
+        read_gray(lying)
+    bomb = deflate_bomb(tmp_path / "bomb.dcm")
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ImageTooLargeError, match="bomb.dcm: its Deflated data inflates to more"):
+        read_dicom(bomb, max_inflated_bytes=50 * 2**20)
+    with pytest.raises(ImageTooLargeError, match=r"declares 5792×5792 pixels \(33.5 MP\)"):
+        read_dicom(bomb, max_pixels=10_000_000)
+    with pytest.raises(ImageReadError, match="cut.dcm: corrupt or truncated DICOM"):
+        read_dicom(io.BytesIO(packed.read_bytes()[:-200]), name="cut.dcm")
+
+
+BAD_FILES = {
+    "cut_in_pixel_length": (
+        lambda p: cut_in_pixel_length(p, np.zeros((32, 32), np.uint8)),
+        "corrupt or truncated DICOM (unpack requires a buffer of 4 bytes)",
+    ),
+    "rle_40000x40000": (
+        lambda p: rle_declaring(p, np.zeros((64, 64), np.uint8), 40_000, 40_000),
+        "declares 40000×40000 pixels (1,600 MP), more than the 40 MP allowed (max_pixels=",
+    ),
+    "two_frames_unannounced": (
+        lambda p: two_frames_unannounced(p, np.zeros((32, 32), np.uint8)),
+        "its pixel data holds 2 frames of 32×32",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_predict_command_on_a_bad_dicom_is_one_line(case, tmp_path):
+    """``chexnet-predict image=<the bad file>`` as a user runs it: exit 2, the file and the reason
+    on the error line, no traceback, no predictions written."""
+    make, reason = BAD_FILES[case]
+    path = make(tmp_path / f"{case}.dcm")
+    ckpt = random_checkpoint(tmp_path / "model.ckpt", image_size=32)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*console_script("predict"), f"ckpt={ckpt}", f"image={path}", f"out={out}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and f"{case}.dcm: {reason}" in errors[0], output[-3000:]
+    assert "Traceback" not in output and "Error executing job" not in output
+    assert not (out / "predictions.csv").exists()

@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +268,7 @@ def test_model_and_health(server, densenet_checkpoint):
     assert model["image_size"] == SIZE and len(model["classes"]) == 15
     assert model["backend"] == "torch" and model["heatmaps"] == "cam"
     assert model["max_upload_mb"] == 1
+    assert model["checkpoint"] == "best.ckpt" and model["calibration"] is None
     health = requests.get(f"{server.url}/health", timeout=10).json()
     assert health["status"] == "ok" and health["backend"] == "torch"
     page = requests.get(server.url, timeout=10).text
@@ -361,6 +363,180 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, nih_sample):
     assert health["client_errors"] >= len(cases) + 1
     assert server.process.poll() is None
     assert server.post(good).status_code == 200
+
+
+def _memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak so far) of a process, in kB (Linux)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.is_file():
+        pytest.skip("no /proc/<pid>/status on this system")
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+
+
+@pytest.mark.slow
+def test_bad_dicoms_and_a_deflate_bomb_get_4xx_in_bounded_memory(server, tmp_path, nih_sample):
+    """Issue 23's DICOMs on the real server: each a 4xx with a JSON message; the 64 KB Deflated
+    file inflating to 64 MB is stopped at the upload limit (1 MB here; 50 MB shipped, see
+    ``test_deflate_bomb_with_the_shipped_limits``), and the server's peak memory barely moves."""
+    from test_dicom import (
+        cut_in_pixel_length,
+        deflate_bomb,
+        deflated,
+        rle_declaring,
+        two_frames_unannounced,
+    )
+
+    zeros = np.zeros((64, 64), np.uint8)
+    cases = [
+        (deflate_bomb(tmp_path / "bomb.dcm"), 413, "its Deflated data inflates to more than 1 MB"),
+        (deflated(tmp_path / "lie.dcm", np.zeros((1024, 1024), np.uint16), declare=(64, 64)),
+         422, "KB its header accounts for (a deflate bomb, or a damaged file)"),
+        (cut_in_pixel_length(tmp_path / "cut.dcm", zeros), 422, "corrupt or truncated DICOM"),
+        (rle_declaring(tmp_path / "rle.dcm", zeros, 40_000, 40_000), 413,
+         "this DICOM declares 40000×40000 pixels (1,600 MP), more than the 40 MP allowed"),
+        (two_frames_unannounced(tmp_path / "two.dcm", zeros), 422,
+         "its pixel data holds 2 frames of 64×64"),
+    ]  # fmt: skip
+    before = _memory_kb(server.process.pid)
+    for path, status, message in cases:
+        answer = server.post(path.read_bytes())
+        assert answer.status_code == status, (path.name, answer.text)
+        assert message in answer.json()["error"], answer.text
+    after = _memory_kb(server.process.pid)
+    # the server's peak memory grows by less than 200 MB (before the fix: +2.3 GB for the bomb)
+    assert after["VmHWM"] - before["VmHWM"] < 200 * 1024, (before, after)
+    health = requests.get(f"{server.url}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["server_errors"] == 0
+    assert server.post(nih_images(nih_sample, 1)[0].read_bytes()).status_code == 200
+    log = server.log.read_text()
+    assert "Traceback" not in log and "pydicom" not in log
+
+
+def test_deflate_bomb_with_the_shipped_limits(tmp_path):
+    """With the shipped limits (50 MB uploads, 40 MP): the 64 MB it inflates to is refused."""
+    from test_dicom import deflate_bomb
+
+    with pytest.raises(UploadError, match="inflates to more than 50 MB") as error:
+        decode(deflate_bomb(tmp_path / "bomb.dcm").read_bytes())
+    assert error.value.status == 413
+
+
+@pytest.mark.slow
+def test_a_foreign_host_header_is_refused(server):
+    """DNS rebinding: a request naming another host than the loopback one is a 400 with a JSON
+    message; the loopback names are answered."""
+    port = server.url.rsplit(":", 1)[1]
+    for host in (
+        "evil.example",
+        f"evil.example:{port}",
+        "192.168.1.20",
+        f"127.0.0.1.evil.example:{port}",
+    ):
+        answer = requests.get(f"{server.url}/model", headers={"Host": host}, timeout=10)
+        assert answer.status_code == 400, (host, answer.text)
+        assert "does not answer requests for host" in answer.json()["error"]
+        assert "allowed_hosts=" in answer.json()["error"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert requests.get(f"{server.url}/health", headers={"Host": host}, timeout=10).ok, host
+    refused = server.post(b"x", headers={"Host": "evil.example"})
+    assert refused.status_code == 400
+
+
+@pytest.mark.slow
+def test_model_card_schema_and_no_docs_page(server, densenet_checkpoint):
+    """``GET /model`` names the checkpoint's file, not where it lies; ``/openapi.json`` describes
+    the upload; ``/docs`` and ``/redoc`` answer 404 with a message pointing at it."""
+    text = requests.get(f"{server.url}/model", timeout=10).text
+    model = requests.get(f"{server.url}/model", timeout=10).json()
+    assert model["checkpoint"] == densenet_checkpoint.name
+    assert str(densenet_checkpoint.parent) not in text and model["calibration"] is None
+    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"image/png", "image/jpeg", "application/dicom", "multipart/form-data"} <= set(body)
+    for page in ("docs", "redoc"):
+        answer = requests.get(f"{server.url}/{page}", timeout=10)
+        assert answer.status_code == 404 and "/openapi.json" in answer.json()["error"]
+
+
+class _FailingBackend:
+    """A backend whose model fails, as a bug or an exhausted GPU would make it."""
+
+    name = "torch"
+    heatmaps = "none"
+    has_cams = False
+
+    def run(self, images):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@contextmanager
+def app_on_loopback(app) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free loopback port; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                            access_log=False))  # fmt: skip
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    try:
+        while not running.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        running.should_exit = True
+        thread.join(30)
+
+
+def test_a_fault_of_the_service_says_what_the_user_can_do(caplog):
+    """A 500: the JSON message (shown by the page) says it is the service's fault, what to do,
+    and a reference the log has with the traceback; the service goes on."""
+    from chexnet_pl.serving.app import Limits, create_app
+    from chexnet_pl.serving.hosts import allowed_host_names
+
+    card = model_card("m.ckpt", "resnet18", ["Mass", "Edema"], 32, [0.5, 0.5], None,
+                      ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
+    predictor = Predictor(_FailingBackend(), card)
+    hosts = allowed_host_names("127.0.0.1", None)
+    image = encoded(np.zeros((40, 40), np.uint8), "PNG")
+    with app_on_loopback(create_app(predictor, Limits(2**20, 10**6), allowed_hosts=hosts)) as url:
+        answer = requests.post(f"{url}/predict", data=image, timeout=30)
+        assert answer.status_code == 500
+        error, reference = answer.json()["error"], answer.json()["reference"]
+        assert "a fault of the service, not something wrong with your image" in error
+        assert "Try again" in error and f"reference {reference}" in error
+        assert f"(reference {reference})" in caplog.text  # the log line with the traceback
+        health = requests.get(f"{url}/health", timeout=10).json()
+        assert health["status"] == "ok" and health["server_errors"] == 1
+    predictor.close()
+
+
+def test_host_names_and_limits_are_checked():
+    from chexnet_pl.errors import ConfigError
+    from chexnet_pl.serving.app import Limits
+    from chexnet_pl.serving.hosts import allowed_host_names, host_name
+
+    assert allowed_host_names("127.0.0.1", None) == {"127.0.0.1", "localhost", "::1"}
+    assert allowed_host_names("localhost", ["xray.lab"]) == {
+        "127.0.0.1",
+        "localhost",
+        "::1",
+        "xray.lab",
+    }
+    assert allowed_host_names("127.0.0.1", ["*"]) is None
+    assert allowed_host_names("0.0.0.0", None) is None  # reachable by any name: said in the log
+    assert "xray.lab" in allowed_host_names("0.0.0.0", ["XRay.lab."])
+    assert [host_name(h) for h in ("[::1]:80", "Localhost:8000", "a.b.", "::1")] == [
+        "::1", "localhost", "a.b", "::1"
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="allowed_hosts='xray.lab': give a list"):
+        allowed_host_names("127.0.0.1", "xray.lab")
+    assert Limits.from_settings(50, 40_000_000) == Limits(50 * 2**20, 40_000_000)
+    for upload, pixels, key in [(0, 10, "max_upload_mb=0"), ("big", 10, "max_upload_mb='big'"),
+                                (1, 0, "max_pixels=0"), (1, None, "max_pixels=null")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=key):
+            Limits.from_settings(upload, pixels)
 
 
 @pytest.mark.slow

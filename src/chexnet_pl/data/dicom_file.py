@@ -190,8 +190,8 @@ def _inflate(
     if max_inflated_bytes is not None and limit > max_inflated_bytes:
         limit = max_inflated_bytes
         over = ImageTooLargeError(
-            path, f"its Deflated data inflates to more than {size_text(max_inflated_bytes)}, "
-            "the limit on an inflated file here",
+            path, f"its Deflated data inflates to more than {size_text(max_inflated_bytes)}, the "
+            "limit for an uncompressed file here",
         )  # fmt: skip
     else:
         over = ImageReadError(

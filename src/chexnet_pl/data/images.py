@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +19,9 @@ from chexnet_pl.errors import DataError, ImageReadError, ImageTooLargeError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# PIL warns above 89 MP on its own, before ``check_declared_pixels`` refuses such an image with a
+# message of ours; above 179 MP it refuses it itself (DecompressionBombError, handled below).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _scan(folder: Path, found: dict[str, Path]) -> None:
@@ -96,8 +100,10 @@ def decode_pil(
         raise
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
-    except Image.DecompressionBombError as exc:  # PIL's own limit, when above max_pixels
-        raise ImageTooLargeError(path, f"declares more pixels than PIL decodes ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # PIL's own net, at twice its warning size
+        raise ImageTooLargeError(
+            path, f"declares more pixels than PIL decodes ({exc}); refused before decoding"
+        ) from exc
     except UnidentifiedImageError as exc:
         empty = (
             isinstance(source, str | Path)
