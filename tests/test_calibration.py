@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,144 @@ def test_evaluate_with_temperature_then_predict_with_its_file(
     if not np.isnan(raw_threshold):  # thresholds chosen on raw probabilities are mapped too
         mapped = calibration.apply(np.full((1, 15), raw_threshold), class_names())[0, 9]
         assert per_image.at["Mass", "threshold"] == pytest.approx(mapped, abs=1e-9)
+
+
+# -- calibration files that must not be used (issue 23) -------------------------------------------
+
+
+def write_calibration(path, method="temperature", classes=None, **changes) -> object:
+    """A calibration.json as an evaluation writes it for every class of the model, with
+    ``changes`` ({class: {key: value}}) written over it."""
+    names = classes or class_names()
+    calibration = Calibration(method, names, np.full(len(names), 0.8), np.zeros(len(names)))
+    data = calibration.to_json()
+    for name, entry in changes.items():
+        data["classes"].setdefault(name, {}).update(entry)
+    path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+    return path
+
+
+BAD_CALIBRATIONS = {
+    "nan_slope": ({"Mass": {"slope": float("nan")}}, r"class 'Mass' has slope nan, not a finite"),
+    "nan_intercept": (
+        {"Edema": {"intercept": float("nan")}},
+        r"class 'Edema' has intercept nan, not a finite",
+    ),
+    "infinite_temperature": (
+        {"Mass": {"temperature": float("inf")}},
+        r"class 'Mass' has temperature inf, not a finite",
+    ),
+    "zero_temperature": (
+        {"Mass": {"temperature": 0.0, "slope": 1.0}},
+        r"class 'Mass' has temperature 0.0.*needs a positive temperature",
+    ),
+    "negative_temperature": (
+        {"Hernia": {"temperature": -2.0, "slope": -0.5}},
+        r"class 'Hernia' has temperature -2.0, slope -0.5.*needs a positive temperature",
+    ),
+    "text_slope": ({"Mass": {"slope": "0.8x"}}, r"class 'Mass' has slope '0.8x', not a finite"),
+    "unknown_class": (
+        {"Covid": {"temperature": 1.0, "slope": 1.0, "intercept": 0.0}},
+        r"has classes this model does not output: \['Covid'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALIBRATIONS))
+def test_bad_calibration_files_are_refused_when_read(case, tmp_path):
+    changes, message = BAD_CALIBRATIONS[case]
+    path = write_calibration(tmp_path / f"{case}.json", **changes)
+    with pytest.raises(DataError, match=f"{case}.json.*{message}|{message}.*{case}.json"):
+        Calibration.read(path, class_names())
+
+
+def test_a_calibration_missing_classes_or_of_another_format_is_refused(tmp_path):
+    short = write_calibration(tmp_path / "short.json", classes=["Mass", "Edema"])
+    with pytest.raises(DataError, match=r"short.json\) has no parameters for \['Atelectasis'"):
+        Calibration.read(short, class_names())
+    other = json.loads(short.read_text()) | {"format": "someone.else/2"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(DataError, match="other.json: format 'someone.else/2'"):
+        Calibration.read(tmp_path / "other.json")
+    platt = write_calibration(tmp_path / "platt.json", "platt", Mass={"slope": -0.4})
+    assert Calibration.read(platt, class_names()).slope[9] == -0.4  # a Platt slope may reverse
+
+
+def test_a_temperature_fit_never_writes_a_non_positive_temperature():
+    """Scores that rank cases backwards fit a negative slope, which no temperature gives: the
+    class is left uncalibrated, so every file an evaluation writes can be read back."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((400, 2)) < 0.3).astype(np.float32)
+    scores = np.where(labels > 0.5, 0.2, 0.8) + rng.normal(0, 0.05, labels.shape)
+    fitted = fit_calibration(np.clip(scores, 0.01, 0.99), labels, ["Mass", "Edema"], "temperature")
+    assert (fitted.slope == 1.0).all()
+    Calibration.from_json(fitted.to_json(), None, ["Mass", "Edema"])
+
+
+@pytest.mark.slow
+def test_predict_and_serve_refuse_a_nan_calibration_in_one_line(tmp_path):
+    """``chexnet-predict`` and ``chexnet-serve`` with a calibration.json holding NaN, as users run
+    them: exit 2, one error line naming the file and the value, nothing written, no server."""
+    from conftest import console_script
+
+    ckpt = random_checkpoint(tmp_path / "model.ckpt", image_size=32)
+    bad = write_calibration(tmp_path / "calibration.json", Mass={"intercept": float("nan")})
+    image = tmp_path / "xray.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
+    out = tmp_path / "out"
+    commands = {
+        "predict": [f"image={image}", f"out={out}"],
+        "serve": [f"port={_free_port()}"],
+    }
+    for name, extra in commands.items():
+        result = subprocess.run(
+            [*console_script(name), f"ckpt={ckpt}", f"calibration={bad}", *extra,
+             f"hydra.run.dir={tmp_path / name}"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode == 2, (name, output[-3000:])
+        errors = [line for line in output.splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1, output[-3000:]
+        assert f"{bad}: class 'Mass' has intercept nan, not a finite number" in errors[0]
+        assert "Traceback" not in output and "Uvicorn running" not in output
+    assert not out.exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_service_answers_calibrated_probabilities(tmp_path):
+    """``serve calibration=``: the model card carries the parameters, thresholds from aucs.csv are
+    mapped through them, and every answer's probabilities are the calibrated ones."""
+    from chexnet_pl.serving.backends import load_backend
+    from chexnet_pl.serving.predictor import Predictor
+
+    ckpt = random_checkpoint(tmp_path / "model.ckpt", "resnet18", image_size=32)
+    names = class_names()
+    pd.DataFrame({"auroc": 0.8, "threshold": 0.3}, index=pd.Index(names, name="class")).to_csv(
+        tmp_path / "aucs.csv"
+    )
+    path = write_calibration(tmp_path / "calibration.json", "platt", Mass={"intercept": 0.5})
+    raw_backend, _ = load_backend(ckpt, "torch")
+    backend, card = load_backend(ckpt, "torch", calibration=path)
+    assert card["calibration"]["method"] == "platt" and card["calibration"]["file"] == path.name
+    calibration = Calibration.read(path, names)
+    expected_thresholds = calibration.apply(np.full((1, len(names)), 0.3), names)[0]
+    np.testing.assert_allclose(list(card["thresholds"].values()), expected_thresholds)
+    assert "(mapped through calibration.json)" in card["thresholds_source"]
+    image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    raw = raw_backend.run(image[None, None]).probabilities
+    predictor = Predictor(backend, card)
+    got = predictor.submit(image).result(60).probabilities
+    predictor.close()
+    np.testing.assert_allclose(got, calibration.apply(raw, names)[0], atol=1e-6)
+    assert predictor.calibration_label == "platt (calibration.json)"
+    with pytest.raises(DataError, match="has classes this model does not output"):
+        load_backend(ckpt, "torch", calibration=write_calibration(
+            tmp_path / "x.json", Covid={"temperature": 1.0, "slope": 1.0, "intercept": 0.0}))  # fmt: skip
