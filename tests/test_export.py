@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.labels import class_names
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.serving.backends import OnnxBackend, load_backend
+from chexnet_pl.serving.card import read_sidecar
 from chexnet_pl.serving.export import PARITY_TOLERANCE, export_checkpoint, runner
 from chexnet_pl.serving.served_model import ServedModel, ServingError
 from chexnet_pl.visualization.heatmaps import class_activation_maps
@@ -169,3 +174,156 @@ def test_export_command_reports_a_bad_option_in_one_line(tmp_path):
     assert result.returncode == 2
     assert "format='tflite'; use one of" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+# -- destinations and interrupted exports (issue 23) ----------------------------------------------
+
+
+@contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """A folder nobody can write to: mode 555, or for root (who ignores modes) ``chattr +i``."""
+    path.mkdir(parents=True)
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root and chattr +i fails here: no folder refuses root's writes")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("resnet") / "best.ckpt", "resnet18", SIZE)
+
+
+def test_an_unwritable_destination_stops_before_any_work(resnet_checkpoint, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the destination was checked")
+
+    monkeypatch.setattr("chexnet_pl.checkpoints.load_run", no_work)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with read_only_folder(tmp_path / "read_only") as folder:
+        for out, reason in [
+            (folder / "m.onnx", "cannot write to"),
+            (blocker / "m.onnx", "cannot write to .*a_file \\(it is a file, not a folder\\)"),
+        ]:
+            with pytest.raises(ServingError, match=f"out={out}: {reason}.*nothing was exported"):
+                export_checkpoint(resnet_checkpoint, "onnx", out=out)
+        assert not list(folder.iterdir())
+
+
+def test_out_an_existing_folder_writes_the_default_name_inside(resnet_checkpoint, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    written = export_checkpoint(resnet_checkpoint, "torchscript", out=folder)
+    assert written == folder / "best.pt"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "best.pt.json"]
+    card = read_sidecar(written)
+    assert card["model_sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
+    assert card["checkpoint"] == "best.ckpt"  # the name: the sidecar travels with the model
+
+
+def test_an_export_stopped_between_its_two_renames_is_refused_by_readers(
+    resnet_checkpoint, tmp_path, monkeypatch
+):
+    """The sidecar is renamed into place first; stopped before the model follows, the new
+    sidecar (96 px) sits beside the old model (64 px), and readers say so instead of trusting it.
+    The next export replaces both."""
+    out = tmp_path / "model.pt"
+    export_checkpoint(resnet_checkpoint, "torchscript", out=out)
+    real_replace = os.replace
+
+    def stop_after_the_sidecar(source, target):
+        real_replace(source, target)
+        if str(target).endswith(".json"):
+            raise KeyboardInterrupt  # as SIGINT/SIGTERM-with-handler would, between the renames
+
+    monkeypatch.setattr(os, "replace", stop_after_the_sidecar)
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(resnet_checkpoint, "torchscript", image_size=96, out=out)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]
+    with pytest.raises(
+        ServingError, match=r"model.pt.json describes another model than .*model.pt"
+    ):
+        read_sidecar(out)
+    export_checkpoint(resnet_checkpoint, "torchscript", image_size=96, out=out)
+    assert read_sidecar(out)["image_size"] == 96
+
+
+@pytest.mark.slow
+def test_export_command_on_bad_destinations(resnet_checkpoint, tmp_path):
+    """``chexnet-export`` as a user runs it: a read-only folder is one line and exit 2 before any
+    export work; an existing folder gets the default name inside, and the ``.partial`` files a
+    killed export left there are named and removed."""
+    from conftest import console_script
+
+    def export(out: Path, run: str) -> tuple[int, str]:
+        result = subprocess.run(
+            [*console_script("export"), f"ckpt={resnet_checkpoint}", f"out={out}",
+             f"hydra.run.dir={tmp_path / run}"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        return result.returncode, result.stdout + result.stderr
+
+    with read_only_folder(tmp_path / "read_only") as folder:
+        status, output = export(folder, "run1")
+        assert status == 2, output[-3000:]
+        errors = [line for line in output.splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1 and f"out={folder}/best.onnx: cannot write to {folder}" in errors[0]
+        assert "Traceback" not in output and "ONNX export took" not in output
+        assert not list(folder.iterdir())
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for stale in ("best.onnx.partial", "best.onnx.json.partial"):
+        (folder / stale).write_bytes(b"left by a killed export")
+    status, output = export(folder, "run2")
+    assert status == 0, output[-3000:]
+    assert f"removing {folder / 'best.onnx.partial'}: left by an export that was stopped" in output
+    assert sorted(p.name for p in folder.iterdir()) == ["best.onnx", "best.onnx.json"]
+    assert "Traceback" not in output
+    read_sidecar(folder / "best.onnx")
+
+
+@pytest.mark.slow
+def test_sigterm_between_the_renames_then_serve_refuses_the_pair(resnet_checkpoint, tmp_path):
+    """A real SIGTERM, sent by the exporting process to itself right after the sidecar's rename:
+    ``chexnet-serve backend=onnx onnx=`` then stops with one line instead of serving a model its
+    sidecar does not describe."""
+    from conftest import console_script
+
+    out = tmp_path / "model.onnx"
+    export_checkpoint(resnet_checkpoint, "onnx", out=out)
+    code = (
+        "import os, signal\n"
+        "real = os.replace\n"
+        "def replace(source, target):\n"
+        "    real(source, target)\n"
+        "    if str(target).endswith('.json'):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.replace = replace\n"
+        "from chexnet_pl.serving.export import export_checkpoint\n"
+        f"export_checkpoint({str(resnet_checkpoint)!r}, 'onnx', image_size=96, out={str(out)!r})\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGTERM
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["image_size"] == 96
+    result = subprocess.run(
+        [*console_script("serve"), f"ckpt={resnet_checkpoint}", "backend=onnx", f"onnx={out}",
+         f"hydra.run.dir={tmp_path / 'serve'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "model.onnx.json describes another model than" in output
+    assert "an export was stopped between writing the two" in output
+    assert "Traceback" not in output and "Uvicorn running" not in output

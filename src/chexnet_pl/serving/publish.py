@@ -46,7 +46,8 @@ def destination(out: str | Path | None, checkpoint: Path, suffix: str) -> Path:
 def prepare_destination(out: Path) -> None:
     """Stop before any work when ``out``'s folder cannot be written; remove what an interrupted
     export left there."""
-    reason = unwritable_reason(out.parent)
+    parent_is_a_file = out.parent.exists() and not out.parent.is_dir()
+    reason = "it is a file, not a folder" if parent_is_a_file else unwritable_reason(out.parent)
     if reason is not None:
         raise ServingError(
             f"out={out}: cannot write to {out.parent} ({reason}); nothing was exported. Give a "
