@@ -51,10 +51,15 @@ def check_declared_pixels(
 ) -> None:
     """``ImageTooLargeError`` when the header's ``width × height × frames × samples`` is more
     than ``max_pixels``; call it with the header's numbers, before decoding."""
-    if max_pixels is None or width * height * frames * samples <= max_pixels:
-        return
-    raise ImageTooLargeError(
-        path,
-        f"declares {declared_size(width, height, frames, samples)}, more than the "
-        f"{max_pixels / 1e6:g} MP allowed (max_pixels={max_pixels}); refused before decoding",
+    if max_pixels is not None and width * height * frames * samples > max_pixels:
+        raise too_large(path, declared_size(width, height, frames, samples), max_pixels)
+
+
+def too_large(path: str | Path, declared: str, max_pixels: int | None) -> ImageTooLargeError:
+    """The one message of a refusal: what the file declares, and the limit with its setting."""
+    limit = f"the {max_pixels / 1e6:g} MP allowed (max_pixels={max_pixels})" if max_pixels else (
+        "PIL decodes"
+    )  # fmt: skip
+    return ImageTooLargeError(
+        path, f"declares {declared}, more than {limit}; refused before decoding"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -13,8 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from chexnet_pl.data.dicom import looks_like_dicom, read_dicom
-from chexnet_pl.data.image_limits import check_declared_pixels
-from chexnet_pl.errors import DataError, ImageReadError, ImageTooLargeError
+from chexnet_pl.data.image_limits import check_declared_pixels, too_large
+from chexnet_pl.errors import DataError, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,12 @@ def decode_pil(
         raise
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
-    except Image.DecompressionBombError as exc:  # PIL's own net, at twice its warning size
-        raise ImageTooLargeError(
-            path, f"declares more pixels than PIL decodes ({exc}); refused before decoding"
-        ) from exc
+    except Image.DecompressionBombError as exc:  # PIL's own net (179 MP), before ours sees the size
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = (
+            f"{int(count[1]):,} pixels ({int(count[1]) / 1e6:,.0f} MP)" if count else str(exc)
+        )
+        raise too_large(path, declared, max_pixels) from exc
     except UnidentifiedImageError as exc:
         empty = (
             isinstance(source, str | Path)
