@@ -116,10 +116,11 @@ def open_dataset(
     except OSError as exc:
         raise ImageReadError(path, f"cannot open it ({exc.strerror or exc})") from exc
     try:
+        start = stream.tell()
         deflated = _deflated_meta(stream)
         if deflated is not None:
             return _inflate(stream, path, *deflated, max_pixels, max_inflated_bytes)
-        stream.seek(0)
+        stream.seek(start)
         if stream is source:
             return pydicom.dcmread(stream)
         return pydicom.dcmread(str(source), defer_size=DEFER_BYTES)
@@ -199,6 +200,8 @@ def _inflate(
             "accounts for (a deflate bomb, or a damaged file); refused before inflating the rest",
         )  # fmt: skip
     rest = inflater.decompress(inflater.unconsumed_tail, max(0, limit - len(head)) + 1)
+    if not inflater.eof and not inflater.unconsumed_tail:  # output zlib still holds (< 32 KB)
+        rest += inflater.flush()
     if len(head) + len(rest) > limit:
         raise over
     if not inflater.eof:
