@@ -107,10 +107,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
             metrics |= compare_with(cfg, preds, run.model.class_names, truth, settings, datamodule)
         if expert is not None:  # the split evaluated, and validation when it was predicted too
-            stored = [output_dir / "preds.csv"] + (
-                [output_dir / "preds_val.csv"] if split != "val" else []
-            )
-            preds = pd.concat([pd.read_csv(p, dtype={IMAGE: str}) for p in stored if p.is_file()])
+            stored = [
+                output_dir / n for n in ("preds.csv", "preds_val.csv")[: 1 + (split != "val")]
+            ]
+            preds = [pd.read_csv(p, dtype={IMAGE: str}) for p in stored if p.is_file()]
             splits = datamodule.table.set_index(IMAGE)["split"]
             expert_table, expert_metrics = expert.score_and_write(
                 preds, truth, output_dir, settings, splits
@@ -134,9 +134,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             metrics |= compare_with(cfg, preds, names, truth, settings, None)
-        if expert is not None:  # preds= and val_preds= together (an image in both: preds= counts)
-            both = pd.concat([preds, val_preds]).drop_duplicates(IMAGE)
-            expert_table, expert_metrics = expert.score_and_write(both, truth, output_dir, settings)
+        if expert is not None:
+            expert_table, expert_metrics = expert.score_and_write(
+                [preds, val_preds], truth, output_dir, settings
+            )
             metrics |= expert_metrics
     if cfg.get("wandb"):
         import wandb

@@ -58,15 +58,17 @@ class ExpertLabels:
 
     def score_and_write(
         self,
-        preds: pd.DataFrame,
+        predictions: Sequence[pd.DataFrame | None],
         truth: pd.DataFrame,
         output_dir: Path,
         settings: EvaluationSettings,
         splits: pd.Series | None = None,
     ) -> tuple[pd.DataFrame, dict[str, float]]:
-        """Score ``preds`` (``Image Index``, ``prob_<output>``) on the expert-labelled images they
-        cover; ``truth`` (``label_index``) gives patients and NIH's labels; ``splits`` (image →
-        the model's split), when known, explains the images not predicted. Writes expert_aucs.csv."""
+        """Score the predictions (tables of ``Image Index``, ``prob_<output>``; of an image in two,
+        the first) on the expert-labelled images they cover. ``truth`` (``label_index``) gives
+        patients and NIH's labels; ``splits`` (image → the model's split), when known, explains
+        the images not predicted. Writes expert_aucs.csv."""
+        preds = pd.concat([p for p in predictions if p is not None]).drop_duplicates(IMAGE)
         scored = self._scored_images(preds, truth, splits)
         rows = preds.set_index(IMAGE).loc[scored]
         resamples = PatientResamples.of(
