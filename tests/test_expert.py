@@ -5,6 +5,7 @@ labels, a checkpoint's evaluation, and the command line."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import subprocess
 import sys
@@ -333,3 +334,48 @@ def test_the_command_writes_expert_aucs_and_refuses_a_bad_table(google_csv, nih_
     assert (
         f"{damaged}, line 102, column 'Fracture': 'N0' is not YES or NO" in run.stdout + run.stderr
     )
+
+
+def test_expert_table_and_aurocs_go_to_wandb(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    truth = label_index(read_data_entry(synthetic_root / "Data_Entry_2017_v2020.csv"))
+    _label_scores(truth, 3).to_csv(preds := tmp_path / "preds.csv", index=False)
+    rng = np.random.default_rng(1)
+    lines = [_row(name, patient, ptx=rng.choice(["YES", "NO"]), nodule=rng.choice(["YES", "NO"]),
+                  opacity=rng.choice(["YES", "NO"]), set_id=rng.choice(["test", "val"]))
+             for name, patient in zip(truth.index, truth["Patient ID"], strict=True)]  # fmt: skip
+    google = _small_table(tmp_path / "expert.csv", lines)
+    cfg = compose_config("evaluate", tmp_path / "out", f"preds={preds}", f"data.root={synthetic_root}",
+                         f"expert_labels={google}", "wandb=true", "evaluation.bootstrap_samples=20",
+                         "evaluation.plots=false", "evaluation.subgroups=[]")  # fmt: skip
+    summaries = _record_summaries(monkeypatch)
+    metrics = evaluate(cfg)
+    (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    (logged,) = run.glob("files/media/table/expert/aucs_*.table.json")
+    content = json.loads(logged.read_text())
+    assert content["columns"][:3] == ["set", "finding", "scored_by"] and len(content["data"]) == 12
+    assert summaries[0]["expert/all/auroc_Nodule_or_mass"] == pytest.approx(
+        metrics["expert/all/auroc_Nodule_or_mass"]
+    )
+
+
+def _record_summaries(monkeypatch) -> list[dict]:
+    """Each W&B run's summary as it stands when the run finishes (the offline record file is
+    written by another process, so it is not read back here)."""
+    import wandb
+
+    summaries, real_init = [], wandb.init
+
+    def init(*args, **kwargs):
+        run = real_init(*args, **kwargs)
+        real_finish = run.finish
+
+        def finish(*finish_args, **finish_kwargs):
+            summaries.append({key: run.summary[key] for key in run.summary.keys()})
+            return real_finish(*finish_args, **finish_kwargs)
+
+        run.finish = finish
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    return summaries

@@ -259,4 +259,5 @@ def log_expert_to_wandb(run, table: pd.DataFrame) -> None:
     """The expert table into a W&B run (its AUROCs also go to the summary with the other metrics)."""
     import wandb
 
-    run.log({"expert/aucs": wandb.Table(dataframe=table)})
+    plain = table.astype({"nih_positives": "float64"})  # W&B tables take NaN, not pandas' NA
+    run.log({"expert/aucs": wandb.Table(dataframe=plain)})
