@@ -151,7 +151,7 @@ def test_bad_expert_tables_name_the_file_line_and_value(tmp_path, make, message)
         read_expert_labels(path, FINDINGS)
 
 
-def test_the_real_google_table(google_csv):
+def test_the_real_google_table(google_csv, nih_meta):
     labels = read_expert_labels(google_csv, FINDINGS)
     assert len(labels) == 4376 and labels["Set Id"].value_counts().to_dict() == {
         "val": 2414,
@@ -160,6 +160,15 @@ def test_the_real_google_table(google_csv):
     assert labels[FINDINGS].sum().to_dict() == {
         "Pneumothorax": 238, "Nodule or mass": 605, "Airspace opacity": 2166, "Fracture": 186,
     }  # fmt: skip
+    # The README's table for the default Airspace opacity map: NIH's labels mapped the same way.
+    truth = label_index(read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz")).loc[
+        labels.index
+    ]
+    nih = truth[SCORED["Airspace opacity"]].max(axis=1).to_numpy() > 0.5
+    expert = labels["Airspace opacity"].to_numpy() > 0.5
+    assert nih.sum() == 1266
+    assert round(nih[expert].mean(), 3) == 0.443 and round((~nih[~expert]).mean(), 3) == 0.861
+    assert round(expert[nih].mean(), 3) == 0.758
 
 
 def _label_scores(truth: pd.DataFrame, seed: int) -> pd.DataFrame:
