@@ -149,12 +149,12 @@ def _reasons(missing: pd.Index, truth: pd.DataFrame, splits: pd.Series | None) -
         reasons["in the metadata but not predicted"] = int(in_data.sum())
     else:
         split = splits.reindex(missing[in_data])
+        why = {
+            "none": "left out of the data (view filter or missing files)",
+            "train": "in the model's train split (not predicted: the model learnt from them)",
+        }
         for name, n in split.fillna("none").value_counts().items():
-            reasons[
-                "left out of the data (view filter or missing files)"
-                if name == "none"
-                else f"in the model's {name} split (not predicted{': the model learnt from them' if name == 'train' else ''})"
-            ] = int(n)
+            reasons[why.get(name, f"in the model's {name} split (not predicted)")] = int(n)
     return {why: n for why, n in reasons.items() if n}
 
 
