@@ -4,6 +4,7 @@ chexnet-evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [s
 chexnet-evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
 chexnet-evaluate preds=a.csv compare=b.csv data.root=/data/nih [compare_on=intersection]
 chexnet-evaluate ckpt=a.ckpt compare_ckpt=b.ckpt
+chexnet-evaluate preds=preds.csv data.root=/data/nih expert_labels=google2019_nih-chest-xray-labels.csv.gz
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluation.compare import write_comparison
+from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
 from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
@@ -86,16 +88,34 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise DataError(f"split={split!r}; use train, val or test")
     if bool(cfg.ckpt) == bool(cfg.preds):
         raise ChexnetError("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
+    expert = (  # read and checked before any model runs
+        ExpertLabels.from_config(cfg.expert_labels, cfg.expert_map)
+        if cfg.get("expert_labels")
+        else None
+    )
+    expert_table = None
     if cfg.ckpt:
         run = load_run(cfg.ckpt)
+        if expert is not None:
+            expert.check_outputs(run.model.class_names, f"the checkpoint {run.path}")
         datamodule = datamodule_for(run, cfg.data, output_dir)
         table, metrics = evaluate_model(
             run.model, datamodule, output_dir, settings, split, run.path
         )
+        truth = label_index(datamodule.table)
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
-            truth = label_index(datamodule.table)
             metrics |= compare_with(cfg, preds, run.model.class_names, truth, settings, datamodule)
+        if expert is not None:  # the split evaluated, and validation when it was predicted too
+            stored = [
+                output_dir / n for n in ("preds.csv", "preds_val.csv")[: 1 + (split != "val")]
+            ]
+            preds = [pd.read_csv(p, dtype={IMAGE: str}) for p in stored if p.is_file()]
+            splits = datamodule.table.set_index(IMAGE)["split"]
+            expert_table, expert_metrics = expert.score_and_write(
+                preds, truth, output_dir, settings, splits
+            )
+            metrics |= expert_metrics
     else:
         if not cfg.data.get("root") and not cfg.data.get("csv"):
             raise DataError(
@@ -104,6 +124,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         csv = Path(cfg.data.csv) if cfg.data.get("csv") else find_data_entry(cfg.data.root)
         truth = label_index(read_data_entry(csv))
         preds, names = read_predictions(cfg.preds, truth.index)
+        if expert is not None:
+            expert.check_outputs(names, f"the predictions file {cfg.preds}")
         val_preds = (
             read_predictions(cfg.val_preds, truth.index)[0] if cfg.get("val_preds") else None
         )
@@ -112,6 +134,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             metrics |= compare_with(cfg, preds, names, truth, settings, None)
+        if expert is not None:
+            expert_table, expert_metrics = expert.score_and_write(
+                [preds, val_preds], truth, output_dir, settings
+            )
+            metrics |= expert_metrics
     if cfg.get("wandb"):
         import wandb
 
@@ -120,6 +147,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             config=OmegaConf.to_container(cfg, resolve=True),
         )  # fmt: skip
         log_to_wandb(wandb_run, table, output_dir, split)
+        if expert_table is not None:
+            log_expert_to_wandb(wandb_run, expert_table)
         wandb_run.summary.update(metrics)
         wandb_run.finish()
     log.info("outputs in %s", output_dir)
