@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_MODULE
-from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 
@@ -146,10 +146,11 @@ def random_checkpoint(
     hyperparameters, and the data settings ``data`` (e.g. root=) that the commands read from it."""
     import torch
 
+    from chexnet_pl.data.nih_table import class_names
     from chexnet_pl.models.module import CheXNetModule
 
     torch.manual_seed(seed)
-    model = CheXNetModule(backbone=backbone, pretrained=False)
+    model = CheXNetModule(class_names=class_names(), backbone=backbone, pretrained=False)
     settings = {"image_size": image_size, "num_workers": 0, "eval_batch_size": 16, **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(

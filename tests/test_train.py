@@ -16,8 +16,8 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from chexnet_pl.cli import CONFIG_MODULE
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.synthetic import generate_synthetic_nih
-from chexnet_pl.labels import class_names
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.precision import resolve_precision
 from chexnet_pl.train import train
@@ -62,7 +62,7 @@ def test_paper_recipe_defaults_before_shrinking():
 def start_checkpoint(tmp_path_factory) -> Path:
     """A tiny checkpoint of an untrained DenseNet-121 for the recipes that need ``init_from``."""
     path = tmp_path_factory.mktemp("init_from") / "start.ckpt"
-    model = CheXNetModule()
+    model = CheXNetModule(class_names=class_names())
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
 
