@@ -115,7 +115,7 @@ def build_datamodule(settings: Mapping[str, Any]):
 
     from hydra.utils import get_class
 
-    settings = dict(settings)
+    settings = {k: v for k, v in settings.items() if k == TARGET or not k.startswith("_")}
     target = settings.pop(TARGET, None) or DEFAULT_DATAMODULE
     try:
         cls = get_class(target)
@@ -147,6 +147,7 @@ def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Pat
             k: run.data_settings.get(k) if v is None and k in AS_THE_RUN_LOADED else v
             for k, v in overrides.items()
         }
+        settings = {k: v for k, v in settings.items() if v is not None}  # unset: the default
         if overrides.get("image_size") is None:
             settings["image_size"] = run.image_size
     else:
