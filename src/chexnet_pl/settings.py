@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from chexnet_pl.cli import instantiate
 from chexnet_pl.data.datamodule import CACHE_MODES, MISSING_POLICIES, VIEWS
 from chexnet_pl.data.splits import SPLIT_METHODS, SPLITS
 from chexnet_pl.errors import ConfigError, shown
@@ -204,7 +204,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_data(container["data"])
     # The label set is the data's: the data module, built as a dry run (it reads nothing until
     # setup), checks its own settings and names the outputs whose metrics can be monitored.
-    monitors = monitorable_metrics(hydra.utils.instantiate(cfg.data).pathologies)
+    monitors = monitorable_metrics(instantiate(cfg.data).pathologies)
     check_model(container["model"], monitors)
     check_callbacks(container.get("callbacks") or {}, monitors)
     check_evaluation(container.get("evaluation"))

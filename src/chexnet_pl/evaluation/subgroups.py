@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 SEX = "Patient Gender"
 AGE = "Patient Age"
 VIEW = "View Position"
-METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #")
-ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW}
+DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
+METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
+ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET}
 UNKNOWN = "unknown"
 GAP = "gap (max - min)"
 MEAN_PREFIX = "Mean ("  # the mean-over-findings rows: Mean (14 findings) on NIH's outputs
@@ -109,6 +110,8 @@ def subgroup_labels(meta: pd.DataFrame, spec: Subgroups) -> dict[str, tuple[np.n
             labels, names = age_bands(meta[column], meta.index.to_series(), spec)
         elif attribute == "sex":
             labels, names = _categorical(meta[column], ["F", "M"])
+        elif attribute == "dataset":
+            labels, names = _categorical(meta[column], [])
         else:
             labels, names = _categorical(meta[column], ["PA", "AP"])
         if (labels == UNKNOWN).any():
