@@ -178,3 +178,18 @@ def test_training_on_pooled_datasets(tmp_path, synthetic_root, chexpert_root):
     assert counted["Fracture"] == (test["Dataset"] == "chexpert").sum()  # CheXpert's only
     subgroups = pd.read_csv(tmp_path / "run" / "subgroups.csv")
     assert set(subgroups.query("attribute == 'dataset'")["subgroup"]) >= {"NIH", "CHEXPERT"}
+
+
+def test_fine_tuning_on_another_label_set_starts_a_new_head(tmp_path):
+    from chexnet_pl.data.uncertainty import ordered_labels
+    from chexnet_pl.models.init_from import init_from_checkpoint
+
+    source = CheXNetModule(backbone="alexnet", class_names=class_names(False))  # 14 NIH findings
+    path = tmp_path / "nih.ckpt"
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, path)
+    target = CheXNetModule(backbone="alexnet", class_names=ordered_labels(True))  # 14 CheXpert
+    before = target.net.classifier.weight.detach().clone()
+    init_from_checkpoint(target, path)
+    assert torch.equal(target.net.classifier.weight, before)  # same shape, other labels: not copied
+    body = [k for k in source.state_dict() if k.startswith("net.") and "classifier" not in k][0]
+    assert torch.equal(target.state_dict()[body], source.state_dict()[body])

@@ -134,7 +134,7 @@ def normalised(table: pd.DataFrame, release: Path) -> pd.DataFrame:
     ap_pa = table[AP_PA].fillna("").str.strip()
     view = ap_pa.where((ap_pa != "") | table[FRONTAL], "LATERAL")
     # Path's first part is the release folder (the one holding the table), whatever it is named.
-    files = [os.path.join(release, p.split("/", 1)[-1]) for p in table[PATH]]
+    files = [f"{release}/{p.split('/', 1)[-1]}" for p in table[PATH]]
     return pd.DataFrame(
         {
             IMAGE: table[PATH].to_numpy(),

@@ -108,9 +108,9 @@ def read_table(path: Path, required: tuple[str, ...], key: str | tuple[str, ...]
 def image_paths(root: Path, table: pd.DataFrame) -> list[str | None]:
     """``files/pNN/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg`` under ``root`` per row of a table with
     ``Image Index`` (the dicom_id), ``Patient ID`` and ``study_id`` (None: not on disk)."""
-    files = root / "files"
+    files = os.path.join(root, "files")
     paths = [
-        os.path.join(files, f"p{str(subject)[:2]}", f"p{subject}", f"s{study}", f"{dicom}.jpg")
+        f"{files}/p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"
         for dicom, subject, study in zip(
             table[IMAGE], table[PATIENT], table["study_id"], strict=True
         )
