@@ -140,8 +140,8 @@ def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Pat
     if overrides.get(TARGET):
         if not overrides.get("root"):
             raise DataError(
-                f"data={overrides[TARGET].rsplit('.', 1)[-1]} needs the dataset's folder: give "
-                "data.root=/path/to/it"
+                f"scoring on another dataset ({overrides[TARGET].rsplit('.', 1)[-1]}) needs its "
+                "folder: give data.root=/path/to/it"
             )
         settings = {
             k: run.data_settings.get(k) if v is None and k in AS_THE_RUN_LOADED else v
