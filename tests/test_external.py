@@ -88,7 +88,9 @@ def test_the_label_map_is_a_setting(tmp_path, nih_run, chexpert_root):
     )
     table = pd.read_csv(out / "aucs.csv", index_col=0)
     assert "Effusion" not in table.index and "Mean (6 findings)" in table.index
-    with pytest.raises(DataError, match=r"another dataset \(CheXpertDataModule\) needs its folder: give data.root="):
+    with pytest.raises(
+        DataError, match=r"another dataset \(CheXpertDataModule\) needs its folder: give data.root="
+    ):
         evaluate(compose_config("evaluate", out, f"ckpt={nih_run}", "data=chexpert", *QUICK))
 
 
