@@ -224,7 +224,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     output = result.stdout + result.stderr
-    assert "required setting(s) not given: data.root (the NIH download folder" in output
+    assert "required setting(s) not given: data.root (the dataset's folder" in output
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
 
@@ -243,7 +243,7 @@ def test_wandb_logger_offline(make_cfg, monkeypatch):
 
 def test_instantiated_objects_are_plain(make_cfg):
     cfg = make_cfg()
-    model = hydra.utils.instantiate(cfg.model)
+    model = hydra.utils.instantiate(cfg.model, class_names=class_names())  # as train passes them
     assert isinstance(model.hparams.optimizer, dict) and isinstance(
         model.hparams.optimizer["betas"], list
     )
