@@ -154,3 +154,27 @@ def test_predictions_are_scored_against_any_dataset(tmp_path, chexpert_root):
                 *QUICK,
             )  # fmt: skip
         )
+
+
+def test_a_chexpert_checkpoints_labels_reach_predictions_heat_maps_and_serving(
+    tmp_path, chexpert_root
+):
+    from chexnet_pl.predict import predict
+    from chexnet_pl.serving.backends import load_backend
+
+    names = CheXpertDataModule(root=str(chexpert_root)).pathologies
+    model = CheXNetModule(backbone="resnet18", class_names=names)
+    path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": {"image_size": 32}}, path)  # fmt: skip
+    image = next((chexpert_root / "CheXpert-v1.0-small" / "valid").rglob("*.jpg"))
+    out = predict(compose_config("predict", tmp_path / "predict", f"ckpt={path}",
+                                 f"image={image}", "top_k=2"))  # fmt: skip
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table.columns[1:]) == [f"prob_{n}" for n in names]
+    overlays = {p.name for p in out.rglob("*.png")}
+    top = table.iloc[0, 1:].astype(float).nlargest(2).index.str.removeprefix("prob_")
+    assert {f"view1_frontal_{n}.png" for n in top} <= overlays  # heat maps by label name
+    _, card = load_backend(path, "torch")
+    assert card["classes"] == names and list(card["thresholds"]) == names
