@@ -24,7 +24,7 @@ from chexnet_pl.data.nih import NIHDataModule, label_index
 from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluation.compare import write_comparison
-from chexnet_pl.evaluation.external import read_internal_aucs
+from chexnet_pl.evaluation.external import match_model_to_data, read_internal_aucs, truth_for
 from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
@@ -97,8 +97,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
-            truth = truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies)
-            metrics |= compare_with(cfg, preds, run.model.class_names, truth, settings, datamodule)
+            match = match_model_to_data(
+                run.model.class_names, datamodule.pathologies, settings.label_map
+            )
+            truth = truth_for(
+                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
+            )
+            metrics |= compare_with(cfg, preds, match.scored, truth, settings, datamodule)
     else:
         truth, reference = _truth_of(data)
         labels = truth.attrs["labels"]
