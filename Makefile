@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/heatmaps.py
 	$(BIN)/python benchmarks/subgroups.py
+	$(BIN)/python benchmarks/tables.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/serve.py --backend torch
 	$(BIN)/python benchmarks/serve.py --backend onnx

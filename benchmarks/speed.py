@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import open_cache
-from chexnet_pl.data.dataset import NIHChestXray
+from chexnet_pl.data.dataset import ChestXrayDataset
 from chexnet_pl.data.device_loader import DeviceLoader, load_split
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import train_transform
@@ -149,13 +149,13 @@ def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, fl
     names = [f"c{i}" for i in range(NUM_CLASSES)]
 
     baseline = loader_rate(BaselineDataset(paths), workers)
-    raw = NIHChestXray(table, labels, names, transform=train_transform(224))
+    raw = ChestXrayDataset(table, labels, names, transform=train_transform(224))
     raw_rate = loader_rate(raw, workers)
     rows_out = [("loading, raw PNG", baseline, raw_rate)]
     with tempfile.TemporaryDirectory() as tmp:
         for size in (224, 256):  # a cache at the training size, and a larger one resized down
             cache = open_cache(build_cache(SAMPLE, size, tmp, progress=False), size)
-            cached = NIHChestXray(
+            cached = ChestXrayDataset(
                 table,
                 labels,
                 names,

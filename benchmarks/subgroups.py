@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.nih_table import PATIENT, read_data_entry
+from chexnet_pl.data.nih import label_index
+from chexnet_pl.data.nih_table import PATIENT, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
-from chexnet_pl.evaluation.runner import label_index
 from chexnet_pl.evaluation.subgroups import Subgroups, format_summary, write_subgroup_report
-from chexnet_pl.labels import class_names
 
 REPO = Path(__file__).resolve().parents[1]
 

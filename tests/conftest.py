@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_MODULE
-from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 
@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CHEXNET_SHARED_DATA", REPO.parent / "shared" / "data"))
 NIH_META = SHARED_DATA / "nih-meta"
 NIH_SAMPLE = SHARED_DATA / "nih-sample"
+CHEXPERT_TRAIN_CSV = SHARED_DATA / "chexpert-meta" / "train.csv.gz"
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,33 @@ def nih_sample() -> Path:
             f"real NIH sample images not found at {NIH_SAMPLE} (../shared/data is only beside CI checkouts)"
         )
     return NIH_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def chexpert_train_csv() -> Path:
+    if not CHEXPERT_TRAIN_CSV.is_file():
+        pytest.skip(
+            f"CheXpert's real train.csv not found at {CHEXPERT_TRAIN_CSV} (../shared/data is only "
+            "beside CI checkouts)"
+        )
+    return CHEXPERT_TRAIN_CSV
+
+
+@pytest.fixture(scope="session")
+def chexpert_root(tmp_path_factory, chexpert_train_csv) -> Path:
+    """A CheXpert-v1.0-small download built from the real train.csv (301 rows of 80 patients, a
+    24-image valid.csv) with generated 64 px JPEGs at the tables' paths; shared: read-only."""
+    from xray_datasets import make_chexpert_root
+
+    return make_chexpert_root(tmp_path_factory.mktemp("chexpert"), chexpert_train_csv)
+
+
+@pytest.fixture(scope="session")
+def mimic_root(tmp_path_factory) -> Path:
+    """A miniature MIMIC-CXR-JPG v2 (40 subjects) in PhysioNet's layout; shared: read-only."""
+    from xray_datasets import make_mimic_root
+
+    return make_mimic_root(tmp_path_factory.mktemp("mimic"))
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +125,14 @@ def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -
     return compose_config("train", output_dir, *(overrides or []))
 
 
+def tiny_dataset_overrides(data: str, *roots: str) -> list[str]:
+    """``tiny_overrides`` for ``data=<dataset>`` (``roots``: its ``data.*root=`` settings)."""
+    shared = [o for o in tiny_overrides(Path(".")) if o.startswith(("model.", "trainer.", "+trainer.",
+              "evaluation.", "callbacks."))]  # fmt: skip
+    return [f"data={data}", *roots, "data.image_size=32", "data.batch_size=8",
+            "data.eval_batch_size=16", "data.num_workers=0", *shared]  # fmt: skip
+
+
 def tiny_overrides(root: Path, experiment: str = "demo") -> list[str]:
     """Shrink an experiment to seconds on a CPU: generated 64 px data, no workers, no downloads."""
     return [
@@ -147,10 +183,11 @@ def random_checkpoint(
     hyperparameters, and the data settings ``data`` (e.g. root=) that the commands read from it."""
     import torch
 
+    from chexnet_pl.data.nih_table import class_names
     from chexnet_pl.models.module import CheXNetModule
 
     torch.manual_seed(seed)
-    model = CheXNetModule(backbone=backbone, pretrained=False)
+    model = CheXNetModule(class_names=class_names(), backbone=backbone, pretrained=False)
     settings = {"image_size": image_size, "num_workers": 0, "eval_batch_size": 16, **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(

@@ -16,8 +16,8 @@ from conftest import small_datamodule
 
 from chexnet_pl.data import prepare as prepare_module
 from chexnet_pl.data.cache import StaleCache, cache_folder, open_cache
-from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.images import read_gray
+from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import area_resize as resize_gray
 from chexnet_pl.errors import DataError

@@ -14,6 +14,7 @@ import pytest
 from conftest import compose_config, random_checkpoint
 from PIL import Image
 
+from chexnet_pl.data.nih_table import FINDINGS, class_names
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.calibration import (
@@ -22,7 +23,6 @@ from chexnet_pl.evaluation.calibration import (
     equal_mass_ece,
     fit_calibration,
 )
-from chexnet_pl.labels import FINDINGS, class_names
 from chexnet_pl.predict import predict
 
 compose_task = compose_config

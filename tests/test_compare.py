@@ -13,7 +13,8 @@ import pytest
 from conftest import compose_config, random_checkpoint
 from sklearn.metrics import roc_auc_score
 
-from chexnet_pl.data.nih_table import read_data_entry
+from chexnet_pl.data.nih import label_index
+from chexnet_pl.data.nih_table import FINDINGS, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
@@ -23,8 +24,6 @@ from chexnet_pl.evaluation.compare import (
     delong_test,
     placement_values,
 )
-from chexnet_pl.evaluation.runner import label_index
-from chexnet_pl.labels import FINDINGS, class_names
 
 
 def compose_evaluate(output_dir: Path, *overrides: str):

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.models.module import CheXNetModule, build_optimizer
 from chexnet_pl.train import train
 
@@ -29,7 +30,7 @@ def test_fused_optimizers_only_where_asked_or_on_cuda():
 
 def test_compile_mode_is_checked():
     with pytest.raises(ValueError, match=r"model.compile_mode='fast'; use one of"):
-        CheXNetModule(pretrained=False, compile_mode="fast")
+        CheXNetModule(class_names=class_names(), pretrained=False, compile_mode="fast")
 
 
 @pytest.mark.slow

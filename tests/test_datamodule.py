@@ -12,9 +12,9 @@ import torch
 from conftest import small_datamodule
 
 from chexnet_pl.data.images import read_gray
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.transforms import eval_transform
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import class_names
 
 
 def _datamodule(root, **kwargs):

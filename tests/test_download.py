@@ -15,8 +15,8 @@ import pytest
 from conftest import compose_config
 from PIL import Image
 
-from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.download import DownloadError, download_nih, fetch
+from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.download import download
 
 METADATA = {

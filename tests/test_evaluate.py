@@ -15,22 +15,26 @@ import torch
 from conftest import compose_config
 from sklearn.metrics import roc_auc_score
 
-from chexnet_pl.data.nih_table import read_data_entry
+from chexnet_pl.data.nih import label_index
+from chexnet_pl.data.nih_table import (
+    FINDINGS,
+    PAPER_AUROC,
+    PAPER_MEAN,
+    class_names,
+    read_data_entry,
+)
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.auroc import bootstrap_auroc, weighted_auroc
 from chexnet_pl.evaluation.predictions import read_predictions
 from chexnet_pl.evaluation.report import (
-    MEAN_ROW,
-    PAPER_AUROC,
     choose_threshold,
     format_report,
     operating_point,
     score_predictions,
 )
-from chexnet_pl.evaluation.runner import label_index
-from chexnet_pl.labels import FINDINGS, class_names
+from chexnet_pl.labels import mean_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,14 +89,25 @@ def test_report_table_layout_and_undefined_class():
     labels = (rng.random((400, 15)) < 0.3).astype(float)
     labels[:, FINDINGS.index("Hernia")] = 0  # no positives: undefined, not 0.5
     scores = np.clip(labels * 0.4 + rng.random((400, 15)) * 0.7, 0, 1)
-    table = score_predictions(scores, labels, np.arange(400) // 2, names, 200, 0, 0.95, [0.5] * 15)
-    assert list(table.index) == [*FINDINGS, MEAN_ROW, "No Finding"]
+    table = score_predictions(
+        scores,
+        labels,
+        np.arange(400) // 2,
+        names,
+        200,
+        0,
+        0.95,
+        [0.5] * 15,
+        (PAPER_AUROC, PAPER_MEAN),
+    )
+    mean_name = mean_row(names)
+    assert list(table.index) == [*FINDINGS, mean_name, "No Finding"]
     assert np.isnan(table.at["Hernia", "auroc"]) and np.isnan(table.at["Hernia", "ci_low"])
     defined = [f for f in FINDINGS if f != "Hernia"]
-    assert table.at[MEAN_ROW, "auroc"] == pytest.approx(table.loc[defined, "auroc"].mean())
+    assert table.at[mean_name, "auroc"] == pytest.approx(table.loc[defined, "auroc"].mean())
     assert (
         table.at["Mass", "paper_auroc"] == PAPER_AUROC["Mass"]
-        and table.at[MEAN_ROW, "paper_auroc"] == 0.841
+        and table.at[mean_name, "paper_auroc"] == 0.841
     )
     assert table.at["Mass", "diff_vs_paper"] == pytest.approx(table.at["Mass", "auroc"] - 0.8676)
     assert (table.loc[defined, "ci_low"] < table.loc[defined, "auroc"]).all()
@@ -114,7 +129,7 @@ def _write_preds(path: Path, names, scores, columns=None):
     [
         (
             lambda f: f.assign(**{"Image Index": ["zzz.png", *f["Image Index"][1:]]}),
-            r"1 image name\(s\) not in the NIH metadata, e.g. \['zzz.png'\]",
+            r"1 image name\(s\) not in the data's metadata, e.g. \['zzz.png'\]",
         ),
         (
             lambda f: f.drop(columns=["prob_Mass", "prob_Hernia"]),
@@ -138,7 +153,7 @@ def test_bad_predictions_files(tmp_path, synthetic_root, edit, message):
     path = tmp_path / "preds.csv"
     edit(frame).to_csv(path, index=False)
     with pytest.raises(DataError, match=message):
-        read_predictions(path, truth.index)
+        read_predictions(path, truth.index, truth.attrs["labels"])
 
 
 def test_scoring_a_file_built_from_the_real_metadata(nih_meta, tmp_path):
@@ -247,7 +262,7 @@ def test_hflip_is_the_mean_of_image_and_mirror():
     from chexnet_pl.evaluation.predictions import _probabilities
     from chexnet_pl.models.module import CheXNetModule
 
-    model = CheXNetModule().eval()
+    model = CheXNetModule(class_names=class_names()).eval()
     images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         expected = (torch.sigmoid(model(images)) + torch.sigmoid(model(images.flip(-1)))) / 2

@@ -22,8 +22,8 @@ import torch
 from conftest import random_checkpoint
 
 from chexnet_pl.data.images import read_gray
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.transforms import area_resize
-from chexnet_pl.labels import class_names
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.serving.backends import OnnxBackend, load_backend
 from chexnet_pl.serving.card import read_sidecar
@@ -148,7 +148,7 @@ def test_export_equals_pytorch_on_real_images(backbone, fmt, cams, tmp_path, nih
 @pytest.mark.parametrize("backbone", ["alexnet", "convnext_tiny"])
 def test_cams_of_a_head_without_cam_is_a_clear_error(backbone):
     with pytest.raises(ServingError, match=f"cams=true needs .*{backbone}'s head is"):
-        ServedModel(CheXNetModule(backbone=backbone), cams=True)
+        ServedModel(CheXNetModule(class_names=class_names(), backbone=backbone), cams=True)
 
 
 def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):

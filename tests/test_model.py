@@ -16,8 +16,8 @@ import torch
 import torchvision
 from sklearn.metrics import roc_auc_score
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import WeightsError
-from chexnet_pl.labels import class_names
 from chexnet_pl.models.backbones import create_backbone, remap_legacy_densenet_keys
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
 from chexnet_pl.models.module import CheXNetModule
@@ -34,7 +34,7 @@ def test_forward_features_and_head():
 
 
 def test_module_takes_uint8_gray_and_outputs_logits():
-    model = CheXNetModule(include_no_finding=False).eval()
+    model = CheXNetModule(class_names=class_names(False)).eval()
     images = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
     logits = model(images)
     assert logits.shape == (3, 14) and torch.isfinite(logits).all()
@@ -182,7 +182,8 @@ def test_auroc_undefined_without_positives():
 
 def test_optimizer_and_scheduler_choices():
     sgd = CheXNetModule(
-        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+        class_names=class_names(),
+        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
     )
     sgd.trainer = None
     config = sgd.configure_optimizers()
@@ -192,10 +193,12 @@ def test_optimizer_and_scheduler_choices():
     scheduler = config["lr_scheduler"]
     assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler["monitor"] == "val/loss" and scheduler["scheduler"].factor == 0.1
-    adam = CheXNetModule().configure_optimizers()["optimizer"]
+    adam = CheXNetModule(class_names=class_names()).configure_optimizers()["optimizer"]
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.9, 0.999)
     with pytest.raises(ValueError, match="unknown model.optimizer.name 'lbfgs'"):
-        CheXNetModule(optimizer={"name": "lbfgs", "lr": 1}).configure_optimizers()
+        CheXNetModule(
+            class_names=class_names(), optimizer={"name": "lbfgs", "lr": 1}
+        ).configure_optimizers()
 
 
 def test_label_list_travels_with_the_model_and_its_checkpoint(tmp_path):

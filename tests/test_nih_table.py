@@ -6,9 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chexnet_pl.data.nih_table import find_data_entry, label_matrix, read_data_entry
+from chexnet_pl.data.nih_table import (
+    FINDINGS,
+    class_names,
+    find_data_entry,
+    label_matrix,
+    read_data_entry,
+)
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import FINDINGS, NO_FINDING, class_names
+from chexnet_pl.labels import NO_FINDING
 
 # The release's counts (v2020), from ../shared/data/README.md.
 REAL_COUNTS = {

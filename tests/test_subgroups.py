@@ -13,14 +13,13 @@ import pytest
 from conftest import compose_config
 from sklearn.metrics import roc_auc_score
 
-from chexnet_pl.data.nih_table import read_data_entry
+from chexnet_pl.data.nih import label_index
+from chexnet_pl.data.nih_table import FINDINGS, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.errors import ChexnetError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples
-from chexnet_pl.evaluation.runner import label_index
 from chexnet_pl.evaluation.subgroups import GAP, Subgroups, age_bands, score_subgroups
-from chexnet_pl.labels import FINDINGS, class_names
 
 
 def test_grouped_auroc_equals_scikit_learn_per_group_and_resample():

@@ -16,8 +16,8 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from chexnet_pl.cli import CONFIG_MODULE
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.synthetic import generate_synthetic_nih
-from chexnet_pl.labels import class_names
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.precision import resolve_precision
 from chexnet_pl.train import train
@@ -55,14 +55,16 @@ def test_paper_recipe_defaults_before_shrinking():
     """Composed without test overrides: 224 px, batch 16, ImageNet weights, 15 outputs."""
     cfg = compose_config("train", None, "experiment=densenet121", "data.root=/data/nih")
     assert (cfg.data.image_size, cfg.data.batch_size, cfg.model.pretrained) == (224, 16, True)
-    assert cfg.data.include_no_finding and cfg.model.include_no_finding
+    assert (
+        cfg.data.include_no_finding and "include_no_finding" not in cfg.model
+    )  # the data's labels
 
 
 @pytest.fixture(scope="module")
 def start_checkpoint(tmp_path_factory) -> Path:
     """A tiny checkpoint of an untrained DenseNet-121 for the recipes that need ``init_from``."""
     path = tmp_path_factory.mktemp("init_from") / "start.ckpt"
-    model = CheXNetModule()
+    model = CheXNetModule(class_names=class_names())
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
 
@@ -222,7 +224,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     output = result.stdout + result.stderr
-    assert "required setting(s) not given: data.root (the NIH download folder" in output
+    assert "required setting(s) not given: data.root (the dataset's folder" in output
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
 
@@ -241,7 +243,7 @@ def test_wandb_logger_offline(make_cfg, monkeypatch):
 
 def test_instantiated_objects_are_plain(make_cfg):
     cfg = make_cfg()
-    model = hydra.utils.instantiate(cfg.model)
+    model = hydra.utils.instantiate(cfg.model, class_names=class_names())  # as train passes them
     assert isinstance(model.hparams.optimizer, dict) and isinstance(
         model.hparams.optimizer["betas"], list
     )

@@ -14,8 +14,8 @@ import torch
 from conftest import compose_config
 from PIL import Image
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.evaluation.localization import heatmap_boxes, iobb, iou, read_bbox_list, score_box
-from chexnet_pl.labels import class_names
 from chexnet_pl.localize import localize
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.train import train
@@ -35,7 +35,7 @@ compose_task = compose_config
 
 def test_cam_is_the_classifier_at_every_position():
     """Mean over positions of the raw CAM + bias = the logit: CAM reads the head exactly."""
-    model = CheXNetModule().eval()
+    model = CheXNetModule(class_names=class_names()).eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
         features = model.net.forward_features(model.prepare_input(images))
@@ -52,7 +52,7 @@ def test_cam_is_the_classifier_at_every_position():
     "method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"]
 )
 def test_grad_cam_methods_give_maps_of_the_input_size(method):
-    model = CheXNetModule().eval()
+    model = CheXNetModule(class_names=class_names()).eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     maps = grad_cam(model, images, class_index=3, method=method)
     assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all() and maps.max() <= 1
@@ -101,7 +101,7 @@ def test_box_geometry():
 
 
 def test_real_box_list_reads_with_nih_spelling(nih_meta):
-    boxes = read_bbox_list(nih_meta / "BBox_List_2017.csv.gz")
+    boxes = read_bbox_list(nih_meta / "BBox_List_2017.csv.gz", class_names())
     assert len(boxes) == 984 and boxes["Image Index"].nunique() == 880
     assert "Infiltration" in set(boxes["Finding Label"]) and "Infiltrate" not in set(
         boxes["Finding Label"]
@@ -156,7 +156,7 @@ def test_localisation_far_above_chance(learnt, tmp_path):
     assert overall["acc_iou@0.1"] > 0.25
     # The same heat maps from an untrained network point nowhere in particular.
     untrained = tmp_path / "untrained.ckpt"
-    model = CheXNetModule()
+    model = CheXNetModule(class_names=class_names())
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "datamodule_hyper_parameters": {"image_size": 96}, "pytorch-lightning_version": "2"}, untrained)  # fmt: skip
     control = localize(
@@ -170,7 +170,7 @@ def test_heatmap_of_a_lesion_peaks_on_it(learnt):
     """One image, one lesion: the CAM of that finding peaks inside the lesion's box half the time or more."""
     root, run = learnt
     model = CheXNetModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
-    boxes = read_bbox_list(root / "BBox_List_2017.csv")
+    boxes = read_bbox_list(root / "BBox_List_2017.csv", class_names())
     single = boxes.groupby("Image Index").filter(lambda g: len(g) == 1).head(40)
     hits = 0
     for _, box in single.iterrows():
@@ -266,7 +266,7 @@ def test_cam_equals_grad_cam_for_a_pooled_linear_head():
     """With global average pooling + linear, Grad-CAM's channel weights are the classifier's
     weights divided by the map size, so Grad-CAM is CAM with negatives clipped (before scaling)."""
     torch.manual_seed(0)
-    model = CheXNetModule().eval()
+    model = CheXNetModule(class_names=class_names()).eval()
     images = torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8)
     with torch.inference_mode():
         features = model.net.forward_features(model.prepare_input(images))

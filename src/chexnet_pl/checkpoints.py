@@ -101,17 +101,66 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
     return Run(path, model, dict(stored.get("datamodule_hyper_parameters") or {}))
 
 
+# The data module of checkpoints that do not name theirs (written before datasets were data).
+DEFAULT_DATAMODULE = "chexnet_pl.data.nih.NIHDataModule"
+TARGET = "_target_"
+# With data=<dataset>, these load the images as the run did unless the command line says otherwise.
+AS_THE_RUN_LOADED = ("image_size", "loader", "num_workers", "eval_batch_size", "missing_images")
+
+
+def build_datamodule(settings: Mapping[str, Any]):
+    """A data module from plain settings with ``_target_`` (a checkpoint's data settings, or a
+    ``data=<dataset>`` config); None values of keys its class does not take are dropped."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    settings = {k: v for k, v in settings.items() if k == TARGET or not k.startswith("_")}
+    target = settings.pop(TARGET, None) or DEFAULT_DATAMODULE
+    try:
+        cls = get_class(target)
+    except (ImportError, ValueError) as exc:
+        raise DataError(f"data module {target!r} cannot be imported ({exc})") from exc
+    accepted = {
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+        for name in inspect.signature(klass.__init__).parameters
+    }
+    settings = {k: v for k, v in settings.items() if v is not None or k in accepted}
+    return cls(**settings)
+
+
 def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Path):
     """The data module and split ``run`` was trained with; ``overrides`` (``data.*`` given on the
-    command line, None = keep) take precedence. The model decides the classes."""
-    from chexnet_pl.data.datamodule import NIHDataModule
-
-    settings = {**run.data_settings, "synthetic": None, "report_dir": str(output_dir)}
-    settings["include_no_finding"] = bool(run.model.hparams.include_no_finding)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    if not settings.get("root"):
+    command line, None = keep) take precedence. With ``data=<dataset>`` (``overrides`` has a
+    ``_target_``), that dataset as configured instead — external validation — loading its images
+    as the run did (size, loader, workers) where the config leaves a value unset (None)."""
+    overrides = dict(overrides)
+    if overrides.get(TARGET):
+        if not overrides.get("root"):
+            raise DataError(
+                f"scoring on another dataset ({overrides[TARGET].rsplit('.', 1)[-1]}) needs its "
+                "folder: give data.root=/path/to/it"
+            )
+        settings = {
+            k: run.data_settings.get(k) if v is None and k in AS_THE_RUN_LOADED else v
+            for k, v in overrides.items()
+        }
+        settings = {k: v for k, v in settings.items() if v is not None}  # unset: the default
+        if overrides.get("image_size") is None:
+            settings["image_size"] = run.image_size
+    else:
+        settings = {**run.data_settings, TARGET: run.data_settings.get(TARGET)}
+        if "include_no_finding" in settings:
+            settings["include_no_finding"] = bool(run.model.hparams.include_no_finding)
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings |= {"report_dir": str(output_dir)}
+    if "synthetic" in settings:
+        settings["synthetic"] = None
+    if "root" in settings and not settings.get("root"):
         raise DataError(
             f"{run.path} does not name the data folder it was trained on; "
-            "give data.root=/path/to/nih"
+            "give data.root=/path/to/the/data"
         )
-    return NIHDataModule(**settings)
+    return build_datamodule(settings)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -62,11 +63,35 @@ def user_errors_exit() -> Iterator[None]:
             raise
         log.error("%s", exc)
         raise SystemExit(2) from exc
+    except InstantiationException as exc:  # a component's constructor refused its settings
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if not isinstance(cause, ChexnetError) or _in_multirun():
+            raise
+        log.error("%s", cause)
+        raise SystemExit(2) from exc
     except MissingMandatoryValue as exc:  # a `???` setting the command line did not give
         if _in_multirun():
             raise
         log.error("required setting not given: %s=... (add it to the command)", exc.full_key)
         raise SystemExit(2) from exc
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that a constructor's ``ChexnetError`` (a setting it
+    refuses, said plainly) is raised as itself rather than inside Hydra's wrapper."""
+    import hydra
+
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, ChexnetError):
+            raise cause from exc
+        raise
 
 
 def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:

@@ -1,7 +1,9 @@
-"""Evaluate a checkpoint or score a predictions file against the NIH labels.
+"""Evaluate a checkpoint or score a predictions file against a dataset's labels.
 
 chexnet-evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [split=test]
+chexnet-evaluate ckpt=<NIH run>/checkpoints/best.ckpt data=chexpert data.root=/data/chexpert
 chexnet-evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
+chexnet-evaluate preds=preds.csv data=chexpert data.root=/data/chexpert
 chexnet-evaluate preds=a.csv compare=b.csv data.root=/data/nih [compare_on=intersection]
 chexnet-evaluate ckpt=a.ckpt compare_ckpt=b.ckpt
 chexnet-evaluate preds=preds.csv data.root=/data/nih expert_labels=google2019_nih-chest-xray-labels.csv.gz
@@ -16,21 +18,23 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.checkpoints import datamodule_for, load_run
+from chexnet_pl.checkpoints import TARGET, Run, build_datamodule, datamodule_for, load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.data.datamodule import NIHDataModule
+from chexnet_pl.data.datamodule import ChestXrayDataModule
+from chexnet_pl.data.nih import NIHDataModule, label_index
 from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluation.compare import write_comparison
 from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
+from chexnet_pl.evaluation.external import match_model_to_data, read_internal_aucs, truth_for
 from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
     evaluate_model,
-    label_index,
     log_to_wandb,
     predict_split,
     score_and_write,
+    truth_frame,
 )
 from chexnet_pl.settings import check_evaluation
 
@@ -43,7 +47,7 @@ def compare_with(
     names_a: list[str],
     truth: pd.DataFrame,
     settings: EvaluationSettings,
-    datamodule: NIHDataModule | None,
+    datamodule: ChestXrayDataModule | None,
 ) -> dict[str, float]:
     """``compare=b.csv`` or ``compare_ckpt=b.ckpt``: ΔAUROC of A (``preds=``/``ckpt=``) − B on
     the images both have; writes compare.csv and compare.png."""
@@ -56,10 +60,7 @@ def compare_with(
     else:
         other = load_run(cfg.compare_ckpt)
         if datamodule is not None:  # A's data and split, at the size B was trained at
-            datamodule = NIHDataModule(
-                **{**datamodule.hparams, "image_size": other.image_size,
-                   "include_no_finding": other.model.hparams.include_no_finding}
-            )  # fmt: skip
+            datamodule = build_datamodule({**datamodule.hparams, "image_size": other.image_size})
         else:
             datamodule = datamodule_for(other, cfg.data, output_dir)
         preds_b = predict_split(
@@ -94,18 +95,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         else None
     )
     expert_table = None
+    data = OmegaConf.to_container(cfg.data, resolve=True)
     if cfg.ckpt:
         run = load_run(cfg.ckpt)
         if expert is not None:
             expert.check_outputs(run.model.class_names, f"the checkpoint {run.path}")
-        datamodule = datamodule_for(run, cfg.data, output_dir)
+        datamodule = datamodule_for(run, data, output_dir)
+        internal = _internal_aucs(cfg, run) if data.get(TARGET) else None
         table, metrics = evaluate_model(
-            run.model, datamodule, output_dir, settings, split, run.path
+            run.model, datamodule, output_dir, settings, split, run.path, internal
         )
-        truth = label_index(datamodule.table)
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
-            metrics |= compare_with(cfg, preds, run.model.class_names, truth, settings, datamodule)
+            match = match_model_to_data(
+                run.model.class_names, datamodule.pathologies, settings.label_map
+            )
+            truth = truth_for(
+                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
+            )
+            metrics |= compare_with(cfg, preds, match.scored, truth, settings, datamodule)
         if expert is not None:  # the split evaluated, and validation when it was predicted too
             stored = [
                 output_dir / n for n in ("preds.csv", "preds_val.csv")[: 1 + (split != "val")]
@@ -113,24 +121,26 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             preds = [pd.read_csv(p, dtype={IMAGE: str}) for p in stored if p.is_file()]
             splits = datamodule.table.set_index(IMAGE)["split"]
             expert_table, expert_metrics = expert.score_and_write(
-                preds, truth, output_dir, settings, splits
+                preds,
+                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies),
+                output_dir,
+                settings,
+                splits,
             )
             metrics |= expert_metrics
     else:
-        if not cfg.data.get("root") and not cfg.data.get("csv"):
-            raise DataError(
-                "preds= needs the NIH labels: give data.root=/path/to/nih (or data.csv=)"
-            )
-        csv = Path(cfg.data.csv) if cfg.data.get("csv") else find_data_entry(cfg.data.root)
-        truth = label_index(read_data_entry(csv))
-        preds, names = read_predictions(cfg.preds, truth.index)
+        truth, reference = _truth_of(data)
+        labels = truth.attrs["labels"]
+        preds, names = read_predictions(cfg.preds, truth.index, labels)
         if expert is not None:
             expert.check_outputs(names, f"the predictions file {cfg.preds}")
         val_preds = (
-            read_predictions(cfg.val_preds, truth.index)[0] if cfg.get("val_preds") else None
+            read_predictions(cfg.val_preds, truth.index, labels)[0]
+            if cfg.get("val_preds")
+            else None
         )
         table, metrics = score_and_write(
-            preds, truth, names, output_dir, settings, split, val_preds
+            preds, truth, names, output_dir, settings, split, val_preds, reference
         )
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             metrics |= compare_with(cfg, preds, names, truth, settings, None)
@@ -153,6 +163,39 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         wandb_run.finish()
     log.info("outputs in %s", output_dir)
     return metrics
+
+
+def _internal_aucs(cfg: DictConfig, run: Run) -> dict[str, float] | None:
+    """The model's AUROC on its own test split, beside external scores: ``internal_aucs=``, else
+    the ``aucs.csv`` its training run wrote (``<run>/aucs.csv``) when there is one."""
+    path = cfg.get("internal_aucs") or run.path.resolve().parent.parent / "aucs.csv"
+    if not Path(path).is_file():
+        if cfg.get("internal_aucs"):
+            raise DataError(f"internal_aucs={path} is not a file")
+        log.warning(
+            "no internal AUROC to show beside the external one: %s is not there (train with "
+            "test=true, or give internal_aucs=<the aucs.csv of its own evaluation>)", path,
+        )  # fmt: skip
+        return None
+    return read_internal_aucs(path, run.model.class_names)
+
+
+def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
+    """The labels ``preds=`` is scored against, and the data's reference AUROC: NIH's metadata
+    CSV (``data.root``/``data.csv``), or with ``data=<dataset>`` that dataset's tables."""
+    if data.get(TARGET):
+        settings = {k: v for k, v in data.items() if v is not None}  # no images are loaded
+        datamodule = build_datamodule({**settings, "report_dir": None})
+        images = datamodule.read_labels()
+        truth = truth_frame(images.table, images.labels, datamodule.pathologies)
+        return truth, datamodule.reference_auroc
+    if not data.get("root") and not data.get("csv"):
+        raise DataError(
+            "preds= needs the labels: give data.root=/path/to/nih (or data.csv=), or "
+            "data=<dataset> data.root=... for another dataset"
+        )
+    csv = Path(data["csv"]) if data.get("csv") else find_data_entry(data["root"])
+    return label_index(read_data_entry(csv)), NIHDataModule.reference_auroc
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")

@@ -22,7 +22,6 @@ import torch
 from chexnet_pl.checkpoints import read_checkpoint
 from chexnet_pl.cli import user_errors_exit
 from chexnet_pl.errors import WeightsError
-from chexnet_pl.labels import FINDINGS
 from chexnet_pl.models.backbones import remap_legacy_densenet_keys
 from chexnet_pl.models.module import CheXNetModule
 
@@ -33,10 +32,13 @@ ARNOWENG_CLASSES = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )  # fmt: skip
+# The imported model's outputs: NIH's findings in alphabetical order, the order NIH's data module
+# gives its labels (evaluation matches outputs to labels by name either way).
+IMPORTED_CLASSES = sorted(ARNOWENG_CLASSES)
 
 
 def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Their keys → this project's ``net.*`` keys, classifier rows reordered to ``FINDINGS``."""
+    """Their keys → this project's ``net.*`` keys, classifier rows reordered to ``IMPORTED_CLASSES``."""
     converted = {}
     for key, value in remap_legacy_densenet_keys(
         {k.removeprefix("module.").removeprefix("densenet121."): v for k, v in state_dict.items()}
@@ -45,7 +47,7 @@ def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
             converted["net.features.body." + key.removeprefix("features.")] = value
         elif key.startswith("classifier."):  # classifier.0.* in their Sequential head
             name = key.split(".")[-1]
-            order = [ARNOWENG_CLASSES.index(c) for c in FINDINGS]
+            order = [ARNOWENG_CLASSES.index(c) for c in IMPORTED_CLASSES]
             converted[f"net.classifier.{name}"] = value[order]
         else:
             raise WeightsError(f"unexpected key {key!r}: is this arnoweng/CheXNet's DenseNet-121?")
@@ -55,7 +57,7 @@ def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
     checkpoint = read_checkpoint(source)
     state_dict = checkpoint.get("state_dict", checkpoint)
-    model = CheXNetModule(backbone="densenet121", include_no_finding=False, pretrained=False)
+    model = CheXNetModule(backbone="densenet121", class_names=IMPORTED_CLASSES, pretrained=False)
     converted = convert_arnoweng_state_dict(state_dict)
     # num_batches_tracked counters did not exist before PyTorch 0.4.1 (arnoweng's file predates them).
     own = {

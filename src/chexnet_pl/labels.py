@@ -1,40 +1,98 @@
-"""The fixed class order of the model's outputs.
+"""Label sets as data: what every dataset's label list shares, and how two lists are matched.
 
-The 14 NIH findings in alphabetical order, then ``No Finding`` (15 outputs by default).
-With ``include_no_finding=False`` the model has the 14 findings alone, as in the CheXNet paper's
-table. Mean AUROC is always taken over the 14 findings only.
+A dataset names its labels (its data module's ``pathologies``); the model's outputs are that list
+(``class_names`` in checkpoints). Nothing here knows a particular dataset's findings.
+
+- The *findings* of a label list are all its labels but ``No Finding``; a mean AUROC is over them.
+- A label a dataset does not have, or that is not known for an image, is NaN: masked in the loss,
+  left out of every metric, never counted as negative (``labelled``).
+- Two lists are matched by name, and by the synonyms of a label map (``Effusion`` ↔
+  ``Pleural Effusion``): ``match_labels`` pairs a model's outputs with a dataset's labels for
+  external validation, ``relabel`` puts one dataset's label matrix in another list's columns.
 """
 
 from __future__ import annotations
 
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-)
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
 NO_FINDING = "No Finding"
 
 
-def class_names(include_no_finding: bool = True) -> list[str]:
-    """Output names in model order: the 14 findings, then ``No Finding`` when included."""
-    names = list(FINDINGS)
-    if include_no_finding:
-        names.append(NO_FINDING)
-    return names
-
-
-def finding_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
-    """The outputs that are findings: every class but ``No Finding``. Mean AUROC is taken over
-    these, so a model or dataset with another label list needs no other change here."""
+def finding_names(class_names: Sequence[str]) -> list[str]:
+    """The outputs that are findings: every label but ``No Finding``. Mean AUROC is over these."""
     return [name for name in class_names if name != NO_FINDING]
+
+
+def mean_row(class_names: Sequence[str]) -> str:
+    """The name of the mean-over-findings row of a report on ``class_names``, e.g.
+    ``Mean (14 findings)`` for NIH's 15 outputs, ``Mean (13 findings)`` for CheXpert's 14."""
+    return f"Mean ({len(finding_names(class_names))} findings)"
+
+
+def report_order(class_names: Sequence[str], mean: str | None = None) -> list[str]:
+    """Findings in order, then the mean row (when named), then ``No Finding`` on its own line."""
+    findings = finding_names(class_names)
+    tail = [name for name in class_names if name == NO_FINDING]
+    return [*findings, *([mean] if mean else []), *tail]
+
+
+def labelled(labels: np.ndarray) -> np.ndarray:
+    """Where a label is known (not NaN): the images a metric of that label may use."""
+    return ~np.isnan(np.asarray(labels, dtype=np.float64))
+
+
+def synonyms_of(label_map: Mapping[str, str] | None) -> dict[str, set[str]]:
+    """A symmetric synonym table from a label map ``{name: other name}``: each name with itself
+    and the names mapped to or from it."""
+    table: dict[str, set[str]] = {}
+    for a, b in (label_map or {}).items():
+        for x, y in ((str(a), str(b)), (str(b), str(a))):
+            table.setdefault(x, {x}).add(y)
+    return table
+
+
+def match_labels(
+    outputs: Sequence[str], labels: Sequence[str], label_map: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(output, label) pairs the two lists share, in output order: the same name, or names the
+    label map makes synonyms. Each output and each label is used once."""
+    synonyms = synonyms_of(label_map)
+    available = list(labels)
+    pairs = []
+    for output in outputs:
+        candidates = [output, *sorted(synonyms.get(output, set()) - {output})]
+        match = next((name for name in candidates if name in available), None)
+        if match is not None:
+            pairs.append((output, match))
+            available.remove(match)
+    return pairs
+
+
+def union_labels(
+    label_lists: Sequence[Sequence[str]], label_map: Mapping[str, str] | None = None
+) -> list[str]:
+    """The ordered union of several label lists; synonyms count once, under the first list's
+    name. ``No Finding``, when any list has it, comes last."""
+    union: list[str] = []
+    for names in label_lists:
+        taken = {label for _, label in match_labels(names, union, label_map)}
+        matched = {output for output, _ in match_labels(names, union, label_map)}
+        union += [n for n in names if n not in matched and n not in taken]
+    return report_order(union)
+
+
+def relabel(
+    labels: np.ndarray,
+    source: Sequence[str],
+    target: Sequence[str],
+    label_map: Mapping[str, str] | None = None,
+) -> np.ndarray:
+    """``labels`` (columns ``source``) in the columns ``target``; a target label the source does
+    not have (by name or synonym) is NaN for every row."""
+    result = np.full((len(labels), len(target)), np.nan, dtype=np.float32)
+    column = {name: j for j, name in enumerate(source)}
+    for output, label in match_labels(target, source, label_map):
+        result[:, list(target).index(output)] = labels[:, column[label]]
+    return result

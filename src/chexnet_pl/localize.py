@@ -40,7 +40,9 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
             f"data.root={root} is not a folder; give the NIH folder with BBox_List_2017.csv and "
             "the images"
         )
-    boxes = read_bbox_list(Path(cfg.boxes) if cfg.boxes else root / "BBox_List_2017.csv")
+    boxes = read_bbox_list(
+        Path(cfg.boxes) if cfg.boxes else root / "BBox_List_2017.csv", model.class_names
+    )
     on_disk = find_images(root)
     missing = sorted(set(boxes["Image Index"]) - set(on_disk))
     if missing:

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from chexnet_pl.cli import instantiate
 from chexnet_pl.data.datamodule import CACHE_MODES, MISSING_POLICIES, VIEWS
 from chexnet_pl.data.splits import SPLIT_METHODS, SPLITS
 from chexnet_pl.errors import ConfigError, shown
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.runner import EvaluationSettings
-from chexnet_pl.labels import class_names
 from chexnet_pl.models.backbones import BACKBONES
 from chexnet_pl.models.module import OPTIMIZERS, SCHEDULERS
 from chexnet_pl.models.precision import check_precision
@@ -31,7 +31,7 @@ from chexnet_pl.visualization.heatmaps import METHODS, require_cam
 MONITOR_MODES = ("min", "max")
 # What a missing mandatory value (``???``) is for, said when it is not given.
 MANDATORY_HINTS = {
-    "data.root": "the NIH download folder: data.root=/path/to/nih",
+    "data.root": "the dataset's folder, e.g. data.root=/path/to/nih",
     "ckpt": "a checkpoint: ckpt=outputs/<date>/<time>/checkpoints/best.ckpt",
 }
 # ReduceLROnPlateau's own arguments, plus what the module reads itself.
@@ -190,9 +190,10 @@ def check_callbacks(callbacks: Mapping[str, Any], monitors: Sequence[str]) -> No
                      visualization.get("every_n_epochs", 1), minimum=1, integer=True)  # fmt: skip
 
 
-def monitorable_metrics(include_no_finding: bool) -> list[str]:
-    """The metrics a checkpoint, scheduler or early stop can watch (what the module logs)."""
-    per_class = [f"val/auroc_{name}" for name in class_names(include_no_finding)]
+def monitorable_metrics(class_names: Sequence[str]) -> list[str]:
+    """The metrics a checkpoint, scheduler or early stop can watch (what the module logs for a
+    model whose outputs are ``class_names``)."""
+    per_class = [f"val/auroc_{name}" for name in class_names]
     return ["val/auroc", "val/loss", "val/auroc_best", *per_class, "train/loss", "train/loss_epoch"]
 
 
@@ -200,8 +201,10 @@ def check_train_config(cfg: DictConfig) -> None:
     """The whole ``train`` config, before the data or model are built."""
     check_mandatory(cfg)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    monitors = monitorable_metrics(bool(container.get("include_no_finding", True)))
     check_data(container["data"])
+    # The label set is the data's: the data module, built as a dry run (it reads nothing until
+    # setup), checks its own settings and names the outputs whose metrics can be monitored.
+    monitors = monitorable_metrics(instantiate(cfg.data).pathologies)
     check_model(container["model"], monitors)
     check_callbacks(container.get("callbacks") or {}, monitors)
     check_evaluation(container.get("evaluation"))

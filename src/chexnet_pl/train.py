@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from chexnet_pl.callbacks import SyncFreeProgressBar
 from chexnet_pl.checkpoints import load_run
-from chexnet_pl.cli import CONFIG_PATH, user_errors_exit
+from chexnet_pl.cli import CONFIG_PATH, instantiate, user_errors_exit
 from chexnet_pl.data.datamodule import split_global_batch
 from chexnet_pl.errors import ChexnetError, ImageReadError, TrainingError
 from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     # The label list travels with the data: the model gets the data module's classes.
     model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.pathologies))
     check_input_size(model, int(cfg.data.image_size))

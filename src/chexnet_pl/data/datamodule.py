@@ -1,4 +1,10 @@
-"""LightningDataModule: NIH table → view filter → patient-level split → images → datasets."""
+"""What every dataset's LightningDataModule shares: a labelled table (from the dataset's own module)
+→ image files checked → image cache → datasets → loaders (workers or device).
+
+A dataset is one module with a subclass of ``ChestXrayDataModule`` that names its labels
+(``pathologies``) and implements ``read_labels`` (its tables, split and view filter), plus one
+config in ``conf/data/``. Labels a dataset does not have for an image are NaN.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import ImageCache, StaleCache, cache_folder, check_sources, open_cache
-from chexnet_pl.data.dataset import NIHChestXray
+from chexnet_pl.data.dataset import ChestXrayDataset
 from chexnet_pl.data.device_loader import (
     LOADERS,
     DeviceImages,
@@ -28,16 +35,16 @@ from chexnet_pl.data.device_loader import (
     resolve_num_workers,
 )
 from chexnet_pl.data.image_check import find_bad_images, find_undecodable
-from chexnet_pl.data.images import find_images
-from chexnet_pl.data.nih_table import IMAGE, VIEW, find_data_entry, label_matrix, read_data_entry
-from chexnet_pl.data.splits import SPLITS, make_split
+from chexnet_pl.data.nih_table import IMAGE, VIEW
+from chexnet_pl.data.splits import SPLITS
 from chexnet_pl.data.transforms import eval_transform, train_transform
 from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.labels import class_names
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("all", "PA", "AP")
+# data.view_position, one vocabulary for every dataset: frontal = PA or AP (NIH has only those).
+VIEWS = ("all", "frontal", "lateral", "PA", "AP")
+FRONTAL = "Frontal"  # a table column: whether the image is a frontal view
 # One row per image left out of a run, whatever the reason (missing, unreadable, failed mid-epoch).
 SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
 REPORT_COLUMNS = ["Image Index", "split", "reason"]
@@ -65,15 +72,46 @@ def _workers(requested: int | str) -> int:
     return workers
 
 
-class NIHDataModule(pl.LightningDataModule):
-    """NIH ChestX-ray14 as released (or the synthetic demo in the same format).
+@dataclass
+class LabelledImages:
+    """What a dataset's ``read_labels`` gives: a table with ``Image Index`` (a unique name),
+    ``Patient ID``, ``split`` (train, val or test), ``path`` (the file; NaN when not on disk) and
+    the subgroup metadata, row-aligned with float32 ``labels`` (columns: the data module's
+    ``pathologies``; NaN: not labelled), and what was read (for messages)."""
+
+    table: pd.DataFrame
+    labels: np.ndarray
+    source: str
+
+
+def filter_views(
+    images: LabelledImages, view_position: str, dataset: str = "data"
+) -> LabelledImages:
+    """Keep the images of ``data.view_position`` (``VIEWS``); the table has ``View Position`` and
+    ``Frontal`` (True where absent: a dataset of frontal views only)."""
+    table = images.table
+    frontal = table[FRONTAL].to_numpy(bool) if FRONTAL in table else np.ones(len(table), bool)
+    if view_position == "all":
+        return images
+    if view_position == "frontal":
+        keep = frontal
+    elif view_position == "lateral":
+        keep = ~frontal
+    else:
+        keep = (
+            frontal & (table[VIEW].astype(str).str.strip().str.upper() == view_position).to_numpy()
+        )
+    log.info("%s: view_position=%s keeps %d of %d images", dataset, view_position, keep.sum(),
+             len(table))  # fmt: skip
+    return LabelledImages(table[keep].reset_index(drop=True), images.labels[keep], images.source)
+
+
+class ChestXrayDataModule(pl.LightningDataModule):
+    """The machinery every dataset shares; a subclass (one per dataset) sets ``pathologies`` and
+    implements ``read_labels``.
 
     Args:
-        root: the download folder (CSV, split lists, ``images/`` or ``images_NNN/images/``).
-        csv: the metadata CSV; found in ``root`` when not given.
-        include_no_finding: 15 outputs (14 findings + No Finding) when true, else 14.
-        split: ``method`` (official | patient | file), ``val_fraction``, ``fractions``, ``file``, ``seed``.
-        view_position: all | PA | AP.
+        root: the dataset's folder (images and tables; the cache goes to ``<root>/prepared``).
         missing_images: error (stop, naming the missing files) or skip (use only images present).
         on_bad_image: error (stop, listing every unusable file) or skip (leave them out).
         check_images: a fast header check of every image before training; ``decode_check``:
@@ -82,12 +120,10 @@ class NIHDataModule(pl.LightningDataModule):
         report_dir: where ``skipped_images.csv`` / ``bad_images.csv`` go (the run folder).
         augment: keyword arguments of ``train_transform``.
         cache: auto (read the pre-resized cache of ``chexnet-prepare`` when one
-            is valid for these images, else decode the PNGs), off, or required (stop when there
+            is valid for these images, else decode the image files), off, or required (stop when there
             is no valid cache). A stale or partial cache is never used.
         cache_dir: where ``prepare`` wrote it (default ``<root>/prepared``); ``cache_size``: which
             size to use (default: the smallest prepared size ≥ ``image_size``).
-        synthetic: keyword arguments of ``generate_synthetic_nih``; when set, ``prepare_data``
-            writes that dataset into ``root`` if it is not there yet.
         num_workers: DataLoader workers, or auto (the usable cores − 1, at most 16).
         loader: auto, workers (DataLoader) or device (``data.device_loader``: the split's cached
             images held on the training device). auto picks device when a valid cache covers
@@ -96,13 +132,13 @@ class NIHDataModule(pl.LightningDataModule):
         seed: seeds the device path's per-epoch order and augmentation (the run's ``seed``).
     """
 
+    pathologies: list[str]
+    # A published AUROC per label and their mean, shown beside scores on this data (or None).
+    reference_auroc: tuple[dict[str, float], float] | None = None
+
     def __init__(
         self,
-        root: str,
-        csv: str | None = None,
-        include_no_finding: bool = True,
-        split: Mapping[str, Any] | None = None,
-        view_position: str = "all",
+        root: str | None,
         image_size: int = 224,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
@@ -115,7 +151,6 @@ class NIHDataModule(pl.LightningDataModule):
         report_dir: str | None = None,
         require_test: bool = False,
         augment: Mapping[str, Any] | None = None,
-        synthetic: Mapping[str, Any] | None = None,
         cache: str = "auto",
         cache_dir: str | None = None,
         cache_size: int | None = None,
@@ -124,19 +159,17 @@ class NIHDataModule(pl.LightningDataModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        # Plain values, stored in checkpoints so evaluation can rebuild the same data and split.
+        # Plain values (this class's and the subclass's), stored in checkpoints so evaluation can
+        # rebuild the same data and split; ``_target_`` says which data module.
         self.save_hyperparameters(logger=False)
-        _check_choices(view_position=view_position, missing_images=missing_images,
-                       on_bad_image=on_bad_image, cache=cache, loader=loader)  # fmt: skip
+        self.hparams["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        _check_choices(missing_images=missing_images, on_bad_image=on_bad_image, cache=cache,
+                       loader=loader)  # fmt: skip
         if not 0 < float(device_memory_share) <= 1:
             raise DataError(
                 f"data.device_memory_share={device_memory_share!r}; use a share in (0, 1]"
             )
-        self.root = Path(root).expanduser()
-        self.csv = Path(csv).expanduser() if csv else None
-        self.pathologies = class_names(include_no_finding)
-        self.split_args = dict(split or {"method": "official"})
-        self.view_position = view_position
+        self.root = Path(root).expanduser() if root else None
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -152,16 +185,21 @@ class NIHDataModule(pl.LightningDataModule):
         self.report_dir = Path(report_dir) if report_dir else None
         self.require_test = bool(require_test)
         self.augment = dict(augment or {})
-        self.synthetic = dict(synthetic) if synthetic else None
         self.cache_mode = cache
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / "prepared"
+        self.cache_dir = (
+            Path(cache_dir).expanduser()
+            if cache_dir
+            else self.root / "prepared"
+            if self.root
+            else None
+        )
         self.cache_size = int(cache_size) if cache_size else None
         self.image_cache: ImageCache | None = None
         self.table: pd.DataFrame | None = None
         self.labels: np.ndarray | None = None
-        self.datasets: dict[str, NIHChestXray] = {}
+        self.datasets: dict[str, ChestXrayDataset] = {}
         self.loader_mode, self.device_memory_share = loader, float(device_memory_share)
-        self.seed = int(seed if seed is not None else self.split_args.get("seed") or 0)
+        self.seed = int(seed or 0)
         self.loader_kind: str | None = None  # workers | device, chosen at the first loader
         self.on_device: dict[str, DeviceImages] = {}
 
@@ -169,38 +207,23 @@ class NIHDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.pathologies)
 
-    def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            from chexnet_pl.data.synthetic import ensure_synthetic_nih
+    def read_labels(self) -> LabelledImages:
+        """This dataset's images with their labels, split and files (see ``LabelledImages``):
+        its tables read, split (on the whole table, so split lists are checked as released),
+        filtered by view, and the rows in no split left out. No image is opened here."""
+        raise NotImplementedError
 
-            ensure_synthetic_nih(self.root, **self.synthetic)
-            if self.cache_mode != "off":  # the demo takes the fast path too
-                from chexnet_pl.data.prepare import build_cache
-
-                build_cache(self.root, self.image_size, self.cache_dir, workers=1, progress=False)
+    def cache_names(self, table: pd.DataFrame) -> pd.Series:
+        """The names ``table``'s images have in the cache ``chexnet-prepare root=<root>`` builds:
+        their paths relative to ``root`` (NIH, whose images have unique file names, uses those)."""
+        root = str(self.root)
+        return table["path"].map(lambda path: Path(os.path.relpath(path, root)).as_posix())
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        csv = self.csv or find_data_entry(self.root)
-        table = read_data_entry(csv)
-        labels = label_matrix(table["Finding Labels"], self.pathologies, source=csv)
-        log.info("read %d rows from %s", len(table), csv)
-
-        # Split first, on the whole table, so split lists are checked against the release as is.
-        args = {k: v for k, v in self.split_args.items() if k != "method"}
-        table["split"] = make_split(
-            table, self.split_args.get("method", "official"), self.root, **args
-        )
-        if self.view_position != "all":
-            keep = (table[VIEW] == self.view_position).to_numpy()
-            log.info(
-                "view_position=%s keeps %d of %d images", self.view_position, keep.sum(), len(table)
-            )
-            table, labels = table[keep].reset_index(drop=True), labels[keep]
-        used = table["split"].notna().to_numpy()
-        table, labels = table[used].reset_index(drop=True), labels[used]
-        table, labels, cache_rows = self._check_files(table, labels, csv)
+        images = self.read_labels()
+        table, labels, cache_rows = self._check_files(images.table, images.labels, images.source)
 
         self.table, self.labels = table, labels
         for name in SPLITS:
@@ -213,7 +236,7 @@ class NIHDataModule(pl.LightningDataModule):
             skip_report = (
                 self._skip_report if name == "train" and self.on_bad_image == "skip" else None
             )
-            self.datasets[name] = NIHChestXray(
+            self.datasets[name] = ChestXrayDataset(
                 table[rows],
                 labels[rows],
                 self.pathologies,
@@ -233,17 +256,10 @@ class NIHDataModule(pl.LightningDataModule):
                 )
 
     def _check_files(
-        self, table: pd.DataFrame, labels: np.ndarray, csv: Path
+        self, table: pd.DataFrame, labels: np.ndarray, csv: str
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
-        """Attach each row's ``path``; find every missing and unusable file in one pass, then
-        stop listing all of them (per ``missing_images`` / ``on_bad_image``) or leave them out."""
-        on_disk = find_images(self.root)
-        if not on_disk:
-            raise DataError(
-                f"no images under {self.root}: expected {self.root}/images/*.png or "
-                f"{self.root}/images_NNN/images/*.png"
-            )
-        table["path"] = table[IMAGE].map(on_disk)
+        """Find every missing (no ``path``) and unusable file in one pass, then stop listing all
+        of them (per ``missing_images`` / ``on_bad_image``) or leave them out."""
         missing = table["path"].isna().to_numpy()
         present = table[~missing].reset_index(drop=True)
         cache_rows = self._open_cache(present)
@@ -262,7 +278,7 @@ class NIHDataModule(pl.LightningDataModule):
         problems = pd.concat(
             [
                 table.loc[missing, [IMAGE, "split"]].assign(
-                    reason=f"not on disk under {self.root}", kind="missing"
+                    reason=f"not on disk under {self.root or 'its data root'}", kind="missing"
                 ),
                 present.loc[is_bad, [IMAGE, "split"]].assign(
                     reason=present.loc[is_bad, "path"].astype(str).map(bad), kind="bad"
@@ -291,7 +307,7 @@ class NIHDataModule(pl.LightningDataModule):
         )  # fmt: skip
         return found
 
-    def _report(self, problems: pd.DataFrame, listed: int, csv: Path) -> None:
+    def _report(self, problems: pd.DataFrame, listed: int, csv: str) -> None:
         """Stop, naming every problem a policy does not allow; else record what is left out."""
         policy = {"missing": self.missing_images, "bad": self.on_bad_image}
         stopping = problems[problems["kind"].map(policy) == "error"]
@@ -312,12 +328,13 @@ class NIHDataModule(pl.LightningDataModule):
                 count, listed, what, self._skip_report, lines,
             )  # fmt: skip
 
-    def _describe(self, stopping: pd.DataFrame, listed: int, csv: Path, report: Path) -> list[str]:
+    def _describe(self, stopping: pd.DataFrame, listed: int, csv: str, report: Path) -> list[str]:
         parts = []
         missing = stopping[stopping["kind"] == "missing"]
         if len(missing):
             parts.append(
-                f"{len(missing)} of {listed} images listed in {csv} are not under {self.root}, "
+                f"{len(missing)} of {listed} images listed in {csv} are not on disk"
+                f"{f' under {self.root}' if self.root else ''}, "
                 f"e.g. {missing[IMAGE].head(5).tolist()}. If the download is partial, set "
                 "data.missing_images=skip to use only the images present."
             )
@@ -354,7 +371,7 @@ class NIHDataModule(pl.LightningDataModule):
 
     def _open_cache(self, table: pd.DataFrame) -> np.ndarray | None:
         """The cache rows of ``table`` when a valid cache covers it (``data.cache``), else None."""
-        if self.cache_mode == "off":
+        if self.cache_mode == "off" or self.cache_dir is None:
             return None
         if self.cache_size:
             if self.cache_size < self.image_size:
@@ -376,7 +393,7 @@ class NIHDataModule(pl.LightningDataModule):
             folder = cache_folder(self.cache_dir, size)
             try:
                 cache = open_cache(folder, size)
-                rows = check_sources(cache, table[IMAGE], table["path"])
+                rows = check_sources(cache, self.cache_names(table), table["path"])
             except StaleCache as exc:
                 problems.append(str(exc))
                 continue
@@ -394,19 +411,20 @@ class NIHDataModule(pl.LightningDataModule):
             raise DataError(f"data.cache=required, but {found}. Build it with: {build}")
         if problems:
             log.warning(
-                "not using the image cache: %s. Decoding PNGs instead; rebuild it with: %s",
+                "not using the image cache: %s. Decoding image files instead; rebuild it with: %s",
                 found,
                 build,
             )
         else:
-            log.info("decoding PNGs (%s); for faster loading run once: %s", found, build)
+            log.info("decoding image files (%s); for faster loading run once: %s", found, build)
         return None
 
     def pos_weight(self) -> np.ndarray:
-        """Per-class negatives/positives on the training split (1 where a class has no positives)."""
+        """Per-class negatives/positives on the training split's labelled images (1 where a
+        class has no positives)."""
         labels = self.datasets["train"].labels
-        positives = labels.sum(axis=0)
-        negatives = len(labels) - positives
+        positives = (labels > 0.5).sum(axis=0)
+        negatives = (labels < 0.5).sum(axis=0)  # NaN (not labelled) is neither
         return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
 
     def _data_device(self) -> torch.device:
@@ -490,7 +508,7 @@ class NIHDataModule(pl.LightningDataModule):
         resize = eval_transform(image_size or self.image_size)  # never training augmentation here
         size = image_size or self.image_size
         cached = source.cache is not None and source.cache.size >= size
-        dataset = NIHChestXray(
+        dataset = ChestXrayDataset(
             source.table,
             source.labels,
             source.pathologies,

@@ -1,4 +1,5 @@
-"""A map-style dataset over NIH rows: dict samples with the image name for later joins."""
+"""A map-style dataset over the rows of any dataset's table: dict samples with the image name for
+later joins; labels may be NaN (not labelled)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from chexnet_pl.errors import DataError, ImageReadError
 log = logging.getLogger(__name__)
 
 
-class NIHChestXray(Dataset):
+class ChestXrayDataset(Dataset):
     """Rows of the metadata table with a ``path`` column and a row-aligned float32 label matrix.
 
     A sample is ``{"img": 1xHxW uint8, "lab": float32[C], "idx": int, "name": str}``;

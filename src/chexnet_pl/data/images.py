@@ -1,5 +1,6 @@
-"""Find NIH images on disk (either download layout) and decode them as 8-bit grayscale
-(PNG/JPEG through PIL, DICOM through ``chexnet_pl.data.dicom``)."""
+"""Find images on disk (NIH's two download layouts by file name; any other dataset's folder tree by
+relative path) and decode them as 8-bit grayscale (PNG/JPEG through PIL, DICOM through
+``chexnet_pl.data.dicom``)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,37 @@ def find_images(root: str | Path) -> dict[str, Path]:
         _scan(folder, found)
     log.info("found %d images in %d folder(s) under %s", len(found), len(folders), root)
     return found
+
+
+def is_nih_layout(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / "images").is_dir() or any(p.is_dir() for p in root.glob("images_*"))
+
+
+def scan_tree(root: str | Path, skip: tuple[str, ...] = ("prepared",)) -> dict[str, Path]:
+    """Map path relative to ``root`` (``/``-separated) → path for every PNG/JPEG below ``root``
+    (CheXpert's ``<release>/train/patient*/study*/view*.jpg``, MIMIC-CXR-JPG's ``files/p*/...``);
+    hidden folders and ``skip`` (the image cache) are not entered."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in skip)
+        relative = os.path.relpath(folder, root)
+        for name in files:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                key = name if relative == "." else f"{relative}/{name}".replace(os.sep, "/")
+                found[key] = Path(folder) / name
+    log.info("found %d images below %s", len(found), root)
+    return found
+
+
+def list_images(root: str | Path) -> dict[str, Path]:
+    """Every image ``chexnet-prepare root=<root>`` caches, by the name the data modules look up:
+    NIH's layout (``images/``, ``images_NNN/``) by file name, any other by relative path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root {root} is not a folder. Point root= at the dataset's folder.")
+    return find_images(root) if is_nih_layout(root) else scan_tree(root)
 
 
 def to_uint8_gray(image: Image.Image) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Read NIH's ``Data_Entry_2017.csv`` (2017 and v2020 forms) into a table and a label matrix."""
+"""NIH ChestX-ray14's label set, and its ``Data_Entry_2017.csv`` (2017 and v2020 forms) read into a
+table and a label matrix.
+
+NIH's findings are known here only: other code takes the label list from the data (a data
+module's ``pathologies``, a checkpoint's ``class_names``).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,28 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.labels import NO_FINDING
 
 log = logging.getLogger(__name__)
+
+# The 14 findings in alphabetical order, then No Finding (15 outputs by default); with
+# include_no_finding=false the 14 findings alone, as in the CheXNet paper's table.
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+)
 
 IMAGE = "Image Index"
 FINDING_LABELS = "Finding Labels"
@@ -25,6 +49,21 @@ DATA_ENTRY_NAMES = (
     "Data_Entry_2017.csv.gz",
     "Data_Entry_2017_v2020.csv.gz",
 )
+
+# Rajpurkar et al. 2017 (CheXNet), Table 1: test AUROC per finding and their mean, the reference
+# beside every score on NIH's data (``NIHDataModule.reference_auroc``).
+PAPER_AUROC = {
+    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Consolidation": 0.7901, "Edema": 0.8878,
+    "Effusion": 0.8638, "Emphysema": 0.9371, "Fibrosis": 0.8047, "Hernia": 0.9164,
+    "Infiltration": 0.7345, "Mass": 0.8676, "Nodule": 0.7802, "Pleural_Thickening": 0.8062,
+    "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
+}  # fmt: skip
+PAPER_MEAN = 0.841
+
+
+def class_names(include_no_finding: bool = True) -> list[str]:
+    """NIH's labels in model order: the 14 findings, then ``No Finding`` when included."""
+    return [*FINDINGS, *([NO_FINDING] if include_no_finding else [])]
 
 
 def find_data_entry(root: str | Path) -> Path:

@@ -44,7 +44,7 @@ from chexnet_pl.data.cache import (
     source_listing,
 )
 from chexnet_pl.data.image_limits import check_max_pixels
-from chexnet_pl.data.images import find_images, read_gray
+from chexnet_pl.data.images import list_images, read_gray
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.errors import DataError, ImageReadError
 from chexnet_pl.files import write_text_atomic
@@ -192,18 +192,20 @@ def build_cache(
     progress: bool = True,
     max_pixels: int | None = None,
 ) -> Path:
-    """Build (or bring up to date) the ``size`` px cache of every image under ``root``; an image
-    declaring more than ``max_pixels`` pixels is recorded as unreadable, never decoded."""
+    """Build (or bring up to date) the ``size`` px cache of every image under ``root`` (NIH's
+    PNGs, or the JPEGs of CheXpert's or MIMIC-CXR-JPG's folder tree: ``images.list_images``); an
+    image declaring more than ``max_pixels`` pixels is recorded as unreadable, never decoded."""
     size = int(size)
     max_pixels = check_max_pixels(max_pixels)
     if size < 8:
         raise DataError(f"size={size}: the cache needs images of at least 8 px")
     root = Path(root).expanduser()
     folder = cache_folder(cache_dir or default_cache_dir(root), size)
-    images = find_images(root)
+    images = list_images(root)
     if not images:
         raise DataError(
-            f"no images under {root}: expected {root}/images/*.png or {root}/images_NNN/images/*.png"
+            f"no images under {root}: expected NIH's {root}/images/*.png (or images_NNN/images/), "
+            "or a dataset's folder tree of PNG/JPEG files (CheXpert, MIMIC-CXR-JPG)"
         )
     listing = source_listing(images, root)
     if not force and _up_to_date(folder, size, listing):

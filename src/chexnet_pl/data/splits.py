@@ -72,6 +72,19 @@ def _check_listed(table: pd.DataFrame, names: Sequence[str], source: Path) -> No
         )
 
 
+def hold_out_validation(
+    table: pd.DataFrame, split: pd.Series, val_fraction: float, seed: int = 0
+) -> pd.Series:
+    """Move a seeded ``val_fraction`` of the train split's *patients* to ``val``."""
+    split = split.copy()
+    in_train = split == "train"
+    val_patients = _patients_to_fraction(
+        table.loc[in_train, PATIENT].to_numpy(), val_fraction, np.random.default_rng(seed)
+    )
+    split[in_train & table[PATIENT].isin(val_patients)] = "val"
+    return split
+
+
 def official_split(
     table: pd.DataFrame,
     train_val_list: str | Path,
@@ -91,11 +104,7 @@ def official_split(
     split = pd.Series(pd.NA, index=table.index, dtype="object")
     split[table[IMAGE].isin(train_val)] = "train"
     split[table[IMAGE].isin(test)] = "test"
-    in_train_val = split == "train"
-    val_patients = _patients_to_fraction(
-        table.loc[in_train_val, PATIENT].to_numpy(), val_fraction, np.random.default_rng(seed)
-    )
-    split[in_train_val & table[PATIENT].isin(val_patients)] = "val"
+    split = hold_out_validation(table, split, val_fraction, seed)
     unlisted = int(split.isna().sum())
     if unlisted:
         log.warning(

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.data.nih_table import FINDINGS
+from chexnet_pl.labels import NO_FINDING
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,15 @@ def weighted_auroc(
 
     The Mann-Whitney statistic with ties counted half, as scikit-learn's ``roc_auc_score``.
     A weight is how many times a sample is drawn; a row with no positive or no negative
-    weight gives NaN (undefined).
+    weight gives NaN (undefined). A NaN label (not known for that image) weighs nothing.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(labels) > 0.5
+    labels = np.asarray(labels, dtype=np.float64)
+    positive = labels > 0.5
     if weights is None:
         weights = np.ones((1, len(scores)))
+    if np.isnan(labels).any():
+        weights = np.asarray(weights, dtype=np.float64) * ~np.isnan(labels)
     order = np.argsort(scores, kind="mergesort")
     sorted_scores = scores[order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from chexnet_pl.evaluation.report import MEAN_ROW
+from chexnet_pl.labels import mean_row
 
 
 def auroc_table(
@@ -15,7 +15,7 @@ def auroc_table(
     class_names: Sequence[str],
     stages: Sequence[str] = ("val", "test"),
 ) -> pd.DataFrame:
-    """One row per class plus the mean over the 14 findings; one column per stage that was logged.
+    """One row per class plus the mean over the findings; one column per stage that was logged.
 
     A class whose AUROC is undefined in a stage (no positives or negatives) is NaN there.
     """
@@ -28,7 +28,7 @@ def auroc_table(
         values = [float(metrics.get(f"{stage}/auroc_{name}", math.nan)) for name in class_names]
         values.append(float(metrics.get(f"{stage}/auroc", math.nan)))
         columns[f"{stage}_auroc"] = values
-    table = pd.DataFrame(columns, index=[*class_names, MEAN_ROW])
+    table = pd.DataFrame(columns, index=[*class_names, mean_row(class_names)])
     table.index.name = "class"
     return table
 

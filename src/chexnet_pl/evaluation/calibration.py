@@ -27,12 +27,11 @@ from torchmetrics.functional.classification import binary_calibration_error
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
 from chexnet_pl.files import write_text_atomic
-from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("none", "temperature", "platt")
-MEAN_ROW = "Mean (14 findings)"
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit
 FORMAT = "chexnet_pl.calibration/1"
 READ_HINT = "give the calibration.json of an evaluation run with evaluation.calibrate="
@@ -184,19 +183,21 @@ def fit_calibration(
     fitted_on: str = "val",
 ) -> Calibration:
     """Per class, temperature (no intercept) or Platt (slope and intercept) by maximum likelihood
-    on these predictions. A class without positives or negatives keeps the identity."""
+    on these predictions (each class on its labelled images). A class without positives or
+    negatives keeps the identity."""
     if method not in CALIBRATION_METHODS[1:]:
         raise DataError(f"evaluation.calibrate={method!r}; use one of {CALIBRATION_METHODS}")
     slope, intercept = np.ones(len(class_names)), np.zeros(len(class_names))
     identity = []
     for j, name in enumerate(class_names):
-        positive = labels[:, j] > 0.5
+        known = labelled(labels[:, j])
+        positive = labels[known, j] > 0.5
         if positive.all() or not positive.any():
             identity.append(name)
             continue
         # C large: effectively unregularised maximum likelihood, as temperature / Platt scaling.
         model = LogisticRegression(C=1e6, fit_intercept=method == "platt", max_iter=1000)
-        model.fit(logit(scores[:, j])[:, None], positive.astype(int))
+        model.fit(logit(scores[known, j])[:, None], positive.astype(int))
         fitted = float(model.coef_[0, 0])
         if fitted <= 0 and method == "temperature":  # no temperature gives that: left as is
             log.warning(
@@ -229,14 +230,23 @@ def equal_mass_ece(probabilities: np.ndarray, positive: np.ndarray, bins: int) -
     return total / len(order)
 
 
+CALIBRATION_COLUMNS = ("ece_equal_width", "ece_equal_mass", "brier", "prevalence",
+                       "mean_probability")  # fmt: skip
+
+
 def calibration_table(
     scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str], bins: int = 15
 ) -> pd.DataFrame:
-    """Per class and for the mean over the 14 findings: ECE (equal width / equal mass), Brier."""
+    """Per class (on its labelled images) and for the mean over the findings: ECE (equal width /
+    equal mass), Brier."""
     rows = []
     for j in range(len(class_names)):
-        positive = labels[:, j] > 0.5
-        probabilities = np.clip(scores[:, j], 0.0, 1.0)
+        known = labelled(labels[:, j])
+        positive = labels[known, j] > 0.5
+        probabilities = np.clip(scores[known, j], 0.0, 1.0)
+        if not known.any():
+            rows.append(dict.fromkeys(CALIBRATION_COLUMNS, np.nan))
+            continue
         rows.append(
             {
                 "ece_equal_width": float(
@@ -254,24 +264,27 @@ def calibration_table(
             }
         )
     table = pd.DataFrame(rows, index=pd.Index(list(class_names), name="class"))
-    table.loc[MEAN_ROW] = [
-        float(mean_over(table[c].to_numpy(), class_names, FINDINGS)) for c in table.columns
+    mean_name = mean_row(class_names)
+    table.loc[mean_name] = [
+        float(mean_over(table[c].to_numpy(), class_names, finding_names(class_names)))
+        for c in table.columns
     ]
-    order = [n for n in class_names if n != NO_FINDING] + [MEAN_ROW]
-    return table.loc[order + [n for n in class_names if n == NO_FINDING]]
+    return table.loc[report_order(class_names, mean_name)]
 
 
 def format_calibration_line(
     before: pd.DataFrame, after: pd.DataFrame | None, method: str, bins: int, split: str
 ) -> str:
-    mean = before.loc[MEAN_ROW]
+    mean_name = next(row for row in before.index if str(row).startswith("Mean ("))
+    mean = before.loc[mean_name]
     line = (
-        f"Calibration on {split} (mean over the 14 findings, {bins} bins): ECE equal-mass "
+        f"Calibration on {split} (mean over the {mean_name[len('Mean (') : -1]}, {bins} bins): "
+        f"ECE equal-mass "
         f"{mean['ece_equal_mass']:.4f}, equal-width {mean['ece_equal_width']:.4f}, "
         f"Brier {mean['brier']:.4f}"
     )
     if after is not None:
-        mean = after.loc[MEAN_ROW]
+        mean = after.loc[mean_name]
         line += (
             f"; after {method} scaling fitted on val: ECE equal-mass {mean['ece_equal_mass']:.4f}, "
             f"equal-width {mean['ece_equal_width']:.4f}, Brier {mean['brier']:.4f}"

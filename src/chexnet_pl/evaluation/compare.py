@@ -24,12 +24,11 @@ from chexnet_pl.evaluation.auroc import mean_over
 from chexnet_pl.evaluation.plots import save_figure
 from chexnet_pl.evaluation.predictions import prob_columns
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
-from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 
 COMPARE_ON = ("same", "intersection")
-MEAN_ROW = "Mean (14 findings)"
 
 
 @dataclass(frozen=True)
@@ -120,23 +119,26 @@ def compare_predictions(
     bootstrap_seed: int = 0,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Per class and for the mean over the 14 findings: AUROC of A and of B, Δ = A − B with its
+    """Per class and for the mean over the findings: AUROC of A and of B, Δ = A − B with its
     paired patient-bootstrap CI and bootstrap p-value, and DeLong's p-value (per class only:
-    the mean's AUROCs have different positives per class, outside DeLong's setting)."""
+    the mean's AUROCs have different positives per class, outside DeLong's setting). Each class
+    uses the images where its label is known."""
     rows = truth.loc[a[IMAGE]]
-    labels = rows[list(class_names)].to_numpy() > 0.5
+    values = rows[list(class_names)].to_numpy(np.float64)
+    known, labels = labelled(values), values > 0.5
     scores_a = a[prob_columns(class_names)].to_numpy(np.float64)
     scores_b = b[prob_columns(class_names)].to_numpy(np.float64)
     resamples = PatientResamples.of(rows[PATIENT].to_numpy(), bootstrap_samples, bootstrap_seed)
-    one_group = np.zeros(len(rows), dtype=np.int64)
+    one_group = np.where(known, 0, -1)  # an image whose label is not known is in no group
     plans = [
         [
-            GroupedAuroc(scores[:, j], labels[:, j], one_group, 1, resamples.codes,
+            GroupedAuroc(scores[:, j], labels[:, j], one_group[:, j], 1, resamples.codes,
                          resamples.num_patients)
             for j in range(len(class_names))
         ]
         for scores in (scores_a, scores_b)
     ]  # fmt: skip
+    findings, mean_name = finding_names(class_names), mean_row(class_names)
     point = np.array([[p.point()[0] for p in plan] for plan in plans])  # 2 × classes
     sampled = [
         np.array([[p.resampled(counts)[:, 0] for p in plan] for plan in plans])
@@ -144,29 +146,29 @@ def compare_predictions(
     ]  # per block: 2 × classes × B
     table = pd.DataFrame(
         {
-            "auroc_a": np.append(point[0], mean_over(point[0], class_names, FINDINGS)),
-            "auroc_b": np.append(point[1], mean_over(point[1], class_names, FINDINGS)),
+            "auroc_a": np.append(point[0], mean_over(point[0], class_names, findings)),
+            "auroc_b": np.append(point[1], mean_over(point[1], class_names, findings)),
         },
-        index=pd.Index([*class_names, MEAN_ROW], name="class"),
+        index=pd.Index([*class_names, mean_name], name="class"),
     )
     table["delta"] = table["auroc_a"] - table["auroc_b"]
     if sampled:
         both = np.concatenate(sampled, axis=2).transpose(0, 2, 1)  # 2 × B × classes
         # The mean's difference per resample: each model's mean over the classes defined there.
-        means = mean_over(both, class_names, FINDINGS)  # 2 × B
+        means = mean_over(both, class_names, findings)  # 2 × B
         samples = np.column_stack([both[0] - both[1], means[0] - means[1]])
         low, high = percentile_interval(samples, confidence, ~table["delta"].isna().to_numpy())
         table["ci_low"], table["ci_high"] = low, high
         table["p_bootstrap"] = _bootstrap_p(samples, table["delta"].to_numpy())
     tests = [
-        delong_test(scores_a[:, j], scores_b[:, j], labels[:, j]) for j in range(len(class_names))
+        delong_test(scores_a[known[:, j], j], scores_b[known[:, j], j], labels[known[:, j], j])
+        for j in range(len(class_names))
     ]
     table["p_delong"] = [t.p_value for t in tests] + [np.nan]
     table["z_delong"] = [t.z for t in tests] + [np.nan]
     table["positives"] = [*labels.sum(axis=0).astype(int), np.nan]
-    table["negatives"] = [*(len(labels) - labels.sum(axis=0)).astype(int), np.nan]
-    order = [n for n in class_names if n != NO_FINDING] + [MEAN_ROW]
-    return table.loc[order + [n for n in class_names if n == NO_FINDING]]
+    table["negatives"] = [*(known & ~labels).sum(axis=0).astype(int), np.nan]
+    return table.loc[report_order(class_names, mean_name)]
 
 
 def _bootstrap_p(samples: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -194,7 +196,7 @@ def format_comparison(
         floor = 1 / max(samples, 1)
         shown["p (bootstrap)"] = [f"<{floor:g}" if v == 0 else _p(v) for v in table["p_bootstrap"]]
     shown["p (DeLong)"] = table["p_delong"].map(_p)
-    shown.loc[MEAN_ROW, "p (DeLong)"] = "n/a"
+    shown.loc[[row for row in table.index if row.startswith("Mean (")], "p (DeLong)"] = "n/a"
     header = (
         f"Paired comparison on {images:,} images of {patients:,} patients: A = {label_a}, "
         f"B = {label_b}; delta = AUROC(A) - AUROC(B)"

@@ -57,7 +57,7 @@ def forest_panel(
 def plot_subgroup_forest(
     table: pd.DataFrame, path: Path, overall: Mapping[str, float] | None = None, title: str = ""
 ) -> Path:
-    """``subgroups_forest.png``: a panel per finding (the mean over the 14 first), one row per
+    """``subgroups_forest.png``: a panel per finding (the mean over the findings first), one row per
     subgroup with its AUROC and CI, a dotted line at the AUROC of all images."""
     rows = table[table["subgroup"] != "gap (max - min)"]
     findings = list(dict.fromkeys(rows["finding"]))

@@ -12,15 +12,15 @@ import pandas as pd
 from scipy import ndimage
 
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import FINDINGS
 
 T_VALUES = (0.1, 0.25, 0.5, 0.75, 0.9)
 BOX_SPELLINGS = {"Infiltrate": "Infiltration"}  # the box list's spelling → the labels'
 
 
-def read_bbox_list(path: str | Path) -> pd.DataFrame:
+def read_bbox_list(path: str | Path, findings: Sequence[str]) -> pd.DataFrame:
     """``Image Index, Finding Label, x, y, w, h`` (pixels of the original image); findings spelled
-    as in the labels (``Infiltrate`` → ``Infiltration``)."""
+    as in the labels (``Infiltrate`` → ``Infiltration``) and each one of ``findings`` (a model's
+    outputs: the error names those)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"box list not found: {path}")
@@ -32,10 +32,13 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
     boxes = raw.iloc[:, :6].copy()
     boxes.columns = ["Image Index", "Finding Label", "x", "y", "w", "h"]
     boxes["Finding Label"] = boxes["Finding Label"].astype(str).str.strip().replace(BOX_SPELLINGS)
-    unknown = boxes.index[~boxes["Finding Label"].isin(FINDINGS)]
+    unknown = boxes.index[~boxes["Finding Label"].isin(findings)]
     if len(unknown):
         i = unknown[0]
-        raise DataError(f"{path}, line {i + 2}: unknown finding {raw.iloc[i, 1]!r}")
+        raise DataError(
+            f"{path}, line {i + 2}: finding {raw.iloc[i, 1]!r} is not an output of the model "
+            f"({len(unknown)} box(es) in all); its outputs are {list(findings)}"
+        )
     numbers = boxes[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce")
     bad = numbers.isna().any(axis=1) | (numbers["w"] <= 0) | (numbers["h"] <= 0)
     if bad.any():

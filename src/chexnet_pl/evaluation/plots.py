@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
+from chexnet_pl.labels import labelled  # noqa: E402
 
 
 def save_figure(figure, path: str | Path, title: str | None = None, title_size=None) -> Path:
@@ -50,7 +51,8 @@ def plot_curves(
     for kind in ("roc", "pr"):
         figure, axes = _grid(len(class_names))
         for j, (ax, name) in enumerate(zip(axes, class_names, strict=False)):
-            positive = labels[:, j] > 0.5
+            known = labelled(labels[:, j])
+            positive, class_scores = labels[known, j] > 0.5, scores[known, j]
             ax.set_title(name.replace("_", " "), fontsize=10)
             if positive.all() or not positive.any():
                 ax.text(
@@ -58,13 +60,13 @@ def plot_curves(
                 )
                 continue
             if kind == "roc":
-                fpr, tpr, _ = roc_curve(positive, scores[:, j])
+                fpr, tpr, _ = roc_curve(positive, class_scores)
                 ax.plot(fpr, tpr, label=f"AUROC {aurocs[j]:.3f}")
                 ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
                 ax.set_xlabel("1 - specificity", fontsize=8)
                 ax.set_ylabel("sensitivity", fontsize=8)
             else:
-                precision, recall, _ = precision_recall_curve(positive, scores[:, j])
+                precision, recall, _ = precision_recall_curve(positive, class_scores)
                 ax.plot(recall, precision, label=f"prevalence {positive.mean():.3f}")
                 ax.set_xlabel("recall", fontsize=8)
                 ax.set_ylabel("precision", fontsize=8)

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.errors import ConfigError, DataError, shown
 from chexnet_pl.files import atomic_write, file_sha256
-from chexnet_pl.labels import FINDINGS, class_names
+from chexnet_pl.labels import finding_names
 from chexnet_pl.models.precision import autocast_context, check_precision
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,13 @@ def predict(
 
 
 def read_predictions(
-    path: str | Path, known_images: pd.Index | None = None
+    path: str | Path, known_images: pd.Index | None = None, labels: Sequence[str] | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
     """Read and check a predictions CSV; returns the table and the class names it scores.
 
-    The 14 findings are required, ``No Finding`` optional. Errors name the line, column and value.
+    With ``labels`` (the data's label list), a column for each of its findings is required
+    (``No Finding`` optional) and the names come in that order; without, every ``prob_`` column
+    counts, in the file's order. Errors name the line, column and value.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,13 +102,21 @@ def read_predictions(
     table.columns = [str(c).strip() for c in table.columns]
     if IMAGE not in table.columns:
         raise DataError(f"{path} has no '{IMAGE}' column; its columns are {list(table.columns)}")
-    missing = [c for c in prob_columns(FINDINGS) if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"{path} lacks {len(missing)} class column(s): {missing}. Expected '{IMAGE}' and "
-            f"{PROB}<Class> for the 14 findings ({PROB}No Finding optional)."
-        )
-    names = [n for n in class_names(True) if PROB + n in table.columns]
+    if labels is not None:
+        missing = sorted(c for c in prob_columns(finding_names(labels)) if c not in table.columns)
+        if missing:
+            raise DataError(
+                f"{path} lacks {len(missing)} class column(s): {missing}. Expected '{IMAGE}' and "
+                f"{PROB}<Class> for the data's {len(finding_names(labels))} findings ({PROB}No "
+                "Finding optional)."
+            )
+        names = [n for n in labels if PROB + n in table.columns]
+    else:
+        names = [c[len(PROB) :] for c in table.columns if c.startswith(PROB)]
+        if not names:
+            raise DataError(
+                f"{path} has no {PROB}<Class> column; its columns are {list(table.columns)}"
+            )
     for column in prob_columns(names):
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna() | (values < 0) | (values > 1)
@@ -124,7 +134,7 @@ def read_predictions(
         unknown = table.loc[~table[IMAGE].isin(known_images), IMAGE]
         if len(unknown):
             raise DataError(
-                f"{path} has {len(unknown)} image name(s) not in the NIH metadata, e.g. "
+                f"{path} has {len(unknown)} image name(s) not in the data's metadata, e.g. "
                 f"{unknown.head(3).tolist()}. Is data.root the right dataset?"
             )
     return table[[IMAGE, *prob_columns(names)]], names

@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
 from chexnet_pl.evaluation.plots import save_figure  # noqa: E402
+from chexnet_pl.labels import labelled  # noqa: E402
 
 
 def plot_reliability(
@@ -39,7 +40,8 @@ def plot_reliability(
     for ax in axes.ravel()[len(class_names) :]:
         ax.axis("off")
     for j, (ax, name) in enumerate(zip(axes.ravel(), class_names, strict=False)):
-        positive = labels[:, j] > 0.5
+        known = labelled(labels[:, j])  # each panel: the images whose label is known
+        positive = labels[known, j] > 0.5
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         counts, edges = np.histogram(np.clip(scores[:, j], 0, 1), bins=10, range=(0, 1))
         ax.bar(edges[:-1], counts / max(counts.max(), 1) * 0.25, width=0.1, align="edge",
@@ -48,10 +50,10 @@ def plot_reliability(
         if positive.all() or not positive.any():
             ax.text(0.5, 0.5, "undefined\n(no positives\nor negatives)", ha="center", va="center")
         else:
-            curves = [("raw", scores[:, j], "tab:blue", ece)]
+            curves = [("raw", scores[known, j], "tab:blue", ece)]
             if calibrated is not None:
                 curves.append(
-                    (method or "calibrated", calibrated[:, j], "tab:orange", calibrated_ece)
+                    (method or "calibrated", calibrated[known, j], "tab:orange", calibrated_ece)
                 )
             values = []
             for label, probabilities, colour, table in curves:

@@ -1,11 +1,12 @@
-"""Score predictions against ground truth: per-class AUROC with patient-bootstrap CIs, the CheXNet
-paper's published values beside them, and operating points chosen on validation."""
+"""Score predictions against ground truth: per-class AUROC with patient-bootstrap CIs, a dataset's
+published reference values beside them (the CheXNet paper's on NIH), and operating points chosen
+on validation. Labels may be NaN (not known for an image): each class uses its labelled images."""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,25 +14,18 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import bootstrap_auroc, mean_over, per_class_auroc
-from chexnet_pl.labels import NO_FINDING, finding_names
+from chexnet_pl.labels import NO_FINDING, finding_names, labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 
-# Rajpurkar et al. 2017 (CheXNet), Table 1: test AUROC per finding.
-PAPER_AUROC = {
-    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Consolidation": 0.7901, "Edema": 0.8878,
-    "Effusion": 0.8638, "Emphysema": 0.9371, "Fibrosis": 0.8047, "Hernia": 0.9164,
-    "Infiltration": 0.7345, "Mass": 0.8676, "Nodule": 0.7802, "Pleural_Thickening": 0.8062,
-    "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
-}  # fmt: skip
-PAPER_MEAN = 0.841
-MEAN_ROW = "Mean (14 findings)"
 THRESHOLD_METHODS = ("youden", "f1")
 
 
 def choose_threshold(scores: np.ndarray, labels: np.ndarray, method: str = "youden") -> float:
-    """Youden's J (max sensitivity + specificity − 1) or the F1-optimal threshold; NaN if undefined."""
-    positive = labels > 0.5
+    """Youden's J (max sensitivity + specificity − 1) or the F1-optimal threshold on the labelled
+    images; NaN if undefined."""
+    known = labelled(labels)
+    scores, positive = np.asarray(scores)[known], np.asarray(labels)[known] > 0.5
     if positive.all() or not positive.any():
         return float("nan")
     if method == "youden":
@@ -47,10 +41,11 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, method: str = "youd
 
 
 def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Sensitivity, specificity, PPV and F1 of ``score >= threshold``."""
+    """Sensitivity, specificity, PPV and F1 of ``score >= threshold`` on the labelled images."""
     if np.isnan(threshold):
         return dict.fromkeys(("sensitivity", "specificity", "ppv", "f1"), float("nan"))
-    predicted, positive = scores >= threshold, labels > 0.5
+    known = labelled(labels)
+    predicted, positive = np.asarray(scores)[known] >= threshold, np.asarray(labels)[known] > 0.5
     tp = float(np.sum(predicted & positive))
     fp = float(np.sum(predicted & ~positive))
     fn = float(np.sum(~predicted & positive))
@@ -76,17 +71,24 @@ def score_predictions(
     bootstrap_seed: int = 0,
     confidence: float = 0.95,
     thresholds: Sequence[float] | None = None,
+    reference: tuple[Mapping[str, float], float] | None = None,
 ) -> pd.DataFrame:
-    """The per-class table (``aucs.csv``): AUROC, CI, counts, the paper's value and the difference,
-    and — when thresholds are given — the operating point at each class's threshold."""
+    """The per-class table (``aucs.csv``): AUROC, CI, counts (of labelled images), the
+    reference's value and the difference (``reference``: per-class values and their mean, e.g.
+    the CheXNet paper's; None: no such columns), and — when thresholds are given — the operating
+    point at each class's threshold. The mean row is over the findings (``No Finding`` apart)."""
+    mean_name = mean_row(class_names)
     auroc = per_class_auroc(scores, labels)
     mean = float(mean_over(auroc, class_names, finding_names(class_names)))
-    positives = labels.sum(axis=0).astype(int)
     table = pd.DataFrame(
-        {"auroc": auroc, "positives": positives, "negatives": len(labels) - positives},
+        {
+            "auroc": auroc,
+            "positives": (labels > 0.5).sum(axis=0).astype(int),
+            "negatives": (labels < 0.5).sum(axis=0).astype(int),  # NaN (not labelled) is neither
+        },
         index=list(class_names),
     )
-    table.loc[MEAN_ROW, ["auroc", "positives", "negatives"]] = [mean, np.nan, np.nan]
+    table.loc[mean_name, ["auroc", "positives", "negatives"]] = [mean, np.nan, np.nan]
     if bootstrap_samples > 0:
         samples = bootstrap_auroc(scores, labels, patients, bootstrap_samples, bootstrap_seed)
         sample_means = mean_over(samples, class_names, finding_names(class_names))
@@ -98,8 +100,10 @@ def score_predictions(
         defined = ~np.isnan(np.append(auroc, mean))
         table["ci_low"] = np.where(defined, low, np.nan)
         table["ci_high"] = np.where(defined, high, np.nan)
-    table["paper_auroc"] = [PAPER_AUROC.get(name, np.nan) for name in class_names] + [PAPER_MEAN]
-    table["diff_vs_paper"] = table["auroc"] - table["paper_auroc"]
+    if reference is not None:
+        values, reference_mean = reference
+        table["paper_auroc"] = [values.get(name, np.nan) for name in class_names] + [reference_mean]
+        table["diff_vs_paper"] = table["auroc"] - table["paper_auroc"]
     if thresholds is not None:
         points = [
             {"threshold": t, **operating_point(scores[:, j], labels[:, j], t)}
@@ -109,11 +113,7 @@ def score_predictions(
             table[column] = [p[column] for p in points] + [np.nan]
     table.index.name = "class"
     # No Finding is reported on its own line, after the mean it is not part of.
-    order = (
-        [n for n in class_names if n != NO_FINDING]
-        + [MEAN_ROW]
-        + [n for n in class_names if n == NO_FINDING]
-    )
+    order = report_order(class_names, mean_name)
     undefined = [n for n in class_names if np.isnan(table.at[n, "auroc"])]
     if undefined:
         log.warning(
@@ -137,8 +137,9 @@ def format_report(table: pd.DataFrame) -> str:
             ],
         )
     # Cells that do not apply are blank; "undefined" is kept for scores that could not be computed.
+    means = [row for row in shown.index if str(row).startswith("Mean (")]
     not_applicable = {
-        MEAN_ROW: ["threshold", "sensitivity", "specificity", "ppv", "f1"],
+        **{row: ["threshold", "sensitivity", "specificity", "ppv", "f1"] for row in means},
         NO_FINDING: ["paper_auroc", "diff_vs_paper"],
     }
     shown = shown.astype(object)

@@ -12,13 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chexnet_pl.data.nih_table import IMAGE, PATIENT, label_matrix
-from chexnet_pl.errors import DataError
+from chexnet_pl.data.nih_table import IMAGE, PATIENT
+from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluation.calibration import write_calibration_report
+from chexnet_pl.evaluation.external import (
+    add_internal,
+    match_model_to_data,
+    reference_for,
+    truth_for,
+)
 from chexnet_pl.evaluation.plots import plot_curves
 from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
 from chexnet_pl.evaluation.report import (
-    MEAN_ROW,
     choose_threshold,
     format_report,
     score_predictions,
@@ -29,7 +34,7 @@ from chexnet_pl.evaluation.subgroups import (
     format_summary,
     write_subgroup_report,
 )
-from chexnet_pl.labels import class_names as all_class_names
+from chexnet_pl.labels import mean_row
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,19 @@ class EvaluationSettings:
     max_age: int = 100
     calibrate: str = "none"
     calibration_bins: int = 15
+    # Output name ↔ label name where two label sets spell a finding differently (both ways):
+    # how a model is scored on another dataset, and how pooled datasets' labels are merged.
+    label_map: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        label_map = self.label_map or {}
+        if not isinstance(label_map, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()
+        ):
+            raise ConfigError(
+                f"evaluation.label_map={label_map!r}; give names to names, e.g. "
+                "{Effusion: Pleural Effusion}"
+            )
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
@@ -57,15 +75,17 @@ class EvaluationSettings:
         for key in ("subgroups", "age_bands"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
+        if values.get("label_map") is not None:
+            values["label_map"] = dict(values["label_map"])
         return cls(**values)
 
 
-def label_index(table: pd.DataFrame) -> pd.DataFrame:
-    """Metadata rows → ``Image Index``-indexed frame of ``Patient ID``, all 15 label columns and
-    the subgroup metadata the table has (sex, age, view, follow-up)."""
-    names = all_class_names(True)
-    labels = label_matrix(table["Finding Labels"], names)
-    frame = pd.DataFrame(labels, columns=names, index=pd.Index(table[IMAGE], name=IMAGE))
+def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """A dataset's rows → ``Image Index``-indexed frame of ``Patient ID``, the label columns
+    (``names``; NaN: not labelled) and the subgroup metadata the table has (sex, age, view,
+    follow-up); ``attrs["labels"]`` names the label columns."""
+    frame = pd.DataFrame(labels, columns=list(names), index=pd.Index(table[IMAGE], name=IMAGE))
+    frame.attrs["labels"] = list(names)
     frame.insert(0, PATIENT, table[PATIENT].to_numpy())
     for column in METADATA_COLUMNS:
         if column in table.columns:
@@ -90,8 +110,12 @@ def score_and_write(
     settings: EvaluationSettings,
     split: str = "test",
     val_preds: pd.DataFrame | None = None,
+    reference: tuple[Mapping[str, float], float] | None = None,
+    internal: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Score a predictions table against ``truth`` (see ``label_index``); write aucs.csv and plots."""
+    """Score a predictions table against ``truth`` (see ``truth_frame``); write aucs.csv and plots.
+    ``reference``: the data's published AUROC per label and its mean (NIH: the CheXNet paper's);
+    ``internal``: the model's AUROC on its own test split, beside the external one."""
     if preds.empty:
         raise DataError(f"no predictions to score for the {split} split")
     scores, labels, patients = _aligned(preds, truth, names)
@@ -111,8 +135,10 @@ def score_and_write(
     ]
     table = score_predictions(
         scores, labels, patients, names, settings.bootstrap_samples, settings.bootstrap_seed,
-        settings.confidence, thresholds,
+        settings.confidence, thresholds, reference,
     )  # fmt: skip
+    if internal is not None:
+        table = add_internal(table, internal)
     output_dir.mkdir(parents=True, exist_ok=True)
     calibration, fitted, calibration_line = write_calibration_report(
         scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
@@ -143,8 +169,8 @@ def score_and_write(
         for n in names
         if not np.isnan(table.at[n, "auroc"])
     }
-    if not np.isnan(table.at[MEAN_ROW, "auroc"]):
-        metrics[f"{split}/auroc"] = float(table.at[MEAN_ROW, "auroc"])
+    if not np.isnan(table.at[mean_row(names), "auroc"]):
+        metrics[f"{split}/auroc"] = float(table.at[mean_row(names), "auroc"])
     return table, metrics
 
 
@@ -182,18 +208,20 @@ def evaluate_model(
     settings: EvaluationSettings,
     split: str = "test",
     checkpoint: str | Path | None = None,
+    internal: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Predict ``split`` (and validation, for thresholds), store both, score and report."""
+    """Predict ``split`` (and validation, for thresholds), store both, score and report. The
+    model's outputs are scored against the data's labels they match (``settings.label_map``):
+    all of them on the data it was trained on, the shared ones on another dataset (external
+    validation; ``internal``: the model's own test AUROC per output, shown beside)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule.setup()
     if len(datamodule.datasets[split]) == 0:
         raise DataError(f"the {split} split has no images; nothing to evaluate")
-    if list(model.class_names) != list(datamodule.pathologies):
-        raise DataError(
-            f"the model has {len(model.class_names)} outputs but the data has {len(datamodule.pathologies)} "
-            "classes; set include_no_finding to what the model was trained with"
-        )
+    match = match_model_to_data(model.class_names, datamodule.pathologies, settings.label_map)
+    if not match.internal:
+        log.info("%s", match.describe())
     cache = PredictionCache(checkpoint) if checkpoint else None
     preds = predict_split(model, datamodule, split, settings, cache)
     preds.to_csv(output_dir / "preds.csv", index=False)
@@ -201,10 +229,13 @@ def evaluate_model(
     if split != "val" and len(datamodule.datasets["val"]):
         val_preds = predict_split(model, datamodule, "val", settings, cache)
         val_preds.to_csv(output_dir / "preds_val.csv", index=False)
-    truth = label_index(datamodule.table)
-    result = score_and_write(
-        preds, truth, model.class_names, output_dir, settings, split, val_preds
+    truth = truth_for(
+        truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
     )
+    result = score_and_write(
+        preds, truth, match.scored, output_dir, settings, split, val_preds,
+        reference_for(datamodule.reference_auroc, match), None if match.internal else internal,
+    )  # fmt: skip
     if cache is not None and settings.calibrate != "none":
         cache.store_file(output_dir / "calibration.json", f"calibration_{settings.calibrate}.json")
     return result

@@ -21,18 +21,19 @@ import pandas as pd
 from chexnet_pl.errors import ChexnetError
 from chexnet_pl.evaluation.auroc import mean_over
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
-from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.labels import NO_FINDING, finding_names, labelled, mean_row
 
 log = logging.getLogger(__name__)
 
 SEX = "Patient Gender"
 AGE = "Patient Age"
 VIEW = "View Position"
-METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #")
-ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW}
+DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
+METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
+ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET}
 UNKNOWN = "unknown"
 GAP = "gap (max - min)"
-MEAN = "Mean (14 findings)"
+MEAN_PREFIX = "Mean ("  # the mean-over-findings rows: Mean (14 findings) on NIH's outputs
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def subgroup_labels(meta: pd.DataFrame, spec: Subgroups) -> dict[str, tuple[np.n
             labels, names = age_bands(meta[column], meta.index.to_series(), spec)
         elif attribute == "sex":
             labels, names = _categorical(meta[column], ["F", "M"])
+        elif attribute == "dataset":
+            labels, names = _categorical(meta[column], [])
         else:
             labels, names = _categorical(meta[column], ["PA", "AP"])
         if (labels == UNKNOWN).any():
@@ -139,7 +142,7 @@ def score_subgroups(
     ``meta`` (indexed by image name)."""
     names = list(class_names)
     groups = subgroup_labels(meta, spec)
-    positive = labels > 0.5
+    positive, known = labels > 0.5, labelled(labels)  # a label not known: in no cell of its class
     thresholds = np.asarray(thresholds, dtype=np.float64)
     called = scores >= thresholds[None, :]
     no_finding = names.index(NO_FINDING) if NO_FINDING in names else None
@@ -155,7 +158,8 @@ def score_subgroups(
     codes = {a: _codes(lab, group_names) for a, (lab, group_names) in groups.items()}
     plans = {
         a: [
-            GroupedAuroc(scores[:, j], positive[:, j], c, len(groups[a][1]), resamples.codes,
+            GroupedAuroc(scores[:, j], positive[:, j], np.where(known[:, j], c, -1),
+                         len(groups[a][1]), resamples.codes,
                          resamples.num_patients)
             for j in range(scores.shape[1])
         ]
@@ -165,7 +169,7 @@ def score_subgroups(
     resampled: dict[str, list[np.ndarray]] = {a: [] for a in groups}
     under_resampled: dict[str, list[np.ndarray]] = {a: [] for a in groups}
     if no_finding is not None:
-        has_finding = ~positive[:, no_finding]
+        has_finding = known[:, no_finding] & ~positive[:, no_finding]
         missed = has_finding & called[:, no_finding]
         # per patient and subgroup: images with a finding, and those of them called normal
         with_finding = {
@@ -188,7 +192,8 @@ def score_subgroups(
         c = codes[attribute]
         samples = np.concatenate(resampled[attribute]) if bootstrap_samples > 0 else None
         rows += _attribute_rows(
-            attribute, group_names, c, point[attribute], samples, scores, positive, called,
+            attribute, group_names, c, point[attribute], samples, scores, positive & known,
+            known & ~positive, called,
             patients, names, thresholds, confidence,
         )  # fmt: skip
     table = pd.DataFrame(rows)
@@ -242,28 +247,30 @@ def _gap(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
 
 
 def _attribute_rows(
-    attribute, group_names, codes, point, samples, scores, positive, called, patients, names,
+    attribute, group_names, codes, point, samples, scores, positive, negative, called, patients,
+    names,
     thresholds, confidence,
 ) -> list[dict]:  # fmt: skip
     """Rows of one attribute: each subgroup × (finding..., mean, No Finding), then the gaps."""
-    mean_point = mean_over(point[0], names, FINDINGS)  # groups
-    order = [n for n in names if n != NO_FINDING] + [MEAN] + [n for n in names if n == NO_FINDING]
+    findings, mean_name = finding_names(names), mean_row(names)
+    mean_point = mean_over(point[0], names, findings)  # groups
+    order = [*findings, mean_name] + [n for n in names if n == NO_FINDING]
     low = high = None
     if samples is not None:
-        with_mean = np.concatenate([samples, mean_over(samples, names, FINDINGS)[..., None]], -1)
+        with_mean = np.concatenate([samples, mean_over(samples, names, findings)[..., None]], -1)
         defined = ~np.isnan(np.concatenate([point[0], mean_point[:, None]], axis=-1))
         low, high = percentile_interval(with_mean, confidence, defined)
     rows = []
     for g, group in enumerate(group_names):
         in_group = codes == g
         for name in order:
-            j = names.index(name) if name != MEAN else len(names)
+            j = names.index(name) if name != mean_name else len(names)
             row = {"attribute": attribute, "subgroup": group, "finding": name,
                    "images": int(in_group.sum()), "patients": int(len(np.unique(patients[in_group])))}  # fmt: skip
-            if name == MEAN:
+            if name == mean_name:
                 row |= {"auroc": float(mean_point[g])}
             else:
-                pos, neg = positive[in_group, j], ~positive[in_group, j]
+                pos, neg = positive[in_group, j], negative[in_group, j]
                 predicted = called[in_group, j]
                 row |= {
                     "positives": int(pos.sum()),
@@ -285,14 +292,14 @@ def _attribute_rows(
             gap_low, gap_high = percentile_interval(gaps, confidence, ~np.isnan(gap_point))
         tpr_fpr = pd.DataFrame([r for r in rows if r["subgroup"] != UNKNOWN])
         for name in order:
-            j = names.index(name) if name != MEAN else len(names)
+            j = names.index(name) if name != mean_name else len(names)
             row = {
                 "attribute": attribute,
                 "subgroup": GAP,
                 "finding": name,
                 "auroc": float(gap_point[j]),
             }
-            if name != MEAN:
+            if name != mean_name:
                 cells = tpr_fpr[tpr_fpr["finding"] == name]
                 row |= {"tpr": _spread(cells["tpr"]), "fpr": _spread(cells["fpr"])}
             if gap_low is not None:
@@ -354,10 +361,11 @@ def format_summary(result: SubgroupResult, largest: int = 3) -> str:
     """A few lines for the printed report: the mean AUROC per subgroup with the gap, the largest
     per-finding gaps, and underdiagnosis per subgroup."""
     table = result.table
-    lines = [
-        "Subgroups: mean AUROC over the 14 findings (95% CI), n images; gap = largest - smallest"
-    ]
-    for attribute, block in table[table["finding"] == MEAN].groupby("attribute", sort=False):
+    is_mean = table["finding"].astype(str).str.startswith(MEAN_PREFIX)
+    means = table.loc[is_mean, "finding"]
+    over = means.iloc[0][len(MEAN_PREFIX) : -1] if len(means) else "findings"
+    lines = [f"Subgroups: mean AUROC over the {over} (95% CI), n images; gap = largest - smallest"]
+    for attribute, block in table[is_mean].groupby("attribute", sort=False):
         cells = [
             f"{r['subgroup']} {_interval(r)} n={int(r['images'])}"
             if r["subgroup"] != GAP
@@ -365,16 +373,13 @@ def format_summary(result: SubgroupResult, largest: int = 3) -> str:
             for _, r in block.iterrows()
         ]
         lines.append(f"  {attribute:<5} " + " | ".join(cells))
-    gaps = table[(table["subgroup"] == GAP) & table["finding"].isin(FINDINGS)].dropna(
-        subset=["auroc"]
-    )
+    is_finding = ~is_mean & (table["finding"] != NO_FINDING)
+    gaps = table[(table["subgroup"] == GAP) & is_finding].dropna(subset=["auroc"])
     if len(gaps):
         top = gaps.sort_values("auroc", ascending=False).head(largest)
         cells = [f"{r['finding']} by {r['attribute']} {_interval(r)}" for _, r in top.iterrows()]
         lines.append("  largest gaps: " + "; ".join(cells))
-    undefined = table[
-        (table["subgroup"] != GAP) & (table["finding"] != MEAN) & table["auroc"].isna()
-    ]
+    undefined = table[(table["subgroup"] != GAP) & ~is_mean & table["auroc"].isna()]
     if len(undefined):
         lines.append(
             f"  undefined AUROC (no positives or negatives): {len(undefined)} cell(s), see subgroups.csv"

@@ -16,7 +16,8 @@ HEAD_PREFIX = "net.classifier."
 
 
 def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy a checkpoint's weights into ``model``; a head of another class count is reinitialised."""
+    """Copy a checkpoint's weights into ``model``; a head of other classes (another count, or
+    the same count of other labels: another dataset's) is reinitialised."""
     checkpoint = read_checkpoint(path)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
@@ -36,12 +37,21 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
         for k in state
         if k.startswith(head_prefixes) and k in own and state[k].shape != own[k].shape
     ]
-    if head_mismatch:
+    source_classes = checkpoint.get("hyper_parameters", {}).get("class_names")
+    if not head_mismatch and source_classes and list(source_classes) != list(model.class_names):
+        log.warning(
+            "init_from %s: its outputs are other labels (%s...) than this model's (%s...); "
+            "reinitialising the classifier", path, list(source_classes)[:3],
+            list(model.class_names)[:3],
+        )  # fmt: skip
+        head_mismatch = [k for k in state if k.startswith(head_prefixes) and k in own]
+    elif head_mismatch:
         log.warning(
             "init_from %s: its head has %d outputs, this model has %d; reinitialising the classifier only%s",
             path, state[HEAD_PREFIX + "weight"].shape[0], own[HEAD_PREFIX + "weight"].shape[0],
             " (and the auxiliary classifiers' output layers)" if len(head_prefixes) > 1 else "",
         )  # fmt: skip
+    if head_mismatch:
         state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
     # Metric states and buffers such as the loss weights belong to the new run.
     state = {k: v for k, v in state.items() if k.startswith("net.")}

@@ -10,16 +10,21 @@ from torchmetrics.utilities import dim_zero_cat
 
 from chexnet_pl.labels import finding_names
 
+IGNORE = -1  # the target of a label that is not known (NaN in the data)
+
 
 class PerClassAUROC(MultilabelAUROC):
     """torchmetrics' exact (``thresholds=None``) multilabel AUROC, one value per class.
 
     torchmetrics returns 0 for a class with no positives; that is not a score, so such
-    classes come out as NaN here and are left out of the mean.
+    classes come out as NaN here and are left out of the mean. A target of ``IGNORE`` (a label
+    not known for that image) is left out of its class.
     """
 
     def __init__(self, num_labels: int, **kwargs) -> None:
-        super().__init__(num_labels=num_labels, average=None, thresholds=None, **kwargs)
+        super().__init__(
+            num_labels=num_labels, average=None, thresholds=None, ignore_index=IGNORE, **kwargs
+        )
 
     def compute(self) -> torch.Tensor:
         target = dim_zero_cat(self.target)

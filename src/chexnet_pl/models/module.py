@@ -1,4 +1,4 @@
-"""The LightningModule: backbone + BCE-with-logits loss, optimizer, plateau schedule, AUROC."""
+"""The LightningModule: backbone + masked BCE-with-logits loss, optimizer, plateau schedule, AUROC."""
 
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from chexnet_pl.checkpoints import read_checkpoint
 from chexnet_pl.errors import ConfigError, WeightsError
 from chexnet_pl.labels import NO_FINDING
-from chexnet_pl.labels import class_names as make_class_names
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
 from chexnet_pl.models.loss_guard import NonFiniteLossGuard
-from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
+from chexnet_pl.models.metrics import IGNORE, PerClassAUROC, mean_finding_auroc
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,11 @@ class CheXNetModule(pl.LightningModule):
 
     Args:
         backbone: a name in ``models.backbones.BACKBONES``.
-        include_no_finding: NIH's 15 outputs (14 findings + No Finding) when true, else 14.
-        class_names: the output names, in order, when they come from the data (``train`` passes
-            the data module's ``pathologies``, so another dataset's label list needs no change
-            here); stored in checkpoints. None: NIH's, per ``include_no_finding``.
+        class_names: the output names, in order: the data's labels (``train`` passes the data
+            module's ``pathologies``, so a dataset's label list needs no change here); stored in
+            checkpoints.
+        include_no_finding: not a choice: whether ``class_names`` has ``No Finding``, kept in
+            hparams for the commands that read it (an argument so checkpoints load).
         pretrained / weights_path / weights_url: ImageNet initialisation (see ``create_backbone``).
         optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``betas`` or
             ``momentum``/``nesterov``.
@@ -74,6 +74,9 @@ class CheXNetModule(pl.LightningModule):
         compile_mode: inductor's mode: default, reduce-overhead (CUDA graphs), max-autotune,
             max-autotune-no-cudagraphs. Other backends ignore it.
 
+    A label that is NaN (the dataset does not have it, or does not know it for that image) is
+    masked in the loss and left out of the AUROC.
+
     The training step never waits for the device: the loss is checked for NaN/inf once every
     ``trainer.log_every_n_steps`` steps (when Lightning logs anyway), at the end of each epoch
     and before every checkpoint, and the error names the first bad step and its images.
@@ -82,7 +85,7 @@ class CheXNetModule(pl.LightningModule):
     def __init__(
         self,
         backbone: str = "densenet121",
-        include_no_finding: bool = True,
+        include_no_finding: bool | None = None,
         pretrained: bool = False,
         weights_path: str | None = None,
         weights_url: str | None = None,
@@ -98,7 +101,12 @@ class CheXNetModule(pl.LightningModule):
         super().__init__()
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"model.compile_mode={compile_mode!r}; use one of {COMPILE_MODES}")
-        class_names = list(class_names) if class_names else make_class_names(include_no_finding)
+        if not class_names:
+            raise ConfigError(
+                "CheXNetModule needs class_names, the data's label list in output order (train "
+                "passes the data module's pathologies)"
+            )
+        class_names = [str(name) for name in class_names]
         include_no_finding = NO_FINDING in class_names
         default_optimizer, default_scheduler = default_recipe()
         optimizer = {**default_optimizer, **dict(optimizer or {})}
@@ -199,10 +207,14 @@ class CheXNetModule(pl.LightningModule):
             )
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean BCE over the known labels (NaN: masked); with every label known, the plain mean."""
         pos_weight = self.loss_pos_weight if self.hparams.pos_weight else None
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), labels, pos_weight=pos_weight
-        )
+        known = ~torch.isnan(labels)
+        per_label = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), torch.where(known, labels, 0.0), pos_weight=pos_weight,
+            reduction="none",
+        )  # fmt: skip
+        return (per_label * known).sum() / known.sum().clamp(min=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         forward = self._train_forward or self.net.forward_with_aux
@@ -259,7 +271,9 @@ class CheXNetModule(pl.LightningModule):
         logits = self(batch["img"])
         loss = self._loss(logits, batch["lab"])
         loss_metric(loss, weight=len(logits))
-        auroc.update(torch.sigmoid(logits.float()), batch["lab"].int())
+        auroc.update(
+            torch.sigmoid(logits.float()), torch.nan_to_num(batch["lab"], nan=IGNORE).int()
+        )
         self.log(
             f"{stage}/loss",
             loss_metric,

@@ -1,0 +1,111 @@
+"""Time reading CheXpert's and MIMIC-CXR-JPG's tables at full size, as the data modules do (read,
+check every cell, apply the uncertainty policy, split by patient, filter views, look for every
+image file), beside pandas reading the same files alone.
+
+.venv/bin/python benchmarks/tables.py [--chexpert ../shared/data/chexpert-meta/train.csv.gz]
+
+CheXpert: the real train.csv (223,414 rows of 64,540 patients). MIMIC-CXR-JPG: no real table is
+here, so tables of the release's size (377,110 images, 227,827 labelled studies, 65,379 subjects)
+are generated in PhysioNet's schema first (not timed). No image is on disk: every file lookup
+misses, as on a machine holding the tables only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexnet_pl.data.chexpert import CheXpertDataModule
+from chexnet_pl.data.mimic import MimicCxrDataModule
+from chexnet_pl.data.uncertainty import CHEXPERT_LABELS
+
+REPO = Path(__file__).resolve().parents[1]
+MIMIC_SIZE = {"images": 377_110, "studies": 227_827, "subjects": 65_379}
+
+
+def mimic_tables(folder: Path, seed: int = 0) -> list[Path]:
+    """The four MIMIC-CXR-JPG v2 tables at the release's size, in its columns."""
+    rng = np.random.default_rng(seed)
+    studies, subjects = MIMIC_SIZE["studies"], MIMIC_SIZE["subjects"]
+    subject_of_study = np.sort(rng.integers(0, subjects, studies))
+    subject_ids = 10_000_000 + np.arange(subjects) * 137
+    study_ids = 50_000_000 + rng.permutation(studies)
+    extra = rng.permutation(studies)[: MIMIC_SIZE["images"] - studies]  # studies with a lateral
+    image_study = np.sort(np.concatenate([np.arange(studies), extra]))
+    lateral = np.r_[False, image_study[1:] == image_study[:-1]]
+    words = rng.integers(0, 2**32, (len(image_study), 5), dtype=np.uint64)
+    dicom = ["-".join(f"{int(w):08x}" for w in row) for row in words]
+    view = np.where(lateral, "LATERAL", np.where(rng.random(len(image_study)) < 0.5, "PA", "AP"))
+    subject = subject_ids[subject_of_study[image_study]]
+    metadata = pd.DataFrame({
+        "dicom_id": dicom, "subject_id": subject, "study_id": study_ids[image_study],
+        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)", "ViewPosition": view,
+        "Rows": 3056, "Columns": 2544, "StudyDate": 21800506, "StudyTime": 213014.531,
+        "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+        "ViewCodeSequence_CodeMeaning": np.where(lateral, "lateral", "postero-anterior"),
+        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+    })  # fmt: skip
+    values = rng.choice([1.0, 0.0, -1.0, np.nan], p=[0.15, 0.15, 0.05, 0.65],
+                        size=(studies, len(CHEXPERT_LABELS)))  # fmt: skip
+    labels = pd.DataFrame(values, columns=list(CHEXPERT_LABELS))[sorted(CHEXPERT_LABELS)]
+    labels.insert(0, "study_id", study_ids)
+    labels.insert(0, "subject_id", subject_ids[subject_of_study])
+    split = metadata[["dicom_id", "study_id", "subject_id"]].assign(
+        split=np.where(subject % 50 == 0, "test", np.where(subject % 50 == 1, "validate", "train"))
+    )
+    paths = []
+    for name, frame in (("metadata", metadata), ("chexpert", labels), ("negbio", labels),
+                        ("split", split)):  # fmt: skip
+        path = folder / f"mimic-cxr-2.0.0-{name}.csv.gz"
+        frame.to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def timed(task) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = task()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--chexpert", type=Path,
+        default=REPO.parent / "shared" / "data" / "chexpert-meta" / "train.csv.gz",
+    )  # fmt: skip
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"pandas {pd.__version__}")  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        base, _ = timed(lambda: pd.read_csv(args.chexpert))
+        chexpert = CheXpertDataModule(root=str(folder), csv=str(args.chexpert),
+                                      split={"method": "patient"}, num_workers=0)  # fmt: skip
+        project, images = timed(chexpert.read_labels)
+        rows.append(("CheXpert train.csv (real)", len(images.table), base, project))
+
+        generated = mimic_tables(folder)
+        base, _ = timed(lambda: [pd.read_csv(p) for p in generated if "negbio" not in p.name])
+        mimic = MimicCxrDataModule(root=str(folder), num_workers=0)
+        project, images = timed(mimic.read_labels)
+        rows.append(("MIMIC-CXR-JPG tables (generated)", len(images.table), base, project))
+    print(f"\n{'tables':<34}{'images kept':>12}{'pandas read (s)':>17}{'data module (s)':>17}"
+          f"{'ratio':>8}")  # fmt: skip
+    for label, kept, base, project in rows:
+        print(f"{label:<34}{kept:>12,}{base:>17.2f}{project:>17.2f}{project / base:>7.1f}x")
+    print("images kept: the frontal images of the splits (data.view_position=frontal)")
+
+
+if __name__ == "__main__":
+    main()

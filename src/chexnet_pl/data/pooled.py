@@ -1,0 +1,105 @@
+"""Several datasets trained and evaluated as one: ``data=nih+chexpert`` (or any such config).
+
+Each dataset reads its own tables, split and view filter as it would alone; the pool is the union
+of their labels, with the label map's synonyms counted once (NIH's Effusion and CheXpert's
+Pleural Effusion are one output, named as the first dataset names it). A label a dataset does not
+have is NaN for its images: masked in the loss, left out of every metric, never a negative.
+Patient ids are prefixed with the dataset's name, so two datasets' patient 1 stay two patients;
+the ``Dataset`` column says where each image comes from (``evaluation.subgroups=[dataset]``
+reports AUROC per dataset). Images are decoded from their files (each dataset's own prepared
+cache is not used here).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from chexnet_pl.cli import instantiate
+from chexnet_pl.data.datamodule import ChestXrayDataModule, LabelledImages
+from chexnet_pl.data.nih_table import IMAGE, PATIENT
+from chexnet_pl.errors import DataError
+from chexnet_pl.labels import relabel, union_labels
+
+log = logging.getLogger(__name__)
+
+DATASET = "Dataset"  # as evaluation.subgroups reads it
+
+
+class PooledDataModule(ChestXrayDataModule):
+    """The union of ``datasets`` (name → a data config with ``_target_``, as in ``conf/data``).
+
+    Args:
+        datasets: the member datasets' settings; their image and loader settings are not used
+            (this module's are).
+        label_map: output name ↔ label name synonyms merged into one output
+            (``evaluation.label_map``).
+        The other arguments are ``ChestXrayDataModule``'s.
+    """
+
+    def __init__(
+        self,
+        datasets: Mapping[str, Mapping[str, Any]],
+        label_map: Mapping[str, str] | None = None,
+        root: str | None = None,
+        cache: str = "off",
+        **settings: Any,
+    ) -> None:
+        datasets = _plain(datasets)  # plain values in the checkpoint's hparams
+        label_map = _plain(label_map) or {}
+        super().__init__(root, cache=cache, **settings)
+        if not datasets:
+            raise DataError(
+                "data.datasets is empty: give the datasets to pool, e.g. data=nih+chexpert"
+            )
+        if cache != "off":
+            log.info("pooled datasets decode their image files: data.cache=%s is not used", cache)
+            self.cache_mode = "off"
+        self.members: dict[str, ChestXrayDataModule] = {}
+        for name, member in datasets.items():
+            if "_target_" not in member:
+                raise DataError(f"data.datasets.{name} has no _target_ (the data module to use)")
+            self.members[name] = instantiate(
+                {k: v for k, v in member.items() if k not in ("_recursive_",)}, _convert_="all"
+            )
+        self.label_map = dict(label_map)
+        self.pathologies = union_labels([m.pathologies for m in self.members.values()],
+                                        self.label_map)  # fmt: skip
+
+    def read_labels(self) -> LabelledImages:
+        tables, labels, sources = [], [], []
+        for name, member in self.members.items():
+            images = member.read_labels()
+            table = images.table.copy()
+            table[PATIENT] = name + "/" + table[PATIENT].astype(str)
+            table[DATASET] = name
+            tables.append(table)
+            labels.append(relabel(images.labels, member.pathologies, self.pathologies,
+                                  self.label_map))  # fmt: skip
+            sources.append(images.source)
+            lacking = [n for n, column in zip(self.pathologies, labels[-1].T, strict=True)
+                       if np.isnan(column).all()]  # fmt: skip
+            log.info("%s: %d images; labels it lacks (NaN, masked): %s", name, len(table),
+                     lacking or "none")  # fmt: skip
+        table = pd.concat(tables, ignore_index=True)
+        repeated = table[IMAGE].duplicated(keep=False).to_numpy()
+        if repeated.any():
+            shared = table.loc[repeated, [IMAGE, DATASET]].drop_duplicates().head(4)
+            raise DataError(
+                f"{int(repeated.sum())} images share a name across the pooled datasets, e.g. "
+                f"{shared.to_dict('records')}; each image needs a unique name"
+            )
+        return LabelledImages(table, np.concatenate(labels), " + ".join(sources))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

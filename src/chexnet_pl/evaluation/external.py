@@ -1,0 +1,118 @@
+"""A model's outputs against another dataset's labels: external validation.
+
+The outputs and the labels are matched by name and by the label map's synonyms
+(``evaluation.label_map``; ``Effusion`` ↔ ``Pleural Effusion`` by default), so an NIH model is
+scored on CheXpert's Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion, Pneumonia,
+Pneumothorax and No Finding. Rows keep the model's output names; the mean is over the findings
+scored. Beside each external AUROC, the model's internal one (its own test split's ``aucs.csv``),
+with the internal mean taken over the same findings, so the two columns compare like with like.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexnet_pl.errors import DataError
+from chexnet_pl.labels import finding_names, match_labels, mean_row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """Which model outputs are scored against which of the data's labels."""
+
+    pairs: list[tuple[str, str]]  # (output, label), in output order
+    outputs: list[str]  # every model output
+    labels: list[str]  # every data label
+
+    @property
+    def scored(self) -> list[str]:
+        return [output for output, _ in self.pairs]
+
+    @property
+    def internal(self) -> bool:
+        """The data has exactly the model's outputs, by the same names (no mapping at all)."""
+        same = all(output == label for output, label in self.pairs)
+        return same and self.scored == self.outputs and len(self.pairs) == len(self.labels)
+
+    def describe(self) -> str:
+        mapped = [f"{o} <-> {lab}" for o, lab in self.pairs if o != lab]
+        unscored = [o for o in self.outputs if o not in self.scored]
+        unused = [lab for lab in self.labels if lab not in {lab for _, lab in self.pairs}]
+        return (
+            f"scoring {len(self.pairs)} of the model's {len(self.outputs)} outputs against the "
+            f"data's labels: {self.scored}"
+            + (f"; label map: {', '.join(mapped)}" if mapped else "")
+            + (f"; outputs the data has no label for: {unscored}" if unscored else "")
+            + (f"; labels the model has no output for: {unused}" if unused else "")
+        )
+
+
+def match_model_to_data(
+    outputs: Sequence[str], labels: Sequence[str], label_map: Mapping[str, str] | None = None
+) -> LabelMatch:
+    """The outputs the data can score (``match_labels``); an error when it can score none."""
+    match = LabelMatch(match_labels(outputs, labels, label_map), list(outputs), list(labels))
+    if not match.pairs:
+        raise DataError(
+            f"the model's outputs {list(outputs)} and the data's labels {list(labels)} share no "
+            "name: nothing to score. Map differently spelled labels with "
+            "evaluation.label_map='{output: label}'"
+        )
+    return match
+
+
+def truth_for(truth: pd.DataFrame, match: LabelMatch) -> pd.DataFrame:
+    """The data's truth table with each matched label's column named by its model output."""
+    return truth.rename(columns={label: output for output, label in match.pairs if output != label})
+
+
+def reference_for(
+    reference: tuple[Mapping[str, float], float] | None, match: LabelMatch
+) -> tuple[dict[str, float], float] | None:
+    """A dataset's published per-label AUROC (keyed by its label names) keyed by output name;
+    its mean only when the findings scored are exactly the reference's."""
+    if reference is None:
+        return None
+    values, mean = reference
+    by_output = {output: float(values[label]) for output, label in match.pairs if label in values}
+    scored = {label for output, label in match.pairs if output in finding_names(match.scored)}
+    return by_output, float(mean) if scored == set(values) else float("nan")
+
+
+def read_internal_aucs(path: str | Path, names: Sequence[str]) -> dict[str, float]:
+    """Per output, the AUROC in a run's own ``aucs.csv`` (NaN where it has none)."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, index_col=0)
+        values = pd.to_numeric(table["auroc"], errors="coerce")
+    except (OSError, KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(
+            f"cannot read the internal AUROC from {path} ({exc}); give the aucs.csv of the "
+            "model's own evaluation (internal_aucs=)"
+        ) from exc
+    return {name: float(values.get(name, np.nan)) for name in names}
+
+
+def add_internal(table: pd.DataFrame, internal: Mapping[str, float]) -> pd.DataFrame:
+    """``internal_auroc`` and ``external_minus_internal`` beside ``auroc``; the mean row's
+    internal value is the mean over the findings scored here."""
+    names = [n for n in table.index if n in internal]
+    findings = finding_names(names)
+    values = pd.Series({name: internal[name] for name in names}, dtype=float)
+    column = [values.get(name, np.nan) for name in table.index]
+    mean = mean_row(names)
+    if mean in table.index:
+        column[list(table.index).index(mean)] = float(np.nanmean(values[findings]))
+    table = table.copy()
+    at = list(table.columns).index("auroc") + 1
+    table.insert(at, "internal_auroc", column)
+    table.insert(at + 1, "external_minus_internal", table["auroc"] - table["internal_auroc"])
+    return table

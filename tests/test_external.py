@@ -1,0 +1,180 @@
+"""External validation: a model scored on another dataset's labels through the label map, with its
+internal AUROC beside; and predictions files scored against any dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import compose_config, random_checkpoint
+from sklearn.metrics import roc_auc_score
+
+from chexnet_pl.data.chexpert import CheXpertDataModule
+from chexnet_pl.data.nih_table import PAPER_AUROC, class_names
+from chexnet_pl.errors import DataError
+from chexnet_pl.evaluate import evaluate
+from chexnet_pl.models.module import CheXNetModule
+
+SHARED = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia",
+          "Pneumothorax"]  # fmt: skip
+QUICK = ["data.num_workers=0", "evaluation.bootstrap_samples=50", "evaluation.plots=false",
+         "evaluation.subgroups=[]"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nih_run(tmp_path_factory, synthetic_root) -> Path:
+    """An NIH checkpoint (random ResNet-18 at 32 px) in a run folder with its own aucs.csv."""
+    run = tmp_path_factory.mktemp("nih_run")
+    checkpoint = random_checkpoint(
+        run / "checkpoints" / "best.ckpt", "resnet18", 32, root=str(synthetic_root)
+    )
+    internal = pd.DataFrame(
+        {"auroc": np.linspace(0.70, 0.84, 15)}, index=pd.Index(class_names(), name="class")
+    )
+    internal.loc["Mean (14 findings)"] = 0.5  # a run's own mean, over its 14: not what is shown
+    internal.to_csv(run / "aucs.csv")
+    return checkpoint
+
+
+def test_an_nih_checkpoint_evaluates_on_chexpert(tmp_path, nih_run, chexpert_root):
+    out = tmp_path / "external"
+    metrics = evaluate(
+        compose_config(
+            "evaluate",
+            out,
+            f"ckpt={nih_run}",
+            "data=chexpert",
+            f"data.root={chexpert_root}",
+            *QUICK,
+        )  # fmt: skip
+    )
+    table = pd.read_csv(out / "aucs.csv", index_col=0)
+    assert list(table.index) == [*SHARED, "Mean (7 findings)", "No Finding"]
+    assert (
+        "paper_auroc" not in table.columns
+    )  # the CheXNet paper's values are NIH's, not CheXpert's
+    # the AUROC of Effusion is that of NIH's output against CheXpert's Pleural Effusion, on valid.csv
+    preds = pd.read_csv(out / "preds.csv")
+    assert list(preds.columns[1:]) == [f"prob_{c}" for c in class_names()]  # every output kept
+    valid = pd.read_csv(chexpert_root / "CheXpert-v1.0-small" / "valid.csv").set_index("Path")
+    truth = valid.loc[preds["Image Index"], "Pleural Effusion"]
+    assert table.at["Effusion", "auroc"] == pytest.approx(
+        roc_auc_score(truth, preds["prob_Effusion"]), abs=1e-9
+    )
+    assert metrics["test/auroc"] == pytest.approx(table.loc[SHARED, "auroc"].mean(skipna=True))
+    # internal beside external: the run's own values, its mean over the same 7 findings
+    internal = pd.read_csv(nih_run.parent.parent / "aucs.csv", index_col=0)["auroc"]
+    assert table.loc[SHARED, "internal_auroc"].tolist() == pytest.approx(internal[SHARED].tolist())
+    assert table.at["Mean (7 findings)", "internal_auroc"] == pytest.approx(internal[SHARED].mean())
+    difference = table["auroc"] - table["internal_auroc"]
+    assert np.allclose(table["external_minus_internal"], difference, equal_nan=True)
+
+
+def test_the_label_map_is_a_setting(tmp_path, nih_run, chexpert_root):
+    out = tmp_path / "unmapped"
+    evaluate(
+        compose_config(
+            "evaluate",
+            out,
+            f"ckpt={nih_run}",
+            "data=chexpert",
+            f"data.root={chexpert_root}",
+            "evaluation.label_map=null",
+            *QUICK,
+        )  # fmt: skip
+    )
+    table = pd.read_csv(out / "aucs.csv", index_col=0)
+    assert "Effusion" not in table.index and "Mean (6 findings)" in table.index
+    with pytest.raises(
+        DataError, match=r"another dataset \(CheXpertDataModule\) needs its folder: give data.root="
+    ):
+        evaluate(compose_config("evaluate", out, f"ckpt={nih_run}", "data=chexpert", *QUICK))
+
+
+def test_a_chexpert_checkpoint_evaluates_on_nih(tmp_path, synthetic_root, chexpert_root):
+    names = CheXpertDataModule(root=str(chexpert_root)).pathologies
+    model = CheXNetModule(backbone="resnet18", class_names=names)
+    path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True)
+    data = {"_target_": "chexnet_pl.data.chexpert.CheXpertDataModule", "root": str(chexpert_root),
+            "image_size": 32}  # fmt: skip
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": data}, path)  # fmt: skip
+    out = tmp_path / "on_nih"
+    evaluate(
+        compose_config(
+            "evaluate", out, f"ckpt={path}", "data=nih", f"data.root={synthetic_root}", *QUICK
+        )  # fmt: skip
+    )
+    table = pd.read_csv(out / "aucs.csv", index_col=0)
+    scored = ["Cardiomegaly", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
+              "Pneumothorax", "Pleural Effusion"]  # fmt: skip
+    assert set(table.index) == {*scored, "Mean (7 findings)", "No Finding"}
+    # NIH's reference (the CheXNet paper) by the model's names; its mean is over 14, not these 7
+    assert table.at["Pleural Effusion", "paper_auroc"] == PAPER_AUROC["Effusion"]
+    assert np.isnan(table.at["Mean (7 findings)", "paper_auroc"])
+
+
+def test_predictions_are_scored_against_any_dataset(tmp_path, chexpert_root):
+    dm = CheXpertDataModule(root=str(chexpert_root), num_workers=0, cache="off")
+    images = dm.read_labels()
+    test = images.table["split"] == "test"
+    rng = np.random.default_rng(0)
+    preds = pd.DataFrame(rng.random((int(test.sum()), len(dm.pathologies))),
+                         columns=[f"prob_{c}" for c in dm.pathologies])  # fmt: skip
+    preds.insert(0, "Image Index", images.table.loc[test, "Image Index"].to_numpy())
+    preds.to_csv(tmp_path / "preds.csv", index=False)
+    out = tmp_path / "scored"
+    evaluate(
+        compose_config(
+            "evaluate",
+            out,
+            f"preds={tmp_path / 'preds.csv'}",
+            "data=chexpert",
+            f"data.root={chexpert_root}",
+            *QUICK,
+        )  # fmt: skip
+    )
+    table = pd.read_csv(out / "aucs.csv", index_col=0)
+    edema = images.labels[test.to_numpy(), dm.pathologies.index("Edema")]
+    assert table.at["Edema", "auroc"] == pytest.approx(roc_auc_score(edema, preds["prob_Edema"]))
+    assert "Mean (13 findings)" in table.index
+    preds.drop(columns=["prob_Edema"]).to_csv(tmp_path / "partial.csv", index=False)
+    with pytest.raises(DataError, match=r"lacks 1 class column\(s\): \['prob_Edema'\]"):
+        evaluate(
+            compose_config(
+                "evaluate",
+                out,
+                f"preds={tmp_path / 'partial.csv'}",
+                "data=chexpert",
+                f"data.root={chexpert_root}",
+                *QUICK,
+            )  # fmt: skip
+        )
+
+
+def test_a_chexpert_checkpoints_labels_reach_predictions_heat_maps_and_serving(
+    tmp_path, chexpert_root
+):
+    from chexnet_pl.predict import predict
+    from chexnet_pl.serving.backends import load_backend
+
+    names = CheXpertDataModule(root=str(chexpert_root)).pathologies
+    model = CheXNetModule(backbone="resnet18", class_names=names)
+    path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": {"image_size": 32}}, path)  # fmt: skip
+    image = next((chexpert_root / "CheXpert-v1.0-small" / "valid").rglob("*.jpg"))
+    out = predict(compose_config("predict", tmp_path / "predict", f"ckpt={path}",
+                                 f"image={image}", "top_k=2"))  # fmt: skip
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table.columns[1:]) == [f"prob_{n}" for n in names]
+    overlays = {p.name for p in out.rglob("*.png")}
+    top = table.iloc[0, 1:].astype(float).nlargest(2).index.str.removeprefix("prob_")
+    assert {f"view1_frontal_{n}.png" for n in top} <= overlays  # heat maps by label name
+    _, card = load_backend(path, "torch")
+    assert card["classes"] == names and list(card["thresholds"]) == names
