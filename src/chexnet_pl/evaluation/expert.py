@@ -65,7 +65,7 @@ class ExpertLabels:
         splits: pd.Series | None = None,
     ) -> tuple[pd.DataFrame, dict[str, float]]:
         """Score the predictions (tables of ``Image Index``, ``prob_<output>``; of an image in two,
-        the first) on the expert-labelled images they cover. ``truth`` (``label_index``) gives
+        the first) on the expert-labelled images they cover. ``truth`` (``data.nih.label_index``) gives
         patients and NIH's labels; ``splits`` (image → the model's split), when known, explains
         the images not predicted. Writes expert_aucs.csv."""
         preds = pd.concat([p for p in predictions if p is not None]).drop_duplicates(IMAGE)
