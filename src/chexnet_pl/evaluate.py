@@ -22,6 +22,7 @@ from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluation.compare import write_comparison
 from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
+from chexnet_pl.evaluation.provenance import image_sources, keep_official_test, read_official_lists
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
     evaluate_model,
@@ -86,6 +87,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise DataError(f"split={split!r}; use train, val or test")
     if bool(cfg.ckpt) == bool(cfg.preds):
         raise ChexnetError("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
+    if cfg.get("official_test_only") and not cfg.preds:
+        raise ChexnetError(
+            "official_test_only=true applies to preds=; with ckpt= the split comes from the "
+            "checkpoint (data.split.method=official: its test split is the official test list)"
+        )
     if cfg.ckpt:
         run = load_run(cfg.ckpt)
         datamodule = datamodule_for(run, cfg.data, output_dir)
@@ -104,12 +110,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         csv = Path(cfg.data.csv) if cfg.data.get("csv") else find_data_entry(cfg.data.root)
         truth = label_index(read_data_entry(csv))
         preds, names = read_predictions(cfg.preds, truth.index)
+        lists_folder = Path(cfg.data.root) if cfg.data.get("root") else csv.parent
+        lists = read_official_lists(lists_folder)
+        if cfg.get("official_test_only"):
+            preds = preds[keep_official_test(preds[IMAGE].tolist(), lists, str(lists_folder))]
+            preds = preds.reset_index(drop=True)
+        sources = image_sources(preds[IMAGE].tolist(), lists, split, lists_folder)
         val_preds = (
             read_predictions(cfg.val_preds, truth.index)[0] if cfg.get("val_preds") else None
         )
         table, metrics = score_and_write(
-            preds, truth, names, output_dir, settings, split, val_preds
-        )
+            preds, truth, names, output_dir, settings, split, val_preds,
+            f"{Path(cfg.preds).name}, {sources.header}",
+        )  # fmt: skip
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             metrics |= compare_with(cfg, preds, names, truth, settings, None)
     if cfg.get("wandb"):

@@ -16,13 +16,16 @@ from omegaconf import DictConfig
 from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.visualization.explain import explain
+from chexnet_pl.visualization.figures import prediction_table, table_text
 from chexnet_pl.visualization.heatmaps import check_method
 from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_readable
 
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped.csv"  # images of images= that could not be read, with the reason
+TABLES_SHOWN = 3  # images whose whole table is printed; beyond, one line per image
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -35,8 +38,9 @@ def predict(cfg: DictConfig) -> Path:
     model = run.model
     image_size = int(cfg.image_size or run.image_size)
     paths = image_files(cfg.image, cfg.images)
+    operating = operating_thresholds(cfg.ckpt, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(
-        cfg.get("calibration"), cfg.thresholds, model.class_names
+        cfg.get("calibration"), operating, model.class_names
     )
     frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
@@ -54,6 +58,7 @@ def predict(cfg: DictConfig) -> Path:
                 thresholds=thresholds,
                 top_k=int(cfg.top_k),
                 calibration=calibration,
+                thresholds_note=operating.description,
             )
         )
     if skipped:
@@ -70,10 +75,38 @@ def predict(cfg: DictConfig) -> Path:
         )
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out_dir / "predictions.csv", index=False)
-    shown = table.head(10).set_index("Image Index").T.round(3).to_string()
-    more = f"\n(first 10 of {len(table)}; all in predictions.csv)" if len(table) > 10 else ""
-    log.info("%d image(s) → %s\n%s%s", len(table), out_dir, shown, more)
+    log.info(
+        "%d image(s) → %s; thresholds: %s\n%s", len(table), out_dir, operating.description,
+        summary(table, model.class_names, thresholds),
+    )  # fmt: skip
     return out_dir
+
+
+def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]) -> str:
+    """What is printed: each image's prediction table (finding, probability, threshold, above),
+    as on the web page; beyond a few images, one line each with its findings above threshold."""
+    columns = [f"prob_{name}" for name in class_names]
+    tables = [
+        (name, prediction_table(row, class_names, thresholds=thresholds))
+        for name, row in zip(table["Image Index"], table[columns].to_numpy(), strict=True)
+    ]
+    if len(tables) <= TABLES_SHOWN:
+        return "\n".join(
+            f"{name}\n{table_text(rows).to_string(index=False)}" for name, rows in tables
+        )
+    lines = []
+    for name, rows in tables[:10]:
+        above = rows[rows["above_threshold"]]
+        found = ", ".join(
+            f"{r.finding.replace('_', ' ')} {r.probability:.3f} (threshold {r.threshold:.3f})"
+            for r in above.itertuples()
+        )
+        lines.append(f"{name}: {found or 'no finding above its threshold'}")
+    if len(tables) > 10:
+        lines.append(
+            f"(first 10 of {len(tables)}; every table in <image>.csv, all in predictions.csv)"
+        )
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
-from torchmetrics.functional.classification import binary_calibration_error
 
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
@@ -118,6 +114,8 @@ def fit_calibration(
 ) -> Calibration:
     """Per class, temperature (no intercept) or Platt (slope and intercept) by maximum likelihood
     on these predictions. A class without positives or negatives keeps the identity."""
+    from sklearn.linear_model import LogisticRegression
+
     if method not in CALIBRATION_METHODS[1:]:
         raise DataError(f"evaluation.calibrate={method!r}; use one of {CALIBRATION_METHODS}")
     slope, intercept = np.ones(len(class_names)), np.zeros(len(class_names))
@@ -159,6 +157,11 @@ def calibration_table(
     scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str], bins: int = 15
 ) -> pd.DataFrame:
     """Per class and for the mean over the 14 findings: ECE (equal width / equal mass), Brier."""
+    # Imported here: ``Calibration`` (what predict and visualize read) needs neither.
+    import torch
+    from sklearn.metrics import brier_score_loss
+    from torchmetrics.functional.classification import binary_calibration_error
+
     rows = []
     for j in range(len(class_names)):
         positive = labels[:, j] > 0.5

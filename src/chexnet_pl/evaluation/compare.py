@@ -199,7 +199,7 @@ def format_comparison(
         f"Paired comparison on {images:,} images of {patients:,} patients: A = {label_a}, "
         f"B = {label_b}; delta = AUROC(A) - AUROC(B)"
     )
-    return header + "\n" + shown.to_string()
+    return header + "\n" + shown.rename_axis(None).to_string()
 
 
 def _p(value: float) -> str:

@@ -137,3 +137,49 @@ def percentile_interval(
     if defined is not None:
         low, high = np.where(defined, low, np.nan), np.where(defined, high, np.nan)
     return low, high
+
+
+def roc_band(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    resamples: PatientResamples,
+    confidence: float = 0.95,
+    levels: int = 200,
+    grid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pointwise bootstrap band of one class's ROC curve: (false-positive-rate grid, low, high
+    sensitivity at each grid point) over the patient resamples.
+
+    Each resample's curve is the ROC of the data with images weighted by how often their patient
+    was drawn, at ``levels`` score thresholds (the scores' quantiles), read at each grid point as
+    the highest sensitivity at a false-positive rate up to it. Per class and resample block it is
+    two sparse (thresholds × patients) products, as for the subgroup AUROCs."""
+    grid = np.linspace(0.0, 1.0, 101) if grid is None else np.asarray(grid, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(positive) > 0.5
+    ascending = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, levels)))
+    # Level k (0 = the highest threshold): an image counts at levels k and below when its score
+    # is at least that threshold, i.e. it enters the running sums at the first such level.
+    level = len(ascending) - np.searchsorted(ascending, scores, side="right")
+    shape = (len(ascending), resamples.num_patients)
+    counts_at = {
+        kind: sparse.csr_matrix(
+            (np.ones(int(mask.sum()), np.float32), (level[mask], resamples.codes[mask])),
+            shape=shape,
+        )
+        for kind, mask in (("positive", is_positive), ("negative", ~is_positive))
+    }
+    curves = []
+    for counts in resamples.blocks():  # patients × B
+        tp = np.cumsum(counts_at["positive"] @ counts, axis=0, dtype=np.float64)
+        fp = np.cumsum(counts_at["negative"] @ counts, axis=0, dtype=np.float64)
+        usable = (tp[-1] > 0) & (fp[-1] > 0)  # a resample without positives or negatives: no curve
+        tpr, fpr = tp[:, usable] / tp[-1, usable], fp[:, usable] / fp[-1, usable]
+        reached = (fpr[None, :, :] <= grid[:, None, None] + 1e-12).sum(axis=1) - 1  # grid × B
+        rows = np.take_along_axis(tpr, np.maximum(reached, 0), axis=0)
+        curves.append(np.where(reached >= 0, rows, 0.0).T)
+    if not curves or not sum(len(c) for c in curves):
+        nothing = np.full(len(grid), np.nan)
+        return grid, nothing, nothing
+    low, high = percentile_interval(np.concatenate(curves), confidence)
+    return grid, low, high

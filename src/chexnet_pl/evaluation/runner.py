@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,36 @@ from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.calibration import write_calibration_report
 from chexnet_pl.evaluation.plots import plot_curves
 from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
+from chexnet_pl.evaluation.provenance import image_sources, read_official_lists
 from chexnet_pl.evaluation.report import (
     MEAN_ROW,
     choose_threshold,
     format_report,
     score_predictions,
+    whole_numbers,
 )
+from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import (
     METADATA_COLUMNS,
+    NoFindingThreshold,
     Subgroups,
-    format_summary,
     write_subgroup_report,
 )
+from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.labels import class_names as all_class_names
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def shipped_evaluation_settings() -> dict[str, Any]:
+    """``conf/evaluation/default.yaml``: the defaults live in that file only, for the configs and
+    for evaluations built in Python alike."""
+    from omegaconf import OmegaConf
+
+    from chexnet_pl.cli import config_dir
+
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / "evaluation" / "default.yaml"))
 
 
 @dataclass(frozen=True)
@@ -50,14 +66,24 @@ class EvaluationSettings:
     max_age: int = 100
     calibrate: str = "none"
     calibration_bins: int = 15
+    # Judged by ``Subgroups`` (the subgroup report), which reads them; defaults in the YAML only.
+    min_subgroup_images: int = field(kw_only=True)
+    min_subgroup_positives: int = field(kw_only=True)
+    underdiagnosis_threshold: str = field(kw_only=True)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        values = dict(section or {})
+        """The section over the shipped defaults (a config written before a setting existed
+        still gets it)."""
+        values = {**shipped_evaluation_settings(), **dict(section or {})}
         for key in ("subgroups", "age_bands"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+    @property
+    def subgroup_spec(self) -> Subgroups:
+        return Subgroups.from_settings(self)
 
 
 def label_index(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,8 +116,10 @@ def score_and_write(
     settings: EvaluationSettings,
     split: str = "test",
     val_preds: pd.DataFrame | None = None,
+    sources: str = "",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Score a predictions table against ``truth`` (see ``label_index``); write aucs.csv and plots."""
+    """Score a predictions table against ``truth`` (see ``label_index``); write aucs.csv and plots.
+    ``sources``: where the images come from (``provenance.ImageSources.header``), for the report."""
     if preds.empty:
         raise DataError(f"no predictions to score for the {split} split")
     scores, labels, patients = _aligned(preds, truth, names)
@@ -123,19 +151,29 @@ def score_and_write(
         calibrated = preds[[IMAGE]].copy()
         calibrated[prob_columns(names)] = fitted.apply(scores, names)
         calibrated.to_csv(output_dir / "preds_calibrated.csv", index=False)
-    table.to_csv(output_dir / "aucs.csv")
+    whole_numbers(table).to_csv(output_dir / "aucs.csv")
     if settings.plots:
-        plot_curves(scores, labels, names, output_dir, title=f"{split} split, {len(preds)} images")
+        intervals = (
+            {n: (table.at[n, "ci_low"], table.at[n, "ci_high"]) for n in names}
+            if "ci_low" in table
+            else None
+        )
+        plot_curves(
+            scores, labels, names, output_dir, f"{split} split, {len(preds)} images",
+            patients, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
+            intervals,
+        )  # fmt: skip
+    spec = settings.subgroup_spec
     subgroups = write_subgroup_report(
-        scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds,
-        Subgroups(settings.subgroups, settings.age_bands, settings.max_age), output_dir,
+        scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds, spec, output_dir,
         settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
         table["auroc"].to_dict(), settings.plots, split,
+        underdiagnosis_threshold(val_scores, val_labels, names, spec, chosen_on),
     )  # fmt: skip
     log.info(
-        "%s split: %d images of %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
-        split, len(preds), len(set(patients)), settings.threshold, chosen_on,
-        format_report(table.drop(columns=["ece", "brier"])), calibration_line,
+        "%s split: %s; %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
+        split, sources or f"{len(preds)} images", len(set(patients)), settings.threshold,
+        chosen_on, format_report(table.drop(columns=["ece", "brier"])), calibration_line,
         f"\n{format_summary(subgroups)}" if subgroups else "",
     )  # fmt: skip
     metrics = {
@@ -146,6 +184,29 @@ def score_and_write(
     if not np.isnan(table.at[MEAN_ROW, "auroc"]):
         metrics[f"{split}/auroc"] = float(table.at[MEAN_ROW, "auroc"])
     return table, metrics
+
+
+def underdiagnosis_threshold(
+    val_scores: np.ndarray,
+    val_labels: np.ndarray,
+    names: Sequence[str],
+    spec: Subgroups,
+    chosen_on: str,
+) -> NoFindingThreshold | None:
+    """The "No Finding" threshold underdiagnosis is measured at: ``spec.underdiagnosis_threshold``
+    (``f1``, the paper's, or ``youden``) on the validation predictions."""
+    if NO_FINDING not in names:
+        return None
+    j = list(names).index(NO_FINDING)
+    rule = spec.underdiagnosis_threshold
+    value = choose_threshold(val_scores[:, j], val_labels[:, j], rule)
+    if rule == "f1":
+        how = (f"F1-maximising on {chosen_on}, as Seyyed-Kalantari et al. 2021; "
+               "evaluation.underdiagnosis_threshold=youden for Youden's J")  # fmt: skip
+    else:
+        how = (f"Youden's J on {chosen_on}; evaluation.underdiagnosis_threshold=f1 for the "
+               "paper's F1-maximising threshold")  # fmt: skip
+    return NoFindingThreshold(value, how)
 
 
 def predict_split(
@@ -202,9 +263,15 @@ def evaluate_model(
         val_preds = predict_split(model, datamodule, "val", settings, cache)
         val_preds.to_csv(output_dir / "preds_val.csv", index=False)
     truth = label_index(datamodule.table)
+    method = datamodule.split_args.get("method", "official")
+    sources = image_sources(
+        preds[IMAGE].tolist(), read_official_lists(datamodule.root), split, datamodule.root,
+        official=method == "official",
+    )  # fmt: skip
     result = score_and_write(
-        preds, truth, model.class_names, output_dir, settings, split, val_preds
-    )
+        preds, truth, model.class_names, output_dir, settings, split, val_preds,
+        f"data.split.method={method}, {sources.header}",
+    )  # fmt: skip
     if cache is not None and settings.calibrate != "none":
         cache.store_file(output_dir / "calibration.json", f"calibration_{settings.calibrate}.json")
     return result

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_sha256
-from chexnet_pl.serving.card import find_thresholds, model_card, read_sidecar, sidecar_path
+from chexnet_pl.serving.card import model_card, read_sidecar, sidecar_path
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
 from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
@@ -108,12 +109,15 @@ def load_backend(
         served = OnnxBackend(
             onnx_bytes(ServedModel(module, cams=cam_available(module)), image_size)
         )
-    values, source = find_thresholds(checkpoint, thresholds, module.class_names)
+    operating = operating_thresholds(checkpoint, thresholds, module.class_names)
     outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
     card = model_card(
-        checkpoint, module.hparams.backbone, module.class_names, image_size, values, source,
-        outputs, checkpoint_sha256=sha256,
+        checkpoint, module.hparams.backbone, module.class_names, image_size,
+        list(operating.values), None, outputs, checkpoint_sha256=sha256,
     )  # fmt: skip
+    # What the page and GET /model show: file names, never the server's folders.
+    card["checkpoint"] = checkpoint.name
+    card["thresholds_source"] = operating.public_description
     card["heatmaps"] = served.heatmaps
     return served, card
 
