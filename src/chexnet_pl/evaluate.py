@@ -121,7 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         table, metrics = score_and_write(
             preds, truth, names, output_dir, settings, split, val_preds,
-            f"{Path(cfg.preds).name}, {sources.header}",
+            sources, Path(cfg.preds).name,
         )  # fmt: skip
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             metrics |= compare_with(cfg, preds, names, truth, settings, None)

@@ -43,13 +43,19 @@ class ParameterSummary(ModelSummary):
         total_flops: int = 0,
         **summarize_kwargs: Any,
     ) -> None:
-        columns = [(name, values) for name, values in summary_data if name != "FLOPs" or total_flops]
+        columns = [
+            (name, values) for name, values in summary_data if name != "FLOPs" or total_flops
+        ]
         rows = len(columns[0][1]) if columns else 0
         widths = [max([len(name), *(len(str(v)) for v in values)]) for name, values in columns]
         lines = [" | ".join(name.ljust(w) for (name, _), w in zip(columns, widths, strict=True))]
         lines.append("-" * len(lines[0]))
         for i in range(rows):
-            lines.append(" | ".join(str(values[i]).ljust(w) for (_, values), w in zip(columns, widths, strict=True)))
+            lines.append(
+                " | ".join(
+                    str(values[i]).ljust(w) for (_, values), w in zip(columns, widths, strict=True)
+                )
+            )
         lines.append("-" * len(lines[0]))
         lines.append(
             f"{trainable_parameters / 1e6:.1f} M trainable parameters, "

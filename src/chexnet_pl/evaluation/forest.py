@@ -70,7 +70,7 @@ def shared_limits(frame: pd.DataFrame, margin: float = 0.02) -> tuple[float, flo
     values = values[np.isfinite(values)]
     if not len(values):
         return 0.0, 1.0
-    return max(0.0, float(values.min()) - margin), min(1.0, float(values.max()) + margin)
+    return max(0.0, float(values.min()) - margin), min(1.0 + margin, float(values.max()) + margin)
 
 
 def _row_label(row) -> str:

@@ -24,15 +24,15 @@ from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
 def save_figure(
     figure, path: str | Path, title: str | None = None, title_size=None, tight: bool = True
 ) -> Path:
-    """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file.
-    ``tight=False`` for figures laid out by their own grid (colour bars)."""
+    """Title, lay out, write (80 dpi PNG, folders made, the canvas grown to what is drawn) and
+    close a figure: every plot file. ``tight=False`` for figures laid out by their own grid."""
     path = Path(path)
     if title:
         figure.suptitle(title, fontsize=title_size)
     if tight:
         figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80, bbox_inches=None if tight else "tight")
+    figure.savefig(path, dpi=80, bbox_inches="tight")  # no tick label cut at the edge
     plt.close(figure)
     return path
 
@@ -95,7 +95,7 @@ def curve_figures(
                 if resamples is not None:
                     grid, low, high = roc_band(scores[:, j], positive, resamples, confidence)
                     ax.fill_between(grid, low, high, color="tab:blue", alpha=0.2, linewidth=0,
-                                    step="post", label=f"{confidence:.0%} CI (patient bootstrap)")  # fmt: skip
+                                    label=f"{confidence:.0%} CI (patient bootstrap)")  # fmt: skip
                 ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8, label="chance")
                 ax.set_xlabel("1 - specificity", fontsize=8)
                 ax.set_ylabel("sensitivity", fontsize=8)

@@ -60,16 +60,24 @@ def reliability_figure(
 ) -> plt.Figure:
     """The figure: per class a curve panel over a histogram panel (sharing the x-axis)."""
     rows = -(-len(class_names) // COLUMNS)
-    figure = plt.figure(figsize=(3.3 * COLUMNS, 4.3 * rows))
-    outer = figure.add_gridspec(rows, COLUMNS, hspace=0.55, wspace=0.38)
+    figure = plt.figure(figsize=(3.3 * COLUMNS, 4.0 * rows + 0.6))
+    outer = figure.add_gridspec(rows, COLUMNS, hspace=0.45, wspace=0.38, top=0.9)
     for j, name in enumerate(class_names):
         cell = outer[j // COLUMNS, j % COLUMNS].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
         curve_ax = figure.add_subplot(cell[0])
         histogram_ax = figure.add_subplot(cell[1], sharex=curve_ax)
         _panel(curve_ax, histogram_ax, scores[:, j], labels[:, j] > 0.5, name, bins, ece,
                None if calibrated is None else calibrated[:, j], calibrated_ece, method)  # fmt: skip
+    handles, labels = [], []
+    for ax in figure.axes:  # one legend for the figure: every panel draws the same curves
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9,
+                  bbox_to_anchor=(0.5, 0.965), frameon=False)  # fmt: skip
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, y=0.995)
     return figure
 
 
@@ -104,8 +112,6 @@ def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, c
                   label="perfectly calibrated")  # fmt: skip
     curve_ax.set_xlim(0, limit)
     curve_ax.set_ylim(0, limit)
-    curve_ax.set_aspect("equal", adjustable="box")
-    curve_ax.legend(loc="upper left", fontsize=6)
     outside = int((raw > limit).sum())
     histogram_ax.hist(raw[raw <= limit], bins=30, range=(0, limit), color="lightgrey",
                       edgecolor="grey", linewidth=0.3)  # fmt: skip
@@ -131,5 +137,5 @@ def plot_reliability(
 ) -> Path:
     """``reliability.png`` (see the module docstring)."""
     figure = reliability_figure(scores, labels, class_names, bins, ece, calibrated,
-                                calibrated_ece, method)  # fmt: skip
-    return save_figure(figure, path, title, tight=False)
+                                calibrated_ece, method, title)  # fmt: skip
+    return save_figure(figure, path, tight=False)

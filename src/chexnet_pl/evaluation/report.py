@@ -123,8 +123,11 @@ def score_predictions(
 
 
 def format_report(table: pd.DataFrame) -> str:
-    """Readable text: undefined values say so instead of NaN."""
+    """Readable text: undefined values say so instead of NaN; no paper columns when they were
+    blanked (images that are not the paper's test set)."""
     shown = table.copy()
+    if "paper_auroc" in shown and shown["paper_auroc"].isna().all():
+        shown = shown.drop(columns=["paper_auroc", "diff_vs_paper"])
     for column in ("positives", "negatives"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{int(v)}")
     if "ci_low" in shown:

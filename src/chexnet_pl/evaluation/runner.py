@@ -18,7 +18,7 @@ from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.calibration import write_calibration_report
 from chexnet_pl.evaluation.plots import plot_curves
 from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
-from chexnet_pl.evaluation.provenance import image_sources, read_official_lists
+from chexnet_pl.evaluation.provenance import ImageSources, image_sources, read_official_lists
 from chexnet_pl.evaluation.report import (
     MEAN_ROW,
     choose_threshold,
@@ -116,10 +116,13 @@ def score_and_write(
     settings: EvaluationSettings,
     split: str = "test",
     val_preds: pd.DataFrame | None = None,
-    sources: str = "",
+    sources: ImageSources | None = None,
+    source_label: str = "",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score a predictions table against ``truth`` (see ``label_index``); write aucs.csv and plots.
-    ``sources``: where the images come from (``provenance.ImageSources.header``), for the report."""
+    ``sources``: where the images come from (the official lists), said in the report's header
+    after ``source_label``; a "test" score of images outside the official test list gets no
+    comparison with the paper's test AUROCs."""
     if preds.empty:
         raise DataError(f"no predictions to score for the {split} split")
     scores, labels, patients = _aligned(preds, truth, names)
@@ -141,6 +144,8 @@ def score_and_write(
         scores, labels, patients, names, settings.bootstrap_samples, settings.bootstrap_seed,
         settings.confidence, thresholds,
     )  # fmt: skip
+    if sources is not None and sources.outside_split and split == "test":
+        table[["paper_auroc", "diff_vs_paper"]] = np.nan  # not the paper's test set
     output_dir.mkdir(parents=True, exist_ok=True)
     calibration, fitted, calibration_line = write_calibration_report(
         scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
@@ -172,7 +177,8 @@ def score_and_write(
     )  # fmt: skip
     log.info(
         "%s split: %s; %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
-        split, sources or f"{len(preds)} images", len(set(patients)), settings.threshold,
+        split, ", ".join(filter(None, [source_label, sources.header if sources else f"{len(preds)} images"])),
+        len(set(patients)), settings.threshold,
         chosen_on, format_report(table.drop(columns=["ece", "brier"])), calibration_line,
         f"\n{format_summary(subgroups)}" if subgroups else "",
     )  # fmt: skip
@@ -270,7 +276,7 @@ def evaluate_model(
     )  # fmt: skip
     result = score_and_write(
         preds, truth, model.class_names, output_dir, settings, split, val_preds,
-        f"data.split.method={method}, {sources.header}",
+        sources, f"data.split.method={method}",
     )  # fmt: skip
     if cache is not None and settings.calibrate != "none":
         cache.store_file(output_dir / "calibration.json", f"calibration_{settings.calibrate}.json")

@@ -255,7 +255,9 @@ def _attribute_rows(
         j = names.index(name) if name != MEAN else len(names)
         row = {"attribute": attribute, "subgroup": GAP, "finding": name, "auroc": float(gap_point[j]),
                "subgroups_compared": int(usable_with_mean[:, j].sum())}  # fmt: skip
-        if name != MEAN:
+        if name == MEAN:
+            row |= {"findings_in_mean": len(in_every), "findings_left_out": ", ".join(left_out)}
+        else:
             shown = cells[(cells["finding"] == name) & (cells["note"] == "")]
             row |= {"tpr": _spread(shown["tpr"]), "fpr": _spread(shown["fpr"])}
         if gap_low is not None:

@@ -35,11 +35,21 @@ def upsample(heatmap: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.n
 
 
 def shown_from(heatmap: np.ndarray, top_percent: float = SHOWN_TOP_PERCENT) -> float:
-    """The map value above which the map is drawn: its (100 - top_percent)th percentile (a flat
-    map is not drawn at all)."""
+    """The map value from which the map is drawn: its (100 - top_percent)th percentile (inf for
+    a flat map, which is not drawn)."""
     heat = np.asarray(heatmap, dtype=np.float32)
-    cut = float(np.percentile(heat, 100.0 - top_percent))
-    return cut if heat.max() > heat.min() else float("inf")
+    return (
+        float(np.percentile(heat, 100.0 - top_percent)) if heat.max() > heat.min() else float("inf")
+    )
+
+
+def drawn(heatmap: np.ndarray, top_percent: float = SHOWN_TOP_PERCENT) -> np.ndarray:
+    """Where the map is drawn: above ``shown_from`` (at most ``top_percent`` of the pixels; a map
+    that is mostly its minimum is drawn only where it rises above it)."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    cut = shown_from(heat, top_percent)
+    above = heat > cut
+    return above if above.any() or not np.isfinite(cut) else heat >= cut
 
 
 def overlay(
@@ -55,7 +65,7 @@ def overlay(
     heat = np.clip(heat, 0, 1)
     colours = matplotlib.colormaps[colormap](heat)[..., :3]
     base = np.repeat((gray.astype(np.float32) / 255.0)[..., None], 3, axis=-1)
-    alpha = np.where(heat >= shown_from(heat, top_percent), opacity, 0.0)[..., None]
+    alpha = np.where(drawn(heat, top_percent), opacity, 0.0)[..., None]
     return (np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -117,15 +127,16 @@ def overlay_figure(
     left.axis("off")
     scale = plt.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
     colorbar = figure.colorbar(scale, cax=bar, orientation="horizontal")
-    cut = shown_from(np.clip(heat, 0, 1))
-    shown = (
-        f"drawn where ≥ {cut:.2f} (its top {SHOWN_TOP_PERCENT:.0f}%)"
-        if np.isfinite(cut)
-        else "flat: not drawn"
-    )
-    if np.isfinite(cut):
+    bar.set_label("<colorbar>")  # as matplotlib names the colour bars it makes itself
+    heat = np.clip(heat, 0, 1)
+    mask = drawn(heat)
+    if mask.any():
+        cut = float(heat[mask].min())
+        shown = f"drawn from {cut:.2f} (at most its top {SHOWN_TOP_PERCENT:.0f}%)"
         bar.axvspan(0, cut, color="white", alpha=0.75)
         bar.axvline(cut, color="black", linewidth=1)
+    else:
+        shown = "flat: not drawn"
     colorbar.set_label(
         f"heat map of {finding.replace('_', ' ')}, scaled to 0–1; {shown}", fontsize=9
     )
