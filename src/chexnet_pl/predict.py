@@ -2,6 +2,10 @@
 
 chexnet-predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
 chexnet-predict ckpt=best.ckpt images=folder/ [out=folder] [calibration=calibration.json]
+
+The model runs on ONNX Runtime when ``chexnet-export ckpt=best.ckpt format=onnx cams=true`` has
+written ``best.onnx`` of this very checkpoint beside it (``backend=auto``): PyTorch is then never
+imported and the command answers in about two seconds; else on PyTorch.
 """
 
 from __future__ import annotations
@@ -13,19 +17,59 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.figures import prediction_table, table_text
-from chexnet_pl.visualization.heatmaps import check_method
 from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_readable
+from chexnet_pl.visualization.methods import check_method
+from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
 
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped.csv"  # images of images= that could not be read, with the reason
 TABLES_SHOWN = 3  # images whose whole table is printed; beyond, one line per image
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def open_model(cfg: DictConfig):
+    """The model to explain with (an ``Explainer``) and its input size, by ``backend``: the ONNX
+    export of the checkpoint beside it when there is one that fits (``auto``, ``onnx``), else
+    the PyTorch network (``auto``, ``torch``)."""
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(
+            f"backend={cfg.backend!r} is not a valid setting; use one of: {', '.join(BACKENDS)}"
+        )
+    checkpoint = Path(cfg.ckpt).expanduser()
+    if cfg.backend != "torch":
+        export, why_not = find_export(checkpoint)
+        if export is not None and cfg.method not in ("auto", "cam"):
+            export, why_not = None, f"method={cfg.method} needs PyTorch (the export has CAMs only)"
+        if (
+            export is not None
+            and cfg.image_size
+            and int(cfg.image_size) != int(export.card["image_size"])
+        ):
+            export, why_not = (
+                None,
+                f"{export.path.name} takes {export.card['image_size']} px, not image_size={cfg.image_size}",
+            )
+        if export is not None:
+            explainer = OnnxExplainer(export)
+            log.info("model: %s on ONNX Runtime (exported from this checkpoint)", export.path)
+            return explainer, explainer.image_size
+        if cfg.backend == "onnx":
+            raise DataError(
+                f"backend=onnx: {why_not}; export it with: {export_command(checkpoint)}"
+            )
+        log.info("model: %s on PyTorch (%s; for a start in seconds, once: %s)", checkpoint.name,
+                 why_not, export_command(checkpoint))  # fmt: skip
+    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.visualization.torch_explainer import TorchExplainer
+
+    run = load_run(checkpoint)
+    return TorchExplainer(run.model, cfg.method), int(cfg.image_size or run.image_size)
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -34,10 +78,8 @@ def predict(cfg: DictConfig) -> Path:
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
     check_method(cfg.method)
     out_dir = Path(cfg.out or cfg.paths.output_dir)
-    run = load_run(cfg.ckpt)
-    model = run.model
-    image_size = int(cfg.image_size or run.image_size)
     paths = image_files(cfg.image, cfg.images)
+    model, image_size = open_model(cfg)
     operating = operating_thresholds(cfg.ckpt, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(
         cfg.get("calibration"), operating, model.class_names

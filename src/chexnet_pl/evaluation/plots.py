@@ -22,17 +22,23 @@ from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
 
 
 def save_figure(
-    figure, path: str | Path, title: str | None = None, title_size=None, tight: bool = True
+    figure,
+    path: str | Path,
+    title: str | None = None,
+    title_size=None,
+    tight: bool = True,
+    crop: bool = True,
 ) -> Path:
-    """Title, lay out, write (80 dpi PNG, folders made, the canvas grown to what is drawn) and
-    close a figure: every plot file. ``tight=False`` for figures laid out by their own grid."""
+    """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file.
+    ``tight=False`` for figures laid out by their own grid; ``crop`` fits the canvas to what is
+    drawn (no tick label cut at the edge; it draws the figure twice)."""
     path = Path(path)
     if title:
         figure.suptitle(title, fontsize=title_size)
     if tight:
         figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80, bbox_inches="tight")  # no tick label cut at the edge
+    figure.savefig(path, dpi=80, bbox_inches="tight" if crop else None)
     plt.close(figure)
     return path
 

@@ -14,24 +14,25 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from chexnet_pl.evaluation.plots import save_figure as write_figure  # noqa: E402
 
 COLORMAP = "inferno"
 SHOWN_TOP_PERCENT = 20.0  # of the map's pixels: the rest of the X-ray is shown as it is
 OPACITY = 0.55
+DISPLAY_SIDE = 640  # px: the overlay is drawn at about this size in the figure
 TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree")
 
 
-def upsample(heatmap: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """A low-resolution map → ``shape`` (the original X-ray's), bilinear."""
-    tensor = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A low-resolution map → ``shape`` (the original X-ray's), bilinear (pixel centres aligned,
+    as torch's ``interpolate(align_corners=False)``; OpenCV, so predicting needs no torch here)."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    return cv2.resize(heat, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
 
 
 def shown_from(heatmap: np.ndarray, top_percent: float = SHOWN_TOP_PERCENT) -> float:
@@ -116,17 +117,23 @@ def overlay_figure(
     the ground truth in red); returns the matplotlib figure."""
     figure = plt.figure(figsize=(13, 7))
     grid = figure.add_gridspec(2, 2, width_ratios=[1, 1], height_ratios=[1, 0.035], hspace=0.12,
-                               wspace=0.05)  # fmt: skip
+                               wspace=0.05, left=0.02, right=0.99, top=0.9, bottom=0.08)  # fmt: skip
     left, bar = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[1, 0])
     right = figure.add_subplot(grid[:, 1])
+    # Drawn at the size the figure shows it (about 500 px a side at 80 dpi): the same picture as
+    # the full resolution, at a fraction of the colour mapping and drawing.
+    scale = min(1.0, DISPLAY_SIDE / max(gray.shape))
+    if scale < 1.0:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     heat = upsample(heatmap, gray.shape) if heatmap.shape != gray.shape else heatmap
-    left.imshow(overlay(gray, heat))
+    left.imshow(overlay(gray, heat), interpolation="antialiased")
     row = table[table["finding"] == finding]
     threshold = f", threshold {row['threshold'].iloc[0]:.3f}" if len(row) else ""
     left.set_title(f"{finding.replace('_', ' ')}: p = {probability:.3f}{threshold}", fontsize=12)
     left.axis("off")
-    scale = plt.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
-    colorbar = figure.colorbar(scale, cax=bar, orientation="horizontal")
+    mappable = plt.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
+    colorbar = figure.colorbar(mappable, cax=bar, orientation="horizontal")
     bar.set_label("<colorbar>")  # as matplotlib names the colour bars it makes itself
     heat = np.clip(heat, 0, 1)
     mask = drawn(heat)
@@ -177,6 +184,6 @@ def save_figure(
     title: str = "",
     thresholds_note: str = "",
 ) -> Path:
-    """``overlay_figure`` written as a PNG."""
-    figure = overlay_figure(gray, heatmap, finding, probability, table, "", thresholds_note)
-    return write_figure(figure, path, title, title_size=10, tight=False)
+    """``overlay_figure`` written as a PNG (laid out by its own grid: drawn once)."""
+    figure = overlay_figure(gray, heatmap, finding, probability, table, title, thresholds_note)
+    return write_figure(figure, path, tight=False, crop=False)

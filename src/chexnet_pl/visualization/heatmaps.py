@@ -17,39 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chexnet_pl.errors import ChexnetError, ConfigError
-
-# name → class of the ``grad-cam`` package, imported when a map is asked of it: importing the
-# package (it pulls in scikit-learn, SciPy and more) costs seconds at every command's start.
-GRAD_METHODS = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM",
-    "gradcamelementwise": "GradCAMElementWise",
-}
-METHODS = ("auto", "cam", *GRAD_METHODS)
-
-
-class CAMUnavailableError(ChexnetError, ValueError):
-    """CAM was asked of a backbone whose head is not global average pooling + one linear layer."""
-
-
-class UnknownMethodError(ConfigError):
-    """A heat-map method name that is not one of ``METHODS``."""
-
-
-def check_method(method: str, setting: str = "method") -> str:
-    """``method`` when it names a heat-map method, else an error naming ``setting`` and the choices."""
-    if method not in METHODS:
-        raise UnknownMethodError(
-            f"{setting}={method!r} is not a heat-map method; use one of {METHODS}"
-        )
-    return method
+from chexnet_pl.visualization.methods import (  # noqa: F401  (re-exported: the heat-map API)
+    GRAD_METHODS,
+    METHODS,
+    CAMUnavailableError,
+    UnknownMethodError,
+    check_method,
+)
 
 
 def cam_available(model) -> bool:
