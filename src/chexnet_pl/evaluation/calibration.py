@@ -191,11 +191,11 @@ def calibration_table(
 
 
 def format_calibration_line(
-    before: pd.DataFrame, after: pd.DataFrame | None, method: str, bins: int, split: str
+    before: pd.DataFrame, after: pd.DataFrame | None, method: str, bins: int, scope: str
 ) -> str:
     mean = before.loc[MEAN_ROW]
     line = (
-        f"Calibration on {split} (mean over the 14 findings, {bins} bins): ECE equal-mass "
+        f"Calibration on {scope} (mean over the 14 findings, {bins} bins): ECE equal-mass "
         f"{mean['ece_equal_mass']:.4f}, equal-width {mean['ece_equal_width']:.4f}, "
         f"Brier {mean['brier']:.4f}"
     )
@@ -217,7 +217,7 @@ def write_calibration_report(
     bins: int = 15,
     val_scores: np.ndarray | None = None,
     val_labels: np.ndarray | None = None,
-    split: str = "test",
+    scope: str = "test split",
     plots: bool = True,
 ) -> tuple[pd.DataFrame, Calibration | None, str]:
     """``calibration.csv`` (before and, with a method, after scaling fitted on ``val_*``),
@@ -252,6 +252,6 @@ def write_calibration_report(
     if plots:
         plot_reliability(
             scores, labels, class_names, output_dir / "reliability.png", bins, before, calibrated,
-            after, method, title=f"{split} split, {len(scores)} images: reliability (equal-mass bins)",
+            after, method, title=f"{scope}, {len(scores)} images: reliability (equal-mass bins)",
         )  # fmt: skip
-    return table, calibration, format_calibration_line(before, after, method, bins, split)
+    return table, calibration, format_calibration_line(before, after, method, bins, scope)

@@ -144,12 +144,18 @@ def score_and_write(
         scores, labels, patients, names, settings.bootstrap_samples, settings.bootstrap_seed,
         settings.confidence, thresholds,
     )  # fmt: skip
-    if sources is not None and sources.outside_split and split == "test":
-        table[["paper_auroc", "diff_vs_paper"]] = np.nan  # not the paper's test set
+    # What the figures and the calibration line call the images: a split, or what they are not.
+    scope = f"{split} split"
+    if sources is not None and sources.outside_split:
+        scope = (
+            f"scored as {split}, NOT the official {split} list ({sources.outside_split} outside it)"
+        )
+        if split == "test":
+            table[["paper_auroc", "diff_vs_paper"]] = np.nan  # not the paper's test set
     output_dir.mkdir(parents=True, exist_ok=True)
     calibration, fitted, calibration_line = write_calibration_report(
         scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
-        val_scores if chosen_on == "val" else None, val_labels, split, settings.plots,
+        val_scores if chosen_on == "val" else None, val_labels, scope, settings.plots,
     )  # fmt: skip
     table[["ece", "brier"]] = calibration[["ece_equal_mass", "brier"]].reindex(table.index)
     if fitted is not None:
@@ -164,7 +170,7 @@ def score_and_write(
             else None
         )
         plot_curves(
-            scores, labels, names, output_dir, f"{split} split, {len(preds)} images",
+            scores, labels, names, output_dir, f"{scope}, {len(preds)} images",
             patients, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
             intervals,
         )  # fmt: skip
@@ -172,7 +178,7 @@ def score_and_write(
     subgroups = write_subgroup_report(
         scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds, spec, output_dir,
         settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
-        table["auroc"].to_dict(), settings.plots, split,
+        table["auroc"].to_dict(), settings.plots, scope,
         underdiagnosis_threshold(val_scores, val_labels, names, spec, chosen_on),
     )  # fmt: skip
     log.info(

@@ -60,9 +60,13 @@ def format_summary(result: SubgroupResult, largest: int = 3) -> str:
             for _, r in block.iterrows()
         ]
         where = GROUP_WORDS.get(str(attribute), "every subgroup")
-        lines.append(
-            f"  {attribute:<5} mean over the {count} findings usable in {where}{left_out}:"
-        )
+        groups = block[block["subgroup"] != GAP]
+        if count == 0 and groups["note"].isin([TOO_SMALL, UNKNOWN]).all():
+            lines.append(f"  {attribute:<5} no subgroup is large enough to compare:")
+        else:
+            lines.append(
+                f"  {attribute:<5} mean over the {count} findings usable in {where}{left_out}:"
+            )
         lines.append("        " + " | ".join(cells))
     gaps = table[(table["subgroup"] == GAP) & ~table["finding"].isin([MEAN, NO_FINDING])]
     gaps = gaps.dropna(subset=["auroc"])

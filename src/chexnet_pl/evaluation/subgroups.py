@@ -341,7 +341,7 @@ def write_subgroup_report(
     confidence: float = 0.95,
     overall: dict[str, float] | None = None,
     plots: bool = True,
-    split: str = "test",
+    scope: str = "test split",
     no_finding_threshold: NoFindingThreshold | None = None,
 ) -> SubgroupResult | None:
     """``subgroups.csv``, ``underdiagnosis.csv`` (15-output models) and ``subgroups_forest.png``;
@@ -367,7 +367,7 @@ def write_subgroup_report(
 
         plot_subgroup_forest(
             result.table, output_dir / "subgroups_forest.png", overall,
-            title=f"{split} split: AUROC by subgroup ({confidence:.0%} CI, patient bootstrap); "
+            title=f"{scope}: AUROC by subgroup ({confidence:.0%} CI, patient bootstrap); "
             f"dotted: all images; grey: too small ({spec.size_rule}) or unknown, left out of gaps",
         )  # fmt: skip
     return result
