@@ -148,7 +148,7 @@ def score_and_write(
     scope = f"{split} split"
     if sources is not None and sources.outside_split:
         scope = (
-            f"scored as {split}, NOT the official {split} list ({sources.outside_split} outside it)"
+            f"images scored as {split} ({sources.outside_split} NOT in the official {split} list)"
         )
         if split == "test":
             table[["paper_auroc", "diff_vs_paper"]] = np.nan  # not the paper's test set
