@@ -116,7 +116,7 @@ def curve_figures(
                            label=f"no skill (prevalence {prevalence:.3f})")  # fmt: skip
                 ax.set_xlabel("recall (sensitivity)", fontsize=8)
                 ax.set_ylabel("precision (PPV)", fontsize=8)
-                ax.legend(loc="upper right", fontsize=7)
+                ax.legend(loc="best", fontsize=7)  # PR curves fill the top left or the top right
         if title:
             figure.suptitle(title)
         figures[kind] = figure
