@@ -23,6 +23,9 @@ VIEW = "View Position"
 METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #")
 ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW}
 UNKNOWN = "unknown"
+# Why a subgroup or cell is left out of gaps and means (the report's ``note`` column).
+TOO_SMALL = "too small"
+UNDEFINED = "undefined"
 
 
 @dataclass(frozen=True)

@@ -33,27 +33,20 @@ from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, per
 from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's public names)
     ATTRIBUTES,
     METADATA_COLUMNS,
+    TOO_SMALL,
+    UNDEFINED,
     UNKNOWN,
     Subgroups,
     age_bands,
     subgroup_labels,
 )
+from chexnet_pl.evaluation.underdiagnosis import NoFindingThreshold, share, underdiagnosis_rows
 from chexnet_pl.labels import NO_FINDING, finding_names
 
 log = logging.getLogger(__name__)
 
 GAP = "gap (max - min)"
 MEAN = "Mean (findings usable in every subgroup)"
-TOO_SMALL = "too small"
-UNDEFINED = "undefined"
-
-
-@dataclass(frozen=True)
-class NoFindingThreshold:
-    """The threshold underdiagnosis is measured at, and how it was chosen (for the report)."""
-
-    value: float
-    rule: str  # e.g. "F1-maximising on val"
 
 
 @dataclass
@@ -158,7 +151,7 @@ def score_subgroups(
         )
     under = None
     if no_finding is not None:
-        under = _underdiagnosis(
+        under = underdiagnosis_rows(
             groups, codes, under_resampled, has_finding, missed, patients, no_finding_threshold,
             bootstrap_samples, confidence, spec,
         )  # fmt: skip
@@ -234,8 +227,8 @@ def _attribute_rows(
                 row |= {
                     "positives": int(pos[g, j]), "negatives": int(neg[g, j]), "auroc": float(point[g, j]),
                     "threshold": float(thresholds[j]),
-                    "tpr": _share(predicted & positive[in_group, j], positive[in_group, j]),
-                    "fpr": _share(predicted & ~positive[in_group, j], ~positive[in_group, j]),
+                    "tpr": share(predicted & positive[in_group, j], positive[in_group, j]),
+                    "fpr": share(predicted & ~positive[in_group, j], ~positive[in_group, j]),
                 }  # fmt: skip
             if low is not None:
                 row |= {"ci_low": float(low[g, j]), "ci_high": float(high[g, j])}
@@ -278,53 +271,9 @@ def _note(group: str, group_compared: bool, auroc: float, usable: bool) -> str:
     return "" if usable else TOO_SMALL
 
 
-def _share(hits: np.ndarray, of: np.ndarray) -> float:
-    total = int(of.sum())
-    return float(hits.sum() / total) if total else float("nan")
-
-
 def _spread(values: pd.Series) -> float:
     values = values.dropna()
     return float(values.max() - values.min()) if len(values) >= 2 else float("nan")
-
-
-def _underdiagnosis(
-    groups, codes, resampled, has_finding, missed, patients, threshold, bootstrap_samples,
-    confidence, spec,
-) -> pd.DataFrame:  # fmt: skip
-    rows = []
-    for attribute, (_, group_names) in groups.items():
-        c = codes[attribute]
-        low = high = None
-        if bootstrap_samples > 0:
-            low, high = percentile_interval(np.concatenate(resampled[attribute]), confidence)
-        for g, group in enumerate(group_names):
-            with_finding = (c == g) & has_finding
-            rate = _share(missed & with_finding, with_finding)
-            row = {
-                "attribute": attribute, "subgroup": group, "images": int((c == g).sum()),
-                "images_with_finding": int(with_finding.sum()),
-                "patients_with_finding": int(len(np.unique(patients[with_finding]))),
-                "called_no_finding": int((missed & with_finding).sum()),
-                "underdiagnosis_rate": rate, "no_finding_threshold": threshold.value,
-                "threshold_rule": threshold.rule,
-            }  # fmt: skip
-            if low is not None:
-                defined = not np.isnan(rate)
-                row |= {"ci_low": float(low[g]) if defined else np.nan,
-                        "ci_high": float(high[g]) if defined else np.nan}  # fmt: skip
-            small = (c == g).sum() < spec.min_images or with_finding.sum() < spec.min_positives
-            row["note"] = (
-                UNKNOWN
-                if group == UNKNOWN
-                else UNDEFINED
-                if np.isnan(rate)
-                else TOO_SMALL
-                if small
-                else ""
-            )
-            rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def write_subgroup_report(

@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from chexnet_pl.errors import DataError
@@ -114,8 +113,3 @@ def operating_thresholds(
     thresholds = OperatingThresholds(tuple(values), source, found)
     log.info("operating thresholds from %s", thresholds.description)
     return thresholds
-
-
-def as_array(thresholds: OperatingThresholds | float, count: int) -> np.ndarray:
-    values = thresholds.values if isinstance(thresholds, OperatingThresholds) else thresholds
-    return np.broadcast_to(np.asarray(values, dtype=np.float64), (count,)).copy()
