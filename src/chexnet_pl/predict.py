@@ -33,7 +33,7 @@ TABLES_SHOWN = 3  # images whose whole table is printed; beyond, one line per im
 BACKENDS = ("auto", "torch", "onnx")
 
 
-def open_model(cfg: DictConfig):
+def open_model(cfg: DictConfig, checkpoint: Path):
     """The model to explain with (an ``Explainer``) and its input size, by ``backend``: the ONNX
     export of the checkpoint beside it when there is one that fits (``auto``, ``onnx``), else
     the PyTorch network (``auto``, ``torch``)."""
@@ -41,7 +41,6 @@ def open_model(cfg: DictConfig):
         raise ConfigError(
             f"backend={cfg.backend!r} is not a valid setting; use one of: {', '.join(BACKENDS)}"
         )
-    checkpoint = Path(cfg.ckpt).expanduser()
     if cfg.backend != "torch":
         export, why_not = find_export(checkpoint)
         if export is not None and cfg.method not in ("auto", "cam"):
@@ -77,10 +76,11 @@ def predict(cfg: DictConfig) -> Path:
     and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
     check_method(cfg.method)
+    checkpoint = Path(cfg.ckpt).expanduser()  # a missing ckpt= is said before anything else
     out_dir = Path(cfg.out or cfg.paths.output_dir)
     paths = image_files(cfg.image, cfg.images)
-    model, image_size = open_model(cfg)
-    operating = operating_thresholds(cfg.ckpt, cfg.thresholds, model.class_names)
+    model, image_size = open_model(cfg, checkpoint)
+    operating = operating_thresholds(checkpoint, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(
         cfg.get("calibration"), operating, model.class_names
     )
