@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/serve.py --backend torch
 	$(BIN)/python benchmarks/serve.py --backend onnx
+	$(BIN)/python benchmarks/startup.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -24,7 +24,9 @@ from chexnet_pl.data.nih_table import PATIENT, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
-from chexnet_pl.evaluation.subgroups import Subgroups, format_summary, write_subgroup_report
+from chexnet_pl.evaluation.runner import EvaluationSettings
+from chexnet_pl.evaluation.subgroup_summary import format_summary
+from chexnet_pl.evaluation.subgroups import write_subgroup_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +61,7 @@ def main() -> None:
     bootstrap_auroc(scores, labels, patients, args.samples)
     overall = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder:
-        spec = Subgroups()
+        spec = EvaluationSettings.from_config(None).subgroup_spec  # the shipped settings
         start = time.perf_counter()
         result = write_subgroup_report(
             scores, labels, patients, test, names, thresholds, spec, Path(folder),
@@ -71,7 +73,10 @@ def main() -> None:
             scores, labels, patients, test, names, thresholds, spec, Path(folder), args.samples
         )
         with_plot = time.perf_counter() - start
-    cells = int((result.table["subgroup"] != "gap (max - min)").sum())
+    table = result.table
+    cells = int(
+        ((table["subgroup"] != "gap (max - min)") & ~table["finding"].str.startswith("Mean")).sum()
+    )
     print(format_summary(result))
     print(
         pd.DataFrame(

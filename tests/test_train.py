@@ -204,6 +204,11 @@ def test_command_line_entry_point(synthetic_root, tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "Mean (14 findings)" in (run_dir / "train.log").read_text()
     assert (run_dir / "aucs.csv").is_file()
+    # What the user sees: the model summary, without Lightning's advertisement or zero FLOPs.
+    output = result.stdout + result.stderr
+    assert "M trainable parameters" in output
+    assert "litlogger" not in output and "FLOPs" not in output
+    assert "not supported by the model summary" not in output
 
 
 @pytest.mark.slow

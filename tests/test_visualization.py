@@ -85,7 +85,7 @@ def test_prediction_table_sorted_with_disagreements():
         "finding",
         "probability",
         "threshold",
-        "predicted",
+        "above_threshold",
     ]
 
 

@@ -68,7 +68,7 @@ class Run:
     """A trained model with what it was trained on."""
 
     path: Path
-    model: Any  # CheXNetModule, in eval mode
+    model: Any  # models.network.XrayClassifier, in eval mode
     data_settings: dict = field(default_factory=dict)
 
     @property
@@ -78,9 +78,11 @@ class Run:
 
 
 def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
-    """The checkpoint's model (eval mode, on ``device`` or the GPU when there is one) and data
-    settings; ImageNet weights are never fetched, the checkpoint holds every weight."""
-    from chexnet_pl.models.module import CheXNetModule
+    """The checkpoint's network (an ``XrayClassifier``: eval mode, on ``device`` or the GPU when
+    there is one) and data settings; ImageNet weights are never fetched, the checkpoint holds
+    every weight. Lightning is not needed (nor imported) to read a run back."""
+    from chexnet_pl.labels import class_names as default_class_names
+    from chexnet_pl.models.network import XrayClassifier
 
     path = Path(checkpoint).expanduser()
     stored = read_checkpoint(path)
@@ -90,10 +92,13 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} holds no model weights and settings; is it a chexnet_pl checkpoint "
             "(<run>/checkpoints/*.ckpt, or one written by chexnet-import-weights)?"
         )
-    model = CheXNetModule(**{**hparams, "pretrained": False, "weights_path": None})
+    names = hparams.get("class_names") or default_class_names(
+        bool(hparams.get("include_no_finding", True))
+    )
     try:
-        model.load_state_dict(stored["state_dict"])
-    except RuntimeError as exc:
+        model = XrayClassifier(hparams, names)
+        model.load_weights(stored["state_dict"])
+    except (RuntimeError, KeyError) as exc:
         raise WeightsError(
             f"{path} does not fit the model its settings describe: {str(exc).splitlines()[0][:300]}"
         ) from exc

@@ -28,6 +28,7 @@ from chexnet_pl.evaluation.compare import write_comparison
 from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
 from chexnet_pl.evaluation.external import match_model_to_data, read_internal_aucs, truth_for
 from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
+from chexnet_pl.evaluation.provenance import image_sources, keep_official_test, read_official_lists
 from chexnet_pl.evaluation.runner import (
     EvaluationSettings,
     evaluate_model,
@@ -96,6 +97,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     expert_table = None
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    if cfg.get("official_test_only") and not cfg.preds:
+        raise ChexnetError(
+            "official_test_only=true applies to preds=; with ckpt= the split comes from the "
+            "checkpoint (data.split.method=official: its test split is the official test list)"
+        )
     if cfg.ckpt:
         run = load_run(cfg.ckpt)
         if expert is not None:
@@ -134,14 +140,27 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         preds, names = read_predictions(cfg.preds, truth.index, labels)
         if expert is not None:
             expert.check_outputs(names, f"the predictions file {cfg.preds}")
+        lists_folder = (
+            Path(data["root"])
+            if data.get("root")
+            else Path(data["csv"]).parent
+            if data.get("csv")
+            else None
+        )
+        lists = read_official_lists(lists_folder)
+        if cfg.get("official_test_only"):
+            preds = preds[keep_official_test(preds[IMAGE].tolist(), lists, str(lists_folder))]
+            preds = preds.reset_index(drop=True)
+        sources = image_sources(preds[IMAGE].tolist(), lists, split, lists_folder)
         val_preds = (
             read_predictions(cfg.val_preds, truth.index, labels)[0]
             if cfg.get("val_preds")
             else None
         )
         table, metrics = score_and_write(
-            preds, truth, names, output_dir, settings, split, val_preds, reference
-        )
+            preds, truth, names, output_dir, settings, split, val_preds, reference, None,
+            sources, Path(cfg.preds).name,
+        )  # fmt: skip
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             metrics |= compare_with(cfg, preds, names, truth, settings, None)
         if expert is not None:

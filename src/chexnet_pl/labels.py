@@ -96,3 +96,16 @@ def relabel(
     for output, label in match_labels(target, source, label_map):
         result[:, list(target).index(output)] = labels[:, column[label]]
     return result
+
+
+def label_key(name: str) -> str:
+    """What two spellings of one label share: ``Pleural Thickening``, ``Pleural_Thickening`` and
+    ``pleural thickening`` are one label (figures and the page write a space, NIH's CSV and the
+    outputs an underscore)."""
+    return " ".join(str(name).replace("_", " ").split()).casefold()
+
+
+def resolve_label(name: str, class_names: Sequence[str]) -> str | None:
+    """The class in ``class_names`` that ``name`` spells (with a space or an underscore), or None."""
+    key = label_key(name)
+    return next((c for c in class_names if label_key(c) == key), None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
+import torch
 from omegaconf import DictConfig
 
 from chexnet_pl.checkpoints import load_run
@@ -59,7 +60,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
         needed = sorted(
             {names.index(f) for f in boxes.loc[boxes["Image Index"].isin(chunk), "Finding Label"]}
         )
-        maps = heatmaps(model, model_input(xrays, image_size), needed, cfg.method)
+        maps = heatmaps(model, torch.from_numpy(model_input(xrays, image_size)), needed, cfg.method)
         for i, xray in enumerate(xrays):
             for _, box in boxes[boxes["Image Index"] == xray.name].iterrows():
                 heat = upsample(

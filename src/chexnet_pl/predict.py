@@ -2,6 +2,10 @@
 
 chexnet-predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
 chexnet-predict ckpt=best.ckpt images=folder/ [out=folder] [calibration=calibration.json]
+
+The model runs on ONNX Runtime when ``chexnet-export ckpt=best.ckpt format=onnx cams=true`` has
+written ``best.onnx`` of this very checkpoint beside it (``backend=auto``): PyTorch is then never
+imported and the command answers in about two seconds; else on PyTorch.
 """
 
 from __future__ import annotations
@@ -13,17 +17,59 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.data.image_limits import check_max_pixels
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.visualization.explain import explain
-from chexnet_pl.visualization.heatmaps import check_method
+from chexnet_pl.visualization.figures import prediction_table, table_text
 from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_readable
+from chexnet_pl.visualization.methods import check_method
+from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
 
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped.csv"  # images of images= that could not be read, with the reason
+TABLES_SHOWN = 3  # images whose whole table is printed; beyond, one line per image
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def open_model(cfg: DictConfig, checkpoint: Path):
+    """The model to explain with (an ``Explainer``) and its input size, by ``backend``: the ONNX
+    export of the checkpoint beside it when there is one that fits (``auto``, ``onnx``), else
+    the PyTorch network (``auto``, ``torch``)."""
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(
+            f"backend={cfg.backend!r} is not a valid setting; use one of: {', '.join(BACKENDS)}"
+        )
+    if cfg.backend != "torch":
+        export, why_not = find_export(checkpoint)
+        if export is not None and cfg.method not in ("auto", "cam"):
+            export, why_not = None, f"method={cfg.method} needs PyTorch (the export has CAMs only)"
+        if (
+            export is not None
+            and cfg.image_size
+            and int(cfg.image_size) != int(export.card["image_size"])
+        ):
+            export, why_not = (
+                None,
+                f"{export.path.name} takes {export.card['image_size']} px, not image_size={cfg.image_size}",
+            )
+        if export is not None:
+            explainer = OnnxExplainer(export)
+            log.info("model: %s on ONNX Runtime (exported from this checkpoint)", export.path)
+            return explainer, explainer.image_size
+        if cfg.backend == "onnx":
+            raise DataError(
+                f"backend=onnx: {why_not}; export it with: {export_command(checkpoint)}"
+            )
+        log.info("model: %s on PyTorch (%s; for a start in seconds, once: %s)", checkpoint.name,
+                 why_not, export_command(checkpoint))  # fmt: skip
+    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.visualization.torch_explainer import TorchExplainer
+
+    run = load_run(checkpoint)
+    return TorchExplainer(run.model, cfg.method), int(cfg.image_size or run.image_size)
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -32,13 +78,13 @@ def predict(cfg: DictConfig) -> Path:
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
     check_method(cfg.method)
     max_pixels = check_max_pixels(cfg.max_pixels)
+    checkpoint = Path(cfg.ckpt).expanduser()  # a missing ckpt= is said before anything else
     out_dir = Path(cfg.out or cfg.paths.output_dir)
-    run = load_run(cfg.ckpt)
-    model = run.model
-    image_size = int(cfg.image_size or run.image_size)
     paths = image_files(cfg.image, cfg.images)
+    model, image_size = open_model(cfg, checkpoint)
+    operating = operating_thresholds(checkpoint, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(
-        cfg.get("calibration"), cfg.thresholds, model.class_names
+        cfg.get("calibration"), operating, model.class_names
     )
     frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
@@ -56,6 +102,7 @@ def predict(cfg: DictConfig) -> Path:
                 thresholds=thresholds,
                 top_k=int(cfg.top_k),
                 calibration=calibration,
+                thresholds_note=operating.description,
             )
         )
     if skipped:
@@ -72,10 +119,38 @@ def predict(cfg: DictConfig) -> Path:
         )
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out_dir / "predictions.csv", index=False)
-    shown = table.head(10).set_index("Image Index").T.round(3).to_string()
-    more = f"\n(first 10 of {len(table)}; all in predictions.csv)" if len(table) > 10 else ""
-    log.info("%d image(s) → %s\n%s%s", len(table), out_dir, shown, more)
+    log.info(
+        "%d image(s) → %s; thresholds: %s\n%s", len(table), out_dir, operating.description,
+        summary(table, model.class_names, thresholds),
+    )  # fmt: skip
     return out_dir
+
+
+def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]) -> str:
+    """What is printed: each image's prediction table (finding, probability, threshold, above),
+    as on the web page; beyond a few images, one line each with its findings above threshold."""
+    columns = [f"prob_{name}" for name in class_names]
+    tables = [
+        (name, prediction_table(row, class_names, thresholds=thresholds))
+        for name, row in zip(table["Image Index"], table[columns].to_numpy(), strict=True)
+    ]
+    if len(tables) <= TABLES_SHOWN:
+        return "\n".join(
+            f"{name}\n{table_text(rows).to_string(index=False)}" for name, rows in tables
+        )
+    lines = []
+    for name, rows in tables[:10]:
+        above = rows[rows["above_threshold"]]
+        found = ", ".join(
+            f"{r.finding.replace('_', ' ')} {r.probability:.3f} (threshold {r.threshold:.3f})"
+            for r in above.itertuples()
+        )
+        lines.append(f"{name}: {found or 'no finding above its threshold'}")
+    if len(tables) > 10:
+        lines.append(
+            f"(first 10 of {len(tables)}; every table in <image>.csv, all in predictions.csv)"
+        )
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")

@@ -23,6 +23,7 @@ from chexnet_pl.errors import ConfigError, shown
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.runner import EvaluationSettings
+from chexnet_pl.evaluation.subgroup_labels import Subgroups
 from chexnet_pl.models.backbones import BACKBONES
 from chexnet_pl.models.module import OPTIMIZERS, SCHEDULERS
 from chexnet_pl.models.precision import check_precision
@@ -123,6 +124,7 @@ def check_evaluation(section: Mapping[str, Any] | None, prefix: str = "evaluatio
     check_number(f"{prefix}.bootstrap_seed", settings.bootstrap_seed, minimum=0, integer=True)
     check_number(f"{prefix}.confidence", settings.confidence, minimum=0, maximum=1, exclusive=True)
     check_choice(f"{prefix}.plots", settings.plots, (True, False))
+    Subgroups.from_settings(settings)  # the subgroup report judges its own settings
 
 
 def check_model(model: Mapping[str, Any], monitors: Sequence[str]) -> None:

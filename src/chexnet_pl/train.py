@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
 from chexnet_pl.callbacks import SyncFreeProgressBar
+from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
 from chexnet_pl.checkpoints import load_run
 from chexnet_pl.cli import CONFIG_PATH, instantiate, user_errors_exit
 from chexnet_pl.data.datamodule import split_global_batch
@@ -77,6 +78,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(SyncFreeProgressBar())  # Lightning's own reads the device every step
+    quiet_lightning()
+    if cfg.trainer.get("enable_model_summary", True):
+        callbacks.append(ParameterSummary(max_depth=1))  # Lightning's prints "Total FLOPs: 0"
     loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 
 from chexnet_pl.checkpoints import datamodule_for, load_run
@@ -17,6 +18,8 @@ from chexnet_pl.cli import CONFIG_PATH, run_or_exit
 from chexnet_pl.data.image_limits import check_max_pixels
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.thresholds import operating_thresholds
+from chexnet_pl.labels import resolve_label
 from chexnet_pl.visualization.explain import XRay, explain
 from chexnet_pl.visualization.heatmaps import check_method
 from chexnet_pl.visualization.inputs import calibration_and_thresholds
@@ -29,20 +32,23 @@ def visualize(cfg: DictConfig) -> Path:
     max_pixels = check_max_pixels(cfg.max_pixels)
     run = load_run(cfg.ckpt)
     model = run.model
-    if cfg.label not in model.class_names:
+    label = resolve_label(str(cfg.label), model.class_names)
+    if label is None:
         raise DataError(
-            f"label={cfg.label!r} is not an output of this model; choose one of {model.class_names}"
+            f"label={cfg.label!r} is not an output of this model; choose one of {model.class_names} "
+            "(a space or an underscore: Pleural Thickening = Pleural_Thickening)"
         )
+    operating = operating_thresholds(cfg.ckpt, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(  # checked before any image is read
-        cfg.get("calibration"), cfg.thresholds, model.class_names
+        cfg.get("calibration"), operating, model.class_names
     )
     datamodule = datamodule_for(run, cfg.data, cfg.paths.output_dir)
     datamodule.setup()
     dataset = datamodule.datasets[cfg.split]
-    column = model.class_names.index(cfg.label)
+    column = model.class_names.index(label)
     positives = np.flatnonzero(dataset.labels[:, column] > 0.5)
     if len(positives) == 0:
-        raise DataError(f"no image of the {cfg.split} split has {cfg.label}")
+        raise DataError(f"no image of the {cfg.split} split has {label}")
     rows = np.random.default_rng(cfg.seed).permutation(positives)[: int(cfg.n)]
     xrays = [
         XRay(
@@ -53,25 +59,36 @@ def visualize(cfg: DictConfig) -> Path:
         for i in rows
     ]
     out_dir = Path(cfg.paths.output_dir)
-    explain(
-        model,
-        xrays,
-        int(cfg.image_size or run.image_size),
-        out_dir,
-        cfg.method,
-        [cfg.label],
-        thresholds,
-        calibration=calibration,
-    )
+    explained = explain(
+        model, xrays, int(cfg.image_size or run.image_size), out_dir, cfg.method, [label],
+        thresholds, calibration=calibration, thresholds_note=operating.description,
+    )  # fmt: skip
     log.info(
-        "%d image(s) with %s (of %d in %s) → %s",
-        len(xrays),
-        cfg.label,
-        len(positives),
-        cfg.split,
-        out_dir,
-    )
+        "%d image(s) with %s (of %d in %s) → %s; thresholds: %s\n%s",
+        len(xrays), label, len(positives), cfg.split, out_dir, operating.description,
+        label_table(explained, model.class_names, label, thresholds, [x.name for x in xrays]),
+    )  # fmt: skip
     return out_dir
+
+
+def label_table(
+    explained: pd.DataFrame,
+    class_names: list[str],
+    label: str,
+    thresholds: list[float],
+    names: list[str],
+) -> str:
+    """One row per image: its probability of ``label``, the threshold, above or not — every image
+    has ``label``, so "no" is a miss at that threshold."""
+    j = class_names.index(label)
+    probabilities = explained[f"prob_{label}"].to_numpy()
+    table = pd.DataFrame({
+        "image": names,
+        f"p({label.replace('_', ' ')})": [f"{p:.3f}" for p in probabilities],
+        "threshold": f"{thresholds[j]:.3f}",
+        "above": ["yes" if p >= thresholds[j] else "no (missed)" for p in probabilities],
+    })  # fmt: skip
+    return table.to_string(index=False)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="visualize")

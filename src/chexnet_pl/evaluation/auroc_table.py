@@ -35,4 +35,5 @@ def auroc_table(
 
 def format_auroc_table(table: pd.DataFrame) -> str:
     """Fixed-width text; undefined values print as 'undefined', not NaN."""
-    return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="undefined")
+    shown = table.rename_axis(None)  # no stray "class" row under the header
+    return shown.to_string(float_format=lambda v: f"{v:.4f}", na_rep="undefined")

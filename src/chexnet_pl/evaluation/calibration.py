@@ -19,10 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
-from torchmetrics.functional.classification import binary_calibration_error
 
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
@@ -185,6 +181,8 @@ def fit_calibration(
     """Per class, temperature (no intercept) or Platt (slope and intercept) by maximum likelihood
     on these predictions (each class on its labelled images). A class without positives or
     negatives keeps the identity."""
+    from sklearn.linear_model import LogisticRegression
+
     if method not in CALIBRATION_METHODS[1:]:
         raise DataError(f"evaluation.calibrate={method!r}; use one of {CALIBRATION_METHODS}")
     slope, intercept = np.ones(len(class_names)), np.zeros(len(class_names))
@@ -239,6 +237,11 @@ def calibration_table(
 ) -> pd.DataFrame:
     """Per class (on its labelled images) and for the mean over the findings: ECE (equal width /
     equal mass), Brier."""
+    # Imported here: ``Calibration`` (what predict and visualize read) needs neither.
+    import torch
+    from sklearn.metrics import brier_score_loss
+    from torchmetrics.functional.classification import binary_calibration_error
+
     rows = []
     for j in range(len(class_names)):
         known = labelled(labels[:, j])
@@ -273,12 +276,12 @@ def calibration_table(
 
 
 def format_calibration_line(
-    before: pd.DataFrame, after: pd.DataFrame | None, method: str, bins: int, split: str
+    before: pd.DataFrame, after: pd.DataFrame | None, method: str, bins: int, scope: str
 ) -> str:
     mean_name = next(row for row in before.index if str(row).startswith("Mean ("))
     mean = before.loc[mean_name]
     line = (
-        f"Calibration on {split} (mean over the {mean_name[len('Mean (') : -1]}, {bins} bins): "
+        f"Calibration on {scope} (mean over the {mean_name[len('Mean (') : -1]}, {bins} bins): "
         f"ECE equal-mass "
         f"{mean['ece_equal_mass']:.4f}, equal-width {mean['ece_equal_width']:.4f}, "
         f"Brier {mean['brier']:.4f}"
@@ -301,7 +304,7 @@ def write_calibration_report(
     bins: int = 15,
     val_scores: np.ndarray | None = None,
     val_labels: np.ndarray | None = None,
-    split: str = "test",
+    scope: str = "test split",
     plots: bool = True,
 ) -> tuple[pd.DataFrame, Calibration | None, str]:
     """``calibration.csv`` (before and, with a method, after scaling fitted on ``val_*``),
@@ -336,6 +339,6 @@ def write_calibration_report(
     if plots:
         plot_reliability(
             scores, labels, class_names, output_dir / "reliability.png", bins, before, calibrated,
-            after, method, title=f"{split} split, {len(scores)} images: reliability (equal-mass bins)",
+            after, method, title=f"{scope}, {len(scores)} images: reliability (equal-mass bins)",
         )  # fmt: skip
-    return table, calibration, format_calibration_line(before, after, method, bins, split)
+    return table, calibration, format_calibration_line(before, after, method, bins, scope)

@@ -23,6 +23,7 @@ from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
 from chexnet_pl.evaluation.plots import save_figure
 from chexnet_pl.evaluation.predictions import prob_columns
+from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
 from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
 
@@ -201,7 +202,7 @@ def format_comparison(
         f"Paired comparison on {images:,} images of {patients:,} patients: A = {label_a}, "
         f"B = {label_b}; delta = AUROC(A) - AUROC(B)"
     )
-    return header + "\n" + shown.to_string()
+    return header + "\n" + shown.rename_axis(None).to_string()
 
 
 def _p(value: float) -> str:
@@ -230,7 +231,7 @@ def write_comparison(
         a, b, truth, class_names, bootstrap_samples, bootstrap_seed, confidence
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output_dir / "compare.csv")
+    whole_numbers(table).to_csv(output_dir / "compare.csv")
     patients = truth.loc[a[IMAGE], PATIENT].nunique()
     if plots:
         import matplotlib.pyplot as plt

@@ -1,9 +1,16 @@
-"""Reliability diagrams: one small panel per class, observed frequency against mean predicted
-probability in equal-mass bins, before (and after) calibration."""
+"""Reliability diagrams: per class, observed frequency against mean predicted probability in
+equal-mass bins, before (and after) calibration, zoomed to where the predictions are.
+
+Most probabilities of a 14-finding model are small (prevalences are 0.2–18%), so fixed 0–1 axes
+put every curve in a corner. Each panel is square and zoomed to the same range on both axes —
+up to a little above the largest of the binned values and the 99th percentile of the
+predictions — so the diagonal (perfect calibration) stays the diagonal. Under it, on its own
+axis, a histogram of the raw predictions over that range, labelled in images; the title gives
+the class and its ECE (equal-mass bins), before → after calibration.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,10 +20,109 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
 
 from chexnet_pl.evaluation.plots import save_figure  # noqa: E402
 from chexnet_pl.labels import labelled  # noqa: E402
+
+COLUMNS = 5
+RAW, CALIBRATED = "tab:blue", "tab:orange"
+
+
+def binned(
+    probabilities: np.ndarray, positive: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean predicted, observed frequency) per equal-mass bin (the ECE's equal-mass bins)."""
+    order = np.argsort(probabilities, kind="stable")
+    chunks = [c for c in np.array_split(order, min(bins, len(order))) if len(c)]
+    predicted = np.array([probabilities[c].mean() for c in chunks])
+    observed = np.array([positive[c].mean() for c in chunks])
+    return predicted, observed
+
+
+def zoom_limit(probabilities: Sequence[np.ndarray], points: Sequence[np.ndarray]) -> float:
+    """The upper end of both axes: 10% above the largest binned value or 99th percentile of the
+    predictions, at least 0.05, at most 1."""
+    largest = max(
+        [float(np.percentile(p, 99)) for p in probabilities] + [float(np.max(v)) for v in points]
+    )
+    return float(min(1.0, max(0.05, largest * 1.1)))
+
+
+def reliability_figure(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    bins: int = 15,
+    ece: pd.DataFrame | None = None,
+    calibrated: np.ndarray | None = None,
+    calibrated_ece: pd.DataFrame | None = None,
+    method: str = "",
+    title: str = "",
+) -> plt.Figure:
+    """The figure: per class a curve panel over a histogram panel (sharing the x-axis)."""
+    rows = -(-len(class_names) // COLUMNS)
+    figure = plt.figure(figsize=(3.3 * COLUMNS, 4.0 * rows + 0.6))
+    outer = figure.add_gridspec(rows, COLUMNS, hspace=0.45, wspace=0.38, top=0.9)
+    for j, name in enumerate(class_names):
+        cell = outer[j // COLUMNS, j % COLUMNS].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
+        curve_ax = figure.add_subplot(cell[0])
+        histogram_ax = figure.add_subplot(cell[1], sharex=curve_ax)
+        known = labelled(labels[:, j])  # each panel: the images whose label is known
+        _panel(curve_ax, histogram_ax, scores[known, j], labels[known, j] > 0.5, name, bins, ece,
+               None if calibrated is None else calibrated[known, j], calibrated_ece, method)  # fmt: skip
+    handles, labels = [], []
+    for ax in figure.axes:  # one legend for the figure: every panel draws the same curves
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9,
+                  bbox_to_anchor=(0.5, 0.965), frameon=False)  # fmt: skip
+    if title:
+        figure.suptitle(title, y=0.995)
+    return figure
+
+
+def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, calibrated_ece,
+           method) -> None:  # fmt: skip
+    raw = np.clip(raw, 0, 1)
+    heading = name.replace("_", " ")
+    histogram_ax.set_xlabel("mean predicted probability", fontsize=7)
+    histogram_ax.set_ylabel("images", fontsize=7)
+    histogram_ax.tick_params(labelsize=6)
+    curve_ax.set_ylabel("observed frequency", fontsize=7)
+    curve_ax.tick_params(labelsize=6, labelbottom=False)
+    if positive.all() or not positive.any():
+        curve_ax.text(0.5, 0.5, "undefined\n(no positives\nor negatives)", ha="center",
+                      va="center", transform=curve_ax.transAxes)  # fmt: skip
+        curve_ax.set_title(heading, fontsize=9)
+        return
+    curves = [("raw", raw, RAW, ece)]
+    if calibrated is not None:
+        curves.append((f"calibrated ({method})" if method else "calibrated",
+                       np.clip(calibrated, 0, 1), CALIBRATED, calibrated_ece))  # fmt: skip
+    points, values = [], []
+    for label, probabilities, colour, table in curves:
+        predicted, observed = binned(probabilities, positive, bins)
+        curve_ax.plot(predicted, observed, "o-", color=colour, markersize=3, linewidth=1,
+                      label=label)  # fmt: skip
+        points += [predicted, observed]
+        if table is not None and name in table.index:
+            values.append(f"{table.at[name, 'ece_equal_mass']:.3f}")
+    limit = zoom_limit([c[1] for c in curves], points)
+    curve_ax.plot([0, limit], [0, limit], color="grey", linestyle=":", linewidth=0.9,
+                  label="perfectly calibrated")  # fmt: skip
+    curve_ax.set_xlim(0, limit)
+    curve_ax.set_ylim(0, limit)
+    outside = int((raw > limit).sum())
+    histogram_ax.hist(raw[raw <= limit], bins=30, range=(0, limit), color="lightgrey",
+                      edgecolor="grey", linewidth=0.3)  # fmt: skip
+    if outside:
+        histogram_ax.text(0.98, 0.9, f"+{outside} above {limit:.2f}", ha="right", va="top",
+                          fontsize=6, transform=histogram_ax.transAxes)  # fmt: skip
+    if values:
+        heading += f"\nECE {' → '.join(values)}"
+    curve_ax.set_title(heading, fontsize=9)
 
 
 def plot_reliability(
@@ -31,46 +137,7 @@ def plot_reliability(
     method: str = "",
     title: str = "",
 ) -> Path:
-    """``reliability.png``. Each panel: the diagonal (perfect calibration), the curve of the raw
-    probabilities (blue) and, when given, of the calibrated ones (orange); grey bars at the
-    bottom show where the raw predictions lie (images per tenth, the fullest tenth 0.25 high)."""
-    columns = 5
-    rows = math.ceil(len(class_names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel()[len(class_names) :]:
-        ax.axis("off")
-    for j, (ax, name) in enumerate(zip(axes.ravel(), class_names, strict=False)):
-        known = labelled(labels[:, j])  # each panel: the images whose label is known
-        positive = labels[known, j] > 0.5
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
-        counts, edges = np.histogram(np.clip(scores[:, j], 0, 1), bins=10, range=(0, 1))
-        ax.bar(edges[:-1], counts / max(counts.max(), 1) * 0.25, width=0.1, align="edge",
-               color="lightgrey", zorder=0)  # fmt: skip
-        heading = name.replace("_", " ")
-        if positive.all() or not positive.any():
-            ax.text(0.5, 0.5, "undefined\n(no positives\nor negatives)", ha="center", va="center")
-        else:
-            curves = [("raw", scores[known, j], "tab:blue", ece)]
-            if calibrated is not None:
-                curves.append(
-                    (method or "calibrated", calibrated[known, j], "tab:orange", calibrated_ece)
-                )
-            values = []
-            for label, probabilities, colour, table in curves:
-                observed, predicted = calibration_curve(
-                    positive, np.clip(probabilities, 0, 1), n_bins=bins, strategy="quantile"
-                )
-                ax.plot(predicted, observed, "o-", color=colour, markersize=3, linewidth=1,
-                        label=label)  # fmt: skip
-                if table is not None and name in table.index:
-                    values.append(f"{table.at[name, 'ece_equal_mass']:.3f}")
-            if values:
-                heading += f"\nECE {' → '.join(values)}"
-            ax.legend(loc="upper left", fontsize=7)
-        ax.set_title(heading, fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("mean predicted probability", fontsize=7)
-        ax.set_ylabel("observed frequency", fontsize=7)
-        ax.tick_params(labelsize=7)
-    return save_figure(figure, path, title)
+    """``reliability.png`` (see the module docstring)."""
+    figure = reliability_figure(scores, labels, class_names, bins, ece, calibrated,
+                                calibrated_ece, method, title)  # fmt: skip
+    return save_figure(figure, path, tight=False)

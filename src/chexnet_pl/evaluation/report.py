@@ -123,8 +123,11 @@ def score_predictions(
 
 
 def format_report(table: pd.DataFrame) -> str:
-    """Readable text: undefined values say so instead of NaN."""
+    """Readable text: undefined values say so instead of NaN; no paper columns when they were
+    blanked (images that are not the paper's test set)."""
     shown = table.copy()
+    if "paper_auroc" in shown and shown["paper_auroc"].isna().all():
+        shown = shown.drop(columns=["paper_auroc", "diff_vs_paper"])
     for column in ("positives", "negatives"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{int(v)}")
     if "ci_low" in shown:
@@ -143,6 +146,7 @@ def format_report(table: pd.DataFrame) -> str:
         NO_FINDING: ["paper_auroc", "diff_vs_paper"],
     }
     shown = shown.astype(object)
+    shown.index.name = None  # else to_string prints a stray "class" row under the header
     for row, columns in not_applicable.items():
         for column in columns:
             if row in shown.index and column in shown.columns:
@@ -159,3 +163,15 @@ def _cell(value) -> str:
     if isinstance(value, str):
         return value
     return "undefined" if pd.isna(value) else f"{value:.4f}"
+
+
+def whole_numbers(table: pd.DataFrame) -> pd.DataFrame:
+    """Count columns as integers in the CSV (``2423``, not ``2423.0``), blank where they do not
+    apply (gap rows, means)."""
+    table = table.copy()
+    for column in ("images", "patients", "positives", "negatives", "images_with_finding",
+                   "patients_with_finding", "called_no_finding", "findings_in_mean",
+                   "subgroups_compared"):  # fmt: skip
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table

@@ -137,3 +137,62 @@ def percentile_interval(
     if defined is not None:
         low, high = np.where(defined, low, np.nan), np.where(defined, high, np.nan)
     return low, high
+
+
+def roc_band(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    resamples: PatientResamples,
+    confidence: float = 0.95,
+    levels: int = 400,
+    grid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pointwise bootstrap band of one class's ROC curve: (false-positive-rate grid, low, high
+    sensitivity at each grid point) over the patient resamples.
+
+    Each resample's curve is the ROC of the data with images weighted by how often their patient
+    was drawn, at ``levels`` score thresholds (the scores' quantiles), joined by straight lines
+    (the operating points between two thresholds are reachable), read at the grid points. Per
+    class and resample block it is two sparse (thresholds × patients) products, as for the
+    subgroup AUROCs."""
+    grid = np.linspace(0.0, 1.0, 101) if grid is None else np.asarray(grid, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(positive) > 0.5
+    ascending = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, levels)))
+    # Level k (0 = the highest threshold): an image counts at levels k and below when its score
+    # is at least that threshold, i.e. it enters the running sums at the first such level.
+    level = len(ascending) - np.searchsorted(ascending, scores, side="right")
+    shape = (len(ascending), resamples.num_patients)
+    counts_at = {
+        kind: sparse.csr_matrix(
+            (np.ones(int(mask.sum()), np.float32), (level[mask], resamples.codes[mask])),
+            shape=shape,
+        )
+        for kind, mask in (("positive", is_positive), ("negative", ~is_positive))
+    }
+    curves = []
+    for counts in resamples.blocks():  # patients × B
+        tp = np.cumsum(counts_at["positive"] @ counts, axis=0, dtype=np.float64)
+        fp = np.cumsum(counts_at["negative"] @ counts, axis=0, dtype=np.float64)
+        usable = (tp[-1] > 0) & (fp[-1] > 0)  # a resample without positives or negatives: no curve
+        zero = np.zeros((1, int(usable.sum())))
+        tpr = np.vstack([zero, tp[:, usable] / tp[-1, usable]])  # from the point (0, 0)
+        fpr = np.vstack([zero, fp[:, usable] / fp[-1, usable]])
+        curves.append(_interpolate_columns(fpr, tpr, grid))
+    if not curves or not sum(len(c) for c in curves):
+        nothing = np.full(len(grid), np.nan)
+        return grid, nothing, nothing
+    low, high = percentile_interval(np.concatenate(curves), confidence)
+    return grid, low, high
+
+
+def _interpolate_columns(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``np.interp(grid, x[:, b], y[:, b])`` for every column b (x non-decreasing): B × grid. At a
+    vertical step (equal x) the highest y is taken, as a ROC curve is read."""
+    right = np.clip((x[None, :, :] <= grid[:, None, None]).sum(axis=1), 1, len(x) - 1)  # grid × B
+    left = right - 1
+    x0, x1 = np.take_along_axis(x, left, 0), np.take_along_axis(x, right, 0)
+    y0, y1 = np.take_along_axis(y, left, 0), np.take_along_axis(y, right, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(x1 > x0, (grid[:, None] - x0) / (x1 - x0), 1.0)
+    return (y0 + np.clip(share, 0, 1) * (y1 - y0)).T

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,34 @@ from chexnet_pl.evaluation.external import (
 )
 from chexnet_pl.evaluation.plots import plot_curves
 from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
+from chexnet_pl.evaluation.provenance import ImageSources, image_sources, read_official_lists
 from chexnet_pl.evaluation.report import (
     choose_threshold,
     format_report,
     score_predictions,
+    whole_numbers,
 )
+from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import (
     METADATA_COLUMNS,
+    NoFindingThreshold,
     Subgroups,
-    format_summary,
     write_subgroup_report,
 )
-from chexnet_pl.labels import mean_row
+from chexnet_pl.labels import NO_FINDING, mean_row
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def shipped_evaluation_settings() -> dict[str, Any]:
+    """``conf/evaluation/default.yaml``: the defaults live in that file only, for the configs and
+    for evaluations built in Python alike."""
+    from omegaconf import OmegaConf
+
+    from chexnet_pl.cli import config_dir
+
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / "evaluation" / "default.yaml"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,10 @@ class EvaluationSettings:
     # Output name ↔ label name where two label sets spell a finding differently (both ways):
     # how a model is scored on another dataset, and how pooled datasets' labels are merged.
     label_map: Mapping[str, str] | None = None
+    # Judged by ``Subgroups`` (the subgroup report), which reads them; defaults in the YAML only.
+    min_subgroup_images: int = field(kw_only=True)
+    min_subgroup_positives: int = field(kw_only=True)
+    underdiagnosis_threshold: str = field(kw_only=True)
 
     def __post_init__(self) -> None:
         label_map = self.label_map or {}
@@ -71,13 +90,19 @@ class EvaluationSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        values = dict(section or {})
+        """The section over the shipped defaults (a config written before a setting existed
+        still gets it)."""
+        values = {**shipped_evaluation_settings(), **dict(section or {})}
         for key in ("subgroups", "age_bands"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         if values.get("label_map") is not None:
             values["label_map"] = dict(values["label_map"])
         return cls(**values)
+
+    @property
+    def subgroup_spec(self) -> Subgroups:
+        return Subgroups.from_settings(self)
 
 
 def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
@@ -112,10 +137,15 @@ def score_and_write(
     val_preds: pd.DataFrame | None = None,
     reference: tuple[Mapping[str, float], float] | None = None,
     internal: Mapping[str, float] | None = None,
+    sources: ImageSources | None = None,
+    source_label: str = "",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score a predictions table against ``truth`` (see ``truth_frame``); write aucs.csv and plots.
     ``reference``: the data's published AUROC per label and its mean (NIH: the CheXNet paper's);
-    ``internal``: the model's AUROC on its own test split, beside the external one."""
+    ``internal``: the model's AUROC on its own test split, beside the external one;
+    ``sources``: where the images come from (the official lists), said in the report's header
+    after ``source_label``; a "test" score of images outside the official test list gets no
+    comparison with the paper's test AUROCs."""
     if preds.empty:
         raise DataError(f"no predictions to score for the {split} split")
     scores, labels, patients = _aligned(preds, truth, names)
@@ -139,29 +169,48 @@ def score_and_write(
     )  # fmt: skip
     if internal is not None:
         table = add_internal(table, internal)
+    # What the figures and the calibration line call the images: a split, or what they are not.
+    scope = f"{split} split"
+    if sources is not None and sources.outside_split:
+        scope = (
+            f"images scored as {split} ({sources.outside_split} NOT in the official {split} list)"
+        )
+        if split == "test" and "paper_auroc" in table:
+            table[["paper_auroc", "diff_vs_paper"]] = np.nan  # not the paper's test set
     output_dir.mkdir(parents=True, exist_ok=True)
     calibration, fitted, calibration_line = write_calibration_report(
         scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
-        val_scores if chosen_on == "val" else None, val_labels, split, settings.plots,
+        val_scores if chosen_on == "val" else None, val_labels, scope, settings.plots,
     )  # fmt: skip
     table[["ece", "brier"]] = calibration[["ece_equal_mass", "brier"]].reindex(table.index)
     if fitted is not None:
         calibrated = preds[[IMAGE]].copy()
         calibrated[prob_columns(names)] = fitted.apply(scores, names)
         calibrated.to_csv(output_dir / "preds_calibrated.csv", index=False)
-    table.to_csv(output_dir / "aucs.csv")
+    whole_numbers(table).to_csv(output_dir / "aucs.csv")
     if settings.plots:
-        plot_curves(scores, labels, names, output_dir, title=f"{split} split, {len(preds)} images")
+        intervals = (
+            {n: (table.at[n, "ci_low"], table.at[n, "ci_high"]) for n in names}
+            if "ci_low" in table
+            else None
+        )
+        plot_curves(
+            scores, labels, names, output_dir, f"{scope}, {len(preds)} images",
+            patients, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
+            intervals,
+        )  # fmt: skip
+    spec = settings.subgroup_spec
     subgroups = write_subgroup_report(
-        scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds,
-        Subgroups(settings.subgroups, settings.age_bands, settings.max_age), output_dir,
+        scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds, spec, output_dir,
         settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
-        table["auroc"].to_dict(), settings.plots, split,
+        table["auroc"].to_dict(), settings.plots, scope,
+        underdiagnosis_threshold(val_scores, val_labels, names, spec, chosen_on),
     )  # fmt: skip
     log.info(
-        "%s split: %d images of %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
-        split, len(preds), len(set(patients)), settings.threshold, chosen_on,
-        format_report(table.drop(columns=["ece", "brier"])), calibration_line,
+        "%s split: %s; %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
+        split, ", ".join(filter(None, [source_label, sources.header if sources else f"{len(preds)} images"])),
+        len(set(patients)), settings.threshold,
+        chosen_on, format_report(table.drop(columns=["ece", "brier"])), calibration_line,
         f"\n{format_summary(subgroups)}" if subgroups else "",
     )  # fmt: skip
     metrics = {
@@ -172,6 +221,29 @@ def score_and_write(
     if not np.isnan(table.at[mean_row(names), "auroc"]):
         metrics[f"{split}/auroc"] = float(table.at[mean_row(names), "auroc"])
     return table, metrics
+
+
+def underdiagnosis_threshold(
+    val_scores: np.ndarray,
+    val_labels: np.ndarray,
+    names: Sequence[str],
+    spec: Subgroups,
+    chosen_on: str,
+) -> NoFindingThreshold | None:
+    """The "No Finding" threshold underdiagnosis is measured at: ``spec.underdiagnosis_threshold``
+    (``f1``, the paper's, or ``youden``) on the validation predictions."""
+    if NO_FINDING not in names:
+        return None
+    j = list(names).index(NO_FINDING)
+    rule = spec.underdiagnosis_threshold
+    value = choose_threshold(val_scores[:, j], val_labels[:, j], rule)
+    if rule == "f1":
+        how = (f"F1-maximising on {chosen_on}, as Seyyed-Kalantari et al. 2021; "
+               "evaluation.underdiagnosis_threshold=youden for Youden's J")  # fmt: skip
+    else:
+        how = (f"Youden's J on {chosen_on}; evaluation.underdiagnosis_threshold=f1 for the "
+               "paper's F1-maximising threshold")  # fmt: skip
+    return NoFindingThreshold(value, how)
 
 
 def predict_split(
@@ -232,9 +304,15 @@ def evaluate_model(
     truth = truth_for(
         truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
     )
+    method = getattr(datamodule, "split_args", {}).get("method", "official")
+    sources = image_sources(
+        preds[IMAGE].tolist(), read_official_lists(getattr(datamodule, "root", None)), split,
+        getattr(datamodule, "root", None), official=method == "official",
+    )  # fmt: skip
     result = score_and_write(
         preds, truth, match.scored, output_dir, settings, split, val_preds,
         reference_for(datamodule.reference_auroc, match), None if match.internal else internal,
+        sources, f"data.split.method={method}",
     )  # fmt: skip
     if cache is not None and settings.calibrate != "none":
         cache.store_file(output_dir / "calibration.json", f"calibration_{settings.calibrate}.json")

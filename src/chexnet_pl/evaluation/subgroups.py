@@ -3,14 +3,23 @@
 Per finding and subgroup: AUROC with a patient-bootstrap CI, positives/negatives, TPR and FPR at
 the operating threshold, and per attribute the gap (largest − smallest AUROC) with its CI. All
 subgroups share each resample, so a gap's interval is that of a difference, not of two intervals.
+
+What is compared is stated and kept comparable:
+- a subgroup (or subgroup × finding cell) under the minimum size (``Subgroups.min_images``,
+  ``min_positives``) is reported but marked ``too small``, and kept out of gaps; ``unknown``
+  subgroups (missing age, sex or view) are kept out of gaps too;
+- an attribute's mean AUROC is taken, in every subgroup, over the same findings: those usable in
+  every compared subgroup of it (``findings_in_mean``, ``findings_left_out``), so a subgroup's
+  mean does not rise because its hard findings have no positives there.
+
 Underdiagnosis (Seyyed-Kalantari et al., Nature Medicine 2021): among images with a finding, the
-share the model calls "No Finding" at its threshold — the false-positive rate of that output.
+share the model calls "No Finding" at that output's threshold — chosen on validation by
+``Subgroups.underdiagnosis_threshold`` (F1-maximising, as the paper, by default).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,112 +27,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.errors import ChexnetError
 from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
-from chexnet_pl.labels import NO_FINDING, finding_names, labelled, mean_row
+from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's public names)
+    ATTRIBUTES,
+    METADATA_COLUMNS,
+    TOO_SMALL,
+    UNDEFINED,
+    UNKNOWN,
+    Subgroups,
+    age_bands,
+    subgroup_labels,
+)
+from chexnet_pl.evaluation.underdiagnosis import NoFindingThreshold, share, underdiagnosis_rows
+from chexnet_pl.labels import NO_FINDING, finding_names, labelled
 
 log = logging.getLogger(__name__)
 
-SEX = "Patient Gender"
-AGE = "Patient Age"
-VIEW = "View Position"
-DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
-METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
-ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET}
-UNKNOWN = "unknown"
 GAP = "gap (max - min)"
-MEAN_PREFIX = "Mean ("  # the mean-over-findings rows: Mean (14 findings) on NIH's outputs
-
-
-@dataclass(frozen=True)
-class Subgroups:
-    """Which attributes, and how ages are banded: ``age_edges=(20, 40, 60, 80)`` gives 0-20,
-    20-40, 40-60, 60-80, 80+ (lower edge included); ages above ``max_age`` go to ``unknown``."""
-
-    attributes: tuple[str, ...] = ("sex", "age", "view")
-    age_edges: tuple[int, ...] = (20, 40, 60, 80)
-    max_age: int = 100
-
-    def __post_init__(self) -> None:
-        unknown = [a for a in self.attributes if a not in ATTRIBUTES]
-        if unknown:
-            raise ChexnetError(
-                f"evaluation.subgroups has unknown attribute(s) {unknown}; use some of "
-                f"{list(ATTRIBUTES)} (or [] for none)"
-            )
-        edges = list(self.age_edges)
-        if edges != sorted(set(edges)) or (edges and edges[0] <= 0):
-            raise ChexnetError(
-                f"evaluation.age_bands={edges}: give increasing positive ages, e.g. [20, 40, 60, 80]"
-            )
-
-
-def _parse_age(value) -> float:
-    """NIH ages are numbers; its older sample files write ``058Y`` (years) — both are read."""
-    if isinstance(value, int | float | np.integer | np.floating):
-        return float(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[Yy]?\s*", str(value))
-    return float(match.group(1)) if match else float("nan")
-
-
-def age_bands(ages: pd.Series, images: pd.Series, spec: Subgroups) -> tuple[np.ndarray, list[str]]:
-    """Band label per image and the band names in order; implausible or missing ages are named
-    in a warning and go to ``unknown``."""
-    edges = [0, *spec.age_edges]
-    names = [f"{lo}-{hi}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    names.append(f"{edges[-1]}+")
-    values = np.array([_parse_age(v) for v in ages], dtype=np.float64)
-    bad = np.isnan(values) | (values < 0) | (values > spec.max_age)
-    if bad.any():
-        examples = ", ".join(
-            f"{name} ({age})"
-            for name, age in zip(images[bad].head(5), ages[bad].head(5), strict=True)
-        )
-        log.warning(
-            "%d image(s) have a missing or implausible age (over %d or below 0), e.g. %s: they go "
-            "to the '%s' age band (the 2017 CSV has such ages; v2020 corrected them)",
-            int(bad.sum()), spec.max_age, examples, UNKNOWN,
-        )  # fmt: skip
-    index = np.searchsorted(np.asarray(spec.age_edges, dtype=np.float64), values, side="right")
-    labels = np.asarray(names, dtype=object)[np.minimum(index, len(names) - 1)]
-    labels[bad] = UNKNOWN
-    return labels, names
-
-
-def _categorical(values: pd.Series, expected: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    labels = values.fillna("").astype(str).str.strip().str.upper().to_numpy(dtype=object)
-    labels[labels == ""] = UNKNOWN
-    others = sorted(set(labels) - set(expected) - {UNKNOWN})
-    return labels, [*expected, *others]
-
-
-def subgroup_labels(meta: pd.DataFrame, spec: Subgroups) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """attribute → (label per image, the subgroups in report order; ``unknown`` last if present)."""
-    result = {}
-    for attribute in spec.attributes:
-        column = ATTRIBUTES[attribute]
-        if column not in meta.columns:
-            log.warning("no '%s' column in the metadata: no %s subgroups", column, attribute)
-            continue
-        if attribute == "age":
-            labels, names = age_bands(meta[column], meta.index.to_series(), spec)
-        elif attribute == "sex":
-            labels, names = _categorical(meta[column], ["F", "M"])
-        elif attribute == "dataset":
-            labels, names = _categorical(meta[column], [])
-        else:
-            labels, names = _categorical(meta[column], ["PA", "AP"])
-        if (labels == UNKNOWN).any():
-            names.append(UNKNOWN)
-        result[attribute] = (labels, names)
-    return result
+MEAN = "Mean (findings usable in every subgroup)"
 
 
 @dataclass
 class SubgroupResult:
     table: pd.DataFrame  # subgroups.csv
     underdiagnosis: pd.DataFrame | None  # underdiagnosis.csv (None without a No Finding output)
+    spec: Subgroups | None = None
+    no_finding_threshold: NoFindingThreshold | None = None
+
+
+def undefined_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The subgroup × output cells (findings and No Finding; not means, not gaps) without an
+    AUROC: the one count the warning and the summary both give."""
+    cells = table[(table["subgroup"] != GAP) & (table["finding"] != MEAN)]
+    return cells[cells["auroc"].isna()]
 
 
 def score_subgroups(
@@ -137,12 +75,16 @@ def score_subgroups(
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
     confidence: float = 0.95,
+    no_finding_threshold: NoFindingThreshold | None = None,
 ) -> SubgroupResult:
     """The subgroup table (and underdiagnosis per subgroup) for predictions row-aligned with
-    ``meta`` (indexed by image name)."""
+    ``meta`` (indexed by image name). ``no_finding_threshold``: the underdiagnosis threshold
+    (default: the No Finding output's operating threshold in ``thresholds``)."""
     names = list(class_names)
     groups = subgroup_labels(meta, spec)
     positive, known = labels > 0.5, labelled(labels)  # a label not known: in no cell of its class
+    negative = known & ~positive
+    positive = positive & known
     thresholds = np.asarray(thresholds, dtype=np.float64)
     called = scores >= thresholds[None, :]
     no_finding = names.index(NO_FINDING) if NO_FINDING in names else None
@@ -152,6 +94,10 @@ def score_subgroups(
             "findings only); train with include_no_finding=true for it",
             len(names),
         )
+    elif no_finding_threshold is None:
+        no_finding_threshold = NoFindingThreshold(
+            float(thresholds[no_finding]), "its operating threshold"
+        )
     # One pass over all resamples: per attribute, AUROC (B × groups × classes) and, for
     # underdiagnosis, the weighted counts of images with a finding and of those called normal.
     resamples = PatientResamples.of(patients, bootstrap_samples, bootstrap_seed)
@@ -159,18 +105,17 @@ def score_subgroups(
     plans = {
         a: [
             GroupedAuroc(scores[:, j], positive[:, j], np.where(known[:, j], c, -1),
-                         len(groups[a][1]), resamples.codes,
-                         resamples.num_patients)
+                         len(groups[a][1]), resamples.codes, resamples.num_patients)
             for j in range(scores.shape[1])
         ]
         for a, c in codes.items()
     }  # fmt: skip
-    point = {a: np.stack([p.point() for p in plan], axis=-1)[None] for a, plan in plans.items()}
+    point = {a: np.stack([p.point() for p in plan], axis=-1) for a, plan in plans.items()}
     resampled: dict[str, list[np.ndarray]] = {a: [] for a in groups}
     under_resampled: dict[str, list[np.ndarray]] = {a: [] for a in groups}
     if no_finding is not None:
-        has_finding = known[:, no_finding] & ~positive[:, no_finding]
-        missed = has_finding & called[:, no_finding]
+        has_finding = negative[:, no_finding]
+        missed = has_finding & (scores[:, no_finding] >= no_finding_threshold.value)
         # per patient and subgroup: images with a finding, and those of them called normal
         with_finding = {
             a: _per_patient(c, has_finding, resamples, len(groups[a][1])) for a, c in codes.items()
@@ -189,32 +134,30 @@ def score_subgroups(
                 )
     rows = []
     for attribute, (_, group_names) in groups.items():
-        c = codes[attribute]
         samples = np.concatenate(resampled[attribute]) if bootstrap_samples > 0 else None
         rows += _attribute_rows(
-            attribute, group_names, c, point[attribute], samples, scores, positive & known,
-            known & ~positive, called,
-            patients, names, thresholds, confidence,
+            attribute, group_names, codes[attribute], point[attribute], samples, positive,
+            negative, called, patients, names, thresholds, confidence, spec,
         )  # fmt: skip
     table = pd.DataFrame(rows)
-    undefined = table[(table["subgroup"] != GAP) & table["auroc"].isna()]
+    undefined = undefined_cells(table)
     if len(undefined):
         log.warning(
             "AUROC undefined (no positives or no negatives) in %d of %d subgroup cells, e.g. %s; "
             "they are in subgroups.csv as undefined",
             len(undefined),
-            int((table["subgroup"] != GAP).sum()),
+            int(((table["subgroup"] != GAP) & (table["finding"] != MEAN)).sum()),
             ", ".join(
                 f"{r.finding} / {r.attribute} {r.subgroup}" for r in undefined.head(3).itertuples()
             ),
         )
     under = None
     if no_finding is not None:
-        under = _underdiagnosis(
-            groups, codes, under_resampled, has_finding, missed, patients,
-            float(thresholds[no_finding]), bootstrap_samples, confidence,
+        under = underdiagnosis_rows(
+            groups, codes, under_resampled, has_finding, missed, patients, no_finding_threshold,
+            bootstrap_samples, confidence, spec,
         )  # fmt: skip
-    return SubgroupResult(table, under)
+    return SubgroupResult(table, under, spec, no_finding_threshold)
 
 
 def _codes(labels: np.ndarray, group_names: list[str]) -> np.ndarray:
@@ -237,8 +180,9 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _gap(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """Largest − smallest over the usable groups (axis -2), ignoring NaN; NaN with fewer than two."""
-    chosen = values[..., usable, :]
+    """Largest − smallest over the usable groups (axis -2; ``usable``: groups × columns),
+    ignoring NaN; NaN with fewer than two."""
+    chosen = np.where(usable, values, np.nan)
     with np.errstate(invalid="ignore"):
         defined = np.sum(~np.isnan(chosen), axis=-2)
         filled_high = np.where(np.isnan(chosen), -np.inf, chosen).max(axis=-2)
@@ -247,159 +191,91 @@ def _gap(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
 
 
 def _attribute_rows(
-    attribute, group_names, codes, point, samples, scores, positive, negative, called, patients,
-    names,
-    thresholds, confidence,
+    attribute, group_names, codes, point, samples, positive, negative, called, patients, names,
+    thresholds, confidence, spec,
 ) -> list[dict]:  # fmt: skip
     """Rows of one attribute: each subgroup × (finding..., mean, No Finding), then the gaps."""
-    findings, mean_name = finding_names(names), mean_row(names)
-    mean_point = mean_over(point[0], names, findings)  # groups
-    order = [*findings, mean_name] + [n for n in names if n == NO_FINDING]
-    low = high = None
+    images = np.array([(codes == g).sum() for g in range(len(group_names))])
+    pos = np.stack([positive[codes == g].sum(axis=0) for g in range(len(group_names))])
+    neg = np.stack([negative[codes == g].sum(axis=0) for g in range(len(group_names))])
+    compared = np.array([g != UNKNOWN for g in group_names]) & (images >= spec.min_images)
+    large = (pos >= spec.min_positives) & (neg >= spec.min_positives)
+    usable = compared[:, None] & large & ~np.isnan(point)  # groups × classes
+    findings = finding_names(names)
+    in_every = (
+        [n for n in findings if usable[compared, names.index(n)].all()] if compared.any() else []
+    )
+    left_out = [n for n in findings if n not in in_every]
+    mean_point = mean_over(point, names, in_every)  # groups
+    with_mean_point = np.concatenate([point, mean_point[:, None]], axis=-1)
+    usable_with_mean = np.concatenate([usable, compared[:, None]], axis=-1)
+    order = [n for n in names if n != NO_FINDING] + [MEAN] + [n for n in names if n == NO_FINDING]
+    low = high = with_mean = None
     if samples is not None:
-        with_mean = np.concatenate([samples, mean_over(samples, names, findings)[..., None]], -1)
-        defined = ~np.isnan(np.concatenate([point[0], mean_point[:, None]], axis=-1))
-        low, high = percentile_interval(with_mean, confidence, defined)
+        with_mean = np.concatenate([samples, mean_over(samples, names, in_every)[..., None]], -1)
+        low, high = percentile_interval(with_mean, confidence, ~np.isnan(with_mean_point))
     rows = []
     for g, group in enumerate(group_names):
         in_group = codes == g
         for name in order:
-            j = names.index(name) if name != mean_name else len(names)
-            row = {"attribute": attribute, "subgroup": group, "finding": name,
-                   "images": int(in_group.sum()), "patients": int(len(np.unique(patients[in_group])))}  # fmt: skip
-            if name == mean_name:
-                row |= {"auroc": float(mean_point[g])}
+            j = names.index(name) if name != MEAN else len(names)
+            row = {"attribute": attribute, "subgroup": group, "finding": name, "images": int(images[g]),
+                   "patients": int(len(np.unique(patients[in_group])))}  # fmt: skip
+            if name == MEAN:
+                row |= {"auroc": float(mean_point[g]), "findings_in_mean": len(in_every),
+                        "findings_left_out": ", ".join(left_out)}  # fmt: skip
             else:
-                pos, neg = positive[in_group, j], negative[in_group, j]
                 predicted = called[in_group, j]
                 row |= {
-                    "positives": int(pos.sum()),
-                    "negatives": int(neg.sum()),
-                    "auroc": float(point[0, g, j]),
+                    "positives": int(pos[g, j]), "negatives": int(neg[g, j]), "auroc": float(point[g, j]),
                     "threshold": float(thresholds[j]),
-                    "tpr": _share(predicted & pos, pos),
-                    "fpr": _share(predicted & neg, neg),
-                }
+                    "tpr": share(predicted & positive[in_group, j], positive[in_group, j]),
+                    "fpr": share(predicted & negative[in_group, j], negative[in_group, j]),
+                }  # fmt: skip
             if low is not None:
                 row |= {"ci_low": float(low[g, j]), "ci_high": float(high[g, j])}
+            row["note"] = _note(
+                group, bool(compared[g]), row["auroc"], bool(usable_with_mean[g, j])
+            )
             rows.append(row)
-    usable = np.array([g != UNKNOWN for g in group_names])
-    if usable.sum() >= 2:
-        gap_point = _gap(np.concatenate([point[0], mean_point[:, None]], axis=-1), usable)
-        gap_low = gap_high = None
-        if samples is not None:
-            gaps = _gap(with_mean, usable)
-            gap_low, gap_high = percentile_interval(gaps, confidence, ~np.isnan(gap_point))
-        tpr_fpr = pd.DataFrame([r for r in rows if r["subgroup"] != UNKNOWN])
-        for name in order:
-            j = names.index(name) if name != mean_name else len(names)
-            row = {
-                "attribute": attribute,
-                "subgroup": GAP,
-                "finding": name,
-                "auroc": float(gap_point[j]),
-            }
-            if name != mean_name:
-                cells = tpr_fpr[tpr_fpr["finding"] == name]
-                row |= {"tpr": _spread(cells["tpr"]), "fpr": _spread(cells["fpr"])}
-            if gap_low is not None:
-                row |= {"ci_low": float(gap_low[j]), "ci_high": float(gap_high[j])}
-            rows.append(row)
+    if compared.sum() < 2:
+        return rows
+    gap_point = _gap(with_mean_point, usable_with_mean)
+    gap_low = gap_high = None
+    if with_mean is not None:
+        gaps = _gap(with_mean, usable_with_mean)
+        gap_low, gap_high = percentile_interval(gaps, confidence, ~np.isnan(gap_point))
+    cells = pd.DataFrame(rows)
+    for name in order:
+        j = names.index(name) if name != MEAN else len(names)
+        row = {"attribute": attribute, "subgroup": GAP, "finding": name, "auroc": float(gap_point[j]),
+               "subgroups_compared": int(usable_with_mean[:, j].sum())}  # fmt: skip
+        if name == MEAN:
+            row |= {"findings_in_mean": len(in_every), "findings_left_out": ", ".join(left_out)}
+        else:
+            shown = cells[(cells["finding"] == name) & (cells["note"] == "")]
+            row |= {"tpr": _spread(shown["tpr"]), "fpr": _spread(shown["fpr"])}
+        if gap_low is not None:
+            row |= {"ci_low": float(gap_low[j]), "ci_high": float(gap_high[j])}
+        rows.append(row)
     return rows
 
 
-def _share(hits: np.ndarray, of: np.ndarray) -> float:
-    total = int(of.sum())
-    return float(hits.sum() / total) if total else float("nan")
+def _note(group: str, group_compared: bool, auroc: float, usable: bool) -> str:
+    """Why a cell is left out of gaps and means ("" when it is not): an unknown subgroup, one
+    under the minimum size, no AUROC (no positives or negatives), or too few of them."""
+    if group == UNKNOWN:
+        return UNKNOWN
+    if not group_compared:
+        return TOO_SMALL
+    if np.isnan(auroc):
+        return UNDEFINED
+    return "" if usable else TOO_SMALL
 
 
 def _spread(values: pd.Series) -> float:
     values = values.dropna()
     return float(values.max() - values.min()) if len(values) >= 2 else float("nan")
-
-
-def _underdiagnosis(
-    groups, codes, resampled, has_finding, missed, patients, threshold, bootstrap_samples, confidence
-) -> pd.DataFrame:  # fmt: skip
-    rows = []
-    for attribute, (_, group_names) in groups.items():
-        c = codes[attribute]
-        low = high = None
-        if bootstrap_samples > 0:
-            samples = np.concatenate(resampled[attribute])
-            low, high = percentile_interval(samples, confidence)
-        for g, group in enumerate(group_names):
-            with_finding = (c == g) & has_finding
-            rate = _share(missed & with_finding, with_finding)
-            row = {
-                "attribute": attribute, "subgroup": group,
-                "images_with_finding": int(with_finding.sum()),
-                "patients_with_finding": int(len(np.unique(patients[with_finding]))),
-                "called_no_finding": int((missed & with_finding).sum()),
-                "underdiagnosis_rate": rate, "no_finding_threshold": threshold,
-            }  # fmt: skip
-            if low is not None:
-                defined = not np.isnan(rate)
-                row |= {
-                    "ci_low": float(low[g]) if defined else np.nan,
-                    "ci_high": float(high[g]) if defined else np.nan,
-                }
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _interval(row) -> str:
-    if pd.isna(row.get("auroc")):
-        return "undefined"
-    text = f"{row['auroc']:.3f}"
-    if "ci_low" in row and pd.notna(row.get("ci_low")):
-        text += f" ({row['ci_low']:.3f}-{row['ci_high']:.3f})"
-    return text
-
-
-def format_summary(result: SubgroupResult, largest: int = 3) -> str:
-    """A few lines for the printed report: the mean AUROC per subgroup with the gap, the largest
-    per-finding gaps, and underdiagnosis per subgroup."""
-    table = result.table
-    is_mean = table["finding"].astype(str).str.startswith(MEAN_PREFIX)
-    means = table.loc[is_mean, "finding"]
-    over = means.iloc[0][len(MEAN_PREFIX) : -1] if len(means) else "findings"
-    lines = [f"Subgroups: mean AUROC over the {over} (95% CI), n images; gap = largest - smallest"]
-    for attribute, block in table[is_mean].groupby("attribute", sort=False):
-        cells = [
-            f"{r['subgroup']} {_interval(r)} n={int(r['images'])}"
-            if r["subgroup"] != GAP
-            else f"gap {_interval(r)}"
-            for _, r in block.iterrows()
-        ]
-        lines.append(f"  {attribute:<5} " + " | ".join(cells))
-    is_finding = ~is_mean & (table["finding"] != NO_FINDING)
-    gaps = table[(table["subgroup"] == GAP) & is_finding].dropna(subset=["auroc"])
-    if len(gaps):
-        top = gaps.sort_values("auroc", ascending=False).head(largest)
-        cells = [f"{r['finding']} by {r['attribute']} {_interval(r)}" for _, r in top.iterrows()]
-        lines.append("  largest gaps: " + "; ".join(cells))
-    undefined = table[(table["subgroup"] != GAP) & ~is_mean & table["auroc"].isna()]
-    if len(undefined):
-        lines.append(
-            f"  undefined AUROC (no positives or negatives): {len(undefined)} cell(s), see subgroups.csv"
-        )
-    if result.underdiagnosis is not None and len(result.underdiagnosis):
-        under = result.underdiagnosis
-        threshold = under["no_finding_threshold"].iloc[0]
-        lines.append(
-            f"Underdiagnosis: images with a finding called 'No Finding' (threshold {threshold:.3f})"
-        )
-        for attribute, block in under.groupby("attribute", sort=False):
-            cells = []
-            for _, r in block.iterrows():
-                rate = r["underdiagnosis_rate"]
-                text = "undefined" if pd.isna(rate) else f"{rate:.1%}"
-                if pd.notna(r.get("ci_low", np.nan)):
-                    text += f" ({r['ci_low']:.1%}-{r['ci_high']:.1%})"
-                cells.append(f"{r['subgroup']} {text}")
-            lines.append(f"  {attribute:<5} " + " | ".join(cells))
-    return "\n".join(lines)
 
 
 def write_subgroup_report(
@@ -416,7 +292,8 @@ def write_subgroup_report(
     confidence: float = 0.95,
     overall: dict[str, float] | None = None,
     plots: bool = True,
-    split: str = "test",
+    scope: str = "test split",
+    no_finding_threshold: NoFindingThreshold | None = None,
 ) -> SubgroupResult | None:
     """``subgroups.csv``, ``underdiagnosis.csv`` (15-output models) and ``subgroups_forest.png``;
     None when no subgroup attribute is set or the metadata has none of their columns."""
@@ -430,18 +307,18 @@ def write_subgroup_report(
         return None
     result = score_subgroups(
         scores, labels, patients, meta, class_names, thresholds, spec, bootstrap_samples,
-        bootstrap_seed, confidence,
+        bootstrap_seed, confidence, no_finding_threshold,
     )  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
-    result.table.to_csv(output_dir / "subgroups.csv", index=False)
+    whole_numbers(result.table).to_csv(output_dir / "subgroups.csv", index=False)
     if result.underdiagnosis is not None:
-        result.underdiagnosis.to_csv(output_dir / "underdiagnosis.csv", index=False)
+        whole_numbers(result.underdiagnosis).to_csv(output_dir / "underdiagnosis.csv", index=False)
     if plots:
         from chexnet_pl.evaluation.forest import plot_subgroup_forest
 
         plot_subgroup_forest(
             result.table, output_dir / "subgroups_forest.png", overall,
-            title=f"{split} split: AUROC by subgroup ({confidence:.0%} CI, patient bootstrap); "
-            "dotted: all images",
+            title=f"{scope}: AUROC by subgroup ({confidence:.0%} CI, patient bootstrap); "
+            f"dotted: all images; grey: too small ({spec.size_rule}) or unknown, left out of gaps",
         )  # fmt: skip
     return result

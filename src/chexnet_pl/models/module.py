@@ -21,6 +21,7 @@ from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
 from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import IGNORE, PerClassAUROC, mean_finding_auroc
+from chexnet_pl.models.network import InferenceMethods
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 DEFAULT_CHECK_EVERY = 50
 
 
-class CheXNetModule(pl.LightningModule):
-    """Multilabel chest X-ray classifier; outputs logits, ``predict_proba`` gives sigmoids.
+class CheXNetModule(InferenceMethods, pl.LightningModule):
+    """Multilabel chest X-ray classifier; outputs logits, ``predict_proba`` gives sigmoids (the
+    inference methods are ``models.network``'s, shared with ``XrayClassifier``).
 
     Every argument is a plain value (saved in hparams) so ``load_from_checkpoint`` rebuilds it.
 
@@ -166,22 +168,6 @@ class CheXNetModule(pl.LightningModule):
                 raise
             read_checkpoint(checkpoint_path)  # a damaged or unsafe file: said plainly
             raise  # the file reads: this is another problem, shown as it is
-
-    # -- inference ---------------------------------------------------------------------------
-    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 1xHxW batch (as the data module yields) → normalised float NCHW for ``net``."""
-        x = self.normalizer(images)
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of uint8 grayscale images."""
-        return self.net(self.prepare_input(images))
-
-    @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self(images.to(self.device))).float()
 
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from chexnet_pl.evaluation.calibration import Calibration
+from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_sha256
-from chexnet_pl.serving.card import find_thresholds, model_card, read_sidecar
+from chexnet_pl.serving.card import model_card, read_sidecar
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
 from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
@@ -113,19 +114,23 @@ def load_backend(
         served = OnnxBackend(
             onnx_bytes(ServedModel(module, cams=cam_available(module)), image_size)
         )
-    values, source = find_thresholds(checkpoint, thresholds, module.class_names)
-    if scaling is not None and source is not None:
+    operating = operating_thresholds(checkpoint, thresholds, module.class_names)
+    values = list(operating.values)
+    if scaling is not None and operating.source is not None:
         values = [float(v) for v in scaling.apply(np.asarray([values]), module.class_names)[0]]
     outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
     card = model_card(
-        checkpoint, module.hparams.backbone, module.class_names, image_size, values, source,
-        outputs, checkpoint_sha256=sha256,
+        checkpoint, module.hparams.backbone, module.class_names, image_size,
+        values, None, outputs, checkpoint_sha256=sha256,
     )  # fmt: skip
+    # What the page and GET /model show: file names, never the server's folders.
+    card["checkpoint"] = checkpoint.name
+    card["thresholds_source"] = operating.public_description
     card["heatmaps"] = served.heatmaps
     card["calibration"] = None
     if scaling is not None:
         card["calibration"] = {**scaling.to_json(), "file": Path(calibration).name}
-        if source is not None:
+        if operating.source is not None:
             card["thresholds_source"] += f" (mapped through {Path(calibration).name})"
     return served, card
 

@@ -9,39 +9,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from chexnet_pl.evaluation.thresholds import DEFAULT_THRESHOLD, operating_thresholds
 from chexnet_pl.files import file_sha256
 from chexnet_pl.models.backbones import backbone_spec
 from chexnet_pl.serving.served_model import INPUT, ServingError
-from chexnet_pl.visualization.inputs import thresholds_from
 
 log = logging.getLogger(__name__)
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def find_thresholds(
     checkpoint: str | Path, aucs_csv: str | Path | None, class_names: list[str]
 ) -> tuple[list[float], str | None]:
-    """Per-class operating thresholds and where they came from.
-
-    ``aucs_csv`` (an evaluation's aucs.csv) when given; else an ``aucs.csv`` beside the checkpoint
-    or in its run folder (``<run>/checkpoints/best.ckpt`` → ``<run>/aucs.csv``, which ``train``
-    writes for its best checkpoint); else 0.5 for every class (source ``None``).
-    """
-    if not aucs_csv:
-        checkpoint = Path(checkpoint).expanduser()
-        found = [p / "aucs.csv" for p in (checkpoint.parent, checkpoint.parent.parent)]
-        aucs_csv = next((p for p in found if p.is_file()), None)
-        if aucs_csv is not None:
-            log.info("operating thresholds from %s (found beside the checkpoint)", aucs_csv)
-    if not aucs_csv:
-        log.info("no aucs.csv given or found beside the checkpoint: thresholds are 0.5")
-        return [DEFAULT_THRESHOLD] * len(class_names), None
-    values = thresholds_from(aucs_csv, class_names)
-    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (len(class_names),))
-    return [float(v) for v in values], str(aucs_csv)
+    """Per-class operating thresholds and the file they came from (None: 0.5 for every class),
+    by the one rule of every command (``evaluation.thresholds.operating_thresholds``)."""
+    thresholds = operating_thresholds(checkpoint, aucs_csv, class_names)
+    return list(thresholds.values), str(thresholds.source) if thresholds.source else None
 
 
 def preprocessing(backbone: str, image_size: int) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from chexnet_pl.data.transforms import area_resize
+from chexnet_pl.data.resize import area_resize
 from chexnet_pl.evaluation.calibration import Calibration
+from chexnet_pl.labels import resolve_label
 from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
 from chexnet_pl.serving.batching import BatchingQueue
 from chexnet_pl.serving.decode import UploadError
@@ -63,8 +64,9 @@ class Predictor:
             )  # fmt: skip
         if value in HEAT_CHOICES:
             return value
-        if value in self.class_names:
-            return self.class_names.index(value)
+        finding = resolve_label(value, self.class_names)  # a space or an underscore
+        if finding is not None:
+            return self.class_names.index(finding)
         raise UploadError(
             422, f"overlay={value!r}: use one of {[*HEAT_CHOICES, *self.class_names]}"
         )
@@ -105,8 +107,7 @@ class Predictor:
 
     def table(self, probabilities: np.ndarray) -> pd.DataFrame:
         """The ``predict`` table: finding, probability, threshold, above it; most probable first."""
-        table = prediction_table(probabilities, self.class_names, thresholds=self.thresholds)
-        return table.rename(columns={"predicted": "above_threshold"})
+        return prediction_table(probabilities, self.class_names, thresholds=self.thresholds)
 
     def close(self) -> None:
         self.queue.close()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytorch_lightning as pl
-import torch
-from pytorch_lightning.loggers import WandbLogger
+from typing import TYPE_CHECKING
 
 from chexnet_pl.files import write_text_atomic
+
+if TYPE_CHECKING:  # every command's Hydra callbacks import this module: Lightning costs seconds
+    import pytorch_lightning as pl
 
 RUN_SUMMARY = "run_summary.json"
 # Monitors whose best value is the mean validation AUROC (run_summary's best_val_auroc).
@@ -20,6 +20,9 @@ def write_run_summary(trainer: pl.Trainer, output_dir: Path, metric_name: str | 
     """The checkpoint's monitored metric (its name, direction and best value), its epoch and
     checkpoint (read by sweep summaries). ``best_val_auroc`` only when that metric is the mean
     validation AUROC: a loss is never reported as one."""
+    import torch
+    from pytorch_lightning.loggers import WandbLogger
+
     callback = trainer.checkpoint_callback
     best_path = callback.best_model_path if callback else ""
     best_epoch = None

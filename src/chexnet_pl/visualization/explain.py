@@ -1,4 +1,7 @@
-"""Explain images end to end: probabilities, heat maps, overlays and prediction tables on disk."""
+"""Explain images end to end: probabilities, heat maps, overlays and prediction tables on disk.
+
+Nothing here imports torch: the model is an ``Explainer`` (PyTorch or ONNX Runtime), so
+``predict`` on an exported model starts without loading PyTorch at all."""
 
 from __future__ import annotations
 
@@ -6,15 +9,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
-from chexnet_pl.data.transforms import eval_transform
-from chexnet_pl.evaluation.calibration import Calibration
+from chexnet_pl.data.resize import area_resize
 from chexnet_pl.visualization.figures import prediction_table, save_figure, upsample
-from chexnet_pl.visualization.heatmaps import heatmaps, resolve_method
+
+if TYPE_CHECKING:
+    from chexnet_pl.evaluation.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +32,23 @@ class XRay:
     truth: np.ndarray | None = None
 
 
-def model_input(xrays: Sequence[XRay], image_size: int) -> torch.Tensor:
-    resize = eval_transform(image_size)
-    return torch.stack(
-        [torch.from_numpy(resize(image=x.gray)["image"]).unsqueeze(0) for x in xrays]
-    )
+class Explainer(Protocol):
+    """What ``explain`` needs of a model: its class names, the (resolved) heat-map method,
+    probabilities of a uint8 N×1×H×W batch, and heat maps (N×len(classes)×H×W in [0, 1]) of some
+    classes of the batch last given to ``probabilities``. ``TorchExplainer`` runs the PyTorch
+    network; ``OnnxExplainer`` an ONNX Runtime export of it (what ``predict`` starts fastest with)."""
+
+    class_names: list[str]
+    method: str
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
+
+    def maps(self, images: np.ndarray, classes: list[int]) -> np.ndarray: ...
+
+
+def model_input(xrays: Sequence[XRay], image_size: int) -> np.ndarray:
+    """The model's uint8 N×1×H×W batch (area-resized as in evaluation)."""
+    return np.stack([area_resize(x.gray, image_size)[None] for x in xrays])
 
 
 def explain(
@@ -45,17 +61,23 @@ def explain(
     thresholds: Sequence[float] | float = 0.5,
     top_k: int = 1,
     calibration: Calibration | None = None,
+    thresholds_note: str = "",
 ) -> pd.DataFrame:
     """For each image write ``<name>.csv`` (prediction table) and ``<name>_<finding>.png``
     (overlay + table) for ``findings`` (default: its ``top_k`` most probable); return the
-    probabilities (``Image Index``, ``prob_<Class>``). ``method="auto"``: CAM where the
-    backbone's head allows it, else Grad-CAM. With ``calibration`` the probabilities are the
-    calibrated ones and every table has a ``calibration`` column saying which."""
-    method = resolve_method(model, method)
+    probabilities (``Image Index``, ``prob_<Class>``). ``model``: an ``Explainer``, or a PyTorch
+    model (explained by ``method``; ``auto``: CAM where the backbone's head allows it, else
+    Grad-CAM). With ``calibration`` the probabilities are the calibrated ones and every table has
+    a ``calibration`` column saying which. ``thresholds_note``: where the thresholds come from,
+    written beside each figure's table."""
+    if not hasattr(model, "maps"):
+        from chexnet_pl.visualization.torch_explainer import TorchExplainer
+
+        model = TorchExplainer(model, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(model.class_names)
     images = model_input(xrays, image_size)
-    probabilities = model.predict_proba(images).cpu().numpy()
+    probabilities = model.probabilities(images)
     if calibration is not None:
         probabilities = calibration.apply(probabilities, names).astype(np.float32)
     chosen_per_image = []
@@ -64,8 +86,8 @@ def explain(
             chosen_per_image.append([names.index(f) for f in findings])
         else:
             chosen_per_image.append(list(np.argsort(-probs)[:top_k]))
-    needed = sorted({k for chosen in chosen_per_image for k in chosen})
-    maps = heatmaps(model, images, needed, method)
+    needed = sorted({int(k) for chosen in chosen_per_image for k in chosen})
+    maps = model.maps(images, needed)
     for i, xray in enumerate(xrays):
         table = prediction_table(probabilities[i], names, xray.truth, thresholds)
         if calibration is not None:
@@ -73,11 +95,12 @@ def explain(
         stem = Path(xray.name).stem
         table.to_csv(out_dir / f"{stem}.csv", index=False)
         for k in chosen_per_image[i]:
-            heat = upsample(maps[i, needed.index(k)].numpy(), xray.gray.shape)
+            heat = upsample(maps[i, needed.index(int(k))], xray.gray.shape)
             save_figure(
                 out_dir / f"{stem}_{names[k]}.png", xray.gray, heat, names[k], float(probabilities[i, k]), table,
-                title=f"{xray.name} — {method}"
+                title=f"{xray.name} — {model.method}"
                 + (f" — calibrated: {calibration.label}" if calibration else ""),
+                thresholds_note=thresholds_note,
             )  # fmt: skip
     frame = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
     frame.insert(0, "Image Index", [x.name for x in xrays])

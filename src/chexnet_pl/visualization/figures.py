@@ -1,4 +1,10 @@
-"""Overlays on the full-resolution X-ray and prediction tables, as CSV and PNG."""
+"""Overlays on the full-resolution X-ray and prediction tables, as CSV and PNG.
+
+The heat map is drawn with a perceptual colour map (``inferno``: brightness grows with the value,
+readable in gray print and by colour-blind readers) and only where it is in its top
+``SHOWN_TOP_PERCENT`` per cent, so the anatomy under the rest stays visible; the figure's colour
+bar gives the map's scale (each map is scaled to [0, 1]) and marks where the shown part starts.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +14,59 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from chexnet_pl.evaluation.plots import save_figure as write_figure  # noqa: E402
 
+COLORMAP = "inferno"
+SHOWN_TOP_PERCENT = 20.0  # of the map's pixels: the rest of the X-ray is shown as it is
+OPACITY = 0.55
+DISPLAY_SIDE = 640  # px: the overlay is drawn at about this size in the figure
+TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree")
 
-def upsample(heatmap: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """A low-resolution map → ``shape`` (the original X-ray's), bilinear."""
-    tensor = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A low-resolution map → ``shape`` (the original X-ray's), bilinear (pixel centres aligned,
+    as torch's ``interpolate(align_corners=False)``; OpenCV, so predicting needs no torch here)."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    return cv2.resize(heat, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def shown_from(heatmap: np.ndarray, top_percent: float = SHOWN_TOP_PERCENT) -> float:
+    """The map value from which the map is drawn: its (100 - top_percent)th percentile (inf for
+    a flat map, which is not drawn)."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    return (
+        float(np.percentile(heat, 100.0 - top_percent)) if heat.max() > heat.min() else float("inf")
+    )
+
+
+def drawn(heatmap: np.ndarray, top_percent: float = SHOWN_TOP_PERCENT) -> np.ndarray:
+    """Where the map is drawn: above ``shown_from`` (at most ``top_percent`` of the pixels; a map
+    that is mostly its minimum is drawn only where it rises above it)."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    cut = shown_from(heat, top_percent)
+    above = heat > cut
+    return above if above.any() or not np.isfinite(cut) else heat >= cut
 
 
 def overlay(
-    gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet"
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    top_percent: float = SHOWN_TOP_PERCENT,
+    opacity: float = OPACITY,
+    colormap: str = COLORMAP,
 ) -> np.ndarray:
-    """The colour-mapped heat map blended on the gray X-ray: H×W×3 uint8 at the X-ray's resolution."""
+    """The X-ray (H×W×3 uint8 at its resolution) with the colour-mapped heat map blended in where
+    the map is in its top ``top_percent`` per cent; elsewhere the gray pixels are unchanged."""
     heat = upsample(heatmap, gray.shape) if heatmap.shape != gray.shape else heatmap
-    colours = matplotlib.colormaps[colormap](np.clip(heat, 0, 1))[..., :3]
+    heat = np.clip(heat, 0, 1)
+    colours = matplotlib.colormaps[colormap](heat)[..., :3]
     base = np.repeat((gray.astype(np.float32) / 255.0)[..., None], 3, axis=-1)
+    alpha = np.where(drawn(heat, top_percent), opacity, 0.0)[..., None]
     return (np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -39,18 +76,102 @@ def prediction_table(
     truth: Sequence[float] | None = None,
     thresholds: Sequence[float] | float = 0.5,
 ) -> pd.DataFrame:
-    """Every finding with its probability, ground truth (when known) and a mark where they
-    disagree at the operating threshold, most probable first."""
+    """Every finding with its probability, its operating threshold, whether it is above it, the
+    ground truth (when known) and a mark where they disagree, most probable first — the table of
+    ``predict``, ``visualize`` and the web page."""
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(class_names),))
     table = pd.DataFrame(
         {"finding": list(class_names), "probability": np.asarray(probabilities, dtype=np.float64)}
     )
     table["threshold"] = thresholds
-    table["predicted"] = table["probability"] >= table["threshold"]
+    table["above_threshold"] = table["probability"] >= table["threshold"]
     if truth is not None:
         table["truth"] = np.asarray(truth) > 0.5
-        table["disagree"] = np.where(table["predicted"] != table["truth"], "✗", "")
+        table["disagree"] = np.where(table["above_threshold"] != table["truth"], "✗", "")
     return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def table_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/blank."""
+    shown = pd.DataFrame({"finding": table["finding"].str.replace("_", " ")})
+    shown["probability"] = table["probability"].map(lambda v: f"{v:.3f}")
+    shown["threshold"] = table["threshold"].map(lambda v: f"{v:.3f}")
+    shown["above"] = table["above_threshold"].map({True: "yes", False: "no"})
+    if "truth" in table:
+        shown["truth"] = table["truth"].map({True: "yes", False: ""})
+        shown["disagree"] = table["disagree"]
+    return shown
+
+
+def overlay_figure(
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    finding: str,
+    probability: float,
+    table: pd.DataFrame,
+    title: str = "",
+    thresholds_note: str = "",
+):
+    """The overlay (titled with the finding, its probability and threshold) over its colour bar,
+    beside the rendered prediction table (rows above their threshold in bold, disagreements with
+    the ground truth in red); returns the matplotlib figure."""
+    figure = plt.figure(figsize=(13, 7))
+    grid = figure.add_gridspec(2, 2, width_ratios=[1, 1], height_ratios=[1, 0.035], hspace=0.12,
+                               wspace=0.05, left=0.02, right=0.99, top=0.9, bottom=0.08)  # fmt: skip
+    left, bar = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[1, 0])
+    right = figure.add_subplot(grid[:, 1])
+    # Drawn at the size the figure shows it (about 500 px a side at 80 dpi): the same picture as
+    # the full resolution, at a fraction of the colour mapping and drawing.
+    scale = min(1.0, DISPLAY_SIDE / max(gray.shape))
+    if scale < 1.0:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    heat = upsample(heatmap, gray.shape) if heatmap.shape != gray.shape else heatmap
+    left.imshow(overlay(gray, heat), interpolation="antialiased")
+    row = table[table["finding"] == finding]
+    threshold = f", threshold {row['threshold'].iloc[0]:.3f}" if len(row) else ""
+    left.set_title(f"{finding.replace('_', ' ')}: p = {probability:.3f}{threshold}", fontsize=12)
+    left.axis("off")
+    mappable = plt.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
+    colorbar = figure.colorbar(mappable, cax=bar, orientation="horizontal")
+    bar.set_label("<colorbar>")  # as matplotlib names the colour bars it makes itself
+    heat = np.clip(heat, 0, 1)
+    mask = drawn(heat)
+    if mask.any():
+        cut = float(heat[mask].min())
+        shown = f"drawn from {cut:.2f} (at most its top {SHOWN_TOP_PERCENT:.0f}%)"
+        bar.axvspan(0, cut, color="white", alpha=0.75)
+        bar.axvline(cut, color="black", linewidth=1)
+    else:
+        shown = "flat: not drawn"
+    colorbar.set_label(
+        f"heat map of {finding.replace('_', ' ')}, scaled to 0–1; {shown}", fontsize=9
+    )
+    colorbar.ax.tick_params(labelsize=8)
+    right.axis("off")
+    cells = table_text(table)
+    columns = [c for c in TABLE_COLUMNS if c in cells]
+    widths = {"finding": 0.34, "probability": 0.16, "threshold": 0.15, "above": 0.1,
+              "truth": 0.1, "disagree": 0.12}  # fmt: skip
+    rendered = right.table(cellText=cells[columns].to_numpy(), colLabels=columns, loc="center",
+                           cellLoc="left", colWidths=[widths[c] for c in columns])  # fmt: skip
+    rendered.auto_set_font_size(False)
+    rendered.set_fontsize(9)
+    rendered.scale(1, 1.3)
+    for position, above in enumerate(table["above_threshold"], start=1):
+        if above:
+            for column in range(len(columns)):
+                rendered[position, column].get_text().set_fontweight("bold")
+    if "disagree" in cells:
+        for position, mark in enumerate(cells["disagree"], start=1):
+            if mark:
+                for column in range(len(columns)):
+                    rendered[position, column].set_facecolor("#ffd6d6")
+    if thresholds_note:
+        right.set_title(f"thresholds: {thresholds_note}", fontsize=8, loc="left")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
 
 
 def save_figure(
@@ -61,28 +182,8 @@ def save_figure(
     probability: float,
     table: pd.DataFrame,
     title: str = "",
+    thresholds_note: str = "",
 ) -> Path:
-    """Overlay (titled with the finding and its probability) beside the rendered prediction table."""
-    figure, (left, right) = plt.subplots(
-        1, 2, figsize=(12, 6), gridspec_kw={"width_ratios": [1, 0.9]}
-    )
-    left.imshow(overlay(gray, heatmap))
-    left.set_title(f"{finding.replace('_', ' ')}: p = {probability:.3f}", fontsize=12)
-    left.axis("off")
-    right.axis("off")
-    shown = table.copy()
-    shown["probability"] = shown["probability"].map(lambda v: f"{v:.3f}")
-    columns = [c for c in ("finding", "probability", "truth", "disagree") if c in shown]
-    if "truth" in shown:
-        shown["truth"] = shown["truth"].map({True: "yes", False: ""})
-    cells = shown[columns].astype(str).to_numpy()
-    rendered = right.table(cellText=cells, colLabels=columns, loc="center", cellLoc="left")
-    rendered.auto_set_font_size(False)
-    rendered.set_fontsize(9)
-    rendered.scale(1, 1.3)
-    if "disagree" in shown:
-        for row, mark in enumerate(shown["disagree"], start=1):
-            if mark:
-                for column in range(len(columns)):
-                    rendered[row, column].set_facecolor("#ffd6d6")
-    return write_figure(figure, path, title, title_size=10)
+    """``overlay_figure`` written as a PNG (laid out by its own grid: drawn once)."""
+    figure = overlay_figure(gray, heatmap, finding, probability, table, title, thresholds_note)
+    return write_figure(figure, path, tight=False, crop=False)

@@ -11,53 +11,19 @@ else Grad-CAM.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import (
-    AblationCAM,
-    EigenCAM,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
+
+from chexnet_pl.visualization.methods import (  # noqa: F401  (re-exported: the heat-map API)
+    GRAD_METHODS,
+    METHODS,
+    CAMUnavailableError,
+    UnknownMethodError,
+    check_method,
 )
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-from chexnet_pl.errors import ChexnetError, ConfigError
-
-GRAD_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
-    "gradcamelementwise": GradCAMElementWise,
-}
-METHODS = ("auto", "cam", *GRAD_METHODS)
-
-
-class CAMUnavailableError(ChexnetError, ValueError):
-    """CAM was asked of a backbone whose head is not global average pooling + one linear layer."""
-
-
-class UnknownMethodError(ConfigError):
-    """A heat-map method name that is not one of ``METHODS``."""
-
-
-def check_method(method: str, setting: str = "method") -> str:
-    """``method`` when it names a heat-map method, else an error naming ``setting`` and the choices."""
-    if method not in METHODS:
-        raise UnknownMethodError(
-            f"{setting}={method!r} is not a heat-map method; use one of {METHODS}"
-        )
-    return method
 
 
 def cam_available(model) -> bool:
@@ -110,6 +76,20 @@ def class_activation_maps(
     ).cpu()
 
 
+@torch.inference_mode()
+def probabilities_and_cams(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass for both: probabilities (B×K) and every class's CAM (B×K×H×W in [0, 1]
+    at the input's size) — what ``predict`` needs, at the cost of one prediction."""
+    require_cam(model)
+    model.eval()
+    features = model.net.forward_features(model.prepare_input(images.to(model.device)))
+    probabilities = torch.sigmoid(model.net.forward_head(features).float())
+    maps = cams_from_features(
+        features.float(), model.net.classifier.weight.float(), images.shape[-2:]
+    )
+    return probabilities.cpu(), maps.cpu()
+
+
 def cams_from_features(
     features: torch.Tensor, classifier_weight: torch.Tensor, size: tuple[int, int] | torch.Size
 ) -> torch.Tensor:
@@ -131,10 +111,11 @@ def grad_cam(
         )
     model.eval()
     inputs = model.prepare_input(images.to(model.device)).contiguous()
-    with GRAD_METHODS[method](model=model.net, target_layers=[model.net.features]) as explainer:
-        maps = explainer(
-            input_tensor=inputs, targets=[ClassifierOutputTarget(class_index)] * len(images)
-        )
+    grad_cam_package = importlib.import_module("pytorch_grad_cam")
+    explainer_class = getattr(grad_cam_package, GRAD_METHODS[method])
+    target = importlib.import_module("pytorch_grad_cam.utils.model_targets").ClassifierOutputTarget
+    with explainer_class(model=model.net, target_layers=[model.net.features]) as explainer:
+        maps = explainer(input_tensor=inputs, targets=[target(class_index)] * len(images))
     return _normalise(torch.from_numpy(np.asarray(maps, dtype=np.float32)))
 
 

@@ -1,17 +1,17 @@
-"""Loading what the visualisation commands need: image files and operating thresholds from an
-evaluation's aucs.csv (the model: ``chexnet_pl.checkpoints.load_run``)."""
+"""Loading what the visualisation commands need: image files, and a calibration with the
+operating thresholds (``evaluation.thresholds``; the model: ``chexnet_pl.checkpoints.load_run``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from chexnet_pl.data.dicom import looks_like_dicom
 from chexnet_pl.data.images import IMAGE_SUFFIXES, read_gray
 from chexnet_pl.errors import DataError, ImageReadError
 from chexnet_pl.evaluation.calibration import Calibration
+from chexnet_pl.evaluation.thresholds import OperatingThresholds
 from chexnet_pl.visualization.explain import XRay
 
 
@@ -66,31 +66,17 @@ def read_readable(
     return xrays, unreadable
 
 
-def thresholds_from(aucs_csv: str | Path | None, class_names: list[str]) -> list[float] | float:
-    """Per-class operating thresholds from an evaluation's aucs.csv, or 0.5."""
-    if not aucs_csv:
-        return 0.5
-    table = pd.read_csv(aucs_csv, index_col="class")
-    if "threshold" not in table:
-        raise DataError(
-            f"{aucs_csv} has no 'threshold' column; give the aucs.csv an evaluation wrote"
-        )
-    missing = [c for c in class_names if c not in table.index]
-    if missing:
-        raise DataError(f"{aucs_csv} lacks classes {missing}")
-    return [float(v) if pd.notna(v) else 0.5 for v in table.loc[class_names, "threshold"]]
-
-
 def calibration_and_thresholds(
-    calibration_file: str | None, aucs_csv: str | None, class_names: list[str]
-) -> tuple[Calibration | None, list[float] | float]:
-    """``calibration=`` and ``thresholds=`` together: an evaluation's thresholds were chosen on
-    raw probabilities, so with a calibration they are mapped through it too (0.5 stays 0.5)."""
-    thresholds = thresholds_from(aucs_csv, class_names)
+    calibration_file: str | None, thresholds: OperatingThresholds, class_names: list[str]
+) -> tuple[Calibration | None, list[float]]:
+    """``calibration=`` with the run's operating thresholds: an evaluation's thresholds were chosen
+    on raw probabilities, so with a calibration they are mapped through it too (the 0.5 of "no
+    aucs.csv found" stays 0.5)."""
+    values = list(thresholds.values)
     if not calibration_file:
-        return None, thresholds
-    calibration = Calibration.read(calibration_file, class_names)
-    if aucs_csv:
-        raw = np.asarray(thresholds, dtype=np.float64)[None, :]
-        thresholds = [float(v) for v in calibration.apply(raw, class_names)[0]]
-    return calibration, thresholds
+        return None, values
+    calibration = Calibration.read(calibration_file, class_names)  # checked: finite, every class
+    if thresholds.source is not None:
+        raw = np.asarray(values, dtype=np.float64)[None, :]
+        values = [float(v) for v in calibration.apply(raw, class_names)[0]]
+    return calibration, values

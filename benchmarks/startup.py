@@ -1,0 +1,179 @@
+"""How long ``chexnet-predict`` takes to answer: start-up (interpreter, imports, config, model) and
+per image, on real NIH images, as a user runs it — on PyTorch, and on the ONNX export of the
+same checkpoint (``backend=auto`` uses it when ``chexnet-export`` wrote it beside the checkpoint).
+
+    .venv/bin/python benchmarks/startup.py [--repeats 3] [--images 10] [--size 224]
+
+A random DenseNet-121 checkpoint (no download) at ``--size`` px is written to a temporary run
+folder and exported (``chexnet-export format=onnx cams=true``, not timed); then, per backend and
+each ``--repeats`` times, in fresh processes:
+
+- ``import``: ``python -c "import chexnet_pl.predict"`` (what the command imports before it runs);
+- ``one image``: ``chexnet-predict ckpt=... image=<one NIH sample PNG>`` (prediction, table,
+  overlay figure written) — the figure a user waits for;
+- ``N images``: the same with ``images=<folder of N NIH sample PNGs>``; per image is
+  (N images − one image) / (N − 1).
+
+Prints the median and the fastest of each, the issue-22 target (one image < 3 s wall), the heavy
+libraries the command imported (Lightning, torchmetrics, scikit-learn, albumentations and
+grad-cam must not be among them; on ONNX Runtime, neither torch), the CPU with its features, and
+the load average (other jobs on the machine make every figure slower; compare figures of one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = Path(os.environ.get("CHEXNET_SHARED_DATA", REPO.parent / "shared" / "data")) / "nih-sample"
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# Libraries predict does not need: each costs seconds to import on a small CPU.
+HEAVY = (
+    "torch",
+    "pytorch_lightning",
+    "torchmetrics",
+    "sklearn",
+    "albumentations",
+    "pytorch_grad_cam",
+)
+TARGET_ONE_IMAGE_S = 3.0
+
+
+def describe_machine() -> str:
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    present = [f for f in CPU_FLAGS if f in flags]
+    absent = [f for f in CPU_FLAGS if f not in flags]
+    return (
+        f"CPU: {model}, {cores} usable cores; has {', '.join(present) or 'none'}"
+        f"{'; lacks ' + ', '.join(absent) if absent else ''}; python {platform.python_version()}"
+    )
+
+
+def write_checkpoint(path: Path, image_size: int) -> Path:
+    """A random DenseNet-121 run checkpoint, as ``train`` saves one (weights, settings)."""
+    import torch
+
+    from chexnet_pl.models.module import CheXNetModule
+
+    torch.manual_seed(0)
+    model = CheXNetModule(backbone="densenet121", pretrained=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "datamodule_hyper_parameters": {"image_size": image_size},
+        },
+        path,
+    )
+    return path
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - started
+
+
+def imported_heavy(checkpoint: Path, image: Path, out: Path, backend: str) -> list[str]:
+    """The heavy libraries a real ``predict`` run has in ``sys.modules`` when it ends."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['chexnet-predict', 'ckpt={checkpoint}', 'image={image}', 'out={out}', "
+        f"'backend={backend}']\n"
+        "try:\n    runpy.run_module('chexnet_pl.predict', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        f"print('IMPORTED:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith("IMPORTED:"))
+    return [m for m in line.removeprefix("IMPORTED:").split(",") if m]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    pngs = sorted((SAMPLE / "images").glob("*.png"))
+    if len(pngs) < args.images:
+        sys.exit(f"needs {args.images} NIH sample PNGs in {SAMPLE / 'images'}")
+    predict = shutil.which("chexnet-predict", path=str(Path(sys.executable).parent))
+    if predict is None:
+        sys.exit("chexnet-predict is not installed beside this python (make setup)")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        checkpoint = write_checkpoint(tmp / "run" / "checkpoints" / "best.ckpt", args.size)
+        export = shutil.which("chexnet-export", path=str(Path(sys.executable).parent))
+        subprocess.run([export, f"ckpt={checkpoint}", "format=onnx", "cams=true",
+                        f"hydra.run.dir={tmp / 'export'}"], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        folder = tmp / "images"
+        folder.mkdir()
+        for png in pngs[: args.images]:
+            (folder / png.name).symlink_to(png)
+        runs = {
+            backend: {"import": [], "one image": [], "N images": []}
+            for backend in ("torch", "onnx")
+        }
+        for repeat in range(args.repeats):
+            for backend, times in runs.items():
+                base = [predict, f"ckpt={checkpoint}", f"backend={backend}"]
+                times["import"].append(timed([sys.executable, "-c", "import chexnet_pl.predict"]))
+                times["one image"].append(
+                    timed([*base, f"image={pngs[0]}", f"out={tmp / f'{backend}1{repeat}'}"])
+                )
+                times["N images"].append(
+                    timed([*base, f"images={folder}", f"out={tmp / f'{backend}n{repeat}'}"])
+                )
+        heavy = {b: imported_heavy(checkpoint, pngs[0], tmp / f"modules_{b}", b) for b in runs}
+    load_after = os.getloadavg()[0]
+    print(describe_machine())
+    print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}")
+    print(f"chexnet-predict, random DenseNet-121 at {args.size} px, 1024x1024 NIH sample PNGs, "
+          f"{args.repeats} runs each; seconds, median (fastest):")  # fmt: skip
+    print(f"  {'':<14}{'PyTorch':>18}{'ONNX Runtime':>18}")
+    rows = {}
+    for name in ("import", "one image", "N images"):
+        rows[name] = {b: runs[b][name] for b in runs}
+    rows["per image"] = {
+        b: [
+            (n - one) / (args.images - 1)
+            for n, one in zip(runs[b]["N images"], runs[b]["one image"], strict=True)
+        ]
+        for b in runs
+    }
+    for name, values in rows.items():
+        label = f"{args.images} images" if name == "N images" else name
+        cells = "".join(f"{statistics.median(v):>10.2f} ({min(v):5.2f})" for v in values.values())
+        print(f"  {label:<14}{cells}")
+    for backend, label in (("torch", "PyTorch"), ("onnx", "ONNX Runtime")):
+        one = statistics.median(runs[backend]["one image"])
+        verdict = "meets" if one < TARGET_ONE_IMAGE_S else "misses"
+        print(f"one image on {label}: {one:.2f} s, {verdict} the issue-22 target (< {TARGET_ONE_IMAGE_S:.0f} s); "
+              f"heavy libraries imported: {', '.join(heavy[backend]) or 'none'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Which subgroups an evaluation compares, and which subgroup each image is in (sex, age band,
+view), read from NIH's metadata; the settings of the subgroup report (``evaluation.*``)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from chexnet_pl.errors import ChexnetError, ConfigError
+from chexnet_pl.evaluation.report import THRESHOLD_METHODS
+
+log = logging.getLogger(__name__)
+
+SEX = "Patient Gender"
+AGE = "Patient Age"
+VIEW = "View Position"
+DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
+METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
+ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET}
+UNKNOWN = "unknown"
+# Why a subgroup or cell is left out of gaps and means (the report's ``note`` column).
+TOO_SMALL = "too small"
+UNDEFINED = "undefined"
+
+
+@dataclass(frozen=True)
+class Subgroups:
+    """What the subgroup report compares and how.
+
+    ``age_edges=(20, 40, 60, 80)`` gives 0-20, 20-40, 40-60, 60-80, 80+ (lower edge included);
+    ages above ``max_age`` go to ``unknown``. A subgroup with fewer than ``min_images`` images,
+    or a subgroup × finding cell with fewer than ``min_positives`` positives (or negatives), is
+    reported but marked too small and kept out of gaps and of the findings a mean is taken over.
+    ``underdiagnosis_threshold``: how the "No Finding" threshold of the underdiagnosis rate is
+    chosen on validation — ``f1`` (F1-maximising, as Seyyed-Kalantari et al. 2021) or ``youden``.
+    The defaults are ``conf/evaluation/default.yaml``'s (see ``from_settings``).
+    """
+
+    attributes: tuple[str, ...] = ("sex", "age", "view")
+    age_edges: tuple[int, ...] = (20, 40, 60, 80)
+    max_age: int = 100
+    min_images: int = field(kw_only=True)
+    min_positives: int = field(kw_only=True)
+    underdiagnosis_threshold: str = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attributes if a not in ATTRIBUTES]
+        if unknown:
+            raise ChexnetError(
+                f"evaluation.subgroups has unknown attribute(s) {unknown}; use some of "
+                f"{list(ATTRIBUTES)} (or [] for none)"
+            )
+        edges = list(self.age_edges)
+        if edges != sorted(set(edges)) or (edges and edges[0] <= 0):
+            raise ChexnetError(
+                f"evaluation.age_bands={edges}: give increasing positive ages, e.g. [20, 40, 60, 80]"
+            )
+        for key, value in (("min_subgroup_images", self.min_images),
+                           ("min_subgroup_positives", self.min_positives)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"evaluation.{key}={value!r}: give a whole number of at least 1")
+        if self.underdiagnosis_threshold not in THRESHOLD_METHODS:
+            raise ConfigError(
+                f"evaluation.underdiagnosis_threshold={self.underdiagnosis_threshold!r} is not a "
+                f"valid setting; use one of: {', '.join(THRESHOLD_METHODS)}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | Any) -> Subgroups:
+        """From the ``evaluation`` settings (a mapping or ``EvaluationSettings``)."""
+        get = settings.get if isinstance(settings, Mapping) else lambda k: getattr(settings, k)
+        return cls(
+            tuple(get("subgroups")), tuple(get("age_bands")), get("max_age"),
+            min_images=get("min_subgroup_images"), min_positives=get("min_subgroup_positives"),
+            underdiagnosis_threshold=get("underdiagnosis_threshold"),
+        )  # fmt: skip
+
+    @property
+    def size_rule(self) -> str:
+        return f"at least {self.min_images} images and {self.min_positives} positives and negatives"
+
+
+def _parse_age(value) -> float:
+    """NIH ages are numbers; its older sample files write ``058Y`` (years) — both are read."""
+    if isinstance(value, int | float | np.integer | np.floating):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[Yy]?\s*", str(value))
+    return float(match.group(1)) if match else float("nan")
+
+
+def age_bands(ages: pd.Series, images: pd.Series, spec: Subgroups) -> tuple[np.ndarray, list[str]]:
+    """Band label per image and the band names in order; implausible or missing ages are named
+    in a warning and go to ``unknown``."""
+    edges = [0, *spec.age_edges]
+    names = [f"{lo}-{hi}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    names.append(f"{edges[-1]}+")
+    values = np.array([_parse_age(v) for v in ages], dtype=np.float64)
+    bad = np.isnan(values) | (values < 0) | (values > spec.max_age)
+    if bad.any():
+        examples = ", ".join(
+            f"{name} ({age})"
+            for name, age in zip(images[bad].head(5), ages[bad].head(5), strict=True)
+        )
+        log.warning(
+            "%d image(s) have a missing or implausible age (over %d or below 0), e.g. %s: they go "
+            "to the '%s' age band (the 2017 CSV has such ages; v2020 corrected them)",
+            int(bad.sum()), spec.max_age, examples, UNKNOWN,
+        )  # fmt: skip
+    index = np.searchsorted(np.asarray(spec.age_edges, dtype=np.float64), values, side="right")
+    labels = np.asarray(names, dtype=object)[np.minimum(index, len(names) - 1)]
+    labels[bad] = UNKNOWN
+    return labels, names
+
+
+def _categorical(values: pd.Series, expected: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    labels = values.fillna("").astype(str).str.strip().str.upper().to_numpy(dtype=object)
+    labels[labels == ""] = UNKNOWN
+    others = sorted(set(labels) - set(expected) - {UNKNOWN})
+    return labels, [*expected, *others]
+
+
+def subgroup_labels(meta: pd.DataFrame, spec: Subgroups) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """attribute → (label per image, the subgroups in report order; ``unknown`` last if present)."""
+    result = {}
+    for attribute in spec.attributes:
+        column = ATTRIBUTES[attribute]
+        if column not in meta.columns:
+            log.warning("no '%s' column in the metadata: no %s subgroups", column, attribute)
+            continue
+        if attribute == "age":
+            labels, names = age_bands(meta[column], meta.index.to_series(), spec)
+        elif attribute == "sex":
+            labels, names = _categorical(meta[column], ["F", "M"])
+        elif attribute == "dataset":
+            labels, names = _categorical(meta[column], [])
+        else:
+            labels, names = _categorical(meta[column], ["PA", "AP"])
+        if (labels == UNKNOWN).any():
+            names.append(UNKNOWN)
+        result[attribute] = (labels, names)
+    return result
