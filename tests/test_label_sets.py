@@ -114,7 +114,7 @@ def test_subgroups_leave_unlabelled_images_out():
     meta = pd.DataFrame({"Patient Gender": np.where(np.arange(300) % 2, "M", "F")},
                         index=[f"{i}.png" for i in range(300)])  # fmt: skip
     result = score_subgroups(scores, masked, np.arange(300), meta, names, [0.5] * 3,
-                             Subgroups(("sex",)), 0)  # fmt: skip
+                             Subgroups(("sex",), min_images=1, min_positives=1, underdiagnosis_threshold="youden"), 0)  # fmt: skip
     row = result.table.query("subgroup == 'F' and finding == 'A'").iloc[0]
     women = (np.arange(300) % 2 == 0) & ~np.isnan(masked[:, 0])
     assert row["auroc"] == pytest.approx(roc_auc_score(masked[women, 0], scores[women, 0]))

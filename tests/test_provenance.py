@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 from conftest import compose_config
 
-from chexnet_pl.data.nih_table import read_data_entry
+from chexnet_pl.data.nih import label_index
+from chexnet_pl.data.nih_table import class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.errors import ChexnetError
 from chexnet_pl.evaluate import evaluate
-from chexnet_pl.evaluation.runner import label_index
-from chexnet_pl.labels import class_names
 
 QUICK = ("evaluation.bootstrap_samples=0", "evaluation.plots=false", "evaluation.subgroups=[]")
 

@@ -18,6 +18,7 @@ import requests
 import uvicorn
 from conftest import compose_config, random_checkpoint
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.thresholds import (
@@ -25,9 +26,9 @@ from chexnet_pl.evaluation.thresholds import (
     operating_thresholds,
     read_thresholds,
 )
-from chexnet_pl.labels import class_names, label_key, resolve_label
+from chexnet_pl.labels import label_key, resolve_label
 from chexnet_pl.predict import predict
-from chexnet_pl.serving.app import create_app
+from chexnet_pl.serving.app import Limits, create_app
 from chexnet_pl.serving.backends import load_backend
 from chexnet_pl.serving.card import find_thresholds
 from chexnet_pl.serving.predictor import Predictor
@@ -72,7 +73,10 @@ def served_thresholds(checkpoint: Path, image: Path) -> tuple[dict, dict]:
     backend, card = load_backend(checkpoint)
     predictor = Predictor(backend, card)
     config = uvicorn.Config(
-        create_app(predictor), host="127.0.0.1", port=free_port(), log_config=None
+        create_app(predictor, Limits(2**20, 10**6)),
+        host="127.0.0.1",
+        port=free_port(),
+        log_config=None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -81,7 +81,6 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
     """The checkpoint's network (an ``XrayClassifier``: eval mode, on ``device`` or the GPU when
     there is one) and data settings; ImageNet weights are never fetched, the checkpoint holds
     every weight. Lightning is not needed (nor imported) to read a run back."""
-    from chexnet_pl.labels import class_names as default_class_names
     from chexnet_pl.models.network import XrayClassifier
 
     path = Path(checkpoint).expanduser()
@@ -92,9 +91,12 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} holds no model weights and settings; is it a chexnet_pl checkpoint "
             "(<run>/checkpoints/*.ckpt, or one written by chexnet-import-weights)?"
         )
-    names = hparams.get("class_names") or default_class_names(
-        bool(hparams.get("include_no_finding", True))
-    )
+    names = hparams.get("class_names")
+    if not names:
+        raise WeightsError(
+            f"{path} does not name its outputs (no class_names in its settings); it predates "
+            "label sets as data: retrain, or import it with chexnet-import-weights"
+        )
     try:
         model = XrayClassifier(hparams, names)
         model.load_weights(stored["state_dict"])
