@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
+from chexnet_pl.shipped import shipped
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,6 @@ def checkpoint_load_error(path: str | Path, exc: BaseException) -> WeightsError:
     )
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class Run:
     """A trained model with what it was trained on."""
@@ -73,8 +71,11 @@ class Run:
 
     @property
     def image_size(self) -> int:
-        """The size the model was trained at (224 when the checkpoint does not say)."""
-        return int(self.data_settings.get("image_size", 224))
+        """The size the model was trained at (the shipped data.image_size when the checkpoint
+        does not say: one imported from another project)."""
+        if "image_size" in self.data_settings:
+            return int(self.data_settings["image_size"])
+        return int(shipped("data")["image_size"])
 
 
 def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
@@ -90,14 +91,16 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} holds no model weights and settings; is it a chexnet_pl checkpoint "
             "(<run>/checkpoints/*.ckpt, or one written by chexnet-import-weights)?"
         )
-    model = CheXNetModule(**{**hparams, "pretrained": False, "weights_path": None})
+    # A checkpoint written before a setting existed gets the shipped value of that setting.
+    settings = shipped("model", **{**hparams, "pretrained": False, "weights_path": None})
+    model = CheXNetModule(**settings)
     try:
         model.load_state_dict(stored["state_dict"])
     except RuntimeError as exc:
         raise WeightsError(
             f"{path} does not fit the model its settings describe: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    model = model.to(device or default_device()).eval()
+    model = model.to(device or detect_caps().device).eval()
     return Run(path, model, dict(stored.get("datamodule_hyper_parameters") or {}))
 
 
@@ -106,12 +109,18 @@ def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Pat
     command line, None = keep) take precedence. The model decides the classes."""
     from chexnet_pl.data.datamodule import NIHDataModule
 
-    settings = {**run.data_settings, "synthetic": None, "report_dir": str(output_dir)}
-    settings["include_no_finding"] = bool(run.model.hparams.include_no_finding)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    if not settings.get("root"):
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given.get("root") and not run.data_settings.get("root"):
         raise DataError(
             f"{run.path} does not name the data folder it was trained on; "
             "give data.root=/path/to/nih"
         )
+    stored = {
+        **run.data_settings,
+        "synthetic": None,
+        "report_dir": str(output_dir),
+        "include_no_finding": bool(run.model.hparams.include_no_finding),  # the model decides
+    }
+    settings = shipped("data", **stored)
+    settings.update(given)  # replaced whole, as the command line gives them
     return NIHDataModule(**settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import ImageCache, StaleCache, cache_folder, check_sources, open_cache
 from chexnet_pl.data.dataset import NIHChestXray
 from chexnet_pl.data.device_loader import (
-    LOADERS,
     DeviceImages,
     DeviceLoader,
     bytes_needed,
@@ -30,36 +29,24 @@ from chexnet_pl.data.device_loader import (
 from chexnet_pl.data.image_check import find_bad_images, find_undecodable
 from chexnet_pl.data.images import find_images
 from chexnet_pl.data.nih_table import IMAGE, VIEW, find_data_entry, label_matrix, read_data_entry
+from chexnet_pl.data.settings import check_data_settings
 from chexnet_pl.data.splits import SPLITS, make_split
 from chexnet_pl.data.transforms import eval_transform, train_transform
+from chexnet_pl.device import detect_caps, free_memory, pin_memory
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.labels import class_names
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("all", "PA", "AP")
 # One row per image left out of a run, whatever the reason (missing, unreadable, failed mid-epoch).
 SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
 REPORT_COLUMNS = ["Image Index", "split", "reason"]
-MISSING_POLICIES = ("error", "skip")
-CACHE_MODES = ("auto", "off", "required")
-CHOICES = {"view_position": VIEWS, "missing_images": MISSING_POLICIES,
-           "on_bad_image": MISSING_POLICIES, "cache": CACHE_MODES, "loader": LOADERS}  # fmt: skip
-
-
-def _check_choices(**settings: str) -> None:
-    """Each ``data.<key>=value`` must be one of its allowed values (CHOICES)."""
-    for key, value in settings.items():
-        if value not in CHOICES[key]:
-            raise DataError(f"data.{key}={value!r}; use one of {CHOICES[key]}")
 
 
 def _workers(requested: int | str) -> int:
-    """``data.num_workers``: ``auto`` or a count, capped at this machine's cores."""
-    try:
-        workers = resolve_num_workers(requested)
-    except ValueError as exc:
-        raise DataError(str(exc)) from exc
+    """``data.num_workers`` (checked by ``check_data_settings``): ``auto`` or a count, capped at
+    this machine's cores."""
+    workers = resolve_num_workers(requested)
     if requested != "auto" and workers < int(requested):
         log.info("data.num_workers=%s capped at this machine's %d CPU cores", requested, workers)
     return workers
@@ -99,43 +86,37 @@ class NIHDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        csv: str | None = None,
-        include_no_finding: bool = True,
-        split: Mapping[str, Any] | None = None,
-        view_position: str = "all",
-        image_size: int = 224,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int | str = "auto",
-        pin_memory: bool = True,
-        missing_images: str = "error",
-        on_bad_image: str = "error",
-        check_images: bool = True,
-        decode_check: tuple[str, ...] | list[str] = ("val", "test"),
-        report_dir: str | None = None,
-        require_test: bool = False,
-        augment: Mapping[str, Any] | None = None,
-        synthetic: Mapping[str, Any] | None = None,
-        cache: str = "auto",
-        cache_dir: str | None = None,
-        cache_size: int | None = None,
-        loader: str = "auto",
-        device_memory_share: float = 0.5,
-        seed: int | None = None,
+        csv: str | None,
+        include_no_finding: bool,
+        split: Mapping[str, Any],
+        view_position: str,
+        image_size: int,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int | str,
+        pin_memory: bool,
+        missing_images: str,
+        on_bad_image: str,
+        check_images: bool,
+        decode_check: Sequence[str],
+        report_dir: str | None,
+        require_test: bool,
+        augment: Mapping[str, Any],
+        synthetic: Mapping[str, Any] | None,
+        cache: str,
+        cache_dir: str | None,
+        cache_size: int | None,
+        loader: str,
+        device_memory_share: float,
+        seed: int,
     ) -> None:
         super().__init__()
         # Plain values, stored in checkpoints so evaluation can rebuild the same data and split.
         self.save_hyperparameters(logger=False)
-        _check_choices(view_position=view_position, missing_images=missing_images,
-                       on_bad_image=on_bad_image, cache=cache, loader=loader)  # fmt: skip
-        if not 0 < float(device_memory_share) <= 1:
-            raise DataError(
-                f"data.device_memory_share={device_memory_share!r}; use a share in (0, 1]"
-            )
+        self.split_settings = check_data_settings(self.hparams)  # every problem, in one error
         self.root = Path(root).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         self.pathologies = class_names(include_no_finding)
-        self.split_args = dict(split or {"method": "official"})
         self.view_position = view_position
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -145,13 +126,10 @@ class NIHDataModule(pl.LightningDataModule):
         self.missing_images = missing_images
         self.on_bad_image = on_bad_image
         self.check_images = bool(check_images)
-        unknown = [name for name in decode_check or () if name not in SPLITS]
-        if unknown:
-            raise DataError(f"data.decode_check={list(decode_check)}: use names from {SPLITS}")
-        self.decode_check = tuple(decode_check or ())
+        self.decode_check = tuple(decode_check)
         self.report_dir = Path(report_dir) if report_dir else None
         self.require_test = bool(require_test)
-        self.augment = dict(augment or {})
+        self.augment = dict(augment)
         self.synthetic = dict(synthetic) if synthetic else None
         self.cache_mode = cache
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / "prepared"
@@ -161,7 +139,7 @@ class NIHDataModule(pl.LightningDataModule):
         self.labels: np.ndarray | None = None
         self.datasets: dict[str, NIHChestXray] = {}
         self.loader_mode, self.device_memory_share = loader, float(device_memory_share)
-        self.seed = int(seed if seed is not None else self.split_args.get("seed") or 0)
+        self.seed = int(seed)
         self.loader_kind: str | None = None  # workers | device, chosen at the first loader
         self.on_device: dict[str, DeviceImages] = {}
 
@@ -188,10 +166,7 @@ class NIHDataModule(pl.LightningDataModule):
         log.info("read %d rows from %s", len(table), csv)
 
         # Split first, on the whole table, so split lists are checked against the release as is.
-        args = {k: v for k, v in self.split_args.items() if k != "method"}
-        table["split"] = make_split(
-            table, self.split_args.get("method", "official"), self.root, **args
-        )
+        table["split"] = make_split(table, self.split_settings, self.root)
         if self.view_position != "all":
             keep = (table[VIEW] == self.view_position).to_numpy()
             log.info(
@@ -357,12 +332,6 @@ class NIHDataModule(pl.LightningDataModule):
         if self.cache_mode == "off":
             return None
         if self.cache_size:
-            if self.cache_size < self.image_size:
-                raise DataError(
-                    f"data.cache_size={self.cache_size} is smaller than data.image_size="
-                    f"{self.image_size}: the images would be upsampled. Prepare a cache of at "
-                    "least that size, or leave data.cache_size unset."
-                )
             sizes = [self.cache_size]
         else:
             prepared = self.cache_dir.glob("*px") if self.cache_dir.is_dir() else []
@@ -412,7 +381,7 @@ class NIHDataModule(pl.LightningDataModule):
     def _data_device(self) -> torch.device:
         if self.trainer is not None:
             return self.trainer.strategy.root_device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return detect_caps().device
 
     def _device_data(self, name: str) -> DeviceImages | None:
         """``name``'s images on the training device when the device path is chosen, else None."""
@@ -427,6 +396,7 @@ class NIHDataModule(pl.LightningDataModule):
                     device,
                     self.device_memory_share,
                     self.trainer.world_size if self.trainer is not None else 1,
+                    free_memory(device),
                 )
             except ValueError as exc:
                 build = f"chexnet-prepare root={self.root} size={self.image_size}"
@@ -472,7 +442,7 @@ class NIHDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            pin_memory=pin_memory(self.pin_memory, detect_caps()),
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > batch_size,
         )
@@ -502,7 +472,7 @@ class NIHDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            pin_memory=pin_memory(self.pin_memory, detect_caps()),
         )
 
     def train_dataloader(self) -> DataLoader:

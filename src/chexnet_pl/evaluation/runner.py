@@ -13,12 +13,19 @@ import pandas as pd
 import torch
 
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, label_matrix
-from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.calibration import write_calibration_report
+from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.evaluation.calibration import CalibrationSettings, write_calibration_report
 from chexnet_pl.evaluation.plots import plot_curves
-from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
+from chexnet_pl.evaluation.predictions import (
+    TTA_MODES,
+    PredictionCache,
+    predict,
+    prob_columns,
+    tta_resize,
+)
 from chexnet_pl.evaluation.report import (
     MEAN_ROW,
+    THRESHOLD_METHODS,
     choose_threshold,
     format_report,
     score_predictions,
@@ -30,34 +37,71 @@ from chexnet_pl.evaluation.subgroups import (
     write_subgroup_report,
 )
 from chexnet_pl.labels import class_names as all_class_names
+from chexnet_pl.models.precision import check_precision
+from chexnet_pl.validation import Problems, settings_from
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """``conf/evaluation/default.yaml``."""
+    """``evaluation.*`` (conf/evaluation/default.yaml, where every default is): judged here,
+    once, when built — by ``train`` and ``evaluate`` before any work, by their pre-flight check."""
 
-    tta: str = "none"
-    threshold: str = "youden"
-    bootstrap_samples: int = 1000
-    bootstrap_seed: int = 0
-    confidence: float = 0.95
-    precision: str = "auto"
-    plots: bool = True
-    subgroups: tuple[str, ...] = ("sex", "age", "view")
-    age_bands: tuple[int, ...] = (20, 40, 60, 80)
-    max_age: int = 100
-    calibrate: str = "none"
-    calibration_bins: int = 15
+    tta: str
+    threshold: str
+    bootstrap_samples: int
+    bootstrap_seed: int
+    confidence: float
+    precision: str
+    plots: bool
+    subgroups: Sequence[str]
+    age_bands: Sequence[int]
+    max_age: int
+    calibrate: str
+    calibration_bins: int
+
+    def __post_init__(self) -> None:
+        problems = Problems("evaluation")
+        problems.choice("tta", self.tta, TTA_MODES)
+        problems.choice("threshold", self.threshold, THRESHOLD_METHODS)
+        try:
+            check_precision(self.precision, "evaluation.precision")
+        except ConfigError as exc:
+            problems.extend(exc)
+        problems.number("bootstrap_samples", self.bootstrap_samples, minimum=0, integer=True)
+        problems.number("bootstrap_seed", self.bootstrap_seed, minimum=0, integer=True)
+        problems.number("confidence", self.confidence, minimum=0, maximum=1, exclusive=True)
+        problems.flag("plots", self.plots)
+        for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
+            value = getattr(self, key)
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                object.__setattr__(self, key, tuple(value))
+        for build in (self._subgroup_spec, self._calibration):
+            try:
+                build()
+            except ConfigError as exc:
+                problems.extend(exc)
+        problems.raise_if_any()
+
+    def _subgroup_spec(self) -> Subgroups:
+        return Subgroups(self.subgroups, self.age_bands, self.max_age)
+
+    def _calibration(self) -> CalibrationSettings:
+        return CalibrationSettings(self.calibrate, self.calibration_bins)
+
+    @property
+    def subgroup_spec(self) -> Subgroups:
+        return self._subgroup_spec()
+
+    @property
+    def calibration(self) -> CalibrationSettings:
+        return self._calibration()
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        values = dict(section or {})
-        for key in ("subgroups", "age_bands"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        """The ``evaluation`` section; unknown, missing and bad values in one ``ConfigError``."""
+        return settings_from(cls, section, "evaluation")
 
 
 def label_index(table: pd.DataFrame) -> pd.DataFrame:
@@ -115,7 +159,7 @@ def score_and_write(
     )  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     calibration, fitted, calibration_line = write_calibration_report(
-        scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
+        scores, labels, names, output_dir, settings.calibration,
         val_scores if chosen_on == "val" else None, val_labels, split, settings.plots,
     )  # fmt: skip
     table[["ece", "brier"]] = calibration[["ece_equal_mass", "brier"]].reindex(table.index)
@@ -128,7 +172,7 @@ def score_and_write(
         plot_curves(scores, labels, names, output_dir, title=f"{split} split, {len(preds)} images")
     subgroups = write_subgroup_report(
         scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds,
-        Subgroups(settings.subgroups, settings.age_bands, settings.max_age), output_dir,
+        settings.subgroup_spec, output_dir,
         settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
         table["auroc"].to_dict(), settings.plots, split,
     )  # fmt: skip

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.errors import ChexnetError
 from chexnet_pl.evaluation.auroc import mean_over
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
 from chexnet_pl.labels import FINDINGS, NO_FINDING
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,41 @@ MEAN = "Mean (14 findings)"
 @dataclass(frozen=True)
 class Subgroups:
     """Which attributes, and how ages are banded: ``age_edges=(20, 40, 60, 80)`` gives 0-20,
-    20-40, 40-60, 60-80, 80+ (lower edge included); ages above ``max_age`` go to ``unknown``."""
+    20-40, 40-60, 60-80, 80+ (lower edge included); ages above ``max_age`` go to ``unknown``.
+    ``evaluation.subgroups``, ``evaluation.age_bands`` and ``evaluation.max_age``."""
 
-    attributes: tuple[str, ...] = ("sex", "age", "view")
-    age_edges: tuple[int, ...] = (20, 40, 60, 80)
-    max_age: int = 100
+    attributes: tuple[str, ...]
+    age_edges: tuple[int, ...]
+    max_age: int
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.attributes if a not in ATTRIBUTES]
-        if unknown:
-            raise ChexnetError(
-                f"evaluation.subgroups has unknown attribute(s) {unknown}; use some of "
+        problems = Problems("evaluation")
+        if isinstance(self.attributes, str) or not isinstance(self.attributes, Sequence):
+            problems.add(
+                f"evaluation.subgroups={self.attributes!r}: give a list, some of "
                 f"{list(ATTRIBUTES)} (or [] for none)"
             )
-        edges = list(self.age_edges)
-        if edges != sorted(set(edges)) or (edges and edges[0] <= 0):
-            raise ChexnetError(
-                f"evaluation.age_bands={edges}: give increasing positive ages, e.g. [20, 40, 60, 80]"
+        else:
+            for attribute in self.attributes:
+                problems.choice("subgroups[]", attribute, ATTRIBUTES)
+        edges = self.age_edges
+        numbers = (
+            not isinstance(edges, str)
+            and isinstance(edges, Sequence)
+            and all(isinstance(e, int | float) and not isinstance(e, bool) for e in edges)
+        )
+        if not numbers or list(edges) != sorted(set(edges)) or (edges and edges[0] <= 0):
+            problems.add(
+                f"evaluation.age_bands={edges!r}: give increasing positive ages, e.g. "
+                "[20, 40, 60, 80]"
             )
+        if problems.number("max_age", self.max_age, minimum=1) and numbers and edges:
+            if self.max_age <= max(edges):
+                problems.add(
+                    f"evaluation.max_age={self.max_age} is not above the last age band edge "
+                    f"({max(edges)}); raise it or drop that edge"
+                )
+        problems.raise_if_any()
 
 
 def _parse_age(value) -> float:
