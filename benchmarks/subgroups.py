@@ -23,9 +23,10 @@ from chexnet_pl.data.nih_table import PATIENT, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
-from chexnet_pl.evaluation.runner import label_index
-from chexnet_pl.evaluation.subgroups import Subgroups, format_summary, write_subgroup_report
+from chexnet_pl.evaluation.runner import EvaluationSettings, label_index
+from chexnet_pl.evaluation.subgroups import format_summary, write_subgroup_report
 from chexnet_pl.labels import class_names
+from chexnet_pl.shipped import shipped
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def main() -> None:
     bootstrap_auroc(scores, labels, patients, args.samples)
     overall = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder:
-        spec = Subgroups()
+        spec = EvaluationSettings.from_config(shipped("evaluation")).subgroup_spec
         start = time.perf_counter()
         result = write_subgroup_report(
             scores, labels, patients, test, names, thresholds, spec, Path(folder),

@@ -16,6 +16,8 @@ from chexnet_pl.cli import CONFIG_MODULE
 from chexnet_pl.data.datamodule import NIHDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
+from chexnet_pl.models.module import CheXNetModule, shipped_model
+from chexnet_pl.shipped import shipped
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -67,14 +69,16 @@ def synthetic_cache(tmp_path_factory, synthetic_root) -> Path:
 
 
 def small_datamodule(root: Path, **overrides) -> NIHDataModule:
-    """An NIHDataModule for tests: 32 px, batch 4, no workers, the official split (seed 0)."""
-    settings = {
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "split": {"method": "official", "seed": 0},
-    }
-    return NIHDataModule(root=str(root), **{**settings, **overrides})
+    """The shipped data module (conf/data/nih.yaml) shrunk for tests: 32 px, batch 4, no
+    workers, the official split with seed 0; ``overrides`` merge in as on the command line."""
+    settings = {"image_size": 32, "batch_size": 4, "num_workers": 0, "require_test": False,
+                "split": {"seed": 0}, "seed": 0}  # fmt: skip
+    return NIHDataModule(**shipped("data", root=str(root), **{**settings, **overrides}))
+
+
+def make_model(**overrides) -> CheXNetModule:
+    """The shipped model (conf/model/chexnet.yaml), randomly initialised: tests never download."""
+    return shipped_model(**{"pretrained": False, **overrides})
 
 
 def compose_config(
@@ -146,10 +150,8 @@ def random_checkpoint(
     hyperparameters, and the data settings ``data`` (e.g. root=) that the commands read from it."""
     import torch
 
-    from chexnet_pl.models.module import CheXNetModule
-
     torch.manual_seed(seed)
-    model = CheXNetModule(backbone=backbone, pretrained=False)
+    model = make_model(backbone=backbone)
     settings = {"image_size": image_size, "num_workers": 0, "eval_batch_size": 16, **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import random_checkpoint
+from conftest import make_model, random_checkpoint
 
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.transforms import area_resize
@@ -143,7 +143,7 @@ def test_export_equals_pytorch_on_real_images(backbone, fmt, cams, tmp_path, nih
 @pytest.mark.parametrize("backbone", ["alexnet", "convnext_tiny"])
 def test_cams_of_a_head_without_cam_is_a_clear_error(backbone):
     with pytest.raises(ServingError, match=f"cams=true needs .*{backbone}'s head is"):
-        ServedModel(CheXNetModule(backbone=backbone), cams=True)
+        ServedModel(make_model(backbone=backbone), cams=True)
 
 
 def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import compose_config, small_datamodule
+from conftest import compose_config, make_model, small_datamodule
 from PIL import Image
 
 from chexnet_pl.errors import DataError, TrainingError, WeightsError
@@ -415,7 +415,7 @@ def model_checkpoint(tmp_path_factory) -> Path:
     trainer = pl.Trainer(
         max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
-    trainer.strategy.connect(CheXNetModule())
+    trainer.strategy.connect(make_model())
     path = tmp_path_factory.mktemp("model_only") / "model.ckpt"
     trainer.save_checkpoint(path)
     return path
@@ -453,7 +453,7 @@ def test_damaged_checkpoints_are_said_to_be_damaged_wherever_read(
         readers = {
             "read_checkpoint": lambda p=path: read_checkpoint(p),
             "load_from_checkpoint": lambda p=path: CheXNetModule.load_from_checkpoint(p),
-            "init_from": lambda p=path: init_from_checkpoint(CheXNetModule(), p),
+            "init_from": lambda p=path: init_from_checkpoint(make_model(), p),
             "evaluate": lambda p=path: evaluate(composed("evaluate", f"ckpt={p}")),
             "predict": lambda p=path: predict(composed("predict", f"ckpt={p}", f"image={image}")),
         }

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import random_checkpoint
+from conftest import make_model, random_checkpoint
 from PIL import Image
 
 from chexnet_pl.data.images import read_gray
@@ -484,7 +484,7 @@ def test_a_head_without_cam_gets_grad_cam_on_torch_and_a_422_on_onnx(nih_sample)
     """AlexNet (an MLP head): Grad-CAM through the PyTorch backend; its ONNX export has no maps."""
     size = 128  # AlexNet's feature map is 3×3 here (1×1 at 64 px: a constant map)
     torch.manual_seed(0)
-    module = CheXNetModule(backbone="alexnet").eval()
+    module = make_model(backbone="alexnet").eval()
     card = model_card("alexnet.ckpt", "alexnet", module.class_names, size, [0.5] * 15, None,
                       ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
     image = area_resize(read_gray(nih_images(nih_sample, 1)[0]), size)

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_model
 
 from chexnet_pl.cli import run_or_exit
 from chexnet_pl.errors import ChexnetError, ConfigError
 from chexnet_pl.evaluation.predictions import predict
 from chexnet_pl.evaluation.report import choose_threshold
-from chexnet_pl.models.module import CheXNetModule, build_optimizer
+from chexnet_pl.models.module import build_optimizer
 from chexnet_pl.train import train
 from chexnet_pl.visualization.heatmaps import CAMUnavailableError, resolve_method
 
@@ -69,7 +70,7 @@ def test_retrain_without_init_from_stops_before_anything_is_built(make_cfg):
 
 def test_config_value_errors_deep_in_the_code_are_the_projects_own(tmp_path):
     """Reached by code that bypasses the config check: still one line, exit status 2."""
-    model = CheXNetModule().eval()
+    model = make_model().eval()
     scores, labels = np.array([0.1, 0.9]), np.array([0, 1])
     loader = [{"img": torch.zeros(1, 1, 32, 32, dtype=torch.uint8), "name": ["a.png"]}]
     failures = {

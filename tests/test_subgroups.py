@@ -15,12 +15,13 @@ from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import read_data_entry
 from chexnet_pl.data.splits import read_name_list
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples
 from chexnet_pl.evaluation.runner import label_index
 from chexnet_pl.evaluation.subgroups import GAP, Subgroups, age_bands, score_subgroups
 from chexnet_pl.labels import FINDINGS, class_names
+from chexnet_pl.shipped import shipped
 
 
 def test_grouped_auroc_equals_scikit_learn_per_group_and_resample():
@@ -54,20 +55,35 @@ def test_age_bands_with_implausible_and_written_ages(caplog):
     ages = pd.Series([0, 19, 20, 39.5, 60, 79, 80, 95, 148, 411, "058Y", None, -3])
     images = pd.Series([f"{i:08d}_000.png" for i in range(len(ages))])
     with caplog.at_level(logging.WARNING):
-        labels, names = age_bands(ages, images, Subgroups())
+        labels, names = age_bands(ages, images, shipped_subgroups())
     assert names == ["0-20", "20-40", "40-60", "60-80", "80+"]
     assert list(labels) == ["0-20", "0-20", "20-40", "20-40", "60-80", "60-80", "80+", "80+",
                             "unknown", "unknown", "40-60", "unknown", "unknown"]  # fmt: skip
     assert "4 image(s) have a missing or implausible age" in caplog.text
     assert "00000008_000.png (148)" in caplog.text and "00000009_000.png (411)" in caplog.text
     custom, names = age_bands(
-        pd.Series([10, 50, 70]), pd.Series(["a", "b", "c"]), Subgroups(age_edges=(65,))
+        pd.Series([10, 50, 70]), pd.Series(["a", "b", "c"]), shipped_subgroups(age_edges=(65,))
     )
     assert names == ["0-65", "65+"] and list(custom) == ["0-65", "0-65", "65+"]
-    with pytest.raises(ChexnetError, match=r"unknown attribute\(s\) \['race'\]"):
-        Subgroups(attributes=("sex", "race"))
-    with pytest.raises(ChexnetError, match="increasing positive ages"):
-        Subgroups(age_edges=(40, 20))
+
+
+def test_subgroup_settings_are_judged_together():
+    with pytest.raises(ConfigError) as error:
+        Subgroups(attributes=("sex", "race"), age_edges=(40, 20), max_age=30)
+    assert error.value.problems == [
+        "evaluation.subgroups[]='race' is not a valid setting; use one of: sex, age, view",
+        "evaluation.age_bands=(40, 20): give increasing positive ages, e.g. [20, 40, 60, 80]",
+    ]
+    with pytest.raises(ConfigError, match=r"evaluation.max_age=30 is not above the last age band"):
+        shipped_subgroups(max_age=30)
+
+
+def shipped_subgroups(**overrides) -> Subgroups:
+    """``evaluation.subgroups``, ``age_bands`` and ``max_age`` as shipped, with ``overrides``."""
+    section = shipped("evaluation")
+    values = {"attributes": tuple(section["subgroups"]), "age_edges": tuple(section["age_bands"]),
+              "max_age": section["max_age"]}  # fmt: skip
+    return Subgroups(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +177,7 @@ def test_fourteen_outputs_give_no_underdiagnosis_and_say_why(test_split, caplog)
     with caplog.at_level(logging.WARNING):
         result = score_subgroups(
             scores, labels, frame["Patient ID"].to_numpy(), frame, list(FINDINGS), [0.5] * 14,
-            Subgroups(attributes=("view",)), bootstrap_samples=20,
+            shipped_subgroups(attributes=("view",)), bootstrap_samples=20,
         )  # fmt: skip
     assert result.underdiagnosis is None
     assert "underdiagnosis needs the 'No Finding' output: this model has 14 outputs" in caplog.text

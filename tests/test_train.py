@@ -12,7 +12,7 @@ import hydra
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, make_model
 from omegaconf import OmegaConf
 
 from chexnet_pl.cli import CONFIG_MODULE
@@ -62,7 +62,7 @@ def test_paper_recipe_defaults_before_shrinking():
 def start_checkpoint(tmp_path_factory) -> Path:
     """A tiny checkpoint of an untrained DenseNet-121 for the recipes that need ``init_from``."""
     path = tmp_path_factory.mktemp("init_from") / "start.ckpt"
-    model = CheXNetModule()
+    model = make_model()
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
 

@@ -1,38 +1,109 @@
-"""Evaluate a checkpoint or score a predictions file against the NIH labels.
+"""Evaluate a checkpoint, or score a predictions file, against the NIH labels: per-class AUROC
+with patient-bootstrap CIs, operating points, subgroups, calibration, and a paired comparison of
+two models. The data and split come from the checkpoint.
 
-chexnet-evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [split=test]
-chexnet-evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
-chexnet-evaluate preds=a.csv compare=b.csv data.root=/data/nih [compare_on=intersection]
-chexnet-evaluate ckpt=a.ckpt compare_ckpt=b.ckpt
+  chexnet-evaluate ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt
+  chexnet-evaluate preds=preds.csv val_preds=preds_val.csv data.root=/data/nih
+  chexnet-evaluate preds=mine.csv compare=theirs.csv data.root=/data/nih
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.checkpoints import datamodule_for, load_run
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.data.datamodule import NIHDataModule
-from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
-from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.evaluation.compare import write_comparison
-from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
-from chexnet_pl.evaluation.runner import (
-    EvaluationSettings,
-    evaluate_model,
-    label_index,
-    log_to_wandb,
-    predict_split,
-    score_and_write,
-)
-from chexnet_pl.settings import check_evaluation
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.validation import Problems
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from chexnet_pl.data.datamodule import NIHDataModule
+    from chexnet_pl.evaluation.runner import EvaluationSettings
 
 log = logging.getLogger(__name__)
+COMPARE_ON = ("same", "intersection")
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """conf/evaluate.yaml (``evaluation.*`` aside), judged before any checkpoint, predictions
+    file or image is read. ``data.*`` given here replace the checkpoint's data settings."""
+
+    ckpt: str | None
+    preds: str | None
+    val_preds: str | None
+    split: str
+    compare: str | None
+    compare_ckpt: str | None
+    compare_on: str
+    data: Mapping[str, Any]
+    wandb: bool
+    wandb_project: str
+
+    def __post_init__(self) -> None:
+        from chexnet_pl.data.splits import SPLITS
+
+        problems = Problems()
+        if (self.ckpt is None) == (self.preds is None):
+            problems.add("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
+        for key in ("ckpt", "preds", "val_preds", "compare", "compare_ckpt"):
+            problems.path(key, getattr(self, key))
+        if self.compare and self.compare_ckpt:
+            problems.add("give one of compare=b.csv or compare_ckpt=b.ckpt, not both")
+        problems.choice("split", self.split, SPLITS)
+        problems.choice("compare_on", self.compare_on, COMPARE_ON)
+        problems.flag("wandb", self.wandb)
+        problems.text("wandb_project", self.wandb_project)
+        if self.preds is not None and not self.data.get("root") and not self.data.get("csv"):
+            problems.add("preds= needs the NIH labels: give data.root=/path/to/nih (or data.csv=)")
+        self._check_data(problems)
+        problems.raise_if_any()
+
+    def _check_data(self, problems: Problems) -> None:
+        """The ``data.*`` given, judged by the data module's own check (the checkpoint's
+        settings, read later, fill the rest)."""
+        from chexnet_pl.data.settings import check_data_settings
+        from chexnet_pl.errors import ConfigError
+        from chexnet_pl.shipped import shipped
+
+        given = {k: v for k, v in self.data.items() if v is not None}
+        known = shipped("data", root=".")
+        nested = Problems("data")
+        for key in nested.unknown_keys(given, known):
+            del given[key]
+        problems.messages += nested.messages
+        try:
+            check_data_settings({**known, **given}, source="root" in given)
+        except ConfigError as exc:
+            problems.extend(exc)
+
+
+def check_config(cfg: DictConfig) -> EvaluateSettings:
+    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.settings import command_settings, dry_run, resolved
+
+    values = resolved(cfg)
+    problems = Problems()
+    settings = dry_run(
+        problems, lambda: command_settings(EvaluateSettings, {k: v for k, v in values.items()
+                                                               if k != "evaluation"})
+    )  # fmt: skip
+    evaluation = dry_run(problems, lambda: EvaluationSettings.from_config(values["evaluation"]))
+    if settings and evaluation and evaluation.calibrate != "none":
+        if settings.preds and not settings.val_preds:
+            problems.add(
+                f"evaluation.calibrate={evaluation.calibrate} is fitted on validation "
+                "predictions: give val_preds=preds_val.csv with preds="
+            )
+    problems.raise_if_any()
+    return settings
 
 
 def compare_with(
@@ -45,10 +116,16 @@ def compare_with(
 ) -> dict[str, float]:
     """``compare=b.csv`` or ``compare_ckpt=b.ckpt``: ΔAUROC of A (``preds=``/``ckpt=``) − B on
     the images both have; writes compare.csv and compare.png."""
+    import pandas as pd
+
+    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.datamodule import NIHDataModule
+    from chexnet_pl.evaluation.compare import write_comparison
+    from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
+    from chexnet_pl.evaluation.runner import predict_split
+
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("compare") and cfg.get("compare_ckpt"):
-        raise ChexnetError("give one of compare=b.csv or compare_ckpt=b.ckpt, not both")
-    if cfg.get("compare"):
+    if cfg.compare:
         preds_b, names_b = read_predictions(cfg.compare, truth.index)
         label_b = str(cfg.compare)
     else:
@@ -78,41 +155,44 @@ def compare_with(
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
+    import pandas as pd
+
+    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
+    from chexnet_pl.evaluation.predictions import read_predictions
+    from chexnet_pl.evaluation.runner import (
+        EvaluationSettings,
+        evaluate_model,
+        label_index,
+        log_to_wandb,
+        score_and_write,
+    )
+
+    check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    check_evaluation(cfg.evaluation)
     settings = EvaluationSettings.from_config(cfg.evaluation)
     split = cfg.split
-    if split not in ("train", "val", "test"):
-        raise DataError(f"split={split!r}; use train, val or test")
-    if bool(cfg.ckpt) == bool(cfg.preds):
-        raise ChexnetError("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
     if cfg.ckpt:
         run = load_run(cfg.ckpt)
         datamodule = datamodule_for(run, cfg.data, output_dir)
         table, metrics = evaluate_model(
             run.model, datamodule, output_dir, settings, split, run.path
         )
-        if cfg.get("compare") or cfg.get("compare_ckpt"):
+        if cfg.compare or cfg.compare_ckpt:
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
             truth = label_index(datamodule.table)
             metrics |= compare_with(cfg, preds, run.model.class_names, truth, settings, datamodule)
     else:
-        if not cfg.data.get("root") and not cfg.data.get("csv"):
-            raise DataError(
-                "preds= needs the NIH labels: give data.root=/path/to/nih (or data.csv=)"
-            )
-        csv = Path(cfg.data.csv) if cfg.data.get("csv") else find_data_entry(cfg.data.root)
+        csv = Path(cfg.data.csv) if cfg.data.csv else find_data_entry(cfg.data.root)
         truth = label_index(read_data_entry(csv))
         preds, names = read_predictions(cfg.preds, truth.index)
-        val_preds = (
-            read_predictions(cfg.val_preds, truth.index)[0] if cfg.get("val_preds") else None
-        )
+        val_preds = read_predictions(cfg.val_preds, truth.index)[0] if cfg.val_preds else None
         table, metrics = score_and_write(
             preds, truth, names, output_dir, settings, split, val_preds
         )
-        if cfg.get("compare") or cfg.get("compare_ckpt"):
+        if cfg.compare or cfg.compare_ckpt:
             metrics |= compare_with(cfg, preds, names, truth, settings, None)
-    if cfg.get("wandb"):
+    if cfg.wandb:
         import wandb
 
         wandb_run = wandb.init(
@@ -127,9 +207,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     metrics = run_or_exit(evaluate, cfg)
     return metrics.get(f"{cfg.split}/auroc")
+
+
+def main() -> None:
+    run_command("evaluate", hydra_main)
 
 
 if __name__ == "__main__":

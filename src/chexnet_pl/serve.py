@@ -1,7 +1,9 @@
-"""A local web page and HTTP API that read chest X-rays with a trained checkpoint.
+"""Serve a trained checkpoint on a local web page and HTTP API (POST /predict, GET /model,
+GET /health): drop an X-ray on the page for the prediction table and heat maps. It binds to
+127.0.0.1 unless host= says otherwise, and keeps uploads in memory unless save_uploads= is given.
 
-python -m chexnet_pl.serve ckpt=best.ckpt [port=8000] [host=127.0.0.1] [backend=torch|onnx]
-    [save_uploads=folder] [max_upload_mb=50]
+  chexnet-serve ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt
+  chexnet-serve ckpt=best.ckpt port=8080 backend=onnx save_uploads=kept/ max_upload_mb=20
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ import ipaddress
 import logging
 
 import hydra
-import uvicorn
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.serving.app import Limits, create_app
-from chexnet_pl.serving.backends import load_backend
-from chexnet_pl.serving.predictor import Predictor
-from chexnet_pl.serving.served_model import ServingError
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> ServeSettings:
+    from chexnet_pl.settings import command_settings
+
+    return command_settings(ServeSettings, cfg)
 
 
 def _is_loopback(host: str) -> bool:
@@ -33,11 +37,13 @@ def _is_loopback(host: str) -> bool:
 
 def serve(cfg: DictConfig) -> None:
     """Load the model once, then serve until interrupted."""
-    if float(cfg.max_upload_mb) <= 0 or int(cfg.max_pixels) <= 0 or int(cfg.max_batch) < 1:
-        raise ServingError(
-            f"max_upload_mb={cfg.max_upload_mb}, max_pixels={cfg.max_pixels}, "
-            f"max_batch={cfg.max_batch}: each must be positive"
-        )
+    import uvicorn
+
+    from chexnet_pl.serving.app import Limits, create_app
+    from chexnet_pl.serving.backends import load_backend
+    from chexnet_pl.serving.predictor import Predictor
+
+    check_config(cfg)
     backend, card = load_backend(
         cfg.ckpt, str(cfg.backend), cfg.onnx, cfg.image_size, cfg.thresholds
     )
@@ -66,8 +72,12 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="serve")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(serve, cfg)
+
+
+def main() -> None:
+    run_command("serve", hydra_main)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from chexnet_pl.errors import ConfigError, shown
@@ -23,18 +24,18 @@ CLOSE = 0.75
 
 
 def closest(word: str, candidates: Iterable[str], count: int = 3) -> list[str]:
-    """The candidates that look most like ``word`` (a mistyped key or value), best first."""
+    """The candidates that look most like ``word`` (a mistyped key or value), best first. A
+    dotted key is compared with its siblings by its last part first (``data.imag_size`` →
+    ``data.image_size``, not every ``data.*`` that shares the prefix)."""
     candidates = list(dict.fromkeys(str(c) for c in candidates))
-    found = difflib.get_close_matches(word, candidates, n=count, cutoff=CLOSE)
-    if not found and "." in word:  # the last part alone: data.imagesize → data.image_size
-        tail = word.rsplit(".", 1)[1]
-        tails = {
-            c.rsplit(".", 1)[-1]: c for c in candidates if c.startswith(word.rsplit(".", 1)[0])
-        }
-        found = [
-            tails[t] for t in difflib.get_close_matches(tail, list(tails), n=count, cutoff=0.6)
-        ]
-    return found
+    if "." in word:
+        parent, tail = word.rsplit(".", 1)
+        siblings = {c.rsplit(".", 1)[1]: c for c in candidates if c.rsplit(".", 1)[0] == parent
+                    and "." in c}  # fmt: skip
+        near = difflib.get_close_matches(tail, list(siblings), n=count, cutoff=CLOSE)
+        if near:
+            return [siblings[name] for name in near]
+    return difflib.get_close_matches(word, candidates, n=count, cutoff=CLOSE)
 
 
 def did_you_mean(word: str, candidates: Iterable[str], suffix: str = "") -> str:
@@ -93,6 +94,20 @@ class Problems:
         self.add(f"{self.key(name)}={shown(value)}: give a non-empty text")
         return False
 
+    def path(self, name: str, value: Any, kind: str = "file", *, optional: bool = True) -> bool:
+        """An existing file (or folder, ``kind="folder"``); None passes when ``optional``."""
+        if optional and value is None:
+            return True
+        if not self.text(name, value):
+            return False
+        found = Path(value).expanduser()
+        if found.is_file() if kind == "file" else found.is_dir():
+            return True
+        self.add(f"{self.key(name)}={value} is not a {kind}" + (
+            "" if found.exists() or kind == "folder" else " (no such file)"
+        ))  # fmt: skip
+        return False
+
     def number(
         self,
         name: str,
@@ -131,7 +146,8 @@ class Problems:
         known = list(known)
         unknown = [key for key in given if key not in known]
         for key in unknown:
-            hint = did_you_mean(self.key(key), [self.key(k) for k in known])
+            near = closest(key, known)
+            hint = f"; did you mean {' or '.join(self.key(k) for k in near)}?" if near else ""
             listing = f"; {self.prefix or 'the command'} has: {', '.join(known)}"
             self.add(f"{self.key(key)} is not a setting{hint or listing}")
         return unknown

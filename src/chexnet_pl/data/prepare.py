@@ -187,10 +187,9 @@ def build_cache(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Build (or bring up to date) the ``size`` px cache of every image under ``root``."""
+    """Build (or bring up to date) the ``size`` px cache of every image under ``root``
+    (``chexnet-prepare``'s settings judge ``size`` and the rest first)."""
     size = int(size)
-    if size < 8:
-        raise DataError(f"size={size}: the cache needs images of at least 8 px")
     root = Path(root).expanduser()
     folder = cache_folder(cache_dir or default_cache_dir(root), size)
     images = find_images(root)

@@ -24,9 +24,10 @@ CACHE_MODES = ("auto", "off", "required")
 ROOT_HINT = "the NIH download folder (Data_Entry_2017*.csv, train_val_list.txt, images/)"
 
 
-def check_data_settings(settings: Mapping[str, Any]) -> SplitSettings:
+def check_data_settings(settings: Mapping[str, Any], source: bool = True) -> SplitSettings:
     """Raise one ``ConfigError`` naming every unusable ``data.*`` value; returns the split's
-    settings. ``settings`` are ``NIHDataModule``'s arguments."""
+    settings. ``settings`` are ``NIHDataModule``'s arguments; ``source``: also check that
+    ``data.root`` (and ``data.csv``, the split lists) are there."""
     problems = Problems("data")
     problems.choice("view_position", settings["view_position"], VIEWS)
     problems.choice("missing_images", settings["missing_images"], MISSING_POLICIES)
@@ -65,7 +66,8 @@ def check_data_settings(settings: Mapping[str, Any]) -> SplitSettings:
     _check_augment(settings["augment"], problems)
     _check_synthetic(settings["synthetic"], problems)
     split = _split_settings(settings["split"], problems)
-    _check_source(settings, split, problems)
+    if source:
+        _check_source(settings, split, problems)
     problems.raise_if_any()
     return split
 

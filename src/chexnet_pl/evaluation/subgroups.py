@@ -61,12 +61,13 @@ class Subgroups:
             and isinstance(edges, Sequence)
             and all(isinstance(e, int | float) and not isinstance(e, bool) for e in edges)
         )
-        if not numbers or list(edges) != sorted(set(edges)) or (edges and edges[0] <= 0):
+        edges_ok = numbers and list(edges) == sorted(set(edges)) and not (edges and edges[0] <= 0)
+        if not edges_ok:
             problems.add(
                 f"evaluation.age_bands={edges!r}: give increasing positive ages, e.g. "
                 "[20, 40, 60, 80]"
             )
-        if problems.number("max_age", self.max_age, minimum=1) and numbers and edges:
+        if problems.number("max_age", self.max_age, minimum=1) and edges_ok and edges:
             if self.max_age <= max(edges):
                 problems.add(
                     f"evaluation.max_age={self.max_age} is not above the last age band edge "

@@ -288,6 +288,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def shipped_model(**overrides: Any) -> CheXNetModule:
+    """``CheXNetModule`` with conf/model/chexnet.yaml's settings, ``overrides`` merged in as on
+    the command line (``optimizer={"lr": 3e-4}`` changes the rate only). The YAML downloads
+    ImageNet weights (``pretrained: true``); give ``pretrained=False`` for a random network."""
+    from chexnet_pl.shipped import shipped
+
+    return CheXNetModule(**shipped("model", **overrides))
+
+
 def compile_options(backend: str, mode: str) -> dict[str, str]:
     """``torch.compile``'s options: inductor's ``mode`` unless it is the default; other backends
     take none."""

@@ -45,8 +45,7 @@ class OptimizerSettings:
         problems.number("weight_decay", self.weight_decay, minimum=0)
         problems.number("momentum", self.momentum, minimum=0, maximum=1)
         problems.flag("nesterov", self.nesterov)
-        if self.fused != "auto":
-            problems.flag("fused", self.fused)
+        problems.choice("fused", self.fused, ("auto", True, False))
         betas = self.betas
         if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
             problems.add(f"model.optimizer.betas={betas!r}: give two numbers, e.g. [0.9,0.999]")
