@@ -179,16 +179,19 @@ def composed_jobs(command: str, args: Sequence[str]) -> Iterator[DictConfig]:
     sweeps = [[f"{o.key_or_group}={v}" for v in _choices(o)] for o in overrides
               if o.is_sweep_override() and _choices(o)]  # fmt: skip
     with _hydra() as loader:
-        for combination in itertools.product(*sweeps):
-            cfg = _compose(loader, command.replace("-", "_"), [*fixed, *combination])
-            with open_dict(cfg):
-                cfg.hydra.runtime.output_dir = str(
-                    OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
-                    or "outputs/check"
-                )
-                cfg.hydra.job.num = 0
-            HydraConfig.instance().set_config(cfg)
-            yield cfg
+        try:
+            for combination in itertools.product(*sweeps):
+                cfg = _compose(loader, command.replace("-", "_"), [*fixed, *combination])
+                with open_dict(cfg):
+                    cfg.hydra.runtime.output_dir = str(
+                        OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+                        or "outputs/check"
+                    )
+                    cfg.hydra.job.num = 0
+                HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
+                yield cfg
+        finally:
+            HydraConfig.instance().cfg = None
 
 
 def check_settings(command: str, args: Sequence[str]) -> str:

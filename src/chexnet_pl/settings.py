@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from chexnet_pl.errors import ChexnetError, ConfigError, shown
 from chexnet_pl.shipped import HYDRA_KEYS
@@ -68,19 +68,34 @@ def build_target(section: Mapping[str, Any], key: str, instantiate: bool = True)
     return target(**arguments) if instantiate else None
 
 
-def check_mandatory(cfg: DictConfig) -> None:
+def check_mandatory(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Every ``???`` given, and what the recipe lists under ``requires`` (``key: what it is``)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    plain = resolved(cfg, check=False) if isinstance(cfg, DictConfig) else cfg
     problems = Problems()
-    for key in missing:
+    for key in _missing(plain):
         hint = f" ({MANDATORY_HINTS[key]})" if key in MANDATORY_HINTS else ""
         problems.add(f"required setting not given: {key}{hint}")
-    for key, what in (cfg.get("requires") or {}).items():
-        if OmegaConf.select(cfg, key) in (None, ""):
+    for key, what in (plain.get("requires") or {}).items():
+        if _select(plain, key) in (None, ""):
             experiment = _experiment_name()
             by = f" by experiment={experiment}" if experiment else ""
             problems.add(f"{key} is required{by}: {what}")
     problems.raise_if_any()
+
+
+def _missing(values: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose value is ``???`` (not given)."""
+    if isinstance(values, Mapping):
+        return [m for k, v in values.items() for m in _missing(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if values == "???" else []
+
+
+def _select(values: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(values, Mapping) or part not in values:
+            return None
+        values = values[part]
+    return values
 
 
 def _experiment_name() -> str | None:
@@ -91,18 +106,27 @@ def _experiment_name() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment")
 
 
-def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain values (Hydra's own section left out)."""
-    if "hydra" in cfg:  # composed with Hydra's section (a test, --check): not a setting
-        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    check_mandatory(cfg)
-    return OmegaConf.to_container(cfg, resolve=True)
+def resolved(cfg: DictConfig, check: bool = True) -> dict[str, Any]:
+    """The config as plain values, Hydra's own section aside; with ``check``, a ``???`` not
+    given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
+    plain: dict[str, Any] = {}
+    for key in cfg.keys():
+        if key == "hydra":  # composed with Hydra's section (a test, --check): not a setting
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig | ListConfig):
+            plain[key] = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+        else:
+            plain[key] = "???" if node._is_missing() else cfg[key]
+    if check:
+        check_mandatory(plain)
+    return plain
 
 
 def command_settings(cls: type[T], cfg: DictConfig | Mapping[str, Any]) -> T:
     """A command's own settings dataclass from its config (``paths``, ``hydra``, ``task_name``
     aside): an unknown key is named with the closest ones."""
-    values = cfg if isinstance(cfg, Mapping) else resolved(cfg)
+    values = resolved(cfg) if isinstance(cfg, DictConfig) else cfg
     return settings_from(cls, {k: v for k, v in values.items() if k not in COMMON_KEYS}, "")
 
 
