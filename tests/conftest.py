@@ -187,9 +187,10 @@ def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
     return root, base / "run"
 
 
-# Fixtures that run a training: a test using one is in the full suite only (`make test`), not in
-# the fast tier (`make test-fast`, ``-m "not slow"``). Tests that train or launch commands by
-# themselves carry ``@pytest.mark.slow``.
+# The tiers: ``slow`` marks exactly the tests that train or launch a process (the full suite,
+# `make test`); the rest is the fast tier (`make test-fast`, ``-m "not slow"``). A test using a
+# fixture that trains is slow by that (below); others carry ``@pytest.mark.slow`` themselves,
+# and ``_tiers_are_kept`` fails a fast test that trains or launches a process.
 TRAINING_FIXTURES = {"make_cfg", "compose_cfg", "learnt_run", "learnt", "trained_run"}
 
 
@@ -197,3 +198,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _tiers_are_kept(request, monkeypatch):
+    """A fast test may not train (``Trainer.fit``) or launch a process (``subprocess``)."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    import subprocess
+
+    import pytorch_lightning as pl
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} {what}: mark it @pytest.mark.slow")
+
+        return refused
+
+    monkeypatch.setattr(pl.Trainer, "fit", refuse("trains"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("launches a process"))
+    yield
