@@ -156,18 +156,6 @@ def test_every_bad_data_setting_is_named_in_one_error(synthetic_root):
     ]
 
 
-def test_num_workers_auto_is_this_machines_cores_less_one(synthetic_root):
-    """The shipped value (conf/data/nih.yaml) — the defect of issue 19 was rejecting it."""
-    import os
-
-    from chexnet_pl.shipped import shipped
-
-    assert shipped("data")["num_workers"] == "auto"
-    cores = len(os.sched_getaffinity(0))
-    datamodule = _datamodule(synthetic_root, num_workers="auto")
-    assert datamodule.num_workers == max(0, min(cores - 1, 16))
-
-
 def test_a_wrong_root_is_a_data_root_problem(tmp_path, synthetic_root):
     with pytest.raises(ConfigError, match=r"^data.root=/no/such/folder is not a folder; give"):
         _datamodule("/no/such/folder")

@@ -171,6 +171,7 @@ def _encapsulated(path: Path, syntax, gray: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow  # launches a process
 def test_missing_decoder_plugin_is_named(xrays, tmp_path):
     """In a process where pylibjpeg's plugins cannot be imported (as on a machine without them),
     a JPEG-LS file is refused before decoding, naming the packages to install."""

@@ -159,6 +159,7 @@ def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):
     assert not list(checkpoint.parent.glob("best.pt*"))
 
 
+@pytest.mark.slow  # launches a process
 def test_export_command_reports_a_bad_option_in_one_line(tmp_path):
     checkpoint = random_checkpoint(tmp_path / "r.ckpt", "resnet18", SIZE)
     result = subprocess.run(

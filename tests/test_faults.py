@@ -465,6 +465,7 @@ def test_damaged_checkpoints_are_said_to_be_damaged_wherever_read(
         train(make_cfg(f"ckpt_path={damaged_checkpoints['truncated']}"))
 
 
+@pytest.mark.slow  # launches a process
 def test_damaged_checkpoint_on_the_command_line_is_one_line(damaged_checkpoints, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "chexnet_pl.evaluate", f"ckpt={damaged_checkpoints['truncated']}",

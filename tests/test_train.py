@@ -12,6 +12,7 @@ import hydra
 import pandas as pd
 import pytest
 import torch
+from conftest import compose_train_config, tiny_overrides
 from omegaconf import OmegaConf
 
 from chexnet_pl.cli import CONFIG_MODULE

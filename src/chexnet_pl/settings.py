@@ -111,7 +111,7 @@ def resolved(cfg: DictConfig, check: bool = True) -> dict[str, Any]:
     given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
     plain: dict[str, Any] = {}
     for key in cfg.keys():
-        if key == "hydra":  # composed with Hydra's section (a test, --check): not a setting
+        if key in ("hydra", "paths"):  # Hydra's own section and run folder: not settings
             continue
         node = cfg._get_node(key)
         if isinstance(node, DictConfig | ListConfig):
