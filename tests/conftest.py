@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -141,6 +144,27 @@ def compose_cfg():
     """``compose_cfg(output_dir, overrides)``: the shipped config, composed as the CLI would."""
     yield compose_train_config
     GlobalHydra.instance().clear()
+
+
+def arnoweng_checkpoint(path: Path) -> tuple[dict, torch.nn.Module]:
+    """A checkpoint in arnoweng/CheXNet's format: DataParallel prefix, old DenseNet keys, 14 sigmoid outputs."""
+
+    torch.manual_seed(3)
+    reference = torchvision.models.densenet121()
+    reference.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
+    import re
+
+    state = OrderedDict(
+        (
+            "module.densenet121."
+            + re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k),
+            v,
+        )
+        for k, v in reference.state_dict().items()
+    )
+    assert "module.densenet121.features.denseblock1.denselayer1.norm.1.weight" in state
+    torch.save({"epoch": 9, "arch": "DenseNet121", "state_dict": state, "best_loss": 0.15}, path)
+    return state, reference.eval()
 
 
 def random_checkpoint(

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import hydra
@@ -20,8 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
-from conftest import compose_config, make_model, small_datamodule
+from conftest import arnoweng_checkpoint, compose_config, make_model, small_datamodule
 from PIL import Image
 
 from chexnet_pl.errors import DataError, TrainingError, WeightsError
@@ -208,30 +206,10 @@ def test_unsafe_and_mismatched_checkpoints(make_cfg, tmp_path):
         )
 
 
-def _arnoweng_checkpoint(path: Path) -> tuple[dict, torch.nn.Module]:
-    """A checkpoint in arnoweng/CheXNet's format: DataParallel prefix, old DenseNet keys, 14 sigmoid outputs."""
-    torch.manual_seed(3)
-    reference = torchvision.models.densenet121()
-    reference.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
-    import re
-
-    state = OrderedDict(
-        (
-            "module.densenet121."
-            + re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k),
-            v,
-        )
-        for k, v in reference.state_dict().items()
-    )
-    assert "module.densenet121.features.denseblock1.denselayer1.norm.1.weight" in state
-    torch.save({"epoch": 9, "arch": "DenseNet121", "state_dict": state, "best_loss": 0.15}, path)
-    return state, reference.eval()
-
-
 @pytest.mark.slow
 def test_import_arnoweng_chexnet_weights(tmp_path):
     source = tmp_path / "model.pth.tar"
-    _, reference = _arnoweng_checkpoint(source)
+    _, reference = arnoweng_checkpoint(source)
     target = tmp_path / "imported.ckpt"
     run = subprocess.run([sys.executable, "-m", "chexnet_pl.import_weights", str(source), str(target)],
                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -251,7 +229,7 @@ def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_ro
     from chexnet_pl.evaluate import evaluate
 
     source = tmp_path / "model.pth.tar"
-    state, _ = _arnoweng_checkpoint(source)
+    state, _ = arnoweng_checkpoint(source)
     torch.save(
         {"state_dict": {k: v for k, v in state.items() if "num_batches_tracked" not in k}}, source
     )
@@ -265,7 +243,7 @@ def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_ro
 
 def test_import_refuses_a_checkpoint_that_would_drop_weights(tmp_path):
     source = tmp_path / "model.pth.tar"
-    state, _ = _arnoweng_checkpoint(source)
+    state, _ = arnoweng_checkpoint(source)
     del state["module.densenet121.features.denseblock3.denselayer5.conv.2.weight"]
     torch.save({"state_dict": state}, source)
     with pytest.raises(

@@ -132,6 +132,9 @@ def run_command(command: str, hydra_main: Callable[[], Any], argv: Sequence[str]
     check_only = "--check" in args
     args = [a for a in args if a != "--check"]
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if {"--cfg", "-c"} & set(args) and {"-m", "--multirun"} & set(args):
+        log.error("--cfg shows one job's config: drop -m (--check checks every job of a sweep)")
+        raise SystemExit(2)
     from chexnet_pl.overrides import check_overrides, check_settings
 
     problems = check_overrides(command, args)

@@ -44,7 +44,7 @@ def _parse(args: Sequence[str]) -> tuple[list[Any], list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    known = get_args_parser().parse_args(list(args))
+    known = get_args_parser().parse_args([a for a in args if a != "--check"])  # ours, not Hydra's
     try:
         return OverridesParser.create().parse_overrides(known.overrides), []
     except OverrideParseException as exc:
