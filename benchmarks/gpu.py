@@ -1,5 +1,8 @@
 """GPU training at the hardware's pace (issue 16): one prepared run, one table.
 
+    python benchmarks/gpu.py --smoke                  # first, on a lent GPU: the shipped trainer=gpu
+                                                      # defaults end to end, < 2 minutes (gpu_smoke.py)
+    python benchmarks/gpu.py --smoke --device cpu     # the same with trainer=cpu (the slow tier)
     python benchmarks/gpu.py                          # a CUDA host: <= 5 minutes, compile included
     python benchmarks/gpu.py --device cpu --quick     # the same code paths on a CPU, a few minutes
 
@@ -355,7 +358,14 @@ def main() -> None:
     global UTIL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="a small smoke run (CPU: minutes)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the shipped trainer=gpu defaults end to end, then stop (< 2 min)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="every path once, small (CPU: minutes)"
+    )
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--base-images", type=int, default=600, help="distinct rendered images")
     parser.add_argument("--size", type=int, default=224)
@@ -373,6 +383,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.smoke:
+        from gpu_smoke import smoke
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+        print(describe(torch.device(args.device)), flush=True)
+        raise SystemExit(smoke(args.device, Path(args.out) / "smoke"))
     if args.quick:  # every code path once, small: a smoke run before a GPU session
         args.images, args.base_images, args.size = 300, 60, 32
         args.steps, args.log_every, args.batches = 4, 1, "4,8"

@@ -125,3 +125,15 @@ def test_a_mistake_is_one_line_and_exit_status_2(args, message, nih_sample, tmp_
     errors = [line for line in output.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and "Traceback" not in output, output[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_runs_the_shipped_defaults_on_the_cpu(tmp_path):
+    """``benchmarks/gpu.py --smoke --device cpu``: what a lent GPU runs first, here with
+    ``trainer=cpu``: train one epoch from a 64-image cache, test evaluation, a predict."""
+    result = run(sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke", "--device", "cpu",
+                 "--out", str(tmp_path), timeout=900)  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for stage in ("release + prepare", "train 1 epoch + test evaluation", "predict"):
+        assert stage in result.stdout
+    assert "4 images →" in result.stdout and (tmp_path / "smoke" / "train" / "aucs.csv").is_file()
