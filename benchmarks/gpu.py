@@ -92,7 +92,7 @@ from chexnet_pl.cli import config_dir  # noqa: E402
 from chexnet_pl.data.prepare import build_cache  # noqa: E402
 from chexnet_pl.data.synthetic import generate_synthetic_nih  # noqa: E402
 from chexnet_pl.evaluation.predictions import predict  # noqa: E402
-from chexnet_pl.models.module import CheXNetModule  # noqa: E402
+from chexnet_pl.models.module import shipped_model  # noqa: E402
 from chexnet_pl.models.precision import autocast_context, resolve_precision  # noqa: E402
 from chexnet_pl.train import train  # noqa: E402
 
@@ -294,7 +294,7 @@ def bare_steps(
         criterion(plain(plain_x), labels).backward()
         plain_opt.step()
 
-    project = CheXNetModule(pretrained=False).to(device).train()
+    project = shipped_model(pretrained=False).to(device).train()
     precision = str(resolve_precision("auto", device.type))
     images = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
     project_opt = torch.optim.Adam(project.parameters(), lr=1e-4, fused=device.type == "cuda")

@@ -177,7 +177,8 @@ def test_every_recipe_trains_two_batches_with_its_shipped_values(
 ):
     """The recipe as shipped on the real sample, with only ``model.pretrained=false`` (no
     downloads in tests; ``retrain``: its ``init_from``). The trainer limits are not recipe
-    values: they make a 20-epoch recipe one epoch of 2 batches (validation and test whole)."""
+    values: they make a 20-epoch recipe one epoch of 2 batches (validation and test whole), so
+    ten recipes take minutes, not days, on 2 cores."""
     from conftest import compose_train_config
 
     from chexnet_pl.train import train
@@ -190,9 +191,11 @@ def test_every_recipe_trains_two_batches_with_its_shipped_values(
         args.append(f"init_from={retrain_start}")
     limits = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
     cfg = compose_train_config(tmp_path / "run", [*args, *limits])
-    assert cfg.data.num_workers == "auto"
     metrics, objects = train(cfg)
-    assert objects["trainer"].global_step == 2 and objects["trainer"].state.finished
+    trainer = objects["trainer"]
+    # the sample's 38 training images are fewer than 2 batches of 32 or 64 (drop_last): then 1
+    assert trainer.global_step == min(2, trainer.num_training_batches) >= 1
+    assert trainer.state.finished
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "run" / "aucs.csv").is_file()  # the shipped test=true evaluation ran
     shutil.rmtree(tmp_path / "run", ignore_errors=True)

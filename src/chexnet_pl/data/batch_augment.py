@@ -62,11 +62,11 @@ class BatchAugment:
 
     def __init__(
         self,
-        hflip: float = 0.5,
-        affine: float = 0.5,
-        scale: Sequence[float] = (0.95, 1.05),
-        translate: float = 0.05,
-        rotate: float = 7.0,
+        hflip: float,
+        affine: float,
+        scale: Sequence[float],
+        translate: float,
+        rotate: float,
         warp: str = "auto",
     ) -> None:
         if warp not in WARPS:
