@@ -115,7 +115,6 @@ def test_calibrate_needs_validation_predictions(synthetic_root, tmp_path):
     assert not (tmp_path / "out").exists()  # stopped before any work
 
 
-@pytest.mark.slow
 def test_evaluate_with_temperature_then_predict_with_its_file(
     synthetic_root, nih_sample, tmp_path, caplog
 ):

@@ -121,8 +121,7 @@ def test_an_onnx_file_serves_only_the_checkpoint_it_came_from(
 
 @pytest.mark.parametrize(
     ("backbone", "fmt", "cams"),
-    [pytest.param("densenet121", "torchscript", True, marks=pytest.mark.slow),
-     ("resnet18", "torchscript", False)],
+    [("densenet121", "torchscript", True), ("resnet18", "torchscript", False)],
 )  # fmt: skip
 def test_export_equals_pytorch_on_real_images(backbone, fmt, cams, tmp_path, nih_sample):
     checkpoint = random_checkpoint(tmp_path / "checkpoints" / "last.ckpt", backbone, SIZE)
