@@ -213,9 +213,10 @@ def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
 
 # The tiers: ``slow`` marks exactly the tests that train or launch a process (the full suite,
 # `make test`); the rest is the fast tier (`make test-fast`, ``-m "not slow"``). A test using a
-# fixture that trains is slow by that (below); others carry ``@pytest.mark.slow`` themselves,
-# and ``_tiers_are_kept`` fails a fast test that trains or launches a process.
-TRAINING_FIXTURES = {"make_cfg", "compose_cfg", "learnt_run", "learnt", "trained_run"}
+# fixture that trains is slow by that (below); others carry ``@pytest.mark.slow`` themselves.
+# A fast test that trains or launches a process, itself or through a fixture, fails, saying so.
+TRAINING_FIXTURES = {"make_cfg", "compose_cfg", "learnt_run", "learnt", "trained_run", "trained"}
+_running: list[pytest.Item] = []  # the test being set up, run or torn down
 
 
 def pytest_collection_modifyitems(config, items):
@@ -224,22 +225,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(autouse=True)
-def _tiers_are_kept(request, monkeypatch):
-    """A fast test may not train (``Trainer.fit``) or launch a process (``subprocess``)."""
-    if request.node.get_closest_marker("slow") is not None:
-        yield
-        return
+def pytest_runtest_setup(item):
+    _running[:] = [item]
+
+
+def _tier_guard(what: str, original):
+    def guarded(*args, **kwargs):
+        if _running and _running[0].get_closest_marker("slow") is None:
+            raise AssertionError(f"{_running[0].nodeid} {what}: mark it @pytest.mark.slow")
+        return original(*args, **kwargs)
+
+    return guarded
+
+
+def pytest_configure(config):
     import subprocess
 
     import pytorch_lightning as pl
 
-    def refuse(what: str):
-        def refused(*args, **kwargs):
-            raise AssertionError(f"{request.node.nodeid} {what}: mark it @pytest.mark.slow")
-
-        return refused
-
-    monkeypatch.setattr(pl.Trainer, "fit", refuse("trains"))
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("launches a process"))
-    yield
+    pl.Trainer.fit = _tier_guard("trains", pl.Trainer.fit)
+    subprocess.Popen.__init__ = _tier_guard("launches a process", subprocess.Popen.__init__)
