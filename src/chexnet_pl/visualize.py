@@ -1,4 +1,4 @@
-"""Explore a finding: ``n`` images of a split that have it, each with its heat-map overlay and
+"""Explore a finding: n images of a split that have it, each with its heat-map overlay and
 prediction table (the images, split and labels are those the checkpoint was trained on).
 
   chexnet-visualize ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt label=Infiltration
