@@ -53,14 +53,16 @@ def test_every_shipped_training_config_passes_the_preflight_check(
     experiment, nih_sample, start_checkpoint
 ):
     """Each trainer × logger × sweep with this recipe, as ``chexnet-train ... --check`` runs it."""
-    checked = 0
     assert check_overrides("train", train_args(experiment, nih_sample, start_checkpoint)) == []
-    for trainer, logger, search in itertools.product(TRAINERS, LOGGERS, SEARCHES):
-        args = [*train_args(experiment, nih_sample, start_checkpoint), f"trainer={trainer}",
-                f"logger={logger}", *([f"hparams_search={search}"] if search else [])]  # fmt: skip
-        for cfg in composed_jobs("train", args):
-            preflight("train", cfg)
-            checked += 1
+    command_lines = [
+        [*train_args(experiment, nih_sample, start_checkpoint), f"trainer={trainer}",
+         f"logger={logger}", *([f"hparams_search={search}"] if search else [])]
+        for trainer, logger, search in itertools.product(TRAINERS, LOGGERS, SEARCHES)
+    ]  # fmt: skip
+    checked = 0
+    for cfg in composed_jobs("train", *command_lines):
+        preflight("train", cfg)
+        checked += 1
     assert checked == len(TRAINERS) * len(LOGGERS) * len(SEARCHES)
 
 

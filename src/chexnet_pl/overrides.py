@@ -167,29 +167,30 @@ def _first_choice(override: Any) -> str:
     return f"{prefix}{override.key_or_group}={'null' if value is None else value}"
 
 
-def composed_jobs(command: str, args: Sequence[str]) -> Iterator[DictConfig]:
-    """The config of each job the command line describes (one, or each of a sweep's jobs),
-    composed as Hydra's run would, with its run folder set."""
+def composed_jobs(command: str, *command_lines: Sequence[str]) -> Iterator[DictConfig]:
+    """The config of each job each command line describes (one, or each of a sweep's jobs),
+    composed as Hydra's run would, with its run folder set; Hydra is initialised once."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides, problems = _parse(args)
-    if problems:
-        raise ValueError(problems[0])
-    fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
-    sweeps = [[f"{o.key_or_group}={v}" for v in _choices(o)] for o in overrides
-              if o.is_sweep_override() and _choices(o)]  # fmt: skip
     with _hydra() as loader:
         try:
-            for combination in itertools.product(*sweeps):
-                cfg = _compose(loader, command.replace("-", "_"), [*fixed, *combination])
-                with open_dict(cfg):
-                    cfg.hydra.runtime.output_dir = str(
-                        OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
-                        or "outputs/check"
-                    )
-                    cfg.hydra.job.num = 0
-                HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
-                yield cfg
+            for args in command_lines:
+                overrides, problems = _parse(args)
+                if problems:
+                    raise ValueError(problems[0])
+                fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+                sweeps = [[f"{o.key_or_group}={v}" for v in _choices(o)] for o in overrides
+                          if o.is_sweep_override() and _choices(o)]  # fmt: skip
+                for combination in itertools.product(*sweeps):
+                    cfg = _compose(loader, command.replace("-", "_"), [*fixed, *combination])
+                    with open_dict(cfg):
+                        run_dir = OmegaConf.select(
+                            cfg, "hydra.run.dir", throw_on_resolution_failure=False
+                        )
+                        cfg.hydra.runtime.output_dir = str(run_dir or "outputs/check")
+                        cfg.hydra.job.num = 0
+                    HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
+                    yield cfg
         finally:
             HydraConfig.instance().cfg = None
 
