@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 # Generates the synthetic NIH-format dataset once (~/.cache/chexnet_pl/demo_nih) and trains on it.
+# ARGS: more overrides (make demo ARGS="trainer.max_epochs=1 hydra.run.dir=/tmp/demo").
 demo: setup
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python -m chexnet_pl.train experiment=demo
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/python -m chexnet_pl.train experiment=demo $(ARGS)
 
 # Debian's chromium + chromium-driver for the browser test of the web page (tests/test_serve.py).
 # Installed only when missing, and only as root with apt-get; otherwise that test skips, saying why.

@@ -19,7 +19,7 @@ import time
 import torch
 
 from chexnet_pl.models.backbones import BACKBONES
-from chexnet_pl.models.module import AUX_LOSS_WEIGHT, CheXNetModule
+from chexnet_pl.models.module import AUX_LOSS_WEIGHT, shipped_model
 
 FORWARD_BATCH = 32
 TRAIN_BATCH = 16
@@ -37,7 +37,7 @@ def _median_seconds(step, iterations: int) -> float:
 
 def measure(name: str, size: int, iterations: int) -> dict[str, float | str]:
     torch.manual_seed(0)
-    model = CheXNetModule(backbone=name, pretrained=False)
+    model = shipped_model(backbone=name, pretrained=False)
     inference_params = sum(
         p.numel() for n, p in model.net.named_parameters() if not n.startswith("aux_heads.")
     )

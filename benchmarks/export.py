@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.models.module import shipped_model
 from chexnet_pl.serving.export import example_images, onnx_bytes, runner, torchscript_bytes
 from chexnet_pl.serving.served_model import ServedModel
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--cams", action="store_true", help="also output the CAMs of every class")
     args = parser.parse_args()
     torch.manual_seed(0)
-    module = CheXNetModule(backbone=args.backbone).eval()
+    module = shipped_model(backbone=args.backbone, pretrained=False).eval()
     served = ServedModel(module, cams=args.cams).eval()
 
     def pytorch(images: np.ndarray):

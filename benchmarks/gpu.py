@@ -1,5 +1,8 @@
 """GPU training at the hardware's pace (issue 16): one prepared run, one table.
 
+    python benchmarks/gpu.py --smoke                  # first, on a lent GPU: the shipped trainer=gpu
+                                                      # defaults end to end, < 2 minutes (gpu_smoke.py)
+    python benchmarks/gpu.py --smoke --device cpu     # the same with trainer=cpu (the slow tier)
     python benchmarks/gpu.py                          # a CUDA host: <= 5 minutes, compile included
     python benchmarks/gpu.py --device cpu --quick     # the same code paths on a CPU, a few minutes
 
@@ -89,7 +92,7 @@ from chexnet_pl.cli import config_dir  # noqa: E402
 from chexnet_pl.data.prepare import build_cache  # noqa: E402
 from chexnet_pl.data.synthetic import generate_synthetic_nih  # noqa: E402
 from chexnet_pl.evaluation.predictions import predict  # noqa: E402
-from chexnet_pl.models.module import CheXNetModule  # noqa: E402
+from chexnet_pl.models.module import shipped_model  # noqa: E402
 from chexnet_pl.models.precision import autocast_context, resolve_precision  # noqa: E402
 from chexnet_pl.train import train  # noqa: E402
 
@@ -291,7 +294,7 @@ def bare_steps(
         criterion(plain(plain_x), labels).backward()
         plain_opt.step()
 
-    project = CheXNetModule(pretrained=False).to(device).train()
+    project = shipped_model(pretrained=False).to(device).train()
     precision = str(resolve_precision("auto", device.type))
     images = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
     project_opt = torch.optim.Adam(project.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -355,7 +358,14 @@ def main() -> None:
     global UTIL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="a small smoke run (CPU: minutes)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the shipped trainer=gpu defaults end to end, then stop (< 2 min)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="every path once, small (CPU: minutes)"
+    )
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--base-images", type=int, default=600, help="distinct rendered images")
     parser.add_argument("--size", type=int, default=224)
@@ -373,6 +383,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.smoke:
+        from gpu_smoke import smoke
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+        print(describe(torch.device(args.device)), flush=True)
+        raise SystemExit(smoke(args.device, Path(args.out) / "smoke"))
     if args.quick:  # every code path once, small: a smoke run before a GPU session
         args.images, args.base_images, args.size = 300, 60, 32
         args.steps, args.log_every, args.batches = 4, 1, "4,8"

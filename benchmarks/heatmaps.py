@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.models.module import shipped_model
 from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = CheXNetModule().eval()
+    model = shipped_model(pretrained=False).eval()
     image = torch.randint(0, 256, (1, 1, args.size, args.size), dtype=torch.uint8)
     classes = len(model.class_names)
 

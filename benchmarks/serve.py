@@ -27,7 +27,7 @@ import numpy as np
 import requests
 import torch
 
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.models.module import shipped_model
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_SAMPLE = Path(
@@ -37,7 +37,7 @@ NIH_SAMPLE = Path(
 
 def random_checkpoint(path: Path, size: int) -> Path:
     torch.manual_seed(0)
-    model = CheXNetModule()
+    model = shipped_model(pretrained=False)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "datamodule_hyper_parameters": {"image_size": size},
                 "pytorch-lightning_version": "2"}, path)  # fmt: skip

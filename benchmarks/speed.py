@@ -33,9 +33,12 @@ from chexnet_pl.data.device_loader import DeviceLoader, load_split
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.evaluation.predictions import autocast_context
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.models.module import CheXNetModule, shipped_model
 from chexnet_pl.models.precision import resolve_precision
+from chexnet_pl.shipped import shipped
 from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
+
+AUGMENT = shipped("data")["augment"]  # the shipped training augmentation
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-sample"
 NUM_CLASSES = 15
@@ -108,7 +111,7 @@ def augment_rates(device: torch.device, batch: int = 16) -> list[tuple[str, floa
     images = torch.randint(0, 256, (batch, 224, 224), dtype=torch.uint8, device=device)
     rates = {}
     for warp in ("opencv", "grid") if device.type == "cpu" else ("grid",):
-        augment, rng = BatchAugment(warp=warp), np.random.default_rng(0)
+        augment, rng = BatchAugment(**AUGMENT, warp=warp), np.random.default_rng(0)
         augment(images, rng)
         _sync(device)
         count, start = 0, time.perf_counter()
@@ -149,7 +152,7 @@ def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, fl
     names = [f"c{i}" for i in range(NUM_CLASSES)]
 
     baseline = loader_rate(BaselineDataset(paths), workers)
-    raw = ChestXrayDataset(table, labels, names, transform=train_transform(224))
+    raw = ChestXrayDataset(table, labels, names, transform=train_transform(224, **AUGMENT))
     raw_rate = loader_rate(raw, workers)
     rows_out = [("loading, raw PNG", baseline, raw_rate)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +162,7 @@ def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, fl
                 table,
                 labels,
                 names,
-                transform=train_transform(224),
+                transform=train_transform(224, **AUGMENT),
                 cache=cache,
                 cache_rows=cache.rows_of(table["Image Index"]).astype(np.int64),
             )
@@ -168,14 +171,16 @@ def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, fl
             # The device path (data.loader=device): the same rows resident on the device
             on_device = load_split(cache, cached.cache_rows, labels, table["Image Index"], 224,
                                    device)  # fmt: skip
-            loader = DeviceLoader(on_device, 16, shuffle=True, seed=0, augment=BatchAugment())
+            loader = DeviceLoader(
+                on_device, 16, shuffle=True, seed=0, augment=BatchAugment(**AUGMENT)
+            )
             rate = device_loader_rate(loader, epochs=20)
             rows_out.append((f"loading, cached ({size} px, device path)", baseline, rate))
     return rows_out
 
 
 def project_model(device: torch.device) -> tuple[CheXNetModule, str]:
-    model = CheXNetModule(backbone="densenet121", pretrained=False).to(device)
+    model = shipped_model(backbone="densenet121", pretrained=False).to(device)
     precision = str(resolve_precision("auto", device.type if device.type == "cuda" else "cpu"))
     return model, precision
 
@@ -331,7 +336,7 @@ def lightning_overhead(
 
 def heatmaps(size: int) -> list[tuple[str, float, float]]:
     """Images/s of all 15 maps: one Grad-CAM call per class vs one CAM pass."""
-    model = CheXNetModule(pretrained=False).eval()
+    model = shipped_model(pretrained=False).eval()
     image = torch.randint(0, 256, (1, 1, size, size), dtype=torch.uint8)
     class_activation_maps(model, image)
     start = time.perf_counter()

@@ -6,17 +6,23 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_MODULE
 from chexnet_pl.data.nih import NIHDataModule
+from chexnet_pl.data.nih_table import class_names as nih_class_names
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
+from chexnet_pl.models.module import CheXNetModule, shipped_model
+from chexnet_pl.shipped import shipped
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -96,14 +102,19 @@ def synthetic_cache(tmp_path_factory, synthetic_root) -> Path:
 
 
 def small_datamodule(root: Path, **overrides) -> NIHDataModule:
-    """An NIHDataModule for tests: 32 px, batch 4, no workers, the official split (seed 0)."""
-    settings = {
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "split": {"method": "official", "seed": 0},
-    }
-    return NIHDataModule(root=str(root), **{**settings, **overrides})
+    """The shipped data module (conf/data/nih.yaml) shrunk for tests: 32 px, batch 4, no
+    workers, the official split with seed 0; ``overrides`` merge in as on the command line."""
+    settings = {"image_size": 32, "batch_size": 4, "num_workers": 0, "require_test": False,
+                "split": {"seed": 0}, "seed": 0}  # fmt: skip
+    return NIHDataModule(**shipped("data", root=str(root), **{**settings, **overrides}))
+
+
+def make_model(**overrides) -> CheXNetModule:
+    """The shipped model (conf/model/chexnet.yaml), randomly initialised (tests never download),
+    with NIH's outputs unless ``class_names`` says otherwise (``include_no_finding=False``: 14)."""
+    include = overrides.pop("include_no_finding", True)
+    overrides.setdefault("class_names", nih_class_names(include))
+    return shipped_model(**{"pretrained": False, **overrides})
 
 
 def compose_config(
@@ -176,6 +187,27 @@ def compose_cfg():
     GlobalHydra.instance().clear()
 
 
+def arnoweng_checkpoint(path: Path) -> tuple[dict, torch.nn.Module]:
+    """A checkpoint in arnoweng/CheXNet's format: DataParallel prefix, old DenseNet keys, 14 sigmoid outputs."""
+
+    torch.manual_seed(3)
+    reference = torchvision.models.densenet121()
+    reference.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
+    import re
+
+    state = OrderedDict(
+        (
+            "module.densenet121."
+            + re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k),
+            v,
+        )
+        for k, v in reference.state_dict().items()
+    )
+    assert "module.densenet121.features.denseblock1.denselayer1.norm.1.weight" in state
+    torch.save({"epoch": 9, "arch": "DenseNet121", "state_dict": state, "best_loss": 0.15}, path)
+    return state, reference.eval()
+
+
 def random_checkpoint(
     path: Path, backbone: str = "densenet121", image_size: int = 64, seed: int = 0, **data
 ) -> Path:
@@ -183,11 +215,8 @@ def random_checkpoint(
     hyperparameters, and the data settings ``data`` (e.g. root=) that the commands read from it."""
     import torch
 
-    from chexnet_pl.data.nih_table import class_names
-    from chexnet_pl.models.module import CheXNetModule
-
     torch.manual_seed(seed)
-    model = CheXNetModule(class_names=class_names(), backbone=backbone, pretrained=False)
+    model = make_model(backbone=backbone)
     settings = {"image_size": image_size, "num_workers": 0, "eval_batch_size": 16, **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -223,10 +252,12 @@ def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
     return root, base / "run"
 
 
-# Fixtures that run a training: a test using one is in the full suite only (`make test`), not in
-# the fast tier (`make test-fast`, ``-m "not slow"``). Tests that train or launch commands by
-# themselves carry ``@pytest.mark.slow``.
-TRAINING_FIXTURES = {"make_cfg", "compose_cfg", "learnt_run", "learnt", "trained_run"}
+# The tiers: ``slow`` marks exactly the tests that train or launch a process (the full suite,
+# `make test`); the rest is the fast tier (`make test-fast`, ``-m "not slow"``). A test using a
+# fixture that trains is slow by that (below); others carry ``@pytest.mark.slow`` themselves.
+# A fast test that trains or launches a process, itself or through a fixture, fails, saying so.
+TRAINING_FIXTURES = {"make_cfg", "compose_cfg", "learnt_run", "learnt", "trained_run", "trained"}
+_running: list[pytest.Item] = []  # the test being set up, run or torn down
 
 
 def pytest_collection_modifyitems(config, items):
@@ -242,3 +273,25 @@ def console_script(name: str) -> list[str]:
     if script.is_file():
         return [str(script)]
     return [sys.executable, "-m", f"chexnet_pl.{name.replace('-', '_')}"]
+
+
+def pytest_runtest_setup(item):
+    _running[:] = [item]
+
+
+def _tier_guard(what: str, original):
+    def guarded(*args, **kwargs):
+        if _running and _running[0].get_closest_marker("slow") is None:
+            raise AssertionError(f"{_running[0].nodeid} {what}: mark it @pytest.mark.slow")
+        return original(*args, **kwargs)
+
+    return guarded
+
+
+def pytest_configure(config):
+    import subprocess
+
+    import pytorch_lightning as pl
+
+    pl.Trainer.fit = _tier_guard("trains", pl.Trainer.fit)
+    subprocess.Popen.__init__ = _tier_guard("launches a process", subprocess.Popen.__init__)

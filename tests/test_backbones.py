@@ -14,12 +14,11 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_train_config
+from conftest import compose_train_config, make_model
 from torch.utils.data import DataLoader
 
 from chexnet_pl.callbacks import FreezeBackbone
-from chexnet_pl.data.nih_table import class_names
-from chexnet_pl.errors import ChexnetError, WeightsError
+from chexnet_pl.errors import ChexnetError, ConfigError, WeightsError
 from chexnet_pl.models.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
@@ -72,11 +71,8 @@ def test_the_registry_holds_the_promised_backbones():
     promised = {"densenet121", "densenet169", "densenet201", "resnet18", "resnet50", "alexnet",
                 "googlenet", "efficientnet_b0", "convnext_tiny"}  # fmt: skip
     assert promised <= set(BACKBONES)
-    assert (
-        CheXNetModule(class_names=class_names()).hparams.backbone == "densenet121"
-    )  # still the default
-    with pytest.raises(WeightsError, match="unknown backbone 'vgg99'.*model.backbone"):
-        CheXNetModule(class_names=class_names(), backbone="vgg99")
+    with pytest.raises(ConfigError, match="model.backbone='vgg99' is not a valid setting; use"):
+        make_model(backbone="vgg99")
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -84,9 +80,7 @@ def trained(request, tmp_path_factory):
     """``name``'s module before and after one training step on generated data, and its checkpoint."""
     name = request.param
     torch.manual_seed(0)
-    model = CheXNetModule(
-        class_names=class_names(), backbone=name, pretrained=False, scheduler={"name": "none"}
-    )
+    model = make_model(backbone=name, pretrained=False, scheduler={"name": "none"})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     root = tmp_path_factory.mktemp(name)
     trainer = one_step_trainer(root)
@@ -206,7 +200,7 @@ def test_googlenet_layers_see_the_input_their_imagenet_weights_expect():
 
 def test_googlenet_aux_heads_add_to_the_training_loss_only():
     torch.manual_seed(0)
-    model = CheXNetModule(class_names=class_names(), backbone="googlenet", channels_last=False)
+    model = make_model(backbone="googlenet", channels_last=False)
     calls = []
     for head in model.net.aux_heads.values():
         head.register_forward_hook(lambda m, i, o: calls.append(m))
@@ -236,7 +230,7 @@ def test_freeze_backbone_trains_the_head_only(name, tmp_path):
     """Frozen: ``features`` keep weights and batch-norm statistics; the whole head trains
     (AlexNet's fc6/fc7, GoogLeNet's auxiliary classifiers)."""
     torch.manual_seed(0)
-    model = CheXNetModule(class_names=class_names(), backbone=name, scheduler={"name": "none"})
+    model = make_model(backbone=name, scheduler={"name": "none"})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     one_step_trainer(tmp_path, [FreezeBackbone(epochs=1)]).fit(model, generated_loader())
     after = model.state_dict()
@@ -252,10 +246,10 @@ def test_freeze_backbone_trains_the_head_only(name, tmp_path):
 
 def test_init_from_reinitialises_every_output_layer(tmp_path):
     """A 14-output GoogLeNet into a 15-output one: body copied; classifier and aux outputs new."""
-    source = CheXNetModule(backbone="googlenet", class_names=class_names(False))
+    source = make_model(backbone="googlenet", include_no_finding=False)
     path = tmp_path / "fourteen.ckpt"
     torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, path)
-    target = CheXNetModule(backbone="googlenet", class_names=class_names())
+    target = make_model(backbone="googlenet", include_no_finding=True)
     init_from_checkpoint(target, path)
     torch.testing.assert_close(target.net.features.conv1.conv.weight, source.net.features.conv1.conv.weight)  # fmt: skip
     torch.testing.assert_close(target.net.aux_heads.aux2.fc1.weight, source.net.aux_heads.aux2.fc1.weight)  # fmt: skip
@@ -311,14 +305,10 @@ def test_compiled_training_forward_keeps_checkpoint_keys_and_eager_eval(tmp_path
     """compile=true: the training forward goes through torch.compile (the eager backend here,
     which traces like inductor without generating code); weights and outputs stay the same."""
     torch.manual_seed(0)
-    plain = CheXNetModule(class_names=class_names(), backbone="resnet18", pretrained=False)
+    plain = make_model(backbone="resnet18")
     torch.manual_seed(0)
-    compiled = CheXNetModule(
-        class_names=class_names(),
-        backbone="resnet18",
-        pretrained=False,
-        compile=True,
-        compile_backend="eager",
+    compiled = make_model(
+        backbone="resnet18", pretrained=False, compile=True, compile_backend="eager"
     )
     for model in (plain, compiled):
         model.configure_optimizers = lambda m=model: torch.optim.SGD(m.parameters(), lr=0.01)

@@ -17,10 +17,9 @@ from conftest import small_datamodule
 from chexnet_pl.data import prepare as prepare_module
 from chexnet_pl.data.cache import StaleCache, cache_folder, open_cache
 from chexnet_pl.data.images import read_gray
-from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import area_resize as resize_gray
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -204,8 +203,8 @@ def test_cache_rebuilt_while_in_use_is_refused_not_misread(release):
 
 def test_cache_size_below_the_image_size_is_refused(release):
     build_cache(release, size=32, workers=1, progress=False)
-    with pytest.raises(DataError, match="cache_size=32 is smaller than data.image_size=48"):
-        _datamodule(release, image_size=48, cache_size=32).setup()
+    with pytest.raises(ConfigError, match="cache_size=32 is smaller than data.image_size=48"):
+        _datamodule(release, image_size=48, cache_size=32)  # judged when built, before setup
 
 
 def test_finished_build_stopped_before_its_rename_is_published(release, monkeypatch):
@@ -273,13 +272,8 @@ def test_real_sample_cache(nih_sample, tmp_path):
     for row in range(0, 59, 11):
         source = nih_sample / "images" / cache.index["Image Index"][row]
         assert np.array_equal(cache.read(row), resize_gray(read_gray(source), 64))
-    dm = NIHDataModule(
-        root=str(nih_sample),
-        image_size=64,
-        num_workers=0,
-        cache="required",
-        cache_dir=str(tmp_path),
-    )
+    dm = small_datamodule(nih_sample, image_size=64, cache="required", cache_dir=str(tmp_path),
+                          report_dir=str(tmp_path / "reports"))  # fmt: skip
     dm.setup()
     assert sum(len(ds) for ds in dm.datasets.values()) == 59
 

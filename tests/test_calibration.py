@@ -15,7 +15,7 @@ from conftest import compose_config, random_checkpoint
 from PIL import Image
 
 from chexnet_pl.data.nih_table import FINDINGS, class_names
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.calibration import (
     Calibration,
@@ -108,12 +108,14 @@ def test_calibrate_needs_validation_predictions(synthetic_root, tmp_path):
     cfg = compose_task("evaluate", tmp_path / "out", f"preds={tmp_path / 'preds.csv'}",
                        f"data.root={synthetic_root}", "evaluation.calibrate=platt")  # fmt: skip
     with pytest.raises(
-        DataError, match="give val_preds=preds_val.csv, or use evaluation.calibrate=none"
+        ConfigError,
+        match=r"evaluation.calibrate=platt is fitted on validation predictions: "
+        "give val_preds=preds_val.csv with preds=",
     ):
         evaluate(cfg)
+    assert not (tmp_path / "out").exists()  # stopped before any work
 
 
-@pytest.mark.slow
 def test_evaluate_with_temperature_then_predict_with_its_file(
     synthetic_root, nih_sample, tmp_path, caplog
 ):

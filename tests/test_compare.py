@@ -179,7 +179,6 @@ def test_mismatched_images_are_an_error_unless_intersection(synthetic_root, tmp_
         align_predictions(pd.read_csv(a), pd.read_csv(b), "most")
 
 
-@pytest.mark.slow
 def test_compare_two_checkpoints_on_the_same_split(synthetic_root, tmp_path):
     first = random_checkpoint(tmp_path / "a.ckpt", image_size=32, seed=0, root=str(synthetic_root))
     second = random_checkpoint(tmp_path / "b.ckpt", image_size=32, seed=1, root=str(synthetic_root))

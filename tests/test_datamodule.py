@@ -14,7 +14,7 @@ from conftest import small_datamodule
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.transforms import eval_transform
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 
 
 def _datamodule(root, **kwargs):
@@ -138,8 +138,32 @@ def test_real_sample_download(nih_sample):
     assert dm.table["Finding Labels"].notna().all()
 
 
-def test_bad_settings_are_named(synthetic_root):
-    with pytest.raises(DataError, match="data.view_position='LL'"):
-        _datamodule(synthetic_root, view_position="LL")
-    with pytest.raises(DataError, match="data.missing_images='ignore'"):
-        _datamodule(synthetic_root, missing_images="ignore")
+def test_every_bad_data_setting_is_named_in_one_error(synthetic_root):
+    """The data module judges its own settings when it is built (no image read), all at once."""
+    with pytest.raises(ConfigError) as error:
+        _datamodule(synthetic_root, view_position="LL", missing_images="ignore", num_workers=-1,
+                    batch_size=0, decode_check=["tst"], augment={"hflp": 0.5},
+                    split={"method": "random"})  # fmt: skip
+    assert error.value.problems == [
+        "data.view_position='LL' is not a valid setting; use one of: all, PA, AP",
+        "data.missing_images='ignore' is not a valid setting; use one of: error, skip",
+        "data.batch_size=0 is out of range; use a whole number in [1, inf]",
+        "data.num_workers=-1: give auto or a whole number >= 0",
+        "data.decode_check[]='tst' is not a valid setting; use one of: train, val, test "
+        "(did you mean test?)",
+        "data.augment.hflp is not a setting; did you mean data.augment.hflip?",
+        "data.split.method='random' is not a valid setting; use one of: official, patient, file",
+    ]
+
+
+def test_a_wrong_root_is_a_data_root_problem(tmp_path, synthetic_root):
+    with pytest.raises(ConfigError, match=r"^data.root=/no/such/folder is not a folder; give"):
+        _datamodule("/no/such/folder")
+    with pytest.raises(ConfigError, match=r"data.root=.*: no metadata CSV in .*Data_Entry_2017"):
+        _datamodule(tmp_path)
+    lists = tmp_path / "lists"
+    shutil.copytree(synthetic_root, lists)
+    (lists / "test_list.txt").unlink()
+    with pytest.raises(ConfigError, match=r"has no test_list.txt: data.split.method=official"):
+        _datamodule(lists)
+    _datamodule(lists, split={"method": "patient"})  # needs no official lists

@@ -19,7 +19,8 @@ from chexnet_pl.data.batch_augment import AffineParams, BatchAugment, warp_grid,
 from chexnet_pl.data.device_loader import DeviceLoader, resolve_num_workers
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.transforms import train_transform
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.shipped import shipped
 from chexnet_pl.train import train
 
 AUGMENT = {"hflip": 0.5, "affine": 0.5, "scale": (0.95, 1.05), "translate": 0.05, "rotate": 7.0}
@@ -179,7 +180,7 @@ def test_auto_picks_the_device_path_only_with_a_cache_that_fits(
     with pytest.raises(DataError, match=r"data.loader=device cannot be used: no valid prepared .*"
                        r"chexnet-prepare root="):  # fmt: skip
         small_datamodule(synthetic_root, loader="device").train_dataloader()
-    with pytest.raises(DataError, match=r"data.loader='gpu'; use one of"):
+    with pytest.raises(ConfigError, match=r"data.loader='gpu' is not a valid setting; use one of"):
         small_datamodule(synthetic_root, loader="gpu")
 
 
@@ -188,10 +189,10 @@ def test_num_workers_auto(synthetic_root):
 
     cores = len(os.sched_getaffinity(0))
     assert resolve_num_workers("auto") == max(0, min(cores - 1, 16))
-    assert small_datamodule(synthetic_root, num_workers="auto").num_workers == resolve_num_workers(
-        "auto"
-    )
-    with pytest.raises(DataError, match=r"data.num_workers='many'; use a number or auto"):
+    shipped_value = shipped("data")["num_workers"]  # "auto": issue 19's defect rejected it
+    datamodule = small_datamodule(synthetic_root, num_workers=shipped_value)
+    assert datamodule.num_workers == resolve_num_workers("auto")
+    with pytest.raises(ConfigError, match=r"data.num_workers='many': give auto or a whole number"):
         small_datamodule(synthetic_root, num_workers="many")
 
 

@@ -175,6 +175,7 @@ def _encapsulated(path: Path, syntax, gray: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow  # launches a process
 def test_missing_decoder_plugin_is_named(xrays, tmp_path):
     """In a process where pylibjpeg's plugins cannot be imported (as on a machine without them),
     a JPEG-LS file is refused before decoding, naming the packages to install."""
@@ -241,7 +242,6 @@ def compose_predict(output_dir: Path, *overrides: str):
     return compose_config("predict", output_dir, *overrides)
 
 
-@pytest.mark.slow
 def test_predict_on_a_folder_mixing_png_jpeg_and_dicom(xrays, tmp_path):
     """Probabilities from each DICOM form equal the PNG's (1e-5); the folder's JPEG and a DICOM
     without a suffix are read too, and every image gets its overlay."""

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import compose_config, small_datamodule
 from PIL import Image
 
 from chexnet_pl.data.download import DownloadError, download_nih, fetch
-from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.download import download
 
 METADATA = {
@@ -176,9 +175,7 @@ def test_download_extracts_a_release_the_data_module_reads(server, synthetic_roo
     assert not (root / "archives" / "images_001.tar.gz").exists()  # keep_archives=false
     assert json.loads((root / "download_state.json").read_text()) == state
 
-    datamodule = NIHDataModule(
-        root=str(root), image_size=32, num_workers=0, split={"method": "official"}
-    )
+    datamodule = small_datamodule(root, report_dir=str(tmp_path / "reports"))
     datamodule.setup()
     assert sum(len(ds) for ds in datamodule.datasets.values()) == len(expected)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, make_model
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih import label_index
@@ -260,9 +260,8 @@ def test_test_time_augmentation(trained_run, tmp_path, tta):
 
 def test_hflip_is_the_mean_of_image_and_mirror():
     from chexnet_pl.evaluation.predictions import _probabilities
-    from chexnet_pl.models.module import CheXNetModule
 
-    model = CheXNetModule(class_names=class_names()).eval()
+    model = make_model().eval()
     images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         expected = (torch.sigmoid(model(images)) + torch.sigmoid(model(images.flip(-1)))) / 2

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import random_checkpoint
+from conftest import make_model, random_checkpoint
 
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.nih_table import class_names
@@ -126,8 +126,7 @@ def test_an_onnx_file_serves_only_the_checkpoint_it_came_from(
 
 @pytest.mark.parametrize(
     ("backbone", "fmt", "cams"),
-    [pytest.param("densenet121", "torchscript", True, marks=pytest.mark.slow),
-     ("resnet18", "torchscript", False)],
+    [("densenet121", "torchscript", True), ("resnet18", "torchscript", False)],
 )  # fmt: skip
 def test_export_equals_pytorch_on_real_images(backbone, fmt, cams, tmp_path, nih_sample):
     checkpoint = random_checkpoint(tmp_path / "checkpoints" / "last.ckpt", backbone, SIZE)
@@ -148,7 +147,7 @@ def test_export_equals_pytorch_on_real_images(backbone, fmt, cams, tmp_path, nih
 @pytest.mark.parametrize("backbone", ["alexnet", "convnext_tiny"])
 def test_cams_of_a_head_without_cam_is_a_clear_error(backbone):
     with pytest.raises(ServingError, match=f"cams=true needs .*{backbone}'s head is"):
-        ServedModel(CheXNetModule(class_names=class_names(), backbone=backbone), cams=True)
+        ServedModel(make_model(backbone=backbone), cams=True)
 
 
 def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):
@@ -164,6 +163,7 @@ def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):
     assert not list(checkpoint.parent.glob("best.pt*"))
 
 
+@pytest.mark.slow  # launches a process
 def test_export_command_reports_a_bad_option_in_one_line(tmp_path):
     checkpoint = random_checkpoint(tmp_path / "r.ckpt", "resnet18", SIZE)
     result = subprocess.run(

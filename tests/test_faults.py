@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import hydra
@@ -20,11 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
-from conftest import compose_config, small_datamodule
+from conftest import arnoweng_checkpoint, compose_config, make_model, small_datamodule
 from PIL import Image
 
-from chexnet_pl.data.nih_table import FINDINGS, class_names
+from chexnet_pl.data.nih_table import FINDINGS
 from chexnet_pl.errors import DataError, TrainingError, WeightsError
 from chexnet_pl.import_weights import ARNOWENG_CLASSES, import_arnoweng
 from chexnet_pl.models.module import CheXNetModule
@@ -208,30 +206,10 @@ def test_unsafe_and_mismatched_checkpoints(make_cfg, tmp_path):
         )
 
 
-def _arnoweng_checkpoint(path: Path) -> tuple[dict, torch.nn.Module]:
-    """A checkpoint in arnoweng/CheXNet's format: DataParallel prefix, old DenseNet keys, 14 sigmoid outputs."""
-    torch.manual_seed(3)
-    reference = torchvision.models.densenet121()
-    reference.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
-    import re
-
-    state = OrderedDict(
-        (
-            "module.densenet121."
-            + re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k),
-            v,
-        )
-        for k, v in reference.state_dict().items()
-    )
-    assert "module.densenet121.features.denseblock1.denselayer1.norm.1.weight" in state
-    torch.save({"epoch": 9, "arch": "DenseNet121", "state_dict": state, "best_loss": 0.15}, path)
-    return state, reference.eval()
-
-
 @pytest.mark.slow
 def test_import_arnoweng_chexnet_weights(tmp_path):
     source = tmp_path / "model.pth.tar"
-    _, reference = _arnoweng_checkpoint(source)
+    _, reference = arnoweng_checkpoint(source)
     target = tmp_path / "imported.ckpt"
     run = subprocess.run([sys.executable, "-m", "chexnet_pl.import_weights", str(source), str(target)],
                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -251,7 +229,7 @@ def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_ro
     from chexnet_pl.evaluate import evaluate
 
     source = tmp_path / "model.pth.tar"
-    state, _ = _arnoweng_checkpoint(source)
+    state, _ = arnoweng_checkpoint(source)
     torch.save(
         {"state_dict": {k: v for k, v in state.items() if "num_batches_tracked" not in k}}, source
     )
@@ -265,7 +243,7 @@ def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_ro
 
 def test_import_refuses_a_checkpoint_that_would_drop_weights(tmp_path):
     source = tmp_path / "model.pth.tar"
-    state, _ = _arnoweng_checkpoint(source)
+    state, _ = arnoweng_checkpoint(source)
     del state["module.densenet121.features.denseblock3.denselayer5.conv.2.weight"]
     torch.save({"state_dict": state}, source)
     with pytest.raises(
@@ -415,7 +393,7 @@ def model_checkpoint(tmp_path_factory) -> Path:
     trainer = pl.Trainer(
         max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
-    trainer.strategy.connect(CheXNetModule(class_names=class_names()))
+    trainer.strategy.connect(make_model())
     path = tmp_path_factory.mktemp("model_only") / "model.ckpt"
     trainer.save_checkpoint(path)
     return path
@@ -453,9 +431,7 @@ def test_damaged_checkpoints_are_said_to_be_damaged_wherever_read(
         readers = {
             "read_checkpoint": lambda p=path: read_checkpoint(p),
             "load_from_checkpoint": lambda p=path: CheXNetModule.load_from_checkpoint(p),
-            "init_from": lambda p=path: init_from_checkpoint(
-                CheXNetModule(class_names=class_names()), p
-            ),
+            "init_from": lambda p=path: init_from_checkpoint(make_model(), p),
             "evaluate": lambda p=path: evaluate(composed("evaluate", f"ckpt={p}")),
             "predict": lambda p=path: predict(composed("predict", f"ckpt={p}", f"image={image}")),
         }
@@ -467,6 +443,7 @@ def test_damaged_checkpoints_are_said_to_be_damaged_wherever_read(
         train(make_cfg(f"ckpt_path={damaged_checkpoints['truncated']}"))
 
 
+@pytest.mark.slow  # launches a process
 def test_damaged_checkpoint_on_the_command_line_is_one_line(damaged_checkpoints, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "chexnet_pl.evaluate", f"ckpt={damaged_checkpoints['truncated']}",

@@ -38,6 +38,7 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # launches a process
 def test_wheel_carries_every_config_and_module(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import make_model
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import class_names
-from chexnet_pl.errors import WeightsError
+from chexnet_pl.errors import ConfigError, WeightsError
 from chexnet_pl.models.backbones import create_backbone, remap_legacy_densenet_keys
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
-from chexnet_pl.models.module import CheXNetModule
 
 
 def test_forward_features_and_head():
@@ -34,7 +34,7 @@ def test_forward_features_and_head():
 
 
 def test_module_takes_uint8_gray_and_outputs_logits():
-    model = CheXNetModule(class_names=class_names(False)).eval()
+    model = make_model(include_no_finding=False).eval()
     images = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
     logits = model(images)
     assert logits.shape == (3, 14) and torch.isfinite(logits).all()
@@ -181,10 +181,7 @@ def test_auroc_undefined_without_positives():
 
 
 def test_optimizer_and_scheduler_choices():
-    sgd = CheXNetModule(
-        class_names=class_names(),
-        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
-    )
+    sgd = make_model(optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
     sgd.trainer = None
     config = sgd.configure_optimizers()
     group = config["optimizer"].param_groups[0]
@@ -193,12 +190,10 @@ def test_optimizer_and_scheduler_choices():
     scheduler = config["lr_scheduler"]
     assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler["monitor"] == "val/loss" and scheduler["scheduler"].factor == 0.1
-    adam = CheXNetModule(class_names=class_names()).configure_optimizers()["optimizer"]
+    adam = make_model().configure_optimizers()["optimizer"]
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.9, 0.999)
-    with pytest.raises(ValueError, match="unknown model.optimizer.name 'lbfgs'"):
-        CheXNetModule(
-            class_names=class_names(), optimizer={"name": "lbfgs", "lr": 1}
-        ).configure_optimizers()
+    with pytest.raises(ConfigError, match="model.optimizer.name='lbfgs' is not a valid setting"):
+        make_model(optimizer={"name": "lbfgs", "lr": 1})
 
 
 def test_label_list_travels_with_the_model_and_its_checkpoint(tmp_path):
@@ -210,7 +205,7 @@ def test_label_list_travels_with_the_model_and_its_checkpoint(tmp_path):
     from chexnet_pl.models.metrics import mean_finding_auroc
 
     names = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "No Finding"]
-    model = CheXNetModule(backbone="resnet18", class_names=names)
+    model = make_model(backbone="resnet18", class_names=names)
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     assert model.eval()(images).shape == (2, 5)
     assert model.hparams.include_no_finding and model.class_names == names

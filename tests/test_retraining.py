@@ -16,12 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, make_model
 
-from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import WeightsError
 from chexnet_pl.models.init_from import init_from_checkpoint
-from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.train import train
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
@@ -109,7 +107,7 @@ def source_checkpoint(tmp_path_factory):
     """A 14-output checkpoint saved by a real Trainer."""
     import pytorch_lightning as pl
 
-    model = CheXNetModule(class_names=class_names(False))
+    model = make_model(include_no_finding=False)
     trainer = pl.Trainer(
         max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
@@ -121,7 +119,7 @@ def source_checkpoint(tmp_path_factory):
 
 def test_init_from_reinitialises_only_a_mismatched_head(source_checkpoint, caplog):
     path, source = source_checkpoint
-    target = CheXNetModule(class_names=class_names())
+    target = make_model(include_no_finding=True)
     head_before = target.net.classifier.weight.clone()
     with caplog.at_level(logging.WARNING):
         init_from_checkpoint(target, path)
@@ -133,7 +131,7 @@ def test_init_from_reinitialises_only_a_mismatched_head(source_checkpoint, caplo
         target.net.features.body.conv0.weight, source.net.features.body.conv0.weight
     )
     torch.testing.assert_close(target.net.classifier.weight, head_before)
-    same = CheXNetModule(class_names=class_names(False))
+    same = make_model(include_no_finding=False)
     init_from_checkpoint(same, path)
     torch.testing.assert_close(same.net.classifier.weight, source.net.classifier.weight)
 
@@ -145,11 +143,11 @@ def test_init_from_refuses_other_backbones_and_unsafe_files(source_checkpoint, t
     other = tmp_path / "other.ckpt"
     torch.save(checkpoint, other)
     with pytest.raises(WeightsError, match="holds a resnet50 but this run builds a densenet121"):
-        init_from_checkpoint(CheXNetModule(class_names=class_names()), other)
+        init_from_checkpoint(make_model(), other)
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save({"state_dict": {}, "callback": argparse.Namespace(a=1)}, unsafe)
     with pytest.raises(WeightsError, match="weights_only=True"):
-        init_from_checkpoint(CheXNetModule(class_names=class_names()), unsafe)
+        init_from_checkpoint(make_model(), unsafe)
 
 
 def test_retrain_experiment_freezes_the_backbone_first(source_checkpoint, make_cfg):

@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import compose_config, random_checkpoint
+from conftest import compose_config, make_model, random_checkpoint
 from PIL import Image
 
 from chexnet_pl.data.images import read_gray
-from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
@@ -665,12 +664,11 @@ def test_page_in_a_real_browser(server, browser, nih_sample, tmp_path):
     assert Image.open(screenshot).size[0] > 0
 
 
-@pytest.mark.slow
 def test_a_head_without_cam_gets_grad_cam_on_torch_and_a_422_on_onnx(nih_sample):
     """AlexNet (an MLP head): Grad-CAM through the PyTorch backend; its ONNX export has no maps."""
     size = 128  # AlexNet's feature map is 3×3 here (1×1 at 64 px: a constant map)
     torch.manual_seed(0)
-    module = CheXNetModule(class_names=class_names(), backbone="alexnet").eval()
+    module = make_model(backbone="alexnet").eval()
     card = model_card("alexnet.ckpt", "alexnet", module.class_names, size, [0.5] * 15, None,
                       ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
     image = area_resize(read_gray(nih_images(nih_sample, 1)[0]), size)

@@ -7,13 +7,20 @@ import pytest
 
 from chexnet_pl.data.nih_table import read_data_entry
 from chexnet_pl.data.splits import (
+    SplitSettings,
     assert_no_patient_leak,
     file_split,
     make_split,
     official_split,
     patient_split,
 )
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.shipped import shipped
+
+
+def split_settings(**overrides) -> SplitSettings:
+    """``data.split`` as shipped (conf/data/nih.yaml) with seed 0, and ``overrides``."""
+    return SplitSettings(**{**shipped("data", root=".")["split"], "seed": 0, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +29,7 @@ def real_table(nih_meta):
 
 
 def test_official_split_on_real_metadata(real_table, nih_meta):
-    split = make_split(real_table, "official", nih_meta, val_fraction=0.1, seed=0)
+    split = make_split(real_table, split_settings(val_fraction=0.1, seed=0), nih_meta)
     counts = split.value_counts().to_dict()
     assert counts["test"] == 25596
     assert counts["train"] + counts["val"] == 86524
@@ -84,14 +91,20 @@ def test_patient_in_two_splits_is_refused(tmp_path):
     leaky = tmp_path / "leaky.csv"
     leaky.write_text("Image Index,split\na.png,train\nb.png,test\nc.png,val\nd.png,test\n")
     with pytest.raises(DataError, match=r"patient 1 in \['test', 'train'\]"):
-        make_split(_table(), "file", tmp_path, file=leaky)
+        make_split(_table(), split_settings(method="file", file=str(leaky)), tmp_path)
 
 
-def test_bad_method_and_fractions():
-    with pytest.raises(DataError, match="unknown data.split.method 'random'"):
-        make_split(_table(), "random", ".")
-    with pytest.raises(DataError, match="summing to 1"):
-        patient_split(_table(), (0.7, 0.2, 0.2))
+def test_bad_split_settings_are_named_together():
+    with pytest.raises(ConfigError) as error:
+        split_settings(method="random", fractions=[0.7, 0.2, 0.2], val_fraction=1.5)
+    assert error.value.problems == [
+        "data.split.method='random' is not a valid setting; use one of: official, patient, file",
+        "data.split.val_fraction=1.5 is out of range; use a number in [0, 1]",
+        "data.split.fractions=[0.7, 0.2, 0.2]: give three non-negative shares (train, val, "
+        "test) summing to 1, e.g. [0.7,0.1,0.2]",
+    ]
+    with pytest.raises(ConfigError, match="data.split.method=file needs data.split.file="):
+        split_settings(method="file", file=None)
 
 
 def _official_lists(folder, train_val: str, test: str, bom: bool = False):
@@ -110,13 +123,13 @@ def test_image_in_both_official_lists_is_named_with_its_lines(tmp_path):
         match=r"1 image\(s\) are in both .*train_val_list.txt and .*test_list.txt: b.png "
         r"\(line 2 of train_val_list.txt, line 3 of test_list.txt\)",
     ):
-        make_split(table, "official", tmp_path)
+        make_split(table, split_settings(), tmp_path)
 
 
 def test_split_lists_with_a_byte_order_mark_are_read(tmp_path):
     table = _table()
     _official_lists(tmp_path, "a.png\nb.png\nc.png\n", "d.png\n", bom=True)
-    split = make_split(table, "official", tmp_path, val_fraction=0.0)
+    split = make_split(table, split_settings(val_fraction=0.0), tmp_path)
     assert split.tolist() == ["train", "train", "train", "test"]
     txt = tmp_path / "split.txt"
     txt.write_text("\ufeffa.png train\nb.png train\nc.png val\nd.png test\n", encoding="utf-8")
@@ -129,7 +142,7 @@ def test_split_lists_with_a_byte_order_mark_are_read(tmp_path):
 def test_a_leak_through_the_official_lists_says_what_to_do(tmp_path):
     _official_lists(tmp_path, "a.png\nc.png\nd.png\n", "b.png\n")  # patient 1: a train, b test
     with pytest.raises(DataError) as err:
-        make_split(_table(), "official", tmp_path)
+        make_split(_table(), split_settings(), tmp_path)
     message = str(err.value)
     assert "patient 1 in ['test', 'train']" in message and "fix the split file" not in message
     assert "use the lists of the same release as the CSV, or data.split.method=patient" in message

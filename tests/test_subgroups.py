@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from chexnet_pl.data.nih import label_index
 from chexnet_pl.data.nih_table import FINDINGS, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.report import choose_threshold
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples
@@ -26,7 +26,7 @@ from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import GAP, Subgroups, age_bands, score_subgroups
 
 
-def shipped(**changes) -> Subgroups:
+def shipped_subgroups(**changes) -> Subgroups:
     """The subgroup settings of the shipped conf/evaluation/default.yaml, with ``changes``."""
     return dataclasses.replace(EvaluationSettings.from_config(None).subgroup_spec, **changes)
 
@@ -62,26 +62,31 @@ def test_age_bands_with_implausible_and_written_ages(caplog):
     ages = pd.Series([0, 19, 20, 39.5, 60, 79, 80, 95, 148, 411, "058Y", None, -3])
     images = pd.Series([f"{i:08d}_000.png" for i in range(len(ages))])
     with caplog.at_level(logging.WARNING):
-        labels, names = age_bands(ages, images, shipped())
+        labels, names = age_bands(ages, images, shipped_subgroups())
     assert names == ["0-20", "20-40", "40-60", "60-80", "80+"]
     assert list(labels) == ["0-20", "0-20", "20-40", "20-40", "60-80", "60-80", "80+", "80+",
                             "unknown", "unknown", "40-60", "unknown", "unknown"]  # fmt: skip
     assert "4 image(s) have a missing or implausible age" in caplog.text
     assert "00000008_000.png (148)" in caplog.text and "00000009_000.png (411)" in caplog.text
     custom, names = age_bands(
-        pd.Series([10, 50, 70]), pd.Series(["a", "b", "c"]), shipped(age_edges=(65,))
+        pd.Series([10, 50, 70]), pd.Series(["a", "b", "c"]), shipped_subgroups(age_edges=(65,))
     )
     assert names == ["0-65", "65+"] and list(custom) == ["0-65", "0-65", "65+"]
-    with pytest.raises(ChexnetError, match=r"unknown attribute\(s\) \['race'\]"):
-        shipped(attributes=("sex", "race"))
-    with pytest.raises(ChexnetError, match="increasing positive ages"):
-        shipped(age_edges=(40, 20))
-    with pytest.raises(ChexnetError, match="min_subgroup_images=0: give a whole number"):
-        shipped(min_images=0)
-    with pytest.raises(
-        ChexnetError, match="underdiagnosis_threshold='roc'.*use one of: youden, f1"
-    ):
-        shipped(underdiagnosis_threshold="roc")
+    with pytest.raises(ConfigError, match="min_subgroup_images=0 is out of range"):
+        shipped_subgroups(min_images=0)
+    with pytest.raises(ConfigError, match="underdiagnosis_threshold='roc'.*use one of: youden, f1"):
+        shipped_subgroups(underdiagnosis_threshold="roc")
+
+
+def test_subgroup_settings_are_judged_together():
+    with pytest.raises(ConfigError) as error:
+        shipped_subgroups(attributes=("sex", "race"), age_edges=(40, 20), max_age=30)
+    assert error.value.problems == [
+        "evaluation.subgroups[]='race' is not a valid setting; use one of: sex, age, view, dataset",
+        "evaluation.age_bands=(40, 20): give increasing positive ages, e.g. [20, 40, 60, 80]",
+    ]
+    with pytest.raises(ConfigError, match=r"evaluation.max_age=30 is not above the last age band"):
+        shipped_subgroups(max_age=30)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +113,6 @@ def _write(path: Path, frame: pd.DataFrame, scores: np.ndarray) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_subgroup_report_on_the_real_test_split_from_files(nih_meta, test_split, tmp_path, caplog):
     val_names = read_name_list(nih_meta / "train_val_list.txt")[:6000]
     truth = label_index(read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz"))
@@ -197,7 +201,7 @@ def test_fourteen_outputs_give_no_underdiagnosis_and_say_why(test_split, caplog)
     with caplog.at_level(logging.WARNING):
         result = score_subgroups(
             scores, labels, frame["Patient ID"].to_numpy(), frame, list(FINDINGS), [0.5] * 14,
-            shipped(attributes=("view",)), bootstrap_samples=20,
+            shipped_subgroups(attributes=("view",)), bootstrap_samples=20,
         )  # fmt: skip
     assert result.underdiagnosis is None
     assert "underdiagnosis needs the 'No Finding' output: this model has 14 outputs" in caplog.text
@@ -232,7 +236,7 @@ def test_small_subgroups_are_marked_and_kept_out_of_gaps_and_means(caplog):
     with caplog.at_level(logging.WARNING):
         result = score_subgroups(
             scores, labels, meta["Patient ID"].to_numpy(), meta, names, [0.5] * 15,
-            shipped(), bootstrap_samples=50,
+            shipped_subgroups(), bootstrap_samples=50,
         )  # fmt: skip
     table = result.table
     age = table[table.attribute == "age"]
@@ -287,7 +291,7 @@ def test_underdiagnosis_threshold_follows_the_setting_and_says_which(rule, words
     meta, labels, scores = _cohort()
     names = class_names()
     nf = names.index("No Finding")
-    spec = shipped(underdiagnosis_threshold=rule)
+    spec = shipped_subgroups(underdiagnosis_threshold=rule)
     chosen = underdiagnosis_threshold(scores[:200], labels[:200], names, spec, "val")
     assert chosen.value == choose_threshold(scores[:200, nf], labels[:200, nf], rule)
     result = score_subgroups(

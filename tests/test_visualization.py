@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, make_model
 from PIL import Image
 
 from chexnet_pl.data.nih_table import class_names
@@ -35,7 +35,7 @@ compose_task = compose_config
 
 def test_cam_is_the_classifier_at_every_position():
     """Mean over positions of the raw CAM + bias = the logit: CAM reads the head exactly."""
-    model = CheXNetModule(class_names=class_names()).eval()
+    model = make_model().eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
         features = model.net.forward_features(model.prepare_input(images))
@@ -52,7 +52,7 @@ def test_cam_is_the_classifier_at_every_position():
     "method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"]
 )
 def test_grad_cam_methods_give_maps_of_the_input_size(method):
-    model = CheXNetModule(class_names=class_names()).eval()
+    model = make_model().eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     maps = grad_cam(model, images, class_index=3, method=method)
     assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all() and maps.max() <= 1
@@ -156,7 +156,7 @@ def test_localisation_far_above_chance(learnt, tmp_path):
     assert overall["acc_iou@0.1"] > 0.25
     # The same heat maps from an untrained network point nowhere in particular.
     untrained = tmp_path / "untrained.ckpt"
-    model = CheXNetModule(class_names=class_names())
+    model = make_model()
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "datamodule_hyper_parameters": {"image_size": 96}, "pytorch-lightning_version": "2"}, untrained)  # fmt: skip
     control = localize(
@@ -266,7 +266,7 @@ def test_cam_equals_grad_cam_for_a_pooled_linear_head():
     """With global average pooling + linear, Grad-CAM's channel weights are the classifier's
     weights divided by the map size, so Grad-CAM is CAM with negatives clipped (before scaling)."""
     torch.manual_seed(0)
-    model = CheXNetModule(class_names=class_names()).eval()
+    model = make_model().eval()
     images = torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8)
     with torch.inference_mode():
         features = model.net.forward_features(model.prepare_input(images))

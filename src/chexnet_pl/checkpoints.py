@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
+from chexnet_pl.shipped import shipped, shipped_data
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,6 @@ def checkpoint_load_error(path: str | Path, exc: BaseException) -> WeightsError:
     )
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class Run:
     """A trained model with what it was trained on."""
@@ -73,8 +71,11 @@ class Run:
 
     @property
     def image_size(self) -> int:
-        """The size the model was trained at (224 when the checkpoint does not say)."""
-        return int(self.data_settings.get("image_size", 224))
+        """The size the model was trained at (the shipped data.image_size when the checkpoint
+        does not say: one imported from another project)."""
+        if "image_size" in self.data_settings:
+            return int(self.data_settings["image_size"])
+        return int(shipped("data")["image_size"])
 
 
 def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
@@ -97,14 +98,16 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} does not name its outputs (no class_names in its settings); it predates "
             "label sets as data: retrain, or import it with chexnet-import-weights"
         )
+    # A checkpoint written before a setting existed gets the shipped value of that setting.
+    settings = shipped("model", **{k: v for k, v in hparams.items() if k != "class_names"})
     try:
-        model = XrayClassifier(hparams, names)
+        model = XrayClassifier(settings, names)
         model.load_weights(stored["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise WeightsError(
             f"{path} does not fit the model its settings describe: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    model = model.to(device or default_device()).eval()
+    model = model.to(device or detect_caps().device).eval()
     return Run(path, model, dict(stored.get("datamodule_hyper_parameters") or {}))
 
 
@@ -135,6 +138,14 @@ def build_datamodule(settings: Mapping[str, Any]):
         for name in inspect.signature(klass.__init__).parameters
     }
     settings = {k: v for k, v in settings.items() if v is not None or k in accepted}
+    # What the settings leave out (a checkpoint written before a setting existed, a value left
+    # unset): the shipped value of the dataset's config.
+    defaults = shipped_data(target)
+    for key, value in defaults.items():
+        if key in accepted and key not in settings:
+            settings[key] = value
+        elif isinstance(value, dict) and isinstance(settings.get(key), Mapping):
+            settings[key] = {**value, **settings[key]}  # a nested key added since
     return cls(**settings)
 
 

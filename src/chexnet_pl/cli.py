@@ -1,10 +1,13 @@
-"""What every command shares: where the Hydra configs are, user errors ending in one line, and
-a run folder that cannot be written stopping the command before Hydra writes into it.
+"""What every command shares: where the Hydra configs are, ``--help`` and ``--check``, mistyped
+keys caught before Hydra composes, user errors ending in one line, and a run folder that cannot
+be written stopping the command before Hydra writes into it.
 
 The commands are the modules at the package's top level (``train``, ``evaluate``, ``predict``,
 ``visualize``, ``localize``, ``download``, ``prepare``, ``import_weights``, ``export``, ``serve``),
-each a thin ``@hydra.main`` (or argparse) wrapper around a library function; console scripts
-``chexnet-<name>`` point at their ``main``. Library code lives in the subpackages.
+each a thin ``@hydra.main`` (or argparse) wrapper around a library function, importing that
+library inside its functions (``--help`` imports no torch). Console scripts ``chexnet-<name>``
+and ``python -m chexnet_pl.<name>`` call its ``main``, which is ``run_command``. Library code
+lives in the subpackages.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import importlib.resources
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -132,3 +136,45 @@ def _stop_if_unwritable(folder: Path, key: str) -> None:
             folder, reason, key,
         )  # fmt: skip
         raise SystemExit(2)
+
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's own
+# Hydra's command-line flags that end the run before the task (answered by Hydra itself).
+HYDRA_ONLY_FLAGS = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
+
+
+def run_command(command: str, hydra_main: Callable[[], Any], argv: Sequence[str] | None = None):
+    """``chexnet-<command>``: ``--help`` and ``--check`` answered here, and a key that is not a
+    setting stopped with the closest ones named; everything else is Hydra's ``main``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        from chexnet_pl.command_help import command_help
+
+        print(command_help(command, _module(command), config_dir(), command))
+        raise SystemExit(0)
+    if any(flag in args for flag in HYDRA_ONLY_FLAGS):
+        return hydra_main()
+    check_only = "--check" in args
+    args = [a for a in args if a != "--check"]
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if {"--cfg", "-c"} & set(args) and {"-m", "--multirun"} & set(args):
+        log.error("--cfg shows one job's config: drop -m (--check checks every job of a sweep)")
+        raise SystemExit(2)
+    from chexnet_pl.overrides import check_overrides, check_settings
+
+    problems = check_overrides(command, args)
+    if problems:
+        for problem in problems:
+            log.error("%s", problem)
+        raise SystemExit(2)
+    if check_only:
+        with user_errors_exit():
+            summary = check_settings(command, args)
+        log.info("chexnet-%s: every setting can be used (%s)", command, summary)
+        raise SystemExit(0)
+    sys.argv = [sys.argv[0], *args]
+    return hydra_main()
+
+
+def _module(command: str) -> str:
+    return f"chexnet_pl.{command.replace('-', '_')}"

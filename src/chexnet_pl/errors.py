@@ -26,7 +26,20 @@ class ImageTooLargeError(ImageReadError):
 
 
 class ConfigError(ChexnetError, ValueError):
-    """A setting has a value the code cannot use (named with its key, value and what is allowed)."""
+    """Settings the code cannot use, each named with its key, value and what is allowed.
+
+    ``ConfigError(problem, ...)``: one problem reads as one line; several as a count and one
+    line each, so a check that finds every problem reports them in one go (``problems``).
+    """
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = [str(p) for p in problems]
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "".join(f"\n  - {p}" for p in self.problems)
+            message = f"{len(self.problems)} settings cannot be used:{lines}"
+        super().__init__(message)
 
 
 class WeightsError(ChexnetError, RuntimeError):

@@ -1,45 +1,138 @@
-"""Evaluate a checkpoint or score a predictions file against a dataset's labels.
+"""Evaluate a checkpoint, or score a predictions file, against a dataset's labels: per-class
+AUROC with patient-bootstrap CIs, operating points, subgroups, calibration, a paired comparison
+of two models, radiologists' labels beside NIH's, and external validation on another dataset.
+The data and split come from the checkpoint unless data=<dataset> says otherwise.
 
-chexnet-evaluate ckpt=outputs/.../checkpoints/best.ckpt [data.root=/data/nih] [split=test]
-chexnet-evaluate ckpt=<NIH run>/checkpoints/best.ckpt data=chexpert data.root=/data/chexpert
-chexnet-evaluate preds=preds.csv data.root=/data/nih [val_preds=preds_val.csv]
-chexnet-evaluate preds=preds.csv data=chexpert data.root=/data/chexpert
-chexnet-evaluate preds=a.csv compare=b.csv data.root=/data/nih [compare_on=intersection]
-chexnet-evaluate ckpt=a.ckpt compare_ckpt=b.ckpt
-chexnet-evaluate preds=preds.csv data.root=/data/nih expert_labels=google2019_nih-chest-xray-labels.csv.gz
+  chexnet-evaluate ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt
+  chexnet-evaluate preds=preds.csv val_preds=preds_val.csv data.root=/data/nih
+  chexnet-evaluate ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt data=chexpert data.root=/data/chexpert
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.checkpoints import TARGET, Run, build_datamodule, datamodule_for, load_run
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.nih import NIHDataModule, label_index
-from chexnet_pl.data.nih_table import IMAGE, find_data_entry, read_data_entry
-from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.evaluation.compare import write_comparison
-from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
-from chexnet_pl.evaluation.external import match_model_to_data, read_internal_aucs, truth_for
-from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
-from chexnet_pl.evaluation.provenance import image_sources, keep_official_test, read_official_lists
-from chexnet_pl.evaluation.runner import (
-    EvaluationSettings,
-    evaluate_model,
-    log_to_wandb,
-    predict_split,
-    score_and_write,
-    truth_frame,
-)
-from chexnet_pl.settings import check_evaluation
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.validation import Problems
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from chexnet_pl.checkpoints import Run
+    from chexnet_pl.data.datamodule import ChestXrayDataModule
+    from chexnet_pl.evaluation.runner import EvaluationSettings
 
 log = logging.getLogger(__name__)
+COMPARE_ON = ("same", "intersection")
+TARGET = "_target_"
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """conf/evaluate.yaml (``evaluation.*`` aside), judged before any checkpoint, predictions
+    file or image is read. ``data.*`` given here replace the checkpoint's data settings; with
+    ``data=<dataset>`` (a ``_target_``), that dataset is scored instead (external validation)."""
+
+    ckpt: str | None
+    preds: str | None
+    val_preds: str | None
+    split: str
+    official_test_only: bool
+    compare: str | None
+    compare_ckpt: str | None
+    compare_on: str
+    expert_labels: str | None
+    expert_map: Mapping[str, Any]
+    internal_aucs: str | None
+    data: Mapping[str, Any]
+    wandb: bool
+    wandb_project: str
+
+    def __post_init__(self) -> None:
+        from chexnet_pl.data.splits import SPLITS
+
+        problems = Problems()
+        if (self.ckpt is None) == (self.preds is None):
+            problems.add("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
+        for key in ("ckpt", "preds", "val_preds", "compare", "compare_ckpt", "expert_labels",
+                    "internal_aucs"):  # fmt: skip
+            problems.path(key, getattr(self, key))
+        if self.compare and self.compare_ckpt:
+            problems.add("give one of compare=b.csv or compare_ckpt=b.ckpt, not both")
+        problems.choice("split", self.split, SPLITS)
+        problems.choice("compare_on", self.compare_on, COMPARE_ON)
+        problems.flag("official_test_only", self.official_test_only)
+        if self.official_test_only and not self.preds:
+            problems.add(
+                "official_test_only=true applies to preds=; with ckpt= the split comes from the "
+                "checkpoint (data.split.method=official: its test split is the official test list)"
+            )
+        problems.flag("wandb", self.wandb)
+        problems.text("wandb_project", self.wandb_project)
+        if self.preds is not None and not self.data.get("root") and not self.data.get("csv"):
+            problems.add(
+                "preds= needs the labels: give data.root=/path/to/nih (or data.csv=), or "
+                "data=<dataset> data.root=... for another dataset"
+            )
+        if self.data.get(TARGET) and not self.data.get("root"):
+            problems.add(
+                f"scoring on another dataset ({str(self.data[TARGET]).rsplit('.', 1)[-1]}) "
+                "needs its folder: give data.root=/path/to/it"
+            )
+        self._check_data(problems)
+        problems.raise_if_any()
+
+    def _check_data(self, problems: Problems) -> None:
+        """The NIH ``data.*`` given, judged by the data module's own check (the checkpoint's
+        settings, read later, fill the rest). A ``data=<dataset>`` config is judged by its
+        module when it is built, before any image is read."""
+        from chexnet_pl.data.settings import check_data_settings
+        from chexnet_pl.errors import ConfigError
+        from chexnet_pl.shipped import shipped
+
+        if self.data.get(TARGET):
+            return
+        given = {k: v for k, v in self.data.items() if v is not None}
+        known = shipped("data", root=".")
+        nested = Problems("data")
+        for key in nested.unknown_keys(given, known):
+            del given[key]
+        problems.messages += nested.messages
+        try:
+            check_data_settings({**known, **given}, source="root" in given)
+        except ConfigError as exc:
+            problems.extend(exc)
+
+
+def check_config(cfg: DictConfig) -> EvaluateSettings:
+    from chexnet_pl.evaluation.expert_labels import ExpertMap
+    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.settings import command_settings, dry_run, resolved
+
+    values = resolved(cfg)
+    problems = Problems()
+    settings = dry_run(
+        problems, lambda: command_settings(EvaluateSettings, {k: v for k, v in values.items()
+                                                               if k != "evaluation"})
+    )  # fmt: skip
+    evaluation = dry_run(problems, lambda: EvaluationSettings.from_config(values["evaluation"]))
+    if settings and settings.expert_labels:
+        dry_run(problems, lambda: ExpertMap.from_config(settings.expert_map))
+    if settings and evaluation and evaluation.calibrate != "none":
+        if settings.preds and not settings.val_preds:
+            problems.add(
+                f"evaluation.calibrate={evaluation.calibrate} is fitted on validation "
+                "predictions: give val_preds=preds_val.csv with preds="
+            )
+    problems.raise_if_any()
+    return settings
 
 
 def compare_with(
@@ -52,9 +145,14 @@ def compare_with(
 ) -> dict[str, float]:
     """``compare=b.csv`` or ``compare_ckpt=b.ckpt``: ΔAUROC of A (``preds=``/``ckpt=``) − B on
     the images both have; writes compare.csv and compare.png."""
+    import pandas as pd
+
+    from chexnet_pl.checkpoints import build_datamodule, datamodule_for, load_run
+    from chexnet_pl.evaluation.compare import write_comparison
+    from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
+    from chexnet_pl.evaluation.runner import predict_split
+
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("compare") and cfg.get("compare_ckpt"):
-        raise ChexnetError("give one of compare=b.csv or compare_ckpt=b.ckpt, not both")
     if cfg.get("compare"):
         preds_b, names_b = read_predictions(cfg.compare, truth.index)
         label_b = str(cfg.compare)
@@ -82,14 +180,30 @@ def compare_with(
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
+    import pandas as pd
+
+    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.nih_table import IMAGE
+    from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
+    from chexnet_pl.evaluation.external import match_model_to_data, truth_for
+    from chexnet_pl.evaluation.predictions import read_predictions
+    from chexnet_pl.evaluation.provenance import (
+        image_sources,
+        keep_official_test,
+        read_official_lists,
+    )
+    from chexnet_pl.evaluation.runner import (
+        EvaluationSettings,
+        evaluate_model,
+        log_to_wandb,
+        score_and_write,
+        truth_frame,
+    )
+
+    check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    check_evaluation(cfg.evaluation)
     settings = EvaluationSettings.from_config(cfg.evaluation)
     split = cfg.split
-    if split not in ("train", "val", "test"):
-        raise DataError(f"split={split!r}; use train, val or test")
-    if bool(cfg.ckpt) == bool(cfg.preds):
-        raise ChexnetError("give exactly one of ckpt=path/to/best.ckpt or preds=path/to/preds.csv")
     expert = (  # read and checked before any model runs
         ExpertLabels.from_config(cfg.expert_labels, cfg.expert_map)
         if cfg.get("expert_labels")
@@ -97,11 +211,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     expert_table = None
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    if cfg.get("official_test_only") and not cfg.preds:
-        raise ChexnetError(
-            "official_test_only=true applies to preds=; with ckpt= the split comes from the "
-            "checkpoint (data.split.method=official: its test split is the official test list)"
-        )
     if cfg.ckpt:
         run = load_run(cfg.ckpt)
         if expert is not None:
@@ -187,6 +296,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def _internal_aucs(cfg: DictConfig, run: Run) -> dict[str, float] | None:
     """The model's AUROC on its own test split, beside external scores: ``internal_aucs=``, else
     the ``aucs.csv`` its training run wrote (``<run>/aucs.csv``) when there is one."""
+    from chexnet_pl.errors import DataError
+    from chexnet_pl.evaluation.external import read_internal_aucs
+
     path = cfg.get("internal_aucs") or run.path.resolve().parent.parent / "aucs.csv"
     if not Path(path).is_file():
         if cfg.get("internal_aucs"):
@@ -202,6 +314,12 @@ def _internal_aucs(cfg: DictConfig, run: Run) -> dict[str, float] | None:
 def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
     """The labels ``preds=`` is scored against, and the data's reference AUROC: NIH's metadata
     CSV (``data.root``/``data.csv``), or with ``data=<dataset>`` that dataset's tables."""
+    from chexnet_pl.checkpoints import build_datamodule
+    from chexnet_pl.data.nih import NIHDataModule, label_index
+    from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
+    from chexnet_pl.errors import DataError
+    from chexnet_pl.evaluation.runner import truth_frame
+
     if data.get(TARGET):
         settings = {k: v for k, v in data.items() if v is not None}  # no images are loaded
         datamodule = build_datamodule({**settings, "report_dir": None})
@@ -218,9 +336,13 @@ def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     metrics = run_or_exit(evaluate, cfg)
     return metrics.get(f"{cfg.split}/auroc")
+
+
+def main() -> None:
+    run_command("evaluate", hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Import third-party CheXNet weights as a chexnet_pl checkpoint.
+"""Import arnoweng/CheXNet's trained weights (model.pth.tar) as a chexnet_pl checkpoint that
+every command reads (14 outputs, this project's class order).
 
-    chexnet-import-weights path/to/model.pth.tar chexnet_arnoweng.ckpt
-    (or python -m chexnet_pl.import_weights ...)
+  chexnet-import-weights model.pth.tar chexnet_arnoweng.ckpt
+  chexnet-evaluate ckpt=chexnet_arnoweng.ckpt data.root=/data/nih
 
 arnoweng/CheXNet's ``model.pth.tar`` holds a DataParallel DenseNet-121 with torchvision's old key
 names (``module.densenet121.features.denseblock1.denselayer1.norm.1.weight``) and a 14-way
@@ -15,15 +16,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
-import torch
+from chexnet_pl.cli import LOG_FORMAT, user_errors_exit
+from chexnet_pl.errors import ConfigError, WeightsError
 
-from chexnet_pl.checkpoints import read_checkpoint
-from chexnet_pl.cli import user_errors_exit
-from chexnet_pl.errors import WeightsError
-from chexnet_pl.models.backbones import remap_legacy_densenet_keys
-from chexnet_pl.models.module import CheXNetModule
+if TYPE_CHECKING:
+    import torch
+
+    from chexnet_pl.models.module import CheXNetModule
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ IMPORTED_CLASSES = sorted(ARNOWENG_CLASSES)
 
 def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Their keys → this project's ``net.*`` keys, classifier rows reordered to ``IMPORTED_CLASSES``."""
+    from chexnet_pl.models.backbones import remap_legacy_densenet_keys
+
     converted = {}
     for key, value in remap_legacy_densenet_keys(
         {k.removeprefix("module.").removeprefix("densenet121."): v for k, v in state_dict.items()}
@@ -55,9 +58,21 @@ def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 
 def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
+    import pytorch_lightning as pl
+    import torch
+
+    from chexnet_pl.checkpoints import read_checkpoint
+    from chexnet_pl.models.module import CheXNetModule
+    from chexnet_pl.shipped import shipped
+
+    if not Path(source).expanduser().is_file():
+        raise ConfigError(f"{source} is not a file; give arnoweng/CheXNet's model.pth.tar")
     checkpoint = read_checkpoint(source)
     state_dict = checkpoint.get("state_dict", checkpoint)
-    model = CheXNetModule(backbone="densenet121", class_names=IMPORTED_CLASSES, pretrained=False)
+    settings = shipped(
+        "model", backbone="densenet121", pretrained=False
+    )  # the shipped optimizer and schedule, should the checkpoint be fine-tuned
+    model = CheXNetModule(**settings, class_names=IMPORTED_CLASSES)
     converted = convert_arnoweng_state_dict(state_dict)
     # num_batches_tracked counters did not exist before PyTorch 0.4.1 (arnoweng's file predates them).
     own = {
@@ -91,13 +106,17 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="chexnet-import-weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("source", help="arnoweng/CheXNet model.pth.tar")
     parser.add_argument(
         "target", help="the .ckpt to write (loads with CheXNetModule.load_from_checkpoint)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     with user_errors_exit():
         import_arnoweng(args.source, args.target)
     return 0

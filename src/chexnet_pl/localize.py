@@ -1,32 +1,78 @@
-"""Score heat maps against NIH's radiologist boxes.
+"""Score heat maps against NIH's radiologist boxes (BBox_List_2017.csv): per finding, accuracy
+at IoU and IoBB thresholds and the pointing game, beside its chance rate.
 
-chexnet-localize ckpt=best.ckpt data.root=/data/nih [method=auto] [threshold=0.5]
+  chexnet-localize ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt data.root=/data/nih
+  chexnet-localize ckpt=best.ckpt data.root=/data/nih method=gradcam threshold=0.3
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pandas as pd
-import torch
 from omegaconf import DictConfig
 
-from chexnet_pl.checkpoints import load_run
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.data.images import find_images, read_gray
-from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
-from chexnet_pl.visualization.explain import XRay, model_input
-from chexnet_pl.visualization.figures import upsample
-from chexnet_pl.visualization.heatmaps import check_method, heatmaps
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.validation import Problems
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LocalizeSettings:
+    """conf/localize.yaml, judged before the checkpoint or any image is read."""
+
+    ckpt: str
+    boxes: str | None
+    method: str
+    threshold: float
+    image_size: int | None
+    batch_size: int
+    data: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        from chexnet_pl.visualization.heatmaps import METHODS
+
+        problems = Problems()
+        problems.path("ckpt", self.ckpt, optional=False)
+        problems.path("boxes", self.boxes)
+        problems.choice("method", self.method, METHODS)
+        problems.number("threshold", self.threshold, minimum=0, maximum=1)
+        problems.number("image_size", self.image_size, minimum=1, integer=True, optional=True)
+        problems.number("batch_size", self.batch_size, minimum=1, integer=True)
+        data = Problems("data")
+        data.unknown_keys(self.data, ("root",))
+        data.path("root", self.data.get("root"), "folder")
+        problems.messages += data.messages
+        problems.raise_if_any()
+
+
+def check_config(cfg: DictConfig) -> LocalizeSettings:
+    from chexnet_pl.settings import command_settings
+
+    return command_settings(LocalizeSettings, cfg)
+
+
 def localize(cfg: DictConfig) -> pd.DataFrame:
-    check_method(cfg.method)
+    import pandas as pd
+    import torch
+
+    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.data.images import find_images, read_gray
+    from chexnet_pl.errors import DataError
+    from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
+    from chexnet_pl.visualization.explain import XRay, model_input
+    from chexnet_pl.visualization.figures import upsample
+    from chexnet_pl.visualization.heatmaps import heatmaps
+
+    check_config(cfg)
     run = load_run(cfg.ckpt)
     model = run.model
     given = cfg.data.root or run.data_settings.get("root")
@@ -36,10 +82,10 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
             f"{cfg.ckpt} does not name one"
         )
     root = Path(given).expanduser()
-    if not root.is_dir():
+    if not root.is_dir():  # data.root itself is checked first; this is the checkpoint's
         raise DataError(
-            f"data.root={root} is not a folder; give the NIH folder with BBox_List_2017.csv and "
-            "the images"
+            f"{cfg.ckpt} was trained on {root}, which is not a folder here; give data.root= "
+            "(the NIH folder with BBox_List_2017.csv and the images)"
         )
     boxes = read_bbox_list(
         Path(cfg.boxes) if cfg.boxes else root / "BBox_List_2017.csv", model.class_names
@@ -82,8 +128,12 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="localize")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(localize, cfg)
+
+
+def main() -> None:
+    run_command("localize", hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Predict and explain X-rays with a trained checkpoint.
+"""Predict and explain X-rays (PNG, JPEG or DICOM) with a trained checkpoint: the
+probability of each finding, a prediction table and heat-map overlays per image, and
+predictions.csv for all of them.
 
-chexnet-predict ckpt=best.ckpt image=path/to/xray.png [method=gradcam] [out=folder]
-chexnet-predict ckpt=best.ckpt images=folder/ [out=folder] [calibration=calibration.json]
+  chexnet-predict ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt image=xray.png
+  chexnet-predict ckpt=best.ckpt images=xrays/ out=predictions/ top_k=2 method=gradcam
+  chexnet-predict ckpt=best.ckpt images=xrays/ calibration=calibration.json thresholds=aucs.csv
 
 The model runs on ONNX Runtime when ``chexnet-export ckpt=best.ckpt format=onnx cams=true`` has
 written ``best.onnx`` of this very checkpoint beside it (``backend=auto``): PyTorch is then never
@@ -11,20 +14,20 @@ imported and the command answers in about two seconds; else on PyTorch.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.data.image_limits import check_max_pixels
-from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.thresholds import operating_thresholds
+from chexnet_pl.validation import Problems
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.figures import prediction_table, table_text
 from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_readable
-from chexnet_pl.visualization.methods import check_method
 from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
 
 log = logging.getLogger(__name__)
@@ -38,10 +41,6 @@ def open_model(cfg: DictConfig, checkpoint: Path):
     """The model to explain with (an ``Explainer``) and its input size, by ``backend``: the ONNX
     export of the checkpoint beside it when there is one that fits (``auto``, ``onnx``), else
     the PyTorch network (``auto``, ``torch``)."""
-    if cfg.backend not in BACKENDS:
-        raise ConfigError(
-            f"backend={cfg.backend!r} is not a valid setting; use one of: {', '.join(BACKENDS)}"
-        )
     if cfg.backend != "torch":
         export, why_not = find_export(checkpoint)
         if export is not None and cfg.method not in ("auto", "cam"):
@@ -72,13 +71,57 @@ def open_model(cfg: DictConfig, checkpoint: Path):
     return TorchExplainer(run.model, cfg.method), int(cfg.image_size or run.image_size)
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """conf/predict.yaml, judged before the checkpoint or any image is read."""
+
+    ckpt: str
+    image: str | None
+    images: str | None
+    method: str
+    top_k: int
+    thresholds: str | None
+    calibration: str | None
+    image_size: int | None
+    batch_size: int
+    out: str | None
+    backend: str
+    max_pixels: int | None  # conf/decode/default.yaml
+
+    def __post_init__(self) -> None:
+        from chexnet_pl.visualization.methods import METHODS
+
+        problems = Problems()
+        problems.path("ckpt", self.ckpt, optional=False)
+        if (self.image is None) == (self.images is None):
+            problems.add("give one of image=xray.png or images=folder/")
+        problems.path("image", self.image)
+        problems.path("images", self.images, "folder")
+        problems.choice("method", self.method, METHODS)
+        problems.number("top_k", self.top_k, minimum=1, integer=True)
+        problems.path("thresholds", self.thresholds)
+        problems.path("calibration", self.calibration)
+        problems.number("image_size", self.image_size, minimum=1, integer=True, optional=True)
+        problems.number("batch_size", self.batch_size, minimum=1, integer=True)
+        problems.text("out", self.out, optional=True)
+        problems.choice("backend", self.backend, BACKENDS)
+        problems.number("max_pixels", self.max_pixels, minimum=1, integer=True, optional=True)
+        problems.raise_if_any()
+
+
+def check_config(cfg: DictConfig) -> PredictSettings:
+    from chexnet_pl.settings import command_settings
+
+    return command_settings(PredictSettings, cfg)
+
+
 def predict(cfg: DictConfig) -> Path:
     """Write ``predictions.csv`` (Image Index, prob_<Class>...) and, per image, its prediction table
     and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
-    check_method(cfg.method)
-    max_pixels = check_max_pixels(cfg.max_pixels)
-    checkpoint = Path(cfg.ckpt).expanduser()  # a missing ckpt= is said before anything else
+    settings = check_config(cfg)
+    max_pixels = settings.max_pixels
+    checkpoint = Path(cfg.ckpt).expanduser()
     out_dir = Path(cfg.out or cfg.paths.output_dir)
     paths = image_files(cfg.image, cfg.images)
     model, image_size = open_model(cfg, checkpoint)
@@ -154,8 +197,12 @@ def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(predict, cfg)
+
+
+def main() -> None:
+    run_command("predict", hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""A local web page and HTTP API that read chest X-rays with a trained checkpoint.
+"""Serve a trained checkpoint on a local web page and HTTP API (POST /predict, GET /model,
+GET /health): drop an X-ray on the page for the prediction table and heat maps. It binds to
+127.0.0.1 unless host= says otherwise, answers only requests addressed to this machine's loopback
+names unless allowed_hosts= adds others, and keeps uploads in memory unless save_uploads= is given.
 
-python -m chexnet_pl.serve ckpt=best.ckpt [port=8000] [host=127.0.0.1] [backend=torch|onnx]
-    [save_uploads=folder] [max_upload_mb=50] [calibration=calibration.json] [allowed_hosts=[name]]
+  chexnet-serve ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt
+  chexnet-serve ckpt=best.ckpt port=8080 backend=onnx save_uploads=kept/ max_upload_mb=20
+  chexnet-serve ckpt=best.ckpt calibration=calibration.json thresholds=aucs.csv
 """
 
 from __future__ import annotations
@@ -9,21 +13,31 @@ from __future__ import annotations
 import logging
 
 import hydra
-import uvicorn
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.serving.app import Limits, create_app
-from chexnet_pl.serving.backends import load_backend
-from chexnet_pl.serving.hosts import allowed_host_names, is_loopback
-from chexnet_pl.serving.predictor import Predictor
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 
+def check_config(cfg: DictConfig) -> ServeSettings:
+    from chexnet_pl.settings import command_settings
+
+    return command_settings(ServeSettings, cfg)
+
+
 def serve(cfg: DictConfig) -> None:
     """Load the model once, then serve until interrupted."""
-    limits = Limits.from_settings(cfg.max_upload_mb, cfg.max_pixels)  # checked before the model
+    import uvicorn
+
+    from chexnet_pl.serving.app import Limits, create_app
+    from chexnet_pl.serving.backends import load_backend
+    from chexnet_pl.serving.hosts import allowed_host_names, is_loopback
+    from chexnet_pl.serving.predictor import Predictor
+
+    check_config(cfg)
+    limits = Limits.from_settings(cfg.max_upload_mb, cfg.max_pixels)
     hosts = allowed_host_names(str(cfg.host), cfg.allowed_hosts)
     backend, card = load_backend(
         cfg.ckpt, str(cfg.backend), cfg.onnx, cfg.image_size, cfg.thresholds, cfg.calibration
@@ -52,8 +66,12 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="serve")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(serve, cfg)
+
+
+def main() -> None:
+    run_command("serve", hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,107 +1,101 @@
-"""Every setting of a composed config checked before anything is built or trained.
+"""The pre-flight check: every setting of a command judged before any work, all problems at once.
 
-A value read only after training (the test evaluation's ``evaluation.tta``, a heat-map method, a
-scheduler read at the first epoch) would otherwise fail hours in, as a traceback. Each check
-raises ``ConfigError`` naming the key, the value and what is allowed; the allowed values are the
-constants the code that reads the setting uses, so the two cannot drift apart.
+It judges nothing itself. It builds each component the command would build, as a dry run — the
+data module (no image is read), the model's settings (no network, no weights), the trainer's
+arguments, the callbacks, the loggers' arguments, the evaluation settings, or a command's own
+settings dataclass — and collects what each constructor says, so it cannot disagree with them.
+``chexnet-<command> --check`` runs it alone; every command runs it first.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from chexnet_pl.cli import instantiate
-from chexnet_pl.data.datamodule import CACHE_MODES, MISSING_POLICIES, VIEWS
-from chexnet_pl.data.splits import SPLIT_METHODS, SPLITS
-from chexnet_pl.errors import ConfigError, shown
-from chexnet_pl.evaluation.predictions import TTA_MODES
-from chexnet_pl.evaluation.report import THRESHOLD_METHODS
-from chexnet_pl.evaluation.runner import EvaluationSettings
-from chexnet_pl.evaluation.subgroup_labels import Subgroups
-from chexnet_pl.models.backbones import BACKBONES
-from chexnet_pl.models.module import OPTIMIZERS, SCHEDULERS
-from chexnet_pl.models.precision import check_precision
-from chexnet_pl.visualization.heatmaps import METHODS, require_cam
+from chexnet_pl.errors import ChexnetError, ConfigError, shown
+from chexnet_pl.shipped import HYDRA_KEYS
+from chexnet_pl.validation import Problems, did_you_mean, settings_from
 
-MONITOR_MODES = ("min", "max")
+T = TypeVar("T")
+
 # What a missing mandatory value (``???``) is for, said when it is not given.
 MANDATORY_HINTS = {
     "data.root": "the dataset's folder, e.g. data.root=/path/to/nih",
-    "ckpt": "a checkpoint: ckpt=outputs/<date>/<time>/checkpoints/best.ckpt",
+    "ckpt": "a checkpoint: ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt",
+    "root": "the data folder, e.g. root=/path/to/nih",
+    "label": "a finding, e.g. label=Infiltration",
 }
-# ReduceLROnPlateau's own arguments, plus what the module reads itself.
-PLATEAU_KEYS = (
-    "name",
-    "monitor",
-    *(p for p in inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau).parameters),
-)
-COSINE_KEYS = ("name", "eta_min")
+# Keys every command's config has besides its own settings.
+COMMON_KEYS = ("paths", "hydra", "task_name")
 
 
-def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(
-            f"{key}={shown(value)} is not a valid setting; use one of: "
-            + ", ".join(str(a) for a in allowed)
-        )
+def dry_run(problems: Problems, build: Callable[[], T], where: str = "") -> T | None:
+    """``build()``, its ``ConfigError`` (or another constructor's error) added to ``problems``."""
+    try:
+        return build()
+    except ConfigError as exc:
+        problems.extend(exc)
+    except (ChexnetError, TypeError, ValueError) as exc:
+        problems.add(f"{where}: {exc}" if where else str(exc))
+    except Exception as exc:  # a library's own configuration error (Lightning's Misconfiguration)
+        if type(exc).__name__ != "MisconfigurationException":
+            raise
+        problems.add(f"{where}: {exc}" if where else str(exc))
+    return None
 
 
-def check_keys(section: str, keys: Iterable[str], known: Iterable[str]) -> None:
-    known = tuple(known)
-    unknown = [key for key in keys if key not in known]
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) in {section}: {', '.join(unknown)}; it has: {', '.join(known)}"
-        )
+def build_target(section: Mapping[str, Any], key: str, instantiate: bool = True) -> Any:
+    """A ``_target_`` section built as Hydra would (or only its arguments checked): a key the
+    class does not take is named with the closest ones it does, never a ``TypeError``."""
+    from hydra.utils import get_object
+
+    target = get_object(section["_target_"])
+    arguments = {k: v for k, v in section.items() if k not in HYDRA_KEYS}
+    parameters = inspect.signature(target).parameters
+    problems = Problems(key)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        problems.unknown_keys(arguments, [p for p in parameters if p != "self"])
+    for name, parameter in parameters.items():
+        if parameter.default is inspect.Parameter.empty and name not in arguments:
+            if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                problems.add(f"{key}.{name} is not given")
+    problems.raise_if_any()
+    return target(**arguments) if instantiate else None
 
 
-def check_number(
-    key: str,
-    value: Any,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive: bool = False,
-    integer: bool = False,
-) -> None:
-    """A number (an integer if ``integer``) within [minimum, maximum] (open if ``exclusive``)."""
-    kind = "a whole number" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type:
-        raise ConfigError(f"{key}={shown(value)} is not {kind}")
-    low_bad = minimum is not None and (value <= minimum if exclusive else value < minimum)
-    high_bad = maximum is not None and (value >= maximum if exclusive else value > maximum)
-    if low_bad or high_bad:
-        low = "-inf" if minimum is None else shown(minimum)
-        high = "inf" if maximum is None else shown(maximum)
-        brackets = ("(", ")") if exclusive else ("[", "]")
-        raise ConfigError(
-            f"{key}={shown(value)} is out of range; use {kind} in "
-            f"{brackets[0]}{low}, {high}{brackets[1]}"
-        )
-
-
-def check_mandatory(cfg: DictConfig) -> None:
+def check_mandatory(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Every ``???`` given, and what the recipe lists under ``requires`` (``key: what it is``)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        hints = [f"{key} ({MANDATORY_HINTS[key]})" if key in MANDATORY_HINTS else key
-                 for key in missing]  # fmt: skip
-        raise ConfigError(f"required setting(s) not given: {'; '.join(hints)}")
-    requires = cfg.get("requires") or {}
-    for key, what in requires.items():
-        if OmegaConf.select(cfg, key) in (None, ""):
+    plain = resolved(cfg, check=False) if isinstance(cfg, DictConfig) else cfg
+    problems = Problems()
+    for key in _missing(plain):
+        hint = f" ({MANDATORY_HINTS[key]})" if key in MANDATORY_HINTS else ""
+        problems.add(f"required setting not given: {key}{hint}")
+    for key, what in (plain.get("requires") or {}).items():
+        if _select(plain, key) in (None, ""):
             experiment = _experiment_name()
-            raise ConfigError(
-                f"{key} is required{f' by experiment={experiment}' if experiment else ''}: {what}"
-            )
+            by = f" by experiment={experiment}" if experiment else ""
+            problems.add(f"{key} is required{by}: {what}")
+    problems.raise_if_any()
+
+
+def _missing(values: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose value is ``???`` (not given)."""
+    if isinstance(values, Mapping):
+        return [m for k, v in values.items() for m in _missing(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if values == "???" else []
+
+
+def _select(values: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(values, Mapping) or part not in values:
+            return None
+        values = values[part]
+    return values
 
 
 def _experiment_name() -> str | None:
@@ -112,113 +106,129 @@ def _experiment_name() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment")
 
 
-def check_evaluation(section: Mapping[str, Any] | None, prefix: str = "evaluation") -> None:
-    section = dict(section or {})
-    known = [f.name for f in fields(EvaluationSettings)]
-    check_keys(prefix, section, known)
-    settings = EvaluationSettings.from_config(section)
-    check_choice(f"{prefix}.tta", settings.tta, TTA_MODES)
-    check_choice(f"{prefix}.threshold", settings.threshold, THRESHOLD_METHODS)
-    check_precision(settings.precision, f"{prefix}.precision")
-    check_number(f"{prefix}.bootstrap_samples", settings.bootstrap_samples, minimum=0, integer=True)
-    check_number(f"{prefix}.bootstrap_seed", settings.bootstrap_seed, minimum=0, integer=True)
-    check_number(f"{prefix}.confidence", settings.confidence, minimum=0, maximum=1, exclusive=True)
-    check_choice(f"{prefix}.plots", settings.plots, (True, False))
-    Subgroups.from_settings(settings)  # the subgroup report judges its own settings
-
-
-def check_model(model: Mapping[str, Any], monitors: Sequence[str]) -> None:
-    check_choice("model.backbone", model.get("backbone"), sorted(BACKBONES))
-    optimizer = model.get("optimizer") or {}
-    check_choice("model.optimizer.name", str(optimizer.get("name", "adam")).lower(), OPTIMIZERS)
-    check_number("model.optimizer.lr", optimizer.get("lr"), minimum=0, exclusive=True)
-    check_number("model.optimizer.weight_decay", optimizer.get("weight_decay", 0.0), minimum=0)
-    if "momentum" in optimizer:
-        check_number("model.optimizer.momentum", optimizer["momentum"], minimum=0, maximum=1)
-    betas = optimizer.get("betas")
-    if betas is not None and str(optimizer.get("name", "adam")).lower() != "sgd":
-        if not isinstance(betas, Sequence) or len(betas) != 2:
-            raise ConfigError(
-                f"model.optimizer.betas={shown(betas)}; give two numbers, e.g. [0.9,0.999]"
-            )
-        for i, beta in enumerate(betas):
-            check_number(f"model.optimizer.betas[{i}]", beta, minimum=0, maximum=1)
-    scheduler = model.get("scheduler") or {}
-    name = scheduler.get("name", "none")
-    check_choice("model.scheduler.name", name, SCHEDULERS)
-    if name == "plateau":
-        check_keys("model.scheduler (plateau)", scheduler, PLATEAU_KEYS)
-        check_choice("model.scheduler.monitor", scheduler.get("monitor", "val/loss"), monitors)
-        if "mode" in scheduler:
-            check_choice("model.scheduler.mode", scheduler["mode"], MONITOR_MODES)
-        check_number("model.scheduler.factor", scheduler.get("factor", 0.1), minimum=0,
-                     maximum=1, exclusive=True)  # fmt: skip
-        check_number("model.scheduler.patience", scheduler.get("patience", 1), minimum=0,
-                     integer=True)  # fmt: skip
-    elif name == "cosine":
-        check_number("model.scheduler.eta_min", scheduler.get("eta_min", 0.0), minimum=0)
-
-
-def check_data(data: Mapping[str, Any]) -> None:
-    check_choice("data.view_position", data.get("view_position", "all"), VIEWS)
-    check_choice("data.missing_images", data.get("missing_images", "error"), MISSING_POLICIES)
-    check_choice("data.on_bad_image", data.get("on_bad_image", "error"), MISSING_POLICIES)
-    check_choice("data.cache", data.get("cache", "auto"), CACHE_MODES)
-    split = data.get("split") or {}
-    check_choice("data.split.method", split.get("method", "official"), SPLIT_METHODS)
-    check_number("data.split.val_fraction", split.get("val_fraction", 0.1), minimum=0, maximum=1)
-    for key in ("image_size", "batch_size"):
-        check_number(f"data.{key}", data.get(key), minimum=1, integer=True)
-    if data.get("eval_batch_size") is not None:
-        check_number("data.eval_batch_size", data["eval_batch_size"], minimum=1, integer=True)
-    check_number("data.num_workers", data.get("num_workers", 0), minimum=0, integer=True)
-    for name in data.get("decode_check") or ():
-        check_choice("data.decode_check[]", name, SPLITS)
-
-
-def check_callbacks(callbacks: Mapping[str, Any], monitors: Sequence[str]) -> None:
-    for name, callback in (callbacks or {}).items():
-        if not callback:
+def resolved(cfg: DictConfig, check: bool = True) -> dict[str, Any]:
+    """The config as plain values, Hydra's own section aside; with ``check``, a ``???`` not
+    given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
+    plain: dict[str, Any] = {}
+    for key in cfg.keys():
+        if key in ("hydra", "paths"):  # Hydra's own section and run folder: not settings
             continue
-        if callback.get("monitor") is not None:
-            check_choice(f"callbacks.{name}.monitor", callback["monitor"], monitors)
-            check_choice(f"callbacks.{name}.mode", callback.get("mode", "min"), MONITOR_MODES)
-    visualization = (callbacks or {}).get("visualization") or {}
-    if visualization:
-        check_choice("callbacks.visualization.method", visualization.get("method", "auto"), METHODS)
-        check_number("callbacks.visualization.n_images", visualization.get("n_images", 8),
-                     minimum=0, integer=True)  # fmt: skip
-        check_number("callbacks.visualization.every_n_epochs",
-                     visualization.get("every_n_epochs", 1), minimum=1, integer=True)  # fmt: skip
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig | ListConfig):
+            plain[key] = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+        else:
+            plain[key] = "???" if node._is_missing() else cfg[key]
+    if check:
+        check_mandatory(plain)
+    return plain
 
 
-def monitorable_metrics(class_names: Sequence[str]) -> list[str]:
-    """The metrics a checkpoint, scheduler or early stop can watch (what the module logs for a
-    model whose outputs are ``class_names``)."""
-    per_class = [f"val/auroc_{name}" for name in class_names]
-    return ["val/auroc", "val/loss", "val/auroc_best", *per_class, "train/loss", "train/loss_epoch"]
+def command_settings(cls: type[T], cfg: DictConfig | Mapping[str, Any]) -> T:
+    """A command's own settings dataclass from its config (``paths``, ``hydra``, ``task_name``
+    aside): an unknown key is named with the closest ones."""
+    values = resolved(cfg) if isinstance(cfg, DictConfig) else cfg
+    return settings_from(cls, {k: v for k, v in values.items() if k not in COMMON_KEYS}, "")
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """The whole ``train`` config, before the data or model are built."""
-    check_mandatory(cfg)
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    check_data(container["data"])
-    # The label set is the data's: the data module, built as a dry run (it reads nothing until
-    # setup), checks its own settings and names the outputs whose metrics can be monitored.
-    monitors = monitorable_metrics(instantiate(cfg.data).pathologies)
-    check_model(container["model"], monitors)
-    check_callbacks(container.get("callbacks") or {}, monitors)
-    check_evaluation(container.get("evaluation"))
-    if container.get("init_from") and container.get("ckpt_path"):
+    """The whole ``train`` config: every component built as a dry run, before anything is
+    trained or any image or weights file is read."""
+    from chexnet_pl.device import detect_caps
+    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.models.settings import logged_metrics, model_settings
+    from chexnet_pl.training.trainer_settings import trainer_kwargs
+
+    config = resolved(cfg)
+    problems = Problems()
+    data = dry_run(problems, lambda: build_target(config["data"], "data"), "data")
+    # The outputs are the data's labels; when the data's settings are wrong (said above), the
+    # model is judged with a stand-in list and no metric name is judged against the labels.
+    classes = list(data.pathologies) if data is not None else None
+    model_section = {**config["model"], "class_names": classes or ["(the data's labels)"]}
+    model = dry_run(problems, lambda: model_settings(model_section), "model")
+    dry_run(problems, lambda: trainer_kwargs(config["trainer"], detect_caps()), "trainer")
+    monitors = logged_metrics(classes or [])
+    for name, section in (config.get("callbacks") or {}).items():
+        if not section:
+            continue
+        callback = dry_run(problems, lambda s=section, n=name: build_target(s, f"callbacks.{n}"),
+                           f"callbacks.{name}")  # fmt: skip
+        monitor = getattr(callback, "monitor", None)
+        if monitor is not None and classes is not None and monitor not in monitors:
+            problems.add(
+                f"callbacks.{name}.monitor={shown(monitor)} is not logged; use one of: "
+                + ", ".join(monitors)
+                + did_you_mean(monitor, monitors).replace("; ", " (").replace("?", "?)")
+            )
+    visualization = (config.get("callbacks") or {}).get("visualization") or {}
+    if model is not None and visualization.get("method") == "cam" and visualization.get("n_images"):
+        dry_run(problems, lambda: _check_cam(model.backbone, len(model.classes)))
+    for name, section in (config.get("logger") or {}).items():
+        if section:
+            dry_run(problems, lambda s=section, n=name: build_target(s, f"logger.{n}", False))
+    dry_run(problems, lambda: EvaluationSettings.from_config(config.get("evaluation")))
+    _check_start(config, problems)
+    _check_sweep(cfg, problems)
+    problems.raise_if_any()
+
+
+def _check_cam(backbone: str, num_classes: int) -> None:
+    """``method=cam`` needs a pooling + linear head: the network is built, without weights."""
+    from chexnet_pl.models.backbones import create_backbone
+
+    net = create_backbone(backbone, num_classes, False, None, None)
+    if not net.cam_available:
         raise ConfigError(
-            "give init_from= (start from another run's weights) or ckpt_path= (resume a run), "
-            "not both"
+            f"callbacks.visualization.method=cam: {backbone}'s head is {net.head_description}, "
+            "so CAM does not apply; use method=gradcam (or auto)"
         )
 
 
-def check_heatmap_method(model: torch.nn.Module, key: str, method: str) -> None:
-    """A method the built model can give (``cam`` needs a pooling + linear head)."""
-    check_choice(key, method, METHODS)
-    if method == "cam":
-        require_cam(model)
+def _check_start(config: Mapping[str, Any], problems: Problems) -> None:
+    """``init_from`` (another run's weights) or ``ckpt_path`` (resume): one, and a file."""
+    if config.get("init_from") and config.get("ckpt_path"):
+        problems.add(
+            "give init_from= (start from another run's weights) or ckpt_path= (resume a run), "
+            "not both"
+        )
+    for key in ("init_from", "ckpt_path"):
+        path = config.get(key)
+        if path and not Path(str(path)).expanduser().is_file():
+            problems.add(f"{key}={path} is not a file; give a checkpoint (.ckpt)")
+
+
+def _check_sweep(cfg: DictConfig, problems: Problems) -> None:
+    """A sweep's parameters (``hparams_search``) name settings that exist."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        sweeper = HydraConfig.get().sweeper
+    else:
+        sweeper = OmegaConf.select(cfg, "hydra.sweeper") if "hydra" in cfg else None
+    params = (sweeper or {}).get("params") or {}
+    known = _keys(cfg)
+    for key in params:
+        if str(key) not in known:
+            problems.add(
+                f"hydra.sweeper.params: {key} is not a setting{did_you_mean(str(key), known)}"
+            )
+
+
+def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of ``cfg`` (Hydra's own section aside)."""
+    keys = []
+    for key in cfg.keys():
+        if not prefix and key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        keys.append(name)
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            keys.extend(_keys(node, f"{name}."))
+    return keys
+
+
+def preflight(command: str, cfg: DictConfig) -> None:
+    """The pre-flight check of ``chexnet-<command>`` (its module's ``check_config``)."""
+    module = importlib.import_module(f"chexnet_pl.{command.replace('-', '_')}")
+    module.check_config(cfg)

@@ -1,5 +1,11 @@
-"""Train (and test) a chest X-ray classifier: ``chexnet-train experiment=densenet121``
-(or ``python -m chexnet_pl.train ...``); settings: conf/train.yaml."""
+"""Train a chest X-ray classifier, then test its best checkpoint (per-class AUROC with CIs,
+subgroups, calibration). Settings come from conf/train.yaml and the recipe in
+conf/experiment/<name>.yaml; any of them can be changed on the command line.
+
+  chexnet-train experiment=densenet121 data.root=/data/nih
+  chexnet-train experiment=resnet data.root=/data/nih trainer=gpu data.batch_size=64
+  chexnet-train -m hparams_search=lr_wd_grid experiment=densenet121 data.root=/data/nih
+"""
 
 from __future__ import annotations
 
@@ -7,40 +13,26 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import WandbLogger
 
-from chexnet_pl.callbacks import SyncFreeProgressBar
-from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
-from chexnet_pl.checkpoints import load_run
-from chexnet_pl.cli import CONFIG_PATH, instantiate, user_errors_exit
-from chexnet_pl.data.datamodule import split_global_batch
-from chexnet_pl.errors import ChexnetError, ImageReadError, TrainingError
-from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
-from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
-from chexnet_pl.models.init_from import init_from_checkpoint
-from chexnet_pl.models.precision import resolve_precision
-from chexnet_pl.settings import check_heatmap_method, check_train_config
-from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
-from chexnet_pl.training.checks import (
-    check_input_size,
-    check_output_dir,
-    check_resumable,
-    unwrap_worker_error,
-)
-from chexnet_pl.training.run_info import run_info
-from chexnet_pl.training.run_summary import write_run_summary
+from chexnet_pl.cli import CONFIG_PATH, run_command, user_errors_exit
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 warns about its own use of a torch API on every step; it is noise to users.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The pre-flight check (``chexnet_pl.settings``): every setting, before any work."""
+    from chexnet_pl.settings import check_train_config
+
+    check_train_config(cfg)
 
 
 def _instantiate_all(section: DictConfig | None) -> list:
@@ -53,14 +45,35 @@ def _instantiate_all(section: DictConfig | None) -> list:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Instantiate data, model, callbacks, loggers and trainer from ``cfg``; fit, then test."""
-    check_train_config(cfg)  # every setting, before anything is built
+    import pytorch_lightning as pl
+
+    from chexnet_pl.callbacks import SyncFreeProgressBar
+    from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
+    from chexnet_pl.cli import instantiate
+    from chexnet_pl.data.datamodule import split_global_batch
+    from chexnet_pl.device import apply_backend_flags, backend_flags, detect_caps
+    from chexnet_pl.errors import ImageReadError
+    from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
+    from chexnet_pl.models.init_from import init_from_checkpoint
+    from chexnet_pl.settings import check_train_config
+    from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
+    from chexnet_pl.training.checks import (
+        check_input_size,
+        check_output_dir,
+        check_resumable,
+        unwrap_worker_error,
+    )
+    from chexnet_pl.training.run_info import run_info
+    from chexnet_pl.training.run_summary import write_run_summary
+    from chexnet_pl.training.trainer_settings import trainer_kwargs
+
+    check_train_config(cfg)  # every setting, before anything is built or read
     output_dir = Path(cfg.paths.output_dir)
-    check_output_dir(output_dir, float(cfg.paths.get("min_free_gb", 1.0)))
+    check_output_dir(output_dir, float(cfg.paths.min_free_gb))
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
+    caps = detect_caps()
+    apply_backend_flags(backend_flags(caps))
 
     (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
 
@@ -68,29 +81,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # The label list travels with the data: the model gets the data module's classes.
     model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.pathologies))
     check_input_size(model, int(cfg.data.image_size))
-    visualization = (cfg.get("callbacks") or {}).get("visualization")
-    if visualization and int(visualization.get("n_images", 0)) > 0:
-        check_heatmap_method(model, "callbacks.visualization.method", visualization.method)
-    if cfg.get("init_from"):
+    if cfg.init_from:
         init_from_checkpoint(model, cfg.init_from)
-    if cfg.get("ckpt_path"):
+    if cfg.ckpt_path:
         check_resumable(model, cfg.ckpt_path)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    if cfg.trainer.get("enable_progress_bar", True):
+    callbacks = _instantiate_all(cfg.callbacks)
+    trainer_cfg = trainer_kwargs(OmegaConf.to_container(cfg.trainer, resolve=True), caps)
+    if trainer_cfg["enable_progress_bar"]:
         callbacks.append(SyncFreeProgressBar())  # Lightning's own reads the device every step
     quiet_lightning()
-    if cfg.trainer.get("enable_model_summary", True):
+    if trainer_cfg.get("enable_model_summary", True):
         callbacks.append(ParameterSummary(max_depth=1))  # Lightning's prints "Total FLOPs: 0"
-    loggers = _instantiate_all(_name_sweep_runs(cfg.get("logger")))
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(
-        trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto"))
-    )
-    if trainer_cfg.get("sync_batchnorm") and (
-        trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    ):
-        log.info("sync_batchnorm needs GPUs; off for this CPU run")
-        trainer_cfg["sync_batchnorm"] = False
+    loggers = _instantiate_all(_name_sweep_runs(cfg.logger))
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )
@@ -104,16 +106,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except RuntimeError as exc:
-        raise unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error")) from exc
-    except ImageReadError as exc:
-        raise unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error")) from exc
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except (RuntimeError, ImageReadError) as exc:
+        raise unwrap_worker_error(exc, cfg.data.on_bad_image) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
-        write_run_summary(trainer, output_dir, cfg.get("optimized_metric"))
+        write_run_summary(trainer, output_dir, cfg.optimized_metric)
 
-    if cfg.get("test") and trainer.is_global_zero:
+    if cfg.test and trainer.is_global_zero:
         metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
     elif trainer.is_global_zero:
         table = auroc_table(metrics, model.class_names, stages=("val",))
@@ -126,6 +126,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def _name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
     """In a multirun, W&B runs of one sweep share a group and are named by their overrides."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     if not logger_cfg or "wandb" not in logger_cfg or not HydraConfig.initialized():
         return logger_cfg
     hydra_cfg = HydraConfig.get()
@@ -133,9 +136,9 @@ def _name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
         return logger_cfg
     logger_cfg = logger_cfg.copy()
     with open_dict(logger_cfg):
-        if logger_cfg.wandb.get("group") is None:
+        if logger_cfg.wandb.group is None:
             logger_cfg.wandb.group = Path(hydra_cfg.sweep.dir).name
-        if logger_cfg.wandb.get("name") is None:
+        if logger_cfg.wandb.name is None:
             logger_cfg.wandb.name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
     return logger_cfg
 
@@ -144,19 +147,26 @@ def _evaluate_best(
     cfg: DictConfig, trainer: pl.Trainer, model, datamodule, output_dir: Path
 ) -> dict[str, float]:
     """The same evaluation as ``python -m chexnet_pl.evaluate``, on the best checkpoint's weights."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.errors import ChexnetError, TrainingError
+    from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
+    from chexnet_pl.training.checks import unwrap_worker_error
+
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         model = load_run(best, device=model.device).model
     else:
         log.warning("no best checkpoint was saved; evaluating the weights at the end of training")
-    settings = EvaluationSettings.from_config(cfg.get("evaluation"))
+    settings = EvaluationSettings.from_config(cfg.evaluation)
     try:
         table, metrics = evaluate_model(
             model, datamodule, output_dir, settings, "test", best or None
         )
     except (ChexnetError, RuntimeError) as exc:
         # Hours of training are not lost to one file: say so, and how to evaluate again.
-        problem = unwrap_worker_error(exc, cfg.data.get("on_bad_image", "error"))
+        problem = unwrap_worker_error(exc, cfg.data.on_bad_image)
         if not isinstance(problem, ChexnetError):
             raise
         rerun = f"chexnet-evaluate ckpt={best}" if best else "the evaluate command"
@@ -174,13 +184,17 @@ def _evaluate_best(
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     with user_errors_exit():  # in a multirun, the sweep records the error and goes on
         metrics, _ = train(cfg)
-    name = cfg.get("optimized_metric")
+    name = cfg.optimized_metric
     if name and name not in metrics:
         log.warning("optimized_metric %r was not logged; sweepers get None", name)
     return metrics.get(name) if name else None
+
+
+def main() -> None:
+    run_command("train", hydra_main)
 
 
 if __name__ == "__main__":

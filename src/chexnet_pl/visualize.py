@@ -1,35 +1,89 @@
-"""Explore a finding: ``n`` images of a split that have it, each with overlay and prediction table.
+"""Explore a finding: n images of a split that have it, each with its heat-map overlay and
+prediction table (the images, split and labels are those the checkpoint was trained on).
 
-chexnet-visualize ckpt=best.ckpt data.root=/data/nih label=Infiltration n=8 [split=test]
+  chexnet-visualize ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt label=Infiltration
+  chexnet-visualize ckpt=best.ckpt data.root=/data/nih label=Effusion n=16 split=val method=gradcam
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from chexnet_pl.checkpoints import datamodule_for, load_run
-from chexnet_pl.cli import CONFIG_PATH, run_or_exit
-from chexnet_pl.data.image_limits import check_max_pixels
-from chexnet_pl.data.images import read_gray
-from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.thresholds import operating_thresholds
-from chexnet_pl.labels import resolve_label
-from chexnet_pl.visualization.explain import XRay, explain
-from chexnet_pl.visualization.heatmaps import check_method
-from chexnet_pl.visualization.inputs import calibration_and_thresholds
+from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class VisualizeSettings:
+    """conf/visualize.yaml, judged before the checkpoint or any image is read (``label`` is
+    checked against the model's classes once it is loaded)."""
+
+    ckpt: str
+    label: str
+    n: int
+    split: str
+    method: str
+    seed: int
+    thresholds: str | None
+    calibration: str | None
+    image_size: int | None
+    data: Mapping[str, Any]
+    max_pixels: int | None  # conf/decode/default.yaml
+
+    def __post_init__(self) -> None:
+        from chexnet_pl.data.splits import SPLITS
+        from chexnet_pl.visualization.methods import METHODS
+
+        problems = Problems()
+        problems.path("ckpt", self.ckpt, optional=False)
+        problems.text("label", self.label)
+        problems.number("n", self.n, minimum=1, integer=True)
+        problems.choice("split", self.split, SPLITS)
+        problems.choice("method", self.method, METHODS)
+        problems.number("seed", self.seed, integer=True)
+        problems.path("thresholds", self.thresholds)
+        problems.path("calibration", self.calibration)
+        problems.number("image_size", self.image_size, minimum=1, integer=True, optional=True)
+        problems.number("max_pixels", self.max_pixels, minimum=1, integer=True, optional=True)
+        data = Problems("data")
+        data.unknown_keys(self.data, ("root", "num_workers"))
+        data.path("root", self.data.get("root"), "folder")
+        workers = self.data.get("num_workers")
+        if workers != "auto":
+            data.number("num_workers", workers, minimum=0, integer=True)
+        problems.messages += data.messages
+        problems.raise_if_any()
+
+
+def check_config(cfg: DictConfig) -> VisualizeSettings:
+    from chexnet_pl.settings import command_settings
+
+    return command_settings(VisualizeSettings, cfg)
+
+
 def visualize(cfg: DictConfig) -> Path:
-    check_method(cfg.method)
-    max_pixels = check_max_pixels(cfg.max_pixels)
+    import numpy as np
+
+    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.images import read_gray
+    from chexnet_pl.errors import DataError
+    from chexnet_pl.evaluation.thresholds import operating_thresholds
+    from chexnet_pl.labels import resolve_label
+    from chexnet_pl.visualization.explain import XRay, explain
+    from chexnet_pl.visualization.inputs import calibration_and_thresholds
+
+    settings = check_config(cfg)
+    max_pixels = settings.max_pixels
     run = load_run(cfg.ckpt)
     model = run.model
     label = resolve_label(str(cfg.label), model.class_names)
@@ -92,8 +146,12 @@ def label_table(
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="visualize")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(visualize, cfg)
+
+
+def main() -> None:
+    run_command("visualize", hydra_main)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import pytorch_lightning as pl
 
 from chexnet_pl.errors import TrainingError
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +20,11 @@ class FreezeBackbone(pl.Callback):
     GoogLeNet's auxiliary classifiers); the head trains throughout.
     """
 
-    def __init__(self, epochs: int = 1) -> None:
-        self.epochs = int(epochs)
+    def __init__(self, epochs: int) -> None:
+        problems = Problems("callbacks.freeze_backbone")
+        problems.number("epochs", epochs, minimum=0, integer=True)
+        problems.raise_if_any()
+        self.epochs = epochs
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # DDP by default expects a gradient for every parameter; frozen ones would hang the reducer.

@@ -14,7 +14,9 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from chexnet_pl.data.images import read_gray
+from chexnet_pl.validation import Problems
 from chexnet_pl.visualization.explain import XRay, explain
+from chexnet_pl.visualization.heatmaps import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +30,19 @@ class VisualizationCallback(pl.Callback):
     """
 
     def __init__(
-        self,
-        dirpath: str,
-        n_images: int = 8,
-        method: str = "auto",
-        every_n_epochs: int = 1,
-        seed: int = 0,
-    ):
+        self, dirpath: str, n_images: int, method: str, every_n_epochs: int, seed: int
+    ) -> None:
+        problems = Problems("callbacks.visualization")
+        problems.choice("method", method, METHODS)
+        problems.number("n_images", n_images, minimum=0, integer=True)
+        problems.number("every_n_epochs", every_n_epochs, minimum=1, integer=True)
+        problems.number("seed", seed, integer=True)
+        problems.raise_if_any()
         self.dirpath = Path(dirpath)
-        self.n_images = int(n_images)
+        self.n_images = n_images
         self.method = method
-        self.every_n_epochs = max(1, int(every_n_epochs))
-        self.seed = int(seed)
+        self.every_n_epochs = every_n_epochs
+        self.seed = seed
         self._rows: list[int] | None = None
 
     def _choose(self, dataset) -> list[int]:

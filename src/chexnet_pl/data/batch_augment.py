@@ -62,11 +62,11 @@ class BatchAugment:
 
     def __init__(
         self,
-        hflip: float = 0.5,
-        affine: float = 0.5,
-        scale: Sequence[float] = (0.95, 1.05),
-        translate: float = 0.05,
-        rotate: float = 7.0,
+        hflip: float,
+        affine: float,
+        scale: Sequence[float],
+        translate: float,
+        rotate: float,
         warp: str = "auto",
     ) -> None:
         if warp not in WARPS:
@@ -90,10 +90,16 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Augmented copy of ``images`` (``N x H x W`` uint8, square)."""
         params = self.sample(len(images), images.shape[-1], rng)
-        warp = self.warp
-        if warp == "auto":
-            warp = "opencv" if images.device.type == "cpu" else "grid"
+        warp = choose_warp(self.warp, images.device.type)
         return warp_opencv(images, params) if warp == "opencv" else warp_grid(images, params)
+
+
+def choose_warp(setting: str, device_type: str) -> str:
+    """``auto``: one batched ``grid_sample`` where the images are on a GPU, OpenCV per image on
+    a CPU (batched grids are several times slower there)."""
+    if setting != "auto":
+        return setting
+    return "opencv" if device_type == "cpu" else "grid"
 
 
 def _matrices(params: AffineParams, size: int) -> list[np.ndarray]:

@@ -29,10 +29,10 @@ from chexnet_pl.data.datamodule import (
     FRONTAL,
     ChestXrayDataModule,
     LabelledImages,
-    _check_choices,
     filter_views,
 )
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
+from chexnet_pl.data.settings import VIEWS
 from chexnet_pl.data.splits import (
     SPLIT_METHODS,
     assert_no_patient_leak,
@@ -47,6 +47,7 @@ from chexnet_pl.data.uncertainty import (
     ordered_labels,
 )
 from chexnet_pl.errors import DataError
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -165,22 +166,18 @@ class CheXpertDataModule(ChestXrayDataModule):
     def __init__(
         self,
         root: str,
-        csv: str | None = None,
-        valid_csv: str | None = None,
-        include_no_finding: bool = True,
-        split: Mapping[str, Any] | None = None,
-        view_position: str = "frontal",
-        uncertain: str = "ignore",
-        uncertain_by_label: Mapping[str, str] | None = None,
-        not_mentioned: str = "negative",
-        seed: int | None = None,
+        csv: str | None,
+        valid_csv: str | None,
+        include_no_finding: bool,
+        split: Mapping[str, Any] | None,
+        view_position: str,
+        uncertain: str,
+        uncertain_by_label: Mapping[str, str] | None,
+        not_mentioned: str,
         **settings: Any,
     ) -> None:
-        split_args = dict(split or {"method": "official"})
-        super().__init__(
-            root, seed=seed if seed is not None else split_args.get("seed"), **settings
-        )
-        _check_choices(view_position=view_position)
+        super().__init__(root, **settings)  # judges the shared settings and view_position first
+        split_args = dict(split)
         if split_args.get("method", "official") not in SPLIT_METHODS:
             raise DataError(
                 f"data.split.method={split_args.get('method')!r}; use one of {SPLIT_METHODS}"
@@ -196,6 +193,9 @@ class CheXpertDataModule(ChestXrayDataModule):
         self.pathologies = ordered_labels(include_no_finding)
         self.split_args = split_args
         self.view_position = view_position
+
+    def check_settings(self, settings: Mapping[str, Any], problems: Problems) -> None:
+        problems.choice("view_position", settings["view_position"], VIEWS)
 
     def read_labels(self) -> LabelledImages:
         train_csv = self.csv or find_release(self.root) / "train.csv"

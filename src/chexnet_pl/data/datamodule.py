@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import ImageCache, StaleCache, cache_folder, check_sources, open_cache
 from chexnet_pl.data.dataset import ChestXrayDataset
 from chexnet_pl.data.device_loader import (
-    LOADERS,
     DeviceImages,
     DeviceLoader,
     bytes_needed,
@@ -36,37 +35,24 @@ from chexnet_pl.data.device_loader import (
 )
 from chexnet_pl.data.image_check import find_bad_images, find_undecodable
 from chexnet_pl.data.nih_table import IMAGE, VIEW
+from chexnet_pl.data.settings import FRONTAL, check_common_settings
 from chexnet_pl.data.splits import SPLITS
 from chexnet_pl.data.transforms import eval_transform, train_transform
+from chexnet_pl.device import detect_caps, free_memory, pin_memory
 from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
-# data.view_position, one vocabulary for every dataset: frontal = PA or AP (NIH has only those).
-VIEWS = ("all", "frontal", "lateral", "PA", "AP")
-FRONTAL = "Frontal"  # a table column: whether the image is a frontal view
 # One row per image left out of a run, whatever the reason (missing, unreadable, failed mid-epoch).
 SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
 REPORT_COLUMNS = ["Image Index", "split", "reason"]
-MISSING_POLICIES = ("error", "skip")
-CACHE_MODES = ("auto", "off", "required")
-CHOICES = {"view_position": VIEWS, "missing_images": MISSING_POLICIES,
-           "on_bad_image": MISSING_POLICIES, "cache": CACHE_MODES, "loader": LOADERS}  # fmt: skip
-
-
-def _check_choices(**settings: str) -> None:
-    """Each ``data.<key>=value`` must be one of its allowed values (CHOICES)."""
-    for key, value in settings.items():
-        if value not in CHOICES[key]:
-            raise DataError(f"data.{key}={value!r}; use one of {CHOICES[key]}")
 
 
 def _workers(requested: int | str) -> int:
-    """``data.num_workers``: ``auto`` or a count, capped at this machine's cores."""
-    try:
-        workers = resolve_num_workers(requested)
-    except ValueError as exc:
-        raise DataError(str(exc)) from exc
+    """``data.num_workers`` (checked by ``check_data_settings``): ``auto`` or a count, capped at
+    this machine's cores."""
+    workers = resolve_num_workers(requested)
     if requested != "auto" and workers < int(requested):
         log.info("data.num_workers=%s capped at this machine's %d CPU cores", requested, workers)
     return workers
@@ -139,36 +125,35 @@ class ChestXrayDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str | None,
-        image_size: int = 224,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int | str = "auto",
-        pin_memory: bool = True,
-        missing_images: str = "error",
-        on_bad_image: str = "error",
-        check_images: bool = True,
-        decode_check: tuple[str, ...] | list[str] = ("val", "test"),
-        report_dir: str | None = None,
-        require_test: bool = False,
-        augment: Mapping[str, Any] | None = None,
-        cache: str = "auto",
-        cache_dir: str | None = None,
-        cache_size: int | None = None,
-        loader: str = "auto",
-        device_memory_share: float = 0.5,
-        seed: int | None = None,
+        image_size: int,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int | str,
+        pin_memory: bool,
+        missing_images: str,
+        on_bad_image: str,
+        check_images: bool,
+        decode_check: Sequence[str],
+        report_dir: str | None,
+        require_test: bool,
+        augment: Mapping[str, Any],
+        cache: str,
+        cache_dir: str | None,
+        cache_size: int | None,
+        loader: str,
+        device_memory_share: float,
+        seed: int,
     ) -> None:
         super().__init__()
         # Plain values (this class's and the subclass's), stored in checkpoints so evaluation can
         # rebuild the same data and split; ``_target_`` says which data module.
         self.save_hyperparameters(logger=False)
         self.hparams["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        _check_choices(missing_images=missing_images, on_bad_image=on_bad_image, cache=cache,
-                       loader=loader)  # fmt: skip
-        if not 0 < float(device_memory_share) <= 1:
-            raise DataError(
-                f"data.device_memory_share={device_memory_share!r}; use a share in (0, 1]"
-            )
+        # Every unusable value, this class's and the dataset's (``check_settings``), in one error.
+        problems = Problems("data")
+        check_common_settings(self.hparams, problems)
+        self.check_settings(self.hparams, problems)
+        problems.raise_if_any()
         self.root = Path(root).expanduser() if root else None
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -178,13 +163,10 @@ class ChestXrayDataModule(pl.LightningDataModule):
         self.missing_images = missing_images
         self.on_bad_image = on_bad_image
         self.check_images = bool(check_images)
-        unknown = [name for name in decode_check or () if name not in SPLITS]
-        if unknown:
-            raise DataError(f"data.decode_check={list(decode_check)}: use names from {SPLITS}")
-        self.decode_check = tuple(decode_check or ())
+        self.decode_check = tuple(decode_check)
         self.report_dir = Path(report_dir) if report_dir else None
         self.require_test = bool(require_test)
-        self.augment = dict(augment or {})
+        self.augment = dict(augment)
         self.cache_mode = cache
         self.cache_dir = (
             Path(cache_dir).expanduser()
@@ -199,13 +181,18 @@ class ChestXrayDataModule(pl.LightningDataModule):
         self.labels: np.ndarray | None = None
         self.datasets: dict[str, ChestXrayDataset] = {}
         self.loader_mode, self.device_memory_share = loader, float(device_memory_share)
-        self.seed = int(seed or 0)
+        self.seed = int(seed)
         self.loader_kind: str | None = None  # workers | device, chosen at the first loader
         self.on_device: dict[str, DeviceImages] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.pathologies)
+
+    def check_settings(self, settings: Mapping[str, Any], problems: Problems) -> None:
+        """Add what is wrong with the dataset's own settings (``settings``: every argument of
+        the data module, its subclass's included) to ``problems``; nothing is read here but the
+        dataset's folder and tables' presence."""
 
     def read_labels(self) -> LabelledImages:
         """This dataset's images with their labels, split and files (see ``LabelledImages``):
@@ -374,12 +361,6 @@ class ChestXrayDataModule(pl.LightningDataModule):
         if self.cache_mode == "off" or self.cache_dir is None:
             return None
         if self.cache_size:
-            if self.cache_size < self.image_size:
-                raise DataError(
-                    f"data.cache_size={self.cache_size} is smaller than data.image_size="
-                    f"{self.image_size}: the images would be upsampled. Prepare a cache of at "
-                    "least that size, or leave data.cache_size unset."
-                )
             sizes = [self.cache_size]
         else:
             prepared = self.cache_dir.glob("*px") if self.cache_dir.is_dir() else []
@@ -430,7 +411,7 @@ class ChestXrayDataModule(pl.LightningDataModule):
     def _data_device(self) -> torch.device:
         if self.trainer is not None:
             return self.trainer.strategy.root_device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return detect_caps().device
 
     def _device_data(self, name: str) -> DeviceImages | None:
         """``name``'s images on the training device when the device path is chosen, else None."""
@@ -445,6 +426,7 @@ class ChestXrayDataModule(pl.LightningDataModule):
                     device,
                     self.device_memory_share,
                     self.trainer.world_size if self.trainer is not None else 1,
+                    free_memory(device),
                 )
             except ValueError as exc:
                 build = f"chexnet-prepare root={self.root} size={self.image_size}"
@@ -490,7 +472,7 @@ class ChestXrayDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            pin_memory=pin_memory(self.pin_memory, detect_caps()),
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > batch_size,
         )
@@ -520,7 +502,7 @@ class ChestXrayDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            pin_memory=pin_memory(self.pin_memory, detect_caps()),
         )
 
     def train_dataloader(self) -> DataLoader:

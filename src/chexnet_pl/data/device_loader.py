@@ -18,7 +18,6 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,24 +68,18 @@ def bytes_needed(rows: int, image_size: int, classes: int) -> int:
     return rows * (image_size * image_size + 4 * classes)
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes free for new tensors: the GPU's free memory, or the host's available RAM."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
 def choose_loader(
-    mode: str, has_cache: bool, needed: int, device: torch.device, share: float, world_size: int
+    mode: str,
+    has_cache: bool,
+    needed: int,
+    device: torch.device,
+    share: float,
+    world_size: int,
+    available: int,
 ) -> tuple[str, str]:
-    """``(workers | device, why)`` for ``data.loader=mode``; raises ValueError for an explicit
-    ``device`` that cannot work (the caller words the error)."""
+    """``(workers | device, why)`` for ``data.loader=mode`` when ``available`` bytes are free on
+    ``device`` (``device.free_memory``); raises ValueError for an explicit ``device`` that
+    cannot work (the caller words the error)."""
     if mode == "workers":
         return "workers", "data.loader=workers"
     problems = []
@@ -94,7 +87,6 @@ def choose_loader(
         problems.append("no valid prepared cache of at least data.image_size")
     if world_size > 1:
         problems.append(f"{world_size} processes (the device path runs on one device)")
-    available = free_memory(device)
     if needed > share * available:
         problems.append(
             f"the images need {_size(needed)}, more than data.device_memory_share={share} "

@@ -13,7 +13,6 @@ from chexnet_pl.data.datamodule import (
     FRONTAL,
     ChestXrayDataModule,
     LabelledImages,
-    _check_choices,
     filter_views,
 )
 from chexnet_pl.data.images import find_images
@@ -26,7 +25,8 @@ from chexnet_pl.data.nih_table import (
     label_matrix,
     read_data_entry,
 )
-from chexnet_pl.data.splits import make_split
+from chexnet_pl.data.settings import check_nih_settings
+from chexnet_pl.data.splits import SplitSettings, make_split
 from chexnet_pl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -53,24 +53,24 @@ class NIHDataModule(ChestXrayDataModule):
     def __init__(
         self,
         root: str,
-        csv: str | None = None,
-        include_no_finding: bool = True,
-        split: Mapping[str, Any] | None = None,
-        view_position: str = "all",
-        synthetic: Mapping[str, Any] | None = None,
-        seed: int | None = None,
+        csv: str | None,
+        include_no_finding: bool,
+        split: Mapping[str, Any],
+        view_position: str,
+        synthetic: Mapping[str, Any] | None,
         **settings: Any,
     ) -> None:
-        split_args = dict(split or {"method": "official"})
-        super().__init__(
-            root, seed=seed if seed is not None else split_args.get("seed"), **settings
-        )
-        _check_choices(view_position=view_position)
+        super().__init__(root, **settings)  # judges every setting (check_settings) first
+        split_args = dict(split)
+        self.split_settings = SplitSettings(**split_args)
         self.csv = Path(csv).expanduser() if csv else None
         self.pathologies = class_names(include_no_finding)
         self.split_args = split_args
         self.view_position = view_position
         self.synthetic = dict(synthetic) if synthetic else None
+
+    def check_settings(self, settings: Mapping[str, Any], problems) -> None:
+        check_nih_settings(settings, problems)
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -88,10 +88,7 @@ class NIHDataModule(ChestXrayDataModule):
         labels = label_matrix(table["Finding Labels"], self.pathologies, source=csv)
         log.info("read %d rows from %s", len(table), csv)
         # Split first, on the whole table, so split lists are checked against the release as is.
-        args = {k: v for k, v in self.split_args.items() if k != "method"}
-        table["split"] = make_split(
-            table, self.split_args.get("method", "official"), self.root, **args
-        )
+        table["split"] = make_split(table, self.split_settings, self.root)
         table[FRONTAL] = True
         images = filter_views(LabelledImages(table, labels, str(csv)), self.view_position, "NIH")
         table, labels = images.table, images.labels

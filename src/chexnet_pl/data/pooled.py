@@ -45,14 +45,13 @@ class PooledDataModule(ChestXrayDataModule):
     def __init__(
         self,
         datasets: Mapping[str, Mapping[str, Any]],
-        label_map: Mapping[str, str] | None = None,
-        root: str | None = None,
-        cache: str = "off",
+        label_map: Mapping[str, str] | None,
+        cache: str,
         **settings: Any,
     ) -> None:
         datasets = _plain(datasets)  # plain values in the checkpoint's hparams
         label_map = _plain(label_map) or {}
-        super().__init__(root, cache=cache, **settings)
+        super().__init__(None, cache=cache, **settings)
         if not datasets:
             raise DataError(
                 "data.datasets is empty: give the datasets to pool, e.g. data=nih+chexpert"

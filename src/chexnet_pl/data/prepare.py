@@ -194,11 +194,10 @@ def build_cache(
 ) -> Path:
     """Build (or bring up to date) the ``size`` px cache of every image under ``root`` (NIH's
     PNGs, or the JPEGs of CheXpert's or MIMIC-CXR-JPG's folder tree: ``images.list_images``); an
-    image declaring more than ``max_pixels`` pixels is recorded as unreadable, never decoded."""
+    image declaring more than ``max_pixels`` pixels is recorded as unreadable, never decoded
+    (``chexnet-prepare``'s settings judge ``size`` and the rest first)."""
     size = int(size)
     max_pixels = check_max_pixels(max_pixels)
-    if size < 8:
-        raise DataError(f"size={size}: the cache needs images of at least 8 px")
     root = Path(root).expanduser()
     folder = cache_folder(cache_dir or default_cache_dir(root), size)
     images = list_images(root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +20,40 @@ SPLITS = ("train", "val", "test")
 SPLIT_METHODS = ("official", "patient", "file")
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """``data.split``: how images are assigned to train/val/test (conf/data/nih.yaml)."""
+
+    method: str  # official | patient | file
+    val_fraction: float  # official: share of train_val's patients held out for validation
+    fractions: Sequence[float]  # patient: train/val/test shares of patients
+    file: str | None  # file: CSV (Image Index, split) or TXT of "name split" lines
+    seed: int
+
+    def __post_init__(self) -> None:
+        problems = Problems("data.split")
+        problems.choice("method", self.method, SPLIT_METHODS)
+        problems.number("val_fraction", self.val_fraction, minimum=0, maximum=1)
+        problems.number("seed", self.seed, integer=True)
+        fractions = list(self.fractions) if isinstance(self.fractions, Sequence) else None
+        if (
+            fractions is None
+            or len(fractions) != 3
+            or not all(isinstance(f, int | float) and f >= 0 for f in fractions)
+            or not np.isclose(sum(fractions), 1.0)
+        ):
+            problems.add(
+                f"data.split.fractions={self.fractions!r}: give three non-negative shares "
+                "(train, val, test) summing to 1, e.g. [0.7,0.1,0.2]"
+            )
+        if self.method == "file":
+            if not self.file:
+                problems.add("data.split.method=file needs data.split.file=/path/to/split.csv")
+            elif not Path(self.file).expanduser().is_file():
+                problems.add(f"data.split.file={self.file} is not a file")
+        problems.raise_if_any()
 
 
 def read_numbered_list(path: str | Path) -> list[tuple[str, int]]:
@@ -89,8 +125,8 @@ def official_split(
     table: pd.DataFrame,
     train_val_list: str | Path,
     test_list: str | Path,
-    val_fraction: float = 0.1,
-    seed: int = 0,
+    val_fraction: float,
+    seed: int,
 ) -> pd.Series:
     """NIH's lists; validation is a seeded fraction of train_val's *patients*."""
     train_val_list, test_list = Path(train_val_list), Path(test_list)
@@ -113,14 +149,9 @@ def official_split(
     return split
 
 
-def patient_split(
-    table: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
-) -> pd.Series:
-    """A seeded random train/val/test split by patient (CheXNet used 70/10/20)."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise DataError(
-            f"data.split.fractions must be three non-negative numbers summing to 1, got {list(fractions)}"
-        )
+def patient_split(table: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd.Series:
+    """A seeded random train/val/test split by patient (CheXNet used 70/10/20); ``fractions``
+    as ``SplitSettings`` checked them."""
     patients = np.random.default_rng(seed).permutation(np.unique(table[PATIENT].to_numpy()))
     edges = np.round(np.cumsum(fractions) * len(patients)).astype(int)
     assignment = {}
@@ -183,32 +214,22 @@ def assert_no_patient_leak(
         )
 
 
-def make_split(
-    table: pd.DataFrame,
-    method: str,
-    root: str | Path,
-    val_fraction: float = 0.1,
-    fractions: Sequence[float] = (0.7, 0.1, 0.2),
-    file: str | Path | None = None,
-    seed: int = 0,
-) -> pd.Series:
+def make_split(table: pd.DataFrame, settings: SplitSettings, root: str | Path) -> pd.Series:
     """Dispatch on ``data.split.method`` and check the result for patient leaks."""
     root = Path(root)
-    if method == "official":
-        split = official_split(table, root / TRAIN_VAL_LIST, root / TEST_LIST, val_fraction, seed)
+    if settings.method == "official":
+        split = official_split(
+            table, root / TRAIN_VAL_LIST, root / TEST_LIST, settings.val_fraction, settings.seed
+        )
         remedy = (
             f"NIH's own {TRAIN_VAL_LIST} and {TEST_LIST} keep each patient in one of them; use "
             "the lists of the same release as the CSV, or data.split.method=patient"
         )
-    elif method == "patient":
-        split = patient_split(table, fractions, seed)
+    elif settings.method == "patient":
+        split = patient_split(table, settings.fractions, settings.seed)
         remedy = "report this as a bug"
-    elif method == "file":
-        if file is None:
-            raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
-        split = file_split(table, file)
-        remedy = f"fix {file} (data.split.file) so each patient's images share one split"
     else:
-        raise DataError(f"unknown data.split.method {method!r}; use one of {SPLIT_METHODS}")
+        split = file_split(table, settings.file)
+        remedy = f"fix {settings.file} (data.split.file) so each patient's images share one split"
     assert_no_patient_leak(table, split, remedy)
     return split

@@ -38,13 +38,14 @@ def eval_transform(image_size: int) -> A.Compose:
 
 def train_transform(
     image_size: int,
-    hflip: float = 0.5,
-    affine: float = 0.5,
-    scale: Sequence[float] = (0.95, 1.05),
-    translate: float = 0.05,
-    rotate: float = 7.0,
+    hflip: float,
+    affine: float,
+    scale: Sequence[float],
+    translate: float,
+    rotate: float,
 ) -> A.Compose:
-    """Resize, random horizontal flip, and a small random affine (scale, shift, rotation)."""
+    """Resize, random horizontal flip, and a small random affine (scale, shift, rotation):
+    ``data.augment`` (conf/data/nih.yaml, where its values are)."""
     steps = [AreaResize(image_size)]
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))

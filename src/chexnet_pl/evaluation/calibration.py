@@ -24,6 +24,7 @@ from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
 from chexnet_pl.files import write_text_atomic
 from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,20 @@ CALIBRATION_METHODS = ("none", "temperature", "platt")
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit
 FORMAT = "chexnet_pl.calibration/1"
 READ_HINT = "give the calibration.json of an evaluation run with evaluation.calibrate="
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """``evaluation.calibrate`` and ``evaluation.calibration_bins`` (conf/evaluation/default.yaml)."""
+
+    method: str
+    bins: int
+
+    def __post_init__(self) -> None:
+        problems = Problems("evaluation")
+        problems.choice("calibrate", self.method, CALIBRATION_METHODS)
+        problems.number("calibration_bins", self.bins, minimum=1, integer=True)
+        problems.raise_if_any()
 
 
 def logit(probabilities: np.ndarray) -> np.ndarray:
@@ -300,20 +315,18 @@ def write_calibration_report(
     labels: np.ndarray,
     class_names: Sequence[str],
     output_dir: Path,
-    method: str = "none",
-    bins: int = 15,
-    val_scores: np.ndarray | None = None,
-    val_labels: np.ndarray | None = None,
-    scope: str = "test split",
-    plots: bool = True,
+    settings: CalibrationSettings,
+    val_scores: np.ndarray | None,
+    val_labels: np.ndarray | None,
+    scope: str,
+    plots: bool,
 ) -> tuple[pd.DataFrame, Calibration | None, str]:
     """``calibration.csv`` (before and, with a method, after scaling fitted on ``val_*``),
     ``calibration.json`` (the parameters), ``reliability.png``; returns the table, the fitted
     calibration and the report line."""
     from chexnet_pl.evaluation.reliability import plot_reliability
 
-    if method not in CALIBRATION_METHODS:
-        raise DataError(f"evaluation.calibrate={method!r}; use one of {CALIBRATION_METHODS}")
+    method, bins = settings.method, settings.bins
     before = calibration_table(scores, labels, class_names, bins)
     calibration = after = calibrated = None
     if method != "none":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.evaluation.calibration import write_calibration_report
+from chexnet_pl.evaluation.calibration import CalibrationSettings, write_calibration_report
 from chexnet_pl.evaluation.external import (
     add_internal,
     match_model_to_data,
@@ -23,9 +23,16 @@ from chexnet_pl.evaluation.external import (
     truth_for,
 )
 from chexnet_pl.evaluation.plots import plot_curves
-from chexnet_pl.evaluation.predictions import PredictionCache, predict, prob_columns, tta_resize
+from chexnet_pl.evaluation.predictions import (
+    TTA_MODES,
+    PredictionCache,
+    predict,
+    prob_columns,
+    tta_resize,
+)
 from chexnet_pl.evaluation.provenance import ImageSources, image_sources, read_official_lists
 from chexnet_pl.evaluation.report import (
+    THRESHOLD_METHODS,
     choose_threshold,
     format_report,
     score_predictions,
@@ -39,6 +46,8 @@ from chexnet_pl.evaluation.subgroups import (
     write_subgroup_report,
 )
 from chexnet_pl.labels import NO_FINDING, mean_row
+from chexnet_pl.models.precision import check_precision
+from chexnet_pl.validation import Problems, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -56,53 +65,82 @@ def shipped_evaluation_settings() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """``conf/evaluation/default.yaml``."""
+    """``evaluation.*`` (conf/evaluation/default.yaml, where every default is): judged here,
+    once, when built — by ``train`` and ``evaluate`` before any work, by their pre-flight check."""
 
-    tta: str = "none"
-    threshold: str = "youden"
-    bootstrap_samples: int = 1000
-    bootstrap_seed: int = 0
-    confidence: float = 0.95
-    precision: str = "auto"
-    plots: bool = True
-    subgroups: tuple[str, ...] = ("sex", "age", "view")
-    age_bands: tuple[int, ...] = (20, 40, 60, 80)
-    max_age: int = 100
-    calibrate: str = "none"
-    calibration_bins: int = 15
+    tta: str
+    threshold: str
+    bootstrap_samples: int
+    bootstrap_seed: int
+    confidence: float
+    precision: str
+    plots: bool
+    subgroups: Sequence[str]
+    age_bands: Sequence[int]
+    max_age: int
+    min_subgroup_images: int
+    min_subgroup_positives: int
+    underdiagnosis_threshold: str
+    calibrate: str
+    calibration_bins: int
     # Output name ↔ label name where two label sets spell a finding differently (both ways):
     # how a model is scored on another dataset, and how pooled datasets' labels are merged.
-    label_map: Mapping[str, str] | None = None
-    # Judged by ``Subgroups`` (the subgroup report), which reads them; defaults in the YAML only.
-    min_subgroup_images: int = field(kw_only=True)
-    min_subgroup_positives: int = field(kw_only=True)
-    underdiagnosis_threshold: str = field(kw_only=True)
+    label_map: Mapping[str, str] | None
 
     def __post_init__(self) -> None:
+        problems = Problems("evaluation")
+        problems.choice("tta", self.tta, TTA_MODES)
+        problems.choice("threshold", self.threshold, THRESHOLD_METHODS)
+        try:
+            check_precision(self.precision, "evaluation.precision")
+        except ConfigError as exc:
+            problems.extend(exc)
+        problems.number("bootstrap_samples", self.bootstrap_samples, minimum=0, integer=True)
+        problems.number("bootstrap_seed", self.bootstrap_seed, minimum=0, integer=True)
+        problems.number("confidence", self.confidence, minimum=0, maximum=1, exclusive=True)
+        problems.flag("plots", self.plots)
+        for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
+            value = getattr(self, key)
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                object.__setattr__(self, key, tuple(value))
         label_map = self.label_map or {}
         if not isinstance(label_map, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()
         ):
-            raise ConfigError(
+            problems.add(
                 f"evaluation.label_map={label_map!r}; give names to names, e.g. "
                 "{Effusion: Pleural Effusion}"
             )
+        else:
+            object.__setattr__(self, "label_map", dict(label_map))
+        for build in (self._subgroup_spec, self._calibration):
+            try:
+                build()
+            except ConfigError as exc:
+                problems.extend(exc)
+        problems.raise_if_any()
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        """The section over the shipped defaults (a config written before a setting existed
-        still gets it)."""
-        values = {**shipped_evaluation_settings(), **dict(section or {})}
-        for key in ("subgroups", "age_bands"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        if values.get("label_map") is not None:
-            values["label_map"] = dict(values["label_map"])
-        return cls(**values)
+    def _subgroup_spec(self) -> Subgroups:
+        return Subgroups.from_settings(self)
+
+    def _calibration(self) -> CalibrationSettings:
+        return CalibrationSettings(self.calibrate, self.calibration_bins)
 
     @property
     def subgroup_spec(self) -> Subgroups:
-        return Subgroups.from_settings(self)
+        return self._subgroup_spec()
+
+    @property
+    def calibration(self) -> CalibrationSettings:
+        return self._calibration()
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
+        """The ``evaluation`` section over the shipped ``conf/evaluation/default.yaml`` (a config
+        written before a setting existed gets that setting's shipped value); unknown and bad
+        values in one ``ConfigError``."""
+        values = {**shipped_evaluation_settings(), **dict(section or {})}
+        return settings_from(cls, values, "evaluation")
 
 
 def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
@@ -179,7 +217,7 @@ def score_and_write(
             table[["paper_auroc", "diff_vs_paper"]] = np.nan  # not the paper's test set
     output_dir.mkdir(parents=True, exist_ok=True)
     calibration, fitted, calibration_line = write_calibration_report(
-        scores, labels, names, output_dir, settings.calibrate, settings.calibration_bins,
+        scores, labels, names, output_dir, settings.calibration,
         val_scores if chosen_on == "val" else None, val_labels, scope, settings.plots,
     )  # fmt: skip
     table[["ece", "brier"]] = calibration[["ece_equal_mass", "brier"]].reindex(table.index)

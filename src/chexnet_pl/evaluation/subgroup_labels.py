@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.errors import ChexnetError, ConfigError
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
+from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +42,46 @@ class Subgroups:
     The defaults are ``conf/evaluation/default.yaml``'s (see ``from_settings``).
     """
 
-    attributes: tuple[str, ...] = ("sex", "age", "view")
-    age_edges: tuple[int, ...] = (20, 40, 60, 80)
-    max_age: int = 100
+    attributes: tuple[str, ...]
+    age_edges: tuple[int, ...]
+    max_age: int
     min_images: int = field(kw_only=True)
     min_positives: int = field(kw_only=True)
     underdiagnosis_threshold: str = field(kw_only=True)
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.attributes if a not in ATTRIBUTES]
-        if unknown:
-            raise ChexnetError(
-                f"evaluation.subgroups has unknown attribute(s) {unknown}; use some of "
+        problems = Problems("evaluation")
+        if isinstance(self.attributes, str) or not isinstance(self.attributes, Sequence):
+            problems.add(
+                f"evaluation.subgroups={self.attributes!r}: give a list, some of "
                 f"{list(ATTRIBUTES)} (or [] for none)"
             )
-        edges = list(self.age_edges)
-        if edges != sorted(set(edges)) or (edges and edges[0] <= 0):
-            raise ChexnetError(
-                f"evaluation.age_bands={edges}: give increasing positive ages, e.g. [20, 40, 60, 80]"
+        else:
+            for attribute in self.attributes:
+                problems.choice("subgroups[]", attribute, ATTRIBUTES)
+        edges = self.age_edges
+        numbers = (
+            not isinstance(edges, str)
+            and isinstance(edges, Sequence)
+            and all(isinstance(e, int | float) and not isinstance(e, bool) for e in edges)
+        )
+        edges_ok = numbers and list(edges) == sorted(set(edges)) and not (edges and edges[0] <= 0)
+        if not edges_ok:
+            problems.add(
+                f"evaluation.age_bands={edges!r}: give increasing positive ages, e.g. "
+                "[20, 40, 60, 80]"
             )
-        for key, value in (("min_subgroup_images", self.min_images),
-                           ("min_subgroup_positives", self.min_positives)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"evaluation.{key}={value!r}: give a whole number of at least 1")
-        if self.underdiagnosis_threshold not in THRESHOLD_METHODS:
-            raise ConfigError(
-                f"evaluation.underdiagnosis_threshold={self.underdiagnosis_threshold!r} is not a "
-                f"valid setting; use one of: {', '.join(THRESHOLD_METHODS)}"
-            )
+        if problems.number("max_age", self.max_age, minimum=1) and edges_ok and edges:
+            if self.max_age <= max(edges):
+                problems.add(
+                    f"evaluation.max_age={self.max_age} is not above the last age band edge "
+                    f"({max(edges)}); raise it or drop that edge"
+                )
+        problems.number("min_subgroup_images", self.min_images, minimum=1, integer=True)
+        problems.number("min_subgroup_positives", self.min_positives, minimum=1, integer=True)
+        problems.choice("underdiagnosis_threshold", self.underdiagnosis_threshold,
+                        THRESHOLD_METHODS)  # fmt: skip
+        problems.raise_if_any()
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | Any) -> Subgroups:

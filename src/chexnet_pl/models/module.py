@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import pickle
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,37 +16,19 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from chexnet_pl.checkpoints import read_checkpoint
-from chexnet_pl.errors import ConfigError, WeightsError
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.errors import WeightsError
 from chexnet_pl.models.backbones import create_backbone, create_normalizer
 from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import IGNORE, PerClassAUROC, mean_finding_auroc
 from chexnet_pl.models.network import InferenceMethods
+from chexnet_pl.models.optim import build_optimizer, build_scheduler
+from chexnet_pl.models.settings import ModelSettings, model_settings
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("plateau", "cosine", "none")
-
-
-@functools.cache
-def default_recipe() -> tuple[dict, dict]:
-    """The optimizer and scheduler of ``conf/model/chexnet.yaml`` (the CheXNet paper's): the
-    defaults live in that file only, for the configs and for modules built in Python alike."""
-    from omegaconf import OmegaConf
-
-    from chexnet_pl.cli import config_dir
-
-    model_cfg = OmegaConf.load(config_dir() / "model" / "chexnet.yaml")
-    return (
-        OmegaConf.to_container(model_cfg.optimizer),
-        OmegaConf.to_container(model_cfg.scheduler),
-    )
-
+MODEL_ARGS = tuple(f.name for f in fields(ModelSettings))
 
 # Weight of each auxiliary classifier's loss (GoogLeNet's two), as in the GoogLeNet paper.
 AUX_LOSS_WEIGHT = 0.3
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # How often the training loss is read back to check it is finite, when the trainer logs never.
 DEFAULT_CHECK_EVERY = 50
 
@@ -86,50 +68,26 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "densenet121",
-        include_no_finding: bool | None = None,
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        weights_url: str | None = None,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        pos_weight: bool = False,
-        channels_last: bool = True,
-        compile: bool = False,
-        compile_backend: str = "inductor",
-        compile_mode: str = "default",
-        class_names: Sequence[str] | None = None,
+        backbone: str,
+        pretrained: bool,
+        weights_path: str | None,
+        weights_url: str | None,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        pos_weight: bool,
+        channels_last: bool,
+        compile: bool,
+        compile_backend: str,
+        compile_mode: str,
+        class_names: Sequence[str],
+        include_no_finding: bool | None = None,  # not a setting: follows class_names
     ) -> None:
         super().__init__()
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"model.compile_mode={compile_mode!r}; use one of {COMPILE_MODES}")
-        if not class_names:
-            raise ConfigError(
-                "CheXNetModule needs class_names, the data's label list in output order (train "
-                "passes the data module's pathologies)"
-            )
-        class_names = [str(name) for name in class_names]
-        include_no_finding = NO_FINDING in class_names
-        default_optimizer, default_scheduler = default_recipe()
-        optimizer = {**default_optimizer, **dict(optimizer or {})}
-        scheduler = {**default_scheduler, **dict(scheduler or {})}
-        self.save_hyperparameters(
-            {
-                "backbone": backbone,
-                "include_no_finding": include_no_finding,
-                "pretrained": pretrained,
-                "weights_path": weights_path,
-                "weights_url": weights_url,
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler),
-                "pos_weight": pos_weight,
-                "channels_last": channels_last,
-                "compile": compile,
-                "compile_backend": compile_backend,
-                "compile_mode": compile_mode,
-                "class_names": class_names,
-            }
-        )
+        # Every setting judged in one place (models/settings.py), before anything is built.
+        settings = model_settings({k: v for k, v in locals().items() if k in MODEL_ARGS})
+        self.settings = settings
+        self.save_hyperparameters(_plain(settings.hparams()))
+        class_names = settings.classes
         self.class_names = class_names
         self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
         self.loss_guard = NonFiniteLossGuard()
@@ -171,10 +129,9 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.get("compile") and self._train_forward is None:
-            backend = self.hparams.get("compile_backend", "inductor")
-            mode = self.hparams.get("compile_mode", "default")
-            options = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+        if stage == "fit" and self.settings.compile and self._train_forward is None:
+            backend, mode = self.settings.compile_backend, self.settings.compile_mode
+            options = compile_options(backend, mode)
             # Kept out of the module tree (plain attribute): state_dict keys stay unchanged.
             self.__dict__["_train_forward"] = torch.compile(
                 self.net.forward_with_aux, backend=backend, **options
@@ -225,7 +182,7 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         return every if every > 0 else DEFAULT_CHECK_EVERY
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.get("compile") and self.compile_seconds is None:
+        if self.settings.compile and self.compile_seconds is None:
             self._first_step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -304,66 +261,14 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         self._log_auroc(self.test_auroc, "test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)
+        optimizer = build_optimizer(self.parameters(), self.settings.optimizer)
         if optimizer.defaults.get("fused"):
             log.info("fused %s optimizer on %s", type(optimizer).__name__, self.device)
-        scheduler_cfg = dict(self.hparams.scheduler)
-        name = scheduler_cfg.pop("name", "none")
-        if name == "none":
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        scheduler = build_scheduler(optimizer, self.settings.scheduler, max_epochs)
+        if scheduler is None:
             return {"optimizer": optimizer}
-        if name == "plateau":
-            monitor = scheduler_cfg.pop("monitor", "val/loss")
-            mode = scheduler_cfg.pop("mode", "max" if "auroc" in monitor else "min")
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=mode, **scheduler_cfg
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"},
-            }
-        if name == "cosine":
-            max_epochs = max(int(self.trainer.max_epochs or 1), 1)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=max_epochs, eta_min=float(scheduler_cfg.get("eta_min", 0.0))
-            )
-            return {"optimizer": optimizer, "lr_scheduler": scheduler}
-        raise ConfigError(f"unknown model.scheduler.name {name!r}; use one of {SCHEDULERS}")
-
-
-def use_fused(setting: bool | str | None, parameters: list[torch.Tensor]) -> bool | None:
-    """``fused``: auto (default) → True when every parameter is on CUDA (one kernel per step for
-    all parameters instead of several per tensor), else the optimizer's own default; true/false."""
-    if setting in (None, "auto"):
-        on_cuda = bool(parameters) and all(p.device.type == "cuda" for p in parameters)
-        return True if on_cuda else None
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"model.optimizer.fused={setting!r}; use auto, true or false")
-
-
-def build_optimizer(parameters, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Adam (the paper: lr 1e-3, betas 0.9/0.999), AdamW, or SGD with momentum; fused on CUDA."""
-    settings = dict(settings)
-    parameters = list(parameters)
-    name = str(settings.pop("name", "adam")).lower()
-    lr = float(settings.pop("lr"))
-    weight_decay = float(settings.pop("weight_decay", 0.0))
-    tensors = [p for p in parameters if isinstance(p, torch.Tensor)]
-    fused = use_fused(settings.pop("fused", "auto"), tensors)
-    if name in ("adam", "adamw"):
-        betas = tuple(float(b) for b in settings.pop("betas", (0.9, 0.999)))
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
-    if name == "sgd":
-        return torch.optim.SGD(
-            parameters,
-            lr=lr,
-            momentum=float(settings.pop("momentum", 0.9)),
-            nesterov=bool(settings.pop("nesterov", False)),
-            weight_decay=weight_decay,
-            fused=fused,
-        )
-    raise ConfigError(f"unknown model.optimizer.name {name!r}; use one of {OPTIMIZERS}")
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 def _plain(value: Any) -> Any:
@@ -377,3 +282,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value
+
+
+def shipped_model(**overrides: Any) -> CheXNetModule:
+    """``CheXNetModule`` with conf/model/chexnet.yaml's settings, ``overrides`` merged in as on
+    the command line (``optimizer={"lr": 3e-4}`` changes the rate only). The YAML downloads
+    ImageNet weights (``pretrained: true``); give ``pretrained=False`` for a random network."""
+    from chexnet_pl.shipped import shipped
+
+    return CheXNetModule(**shipped("model", **overrides))
+
+
+def compile_options(backend: str, mode: str) -> dict[str, str]:
+    """``torch.compile``'s options: inductor's ``mode`` unless it is the default; other backends
+    take none."""
+    return {"mode": mode} if backend == "inductor" and mode != "default" else {}

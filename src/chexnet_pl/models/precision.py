@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from chexnet_pl.device import DeviceCaps, detect_caps
 from chexnet_pl.errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "64-true")
@@ -47,23 +48,37 @@ def check_precision(requested: str | int, setting: str = "precision") -> str:
     return name
 
 
-def resolve_precision(requested: str | int, accelerator: str = "auto") -> str:
-    """The precision a run on ``accelerator`` (auto | gpu | cuda | cpu) uses for ``requested``."""
+def resolve_precision(
+    requested: str | int, accelerator: str = "auto", caps: DeviceCaps | None = None
+) -> str:
+    """The precision a run on ``accelerator`` (auto | gpu | cuda | cpu) uses for ``requested``,
+    on a machine that can do ``caps`` (this one when not given)."""
     name = check_precision(requested)
     if name != "auto":
         return name
-    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    caps = caps or detect_caps()
+    if caps.cuda and accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if caps.cuda_bf16 else "16-mixed"
+    return "bf16-mixed" if caps.cpu_bf16 else "32-true"
+
+
+def autocast_dtype(
+    device_type: str, precision: str, caps: DeviceCaps | None = None
+) -> torch.dtype | None:
+    """The autocast dtype of inference on ``device_type`` at ``precision``; None runs fp32
+    (fp16 autocast on a CPU is slower than fp32)."""
+    caps = caps or detect_caps()
+    name = resolve_precision(precision, "cuda" if device_type == "cuda" else "cpu", caps)
+    if name == "bf16-mixed" and device_type == "cuda" and not caps.cuda_bf16:
+        name = "16-mixed"
+    if name == "bf16-mixed":
+        return torch.bfloat16
+    if name == "16-mixed" and device_type == "cuda":
+        return torch.float16
+    return None
 
 
 def autocast_context(device: torch.device, precision: str):
     """Autocast for inference on ``device`` at ``precision`` (resolved for that device)."""
-    name = resolve_precision(precision, "cuda" if device.type == "cuda" else "cpu")
-    if name == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        name = "16-mixed"
-    if name == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if name == "16-mixed" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()  # fp16 autocast on a CPU is slower than fp32: run fp32
+    dtype = autocast_dtype(device.type, precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

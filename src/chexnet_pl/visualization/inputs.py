@@ -17,19 +17,11 @@ from chexnet_pl.visualization.explain import XRay
 
 def image_files(image: str | None, images: str | None) -> list[Path]:
     """``image=`` one file, or ``images=`` a folder's PNG, JPEG and DICOM files (sorted; DICOM by
-    suffix or, for files named without one, by the 'DICM' marker)."""
-    if bool(image) == bool(images):
-        raise DataError("give exactly one of image=path/to/xray.png or images=path/to/folder")
+    suffix or, for files named without one, by the 'DICM' marker). Which one is given, and that
+    it exists, is ``predict.PredictSettings``' to judge."""
     if image:
-        path = Path(image).expanduser()
-        if not path.exists():
-            raise DataError(f"image not found: {path}")
-        if path.is_dir():
-            raise DataError(f"{path} is a folder; use images={path} for a folder")
-        return [path]
+        return [Path(image).expanduser()]
     folder = Path(images).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"images={folder} is not a folder")
     files = sorted(
         p
         for p in folder.iterdir()

@@ -1,0 +1,73 @@
+"""What this machine's devices can do, as plain values.
+
+Every choice that differs on a CUDA GPU (the precision, fused optimizers, where the data loader
+puts its tensors and how it warps them, the cuDNN and matmul flags, free device memory) is made
+by a small function of a ``DeviceCaps``. ``detect_caps()`` reads the real machine; a test on a
+CPU passes a faked one and so drives the CUDA branches without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    cuda: bool  # a CUDA device is visible
+    cuda_bf16: bool  # ... and it computes in bf16 (Ampere and newer)
+    cpu_bf16: bool  # the CPU has native bf16 (AVX512-BF16 or AMX); emulated bf16 is slower
+
+    @property
+    def device(self) -> torch.device:
+        """Where a model goes when nothing says otherwise: the GPU when there is one."""
+        return torch.device("cuda" if self.cuda else "cpu")
+
+
+def detect_caps() -> DeviceCaps:
+    from chexnet_pl.models.precision import cpu_has_fast_bf16
+
+    cuda = torch.cuda.is_available()
+    return DeviceCaps(
+        cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(), cpu_bf16=cpu_has_fast_bf16()
+    )
+
+
+def pin_memory(requested: bool, caps: DeviceCaps) -> bool:
+    """Page-locked host batches only help copies to a GPU."""
+    return bool(requested) and caps.cuda
+
+
+def backend_flags(caps: DeviceCaps) -> dict[str, object]:
+    """Flags a training run sets: cuDNN's autotuner and TF32 matmuls, on CUDA only."""
+    if not caps.cuda:
+        return {}
+    return {"cudnn_benchmark": True, "float32_matmul_precision": "high"}
+
+
+def apply_backend_flags(flags: dict[str, object]) -> None:
+    if "cudnn_benchmark" in flags:
+        torch.backends.cudnn.benchmark = bool(flags["cudnn_benchmark"])
+    if "float32_matmul_precision" in flags:
+        torch.set_float32_matmul_precision(str(flags["float32_matmul_precision"]))
+
+
+def free_memory(
+    device: torch.device, mem_get_info: Callable[[torch.device], tuple[int, int]] | None = None
+) -> int:
+    """Bytes free for new tensors: the GPU's free memory (``torch.cuda.mem_get_info``), or the
+    host's available RAM."""
+    if device.type == "cuda":
+        return int((mem_get_info or torch.cuda.mem_get_info)(device)[0])
+    import os
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -1,0 +1,206 @@
+"""The command line checked before Hydra composes it: a key that is not a setting (``imag=``,
+``data.image_sise=64``), a ``+`` on a key that exists, or a group option that does not exist
+is one line naming the closest valid ones — never Hydra's struct error. ``--check`` composes
+the config as the command would and runs its pre-flight check, without doing any work.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from chexnet_pl.cli import _INSTALLED, CONFIG_MODULE, SOURCE_CONFIG_DIR
+from chexnet_pl.validation import closest, did_you_mean
+
+# `python -m chexnet_pl.import_weights` has no Hydra config.
+ARGPARSE_COMMANDS = ("import-weights",)
+
+
+@contextmanager
+def _hydra() -> Iterator[Any]:
+    """Hydra initialised on the project's configs (the config loader), cleared afterwards."""
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    if _INSTALLED:
+        context = initialize_config_module(CONFIG_MODULE, version_base="1.3")
+    else:
+        context = initialize_config_dir(str(SOURCE_CONFIG_DIR), version_base="1.3")
+    try:
+        with context:
+            yield GlobalHydra.instance().config_loader()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _parse(args: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """(Hydra's parsed overrides, problems): flags such as ``-m`` and ``--cfg job`` set aside."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    known = get_args_parser().parse_args([a for a in args if a != "--check"])  # ours, not Hydra's
+    try:
+        return OverridesParser.create().parse_overrides(known.overrides), []
+    except OverrideParseException as exc:
+        return [], [f"cannot read the command line: {str(exc).splitlines()[0]}"]
+
+
+def _is_group(loader: Any, key: str) -> bool:
+    return "." not in key and loader.repository.group_exists(key)
+
+
+def _choices(override: Any) -> list[Any]:
+    """The values an override gives: one, or each of a choice/range sweep."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # an interval (Optuna) has no list of values
+        return []
+
+
+def _group_problems(loader: Any, override: Any) -> list[str]:
+    group = override.key_or_group
+    options = loader.get_group_options(group)
+    problems = []
+    for value in _choices(override):
+        if value is None or str(value) == "null" or str(value) in options:
+            continue
+        near = closest(str(value), options)
+        hint = f"did you mean {' or '.join(f'{group}={n}' for n in near)}? " if near else ""
+        problems.append(
+            f"{group}={value} is not an option of {group}; {hint}(options: {', '.join(options)})"
+        )
+    return problems
+
+
+def _compose(loader: Any, config_name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose
+
+    return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def _exists(cfg: Any, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if isinstance(node, DictConfig) and part in node.keys():  # `in node` is False for ???
+            node = node._get_node(part)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+    return True
+
+
+def all_keys(cfg: DictConfig, prefix: str = "", sections: bool = True) -> list[str]:
+    """Every dotted key of ``cfg`` (without the sections themselves unless ``sections``)."""
+    keys = []
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            keys.extend([name] if sections else [])
+            keys.extend(all_keys(node, f"{name}.", sections))
+        else:
+            keys.append(name)
+    return keys
+
+
+def check_overrides(command: str, args: Sequence[str]) -> list[str]:
+    """What is wrong with the keys of ``args`` for ``chexnet-<command>`` (empty: nothing)."""
+    if command in ARGPARSE_COMMANDS:
+        return []
+    from hydra.core.object_type import ObjectType
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    overrides, problems = _parse(args)
+    if problems:
+        return problems
+    with _hydra() as loader:
+        groups = [o for o in overrides if _is_group(loader, o.key_or_group)]
+        for override in groups:
+            problems += _group_problems(loader, override)
+        if problems:
+            return problems
+        first = [_first_choice(o) for o in groups]
+        try:
+            cfg = _compose(loader, command.replace("-", "_"), first)
+        except HydraException:
+            return []  # Hydra will say what it is, in its words
+        groups_names = sorted(set(loader.get_group_options("", ObjectType.GROUP)) - {"hydra"})
+    keys = all_keys(cfg, sections=False)
+    for override in overrides:
+        key = override.key_or_group
+        if override in groups:
+            continue
+        exists = _exists(cfg, key)  # a section (model.optimizer) exists too
+        if override.type in (OverrideType.CHANGE, OverrideType.DEL) and not exists:
+            candidates = keys if key.startswith("hydra.") else [
+                k for k in keys if not k.startswith("hydra.")
+            ] + groups_names  # fmt: skip
+            hint = did_you_mean(key, candidates, "=")
+            problems.append(
+                f"{key} is not a setting of chexnet-{command}{hint or ''}"
+                + ("" if hint else f" (see chexnet-{command} --help)")
+                + (f"; +{key}=... adds a new key" if not hint and "." in key else "")
+            )
+        elif override.type is OverrideType.ADD and exists:
+            problems.append(
+                f"{key} is already a setting of chexnet-{command}: give "
+                f"{override.input_line.removeprefix('+')} (no +)"
+            )
+    return problems
+
+
+def _first_choice(override: Any) -> str:
+    """A group override as Hydra reads it, with the first value of a sweep."""
+    choices = _choices(override)
+    value = choices[0] if choices else override.value()
+    prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(override.type.name, "")
+    return f"{prefix}{override.key_or_group}={'null' if value is None else value}"
+
+
+def composed_jobs(command: str, *command_lines: Sequence[str]) -> Iterator[DictConfig]:
+    """The config of each job each command line describes (one, or each of a sweep's jobs),
+    composed as Hydra's run would, with its run folder set; Hydra is initialised once."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with _hydra() as loader:
+        try:
+            for args in command_lines:
+                overrides, problems = _parse(args)
+                if problems:
+                    raise ValueError(problems[0])
+                fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+                sweeps = [[f"{o.key_or_group}={v}" for v in _choices(o)] for o in overrides
+                          if o.is_sweep_override() and _choices(o)]  # fmt: skip
+                for combination in itertools.product(*sweeps):
+                    cfg = _compose(loader, command.replace("-", "_"), [*fixed, *combination])
+                    with open_dict(cfg):
+                        run_dir = OmegaConf.select(
+                            cfg, "hydra.run.dir", throw_on_resolution_failure=False
+                        )
+                        cfg.hydra.runtime.output_dir = str(run_dir or "outputs/check")
+                        cfg.hydra.job.num = 0
+                    HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
+                    yield cfg
+        finally:
+            HydraConfig.instance().cfg = None
+
+
+def check_settings(command: str, args: Sequence[str]) -> str:
+    """``--check``: every job's config through the command's pre-flight check."""
+    from chexnet_pl.settings import preflight
+
+    count = 0
+    for cfg in composed_jobs(command, args):
+        preflight(command, cfg)
+        count += 1
+    return f"{count} job(s) checked" if count != 1 else "checked, nothing run"

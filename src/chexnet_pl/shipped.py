@@ -1,0 +1,80 @@
+"""The shipped defaults, read from the YAML files of ``conf/``: the one place they are written.
+
+Commands get them from Hydra. Code that builds a component in Python (a checkpoint written
+before a setting existed, a test, a benchmark) asks for them here instead of restating them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from chexnet_pl.cli import config_dir
+
+# Keys of a `_target_` section that are instructions to Hydra, not settings.
+HYDRA_KEYS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_")
+
+
+@functools.cache
+def _train_root() -> dict[str, Any]:
+    """train.yaml's own values (seed, include_no_finding, test, ...) and its default options."""
+    root = OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml"))
+    options = {}
+    for entry in root.pop("defaults"):
+        if isinstance(entry, dict):
+            options.update(entry)
+    root.pop("hydra", None)
+    return {"values": root, "options": options}
+
+
+def default_option(group: str) -> str:
+    """The option train.yaml picks for ``group`` (``data`` → ``nih``)."""
+    return str(_train_root()["options"][group])
+
+
+def shipped(section: str, option: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """``conf/<section>/<option>.yaml`` (default: train.yaml's option) as plain values,
+    ``overrides`` merged in as a Hydra override would be (nested mappings merge key by key).
+    Interpolations resolve against train.yaml's values; ``${paths.*}`` (Hydra's run folder) is
+    None outside a run."""
+    node = OmegaConf.load(config_dir() / section / f"{option or default_option(section)}.yaml")
+    root = OmegaConf.create(
+        {**_train_root()["values"], "paths": {"output_dir": None, "cache_dir": None}}
+    )
+    root[section] = node
+    merged = OmegaConf.merge(root, {section: _plain(overrides)})
+    values = OmegaConf.to_container(merged[section], resolve=True)
+    return {k: v for k, v in values.items() if k not in HYDRA_KEYS}
+
+
+def _plain(value: Any) -> Any:
+    """Values OmegaConf can hold (paths as text, tuples as lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+@functools.cache
+def _data_configs() -> dict[str, str]:
+    """``_target_`` → the ``conf/data`` option that configures it (``data=<option>``)."""
+    found = {}
+    for path in sorted((config_dir() / "data").glob("*.yaml")):
+        target = OmegaConf.load(path).get("_target_")
+        if target and target not in found:
+            found[target] = path.stem
+    return found
+
+
+def shipped_data(target: str, **overrides: Any) -> dict[str, Any]:
+    """The shipped settings of the data module ``target`` (its ``conf/data`` file), with
+    ``overrides``; empty when no shipped config builds it."""
+    option = _data_configs().get(target)
+    if option is None:
+        return dict(overrides)
+    return shipped("data", option=option, **overrides)

@@ -1,0 +1,185 @@
+"""How a component judges its own settings: every problem found, then raised together.
+
+Each component (the data module, the optimizer and scheduler settings, evaluation, callbacks,
+each command's settings) checks the values it is given with a ``Problems`` collector in its
+constructor or settings dataclass, and raises one ``ConfigError`` listing them all. The
+pre-flight check (``chexnet_pl.settings``) builds those components as a dry run, so what it
+reports is what the component itself would say. No torch here: ``--help`` and the command-line
+check of mistyped keys import this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chexnet_pl.errors import ConfigError, shown
+
+T = TypeVar("T")
+# How alike a mistyped word and a candidate must be to be offered (difflib's ratio).
+CLOSE = 0.75
+
+
+def closest(word: str, candidates: Iterable[str], count: int = 3) -> list[str]:
+    """The candidates that look most like ``word`` (a mistyped key or value), best first. A
+    dotted key is compared with its siblings by its last part first (``data.imag_size`` →
+    ``data.image_size``, not every ``data.*`` that shares the prefix)."""
+    candidates = list(dict.fromkeys(str(c) for c in candidates))
+    if "." in word:
+        parent, tail = word.rsplit(".", 1)
+        siblings = {c.rsplit(".", 1)[1]: c for c in candidates if c.rsplit(".", 1)[0] == parent
+                    and "." in c}  # fmt: skip
+        near = difflib.get_close_matches(tail, list(siblings), n=count, cutoff=CLOSE)
+        if near:
+            return [siblings[name] for name in near]
+    return difflib.get_close_matches(word, candidates, n=count, cutoff=CLOSE)
+
+
+def did_you_mean(word: str, candidates: Iterable[str], suffix: str = "") -> str:
+    """``"; did you mean image=?"`` (or nothing when no candidate is close)."""
+    found = closest(word, candidates)
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(f"{name}{suffix}" for name in found) + "?"
+
+
+class Problems:
+    """Collects what is wrong with one component's settings, each named with its full key."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.messages: list[str] = []
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def extend(self, error: ConfigError) -> None:
+        self.messages.extend(error.problems)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+    def raise_if_any(self) -> None:
+        if self.messages:
+            raise ConfigError(*self.messages)
+
+    def choice(self, name: str, value: Any, allowed: Iterable[Any]) -> bool:
+        allowed = tuple(allowed)
+        if any(_same(value, option) for option in allowed):
+            return True
+        found = closest(value, [str(a) for a in allowed]) if isinstance(value, str) else []
+        hint = f" (did you mean {' or '.join(found)}?)" if found else ""
+        self.add(
+            f"{self.key(name)}={shown(value)} is not a valid setting; use one of: "
+            + ", ".join(str(a) for a in allowed)
+            + hint
+        )
+        return False
+
+    def flag(self, name: str, value: Any) -> bool:
+        if isinstance(value, bool):
+            return True
+        self.add(f"{self.key(name)}={shown(value)} is not true or false")
+        return False
+
+    def text(self, name: str, value: Any, *, optional: bool = False) -> bool:
+        if (optional and value is None) or (isinstance(value, str) and value):
+            return True
+        self.add(f"{self.key(name)}={shown(value)}: give a non-empty text")
+        return False
+
+    def path(self, name: str, value: Any, kind: str = "file", *, optional: bool = True) -> bool:
+        """An existing file (or folder, ``kind="folder"``); None passes when ``optional``."""
+        if optional and value is None:
+            return True
+        if not self.text(name, value):
+            return False
+        found = Path(value).expanduser()
+        if found.is_file() if kind == "file" else found.is_dir():
+            return True
+        self.add(f"{self.key(name)}={value} is not a {kind}" + (
+            "" if found.exists() or kind == "folder" else " (no such file)"
+        ))  # fmt: skip
+        return False
+
+    def number(
+        self,
+        name: str,
+        value: Any,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        exclusive: bool = False,
+        integer: bool = False,
+        optional: bool = False,
+    ) -> bool:
+        """A number (a whole one if ``integer``) in [minimum, maximum] (open if ``exclusive``);
+        None passes when ``optional``."""
+        if optional and value is None:
+            return True
+        kind = "a whole number" if integer else "a number"
+        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type:
+            self.add(f"{self.key(name)}={shown(value)} is not {kind}")
+            return False
+        low_bad = minimum is not None and (value <= minimum if exclusive else value < minimum)
+        high_bad = maximum is not None and (value >= maximum if exclusive else value > maximum)
+        if low_bad or high_bad:
+            low = "-inf" if minimum is None else shown(minimum)
+            high = "inf" if maximum is None else shown(maximum)
+            left, right = ("(", ")") if exclusive else ("[", "]")
+            self.add(
+                f"{self.key(name)}={shown(value)} is out of range; use {kind} in "
+                f"{left}{low}, {high}{right}"
+            )
+            return False
+        return True
+
+    def unknown_keys(self, given: Iterable[str], known: Iterable[str]) -> list[str]:
+        """Keys of ``given`` that are not settings, each with the closest ones named."""
+        known = list(known)
+        unknown = [key for key in given if key not in known]
+        for key in unknown:
+            near = closest(key, known)
+            hint = f"; did you mean {' or '.join(self.key(k) for k in near)}?" if near else ""
+            listing = f"; {self.prefix or 'the command'} has: {', '.join(known)}"
+            self.add(f"{self.key(key)} is not a setting{hint or listing}")
+        return unknown
+
+
+def _same(value: Any, option: Any) -> bool:
+    """Equal, and both or neither a bool (``1`` is not ``true``)."""
+    return isinstance(value, bool) == isinstance(option, bool) and value == option
+
+
+def settings_from(cls: type[T], section: Mapping[str, Any] | None, prefix: str) -> T:
+    """``cls(**section)`` for a settings dataclass, whose ``__post_init__`` judges the values;
+    unknown and missing keys are reported with them, in one ``ConfigError``."""
+    values = dict(section or {})
+    problems = Problems(prefix)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in problems.unknown_keys(values, names):
+        del values[key]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in values]
+    for name in missing:
+        problems.add(f"{problems.key(name)} is not given")
+    if missing:
+        problems.raise_if_any()
+    try:
+        settings = cls(**values)
+    except ConfigError as exc:
+        problems.extend(exc)
+        problems.raise_if_any()
+    problems.raise_if_any()
+    return settings

@@ -1,0 +1,139 @@
+"""The commands as a user meets them: ``--help`` describes the command itself, ``--check`` judges
+every setting without doing any work, and mistakes end in one line and exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from chexnet_pl.cli import config_dir, run_command
+from chexnet_pl.command_help import command_help, yaml_settings
+
+COMMANDS = ["train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
+            "export", "serve"]  # fmt: skip
+BIN = Path(sys.executable).parent
+
+
+def help_text(command: str) -> str:
+    return command_help(command, f"chexnet_pl.{command}", config_dir(), command)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_describes_the_command_with_examples_and_its_own_settings(command):
+    text = help_text(command)
+    assert text.startswith(f"chexnet-{command}: ")
+    examples = [
+        line for line in text.splitlines() if line.strip().startswith(f"chexnet-{command} ")
+    ]
+    assert 2 <= len(examples) <= 3, examples
+    own, _ = yaml_settings(config_dir() / f"{command}.yaml")
+    for setting in own:
+        if setting.key == "task_name":
+            continue
+        assert f"  {setting.key}" in text, setting.key
+        if setting.comment:
+            assert setting.comment.split()[0] in text, setting
+    if command != "train":  # train's groups belong to train
+        assert "experiment=" not in text.split("\n\n", 2)[-1] and "trainer=" not in text
+
+
+def test_train_help_lists_its_groups_and_sections():
+    text = help_text("train")
+    assert "experiment=alexnet|convnext|demo|densenet|densenet121" in text
+    assert "trainer=auto|cpu|ddp|gpu  (default: auto)" in text
+    for key in ("data.num_workers=auto", "model.optimizer.lr=1.0e-3", "evaluation.calibrate=none"):
+        assert f"  {key}" in text
+
+
+def test_the_help_of_a_comment_is_its_yaml_comment():
+    """A key's comment on its line, or the comment lines just above it."""
+    settings = {s.key: s for s in yaml_settings(config_dir() / "data" / "nih.yaml")[0]}
+    assert settings["view_position"].comment == "all | PA | AP"
+    assert settings["cache"].comment.startswith("Pre-resized image cache from `chexnet-prepare")
+    assert settings["split.method"].value == "official"
+
+
+def test_help_and_check_are_answered_before_hydra(capsys, nih_sample, monkeypatch):
+    def hydra_main():
+        raise AssertionError("Hydra's main ran")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("predict", hydra_main, ["--help"])
+    assert exit_info.value.code == 0 and "chexnet-predict: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, ["experiment=densenet121", f"data.root={nih_sample}",
+                                          "--check"])  # fmt: skip
+    assert exit_info.value.code == 0
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, ["data.image_sise=64"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, ["data.root=/nonexistent", "--check"])
+    assert exit_info.value.code == 2
+
+
+# -- the installed commands, as processes ------------------------------------------------------
+def run(*args: str, cwd: Path = REPO, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_help_of_every_command_imports_no_torch():
+    """``--help`` reads text only: no torch, no Lightning (seconds saved on every call)."""
+    for command in [*COMMANDS, "import_weights"]:
+        probe = (
+            "import sys; sys.argv = ['x', '--help']\n"
+            f"from chexnet_pl.{command} import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"
+            "heavy = [m for m in ('torch', 'pytorch_lightning', 'pandas') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n"
+        )
+        result = run(sys.executable, "-c", probe)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "HEAVY []" in result.stdout, (command, result.stdout[-300:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chexnet-predict", "imag=x.png"], "imag is not a setting of chexnet-predict; did you "
+                                            "mean image="),
+        (["chexnet-train", "data.image_sise=64"], "did you mean data.image_size=?"),
+        (["chexnet-train", "+data.image_sise=64", "data.root=NIH"], "data.image_sise is not a "
+                                                                   "setting; did you mean "
+                                                                   "data.image_size?"),
+        (["chexnet-train", "data.root=/nonexistent"], "data.root=/nonexistent is not a folder"),
+        (["chexnet-train", "experiment=densenet121"], "required setting not given: data.root"),
+        (["chexnet-predict", "image=x.png"], "required setting not given: ckpt"),
+        (["chexnet-train", "experiment=demo", "data.root=NIH", "evaluation.tta=hflp"],
+         "evaluation.tta='hflp' is not a valid setting"),
+    ],
+)  # fmt: skip
+def test_a_mistake_is_one_line_and_exit_status_2(args, message, nih_sample, tmp_path):
+    args = [str(BIN / args[0]), *(a.replace("NIH", str(nih_sample)) for a in args[1:])]
+    result = run(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert message in output, output[-2000:]
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "Traceback" not in output, output[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_runs_the_shipped_defaults_on_the_cpu(tmp_path):
+    """``benchmarks/gpu.py --smoke --device cpu``: what a lent GPU runs first, here with
+    ``trainer=cpu``: train one epoch from a 64-image cache, test evaluation, a predict."""
+    result = run(sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke", "--device", "cpu",
+                 "--out", str(tmp_path), timeout=900)  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for stage in ("release + prepare", "train 1 epoch + test evaluation", "predict"):
+        assert stage in result.stdout
+    assert "4 images →" in result.stdout and (tmp_path / "smoke" / "train" / "aucs.csv").is_file()

@@ -1,0 +1,203 @@
+"""The shipped configurations are tests: every recipe, trainer, logger and sweep composed from
+the shipped files with only ``data.root`` given (``--check`` does the same), and every other
+command's config, pass the pre-flight check; each recipe trains (slow tier)."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, random_checkpoint
+
+from chexnet_pl.errors import ConfigError
+from chexnet_pl.overrides import check_overrides, composed_jobs
+from chexnet_pl.settings import preflight
+
+CONF = REPO / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+EXPERIMENTS = options("experiment")
+TRAINERS = options("trainer")
+LOGGERS = options("logger")
+SEARCHES = [None, *options("hparams_search")]
+
+
+def test_the_matrix_is_what_ships():
+    """The groups this file crosses are the shipped ones (a new file is crossed too)."""
+    assert {"auto", "cpu", "gpu", "ddp"} <= set(TRAINERS) and len(EXPERIMENTS) >= 10
+    assert {"csv", "tensorboard", "wandb"} <= set(LOGGERS) and len(SEARCHES) >= 3
+
+
+@pytest.fixture(scope="module")
+def start_checkpoint(tmp_path_factory) -> Path:
+    """What ``experiment=retrain`` needs; the pre-flight check reads no weights."""
+    path = tmp_path_factory.mktemp("start") / "best.ckpt"
+    path.write_bytes(b"not read by the check")
+    return path
+
+
+def train_args(experiment: str, root: Path, start: Path) -> list[str]:
+    """The command line of a user: a recipe and the data (and the run ``retrain`` starts from)."""
+    args = [f"experiment={experiment}", f"data.root={root}"]
+    return args + ([f"init_from={start}"] if experiment == "retrain" else [])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_training_config_passes_the_preflight_check(
+    experiment, nih_sample, start_checkpoint
+):
+    """Each trainer × logger × sweep with this recipe, as ``chexnet-train ... --check`` runs it."""
+    assert check_overrides("train", train_args(experiment, nih_sample, start_checkpoint)) == []
+    command_lines = [
+        [*train_args(experiment, nih_sample, start_checkpoint), f"trainer={trainer}",
+         f"logger={logger}", *([f"hparams_search={search}"] if search else [])]
+        for trainer, logger, search in itertools.product(TRAINERS, LOGGERS, SEARCHES)
+    ]  # fmt: skip
+    checked = 0
+    for cfg in composed_jobs("train", *command_lines):
+        preflight("train", cfg)
+        checked += 1
+    assert checked == len(TRAINERS) * len(LOGGERS) * len(SEARCHES)
+
+
+def test_the_paper_recipe_keeps_the_shipped_worker_count(nih_sample):
+    """``data.num_workers: auto`` as shipped reaches the data module (issue 19's defect)."""
+    from hydra.utils import instantiate
+
+    for cfg in composed_jobs("train", ["experiment=densenet121", f"data.root={nih_sample}"]):
+        assert cfg.data.num_workers == "auto"
+        preflight("train", cfg)
+        assert instantiate(cfg.data).num_workers >= 0
+
+
+def check(command: str, args: list[str]) -> int:
+    """``chexnet-<command> <args> --check``, in this process: how many jobs were checked."""
+    jobs = 0
+    for cfg in composed_jobs(command, args):  # Hydra's run settings hold while a job is checked
+        preflight(command, cfg)
+        jobs += 1
+    return jobs
+
+
+def test_retrain_names_what_it_requires(nih_sample):
+    with pytest.raises(ConfigError, match=r"init_from is required by experiment=retrain"):
+        check("train", ["experiment=retrain", f"data.root={nih_sample}"])
+
+
+@pytest.fixture(scope="module")
+def command_inputs(tmp_path_factory, nih_sample) -> dict[str, list[str]]:
+    """Each command's shipped config with the settings it cannot run without (as its --help
+    examples give them); the check reads no checkpoint, image or archive."""
+    folder = tmp_path_factory.mktemp("inputs")
+    ckpt = folder / "best.ckpt"
+    ckpt.write_bytes(b"not read by the check")
+    image = next((nih_sample / "images").glob("*.png"))
+    return {
+        "evaluate": [f"ckpt={ckpt}"],
+        "predict": [f"ckpt={ckpt}", f"image={image}"],
+        "visualize": [f"ckpt={ckpt}", "label=Infiltration"],
+        "localize": [f"ckpt={ckpt}", f"data.root={nih_sample}"],
+        "export": [f"ckpt={ckpt}"],
+        "serve": [f"ckpt={ckpt}"],
+        "prepare": [f"root={nih_sample}"],
+        "download": [f"root={folder / 'nih'}"],
+    }
+
+
+COMMANDS = ["evaluate", "predict", "visualize", "localize", "export", "serve", "prepare",
+            "download"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_config_passes_the_preflight_check(command, command_inputs):
+    args = command_inputs[command]
+    assert check_overrides(command, args) == []
+    assert check(command, args) == 1
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_command_without_its_required_settings_names_them(command):
+    with pytest.raises(ConfigError) as error:
+        check(command, [])
+    assert all(p.startswith(("required setting not given:", "give ")) for p in error.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("predict", ["imag=x.png"], "imag is not a setting of chexnet-predict; did you mean image="),
+        ("train", ["data.image_sise=64"], "data.image_sise is not a setting of chexnet-train; "
+                                          "did you mean data.image_size=?"),
+        ("train", ["+data.image_size=64"], "data.image_size is already a setting of chexnet-train: "
+                                           "give data.image_size=64 (no +)"),
+        ("train", ["experimant=demo"], "experimant is not a setting of chexnet-train; did you "
+                                       "mean experiment=?"),
+        ("train", ["experiment=densnet121"], "experiment=densnet121 is not an option of "
+                                             "experiment; did you mean experiment=densenet121"),
+        ("train", ["-m", "experiment=demo,resnt"], "experiment=resnt is not an option"),
+        ("train", ["trainer.max_epoch=1"], "did you mean trainer.max_epochs=?"),
+        ("evaluate", ["evaluation.bootstrap_sample=10"], "did you mean "
+                                                          "evaluation.bootstrap_samples="),
+        ("train", ["hydra.run.dri=x"], "did you mean hydra.run.dir=?"),
+        ("prepare", ["~size"], None),
+        ("prepare", ["~sise"], "sise is not a setting of chexnet-prepare; did you mean size=?"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_key_names_the_closest_ones(command, args, message):
+    problems = check_overrides(command, args)
+    if message is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_an_added_key_is_judged_by_its_component(nih_sample):
+    """``+data.image_sise=64`` is a new key to Hydra: the data module names the one it meant."""
+    args = [f"data.root={nih_sample}", "+data.image_sise=64"]
+    assert check_overrides("train", args) == []
+    with pytest.raises(ConfigError, match=r"^data.image_sise is not a setting; did you mean "
+                                          r"data.image_size\?$"):  # fmt: skip
+        check("train", args)
+
+
+# -- slow tier: every recipe trains, with its shipped values --------------------------------
+@pytest.fixture(scope="module")
+def retrain_start(tmp_path_factory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("retrain") / "best.ckpt", image_size=224)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_recipe_trains_two_batches_with_its_shipped_values(
+    experiment, nih_sample, retrain_start, tmp_path, monkeypatch
+):
+    """The recipe as shipped on the real sample, with only ``model.pretrained=false`` (no
+    downloads in tests; ``retrain``: its ``init_from``). The trainer limits are not recipe
+    values: they make a 20-epoch recipe one epoch of 2 batches (validation and test whole), so
+    ten recipes take minutes, not days, on 2 cores."""
+    from conftest import compose_train_config
+
+    from chexnet_pl.train import train
+
+    monkeypatch.setenv("CHEXNET_CACHE", str(tmp_path / "cache"))  # the demo writes its data there
+    args = [f"experiment={experiment}", "model.pretrained=false"]
+    if experiment != "demo":  # the demo's data is its own synthetic set (as `make demo` runs it)
+        args.append(f"data.root={nih_sample}")
+    if experiment == "retrain":
+        args.append(f"init_from={retrain_start}")
+    limits = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
+    cfg = compose_train_config(tmp_path / "run", [*args, *limits])
+    metrics, objects = train(cfg)
+    trainer = objects["trainer"]
+    # the sample's 38 training images are fewer than 2 batches of 32 or 64 (drop_last): then 1
+    assert trainer.global_step == min(2, trainer.num_training_batches) >= 1
+    assert trainer.state.finished
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "run" / "aucs.csv").is_file()  # the shipped test=true evaluation ran
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
