@@ -26,6 +26,7 @@ import pandas as pd
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.mimic import MimicCxrDataModule
 from chexnet_pl.data.uncertainty import CHEXPERT_LABELS
+from chexnet_pl.shipped import shipped_data
 
 REPO = Path(__file__).resolve().parents[1]
 MIMIC_SIZE = {"images": 377_110, "studies": 227_827, "subjects": 65_379}
@@ -90,14 +91,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         base, _ = timed(lambda: pd.read_csv(args.chexpert))
-        chexpert = CheXpertDataModule(root=str(folder), csv=str(args.chexpert),
-                                      split={"method": "patient"}, num_workers=0)  # fmt: skip
+        chexpert = CheXpertDataModule(**shipped_data(
+            "chexnet_pl.data.chexpert.CheXpertDataModule", root=str(folder), csv=str(args.chexpert),
+            split={"method": "patient"}, num_workers=0))  # fmt: skip
         project, images = timed(chexpert.read_labels)
         rows.append(("CheXpert train.csv (real)", len(images.table), base, project))
 
         generated = mimic_tables(folder)
         base, _ = timed(lambda: [pd.read_csv(p) for p in generated if "negbio" not in p.name])
-        mimic = MimicCxrDataModule(root=str(folder), num_workers=0)
+        mimic = MimicCxrDataModule(**shipped_data("chexnet_pl.data.mimic.MimicCxrDataModule", root=str(folder), num_workers=0))  # fmt: skip
         project, images = timed(mimic.read_labels)
         rows.append(("MIMIC-CXR-JPG tables (generated)", len(images.table), base, project))
     print(f"\n{'tables':<34}{'images kept':>12}{'pandas read (s)':>17}{'data module (s)':>17}"

@@ -20,13 +20,16 @@ from chexnet_pl.data.uncertainty import (
     labeller_values,
     ordered_labels,
 )
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ChexnetError, DataError
+from chexnet_pl.shipped import shipped_data
+
+TARGET = "chexnet_pl.data.chexpert.CheXpertDataModule"
 
 SETTINGS = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache": "off"}
 
 
 def datamodule(root: Path, **overrides) -> CheXpertDataModule:
-    dm = CheXpertDataModule(root=str(root), **{**SETTINGS, **overrides})
+    dm = CheXpertDataModule(**shipped_data(TARGET, root=str(root), **{**SETTINGS, **overrides}))
     dm.setup()
     return dm
 
@@ -212,8 +215,8 @@ def test_settings_are_checked_where_they_are_used(chexpert_root):
         ({"split": {"valid_csv": "train"}}, r"data.split.valid_csv='train'"),
         ({"not_mentioned": "zero"}, r"data.not_mentioned='zero'"),
     ]:
-        with pytest.raises(DataError, match=message):
-            CheXpertDataModule(root=str(chexpert_root), **bad)
+        with pytest.raises(ChexnetError, match=message):
+            CheXpertDataModule(**shipped_data(TARGET, root=str(chexpert_root), **bad))
     with pytest.raises(DataError, match=r"no valid.csv at .*data.split.method=patient"):
         datamodule(chexpert_root, valid_csv=str(chexpert_root / "nowhere.csv"))
 

@@ -352,6 +352,7 @@ def test_a_huge_declared_rle_image_is_refused_before_decoding(tmp_path, caplog):
     assert not [r for r in caplog.records if r.exc_info]  # nothing decoded, nothing logged
 
 
+@pytest.mark.slow
 def test_a_failing_decoder_logs_no_traceback(tmp_path):
     """pydicom's decoders log every failing plugin with its traceback at ERROR; while the project
     reads a file, that record is kept at DEBUG and the error is said once, by the project."""

@@ -344,6 +344,7 @@ def test_the_command_writes_expert_aucs_and_refuses_a_bad_table(google_csv, nih_
     )
 
 
+@pytest.mark.slow
 def test_expert_table_and_aurocs_go_to_wandb(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     truth = label_index(read_data_entry(synthetic_root / "Data_Entry_2017_v2020.csv"))

@@ -203,6 +203,7 @@ def resnet_checkpoint(tmp_path_factory) -> Path:
     return random_checkpoint(tmp_path_factory.mktemp("resnet") / "best.ckpt", "resnet18", SIZE)
 
 
+@pytest.mark.slow
 def test_an_unwritable_destination_stops_before_any_work(resnet_checkpoint, tmp_path, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the destination was checked")

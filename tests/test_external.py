@@ -9,14 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config, random_checkpoint
+from conftest import compose_config, make_model, random_checkpoint
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.nih_table import PAPER_AUROC, class_names
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.evaluate import evaluate
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.shipped import shipped_data
+
+CHEXPERT = "chexnet_pl.data.chexpert.CheXpertDataModule"
 
 SHARED = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia",
           "Pneumothorax"]  # fmt: skip
@@ -89,14 +91,15 @@ def test_the_label_map_is_a_setting(tmp_path, nih_run, chexpert_root):
     table = pd.read_csv(out / "aucs.csv", index_col=0)
     assert "Effusion" not in table.index and "Mean (6 findings)" in table.index
     with pytest.raises(
-        DataError, match=r"another dataset \(CheXpertDataModule\) needs its folder: give data.root="
+        ChexnetError,
+        match=r"another dataset \(CheXpertDataModule\) needs its folder: give data.root=",
     ):
         evaluate(compose_config("evaluate", out, f"ckpt={nih_run}", "data=chexpert", *QUICK))
 
 
 def test_a_chexpert_checkpoint_evaluates_on_nih(tmp_path, synthetic_root, chexpert_root):
-    names = CheXpertDataModule(root=str(chexpert_root)).pathologies
-    model = CheXNetModule(backbone="resnet18", class_names=names)
+    names = CheXpertDataModule(**shipped_data(CHEXPERT, root=str(chexpert_root))).pathologies
+    model = make_model(backbone="resnet18", class_names=names)
     path = tmp_path / "run" / "checkpoints" / "best.ckpt"
     path.parent.mkdir(parents=True)
     data = {"_target_": "chexnet_pl.data.chexpert.CheXpertDataModule", "root": str(chexpert_root),
@@ -119,7 +122,9 @@ def test_a_chexpert_checkpoint_evaluates_on_nih(tmp_path, synthetic_root, chexpe
 
 
 def test_predictions_are_scored_against_any_dataset(tmp_path, chexpert_root):
-    dm = CheXpertDataModule(root=str(chexpert_root), num_workers=0, cache="off")
+    dm = CheXpertDataModule(
+        **shipped_data(CHEXPERT, root=str(chexpert_root), num_workers=0, cache="off")
+    )
     images = dm.read_labels()
     test = images.table["split"] == "test"
     rng = np.random.default_rng(0)
@@ -162,8 +167,8 @@ def test_a_chexpert_checkpoints_labels_reach_predictions_heat_maps_and_serving(
     from chexnet_pl.predict import predict
     from chexnet_pl.serving.backends import load_backend
 
-    names = CheXpertDataModule(root=str(chexpert_root)).pathologies
-    model = CheXNetModule(backbone="resnet18", class_names=names)
+    names = CheXpertDataModule(**shipped_data(CHEXPERT, root=str(chexpert_root))).pathologies
+    model = make_model(backbone="resnet18", class_names=names)
     path = tmp_path / "run" / "checkpoints" / "best.ckpt"
     path.parent.mkdir(parents=True)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),

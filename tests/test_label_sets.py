@@ -4,22 +4,25 @@ left out of every metric; NIH's finding list known only to NIH's code; pooled da
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_model
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.calibration import calibration_table
 from chexnet_pl.evaluation.report import choose_threshold, score_predictions
-from chexnet_pl.evaluation.subgroups import Subgroups, score_subgroups
+from chexnet_pl.evaluation.runner import EvaluationSettings
+from chexnet_pl.evaluation.subgroups import score_subgroups
 from chexnet_pl.labels import match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC
-from chexnet_pl.models.module import CheXNetModule
+from chexnet_pl.shipped import shipped_data
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 NIH_CODE = {"data/nih_table.py", "data/nih.py", "data/synthetic.py"}
@@ -56,7 +59,7 @@ def test_label_lists_match_merge_and_relabel():
 
 
 def test_a_missing_label_is_masked_in_the_loss():
-    model = CheXNetModule(backbone="alexnet", class_names=["A", "B", "No Finding"])
+    model = make_model(backbone="alexnet", class_names=["A", "B", "No Finding"])
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.7, -2.0]])
     labels = torch.tensor([[1.0, float("nan"), 0.0], [float("nan"), 1.0, 1.0]])
     known = ~torch.isnan(labels)
@@ -114,7 +117,7 @@ def test_subgroups_leave_unlabelled_images_out():
     meta = pd.DataFrame({"Patient Gender": np.where(np.arange(300) % 2, "M", "F")},
                         index=[f"{i}.png" for i in range(300)])  # fmt: skip
     result = score_subgroups(scores, masked, np.arange(300), meta, names, [0.5] * 3,
-                             Subgroups(("sex",), min_images=1, min_positives=1, underdiagnosis_threshold="youden"), 0)  # fmt: skip
+                             dataclasses.replace(EvaluationSettings.from_config(None).subgroup_spec, attributes=("sex",), min_images=1, min_positives=1, underdiagnosis_threshold="youden"), 0)  # fmt: skip
     row = result.table.query("subgroup == 'F' and finding == 'A'").iloc[0]
     women = (np.arange(300) % 2 == 0) & ~np.isnan(masked[:, 0])
     assert row["auroc"] == pytest.approx(roc_auc_score(masked[women, 0], scores[women, 0]))
@@ -131,7 +134,8 @@ def test_pooled_datasets_share_one_label_set(synthetic_root, chexpert_root):
         "chexpert": {"_target_": "chexnet_pl.data.chexpert.CheXpertDataModule",
                      "root": str(chexpert_root)},
     }  # fmt: skip
-    dm = PooledDataModule(datasets, LABEL_MAP, image_size=32, num_workers=0, batch_size=4)
+    dm = PooledDataModule(**shipped_data("chexnet_pl.data.pooled.PooledDataModule", datasets=datasets,
+        label_map=LABEL_MAP, image_size=32, num_workers=0, batch_size=4))  # fmt: skip
     dm.setup()
     assert len(dm.pathologies) == 21 and dm.pathologies[-1] == "No Finding"
     assert "Pleural Effusion" not in dm.pathologies and "Effusion" in dm.pathologies
@@ -184,10 +188,10 @@ def test_fine_tuning_on_another_label_set_starts_a_new_head(tmp_path):
     from chexnet_pl.data.uncertainty import ordered_labels
     from chexnet_pl.models.init_from import init_from_checkpoint
 
-    source = CheXNetModule(backbone="alexnet", class_names=class_names(False))  # 14 NIH findings
+    source = make_model(backbone="alexnet", class_names=class_names(False))  # 14 NIH findings
     path = tmp_path / "nih.ckpt"
     torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, path)
-    target = CheXNetModule(backbone="alexnet", class_names=ordered_labels(True))  # 14 CheXpert
+    target = make_model(backbone="alexnet", class_names=ordered_labels(True))  # 14 CheXpert
     before = target.net.classifier.weight.detach().clone()
     init_from_checkpoint(target, path)
     assert torch.equal(target.net.classifier.weight, before)  # same shape, other labels: not copied

@@ -24,12 +24,15 @@ from chexnet_pl.data.mimic import MimicCxrDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.uncertainty import ordered_labels
 from chexnet_pl.errors import DataError
+from chexnet_pl.shipped import shipped_data
+
+TARGET = "chexnet_pl.data.mimic.MimicCxrDataModule"
 
 SETTINGS = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache": "off"}
 
 
 def datamodule(root: Path, **overrides) -> MimicCxrDataModule:
-    dm = MimicCxrDataModule(root=str(root), **{**SETTINGS, **overrides})
+    dm = MimicCxrDataModule(**shipped_data(TARGET, root=str(root), **{**SETTINGS, **overrides}))
     dm.setup()
     return dm
 
@@ -140,7 +143,7 @@ def test_unlabelled_studies_are_left_out_and_said(tmp_path, mimic_root, caplog):
     assert labels["study_id"].iloc[0] not in set(dm.table["study_id"])
     assert "have no row in mimic-cxr-2.0.0-chexpert.csv.gz (no labels): left out" in caplog.text
     with pytest.raises(DataError, match=r"data.labeller='chexbert'"):
-        MimicCxrDataModule(root=str(root), labeller="chexbert")
+        MimicCxrDataModule(**shipped_data(TARGET, root=str(root), labeller="chexbert"))
 
 
 def test_missing_images_stop_the_run_or_are_skipped(tmp_path, mimic_root):

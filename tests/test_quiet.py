@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from conftest import make_model
 from lightning_fabric.utilities.rank_zero import rank_zero_info
 from pytorch_lightning.utilities.model_summary import summarize
 
 from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
 from chexnet_pl.data.nih_table import class_names
-from chexnet_pl.models.module import CheXNetModule
 
 
 def test_lightning_tips_are_dropped_and_other_lines_kept(caplog):
@@ -21,7 +21,7 @@ def test_lightning_tips_are_dropped_and_other_lines_kept(caplog):
 
 
 def test_model_summary_without_zero_flops(caplog):
-    summary = summarize(CheXNetModule(backbone="resnet18", class_names=class_names()), max_depth=1)
+    summary = summarize(make_model(backbone="resnet18", class_names=class_names()), max_depth=1)
     with caplog.at_level(logging.INFO):
         ParameterSummary.summarize(
             summary._get_summary_data(), summary.total_parameters, summary.trainable_parameters,

@@ -34,6 +34,13 @@ README = REPO / "README.md"
 BIN = Path(sys.executable).parent
 COMMAND = re.compile(r"^(?:\.venv/bin/)?(chexnet-[a-z-]+|python -m chexnet_pl\.\w+|make)\b")
 NIH = "/data/nih"  # the README's download folder
+# The README's other data folders → the workspace's (longest first: one may hold another's name).
+PLACES = {
+    "/data/mimiciv/hosp/patients.csv.gz": "mimic_patients.csv.gz",
+    "/data/mimic-cxr-jpg/2.0.0": "mimic",
+    "/data/chexpert": "chexpert",
+    NIH: "nih",
+}
 RUN = "outputs/train/2026-12-01/09-30-00"  # the README's training run
 EVALUATION = "outputs/evaluate/2026-12-01/10-00-00"  # the README's evaluation
 # Programs (or make targets) that run as dry runs, and why.
@@ -108,8 +115,11 @@ def test_every_readme_command_names_settings_that_exist(command):
 
 # -- running them ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, nih_sample) -> Path:
-    """A folder where the README's paths exist, built from the real NIH sample."""
+def workspace(tmp_path_factory, nih_sample, chexpert_train_csv) -> Path:
+    """A folder where the README's paths exist, built from the real NIH sample (and CheXpert's
+    real train.csv, a miniature MIMIC-CXR-JPG, Google's table's format for the sample)."""
+    from xray_datasets import make_chexpert_root, make_mimic_root
+
     ws = tmp_path_factory.mktemp("readme")
     root = ws / "nih"  # /data/nih; a copy, as `prepare` writes into it
     shutil.copytree(nih_sample, root)
@@ -136,13 +146,59 @@ def workspace(tmp_path_factory, nih_sample) -> Path:
         frame.insert(0, "Image Index", chosen)
         frame.to_csv(ws / file, index=False)
     _evaluation(ws, best)
+    _other_datasets(ws, make_chexpert_root(ws / "chexpert", chexpert_train_csv),
+                    make_mimic_root(ws / "mimic"))  # fmt: skip
+    _expert_labels(ws / "google2019_nih-chest-xray-labels.csv.gz", root)
     arnoweng_checkpoint(ws / "model.pth.tar")
     import_arnoweng(ws / "model.pth.tar", ws / "chexnet_arnoweng.ckpt")  # also a README command
     return ws
 
 
+def _other_datasets(ws: Path, chexpert: Path, mimic: Path) -> None:
+    """CheXpert's test split scored by a random predictions file (``chexpert_preds.csv``), and
+    MIMIC-IV's patients table for the MIMIC subjects."""
+    from chexnet_pl.data.chexpert import CheXpertDataModule
+    from chexnet_pl.shipped import shipped_data
+
+    datamodule = CheXpertDataModule(
+        **shipped_data("chexnet_pl.data.chexpert.CheXpertDataModule", root=str(chexpert))
+    )
+    images = datamodule.read_labels().table
+    test = images.loc[images["split"] == "test", "Image Index"].tolist()
+    scores = np.random.default_rng(3).random((len(test), len(datamodule.pathologies)))
+    frame = pd.DataFrame(scores, columns=[f"prob_{n}" for n in datamodule.pathologies])
+    frame.insert(0, "Image Index", test)
+    frame.to_csv(ws / "chexpert_preds.csv", index=False)
+    metadata = pd.read_csv(mimic / "mimic-cxr-2.0.0-metadata.csv.gz")
+    subjects = sorted(metadata["subject_id"].unique())
+    pd.DataFrame({"subject_id": subjects, "gender": ["F", "M"] * (len(subjects) // 2) + ["F"] *
+                  (len(subjects) % 2), "anchor_age": 60, "anchor_year": 2150}).to_csv(
+        ws / "mimic_patients.csv.gz", index=False)  # fmt: skip
+
+
+def _expert_labels(path: Path, root: Path) -> None:
+    """A table in the format of Google's radiologist labels (its real header, read from
+    ../shared/data) for the sample's images, with their NIH findings as the experts' answers."""
+    from conftest import SHARED_DATA
+
+    real = pd.read_csv(SHARED_DATA / "nih-expert" / "google2019_nih-chest-xray-labels.csv.gz",
+                       nrows=1)  # fmt: skip
+    table = pd.read_csv(root / "Data_Entry_2017.csv")
+    test = set((root / "test_list.txt").read_text().split())
+    found = table["Finding Labels"].str
+    rows = pd.DataFrame({column: table[column] for column in real.columns if column in table})
+    yes = {"Pneumothorax": found.contains("Pneumothorax"),
+           "Nodule or mass": found.contains("Nodule|Mass"),
+           "Airspace opacity": found.contains("Consolidation|Pneumonia|Infiltration|Edema"),
+           "Fracture": pd.Series(False, index=table.index)}  # fmt: skip
+    for finding, positive in yes.items():
+        rows[finding] = np.where(positive, "YES", "NO")
+    rows["Set Id"] = np.where(table["Image Index"].isin(test), "test", "val")
+    rows.reindex(columns=real.columns).to_csv(path, index=False)
+
+
 def _probability_columns() -> list[str]:
-    from chexnet_pl.labels import class_names
+    from chexnet_pl.data.nih_table import class_names
 
     return [f"prob_{name}" for name in class_names()]
 
@@ -164,7 +220,9 @@ def run(args: list[str], cwd: Path, timeout: int = 900, **env: str):
 def as_run(command: str, ws: Path) -> list[str]:
     """The command's words, with the README's data folder replaced by the workspace's and the
     project's programs from this environment."""
-    words = [w.replace(NIH, str(ws / "nih")) for w in shlex.split(command)]
+    words = shlex.split(command)
+    for place, folder in PLACES.items():
+        words = [w.replace(place, str(ws / folder)) for w in words]
     if words[0] == "python":
         return [sys.executable, *words[1:]]
     if words[0] == "make":

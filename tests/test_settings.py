@@ -145,7 +145,7 @@ def test_the_model_judges_its_own_settings_when_built_in_python():
     settings = shipped("model", pretrained=False)
     del settings["optimizer"]["nesterov"]  # no default outside the YAML to fall back on
     with pytest.raises(ConfigError, match=r"^model.optimizer.nesterov is not given$"):
-        CheXNetModule(**settings)
+        CheXNetModule(**settings, class_names=["Mass", "No Finding"])
 
 
 def test_config_value_errors_deep_in_the_code_are_the_projects_own(tmp_path):

@@ -314,10 +314,9 @@ def test_underdiagnosis_threshold_follows_the_setting_and_says_which(rule, words
 
 def test_subgroup_settings_are_checked_before_anything_runs():
     from chexnet_pl.errors import ConfigError
-    from chexnet_pl.settings import check_evaluation
 
     with pytest.raises(ConfigError, match="evaluation.min_subgroup_positives=-1"):
-        check_evaluation({"min_subgroup_positives": -1})
+        EvaluationSettings.from_config({"min_subgroup_positives": -1})
     with pytest.raises(ConfigError, match="evaluation.underdiagnosis_threshold='roc'"):
-        check_evaluation({"underdiagnosis_threshold": "roc"})
-    check_evaluation({})  # the shipped defaults
+        EvaluationSettings.from_config({"underdiagnosis_threshold": "roc"})
+    EvaluationSettings.from_config({})  # the shipped defaults

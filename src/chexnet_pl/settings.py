@@ -56,16 +56,33 @@ def build_target(section: Mapping[str, Any], key: str, instantiate: bool = True)
 
     target = get_object(section["_target_"])
     arguments = {k: v for k, v in section.items() if k not in HYDRA_KEYS}
-    parameters = inspect.signature(target).parameters
+    parameters, open_ended = _parameters(target)
     problems = Problems(key)
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        problems.unknown_keys(arguments, [p for p in parameters if p != "self"])
+    if not open_ended:
+        problems.unknown_keys(arguments, list(parameters))
     for name, parameter in parameters.items():
         if parameter.default is inspect.Parameter.empty and name not in arguments:
-            if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-                problems.add(f"{key}.{name} is not given")
+            problems.add(f"{key}.{name} is not given")
     problems.raise_if_any()
     return target(**arguments) if instantiate else None
+
+
+def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword arguments ``target`` takes, and whether it takes any others: a class whose
+    ``__init__`` passes ``**settings`` to its base takes the base's too (a dataset's data module)."""
+    signatures = [inspect.signature(target)]
+    if isinstance(target, type) and target.__module__.startswith("chexnet_pl."):
+        signatures = [inspect.signature(c.__init__) for c in target.__mro__
+                      if "__init__" in vars(c) and c.__module__.startswith("chexnet_pl.")]  # fmt: skip
+    found: dict[str, inspect.Parameter] = {}
+    for signature in signatures:
+        named = {n: p for n, p in signature.parameters.items() if n != "self"
+                 and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}  # fmt: skip
+        for name, parameter in named.items():
+            found.setdefault(name, parameter)
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return found, False  # this level takes no more: the list is complete
+    return found, True
 
 
 def check_mandatory(cfg: DictConfig | Mapping[str, Any]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.cli import instantiate
+from chexnet_pl.checkpoints import build_datamodule
 from chexnet_pl.data.datamodule import ChestXrayDataModule, LabelledImages
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
@@ -46,12 +46,13 @@ class PooledDataModule(ChestXrayDataModule):
         self,
         datasets: Mapping[str, Mapping[str, Any]],
         label_map: Mapping[str, str] | None,
+        root: str | None,
         cache: str,
         **settings: Any,
     ) -> None:
         datasets = _plain(datasets)  # plain values in the checkpoint's hparams
         label_map = _plain(label_map) or {}
-        super().__init__(None, cache=cache, **settings)
+        super().__init__(root, cache=cache, **settings)
         if not datasets:
             raise DataError(
                 "data.datasets is empty: give the datasets to pool, e.g. data=nih+chexpert"
@@ -63,9 +64,7 @@ class PooledDataModule(ChestXrayDataModule):
         for name, member in datasets.items():
             if "_target_" not in member:
                 raise DataError(f"data.datasets.{name} has no _target_ (the data module to use)")
-            self.members[name] = instantiate(
-                {k: v for k, v in member.items() if k not in ("_recursive_",)}, _convert_="all"
-            )
+            self.members[name] = build_datamodule(member)  # unset settings: the shipped ones
         self.label_map = dict(label_map)
         self.pathologies = union_labels([m.pathologies for m in self.members.values()],
                                         self.label_map)  # fmt: skip
