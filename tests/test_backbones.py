@@ -19,17 +19,11 @@ from torch.utils.data import DataLoader
 
 from chexnet_pl.callbacks import FreezeBackbone
 from chexnet_pl.errors import ChexnetError, ConfigError, WeightsError
-from chexnet_pl.models.backbones import (
-    BACKBONES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    InputNormalizer,
-    create_backbone,
-    create_normalizer,
-    load_imagenet_weights,
-)
+from chexnet_pl.models.backbones import BACKBONES, create_backbone, load_imagenet_weights
+from chexnet_pl.models.contract import InputNormalizer, create_normalizer
 from chexnet_pl.models.init_from import init_from_checkpoint
-from chexnet_pl.models.module import AUX_LOSS_WEIGHT, CheXNetModule, build_optimizer
+from chexnet_pl.models.module import AUX_LOSS_WEIGHT, CheXNetModule
+from chexnet_pl.models.optim import build_optimizer
 from chexnet_pl.visualization.heatmaps import (
     CAMUnavailableError,
     class_activation_maps,
@@ -37,6 +31,9 @@ from chexnet_pl.visualization.heatmaps import (
     heatmaps,
 )
 
+# What torchvision's ImageNet weights expect (their metadata), as the reference network is fed.
+IMAGENET = BACKBONES["googlenet"].weights.transforms()
+IMAGENET_MEAN, IMAGENET_STD = tuple(IMAGENET.mean), tuple(IMAGENET.std)
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 NAMES = sorted(BACKBONES)

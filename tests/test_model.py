@@ -19,8 +19,9 @@ from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import ConfigError, WeightsError
-from chexnet_pl.models.backbones import create_backbone, remap_legacy_densenet_keys
+from chexnet_pl.models.backbones import create_backbone
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
+from chexnet_pl.models.weights import remap_legacy_densenet_keys
 
 
 def test_forward_features_and_head():

@@ -8,8 +8,6 @@ model and ``datamodule_for`` the same data and split without any config.
 from __future__ import annotations
 
 import logging
-import pickle
-import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,48 +15,15 @@ from typing import Any
 
 import torch
 
+from chexnet_pl.checkpoint_io import read_checkpoint
+from chexnet_pl.data.build import TARGET, build_datamodule
 from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
-from chexnet_pl.shipped import shipped, shipped_data
+from chexnet_pl.models.contract import input_size
+from chexnet_pl.models.network import XrayClassifier
+from chexnet_pl.shipped import shipped
 
 log = logging.getLogger(__name__)
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)``: a checkpoint needing arbitrary unpickling is refused,
-    and a damaged file (truncated, empty, not a checkpoint) is said to be one."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-        raise checkpoint_load_error(path, exc) from exc
-    if not isinstance(checkpoint, dict):
-        raise WeightsError(
-            f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not the "
-            "dictionary of weights and settings a run saves"
-        )
-    return checkpoint
-
-
-def checkpoint_load_error(path: str | Path, exc: BaseException) -> WeightsError:
-    """What a failed ``torch.load`` of ``path`` means for the user, in one sentence."""
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
-        detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line),
-                      "")  # fmt: skip
-        name = detail.split("GLOBAL", 1)[-1].split(" was not", 1)[0].strip() if detail else ""
-        return WeightsError(
-            f"{path} needs arbitrary unpickling to load ({name or 'a Python object'} is not plain "
-            "weights), which is refused: only checkpoints loadable with weights_only=True are read"
-        )
-    reason = textwrap.shorten(text.splitlines()[0] if text.strip() else "", 120) or "no data"
-    return WeightsError(
-        f"{path} is damaged or not a checkpoint ({type(exc).__name__}: {reason}). A file cut short "
-        "(a copy or save that did not finish) reads like this: copy it again, or use the run's "
-        "other checkpoint (checkpoints/last.ckpt or best.ckpt)."
-    )
 
 
 @dataclass
@@ -71,19 +36,14 @@ class Run:
 
     @property
     def image_size(self) -> int:
-        """The size the model was trained at (the shipped data.image_size when the checkpoint
-        does not say: one imported from another project)."""
-        if "image_size" in self.data_settings:
-            return int(self.data_settings["image_size"])
-        return int(shipped("data")["image_size"])
+        """The size the model was trained at (``models.contract.input_size``)."""
+        return input_size(self.model)
 
 
 def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
     """The checkpoint's network (an ``XrayClassifier``: eval mode, on ``device`` or the GPU when
     there is one) and data settings; ImageNet weights are never fetched, the checkpoint holds
     every weight. Lightning is not needed (nor imported) to read a run back."""
-    from chexnet_pl.models.network import XrayClassifier
-
     path = Path(checkpoint).expanduser()
     stored = read_checkpoint(path)
     hparams = stored.get("hyper_parameters")
@@ -98,8 +58,10 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} does not name its outputs (no class_names in its settings); it predates "
             "label sets as data: retrain, or import it with chexnet-import-weights"
         )
+    data_settings = dict(stored.get("datamodule_hyper_parameters") or {})
     # A checkpoint written before a setting existed gets the shipped value of that setting.
     settings = shipped("model", **{k: v for k, v in hparams.items() if k != "class_names"})
+    settings["image_size"] = trained_image_size(hparams, data_settings)
     try:
         model = XrayClassifier(settings, names)
         model.load_weights(stored["state_dict"])
@@ -108,45 +70,20 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} does not fit the model its settings describe: {str(exc).splitlines()[0][:300]}"
         ) from exc
     model = model.to(device or detect_caps().device).eval()
-    return Run(path, model, dict(stored.get("datamodule_hyper_parameters") or {}))
+    return Run(path, model, data_settings)
 
 
-# The data module of checkpoints that do not name theirs (written before datasets were data).
-DEFAULT_DATAMODULE = "chexnet_pl.data.nih.NIHDataModule"
-TARGET = "_target_"
+def trained_image_size(hparams: Mapping[str, Any], data_settings: Mapping[str, Any]) -> int:
+    """The size a checkpoint's model was trained at: in its settings; for one written before the
+    model carried it, its data's; for one imported from another project, the shipped size."""
+    for source in (hparams, data_settings):
+        if source.get("image_size") is not None:
+            return int(source["image_size"])
+    return int(shipped("data")["image_size"])
+
+
 # With data=<dataset>, these load the images as the run did unless the command line says otherwise.
 AS_THE_RUN_LOADED = ("image_size", "loader", "num_workers", "eval_batch_size", "missing_images")
-
-
-def build_datamodule(settings: Mapping[str, Any]):
-    """A data module from plain settings with ``_target_`` (a checkpoint's data settings, or a
-    ``data=<dataset>`` config); None values of keys its class does not take are dropped."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    settings = {k: v for k, v in settings.items() if k == TARGET or not k.startswith("_")}
-    target = settings.pop(TARGET, None) or DEFAULT_DATAMODULE
-    try:
-        cls = get_class(target)
-    except (ImportError, ValueError) as exc:
-        raise DataError(f"data module {target!r} cannot be imported ({exc})") from exc
-    accepted = {
-        name
-        for klass in cls.__mro__
-        if "__init__" in vars(klass)
-        for name in inspect.signature(klass.__init__).parameters
-    }
-    settings = {k: v for k, v in settings.items() if v is not None or k in accepted}
-    # What the settings leave out (a checkpoint written before a setting existed, a value left
-    # unset): the shipped value of the dataset's config.
-    defaults = shipped_data(target)
-    for key, value in defaults.items():
-        if key in accepted and key not in settings:
-            settings[key] = value
-        elif isinstance(value, dict) and isinstance(settings.get(key), Mapping):
-            settings[key] = {**value, **settings[key]}  # a nested key added since
-    return cls(**settings)
 
 
 def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Path):
@@ -167,7 +104,7 @@ def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Pat
         }
         settings = {k: v for k, v in settings.items() if v is not None}  # unset: the default
         if overrides.get("image_size") is None:
-            settings["image_size"] = run.image_size
+            settings["image_size"] = input_size(run.model)
     else:
         settings = {**run.data_settings, TARGET: run.data_settings.get(TARGET)}
         if "include_no_finding" in settings:

@@ -12,8 +12,6 @@ lives in the subpackages.
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 import logging
 import os
 import sys
@@ -27,25 +25,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+# Re-exported: every command reads CONFIG_PATH from here.
+from chexnet_pl.config_location import CONFIG_MODULE as CONFIG_MODULE
+from chexnet_pl.config_location import CONFIG_PATH as CONFIG_PATH
+from chexnet_pl.config_location import config_dir as config_dir
 from chexnet_pl.errors import ChexnetError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# The repository's conf/ folder, installed as the package ``chexnet_pl.conf`` (see setup.py): found
-# the same way in an editable install and a wheel. A source tree used without installing
-# (PYTHONPATH=src, as on a bare GPU host) has it beside src/.
-CONFIG_MODULE = "chexnet_pl.conf"
-SOURCE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-_INSTALLED = importlib.util.find_spec(CONFIG_MODULE) is not None
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}" if _INSTALLED else str(SOURCE_CONFIG_DIR)
-
-
-def config_dir() -> Path:
-    """The folder of the Hydra configs (for ``initialize_config_dir`` and reading a YAML file)."""
-    if _INSTALLED:
-        return Path(str(importlib.resources.files(CONFIG_MODULE)))
-    return SOURCE_CONFIG_DIR
 
 
 def _in_multirun() -> bool:

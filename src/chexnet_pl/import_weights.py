@@ -40,7 +40,7 @@ IMPORTED_CLASSES = sorted(ARNOWENG_CLASSES)
 
 def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Their keys → this project's ``net.*`` keys, classifier rows reordered to ``IMPORTED_CLASSES``."""
-    from chexnet_pl.models.backbones import remap_legacy_densenet_keys
+    from chexnet_pl.models.weights import remap_legacy_densenet_keys
 
     converted = {}
     for key, value in remap_legacy_densenet_keys(
@@ -59,9 +59,8 @@ def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
     import pytorch_lightning as pl
-    import torch
 
-    from chexnet_pl.checkpoints import read_checkpoint
+    from chexnet_pl.checkpoint_io import read_checkpoint, write_checkpoint
     from chexnet_pl.models.module import CheXNetModule
     from chexnet_pl.shipped import shipped
 
@@ -69,10 +68,11 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
         raise ConfigError(f"{source} is not a file; give arnoweng/CheXNet's model.pth.tar")
     checkpoint = read_checkpoint(source)
     state_dict = checkpoint.get("state_dict", checkpoint)
-    settings = shipped(
-        "model", backbone="densenet121", pretrained=False
-    )  # the shipped optimizer and schedule, should the checkpoint be fine-tuned
-    model = CheXNetModule(**settings, class_names=IMPORTED_CLASSES)
+    # The shipped optimizer and schedule, should the checkpoint be fine-tuned; the images it was
+    # trained on were of the shipped size (224 px crops, as this project's recipe).
+    settings = shipped("model", backbone="densenet121", pretrained=False)
+    image_size = shipped("data")["image_size"]
+    model = CheXNetModule(**settings, class_names=IMPORTED_CLASSES, image_size=image_size)
     converted = convert_arnoweng_state_dict(state_dict)
     # num_batches_tracked counters did not exist before PyTorch 0.4.1 (arnoweng's file predates them).
     own = {
@@ -89,8 +89,7 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
         )
     model.load_state_dict(converted, strict=False)  # every net.* key checked above
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    write_checkpoint(
         {
             "state_dict": model.state_dict(),
             "hyper_parameters": dict(model.hparams),

@@ -68,6 +68,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     from chexnet_pl.data.images import find_images, read_gray
     from chexnet_pl.errors import DataError
     from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
+    from chexnet_pl.models.contract import input_size
     from chexnet_pl.visualization.explain import XRay, model_input
     from chexnet_pl.visualization.figures import upsample
     from chexnet_pl.visualization.heatmaps import heatmaps
@@ -96,7 +97,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
         raise DataError(
             f"{len(missing)} image(s) of the box list are not under {root}, e.g. {missing[:3]}"
         )
-    image_size = int(cfg.image_size or run.image_size)
+    image_size = input_size(model, cfg.image_size)
     names = list(model.class_names)
     results = []
     images = boxes["Image Index"].unique().tolist()

@@ -65,10 +65,11 @@ def open_model(cfg: DictConfig, checkpoint: Path):
         log.info("model: %s on PyTorch (%s; for a start in seconds, once: %s)", checkpoint.name,
                  why_not, export_command(checkpoint))  # fmt: skip
     from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.models.contract import input_size
     from chexnet_pl.visualization.torch_explainer import TorchExplainer
 
     run = load_run(checkpoint)
-    return TorchExplainer(run.model, cfg.method), int(cfg.image_size or run.image_size)
+    return TorchExplainer(run.model, cfg.method), input_size(run.model, cfg.image_size)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from chexnet_pl.cli import config_dir
+from chexnet_pl.config_location import config_dir
 
 # Keys of a `_target_` section that are instructions to Hydra, not settings.
 HYDRA_KEYS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_", "defaults")

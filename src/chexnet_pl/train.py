@@ -52,17 +52,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from chexnet_pl.cli import instantiate
     from chexnet_pl.data.datamodule import split_global_batch
     from chexnet_pl.device import apply_backend_flags, backend_flags, detect_caps
-    from chexnet_pl.errors import ImageReadError
+    from chexnet_pl.errors import ImageReadError, TrainingError
     from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
+    from chexnet_pl.models.contract import input_size
     from chexnet_pl.models.init_from import init_from_checkpoint
     from chexnet_pl.settings import check_train_config
     from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
-    from chexnet_pl.training.checks import (
-        check_input_size,
-        check_output_dir,
-        check_resumable,
-        unwrap_worker_error,
-    )
+    from chexnet_pl.training.checks import check_output_dir, check_resumable, unwrap_worker_error
     from chexnet_pl.training.run_info import run_info
     from chexnet_pl.training.run_summary import write_run_summary
     from chexnet_pl.training.trainer_settings import trainer_kwargs
@@ -78,9 +74,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
 
     datamodule = instantiate(cfg.data)
-    # The label list travels with the data: the model gets the data module's classes.
-    model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.pathologies))
-    check_input_size(model, int(cfg.data.image_size))
+    # The label list and the image size travel with the data: the model gets the data's, and
+    # its checkpoints carry them (models.contract).
+    model = hydra.utils.instantiate(
+        cfg.model, class_names=list(datamodule.pathologies), image_size=datamodule.image_size
+    )
+    input_size(model, setting="data.image_size", error=TrainingError)  # the backbone takes it
     if cfg.init_from:
         init_from_checkpoint(model, cfg.init_from)
     if cfg.ckpt_path:
@@ -136,9 +135,9 @@ def _name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
         return logger_cfg
     logger_cfg = logger_cfg.copy()
     with open_dict(logger_cfg):
-        if logger_cfg.wandb.group is None:
+        if logger_cfg.wandb.get("group") is None:
             logger_cfg.wandb.group = Path(hydra_cfg.sweep.dir).name
-        if logger_cfg.wandb.name is None:
+        if logger_cfg.wandb.get("name") is None:
             logger_cfg.wandb.name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
     return logger_cfg
 

@@ -79,6 +79,7 @@ def visualize(cfg: DictConfig) -> Path:
     from chexnet_pl.errors import DataError
     from chexnet_pl.evaluation.thresholds import operating_thresholds
     from chexnet_pl.labels import resolve_label
+    from chexnet_pl.models.contract import input_size
     from chexnet_pl.visualization.explain import XRay, explain
     from chexnet_pl.visualization.inputs import calibration_and_thresholds
 
@@ -114,7 +115,7 @@ def visualize(cfg: DictConfig) -> Path:
     ]
     out_dir = Path(cfg.paths.output_dir)
     explained = explain(
-        model, xrays, int(cfg.image_size or run.image_size), out_dir, cfg.method, [label],
+        model, xrays, input_size(model, cfg.image_size), out_dir, cfg.method, [label],
         thresholds, calibration=calibration, thresholds_note=operating.description,
     )  # fmt: skip
     log.info(

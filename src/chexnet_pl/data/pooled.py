@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.checkpoints import build_datamodule
+from chexnet_pl.data.build import build_datamodule
 from chexnet_pl.data.datamodule import ChestXrayDataModule, LabelledImages
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError

@@ -58,7 +58,7 @@ def shipped_evaluation_settings() -> dict[str, Any]:
     for evaluations built in Python alike."""
     from omegaconf import OmegaConf
 
-    from chexnet_pl.cli import config_dir
+    from chexnet_pl.config_location import config_dir
 
     return OmegaConf.to_container(OmegaConf.load(config_dir() / "evaluation" / "default.yaml"))
 

@@ -4,20 +4,18 @@
 One registry, ``BACKBONES``, maps a name (``model.backbone=``) to a torchvision constructor, its
 ImageNet weights, how its network splits into ``features`` (the layer heat maps explain) and a head
 whose last linear layer is replaced by one with an output per class, and which ImageNet keys that
-replacement drops. ImageNet weights come from torchvision's URL or a local file; preprocessing
-(mean, std) travels with the backbone in ``InputNormalizer``.
+replacement drops. What the backbone takes — the smallest input and the normalisation (mean,
+std) — is read from torchvision's weights metadata, as timm's pretrained config carries it
+(``models.contract``). ImageNet weights are read and fitted by ``models.weights``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +23,10 @@ import torchvision
 from torch import nn
 
 from chexnet_pl.errors import WeightsError
+from chexnet_pl.models.weights import download_state_dict, fit_imagenet_weights, read_state_dict
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GLOBAL_AVERAGE_LINEAR = "global average pooling + one linear layer"
 
 
@@ -102,7 +99,11 @@ class BackboneSpec:
         replaced_keys: prefixes of the ImageNet state_dict keys of the layers ``build`` replaces;
             a weights file may hold them in any shape, or lack them.
         optional_keys: prefixes a weights file may lack (GoogLeNet's aux heads: never trained).
-        mean, std: the normalisation the ImageNet weights expect.
+        normalisation: (mean, std) where the network's layers expect other than what the
+            weights' metadata says (GoogLeNet's, built without its input transform).
+
+    ``mean``, ``std`` and ``min_size`` (the smallest image the network takes, in pixels) come
+    from torchvision's metadata of ``weights``.
     """
 
     family: str
@@ -112,8 +113,24 @@ class BackboneSpec:
     replaced_keys: tuple[str, ...]
     optional_keys: tuple[str, ...] = ()
     constructor_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        if self.normalisation is not None:
+            return self.normalisation[0]
+        return tuple(self.weights.transforms().mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        if self.normalisation is not None:
+            return self.normalisation[1]
+        return tuple(self.weights.transforms().std)
+
+    @property
+    def min_size(self) -> int:
+        """The smallest square image, in pixels, the feature layers reduce to at least 1×1."""
+        return max(self.weights.meta["min_size"])
 
 
 class _DenseNetFeatures(nn.Module):
@@ -257,8 +274,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         # torchvision's ImageNet GoogLeNet has transform_input=True: it turns ImageNet-normalised
         # input into (x - 0.5) / 0.5. Normalising by 0.5/0.5 here gives its layers that same input.
         constructor_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True},
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+        normalisation=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     ),
     "efficientnet_b0": BackboneSpec(
         "efficientnet",
@@ -285,95 +301,11 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-# torchvision's DenseNet files (and arnoweng/CheXNet's) use the old names "norm.1", "conv.2".
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.[^.]+)$")
-
-
-def remap_legacy_densenet_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``...denselayer1.norm.1.weight`` → ``...denselayer1.norm1.weight``; other keys unchanged."""
-    remapped = {}
-    for key, value in state_dict.items():
-        match = _OLD_DENSENET_KEY.match(key)
-        remapped[match.group(1) + match.group(2) if match else key] = value
-    return remapped
-
-
-class InputNormalizer(nn.Module):
-    """1xHxW uint8 (or float in [0, 1]) grayscale → 3-channel float normalised by mean/std."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path} (model.weights_path)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise WeightsError(
-            f"cannot load {path} as a weights file: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
-            "Only plain state_dict files are read (weights_only=True) — no arbitrary pickles."
-        ) from exc
-    if (
-        isinstance(loaded, dict)
-        and "state_dict" in loaded
-        and isinstance(loaded["state_dict"], dict)
-    ):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise WeightsError(f"{path} does not hold a state_dict (found {type(loaded).__name__})")
-    return {k.removeprefix("module."): v for k, v in loaded.items()}
-
-
-def _download_state_dict(name: str, spec: BackboneSpec, url: str | None) -> dict[str, torch.Tensor]:
-    url = url or spec.weights.url
-    try:
-        return torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", progress=True, check_hash=True
-        )
-    except (URLError, OSError, RuntimeError) as exc:
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        raise WeightsError(
-            f"could not fetch ImageNet weights for {name} from {url} ({exc}). Either go online "
-            f"once (the file is then cached at {cache}), or download {Path(url).name} elsewhere and "
-            f"give it as model.weights_path=/path/to/{Path(url).name}; or train from scratch "
-            "with model.pretrained=false."
-        ) from exc
-
-
 def load_imagenet_weights(
     network: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str
 ) -> None:
-    """Load an ImageNet state_dict into torchvision's ``name`` network; every key must land
-    except those of the layers the new head replaces (and the optional ones)."""
-    spec = backbone_spec(name)
-    if spec.family == "densenet":
-        state_dict = remap_legacy_densenet_keys(dict(state_dict))
-    kept = {k: v for k, v in state_dict.items() if not k.startswith(spec.replaced_keys)}
-    try:
-        result = network.load_state_dict(kept, strict=False)
-    except RuntimeError as exc:  # tensor shape mismatches
-        raise WeightsError(
-            f"weights for {name} do not fit the architecture: {str(exc)[:300]}"
-        ) from exc
-    may_lack = spec.replaced_keys + spec.optional_keys
-    problems = [k for k in result.missing_keys if not k.startswith(may_lack)]
-    problems += result.unexpected_keys
-    if problems:
-        raise WeightsError(
-            f"weights for {name} do not match the architecture: {len(problems)} key(s) differ, "
-            f"e.g. {problems[:3]}. Is this file for {name}?"
-        )
+    """Load an ImageNet state_dict into torchvision's ``name`` network (``fit_imagenet_weights``)."""
+    fit_imagenet_weights(network, state_dict, name, backbone_spec(name))
 
 
 def create_backbone(
@@ -392,14 +324,9 @@ def create_backbone(
     network = spec.constructor(weights=None, **spec.constructor_kwargs)
     if weights_path or pretrained:
         if weights_path:
-            state_dict = _read_state_dict(Path(weights_path).expanduser())
+            state_dict = read_state_dict(weights_path)
         else:
-            state_dict = _download_state_dict(name, spec, weights_url)
+            state_dict = download_state_dict(name, weights_url or spec.weights.url)
         load_imagenet_weights(network, state_dict, name)
         log.info("loaded ImageNet weights into %s from %s", name, weights_path or "torchvision")
     return spec.build(network, num_classes)
-
-
-def create_normalizer(name: str) -> InputNormalizer:
-    spec = backbone_spec(name)
-    return InputNormalizer(spec.mean, spec.std)

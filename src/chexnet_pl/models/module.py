@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
@@ -15,13 +14,15 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from chexnet_pl.checkpoints import read_checkpoint
+from chexnet_pl.checkpoint_io import read_checkpoint
 from chexnet_pl.errors import WeightsError
-from chexnet_pl.models.backbones import create_backbone, create_normalizer
+from chexnet_pl.models.backbones import create_backbone
+from chexnet_pl.models.compiled import FirstStepClock, compiled_forward
+from chexnet_pl.models.contract import create_normalizer
 from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import IGNORE, PerClassAUROC, mean_finding_auroc
 from chexnet_pl.models.network import InferenceMethods
-from chexnet_pl.models.optim import build_optimizer, build_scheduler
+from chexnet_pl.models.optim import optimizers_for
 from chexnet_pl.models.settings import ModelSettings, model_settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,13 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
             checkpoints.
         include_no_finding: not a choice: whether ``class_names`` has ``No Finding``, kept in
             hparams for the commands that read it (an argument so checkpoints load).
+        image_size: the size of the images it is trained on (``train`` passes the data's), kept
+            in checkpoints: every command runs the model at that size (``models.contract``).
         pretrained / weights_path / weights_url: ImageNet initialisation (see ``create_backbone``).
-        optimizer: ``name`` (adam | adamw | sgd), ``lr``, ``weight_decay``, ``betas`` or
-            ``momentum``/``nesterov``.
-        scheduler: ``name`` (plateau | cosine | none) and its settings; plateau watches ``monitor``.
+        optimizer: ``name`` (adam | adamw | sgd, or a ``torch.optim`` class path), ``lr``,
+            ``weight_decay``, ``betas`` or ``momentum``/``nesterov`` (``models.optim``).
+        scheduler: ``name`` (plateau | cosine | none, or a class path) and its settings; plateau
+            watches ``monitor``.
         pos_weight: weight each class's positives by negatives/positives of the training split.
         channels_last: run convolutions in NHWC (faster on CPUs and tensor cores).
         compile: ``torch.compile`` the training forward (``compile_backend``: inductor, or eager
@@ -81,6 +85,7 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         compile_mode: str,
         class_names: Sequence[str],
         include_no_finding: bool | None = None,  # not a setting: follows class_names
+        image_size: int | None = None,  # not a setting: the data's
     ) -> None:
         super().__init__()
         # Every setting judged in one place (models/settings.py), before anything is built.
@@ -91,8 +96,7 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         self.class_names = class_names
         self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
         self.loss_guard = NonFiniteLossGuard()
-        self.compile_seconds: float | None = None  # the first (compiling) training step's time
-        self._first_step_started: float | None = None
+        self.first_step = FirstStepClock()  # with compile=true: the compiling step's time
         self.normalizer = create_normalizer(backbone)
         # Weights come from the checkpoint when loading one; never download again then.
         self.net = create_backbone(
@@ -127,19 +131,17 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
             read_checkpoint(checkpoint_path)  # a damaged or unsafe file: said plainly
             raise  # the file reads: this is another problem, shown as it is
 
+    @property
+    def compile_seconds(self) -> float | None:
+        """The first (compiling) training step's time; None without compile=true."""
+        return self.first_step.seconds
+
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.settings.compile and self._train_forward is None:
-            backend, mode = self.settings.compile_backend, self.settings.compile_mode
-            options = compile_options(backend, mode)
             # Kept out of the module tree (plain attribute): state_dict keys stay unchanged.
-            self.__dict__["_train_forward"] = torch.compile(
-                self.net.forward_with_aux, backend=backend, **options
-            )
-            log.info(
-                "compiling the training forward with torch.compile (backend %s, mode %s)",
-                backend,
-                mode if backend == "inductor" else "n/a",
+            self.__dict__["_train_forward"] = compiled_forward(
+                self.net.forward_with_aux, self.settings.compile_backend, self.settings.compile_mode
             )
         if stage == "fit" and self.hparams.pos_weight and self.trainer is not None:
             weights = torch.as_tensor(self.trainer.datamodule.pos_weight())
@@ -182,22 +184,15 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         return every if every > 0 else DEFAULT_CHECK_EVERY
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.settings.compile and self.compile_seconds is None:
-            self._first_step_started = time.perf_counter()
+        if self.settings.compile:
+            self.first_step.start()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self._check_every()
         last = batch_idx + 1 >= self.trainer.num_training_batches
         if len(self.loss_guard) >= every or self.global_step % every == 0 or last:
             self.loss_guard.check()
-        if self._first_step_started is not None:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.compile_seconds = time.perf_counter() - self._first_step_started
-            self._first_step_started = None
-            log.info("first training step, compiling included: %.1f s", self.compile_seconds)
-            for logger in self.trainer.loggers:
-                logger.log_metrics({"compile_s": self.compile_seconds}, step=self.global_step)
+        self.first_step.stop(self.device, self.trainer.loggers, self.global_step)
 
     def on_train_epoch_end(self) -> None:
         self.loss_guard.check()
@@ -261,14 +256,8 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         self._log_auroc(self.test_auroc, "test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = build_optimizer(self.parameters(), self.settings.optimizer)
-        if optimizer.defaults.get("fused"):
-            log.info("fused %s optimizer on %s", type(optimizer).__name__, self.device)
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        scheduler = build_scheduler(optimizer, self.settings.scheduler, max_epochs)
-        if scheduler is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return optimizers_for(self.parameters(), self.settings, max_epochs)
 
 
 def _plain(value: Any) -> Any:
@@ -291,9 +280,3 @@ def shipped_model(**overrides: Any) -> CheXNetModule:
     from chexnet_pl.shipped import shipped
 
     return CheXNetModule(**shipped("model", **overrides))
-
-
-def compile_options(backend: str, mode: str) -> dict[str, str]:
-    """``torch.compile``'s options: inductor's ``mode`` unless it is the default; other backends
-    take none."""
-    return {"mode": mode} if backend == "inductor" and mode != "default" else {}

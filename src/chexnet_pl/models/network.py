@@ -1,5 +1,6 @@
 """The trained network as inference uses it: the backbone's input normalisation, the backbone with
-its classifier, and the class names — without the training machinery (Lightning, metrics).
+its classifier, and its input contract (image size, normalisation, class names: ``models.contract``)
+— without the training machinery (Lightning, metrics).
 
 ``CheXNetModule`` (training) and ``XrayClassifier`` (what ``load_run`` returns for evaluation,
 prediction, heat maps, export and serving) share ``InferenceMethods``, so both turn a uint8 gray
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from chexnet_pl.labels import NO_FINDING
-from chexnet_pl.models.backbones import create_backbone, create_normalizer
+from chexnet_pl.models.backbones import create_backbone
+from chexnet_pl.models.contract import InputContract, create_normalizer, input_contract
 
 
 class Settings(dict):
@@ -33,7 +35,12 @@ class Settings(dict):
 
 class InferenceMethods:
     """uint8 gray batch → logits / probabilities, for classes with ``normalizer``, ``net``,
-    ``hparams.channels_last`` and ``device``."""
+    ``hparams`` (``backbone``, ``class_names``, ``image_size``, ``channels_last``) and ``device``."""
+
+    @property
+    def input_contract(self) -> InputContract:
+        """What the model takes: trained image size, smallest size, mean/std, output names."""
+        return input_contract(self.hparams)
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 1xHxW batch (as the data module yields) → normalised float NCHW for ``net``."""
@@ -52,7 +59,8 @@ class InferenceMethods:
 
 
 class XrayClassifier(InferenceMethods, nn.Module):
-    """A trained classifier for inference: ``hparams`` are the checkpoint's model settings."""
+    """A trained classifier for inference: ``hparams`` are the checkpoint's model settings, with
+    ``image_size`` the size it was trained at."""
 
     def __init__(self, hparams: Mapping[str, Any], class_names: Sequence[str]) -> None:
         super().__init__()

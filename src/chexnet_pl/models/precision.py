@@ -8,8 +8,6 @@ emulated bf16 is slower than fp32. ``fp32``/``bf16``/``fp16`` are accepted as sh
 from __future__ import annotations
 
 import contextlib
-import functools
-from pathlib import Path
 
 import torch
 
@@ -19,22 +17,6 @@ from chexnet_pl.errors import ConfigError
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "64-true")
 SHORT_NAMES = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed",
                "16": "16-mixed", "64": "64-true"}  # fmt: skip
-
-
-@functools.cache
-def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.split(":", 1)[0].strip() == "flags"
-        for flag in line.split(":", 1)[1].split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def check_precision(requested: str | int, setting: str = "precision") -> str:

@@ -1,20 +1,34 @@
 """``model.*``: the network, optimizer and scheduler settings ``CheXNetModule`` is built from,
 each judged once, here (the module builds these; the pre-flight check builds them as a dry run,
-without a network or weights). Their defaults are in conf/model/chexnet.yaml only."""
+without a network or weights). Their defaults are in conf/model/chexnet.yaml only.
+
+The optimizer and the scheduler are a class and its keyword arguments: ``name`` is a short name
+(``OPTIMIZERS``, ``SCHEDULERS``) or a class path (``torch.optim.RAdam``); the section's other
+settings are passed where the class takes them, and a key added with ``+`` is passed as it is
+(``+model.optimizer.amsgrad=true``) when the class takes it. ``models.optim`` builds them.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.validation import Problems, settings_from
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("plateau", "cosine", "none")
+T = TypeVar("T")
+# The short names of model.optimizer.name and model.scheduler.name (none: no schedule).
+OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
+SCHEDULERS = {
+    "plateau": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    "cosine": "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "none": None,
+}
 MONITOR_MODES = ("min", "max")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -25,9 +39,46 @@ def logged_metrics(class_names: Sequence[str]) -> list[str]:
     return ["val/auroc", "val/loss", "val/auroc_best", *per_class, "train/loss", "train/loss_epoch"]
 
 
+def load_class(path: str) -> type:
+    """The class at ``path`` (``torch.optim.RAdam``); ImportError or AttributeError if none."""
+    module, _, name = path.rpartition(".")
+    found = getattr(importlib.import_module(module), name)
+    if not isinstance(found, type):
+        raise AttributeError(f"{path} is not a class")
+    return found
+
+
+def class_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls`` takes after its first (the parameters, the optimizer)."""
+    parameters = list(inspect.signature(cls).parameters.values())[1:]
+    return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _check_class(
+    problems: Problems, value: Any, short: Mapping[str, Any], base: str, example: str
+) -> None:
+    """``name``: a short name, or the path of a subclass of ``base`` (``torch.optim.Optimizer``)."""
+    if isinstance(value, str) and value in short:
+        return
+    if isinstance(value, str) and "." in value:
+        module, _, name = base.rpartition(".")
+        try:
+            found = load_class(value)
+        except (ImportError, AttributeError, ValueError) as exc:
+            problems.add(f"{problems.key('name')}={value!r} cannot be imported ({exc})")
+            return
+        if not issubclass(found, getattr(importlib.import_module(module), name)):
+            problems.add(f"{problems.key('name')}={value!r} is not a {base}")
+        return
+    problems.choice("name", value, short)
+    problems.messages[-1] += f"; or the path of a {base} class, e.g. {example}"
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """``model.optimizer``: ``betas`` are Adam/AdamW's, ``momentum``/``nesterov`` SGD's."""
+    """``model.optimizer``: ``name`` is the class (a short name or a class path), the others its
+    keyword arguments where it takes them (``betas`` Adam's and AdamW's, ``momentum`` and
+    ``nesterov`` SGD's); ``extra``: the other keyword arguments given (``+model.optimizer.*``)."""
 
     name: str
     lr: float
@@ -36,10 +87,11 @@ class OptimizerSettings:
     momentum: float
     nesterov: bool
     fused: bool | str  # auto | true | false
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = Problems("model.optimizer")
-        problems.choice("name", self.name, OPTIMIZERS)
+        _check_class(problems, self.name, OPTIMIZERS, "torch.optim.Optimizer", "torch.optim.RAdam")
         problems.number("lr", self.lr, minimum=0, exclusive=True)
         problems.number("weight_decay", self.weight_decay, minimum=0)
         problems.number("momentum", self.momentum, minimum=0, maximum=1)
@@ -53,11 +105,16 @@ class OptimizerSettings:
                 problems.number(f"betas[{i}]", beta, minimum=0, maximum=1, exclusive=False)
         problems.raise_if_any()
 
+    @property
+    def target(self) -> str:
+        """The optimizer's class path."""
+        return OPTIMIZERS.get(self.name, self.name)
+
 
 @dataclass(frozen=True)
 class SchedulerSettings:
     """``model.scheduler``: ``plateau`` (ReduceLROnPlateau on ``monitor``), ``cosine`` (to
-    ``eta_min`` over the run's epochs) or ``none``."""
+    ``eta_min`` over the run's epochs), ``none``, or a class path; stepped once an epoch."""
 
     name: str
     monitor: str
@@ -65,10 +122,12 @@ class SchedulerSettings:
     factor: float
     patience: int
     eta_min: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = Problems("model.scheduler")
-        problems.choice("name", self.name, SCHEDULERS)
+        _check_class(problems, self.name, SCHEDULERS, "torch.optim.lr_scheduler.LRScheduler",
+                     "torch.optim.lr_scheduler.StepLR")  # fmt: skip
         problems.text("monitor", self.monitor)
         if self.mode is not None:
             problems.choice("mode", self.mode, MONITOR_MODES)
@@ -83,11 +142,42 @@ class SchedulerSettings:
             return self.mode
         return "max" if "auroc" in self.monitor else "min"
 
+    @property
+    def target(self) -> str | None:
+        """The scheduler's class path (None: no schedule)."""
+        return SCHEDULERS.get(self.name, self.name)
+
+    @property
+    def steps_on_metric(self) -> bool:
+        """It reads ``monitor`` each epoch (a ReduceLROnPlateau)."""
+        if self.target is None:
+            return False
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        return issubclass(load_class(self.target), ReduceLROnPlateau)
+
+
+def class_settings(cls: type[T], section: Mapping[str, Any] | None, prefix: str) -> T:
+    """``OptimizerSettings`` or ``SchedulerSettings`` from its section: the known settings judged
+    (``settings_from``), the other keys kept in ``extra`` where the class takes them."""
+    known = [f.name for f in fields(cls) if f.name != "extra"]
+    values = dict(section or {})
+    extra = {k: values.pop(k) for k in list(values) if k not in known}
+    settings = settings_from(cls, values, prefix)
+    if not extra:
+        return settings
+    accepted = class_arguments(load_class(settings.target)) if settings.target else set()
+    problems = Problems(prefix)
+    problems.unknown_keys(extra, [*known, *sorted(accepted - set(known))])
+    problems.raise_if_any()
+    return replace(settings, extra=extra)
+
 
 @dataclass(frozen=True)
 class ModelSettings:
     """Every argument of ``CheXNetModule``: the ``model.*`` settings and ``class_names``, the
-    data's labels in output order (train passes the data module's ``pathologies``)."""
+    data's labels in output order (train passes the data module's ``pathologies``), and
+    ``image_size``, the size of the images it is trained on."""
 
     backbone: str
     pretrained: bool
@@ -101,14 +191,18 @@ class ModelSettings:
     compile_backend: str
     compile_mode: str
     class_names: Sequence[str]  # not a setting: the data module's labels
+    image_size: int | None = None  # not a setting: the data's (train passes data.image_size)
 
     @property
     def classes(self) -> list[str]:
         return [str(name) for name in self.class_names]
 
     def hparams(self) -> dict[str, Any]:
-        """Plain values for the checkpoint (``include_no_finding`` follows the classes)."""
+        """Plain values for the checkpoint (``include_no_finding`` follows the classes; the
+        optimizer's and scheduler's ``extra`` arguments stand beside their settings)."""
         values = asdict(self)
+        for key in ("optimizer", "scheduler"):
+            values[key] |= values[key].pop("extra")
         values["class_names"] = self.classes
         values["include_no_finding"] = NO_FINDING in self.classes
         return values
@@ -126,7 +220,7 @@ def model_settings(values: Mapping[str, Any]) -> ModelSettings:
     for key in problems.unknown_keys(values, names):
         del values[key]
     for name in names:
-        if name not in values and name != "class_names":
+        if name not in values and name not in ("class_names", "image_size"):
             problems.add(f"model.{name} is not given")
     if not values.get("class_names"):
         problems.add(
@@ -138,7 +232,7 @@ def model_settings(values: Mapping[str, Any]) -> ModelSettings:
     for key, cls in (("optimizer", OptimizerSettings), ("scheduler", SchedulerSettings)):
         if not isinstance(values[key], cls):
             try:
-                values[key] = settings_from(cls, values[key], f"model.{key}")
+                values[key] = class_settings(cls, values[key], f"model.{key}")
             except ConfigError as exc:
                 problems.extend(exc)
                 values[key] = None
@@ -151,13 +245,14 @@ def model_settings(values: Mapping[str, Any]) -> ModelSettings:
     if isinstance(path, str) and path and not Path(path).expanduser().is_file():
         problems.add(f"model.weights_path={path} is not a file")
     problems.choice("compile_mode", values["compile_mode"], COMPILE_MODES)
+    problems.number("image_size", values.get("image_size"), minimum=1, integer=True, optional=True)
     if problems.text("compile_backend", values["compile_backend"]) and values["compile"] is True:
         _check_compile_backend(values["compile_backend"], problems)
     classes = values.get("class_names")
     if classes is not None and (isinstance(classes, str) or not all(classes)):
         problems.add(f"model.class_names={classes!r}: give a list of names")
     scheduler = values["scheduler"]
-    if scheduler is not None and scheduler.name == "plateau" and classes:
+    if scheduler is not None and scheduler.steps_on_metric and classes:
         problems.choice("scheduler.monitor", scheduler.monitor, logged_metrics(classes))
     problems.raise_if_any()
     return ModelSettings(**values)

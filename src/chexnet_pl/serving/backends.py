@@ -95,15 +95,16 @@ def load_backend(
     an aucs.csv, chosen on raw probabilities, are mapped through it.
     """
     from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.models.contract import input_size
 
     if backend not in BACKENDS:
         raise ServingError(f"backend={backend!r}; use one of {BACKENDS}")
     checkpoint = Path(checkpoint).expanduser()
     run = load_run(checkpoint)
-    module, trained_size = run.model, run.image_size
+    module = run.model
     scaling = Calibration.read(calibration, module.class_names) if calibration else None
     sha256 = file_sha256(checkpoint)
-    image_size = int(image_size or trained_size)
+    image_size = input_size(module, image_size, error=ServingError)
     if backend == "torch":
         served: TorchBackend | OnnxBackend = TorchBackend(module)
     elif onnx:

@@ -39,18 +39,6 @@ def example_images(batch: int, image_size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
 
 
-def check_input_size(served: ServedModel, image_size: int, backbone: str) -> None:
-    """A backbone that cannot take ``image_size`` px stops here, not inside an exporter."""
-    try:
-        with torch.no_grad():
-            served(example_images(1, image_size))
-    except RuntimeError as exc:
-        raise ServingError(
-            f"{backbone} cannot take {image_size} px images ({str(exc).splitlines()[0][:160]}); "
-            "give a larger image_size="
-        ) from exc
-
-
 def onnx_bytes(served: ServedModel, image_size: int) -> bytes:
     """The ONNX model (one file, weights inside) with a symbolic batch dimension."""
     started = time.perf_counter()
@@ -143,6 +131,7 @@ def export_checkpoint(
     check it against PyTorch on a batch of another size than the traced one, and publish it with
     ``<out>.json`` (``publish``). Returns the model file."""
     from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.models.contract import input_size
 
     if fmt not in FORMATS:
         raise ServingError(f"format={fmt!r}; use one of {sorted(FORMATS)}")
@@ -150,11 +139,10 @@ def export_checkpoint(
     out = destination(out, checkpoint, FORMATS[fmt])
     prepare_destination(out)  # before the work: an unwritable folder stops here
     run = load_run(checkpoint, device="cpu")
-    model, trained_size = run.model.float(), run.image_size
+    model = run.model.float()
     backbone = model.hparams.backbone
-    image_size = int(image_size or trained_size)
+    image_size = input_size(model, image_size, error=ServingError)  # before any export work
     served = ServedModel(model, cams=cams).eval()
-    check_input_size(served, image_size, backbone)
 
     data = (
         onnx_bytes(served, image_size) if fmt == "onnx" else torchscript_bytes(served, image_size)

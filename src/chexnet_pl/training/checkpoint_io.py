@@ -1,24 +1,20 @@
-"""Checkpoints written atomically: a kill during a save never leaves a corrupt file behind."""
+"""Lightning's checkpoint I/O through ``chexnet_pl.checkpoint_io``: atomic saves (a kill during a
+save never leaves a corrupt file behind) and the project's one reader for resuming."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from chexnet_pl.files import atomic_write
+from chexnet_pl.checkpoint_io import read_checkpoint, write_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file in the target folder, fsync it, then rename over the target.
-
-    A rename within one file system is atomic, so ``last.ckpt`` is always either the previous
-    complete checkpoint or the new complete one.
-    """
+    """Saves with ``write_checkpoint`` (temporary file, fsync, rename), so ``last.ckpt`` is always
+    the previous complete checkpoint or the new complete one; reads with ``read_checkpoint``
+    (``weights_only=True``, a damaged file said to be one)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
@@ -27,9 +23,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__} does not take storage_options, got {storage_options!r}"
             )
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(target) as partial, open(partial, "wb") as stream:
-            torch.save(checkpoint, stream)
-            stream.flush()
-            os.fsync(stream.fileno())  # on disk before it replaces the previous checkpoint
+        write_checkpoint(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """On the CPU; Lightning moves each state to its device when it restores it."""
+        if weights_only is False:
+            raise TypeError(f"{type(self).__name__} reads checkpoints with weights_only=True only")
+        return read_checkpoint(path)

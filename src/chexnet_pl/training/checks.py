@@ -5,9 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
-from chexnet_pl.checkpoints import read_checkpoint
+from chexnet_pl.checkpoint_io import read_hparams
 from chexnet_pl.cli import unwritable_reason
 from chexnet_pl.errors import DataError, ImageReadError, TrainingError, WeightsError
 
@@ -30,7 +28,7 @@ def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
 
 def check_resumable(model, ckpt_path: str) -> None:
     """A checkpoint of another backbone or class count gets a plain message, not a key dump."""
-    stored = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+    stored = read_hparams(ckpt_path)
     for key in ("backbone", "include_no_finding", "class_names"):
         if key in stored and stored[key] != model.hparams[key]:
             raise WeightsError(
@@ -38,23 +36,6 @@ def check_resumable(model, ckpt_path: str) -> None:
                 f"{key}={model.hparams[key]!r}. Resume with the settings of that run, or start from its "
                 "weights with init_from= instead."
             )
-
-
-def check_input_size(model, image_size: int) -> None:
-    """A backbone that cannot take ``image_size`` px (AlexNet below 63 px) stops with a message
-    before training, not with a pooling error at the first step."""
-    probe = torch.zeros(1, 1, image_size, image_size, dtype=torch.uint8, device=model.device)
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(probe)
-    except RuntimeError as exc:
-        raise TrainingError(
-            f"model.backbone={model.hparams.backbone} cannot take {image_size} px images "
-            f"({str(exc).splitlines()[0][:160]}). Raise data.image_size."
-        ) from exc
-    finally:
-        model.train(was_training)
 
 
 def unwrap_worker_error(exc: Exception, on_bad_image: str = "error") -> Exception:

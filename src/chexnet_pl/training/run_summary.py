@@ -20,16 +20,15 @@ def write_run_summary(trainer: pl.Trainer, output_dir: Path, metric_name: str | 
     """The checkpoint's monitored metric (its name, direction and best value), its epoch and
     checkpoint (read by sweep summaries). ``best_val_auroc`` only when that metric is the mean
     validation AUROC: a loss is never reported as one."""
-    import torch
     from pytorch_lightning.loggers import WandbLogger
+
+    from chexnet_pl.checkpoint_io import read_checkpoint
 
     callback = trainer.checkpoint_callback
     best_path = callback.best_model_path if callback else ""
     best_epoch = None
     if best_path:
-        best_epoch = int(
-            torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-        )
+        best_epoch = int(read_checkpoint(best_path, lazy=True)["epoch"])
     best_score = callback.best_model_score if callback else None
     monitor = callback.monitor if callback else None
     summary = {
