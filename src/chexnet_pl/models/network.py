@@ -68,7 +68,7 @@ class XrayClassifier(InferenceMethods, nn.Module):
         self.class_names = list(class_names)
         self.hparams["class_names"] = self.class_names
         self.hparams["include_no_finding"] = NO_FINDING in self.class_names
-        backbone = self.hparams.get("backbone", "densenet121")
+        backbone = self.hparams["backbone"]
         self.normalizer = create_normalizer(backbone)
         self.net = create_backbone(backbone, len(self.class_names), pretrained=False)
         if self.hparams.get("channels_last", True):
