@@ -25,14 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.datamodule import (
-    FRONTAL,
-    ChestXrayDataModule,
-    LabelledImages,
-    filter_views,
-)
+from chexnet_pl.data.datamodule import ChestXrayDataModule
+from chexnet_pl.data.labelled import LabelledImages, filter_views
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
-from chexnet_pl.data.settings import VIEWS
+from chexnet_pl.data.settings import FRONTAL, VIEWS
 from chexnet_pl.data.splits import (
     SPLIT_METHODS,
     assert_no_patient_leak,

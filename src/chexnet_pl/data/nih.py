@@ -9,13 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from chexnet_pl.data.datamodule import (
-    FRONTAL,
-    ChestXrayDataModule,
-    LabelledImages,
-    filter_views,
-)
+from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.images import find_images
+from chexnet_pl.data.labelled import LabelledImages, filter_views
 from chexnet_pl.data.nih_table import (
     IMAGE,
     PAPER_AUROC,
@@ -25,7 +21,7 @@ from chexnet_pl.data.nih_table import (
     label_matrix,
     read_data_entry,
 )
-from chexnet_pl.data.settings import check_nih_settings
+from chexnet_pl.data.settings import FRONTAL, check_nih_settings
 from chexnet_pl.data.splits import SplitSettings, make_split
 from chexnet_pl.errors import DataError
 
