@@ -151,6 +151,7 @@ def compare_with(
     from chexnet_pl.evaluation.compare import write_comparison
     from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
     from chexnet_pl.evaluation.runner import predict_split
+    from chexnet_pl.files import write_csv_atomic
 
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("compare"):
@@ -165,7 +166,7 @@ def compare_with(
         preds_b = predict_split(
             other.model, datamodule, cfg.split, settings, PredictionCache(other.path)
         )
-        preds_b.to_csv(output_dir / "preds_compare.csv", index=False)
+        write_csv_atomic(preds_b, output_dir / "preds_compare.csv", index=False)
         names_b, label_b = list(other.model.class_names), str(other.path)
     names = [n for n in names_a if n in names_b]
     label_a = str(cfg.preds or cfg.ckpt)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from chexnet_pl.cli import LOG_FORMAT, user_errors_exit
 from chexnet_pl.errors import ConfigError, WeightsError
+from chexnet_pl.files import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -90,17 +91,16 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
     model.load_state_dict(converted, strict=False)  # every net.* key checked above
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": pl.__version__,
-            "epoch": 0,
-            "global_step": 0,
-            "imported_from": str(source),
-        },
-        target,
-    )
+    imported = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": pl.__version__,
+        "epoch": 0,
+        "global_step": 0,
+        "imported_from": str(source),
+    }
+    with atomic_write(target) as partial:  # a killed import leaves no half checkpoint
+        torch.save(imported, partial)
     log.info("wrote %s (14 outputs, this project's class order) from %s", target, source)
     return model
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import mean_over
-from chexnet_pl.files import write_text_atomic
+from chexnet_pl.files import write_csv_atomic, write_json_atomic
 from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
 from chexnet_pl.validation import Problems
 
@@ -97,7 +97,7 @@ class Calibration:
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(self.to_json(), indent=1))
+        write_json_atomic(path, self.to_json(), indent=1)
         return path
 
     @classmethod
@@ -348,7 +348,7 @@ def write_calibration_report(
         )
         table = table.join(params)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output_dir / "calibration.csv")
+    write_csv_atomic(table, output_dir / "calibration.csv")
     if plots:
         plot_reliability(
             scores, labels, class_names, output_dir / "reliability.png", bins, before, calibrated,

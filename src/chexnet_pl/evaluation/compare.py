@@ -25,6 +25,7 @@ from chexnet_pl.evaluation.plots import save_figure
 from chexnet_pl.evaluation.predictions import prob_columns
 from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def write_comparison(
         a, b, truth, class_names, bootstrap_samples, bootstrap_seed, confidence
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    whole_numbers(table).to_csv(output_dir / "compare.csv")
+    write_csv_atomic(whole_numbers(table), output_dir / "compare.csv")
     patients = truth.loc[a[IMAGE], PATIENT].nunique()
     if plots:
         import matplotlib.pyplot as plt

@@ -28,6 +28,7 @@ from chexnet_pl.evaluation.expert_labels import (
 )
 from chexnet_pl.evaluation.predictions import PROB
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
+from chexnet_pl.files import write_csv_atomic
 
 if TYPE_CHECKING:
     from chexnet_pl.evaluation.runner import EvaluationSettings
@@ -96,7 +97,7 @@ class ExpertLabels:
             table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
         )
         output_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output_dir / "expert_aucs.csv", index=False)
+        write_csv_atomic(table, output_dir / "expert_aucs.csv", index=False)
         log.info(
             "Expert labels (%s; radiologist-adjudicated, Majkowska et al. 2020): %d images of %d "
             "patients. auroc: against the radiologists; nih_auroc: the same images and scores "

@@ -45,6 +45,7 @@ from chexnet_pl.evaluation.subgroups import (
     Subgroups,
     write_subgroup_report,
 )
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.labels import NO_FINDING, mean_row
 from chexnet_pl.models.precision import check_precision
 from chexnet_pl.validation import Problems, settings_from
@@ -224,8 +225,8 @@ def score_and_write(
     if fitted is not None:
         calibrated = preds[[IMAGE]].copy()
         calibrated[prob_columns(names)] = fitted.apply(scores, names)
-        calibrated.to_csv(output_dir / "preds_calibrated.csv", index=False)
-    whole_numbers(table).to_csv(output_dir / "aucs.csv")
+        write_csv_atomic(calibrated, output_dir / "preds_calibrated.csv", index=False)
+    write_csv_atomic(whole_numbers(table), output_dir / "aucs.csv")
     if settings.plots:
         intervals = (
             {n: (table.at[n, "ci_low"], table.at[n, "ci_high"]) for n in names}
@@ -334,11 +335,11 @@ def evaluate_model(
         log.info("%s", match.describe())
     cache = PredictionCache(checkpoint) if checkpoint else None
     preds = predict_split(model, datamodule, split, settings, cache)
-    preds.to_csv(output_dir / "preds.csv", index=False)
+    write_csv_atomic(preds, output_dir / "preds.csv", index=False)
     val_preds = None
     if split != "val" and len(datamodule.datasets["val"]):
         val_preds = predict_split(model, datamodule, "val", settings, cache)
-        val_preds.to_csv(output_dir / "preds_val.csv", index=False)
+        write_csv_atomic(val_preds, output_dir / "preds_val.csv", index=False)
     truth = truth_for(
         truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
     )

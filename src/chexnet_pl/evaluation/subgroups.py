@@ -41,6 +41,7 @@ from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's
     subgroup_labels,
 )
 from chexnet_pl.evaluation.underdiagnosis import NoFindingThreshold, share, underdiagnosis_rows
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.labels import NO_FINDING, finding_names, labelled
 
 log = logging.getLogger(__name__)
@@ -310,9 +311,11 @@ def write_subgroup_report(
         bootstrap_seed, confidence, no_finding_threshold,
     )  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
-    whole_numbers(result.table).to_csv(output_dir / "subgroups.csv", index=False)
+    write_csv_atomic(whole_numbers(result.table), output_dir / "subgroups.csv", index=False)
     if result.underdiagnosis is not None:
-        whole_numbers(result.underdiagnosis).to_csv(output_dir / "underdiagnosis.csv", index=False)
+        write_csv_atomic(
+            whole_numbers(result.underdiagnosis), output_dir / "underdiagnosis.csv", index=False
+        )
     if plots:
         from chexnet_pl.evaluation.forest import plot_subgroup_forest
 

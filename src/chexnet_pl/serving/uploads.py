@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from email.message import Message
 from pathlib import Path
 
+from chexnet_pl.files import write_bytes_atomic
 from chexnet_pl.serving.decode import UploadError
 
 # After the limit is passed the rest of the body is read and dropped (so the client sees the 413
@@ -84,7 +85,5 @@ def save_upload(folder: Path, data: bytes, image_format: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     suffix = {"jpeg": ".jpg"}.get(image_format, f".{image_format}")
     path = folder / f"{stamp}_{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    write_bytes_atomic(path, data)
     return path
