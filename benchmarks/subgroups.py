@@ -83,7 +83,7 @@ def main() -> None:
             {
                 "seconds": [overall, subgroups, with_plot],
                 "what": [
-                    "overall per-class bootstrap (evaluation.auroc.bootstrap_auroc, 15 classes)",
+                    "overall per-class bootstrap (resampling.class_aurocs via auroc.bootstrap_auroc, 15 classes)",
                     f"subgroup report, {cells} subgroup × finding cells + gaps + underdiagnosis",
                     "the same with the forest plot PNG",
                 ],

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.files import write_csv_atomic, write_json_atomic
-from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
+from chexnet_pl.labels import labelled, mean_row, report_order
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
@@ -283,10 +283,7 @@ def calibration_table(
         )
     table = pd.DataFrame(rows, index=pd.Index(list(class_names), name="class"))
     mean_name = mean_row(class_names)
-    table.loc[mean_name] = [
-        float(mean_over(table[c].to_numpy(), class_names, finding_names(class_names)))
-        for c in table.columns
-    ]
+    table.loc[mean_name] = with_mean(table.to_numpy().T, class_names)[:, -1]
     return table.loc[report_order(class_names, mean_name)]
 
 

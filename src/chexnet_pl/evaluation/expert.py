@@ -27,7 +27,12 @@ from chexnet_pl.evaluation.expert_labels import (
     read_expert_labels,
 )
 from chexnet_pl.evaluation.predictions import PROB
-from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
+from chexnet_pl.evaluation.resampling import (
+    GroupedAuroc,
+    PatientResamples,
+    aurocs_of,
+    percentile_interval,
+)
 from chexnet_pl.files import write_csv_atomic
 
 if TYPE_CHECKING:
@@ -175,18 +180,16 @@ def _nih_labels(truth: pd.DataFrame, images: pd.Index, outputs: list[str], findi
 def _auroc_by_set(scores, positive, set_codes, resamples) -> tuple[np.ndarray, np.ndarray]:
     """AUROC in test, val and all: the point values (3) and per resample (B × 3)."""
     args = (resamples.codes, resamples.num_patients)
-    plans = (
-        GroupedAuroc(scores, positive, set_codes, len(EXPERT_SETS), *args),
-        GroupedAuroc(scores, positive, np.zeros(len(scores), np.int64), 1, *args),
+    return aurocs_of(
+        [
+            GroupedAuroc(scores, positive, set_codes, len(EXPERT_SETS), *args),
+            GroupedAuroc(scores, positive, np.zeros(len(scores), np.int64), 1, *args),
+        ],
+        resamples,
     )
-    point = np.concatenate([p.point() for p in plans])
-    blocks = [np.column_stack([p.resampled(c) for p in plans]) for c in resamples.blocks()]
-    return point, (np.concatenate(blocks) if blocks else np.empty((0, len(SETS))))
 
 
 def _interval(samples: np.ndarray, point: np.ndarray, confidence: float):
-    if not len(samples):
-        return np.full(len(point), np.nan), np.full(len(point), np.nan)
     return percentile_interval(samples, confidence, ~np.isnan(point))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
 from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's public names)
@@ -207,14 +207,14 @@ def _attribute_rows(
         [n for n in findings if usable[compared, names.index(n)].all()] if compared.any() else []
     )
     left_out = [n for n in findings if n not in in_every]
-    mean_point = mean_over(point, names, in_every)  # groups
-    with_mean_point = np.concatenate([point, mean_point[:, None]], axis=-1)
+    with_mean_point = with_mean(point, names, in_every)  # groups × (classes, the mean)
+    mean_point = with_mean_point[:, -1]
     usable_with_mean = np.concatenate([usable, compared[:, None]], axis=-1)
     order = [n for n in names if n != NO_FINDING] + [MEAN] + [n for n in names if n == NO_FINDING]
-    low = high = with_mean = None
+    low = high = samples_with_mean = None
     if samples is not None:
-        with_mean = np.concatenate([samples, mean_over(samples, names, in_every)[..., None]], -1)
-        low, high = percentile_interval(with_mean, confidence, ~np.isnan(with_mean_point))
+        samples_with_mean = with_mean(samples, names, in_every)
+        low, high = percentile_interval(samples_with_mean, confidence, ~np.isnan(with_mean_point))
     rows = []
     for g, group in enumerate(group_names):
         in_group = codes == g
@@ -243,8 +243,8 @@ def _attribute_rows(
         return rows
     gap_point = _gap(with_mean_point, usable_with_mean)
     gap_low = gap_high = None
-    if with_mean is not None:
-        gaps = _gap(with_mean, usable_with_mean)
+    if samples_with_mean is not None:
+        gaps = _gap(samples_with_mean, usable_with_mean)
         gap_low, gap_high = percentile_interval(gaps, confidence, ~np.isnan(gap_point))
     cells = pd.DataFrame(rows)
     for name in order:
