@@ -24,7 +24,7 @@ from chexnet_pl.data.nih_table import PATIENT, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
-from chexnet_pl.evaluation.runner import EvaluationSettings
+from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import write_subgroup_report
 

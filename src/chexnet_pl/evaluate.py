@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from chexnet_pl.checkpoints import Run
     from chexnet_pl.data.datamodule import ChestXrayDataModule
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 COMPARE_ON = ("same", "intersection")
@@ -113,7 +113,7 @@ class EvaluateSettings:
 
 def check_config(cfg: DictConfig) -> EvaluateSettings:
     from chexnet_pl.evaluation.expert_labels import ExpertMap
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.settings import command_settings, dry_run, resolved
 
     values = resolved(cfg)
@@ -194,12 +194,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         read_official_lists,
     )
     from chexnet_pl.evaluation.runner import (
-        EvaluationSettings,
         evaluate_model,
         log_to_wandb,
         score_and_write,
         truth_frame,
     )
+    from chexnet_pl.evaluation.settings import EvaluationSettings
 
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -221,14 +221,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         table, metrics = evaluate_model(
             run.model, datamodule, output_dir, settings, split, run.path, internal
         )
+        labelled = truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies)
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
             match = match_model_to_data(
                 run.model.class_names, datamodule.pathologies, settings.label_map
             )
-            truth = truth_for(
-                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
-            )
+            truth = truth_for(labelled, match)
             metrics |= compare_with(cfg, preds, match.scored, truth, settings, datamodule)
         if expert is not None:  # the split evaluated, and validation when it was predicted too
             stored = [
@@ -237,11 +236,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             preds = [pd.read_csv(p, dtype={IMAGE: str}) for p in stored if p.is_file()]
             splits = datamodule.table.set_index(IMAGE)["split"]
             expert_table, expert_metrics = expert.score_and_write(
-                preds,
-                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies),
-                output_dir,
-                settings,
-                splits,
+                preds, labelled, output_dir, settings, splits
             )
             metrics |= expert_metrics
     else:

@@ -151,7 +151,8 @@ def _evaluate_best(
 
     from chexnet_pl.checkpoints import load_run
     from chexnet_pl.errors import ChexnetError, TrainingError
-    from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
+    from chexnet_pl.evaluation.runner import evaluate_model, log_to_wandb
+    from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.training.checks import unwrap_worker_error
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

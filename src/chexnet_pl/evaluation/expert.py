@@ -36,7 +36,7 @@ from chexnet_pl.evaluation.resampling import (
 from chexnet_pl.files import write_csv_atomic
 
 if TYPE_CHECKING:
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 
