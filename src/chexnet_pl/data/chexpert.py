@@ -31,9 +31,9 @@ from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
 from chexnet_pl.data.splits import (
     assert_no_patient_leak,
-    file_split,
     hold_out_validation,
     patient_split,
+    split_from_file,
 )
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
@@ -74,10 +74,9 @@ def read_chexpert_csv(path: str | Path) -> pd.DataFrame:
     """A CheXpert table (train.csv or valid.csv) checked: columns, rows, unique paths, a patient in
     every path, Frontal/Lateral values. Labels are checked by ``labeller_values``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"CheXpert table not found: {path}")
     table = read_csv_table(
         path,
+        "CheXpert table",
         REQUIRED_COLUMNS,
         f"CheXpert's tables have {list(REQUIRED_COLUMNS)}.",
         {PATH: str, SEX: str, FRONTAL_LATERAL: str, AP_PA: str},
@@ -208,11 +207,6 @@ class CheXpertDataModule(LabellerDataModule):
             )
             remedy = "report this as a bug"
         else:
-            if not args.get("file"):
-                raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
-            split = file_split(table, args["file"])
-            remedy = (
-                f"fix {args['file']} (data.split.file) so each patient's images share one split"
-            )
+            split, remedy = split_from_file(table, args.get("file"))
         assert_no_patient_leak(table, split, remedy)
         return split

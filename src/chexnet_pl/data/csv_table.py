@@ -14,12 +14,16 @@ from chexnet_pl.errors import DataError
 
 def read_csv_table(
     path: str | Path,
+    what: str,
     required: Sequence[str],
     release: str,
     dtype: Mapping[str, type] | None = None,
 ) -> pd.DataFrame:
-    """``path`` read with ``dtype``, column names stripped, checked for the ``required`` columns
-    (``release``: the sentence saying what the released table has, for the message) and a row."""
+    """``path`` (``what`` it is, for the message when it is not there) read with ``dtype``, column
+    names stripped, checked for the ``required`` columns (``release``: the sentence saying what
+    the released table has, for the message) and a row."""
+    if not Path(path).is_file():
+        raise DataError(f"{what} not found: {path}")
     try:
         table = pd.read_csv(path, dtype=dtype)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,

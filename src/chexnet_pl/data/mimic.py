@@ -33,7 +33,7 @@ from chexnet_pl.data.labelled import LabelledImages, filter_views
 from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
-from chexnet_pl.data.splits import assert_no_patient_leak, file_split, patient_split
+from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
     labeller_values,
@@ -69,6 +69,7 @@ def read_table(path: Path, required: tuple[str, ...], key: str | tuple[str, ...]
     """A MIMIC table with its ``required`` columns, ids as integers, and ``key`` unique."""
     table = read_csv_table(
         path,
+        "MIMIC-CXR table",
         required,
         f"PhysioNet's table has {list(required)} among its columns.",
         {"dicom_id": str, "ViewPosition": str, "split": str},
@@ -225,12 +226,7 @@ class MimicCxrDataModule(LabellerDataModule):
                                   int(args.get("seed") or 0))  # fmt: skip
             remedy = "report this as a bug"
         else:
-            if not args.get("file"):
-                raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
-            split = file_split(table, args["file"])
-            remedy = (
-                f"fix {args['file']} (data.split.file) so each patient's images share one split"
-            )
+            split, remedy = split_from_file(table, args.get("file"))
         split = split.astype("object")
         assert_no_patient_leak(table, split, remedy)
         return split

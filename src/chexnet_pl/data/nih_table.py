@@ -91,10 +91,9 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
     naming the file, line and value for missing columns, duplicate images or empty labels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"metadata CSV not found: {path}")
     table = read_csv_table(
         path,
+        "metadata CSV",
         REQUIRED_COLUMNS,
         f"NIH's Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)} among its columns.",
         {IMAGE: str, FINDING_LABELS: str, VIEW: str},
