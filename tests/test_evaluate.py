@@ -348,7 +348,7 @@ def test_command_line_scores_a_file_and_reports_bad_input(synthetic_root, tmp_pa
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
-    from chexnet_pl.models.precision import cpu_has_fast_bf16 as detect
+    from chexnet_pl.device import cpu_has_fast_bf16 as detect
 
     cases = {
         "avx2": ("flags\t\t: fpu sse2 avx avx2 fma", False),  # this project's machine

@@ -89,7 +89,7 @@ ALLOWED = {
     "in <root>.partial/ and renames it into place",
     ("data/dataset.py", "_record_skip"): "skipped_images.csv: one appended line per image a "
     "training worker could not read, written while training",
-    ("cli.py", "unwritable_reason"): "a probe file, removed at once",
+    ("files.py", "unwritable_reason"): "a probe file, removed at once",
 }
 
 

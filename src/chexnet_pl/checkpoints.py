@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from chexnet_pl.data.build import build_datamodule
 from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
-from chexnet_pl.shipped import shipped, shipped_data
+from chexnet_pl.shipped import shipped
 
 log = logging.getLogger(__name__)
 
@@ -111,42 +112,9 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
     return Run(path, model, dict(stored.get("datamodule_hyper_parameters") or {}))
 
 
-# The data module of checkpoints that do not name theirs (written before datasets were data).
-DEFAULT_DATAMODULE = "chexnet_pl.data.nih.NIHDataModule"
 TARGET = "_target_"
 # With data=<dataset>, these load the images as the run did unless the command line says otherwise.
 AS_THE_RUN_LOADED = ("image_size", "loader", "num_workers", "eval_batch_size", "missing_images")
-
-
-def build_datamodule(settings: Mapping[str, Any]):
-    """A data module from plain settings with ``_target_`` (a checkpoint's data settings, or a
-    ``data=<dataset>`` config); None values of keys its class does not take are dropped."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    settings = {k: v for k, v in settings.items() if k == TARGET or not k.startswith("_")}
-    target = settings.pop(TARGET, None) or DEFAULT_DATAMODULE
-    try:
-        cls = get_class(target)
-    except (ImportError, ValueError) as exc:
-        raise DataError(f"data module {target!r} cannot be imported ({exc})") from exc
-    accepted = {
-        name
-        for klass in cls.__mro__
-        if "__init__" in vars(klass)
-        for name in inspect.signature(klass.__init__).parameters
-    }
-    settings = {k: v for k, v in settings.items() if v is not None or k in accepted}
-    # What the settings leave out (a checkpoint written before a setting existed, a value left
-    # unset): the shipped value of the dataset's config.
-    defaults = shipped_data(target)
-    for key, value in defaults.items():
-        if key in accepted and key not in settings:
-            settings[key] = value
-        elif isinstance(value, dict) and isinstance(settings.get(key), Mapping):
-            settings[key] = {**value, **settings[key]}  # a nested key added since
-    return cls(**settings)
 
 
 def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Path):

@@ -12,10 +12,7 @@ lives in the subpackages.
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,24 +25,11 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from chexnet_pl.errors import ChexnetError
+from chexnet_pl.files import unwritable_reason
+from chexnet_pl.shipped import CONFIG_MODULE, CONFIG_PATH, config_dir  # noqa: F401  (the commands and tests import them from here)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# The repository's conf/ folder, installed as the package ``chexnet_pl.conf`` (see setup.py): found
-# the same way in an editable install and a wheel. A source tree used without installing
-# (PYTHONPATH=src, as on a bare GPU host) has it beside src/.
-CONFIG_MODULE = "chexnet_pl.conf"
-SOURCE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-_INSTALLED = importlib.util.find_spec(CONFIG_MODULE) is not None
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}" if _INSTALLED else str(SOURCE_CONFIG_DIR)
-
-
-def config_dir() -> Path:
-    """The folder of the Hydra configs (for ``initialize_config_dir`` and reading a YAML file)."""
-    if _INSTALLED:
-        return Path(str(importlib.resources.files(CONFIG_MODULE)))
-    return SOURCE_CONFIG_DIR
 
 
 def _in_multirun() -> bool:
@@ -102,18 +86,6 @@ def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run ``task(cfg)`` under ``user_errors_exit``."""
     with user_errors_exit():
         return task(cfg)
-
-
-def unwritable_reason(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (made if absent), or None when they can."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 class OutputFolderCheck(Callback):

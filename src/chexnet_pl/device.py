@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -26,9 +27,22 @@ class DeviceCaps:
         return torch.device("cuda" if self.cuda else "cpu")
 
 
-def detect_caps() -> DeviceCaps:
-    from chexnet_pl.models.precision import cpu_has_fast_bf16
+def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = {
+        flag
+        for line in text.splitlines()
+        if line.split(":", 1)[0].strip() == "flags"
+        for flag in line.split(":", 1)[1].split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
+
+def detect_caps() -> DeviceCaps:
     cuda = torch.cuda.is_available()
     return DeviceCaps(
         cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(), cpu_bf16=cpu_has_fast_bf16()

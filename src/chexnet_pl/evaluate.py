@@ -147,7 +147,8 @@ def compare_with(
     the images both have; writes compare.csv and compare.png."""
     import pandas as pd
 
-    from chexnet_pl.checkpoints import build_datamodule, datamodule_for, load_run
+    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.build import build_datamodule
     from chexnet_pl.evaluation.compare import write_comparison
     from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
     from chexnet_pl.evaluation.runner import predict_split
@@ -184,6 +185,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import pandas as pd
 
     from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.labelled import truth_frame
     from chexnet_pl.data.nih_table import IMAGE
     from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
     from chexnet_pl.evaluation.external import match_model_to_data, truth_for
@@ -197,7 +199,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         evaluate_model,
         log_to_wandb,
         score_and_write,
-        truth_frame,
     )
     from chexnet_pl.evaluation.settings import EvaluationSettings
 
@@ -310,11 +311,11 @@ def _internal_aucs(cfg: DictConfig, run: Run) -> dict[str, float] | None:
 def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
     """The labels ``preds=`` is scored against, and the data's reference AUROC: NIH's metadata
     CSV (``data.root``/``data.csv``), or with ``data=<dataset>`` that dataset's tables."""
-    from chexnet_pl.checkpoints import build_datamodule
+    from chexnet_pl.data.build import build_datamodule
+    from chexnet_pl.data.labelled import truth_frame
     from chexnet_pl.data.nih import NIHDataModule, label_index
     from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
     from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.runner import truth_frame
 
     if data.get(TARGET):
         settings = {k: v for k, v in data.items() if v is not None}  # no images are loaded

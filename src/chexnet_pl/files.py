@@ -60,6 +60,18 @@ def write_csv_atomic(table: Any, path: str | Path, **to_csv: Any) -> Path:
     return path
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made if absent), or None when they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes (``algorithm``: any hashlib name)."""
     digest = hashlib.new(algorithm)

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from chexnet_pl.cli import _INSTALLED, CONFIG_MODULE, SOURCE_CONFIG_DIR
+from chexnet_pl.shipped import CONFIG_MODULE, INSTALLED, SOURCE_CONFIG_DIR
 from chexnet_pl.validation import closest, did_you_mean
 
 # `python -m chexnet_pl.import_weights` has no Hydra config.
@@ -27,7 +27,7 @@ def _hydra() -> Iterator[Any]:
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    if _INSTALLED:
+    if INSTALLED:
         context = initialize_config_module(CONFIG_MODULE, version_base="1.3")
     else:
         context = initialize_config_dir(str(SOURCE_CONFIG_DIR), version_base="1.3")

@@ -1,4 +1,5 @@
-"""The shipped defaults, read from the YAML files of ``conf/``: the one place they are written.
+"""The shipped defaults, read from the YAML files of ``conf/`` (found here: ``config_dir``): the
+one place they are written.
 
 Commands get them from Hydra. Code that builds a component in Python (a checkpoint written
 before a setting existed, a test, a benchmark) asks for them here instead of restating them.
@@ -7,14 +8,30 @@ before a setting existed, a test, a benchmark) asks for them here instead of res
 from __future__ import annotations
 
 import functools
+import importlib.resources
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from chexnet_pl.cli import config_dir
+# The repository's conf/ folder, installed as the package ``chexnet_pl.conf`` (see setup.py): found
+# the same way in an editable install and a wheel. A source tree used without installing
+# (PYTHONPATH=src, as on a bare GPU host) has it beside src/.
+CONFIG_MODULE = "chexnet_pl.conf"
+SOURCE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+INSTALLED = importlib.util.find_spec(CONFIG_MODULE) is not None
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}" if INSTALLED else str(SOURCE_CONFIG_DIR)
 
 # Keys of a `_target_` section that are instructions to Hydra, not settings.
 HYDRA_KEYS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_", "defaults")
+
+
+def config_dir() -> Path:
+    """The folder of the Hydra configs (for ``initialize_config_dir`` and reading a YAML file)."""
+    if INSTALLED:
+        return Path(str(importlib.resources.files(CONFIG_MODULE)))
+    return SOURCE_CONFIG_DIR
 
 
 @functools.cache

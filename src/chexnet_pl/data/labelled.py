@@ -1,18 +1,26 @@
-"""What a dataset's ``read_labels`` gives the data module (``LabelledImages``), and the view filter
-every dataset applies to it (``data.view_position``)."""
+"""What a dataset's ``read_labels`` gives the data module (``LabelledImages``): its table, with the
+subgroup metadata under NIH's column names, and its labels; the view filter every dataset applies
+to it (``data.view_position``); and the frame evaluations score against (``truth_frame``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.nih_table import VIEW
+from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
 
 log = logging.getLogger(__name__)
+
+# The subgroup metadata a table may carry, under NIH's names (each dataset renames its own).
+SEX = "Patient Gender"
+AGE = "Patient Age"
+DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
+METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
 
 
 @dataclass
@@ -47,3 +55,16 @@ def filter_views(
     log.info("%s: view_position=%s keeps %d of %d images", dataset, view_position, keep.sum(),
              len(table))  # fmt: skip
     return LabelledImages(table[keep].reset_index(drop=True), images.labels[keep], images.source)
+
+
+def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """A dataset's rows → ``Image Index``-indexed frame of ``Patient ID``, the label columns
+    (``names``; NaN: not labelled) and the subgroup metadata the table has (sex, age, view,
+    follow-up); ``attrs["labels"]`` names the label columns."""
+    frame = pd.DataFrame(labels, columns=list(names), index=pd.Index(table[IMAGE], name=IMAGE))
+    frame.attrs["labels"] = list(names)
+    frame.insert(0, PATIENT, table[PATIENT].to_numpy())
+    for column in METADATA_COLUMNS:
+        if column in table.columns:
+            frame[column] = table[column].to_numpy()
+    return frame

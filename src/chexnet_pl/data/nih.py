@@ -11,7 +11,7 @@ import pandas as pd
 
 from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.images import find_images
-from chexnet_pl.data.labelled import LabelledImages, filter_views
+from chexnet_pl.data.labelled import LabelledImages, filter_views, truth_frame
 from chexnet_pl.data.nih_table import (
     IMAGE,
     PAPER_AUROC,
@@ -104,10 +104,8 @@ class NIHDataModule(ChestXrayDataModule):
 
 
 def label_index(table: pd.DataFrame) -> pd.DataFrame:
-    """NIH metadata rows → the truth frame of ``evaluation.runner.truth_frame``: ``Patient ID``,
+    """NIH metadata rows → the frame evaluations score against (``labelled.truth_frame``): ``Patient ID``,
     all 15 label columns and the subgroup metadata, indexed by ``Image Index`` (for scoring a
     predictions file against NIH's labels, no images needed)."""
-    from chexnet_pl.evaluation.runner import truth_frame
-
     names = class_names(True)
     return truth_frame(table, label_matrix(table["Finding Labels"], names), names)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chexnet_pl.data.labelled import truth_frame
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.calibration_report import write_calibration_report
@@ -36,7 +37,6 @@ from chexnet_pl.evaluation.report import (
 from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import (
-    METADATA_COLUMNS,
     NoFindingThreshold,
     Subgroups,
     write_subgroup_report,
@@ -45,19 +45,6 @@ from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.labels import NO_FINDING, mean_row
 
 log = logging.getLogger(__name__)
-
-
-def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
-    """A dataset's rows → ``Image Index``-indexed frame of ``Patient ID``, the label columns
-    (``names``; NaN: not labelled) and the subgroup metadata the table has (sex, age, view,
-    follow-up); ``attrs["labels"]`` names the label columns."""
-    frame = pd.DataFrame(labels, columns=list(names), index=pd.Index(table[IMAGE], name=IMAGE))
-    frame.attrs["labels"] = list(names)
-    frame.insert(0, PATIENT, table[PATIENT].to_numpy())
-    for column in METADATA_COLUMNS:
-        if column in table.columns:
-            frame[column] = table[column].to_numpy()
-    return frame
 
 
 def _aligned(preds: pd.DataFrame, truth: pd.DataFrame, names: Sequence[str]):

@@ -32,7 +32,6 @@ from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
 from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's public names)
     ATTRIBUTES,
-    METADATA_COLUMNS,
     TOO_SMALL,
     UNDEFINED,
     UNKNOWN,

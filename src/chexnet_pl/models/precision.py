@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from pathlib import Path
 
 import torch
 
@@ -22,21 +21,6 @@ SHORT_NAMES = {"fp32": "32-true", "32": "32-true", "bf16": "bf16-mixed", "fp16":
 
 
 @functools.cache
-def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.split(":", 1)[0].strip() == "flags"
-        for flag in line.split(":", 1)[1].split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def check_precision(requested: str | int, setting: str = "precision") -> str:
     """The canonical name of ``requested``, or an error naming ``setting`` and the choices."""
     name = SHORT_NAMES.get(str(requested), str(requested))

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from chexnet_pl.checkpoints import read_checkpoint
-from chexnet_pl.cli import unwritable_reason
 from chexnet_pl.errors import DataError, ImageReadError, TrainingError, WeightsError
+from chexnet_pl.files import unwritable_reason
 
 
 def check_output_dir(output_dir: Path, min_free_gb: float) -> None:
