@@ -74,8 +74,9 @@ WRITERS = {
     "to_csv": 0, "to_json": 0, "to_parquet": 0, "to_pickle": 0, "savefig": 0,
     "write_text": "self", "write_bytes": "self",
 }  # fmt: skip
-MODULE_WRITERS = {("torch", "save"): 1, ("jit", "save"): 1, ("np", "save"): 0,
-                  ("json", "dump"): 1, ("pickle", "dump"): 1}  # fmt: skip
+MODULE_WRITERS = {("torch", "save"): 1, ("jit", "save"): 1, ("np", "save"): 0, ("np", "savez"): 0,
+                  ("json", "dump"): 1, ("pickle", "dump"): 1, ("shutil", "copyfile"): 1,
+                  ("shutil", "copy"): 1, ("shutil", "copy2"): 1}  # fmt: skip
 # Writes that cannot go through atomic_write, by (file, function): why each is still safe.
 ALLOWED = {
     ("data/prepare.py", "_start_or_resume"): "the cache is built in <size>px.partial/ "
