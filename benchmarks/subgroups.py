@@ -24,7 +24,7 @@ from chexnet_pl.data.nih_table import PATIENT, class_names, read_data_entry
 from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
-from chexnet_pl.evaluation.runner import EvaluationSettings
+from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import write_subgroup_report
 
@@ -83,7 +83,7 @@ def main() -> None:
             {
                 "seconds": [overall, subgroups, with_plot],
                 "what": [
-                    "overall per-class bootstrap (evaluation.auroc.bootstrap_auroc, 15 classes)",
+                    "overall per-class bootstrap (resampling.class_aurocs via auroc.bootstrap_auroc, 15 classes)",
                     f"subgroup report, {cells} subgroup × finding cells + gaps + underdiagnosis",
                     "the same with the forest plot PNG",
                 ],

@@ -69,6 +69,37 @@ def test_bootstrap_resamples_patients_not_images():
     assert low < point < high and high - low > 0.02
 
 
+def test_overall_intervals_are_the_patient_bootstrap_drawn_as_before():
+    """aucs.csv's intervals come from the grouped engine of subgroups and comparisons; they are
+    the percentiles of scikit-learn's AUROC on the same patient draws the per-class bootstrap
+    always made (``default_rng(seed).integers(0, patients, (B, patients))``), to the last digit,
+    with ties, unlabelled images and several images per patient."""
+    rng = np.random.default_rng(5)
+    names = ["A", "B", "C", "No Finding"]
+    patients = rng.integers(0, 70, 240)
+    labels = (rng.random((240, 4)) < 0.3).astype(float)
+    labels[rng.random((240, 4)) < 0.2] = np.nan  # not labelled: in no class's images
+    scores = np.round(np.nan_to_num(labels) * 0.3 + rng.random((240, 4)), 1)  # many ties
+    table = score_predictions(scores, labels, patients, names, 60, 3, 0.9)
+    codes, uniques = pd.factorize(patients)
+    draws = np.random.default_rng(3).integers(0, len(uniques), size=(60, len(uniques)))
+    resampled = np.full((60, 4), np.nan)
+    for b, drawn in enumerate(draws):
+        rows = np.repeat(np.arange(240), np.bincount(drawn, minlength=len(uniques))[codes])
+        for j in range(4):
+            known = rows[~np.isnan(labels[rows, j])]
+            if len(np.unique(labels[known, j])) == 2:
+                resampled[b, j] = roc_auc_score(labels[known, j], scores[known, j])
+    means = np.nanmean(resampled[:, :3], axis=1)  # the findings: No Finding apart
+    low, high = np.percentile(np.column_stack([resampled, means]), [5, 95], axis=0)
+    order = ["A", "B", "C", "No Finding"]
+    np.testing.assert_allclose(table.loc[order, "ci_low"], low[:4], atol=1e-12)
+    np.testing.assert_allclose(table.loc[order, "ci_high"], high[:4], atol=1e-12)
+    mean = mean_row(names)
+    assert table.at[mean, "ci_low"] == pytest.approx(low[4], abs=1e-12)
+    assert table.at[mean, "ci_high"] == pytest.approx(high[4], abs=1e-12)
+
+
 def test_operating_points():
     scores = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
     labels = np.array([0, 0, 1, 0, 1, 1])

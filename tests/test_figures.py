@@ -11,7 +11,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 from sklearn.metrics import average_precision_score, roc_curve
 
-from chexnet_pl.evaluation.calibration import calibration_table, fit_calibration
+from chexnet_pl.evaluation.calibration import fit_calibration
+from chexnet_pl.evaluation.calibration_report import calibration_table
 from chexnet_pl.evaluation.forest import plot_subgroup_forest
 from chexnet_pl.evaluation.plots import curve_figures
 from chexnet_pl.evaluation.reliability import reliability_figure

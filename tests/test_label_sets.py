@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
-from chexnet_pl.evaluation.calibration import calibration_table
+from chexnet_pl.evaluation.calibration_report import calibration_table
 from chexnet_pl.evaluation.report import choose_threshold, score_predictions
-from chexnet_pl.evaluation.runner import EvaluationSettings
+from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroups import score_subgroups
 from chexnet_pl.labels import match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC

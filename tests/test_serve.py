@@ -145,6 +145,22 @@ def test_multipart_body_gives_the_file_bytes_unchanged(nih_sample):
         file_from_body(wrong.body, wrong.headers["Content-Type"])
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"not a form", "multipart/form-data; boundary=b", "cannot be read"),
+        (b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
+         "multipart/form-data; boundary=b", "cut short"),
+        (b"--b--\r\n", "multipart/form-data", "without a boundary"),
+    ],
+    ids=["garbage", "no-closing-boundary", "no-boundary"],
+)  # fmt: skip
+def test_a_malformed_multipart_body_is_a_400_saying_what_is_wrong(body, content_type, message):
+    with pytest.raises(UploadError, match=message) as error:
+        file_from_body(body, content_type)
+    assert error.value.status == 400
+
+
 def test_batching_queue_batches_waiting_jobs_and_survives_a_failing_batch():
     started = threading.Event()
     release = threading.Event()

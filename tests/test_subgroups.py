@@ -21,7 +21,8 @@ from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.report import choose_threshold
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples
-from chexnet_pl.evaluation.runner import EvaluationSettings, underdiagnosis_threshold
+from chexnet_pl.evaluation.runner import underdiagnosis_threshold
+from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import GAP, Subgroups, age_bands, score_subgroups
 

@@ -13,7 +13,6 @@ lives in the subpackages.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from chexnet_pl.config_location import CONFIG_MODULE as CONFIG_MODULE
 from chexnet_pl.config_location import CONFIG_PATH as CONFIG_PATH
 from chexnet_pl.config_location import config_dir as config_dir
 from chexnet_pl.errors import ChexnetError
+from chexnet_pl.files import unwritable_reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,18 +89,6 @@ def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run ``task(cfg)`` under ``user_errors_exit``."""
     with user_errors_exit():
         return task(cfg)
-
-
-def unwritable_reason(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (made if absent), or None when they can."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 class OutputFolderCheck(Callback):

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from chexnet_pl.checkpoints import Run
     from chexnet_pl.data.datamodule import ChestXrayDataModule
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 COMPARE_ON = ("same", "intersection")
@@ -113,7 +113,7 @@ class EvaluateSettings:
 
 def check_config(cfg: DictConfig) -> EvaluateSettings:
     from chexnet_pl.evaluation.expert_labels import ExpertMap
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.settings import command_settings, dry_run, resolved
 
     values = resolved(cfg)
@@ -147,10 +147,12 @@ def compare_with(
     the images both have; writes compare.csv and compare.png."""
     import pandas as pd
 
-    from chexnet_pl.checkpoints import build_datamodule, datamodule_for, load_run
+    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.build import build_datamodule
     from chexnet_pl.evaluation.compare import write_comparison
     from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
     from chexnet_pl.evaluation.runner import predict_split
+    from chexnet_pl.files import write_csv_atomic
 
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("compare"):
@@ -165,7 +167,7 @@ def compare_with(
         preds_b = predict_split(
             other.model, datamodule, cfg.split, settings, PredictionCache(other.path)
         )
-        preds_b.to_csv(output_dir / "preds_compare.csv", index=False)
+        write_csv_atomic(preds_b, output_dir / "preds_compare.csv", index=False)
         names_b, label_b = list(other.model.class_names), str(other.path)
     names = [n for n in names_a if n in names_b]
     label_a = str(cfg.preds or cfg.ckpt)
@@ -183,6 +185,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import pandas as pd
 
     from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.data.labelled import truth_frame
     from chexnet_pl.data.nih_table import IMAGE
     from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
     from chexnet_pl.evaluation.external import match_model_to_data, truth_for
@@ -193,12 +196,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         read_official_lists,
     )
     from chexnet_pl.evaluation.runner import (
-        EvaluationSettings,
         evaluate_model,
         log_to_wandb,
         score_and_write,
-        truth_frame,
     )
+    from chexnet_pl.evaluation.settings import EvaluationSettings
 
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -220,14 +222,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         table, metrics = evaluate_model(
             run.model, datamodule, output_dir, settings, split, run.path, internal
         )
+        labelled = truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies)
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
             match = match_model_to_data(
                 run.model.class_names, datamodule.pathologies, settings.label_map
             )
-            truth = truth_for(
-                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
-            )
+            truth = truth_for(labelled, match)
             metrics |= compare_with(cfg, preds, match.scored, truth, settings, datamodule)
         if expert is not None:  # the split evaluated, and validation when it was predicted too
             stored = [
@@ -236,11 +237,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             preds = [pd.read_csv(p, dtype={IMAGE: str}) for p in stored if p.is_file()]
             splits = datamodule.table.set_index(IMAGE)["split"]
             expert_table, expert_metrics = expert.score_and_write(
-                preds,
-                truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies),
-                output_dir,
-                settings,
-                splits,
+                preds, labelled, output_dir, settings, splits
             )
             metrics |= expert_metrics
     else:
@@ -314,11 +311,11 @@ def _internal_aucs(cfg: DictConfig, run: Run) -> dict[str, float] | None:
 def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
     """The labels ``preds=`` is scored against, and the data's reference AUROC: NIH's metadata
     CSV (``data.root``/``data.csv``), or with ``data=<dataset>`` that dataset's tables."""
-    from chexnet_pl.checkpoints import build_datamodule
+    from chexnet_pl.data.build import build_datamodule
+    from chexnet_pl.data.labelled import truth_frame
     from chexnet_pl.data.nih import NIHDataModule, label_index
     from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
     from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.runner import truth_frame
 
     if data.get(TARGET):
         settings = {k: v for k, v in data.items() if v is not None}  # no images are loaded

@@ -1,12 +1,20 @@
-"""File helpers used across the project: atomic writes and content digests."""
+"""File helpers used across the project: atomic writes and content digests.
+
+Every file the project writes goes through ``atomic_write`` (or one of the ``write_*_atomic``
+helpers built on it), so a run killed mid-write leaves the previous file or none, never half a
+file (``tests/test_files.py`` scans ``src/`` for writes that do not). The exceptions write into a
+folder that is itself renamed into place when complete, or append to a log; that test lists them.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20
 
@@ -31,6 +39,37 @@ def atomic_write(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_write(path) as partial:
         partial.write_text(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_write(path) as partial:
+        partial.write_bytes(data)
+
+
+def write_json_atomic(path: str | Path, value: Any, **dumps: Any) -> None:
+    """``json.dumps(value, **dumps)`` written atomically (e.g. ``indent=1``)."""
+    write_text_atomic(path, json.dumps(value, **dumps))
+
+
+def write_csv_atomic(table: Any, path: str | Path, **to_csv: Any) -> Path:
+    """A pandas DataFrame (or Series) as CSV, written atomically; ``to_csv``: its keyword
+    arguments (``index=False``). Returns ``path``."""
+    path = Path(path)
+    with atomic_write(path) as partial:
+        table.to_csv(partial, **to_csv)
+    return path
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made if absent), or None when they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

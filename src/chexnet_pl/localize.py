@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
 
 if TYPE_CHECKING:
@@ -120,9 +121,9 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     per_box = pd.DataFrame(results)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_box.to_csv(out_dir / "localization_boxes.csv", index=False)
+    write_csv_atomic(per_box, out_dir / "localization_boxes.csv", index=False)
     table = summarize(per_box)
-    table.to_csv(out_dir / "localization.csv")
+    write_csv_atomic(table, out_dir / "localization.csv")
     log.info("localisation of %d boxes (%s, threshold %.2f):\n%s", len(per_box), cfg.method, cfg.threshold,
              table.to_string(float_format=lambda v: f"{v:.3f}"))  # fmt: skip
     return table

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.thresholds import operating_thresholds
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
 from chexnet_pl.visualization.explain import explain
 from chexnet_pl.visualization.figures import prediction_table, table_text
@@ -152,7 +153,7 @@ def predict(cfg: DictConfig) -> Path:
     if skipped:
         out_dir.mkdir(parents=True, exist_ok=True)
         listing = pd.DataFrame(skipped, columns=["Image Index", "reason"])
-        listing.to_csv(out_dir / SKIPPED, index=False)
+        write_csv_atomic(listing, out_dir / SKIPPED, index=False)
         lines = "".join(f"\n  {name}: {reason}" for name, reason in skipped[:10])
         log.warning("%d of %d image(s) could not be read (all in %s):%s",
                     len(skipped), len(paths), out_dir / SKIPPED, lines)  # fmt: skip
@@ -162,7 +163,7 @@ def predict(cfg: DictConfig) -> Path:
             f"{out_dir / SKIPPED}), e.g. {skipped[0][0]}: {skipped[0][1]}"
         )
     table = pd.concat(frames, ignore_index=True)
-    table.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv_atomic(table, out_dir / "predictions.csv", index=False)
     log.info(
         "%d image(s) → %s; thresholds: %s\n%s", len(table), out_dir, operating.description,
         summary(table, model.class_names, thresholds),

@@ -151,7 +151,7 @@ def check_train_config(cfg: DictConfig) -> None:
     """The whole ``train`` config: every component built as a dry run, before anything is
     trained or any image or weights file is read."""
     from chexnet_pl.device import detect_caps
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.models.settings import logged_metrics, model_settings
     from chexnet_pl.training.trainer_settings import trainer_kwargs
 

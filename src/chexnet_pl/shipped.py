@@ -1,4 +1,5 @@
-"""The shipped defaults, read from the YAML files of ``conf/``: the one place they are written.
+"""The shipped defaults, read from the YAML files of ``conf/`` (found here: ``config_dir``): the
+one place they are written.
 
 Commands get them from Hydra. Code that builds a component in Python (a checkpoint written
 before a setting existed, a test, a benchmark) asks for them here instead of restating them.
@@ -11,7 +12,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from chexnet_pl.config_location import config_dir
+from chexnet_pl.config_location import (  # noqa: F401  (where the configs are, re-exported)
+    CONFIG_MODULE,
+    CONFIG_PATH,
+    INSTALLED,
+    SOURCE_CONFIG_DIR,
+    config_dir,
+)
 
 # Keys of a `_target_` section that are instructions to Hydra, not settings.
 HYDRA_KEYS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_", "defaults")

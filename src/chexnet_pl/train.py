@@ -9,7 +9,6 @@ conf/experiment/<name>.yaml; any of them can be changed on the command line.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chexnet_pl.cli import CONFIG_PATH, run_command, user_errors_exit
+from chexnet_pl.files import write_csv_atomic, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -66,12 +66,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     check_train_config(cfg)  # every setting, before anything is built or read
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, float(cfg.paths.min_free_gb))
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
     caps = detect_caps()
     apply_backend_flags(backend_flags(caps))
 
-    (output_dir / "run_info.json").write_text(json.dumps(run_info(), indent=1))
+    write_json_atomic(output_dir / "run_info.json", run_info(), indent=1)
 
     datamodule = instantiate(cfg.data)
     # The label list and the image size travel with the data: the model gets the data's, and
@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
     elif trainer.is_global_zero:
         table = auroc_table(metrics, model.class_names, stages=("val",))
-        table.to_csv(output_dir / "auroc_table.csv")
+        write_csv_atomic(table, output_dir / "auroc_table.csv")
         log.info(
             "per-class validation AUROC (run folder %s):\n%s", output_dir, format_auroc_table(table)
         )
@@ -150,7 +150,8 @@ def _evaluate_best(
 
     from chexnet_pl.checkpoints import load_run
     from chexnet_pl.errors import ChexnetError, TrainingError
-    from chexnet_pl.evaluation.runner import EvaluationSettings, evaluate_model, log_to_wandb
+    from chexnet_pl.evaluation.runner import evaluate_model, log_to_wandb
+    from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.training.checks import unwrap_worker_error
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -174,3 +174,55 @@ def check_sources(cache: ImageCache, names: pd.Series, paths: pd.Series) -> np.n
     if changed:
         raise StaleCache(f"source images changed since the cache was built, e.g. {changed}")
     return rows.astype(np.int64)
+
+
+def find_cache(
+    mode: str,
+    cache_dir: Path | None,
+    cache_size: int | None,
+    image_size: int,
+    names: pd.Series,
+    paths: pd.Series,
+    root: Path | None,
+) -> tuple[ImageCache, np.ndarray] | None:
+    """The cache (``data.cache``: auto, off, required) and its rows for the images ``names``
+    (files ``paths``): of size ``cache_size``, or the smallest prepared size ≥ ``image_size``
+    that is valid for them; None when there is none (``required``: a DataError saying how to
+    build one)."""
+    if mode == "off" or cache_dir is None:
+        return None
+    if cache_size:
+        sizes = [cache_size]
+    else:
+        prepared = cache_dir.glob("*px") if cache_dir.is_dir() else []
+        sizes = sorted(
+            int(p.name[:-2])
+            for p in prepared
+            if p.name[:-2].isdigit() and int(p.name[:-2]) >= image_size
+        )
+    problems = []
+    for size in sizes:
+        folder = cache_folder(cache_dir, size)
+        try:
+            cache = open_cache(folder, size)
+            rows = check_sources(cache, names, paths)
+        except StaleCache as exc:
+            problems.append(str(exc))
+            continue
+        log.info("reading %d images from the %d px cache in %s", len(names), size, folder)
+        return cache, rows
+    build = f"chexnet-prepare root={root} size={cache_size or image_size}"
+    if root is None or cache_dir != root / "prepared":
+        build += f" cache_dir={cache_dir}"
+    found = "; ".join(problems) or f"no prepared cache of ≥ {image_size} px in {cache_dir}"
+    if mode == "required":
+        raise DataError(f"data.cache=required, but {found}. Build it with: {build}")
+    if problems:
+        log.warning(
+            "not using the image cache: %s. Decoding image files instead; rebuild it with: %s",
+            found,
+            build,
+        )
+    else:
+        log.info("decoding image files (%s); for faster loading run once: %s", found, build)
+    return None

@@ -18,36 +18,28 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.datamodule import (
-    FRONTAL,
-    ChestXrayDataModule,
-    LabelledImages,
-    filter_views,
-)
+from chexnet_pl.data.csv_table import read_csv_table
+from chexnet_pl.data.labelled import LabelledImages, filter_views
+from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
-from chexnet_pl.data.settings import VIEWS
+from chexnet_pl.data.settings import FRONTAL
 from chexnet_pl.data.splits import (
-    SPLIT_METHODS,
     assert_no_patient_leak,
-    file_split,
     hold_out_validation,
     patient_split,
+    split_from_file,
 )
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
-    UncertaintyPolicy,
     labeller_values,
-    ordered_labels,
 )
 from chexnet_pl.errors import DataError
-from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +74,13 @@ def read_chexpert_csv(path: str | Path) -> pd.DataFrame:
     """A CheXpert table (train.csv or valid.csv) checked: columns, rows, unique paths, a patient in
     every path, Frontal/Lateral values. Labels are checked by ``labeller_values``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"CheXpert table not found: {path}")
-    try:
-        table = pd.read_csv(path, dtype={PATH: str, SEX: str, FRONTAL_LATERAL: str, AP_PA: str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
-            EOFError) as exc:  # fmt: skip
-        raise DataError(f"cannot parse {path} as a CSV (is it damaged?): {exc}") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"{path} lacks column(s) {missing}; it has {list(table.columns)}. CheXpert's tables "
-            f"have {list(REQUIRED_COLUMNS)}."
-        )
-    if table.empty:
-        raise DataError(f"{path} has a header but no rows")
+    table = read_csv_table(
+        path,
+        "CheXpert table",
+        REQUIRED_COLUMNS,
+        f"CheXpert's tables have {list(REQUIRED_COLUMNS)}.",
+        {PATH: str, SEX: str, FRONTAL_LATERAL: str, AP_PA: str},
+    )
     table[PATH] = table[PATH].fillna("").str.strip()
     blank = np.flatnonzero((table[PATH] == "").to_numpy())
     if len(blank):
@@ -149,53 +132,27 @@ def normalised(table: pd.DataFrame, release: Path) -> pd.DataFrame:
     )
 
 
-class CheXpertDataModule(ChestXrayDataModule):
+class CheXpertDataModule(LabellerDataModule):
     """CheXpert v1.0 (small or full): its 14 labels with an uncertainty policy.
 
     Args:
         root: the folder holding ``CheXpert-v1.0-small/`` (or ``CheXpert-v1.0/``), or that folder.
         csv / valid_csv: train.csv / valid.csv when not at their place in the release.
-        include_no_finding: 14 outputs (13 findings + No Finding) when true, else 13.
         split: ``method`` (official | patient | file), ``val_fraction``, ``fractions``, ``file``,
             ``seed``, ``valid_csv`` (official: valid.csv is the test split, or the val split).
-        view_position: frontal (default) | lateral | all | PA | AP.
-        uncertain / uncertain_by_label / not_mentioned: see ``data.uncertainty``.
-        The other arguments are ``ChestXrayDataModule``'s.
+        The other arguments are ``LabellerDataModule``'s (labels, views, uncertainty) and
+        ``ChestXrayDataModule``'s.
     """
 
-    def __init__(
-        self,
-        root: str,
-        csv: str | None,
-        valid_csv: str | None,
-        include_no_finding: bool,
-        split: Mapping[str, Any] | None,
-        view_position: str,
-        uncertain: str,
-        uncertain_by_label: Mapping[str, str] | None,
-        not_mentioned: str,
-        **settings: Any,
-    ) -> None:
-        super().__init__(root, **settings)  # judges the shared settings and view_position first
-        split_args = dict(split)
-        if split_args.get("method", "official") not in SPLIT_METHODS:
+    def __init__(self, root: str, csv: str | None, valid_csv: str | None, **settings: Any) -> None:
+        super().__init__(root, **settings)
+        if self.split_args.get("valid_csv", "test") not in VALID_CSV_SPLITS:
             raise DataError(
-                f"data.split.method={split_args.get('method')!r}; use one of {SPLIT_METHODS}"
-            )
-        if split_args.get("valid_csv", "test") not in VALID_CSV_SPLITS:
-            raise DataError(
-                f"data.split.valid_csv={split_args.get('valid_csv')!r}; use one of "
+                f"data.split.valid_csv={self.split_args.get('valid_csv')!r}; use one of "
                 f"{VALID_CSV_SPLITS}"
             )
-        self.policy = UncertaintyPolicy(uncertain, dict(uncertain_by_label or {}), not_mentioned)
         self.csv = Path(csv).expanduser() if csv else None
         self.valid_csv = Path(valid_csv).expanduser() if valid_csv else None
-        self.pathologies = ordered_labels(include_no_finding)
-        self.split_args = split_args
-        self.view_position = view_position
-
-    def check_settings(self, settings: Mapping[str, Any], problems: Problems) -> None:
-        problems.choice("view_position", settings["view_position"], VIEWS)
 
     def read_labels(self) -> LabelledImages:
         train_csv = self.csv or find_release(self.root) / "train.csv"
@@ -250,11 +207,6 @@ class CheXpertDataModule(ChestXrayDataModule):
             )
             remedy = "report this as a bug"
         else:
-            if not args.get("file"):
-                raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
-            split = file_split(table, args["file"])
-            remedy = (
-                f"fix {args['file']} (data.split.file) so each patient's images share one split"
-            )
+            split, remedy = split_from_file(table, args.get("file"))
         assert_no_patient_leak(table, split, remedy)
         return split

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,73 +21,26 @@ import torch
 from torch.utils.data import DataLoader
 
 from chexnet_pl.data.batch_augment import BatchAugment
-from chexnet_pl.data.cache import ImageCache, StaleCache, cache_folder, check_sources, open_cache
+from chexnet_pl.data.cache import ImageCache, find_cache
 from chexnet_pl.data.dataset import ChestXrayDataset
 from chexnet_pl.data.device_loader import (
     DeviceImages,
     DeviceLoader,
-    bytes_needed,
-    choose_loader,
     load_split,
-    resolve_num_workers,
+    pick_loader,
+    workers_for,
 )
-from chexnet_pl.data.image_check import find_bad_images, find_undecodable
-from chexnet_pl.data.nih_table import IMAGE, VIEW
-from chexnet_pl.data.settings import FRONTAL, check_common_settings
+from chexnet_pl.data.file_problems import FileReport, find_file_problems
+from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.nih_table import IMAGE
+from chexnet_pl.data.settings import check_common_settings
 from chexnet_pl.data.splits import SPLITS
 from chexnet_pl.data.transforms import eval_transform, train_transform
-from chexnet_pl.device import detect_caps, free_memory, pin_memory
+from chexnet_pl.device import detect_caps, pin_memory
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
-
-# One row per image left out of a run, whatever the reason (missing, unreadable, failed mid-epoch).
-SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
-REPORT_COLUMNS = ["Image Index", "split", "reason"]
-
-
-def _workers(requested: int | str) -> int:
-    """``data.num_workers`` (checked by ``check_data_settings``): ``auto`` or a count, capped at
-    this machine's cores."""
-    workers = resolve_num_workers(requested)
-    if requested != "auto" and workers < int(requested):
-        log.info("data.num_workers=%s capped at this machine's %d CPU cores", requested, workers)
-    return workers
-
-
-@dataclass
-class LabelledImages:
-    """What a dataset's ``read_labels`` gives: a table with ``Image Index`` (a unique name),
-    ``Patient ID``, ``split`` (train, val or test), ``path`` (the file; NaN when not on disk) and
-    the subgroup metadata, row-aligned with float32 ``labels`` (columns: the data module's
-    ``pathologies``; NaN: not labelled), and what was read (for messages)."""
-
-    table: pd.DataFrame
-    labels: np.ndarray
-    source: str
-
-
-def filter_views(
-    images: LabelledImages, view_position: str, dataset: str = "data"
-) -> LabelledImages:
-    """Keep the images of ``data.view_position`` (``VIEWS``); the table has ``View Position`` and
-    ``Frontal`` (True where absent: a dataset of frontal views only)."""
-    table = images.table
-    frontal = table[FRONTAL].to_numpy(bool) if FRONTAL in table else np.ones(len(table), bool)
-    if view_position == "all":
-        return images
-    if view_position == "frontal":
-        keep = frontal
-    elif view_position == "lateral":
-        keep = ~frontal
-    else:
-        keep = (
-            frontal & (table[VIEW].astype(str).str.strip().str.upper() == view_position).to_numpy()
-        )
-    log.info("%s: view_position=%s keeps %d of %d images", dataset, view_position, keep.sum(),
-             len(table))  # fmt: skip
-    return LabelledImages(table[keep].reset_index(drop=True), images.labels[keep], images.source)
 
 
 class ChestXrayDataModule(pl.LightningDataModule):
@@ -158,13 +109,13 @@ class ChestXrayDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = _workers(num_workers)
+        self.num_workers = workers_for(num_workers)
         self.pin_memory = bool(pin_memory)
-        self.missing_images = missing_images
-        self.on_bad_image = on_bad_image
         self.check_images = bool(check_images)
         self.decode_check = tuple(decode_check)
-        self.report_dir = Path(report_dir) if report_dir else None
+        self.file_report = FileReport(
+            missing_images, on_bad_image, Path(report_dir) if report_dir else None, self.root
+        )
         self.require_test = bool(require_test)
         self.augment = dict(augment)
         self.cache_mode = cache
@@ -221,7 +172,9 @@ class ChestXrayDataModule(pl.LightningDataModule):
                 else eval_transform(self.image_size)
             )
             skip_report = (
-                self._skip_report if name == "train" and self.on_bad_image == "skip" else None
+                self.file_report.skipped
+                if name == "train" and self.file_report.on_bad_image == "skip"
+                else None
             )
             self.datasets[name] = ChestXrayDataset(
                 table[rows],
@@ -249,156 +202,20 @@ class ChestXrayDataModule(pl.LightningDataModule):
         of them (per ``missing_images`` / ``on_bad_image``) or leave them out."""
         missing = table["path"].isna().to_numpy()
         present = table[~missing].reset_index(drop=True)
-        cache_rows = self._open_cache(present)
-        if cache_rows is not None:
-            # prepare decoded every image in full: the ones it could not read are the bad ones.
-            entries = self.image_cache.index.iloc[cache_rows]
-            is_bad = (entries["status"] != "ok").to_numpy()
-            bad = dict(zip(present.loc[is_bad, "path"].astype(str), entries["error"][is_bad],
-                           strict=True))  # fmt: skip
-        elif self.check_images:
-            bad = dict(find_bad_images(present["path"].astype(str).tolist()))
-            bad.update(self._decode_check(present, bad))
-        else:
-            bad = {}
-        is_bad = present["path"].astype(str).isin(bad).to_numpy()
-        problems = pd.concat(
-            [
-                table.loc[missing, [IMAGE, "split"]].assign(
-                    reason=f"not on disk under {self.root or 'its data root'}", kind="missing"
-                ),
-                present.loc[is_bad, [IMAGE, "split"]].assign(
-                    reason=present.loc[is_bad, "path"].astype(str).map(bad), kind="bad"
-                ),
-            ],
-            ignore_index=True,
+        self.image_cache, cache_rows = find_cache(
+            self.cache_mode, self.cache_dir, self.cache_size, self.image_size,
+            self.cache_names(present), present["path"], self.root,
+        ) or (None, None)  # fmt: skip
+        entries = None if cache_rows is None else self.image_cache.index.iloc[cache_rows]
+        problems, usable = find_file_problems(
+            table, self.root, entries, self.check_images, self.decode_check
         )
-        self._report(problems, len(table), csv)
-        keep = ~is_bad
-        labels = labels[~missing][keep]
+        writer = self.trainer is None or self.trainer.global_rank == 0  # one writer per run
+        self.file_report.settle(problems, len(table), csv, writer)
+        labels = labels[~missing][usable]
         if cache_rows is not None:
-            cache_rows = cache_rows[keep]
-        return present[keep].reset_index(drop=True), labels, cache_rows
-
-    def _decode_check(self, present: pd.DataFrame, bad: dict[str, str]) -> dict[str, str]:
-        """Decode the ``decode_check`` splits' images in full (those the header check passed)."""
-        if not self.decode_check:
-            return {}
-        rows = present["split"].isin(self.decode_check) & ~present["path"].astype(str).isin(bad)
-        paths = present.loc[rows, "path"].astype(str).tolist()
-        start = time.perf_counter()
-        found = dict(find_undecodable(paths))
-        log.info(
-            "decoded the %d %s image(s) in full in %.1f s (data.decode_check): %d unreadable",
-            len(paths), "/".join(self.decode_check), time.perf_counter() - start, len(found),
-        )  # fmt: skip
-        return found
-
-    def _report(self, problems: pd.DataFrame, listed: int, csv: str) -> None:
-        """Stop, naming every problem a policy does not allow; else record what is left out."""
-        policy = {"missing": self.missing_images, "bad": self.on_bad_image}
-        stopping = problems[problems["kind"].map(policy) == "error"]
-        if len(stopping):
-            report = self._report_path(BAD_IMAGES)
-            self._write_report(report, stopping)
-            raise DataError("\n".join(self._describe(stopping, listed, csv, report)))
-        skip_any = "skip" in policy.values()
-        if skip_any:  # the header too, so rows added mid-training read as a table
-            self._write_report(self._skip_report, problems)
-        for kind, count in problems["kind"].value_counts().items():
-            what = "listed images not on disk" if kind == "missing" else "unusable image file(s)"
-            examples = problems.loc[problems["kind"] == kind, [IMAGE, "reason"]].head(5)
-            lines = "".join(f"\n  {name}: {reason}" for name, reason in examples.itertuples(False))
-            log.warning(
-                "data.%s=skip: leaving out %d of %d %s (all listed in %s):%s",
-                "missing_images" if kind == "missing" else "on_bad_image",
-                count, listed, what, self._skip_report, lines,
-            )  # fmt: skip
-
-    def _describe(self, stopping: pd.DataFrame, listed: int, csv: str, report: Path) -> list[str]:
-        parts = []
-        missing = stopping[stopping["kind"] == "missing"]
-        if len(missing):
-            parts.append(
-                f"{len(missing)} of {listed} images listed in {csv} are not on disk"
-                f"{f' under {self.root}' if self.root else ''}, "
-                f"e.g. {missing[IMAGE].head(5).tolist()}. If the download is partial, set "
-                "data.missing_images=skip to use only the images present."
-            )
-        bad = stopping[stopping["kind"] == "bad"]
-        if len(bad):
-            lines = "\n".join(
-                f"  {name} ({split}): {reason}"
-                for name, split, reason in bad[[IMAGE, "split", "reason"]]
-                .head(20)
-                .itertuples(False)
-            )
-            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            parts.append(
-                f"{len(bad)} image file(s) cannot be used:\n{lines}{more}\n"
-                "Replace them, or set data.on_bad_image=skip to train without them."
-            )
-        parts.append(f"All {len(stopping)} are listed in {report}.")
-        return parts
-
-    def _report_path(self, name: str) -> Path:
-        return (self.report_dir or Path.cwd()) / name
-
-    def _write_report(self, path: Path, problems: pd.DataFrame) -> None:
-        if self.trainer is not None and self.trainer.global_rank != 0:
-            return  # one writer per run
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        problems[REPORT_COLUMNS].to_csv(partial, index=False)
-        os.replace(partial, path)
-
-    @property
-    def _skip_report(self) -> Path:
-        return self._report_path(SKIPPED_IMAGES)
-
-    def _open_cache(self, table: pd.DataFrame) -> np.ndarray | None:
-        """The cache rows of ``table`` when a valid cache covers it (``data.cache``), else None."""
-        if self.cache_mode == "off" or self.cache_dir is None:
-            return None
-        if self.cache_size:
-            sizes = [self.cache_size]
-        else:
-            prepared = self.cache_dir.glob("*px") if self.cache_dir.is_dir() else []
-            sizes = sorted(
-                int(p.name[:-2])
-                for p in prepared
-                if p.name[:-2].isdigit() and int(p.name[:-2]) >= self.image_size
-            )
-        problems = []
-        for size in sizes:
-            folder = cache_folder(self.cache_dir, size)
-            try:
-                cache = open_cache(folder, size)
-                rows = check_sources(cache, self.cache_names(table), table["path"])
-            except StaleCache as exc:
-                problems.append(str(exc))
-                continue
-            log.info("reading %d images from the %d px cache in %s", len(table), size, folder)
-            self.image_cache = cache
-            return rows
-        build = f"chexnet-prepare root={self.root} size={self.cache_size or self.image_size}"
-        if self.cache_dir != self.root / "prepared":
-            build += f" cache_dir={self.cache_dir}"
-        found = (
-            "; ".join(problems)
-            or f"no prepared cache of ≥ {self.image_size} px in {self.cache_dir}"
-        )
-        if self.cache_mode == "required":
-            raise DataError(f"data.cache=required, but {found}. Build it with: {build}")
-        if problems:
-            log.warning(
-                "not using the image cache: %s. Decoding image files instead; rebuild it with: %s",
-                found,
-                build,
-            )
-        else:
-            log.info("decoding image files (%s); for faster loading run once: %s", found, build)
-        return None
+            cache_rows = cache_rows[usable]
+        return present[usable].reset_index(drop=True), labels, cache_rows
 
     def pos_weight(self) -> np.ndarray:
         """Per-class negatives/positives on the training split's labelled images (1 where a
@@ -416,25 +233,13 @@ class ChestXrayDataModule(pl.LightningDataModule):
     def _device_data(self, name: str) -> DeviceImages | None:
         """``name``'s images on the training device when the device path is chosen, else None."""
         if self.loader_kind is None:
-            device = self._data_device()
-            rows = sum(len(d) for d in self.datasets.values())
-            try:
-                self.loader_kind, why = choose_loader(
-                    self.loader_mode,
-                    self.image_cache is not None,
-                    bytes_needed(rows, self.image_size, self.num_classes),
-                    device,
-                    self.device_memory_share,
-                    self.trainer.world_size if self.trainer is not None else 1,
-                    free_memory(device),
-                )
-            except ValueError as exc:
-                build = f"chexnet-prepare root={self.root} size={self.image_size}"
-                raise DataError(
-                    f"data.loader=device cannot be used: {exc}. Use data.loader=workers (or "
-                    f"auto), or prepare a cache with: {build}"
-                ) from exc
-            log.info("data loading: %s (%s)", self.loader_kind, why)
+            self.loader_kind = pick_loader(
+                self.loader_mode, self.image_cache is not None,
+                sum(len(d) for d in self.datasets.values()), self.image_size, self.num_classes,
+                self._data_device(), self.device_memory_share,
+                self.trainer.world_size if self.trainer is not None else 1,
+                f"chexnet-prepare root={self.root} size={self.image_size}",
+            )  # fmt: skip
         if self.loader_kind != "device":
             return None
         if name not in self.on_device:

@@ -25,6 +25,8 @@ import torch
 from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import ImageCache
 from chexnet_pl.data.transforms import area_resize
+from chexnet_pl.device import free_memory
+from chexnet_pl.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,15 @@ def resolve_num_workers(setting: int | str) -> int:
         return min(int(setting), cores)
     except (TypeError, ValueError):
         raise ValueError(f"data.num_workers={setting!r}; use a number or auto") from None
+
+
+def workers_for(requested: int | str) -> int:
+    """``data.num_workers`` (judged by the data settings' check): ``auto`` or a count, capped at
+    this machine's cores (said when it is)."""
+    workers = resolve_num_workers(requested)
+    if requested != "auto" and workers < int(requested):
+        log.info("data.num_workers=%s capped at this machine's %d CPU cores", requested, workers)
+    return workers
 
 
 def _size(count: int) -> str:
@@ -100,6 +111,34 @@ def choose_loader(
     if mode == "device":
         raise ValueError("; ".join(problems))
     return "workers", "; ".join(problems)
+
+
+def pick_loader(
+    mode: str,
+    has_cache: bool,
+    rows: int,
+    image_size: int,
+    classes: int,
+    device: torch.device,
+    share: float,
+    world_size: int,
+    build: str,
+) -> str:
+    """``choose_loader`` for ``rows`` images of ``image_size`` px with ``classes`` labels, on
+    ``device``'s free memory now; said in the log. An explicit ``data.loader=device`` that cannot
+    work is a DataError naming ``build``, the command that prepares the cache it needs."""
+    needed = bytes_needed(rows, image_size, classes)
+    try:
+        kind, why = choose_loader(
+            mode, has_cache, needed, device, share, world_size, free_memory(device)
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"data.loader=device cannot be used: {exc}. Use data.loader=workers (or auto), or "
+            f"prepare a cache with: {build}"
+        ) from exc
+    log.info("data loading: %s (%s)", kind, why)
+    return kind
 
 
 def load_split(

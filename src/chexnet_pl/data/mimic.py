@@ -22,30 +22,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.datamodule import (
-    FRONTAL,
-    ChestXrayDataModule,
-    LabelledImages,
-    filter_views,
-)
+from chexnet_pl.data.csv_table import read_csv_table
+from chexnet_pl.data.labelled import LabelledImages, filter_views
+from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
-from chexnet_pl.data.settings import VIEWS
-from chexnet_pl.data.splits import SPLIT_METHODS, assert_no_patient_leak, file_split, patient_split
+from chexnet_pl.data.settings import FRONTAL
+from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
-    UncertaintyPolicy,
     labeller_values,
-    ordered_labels,
 )
 from chexnet_pl.errors import DataError
-from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +67,13 @@ def find_table(root: Path, kind: str, given: str | None = None) -> Path:
 
 def read_table(path: Path, required: tuple[str, ...], key: str | tuple[str, ...]) -> pd.DataFrame:
     """A MIMIC table with its ``required`` columns, ids as integers, and ``key`` unique."""
-    try:
-        table = pd.read_csv(path, dtype={"dicom_id": str, "ViewPosition": str, "split": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
-            EOFError) as exc:  # fmt: skip
-        raise DataError(f"cannot parse {path} as a CSV (is it damaged?): {exc}") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"{path} lacks column(s) {missing}; it has {list(table.columns)}. PhysioNet's table "
-            f"has {list(required)} among its columns."
-        )
-    if table.empty:
-        raise DataError(f"{path} has a header but no rows")
+    table = read_csv_table(
+        path,
+        "MIMIC-CXR table",
+        required,
+        f"PhysioNet's table has {list(required)} among its columns.",
+        {"dicom_id": str, "ViewPosition": str, "split": str},
+    )
     for column in ("subject_id", "study_id"):
         if column in required:
             ids = pd.to_numeric(table[column], errors="coerce")
@@ -131,7 +117,7 @@ def patient_metadata(path: str | Path, studies: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-class MimicCxrDataModule(ChestXrayDataModule):
+class MimicCxrDataModule(LabellerDataModule):
     """MIMIC-CXR-JPG v2: the 14 labels of the chosen labeller with an uncertainty policy.
 
     Args:
@@ -139,12 +125,11 @@ class MimicCxrDataModule(ChestXrayDataModule):
         labeller: chexpert (``-chexpert.csv.gz``) or negbio (``-negbio.csv.gz``).
         metadata_csv / labels_csv / split_csv: the tables when not in ``root``.
         patients: MIMIC-IV's ``patients.csv.gz``, for sex and age subgroups (optional).
-        include_no_finding: 14 outputs (13 findings + No Finding) when true, else 13.
         split: ``method`` (official: the split table; patient; file), ``fractions``, ``file``,
             ``seed``.
         view_position: frontal (ViewPosition PA or AP; default) | lateral | all | PA | AP.
-        uncertain / uncertain_by_label / not_mentioned: see ``data.uncertainty``.
-        The other arguments are ``ChestXrayDataModule``'s.
+        The other arguments are ``LabellerDataModule``'s (labels, uncertainty) and
+        ``ChestXrayDataModule``'s.
     """
 
     def __init__(
@@ -155,32 +140,14 @@ class MimicCxrDataModule(ChestXrayDataModule):
         labels_csv: str | None,
         split_csv: str | None,
         patients: str | None,
-        include_no_finding: bool,
-        split: Mapping[str, Any] | None,
-        view_position: str,
-        uncertain: str,
-        uncertain_by_label: Mapping[str, str] | None,
-        not_mentioned: str,
         **settings: Any,
     ) -> None:
-        super().__init__(root, **settings)  # judges the shared settings and view_position first
-        split_args = dict(split)
+        super().__init__(root, **settings)
         if labeller not in LABELLERS:
             raise DataError(f"data.labeller={labeller!r}; use one of {LABELLERS}")
-        if split_args.get("method", "official") not in SPLIT_METHODS:
-            raise DataError(
-                f"data.split.method={split_args.get('method')!r}; use one of {SPLIT_METHODS}"
-            )
-        self.policy = UncertaintyPolicy(uncertain, dict(uncertain_by_label or {}), not_mentioned)
         self.labeller = labeller
         self.tables = {"metadata": metadata_csv, labeller: labels_csv, "split": split_csv}
         self.patients = patients
-        self.pathologies = ordered_labels(include_no_finding)
-        self.split_args = split_args
-        self.view_position = view_position
-
-    def check_settings(self, settings: Mapping[str, Any], problems: Problems) -> None:
-        problems.choice("view_position", settings["view_position"], VIEWS)
 
     def read_labels(self) -> LabelledImages:
         paths = {kind: find_table(self.root, kind, given) for kind, given in self.tables.items()}
@@ -259,12 +226,7 @@ class MimicCxrDataModule(ChestXrayDataModule):
                                   int(args.get("seed") or 0))  # fmt: skip
             remedy = "report this as a bug"
         else:
-            if not args.get("file"):
-                raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
-            split = file_split(table, args["file"])
-            remedy = (
-                f"fix {args['file']} (data.split.file) so each patient's images share one split"
-            )
+            split, remedy = split_from_file(table, args.get("file"))
         split = split.astype("object")
         assert_no_patient_leak(table, split, remedy)
         return split

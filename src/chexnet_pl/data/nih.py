@@ -9,13 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from chexnet_pl.data.datamodule import (
-    FRONTAL,
-    ChestXrayDataModule,
-    LabelledImages,
-    filter_views,
-)
+from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.images import find_images
+from chexnet_pl.data.labelled import LabelledImages, filter_views, truth_frame
 from chexnet_pl.data.nih_table import (
     IMAGE,
     PAPER_AUROC,
@@ -25,7 +21,7 @@ from chexnet_pl.data.nih_table import (
     label_matrix,
     read_data_entry,
 )
-from chexnet_pl.data.settings import check_nih_settings
+from chexnet_pl.data.settings import FRONTAL, check_nih_settings
 from chexnet_pl.data.splits import SplitSettings, make_split
 from chexnet_pl.errors import DataError
 
@@ -108,10 +104,8 @@ class NIHDataModule(ChestXrayDataModule):
 
 
 def label_index(table: pd.DataFrame) -> pd.DataFrame:
-    """NIH metadata rows → the truth frame of ``evaluation.runner.truth_frame``: ``Patient ID``,
+    """NIH metadata rows → the frame evaluations score against (``labelled.truth_frame``): ``Patient ID``,
     all 15 label columns and the subgroup metadata, indexed by ``Image Index`` (for scoring a
     predictions file against NIH's labels, no images needed)."""
-    from chexnet_pl.evaluation.runner import truth_frame
-
     names = class_names(True)
     return truth_frame(table, label_matrix(table["Finding Labels"], names), names)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.errors import DataError
 from chexnet_pl.labels import NO_FINDING
 
@@ -90,27 +91,13 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
     naming the file, line and value for missing columns, duplicate images or empty labels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"metadata CSV not found: {path}")
-    try:
-        table = pd.read_csv(path, dtype={IMAGE: str, FINDING_LABELS: str, VIEW: str})
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
-        raise DataError(f"cannot parse {path} as a CSV: {exc}") from exc
-    # The 2017 release ends every line with a comma: pandas adds an empty "Unnamed: N" column.
-    empty_extra = [
-        c for c in table.columns if str(c).startswith("Unnamed") and table[c].isna().all()
-    ]
-    table = table.drop(columns=empty_extra)
-    table.columns = [str(c).strip() for c in table.columns]
-
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"{path} lacks column(s) {missing}; it has {list(table.columns)}. "
-            f"NIH's Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)} among its columns."
-        )
-    if table.empty:
-        raise DataError(f"{path} has a header but no rows")
+    table = read_csv_table(
+        path,
+        "metadata CSV",
+        REQUIRED_COLUMNS,
+        f"NIH's Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)} among its columns.",
+        {IMAGE: str, FINDING_LABELS: str, VIEW: str},
+    )
 
     for column in (IMAGE, FINDING_LABELS, VIEW):
         table[column] = table[column].fillna("").str.strip()

@@ -21,14 +21,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from chexnet_pl.data.build import build_datamodule
-from chexnet_pl.data.datamodule import ChestXrayDataModule, LabelledImages
+from chexnet_pl.data.datamodule import ChestXrayDataModule
+from chexnet_pl.data.labelled import DATASET, LabelledImages
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
 from chexnet_pl.labels import relabel, union_labels
 
 log = logging.getLogger(__name__)
-
-DATASET = "Dataset"  # as evaluation.subgroups reads it
 
 
 class PooledDataModule(ChestXrayDataModule):

@@ -47,7 +47,7 @@ from chexnet_pl.data.image_limits import check_max_pixels
 from chexnet_pl.data.images import list_images, read_gray
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.errors import DataError, ImageReadError
-from chexnet_pl.files import write_text_atomic
+from chexnet_pl.files import write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,6 @@ def reserve_space(handle, size: int) -> None:
     if free < size:
         raise OSError(28, f"No space left on device ({free} bytes free, {size} needed)")
     handle.truncate(size)
-
-
-def write_json_atomic(path: Path, value: dict) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2))
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -156,7 +152,7 @@ def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
     needed = len(listing) * size * size
     try:
         partial.mkdir(parents=True)
-        listing.to_csv(partial / INDEX, index=False)
+        write_csv_atomic(listing, partial / INDEX, index=False)
         # Reserve the space now: a memory map that runs out of disk mid-build dies with SIGBUS.
         with open(partial / IMAGES, "wb") as handle:
             reserve_space(handle, max(needed, 1))
@@ -179,6 +175,7 @@ def _start_or_resume(partial: Path, listing: pd.DataFrame, size: int) -> None:
             "count": len(listing),
             "complete": False,
         },
+        indent=2,
     )
 
 
@@ -318,10 +315,10 @@ def _finish(partial: Path, folder: Path, listing: pd.DataFrame) -> Path:
         reasons.get(row, "unreadable") if value == STATUS_BAD else ""
         for row, value in enumerate(status)
     ]
-    index.to_csv(partial / INDEX, index=False)
+    write_csv_atomic(index, partial / INDEX, index=False)
     manifest = json.loads((partial / MANIFEST).read_text())
     manifest.update({"complete": True, "bad": int((status == STATUS_BAD).sum())})
-    write_json_atomic(partial / MANIFEST, manifest)
+    write_json_atomic(partial / MANIFEST, manifest, indent=2)
     (partial / STATUS).unlink()
     (partial / ERRORS).unlink(missing_ok=True)
     return _publish(partial, folder)

@@ -110,12 +110,12 @@ def _check_augment(augment: Any, problems: Problems) -> None:
     """``data.augment``: the keyword arguments of ``transforms.train_transform``."""
     from chexnet_pl.data.transforms import train_transform
 
-    if not isinstance(augment, Mapping):
-        problems.add(f"data.augment={augment!r}: give hflip, affine, scale, translate, rotate")
+    nested = _keywords_of(
+        train_transform, "image_size", "augment", augment, "hflip, affine, scale, translate, rotate",
+        problems,
+    )  # fmt: skip
+    if nested is None:
         return
-    known = [p for p in inspect.signature(train_transform).parameters if p != "image_size"]
-    nested = Problems("data.augment")
-    nested.unknown_keys(augment, known)
     for name in ("hflip", "affine"):
         if name in augment:
             nested.number(name, augment[name], minimum=0, maximum=1)
@@ -140,13 +140,26 @@ def _check_synthetic(synthetic: Any, problems: Problems) -> None:
         return
     from chexnet_pl.data.synthetic import generate_synthetic_nih
 
-    if not isinstance(synthetic, Mapping):
-        problems.add(f"data.synthetic={synthetic!r}: give null or the generator's settings")
-        return
-    known = [p for p in inspect.signature(generate_synthetic_nih).parameters if p != "root"]
-    nested = Problems("data.synthetic")
-    nested.unknown_keys(synthetic, known)
-    problems.messages.extend(nested.messages)
+    nested = _keywords_of(
+        generate_synthetic_nih, "root", "synthetic", synthetic, "null or the generator's settings",
+        problems,
+    )  # fmt: skip
+    if nested is not None:
+        problems.messages.extend(nested.messages)
+
+
+def _keywords_of(
+    function: Any, given: str, key: str, value: Any, hint: str, problems: Problems
+) -> Problems | None:
+    """``data.<key>``, the keyword arguments of ``function`` (all but the ``given`` one): the
+    Problems to judge their values in (unknown keys already there), or None when ``value`` is
+    not a mapping (said in ``problems``, with ``hint``: what to give)."""
+    if not isinstance(value, Mapping):
+        problems.add(f"data.{key}={value!r}: give {hint}")
+        return None
+    nested = Problems(f"data.{key}")
+    nested.unknown_keys(value, [p for p in inspect.signature(function).parameters if p != given])
+    return nested
 
 
 def _check_source(

@@ -197,6 +197,15 @@ def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
     return table[IMAGE].map(dict(zip(pairs[IMAGE], pairs["split"], strict=True))).astype("object")
 
 
+def split_from_file(table: pd.DataFrame, file: str | Path | None) -> tuple[pd.Series, str]:
+    """``data.split.method=file``: each image's split as ``file`` lists it, and what to do should
+    that split a patient (the remedy ``assert_no_patient_leak`` names)."""
+    if not file:
+        raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
+    remedy = f"fix {file} (data.split.file) so each patient's images share one split"
+    return file_split(table, file), remedy
+
+
 def assert_no_patient_leak(
     table: pd.DataFrame, split: pd.Series, remedy: str = "fix the split file"
 ) -> None:
@@ -229,7 +238,6 @@ def make_split(table: pd.DataFrame, settings: SplitSettings, root: str | Path) -
         split = patient_split(table, settings.fractions, settings.seed)
         remedy = "report this as a bug"
     else:
-        split = file_split(table, settings.file)
-        remedy = f"fix {settings.file} (data.split.file) so each patient's images share one split"
+        split, remedy = split_from_file(table, settings.file)
     assert_no_patient_leak(table, split, remedy)
     return split

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from chexnet_pl.data.nih_table import FINDINGS
+from chexnet_pl.files import write_text_atomic
 from chexnet_pl.labels import NO_FINDING
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def ensure_synthetic_nih(root: str | Path, **params) -> Path:
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     generate_synthetic_nih(partial, **params)
-    (partial / MARKER).write_text(wanted)
+    write_text_atomic(partial / MARKER, wanted)
     if root.exists():
         shutil.rmtree(root)
     os.replace(partial, root)

@@ -1,11 +1,16 @@
-"""Exact AUROC by ranks, with per-sample weights so a bootstrap costs one sort per class."""
+"""AUROC as the reports use it — per class, weighted, patient-bootstrapped — and the mean over the
+findings that every AUROC table ends with. All of it is computed by ``resampling``'s one engine
+(``GroupedAuroc``): the Mann-Whitney statistic with ties counted half, as scikit-learn's
+``roc_auc_score``; NaN where undefined (no positive or no negative weight)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
+
+from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, class_aurocs
+from chexnet_pl.labels import finding_names, labelled
 
 
 def weighted_auroc(
@@ -13,33 +18,32 @@ def weighted_auroc(
 ) -> np.ndarray:
     """AUROC of one class for each row of ``weights`` (shape B×N; None means one unweighted row).
 
-    The Mann-Whitney statistic with ties counted half, as scikit-learn's ``roc_auc_score``.
-    A weight is how many times a sample is drawn; a row with no positive or no negative
-    weight gives NaN (undefined). A NaN label (not known for that image) weighs nothing.
+    A weight is how many times a sample is drawn (a whole number); a NaN label (not known for
+    that image) weighs nothing.
     """
-    scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
-    positive = labels > 0.5
+    count = len(labels)
+    plan = GroupedAuroc(scores, labels > 0.5, np.where(labelled(labels), 0, -1), 1,
+                        np.arange(count), count)  # fmt: skip
     if weights is None:
-        weights = np.ones((1, len(scores)))
-    if np.isnan(labels).any():
-        weights = np.asarray(weights, dtype=np.float64) * ~np.isnan(labels)
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    w = np.asarray(weights, dtype=np.float64)[:, order]
-    pos = np.add.reduceat(np.where(positive[order], w, 0.0), starts, axis=1)
-    neg = np.add.reduceat(np.where(positive[order], 0.0, w), starts, axis=1)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    numerator = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    denominator = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / denominator, np.nan)
+        return plan.point()
+    return plan.resampled(np.asarray(weights, dtype=np.float32).T)[:, 0]
 
 
 def per_class_auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """AUROC of every column (NaN where undefined)."""
-    return np.array([weighted_auroc(scores[:, j], labels[:, j])[0] for j in range(scores.shape[1])])
+    """AUROC of every column on its labelled images (NaN where undefined)."""
+    return class_aurocs(scores, labels, PatientResamples.of(np.arange(len(scores)), 0))[0]
+
+
+def bootstrap_auroc(
+    scores: np.ndarray, labels: np.ndarray, patients: np.ndarray, samples: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Per-class AUROC on ``samples`` resamples of *patients* with replacement (B × C).
+
+    All images of a drawn patient enter together, as often as the patient is drawn, so the
+    interval reflects that images of one patient are not independent.
+    """
+    return class_aurocs(scores, labels, PatientResamples.of(patients, samples, seed))[1]
 
 
 def mean_over(
@@ -47,44 +51,18 @@ def mean_over(
 ) -> np.ndarray:
     """Mean over the columns named in ``included`` (last axis), ignoring undefined ones."""
     index = [i for i, name in enumerate(class_names) if name in included]
-    chosen = np.asarray(values)[..., index]
+    chosen = np.asarray(values, dtype=np.float64)[..., index]
     with np.errstate(invalid="ignore"):
         counts = np.sum(~np.isnan(chosen), axis=-1)
         return np.where(counts > 0, np.nansum(chosen, axis=-1) / np.maximum(counts, 1), np.nan)
 
 
-def bootstrap_auroc(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    patients: np.ndarray,
-    samples: int = 1000,
-    seed: int = 0,
-    chunk: int = 100,
+def with_mean(
+    values: np.ndarray, class_names: Sequence[str], included: Sequence[str] | None = None
 ) -> np.ndarray:
-    """Per-class AUROC on ``samples`` resamples of *patients* with replacement (B × C).
-
-    All images of a drawn patient enter together, as often as the patient is drawn, so the
-    interval reflects that images of one patient are not independent.
-    """
-    codes, _ = pd.factorize(np.asarray(patients))
-    num_patients = int(codes.max()) + 1
-    rng = np.random.default_rng(seed)
-    results = []
-    for start in range(0, samples, chunk):
-        size = min(chunk, samples - start)
-        draws = rng.integers(0, num_patients, size=(size, num_patients))
-        flat = draws + (np.arange(size) * num_patients)[:, None]
-        counts = np.bincount(flat.ravel(), minlength=size * num_patients).reshape(
-            size, num_patients
-        )
-        weights = counts[:, codes]
-        results.append(
-            np.stack(
-                [
-                    weighted_auroc(scores[:, j], labels[:, j], weights)
-                    for j in range(scores.shape[1])
-                ],
-                axis=1,
-            )
-        )
-    return np.concatenate(results, axis=0)
+    """``values`` (one column per class, last axis) and one more column: their mean over
+    ``included`` (default: the findings, ``No Finding`` apart) — a report's mean row, for point
+    values and for every resample alike."""
+    values = np.asarray(values, dtype=np.float64)
+    included = finding_names(class_names) if included is None else included
+    return np.concatenate([values, mean_over(values, class_names, included)[..., None]], axis=-1)

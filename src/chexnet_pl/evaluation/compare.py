@@ -20,12 +20,13 @@ from scipy.stats import norm, rankdata
 
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.evaluation.plots import save_figure
 from chexnet_pl.evaluation.predictions import prob_columns
 from chexnet_pl.evaluation.report import whole_numbers
-from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
-from chexnet_pl.labels import finding_names, labelled, mean_row, report_order
+from chexnet_pl.evaluation.resampling import PatientResamples, class_aurocs, percentile_interval
+from chexnet_pl.files import write_csv_atomic
+from chexnet_pl.labels import labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 
@@ -129,35 +130,19 @@ def compare_predictions(
     known, labels = labelled(values), values > 0.5
     scores_a = a[prob_columns(class_names)].to_numpy(np.float64)
     scores_b = b[prob_columns(class_names)].to_numpy(np.float64)
+    # the same patient draws for both models: a paired bootstrap
     resamples = PatientResamples.of(rows[PATIENT].to_numpy(), bootstrap_samples, bootstrap_seed)
-    one_group = np.where(known, 0, -1)  # an image whose label is not known is in no group
-    plans = [
-        [
-            GroupedAuroc(scores[:, j], labels[:, j], one_group[:, j], 1, resamples.codes,
-                         resamples.num_patients)
-            for j in range(len(class_names))
-        ]
-        for scores in (scores_a, scores_b)
-    ]  # fmt: skip
-    findings, mean_name = finding_names(class_names), mean_row(class_names)
-    point = np.array([[p.point()[0] for p in plan] for plan in plans])  # 2 × classes
-    sampled = [
-        np.array([[p.resampled(counts)[:, 0] for p in plan] for plan in plans])
-        for counts in resamples.blocks()
-    ]  # per block: 2 × classes × B
+    (point_a, sampled_a), (point_b, sampled_b) = (
+        class_aurocs(scores, values, resamples) for scores in (scores_a, scores_b)
+    )
     table = pd.DataFrame(
-        {
-            "auroc_a": np.append(point[0], mean_over(point[0], class_names, findings)),
-            "auroc_b": np.append(point[1], mean_over(point[1], class_names, findings)),
-        },
-        index=pd.Index([*class_names, mean_name], name="class"),
+        {"auroc_a": with_mean(point_a, class_names), "auroc_b": with_mean(point_b, class_names)},
+        index=pd.Index([*class_names, mean_row(class_names)], name="class"),
     )
     table["delta"] = table["auroc_a"] - table["auroc_b"]
-    if sampled:
-        both = np.concatenate(sampled, axis=2).transpose(0, 2, 1)  # 2 × B × classes
-        # The mean's difference per resample: each model's mean over the classes defined there.
-        means = mean_over(both, class_names, findings)  # 2 × B
-        samples = np.column_stack([both[0] - both[1], means[0] - means[1]])
+    if bootstrap_samples > 0:
+        # the mean's difference per resample: each model's mean over the classes defined there
+        samples = with_mean(sampled_a, class_names) - with_mean(sampled_b, class_names)
         low, high = percentile_interval(samples, confidence, ~table["delta"].isna().to_numpy())
         table["ci_low"], table["ci_high"] = low, high
         table["p_bootstrap"] = _bootstrap_p(samples, table["delta"].to_numpy())
@@ -169,7 +154,7 @@ def compare_predictions(
     table["z_delong"] = [t.z for t in tests] + [np.nan]
     table["positives"] = [*labels.sum(axis=0).astype(int), np.nan]
     table["negatives"] = [*(known & ~labels).sum(axis=0).astype(int), np.nan]
-    return table.loc[report_order(class_names, mean_name)]
+    return table.loc[report_order(class_names, mean_row(class_names))]
 
 
 def _bootstrap_p(samples: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -231,7 +216,7 @@ def write_comparison(
         a, b, truth, class_names, bootstrap_samples, bootstrap_seed, confidence
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    whole_numbers(table).to_csv(output_dir / "compare.csv")
+    write_csv_atomic(whole_numbers(table), output_dir / "compare.csv")
     patients = truth.loc[a[IMAGE], PATIENT].nunique()
     if plots:
         import matplotlib.pyplot as plt

@@ -27,10 +27,16 @@ from chexnet_pl.evaluation.expert_labels import (
     read_expert_labels,
 )
 from chexnet_pl.evaluation.predictions import PROB
-from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
+from chexnet_pl.evaluation.resampling import (
+    GroupedAuroc,
+    PatientResamples,
+    aurocs_of,
+    percentile_interval,
+)
+from chexnet_pl.files import write_csv_atomic
 
 if TYPE_CHECKING:
-    from chexnet_pl.evaluation.runner import EvaluationSettings
+    from chexnet_pl.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +102,7 @@ class ExpertLabels:
             table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
         )
         output_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output_dir / "expert_aucs.csv", index=False)
+        write_csv_atomic(table, output_dir / "expert_aucs.csv", index=False)
         log.info(
             "Expert labels (%s; radiologist-adjudicated, Majkowska et al. 2020): %d images of %d "
             "patients. auroc: against the radiologists; nih_auroc: the same images and scores "
@@ -174,18 +180,16 @@ def _nih_labels(truth: pd.DataFrame, images: pd.Index, outputs: list[str], findi
 def _auroc_by_set(scores, positive, set_codes, resamples) -> tuple[np.ndarray, np.ndarray]:
     """AUROC in test, val and all: the point values (3) and per resample (B × 3)."""
     args = (resamples.codes, resamples.num_patients)
-    plans = (
-        GroupedAuroc(scores, positive, set_codes, len(EXPERT_SETS), *args),
-        GroupedAuroc(scores, positive, np.zeros(len(scores), np.int64), 1, *args),
+    return aurocs_of(
+        [
+            GroupedAuroc(scores, positive, set_codes, len(EXPERT_SETS), *args),
+            GroupedAuroc(scores, positive, np.zeros(len(scores), np.int64), 1, *args),
+        ],
+        resamples,
     )
-    point = np.concatenate([p.point() for p in plans])
-    blocks = [np.column_stack([p.resampled(c) for p in plans]) for c in resamples.blocks()]
-    return point, (np.concatenate(blocks) if blocks else np.empty((0, len(SETS))))
 
 
 def _interval(samples: np.ndarray, point: np.ndarray, confidence: float):
-    if not len(samples):
-        return np.full(len(point), np.nan), np.full(len(point), np.nan)
     return percentile_interval(samples, confidence, ~np.isnan(point))
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.labels import finding_names, match_labels, mean_row
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,11 @@ def add_internal(table: pd.DataFrame, internal: Mapping[str, float]) -> pd.DataF
     """``internal_auroc`` and ``external_minus_internal`` beside ``auroc``; the mean row's
     internal value is the mean over the findings scored here."""
     names = [n for n in table.index if n in internal]
-    findings = finding_names(names)
     values = pd.Series({name: internal[name] for name in names}, dtype=float)
     column = [values.get(name, np.nan) for name in table.index]
     mean = mean_row(names)
     if mean in table.index:
-        column[list(table.index).index(mean)] = float(np.nanmean(values[findings]))
+        column[list(table.index).index(mean)] = float(with_mean(values.to_numpy(), names)[-1])
     table = table.copy()
     at = list(table.columns).index("auroc") + 1
     table.insert(at, "internal_auroc", column)

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
+from chexnet_pl.files import atomic_write
 from chexnet_pl.labels import labelled  # noqa: E402
 
 
@@ -39,7 +40,9 @@ def save_figure(
     if tight:
         figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80, bbox_inches="tight" if crop else None)
+    with atomic_write(path) as partial:  # the format from the name, not from the temporary one's
+        figure.savefig(partial, format=path.suffix[1:] or "png", dpi=80,
+                       bbox_inches="tight" if crop else None)  # fmt: skip
     plt.close(figure)
     return path
 

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.errors import ConfigError, DataError, shown
-from chexnet_pl.files import atomic_write, file_sha256
+from chexnet_pl.files import atomic_write, file_sha256, write_bytes_atomic, write_json_atomic
 from chexnet_pl.labels import finding_names
 from chexnet_pl.models.precision import autocast_context, check_precision
 
@@ -177,7 +177,7 @@ class PredictionCache:
         target = self.folder / f"{self.checkpoint.stem}_{name}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
+            write_bytes_atomic(target, source.read_bytes())
         except OSError as exc:
             log.warning("could not store %s beside the checkpoint (%s)", source.name, exc)
             return None
@@ -190,7 +190,7 @@ class PredictionCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as partial:
                 table.to_csv(partial, index=False)
-            path.with_suffix(".json").write_text(json.dumps(key, sort_keys=True, indent=1))
+            write_json_atomic(path.with_suffix(".json"), key, sort_keys=True, indent=1)
         except OSError as exc:
             log.warning(
                 "could not store predictions beside the checkpoint (%s); they are only in the run folder",

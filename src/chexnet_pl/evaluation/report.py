@@ -5,7 +5,6 @@ on validation. Labels may be NaN (not known for an image): each class uses its l
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,8 +12,9 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from chexnet_pl.errors import ConfigError
-from chexnet_pl.evaluation.auroc import bootstrap_auroc, mean_over, per_class_auroc
-from chexnet_pl.labels import NO_FINDING, finding_names, labelled, mean_row, report_order
+from chexnet_pl.evaluation.auroc import with_mean
+from chexnet_pl.evaluation.resampling import PatientResamples, class_aurocs, percentile_interval
+from chexnet_pl.labels import NO_FINDING, labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ def score_predictions(
     the CheXNet paper's; None: no such columns), and — when thresholds are given — the operating
     point at each class's threshold. The mean row is over the findings (``No Finding`` apart)."""
     mean_name = mean_row(class_names)
-    auroc = per_class_auroc(scores, labels)
-    mean = float(mean_over(auroc, class_names, finding_names(class_names)))
+    resamples = PatientResamples.of(patients, bootstrap_samples, bootstrap_seed)
+    auroc, samples = class_aurocs(scores, labels, resamples)
+    point = with_mean(auroc, class_names)
     table = pd.DataFrame(
         {
             "auroc": auroc,
@@ -88,18 +89,11 @@ def score_predictions(
         },
         index=list(class_names),
     )
-    table.loc[mean_name, ["auroc", "positives", "negatives"]] = [mean, np.nan, np.nan]
+    table.loc[mean_name, ["auroc", "positives", "negatives"]] = [point[-1], np.nan, np.nan]
     if bootstrap_samples > 0:
-        samples = bootstrap_auroc(scores, labels, patients, bootstrap_samples, bootstrap_seed)
-        sample_means = mean_over(samples, class_names, finding_names(class_names))
-        tail = (1 - confidence) / 2 * 100
-        with_mean = np.column_stack([samples, sample_means])
-        with warnings.catch_warnings():  # an all-NaN column is an undefined class: NaN is right
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanpercentile(with_mean, [tail, 100 - tail], axis=0)
-        defined = ~np.isnan(np.append(auroc, mean))
-        table["ci_low"] = np.where(defined, low, np.nan)
-        table["ci_high"] = np.where(defined, high, np.nan)
+        table["ci_low"], table["ci_high"] = percentile_interval(
+            with_mean(samples, class_names), confidence, ~np.isnan(point)
+        )
     if reference is not None:
         values, reference_mean = reference
         table["paper_auroc"] = [values.get(name, np.nan) for name in class_names] + [reference_mean]

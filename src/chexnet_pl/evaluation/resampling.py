@@ -1,4 +1,7 @@
-"""Patient-bootstrap resamples, and the AUROC of many groups of images on every resample at once.
+"""The statistics engine: patient-bootstrap resamples, the AUROC of many groups of images on every
+resample at once, percentile intervals, and ROC bands. Every interval of an evaluation comes
+from here: per class (``class_aurocs``), per subgroup, per expert-label set, and the paired
+difference of two models (the same draws for both).
 
 A resample draws patients with replacement; an image's weight is how often its patient was
 drawn. Everything a group's weighted AUROC needs is a sum of per-patient counts: per distinct
@@ -11,12 +14,14 @@ so subgroup intervals on the 25,596-image test split cost seconds (``benchmarks/
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+from chexnet_pl.labels import labelled
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,39 @@ class GroupedAuroc:
         return out
 
 
+def aurocs_of(
+    plans: Sequence[GroupedAuroc], resamples: PatientResamples
+) -> tuple[np.ndarray, np.ndarray]:
+    """The plans' group AUROCs side by side (plan after plan): on the data as is, and on each of
+    ``resamples`` (B × those), every plan on the same draws."""
+    point = np.concatenate([plan.point() for plan in plans])
+    blocks = [np.column_stack([plan.resampled(c) for plan in plans]) for c in resamples.blocks()]
+    return point, np.concatenate(blocks) if blocks else np.empty((0, len(point)))
+
+
+def class_aurocs(
+    scores: np.ndarray, labels: np.ndarray, resamples: PatientResamples
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class (column), the AUROC on the images whose label is known (NaN: not labelled, in
+    no group): on the data as is (C) and on each patient resample (B × C)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    known = labelled(labels)
+    plans = [
+        GroupedAuroc(scores[:, j], labels[:, j] > 0.5, np.where(known[:, j], 0, -1), 1,
+                     resamples.codes, resamples.num_patients)
+        for j in range(labels.shape[1])
+    ]  # fmt: skip
+    return aurocs_of(plans, resamples)
+
+
 def percentile_interval(
     samples: np.ndarray, confidence: float, defined: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval along axis 0, ignoring NaN resamples; NaN where ``defined`` is False."""
+    """Percentile interval along axis 0, ignoring NaN resamples; NaN where ``defined`` is False
+    (and everywhere when there are no resamples)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if not len(samples):
+        samples = np.full((1, *samples.shape[1:]), np.nan)
     tail = (1 - confidence) / 2 * 100
     with warnings.catch_warnings():  # an all-NaN column is an undefined value: NaN is right
         warnings.simplefilter("ignore", RuntimeWarning)

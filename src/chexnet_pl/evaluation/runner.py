@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from chexnet_pl.data.labelled import truth_frame
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
-from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.evaluation.calibration import CalibrationSettings, write_calibration_report
+from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.calibration_report import write_calibration_report
 from chexnet_pl.evaluation.external import (
     add_internal,
     match_model_to_data,
@@ -24,7 +22,6 @@ from chexnet_pl.evaluation.external import (
 )
 from chexnet_pl.evaluation.plots import plot_curves
 from chexnet_pl.evaluation.predictions import (
-    TTA_MODES,
     PredictionCache,
     predict,
     prob_columns,
@@ -32,128 +29,22 @@ from chexnet_pl.evaluation.predictions import (
 )
 from chexnet_pl.evaluation.provenance import ImageSources, image_sources, read_official_lists
 from chexnet_pl.evaluation.report import (
-    THRESHOLD_METHODS,
     choose_threshold,
     format_report,
     score_predictions,
     whole_numbers,
 )
+from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import (
-    METADATA_COLUMNS,
     NoFindingThreshold,
     Subgroups,
     write_subgroup_report,
 )
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.labels import NO_FINDING, mean_row
-from chexnet_pl.models.precision import check_precision
-from chexnet_pl.validation import Problems, settings_from
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def shipped_evaluation_settings() -> dict[str, Any]:
-    """``conf/evaluation/default.yaml``: the defaults live in that file only, for the configs and
-    for evaluations built in Python alike."""
-    from omegaconf import OmegaConf
-
-    from chexnet_pl.config_location import config_dir
-
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / "evaluation" / "default.yaml"))
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """``evaluation.*`` (conf/evaluation/default.yaml, where every default is): judged here,
-    once, when built — by ``train`` and ``evaluate`` before any work, by their pre-flight check."""
-
-    tta: str
-    threshold: str
-    bootstrap_samples: int
-    bootstrap_seed: int
-    confidence: float
-    precision: str
-    plots: bool
-    subgroups: Sequence[str]
-    age_bands: Sequence[int]
-    max_age: int
-    min_subgroup_images: int
-    min_subgroup_positives: int
-    underdiagnosis_threshold: str
-    calibrate: str
-    calibration_bins: int
-    # Output name ↔ label name where two label sets spell a finding differently (both ways):
-    # how a model is scored on another dataset, and how pooled datasets' labels are merged.
-    label_map: Mapping[str, str] | None
-
-    def __post_init__(self) -> None:
-        problems = Problems("evaluation")
-        problems.choice("tta", self.tta, TTA_MODES)
-        problems.choice("threshold", self.threshold, THRESHOLD_METHODS)
-        try:
-            check_precision(self.precision, "evaluation.precision")
-        except ConfigError as exc:
-            problems.extend(exc)
-        problems.number("bootstrap_samples", self.bootstrap_samples, minimum=0, integer=True)
-        problems.number("bootstrap_seed", self.bootstrap_seed, minimum=0, integer=True)
-        problems.number("confidence", self.confidence, minimum=0, maximum=1, exclusive=True)
-        problems.flag("plots", self.plots)
-        for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
-            value = getattr(self, key)
-            if isinstance(value, Sequence) and not isinstance(value, str):
-                object.__setattr__(self, key, tuple(value))
-        label_map = self.label_map or {}
-        if not isinstance(label_map, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()
-        ):
-            problems.add(
-                f"evaluation.label_map={label_map!r}; give names to names, e.g. "
-                "{Effusion: Pleural Effusion}"
-            )
-        else:
-            object.__setattr__(self, "label_map", dict(label_map))
-        for build in (self._subgroup_spec, self._calibration):
-            try:
-                build()
-            except ConfigError as exc:
-                problems.extend(exc)
-        problems.raise_if_any()
-
-    def _subgroup_spec(self) -> Subgroups:
-        return Subgroups.from_settings(self)
-
-    def _calibration(self) -> CalibrationSettings:
-        return CalibrationSettings(self.calibrate, self.calibration_bins)
-
-    @property
-    def subgroup_spec(self) -> Subgroups:
-        return self._subgroup_spec()
-
-    @property
-    def calibration(self) -> CalibrationSettings:
-        return self._calibration()
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        """The ``evaluation`` section over the shipped ``conf/evaluation/default.yaml`` (a config
-        written before a setting existed gets that setting's shipped value); unknown and bad
-        values in one ``ConfigError``."""
-        values = {**shipped_evaluation_settings(), **dict(section or {})}
-        return settings_from(cls, values, "evaluation")
-
-
-def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
-    """A dataset's rows → ``Image Index``-indexed frame of ``Patient ID``, the label columns
-    (``names``; NaN: not labelled) and the subgroup metadata the table has (sex, age, view,
-    follow-up); ``attrs["labels"]`` names the label columns."""
-    frame = pd.DataFrame(labels, columns=list(names), index=pd.Index(table[IMAGE], name=IMAGE))
-    frame.attrs["labels"] = list(names)
-    frame.insert(0, PATIENT, table[PATIENT].to_numpy())
-    for column in METADATA_COLUMNS:
-        if column in table.columns:
-            frame[column] = table[column].to_numpy()
-    return frame
 
 
 def _aligned(preds: pd.DataFrame, truth: pd.DataFrame, names: Sequence[str]):
@@ -224,8 +115,8 @@ def score_and_write(
     if fitted is not None:
         calibrated = preds[[IMAGE]].copy()
         calibrated[prob_columns(names)] = fitted.apply(scores, names)
-        calibrated.to_csv(output_dir / "preds_calibrated.csv", index=False)
-    whole_numbers(table).to_csv(output_dir / "aucs.csv")
+        write_csv_atomic(calibrated, output_dir / "preds_calibrated.csv", index=False)
+    write_csv_atomic(whole_numbers(table), output_dir / "aucs.csv")
     if settings.plots:
         intervals = (
             {n: (table.at[n, "ci_low"], table.at[n, "ci_high"]) for n in names}
@@ -334,11 +225,11 @@ def evaluate_model(
         log.info("%s", match.describe())
     cache = PredictionCache(checkpoint) if checkpoint else None
     preds = predict_split(model, datamodule, split, settings, cache)
-    preds.to_csv(output_dir / "preds.csv", index=False)
+    write_csv_atomic(preds, output_dir / "preds.csv", index=False)
     val_preds = None
     if split != "val" and len(datamodule.datasets["val"]):
         val_preds = predict_split(model, datamodule, "val", settings, cache)
-        val_preds.to_csv(output_dir / "preds_val.csv", index=False)
+        write_csv_atomic(val_preds, output_dir / "preds_val.csv", index=False)
     truth = truth_for(
         truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match
     )

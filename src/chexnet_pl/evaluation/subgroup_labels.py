@@ -12,16 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chexnet_pl.data.labelled import AGE, DATASET, SEX, VIEW
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
-SEX = "Patient Gender"
-AGE = "Patient Age"
-VIEW = "View Position"
-DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
-METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
 ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET}
 UNKNOWN = "unknown"
 # Why a subgroup or cell is left out of gaps and means (the report's ``note`` column).

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.evaluation.auroc import mean_over
+from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
 from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's public names)
     ATTRIBUTES,
-    METADATA_COLUMNS,
     TOO_SMALL,
     UNDEFINED,
     UNKNOWN,
@@ -41,6 +40,7 @@ from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's
     subgroup_labels,
 )
 from chexnet_pl.evaluation.underdiagnosis import NoFindingThreshold, share, underdiagnosis_rows
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.labels import NO_FINDING, finding_names, labelled
 
 log = logging.getLogger(__name__)
@@ -206,14 +206,14 @@ def _attribute_rows(
         [n for n in findings if usable[compared, names.index(n)].all()] if compared.any() else []
     )
     left_out = [n for n in findings if n not in in_every]
-    mean_point = mean_over(point, names, in_every)  # groups
-    with_mean_point = np.concatenate([point, mean_point[:, None]], axis=-1)
+    with_mean_point = with_mean(point, names, in_every)  # groups × (classes, the mean)
+    mean_point = with_mean_point[:, -1]
     usable_with_mean = np.concatenate([usable, compared[:, None]], axis=-1)
     order = [n for n in names if n != NO_FINDING] + [MEAN] + [n for n in names if n == NO_FINDING]
-    low = high = with_mean = None
+    low = high = samples_with_mean = None
     if samples is not None:
-        with_mean = np.concatenate([samples, mean_over(samples, names, in_every)[..., None]], -1)
-        low, high = percentile_interval(with_mean, confidence, ~np.isnan(with_mean_point))
+        samples_with_mean = with_mean(samples, names, in_every)
+        low, high = percentile_interval(samples_with_mean, confidence, ~np.isnan(with_mean_point))
     rows = []
     for g, group in enumerate(group_names):
         in_group = codes == g
@@ -242,8 +242,8 @@ def _attribute_rows(
         return rows
     gap_point = _gap(with_mean_point, usable_with_mean)
     gap_low = gap_high = None
-    if with_mean is not None:
-        gaps = _gap(with_mean, usable_with_mean)
+    if samples_with_mean is not None:
+        gaps = _gap(samples_with_mean, usable_with_mean)
         gap_low, gap_high = percentile_interval(gaps, confidence, ~np.isnan(gap_point))
     cells = pd.DataFrame(rows)
     for name in order:
@@ -310,9 +310,11 @@ def write_subgroup_report(
         bootstrap_seed, confidence, no_finding_threshold,
     )  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
-    whole_numbers(result.table).to_csv(output_dir / "subgroups.csv", index=False)
+    write_csv_atomic(whole_numbers(result.table), output_dir / "subgroups.csv", index=False)
     if result.underdiagnosis is not None:
-        whole_numbers(result.underdiagnosis).to_csv(output_dir / "underdiagnosis.csv", index=False)
+        write_csv_atomic(
+            whole_numbers(result.underdiagnosis), output_dir / "underdiagnosis.csv", index=False
+        )
     if plots:
         from chexnet_pl.evaluation.forest import plot_subgroup_forest
 

@@ -20,8 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from chexnet_pl.cli import unwritable_reason
-from chexnet_pl.files import atomic_write
+from chexnet_pl.files import atomic_write, unwritable_reason
 from chexnet_pl.serving.card import sidecar_path
 from chexnet_pl.serving.served_model import ServingError
 

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 from chexnet_pl.checkpoint_io import read_hparams
-from chexnet_pl.cli import unwritable_reason
 from chexnet_pl.errors import DataError, ImageReadError, TrainingError, WeightsError
+from chexnet_pl.files import unwritable_reason
 
 
 def check_output_dir(output_dir: Path, min_free_gb: float) -> None:

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from chexnet_pl.files import atomic_write
+from chexnet_pl.files import write_csv_atomic, write_json_atomic
 from chexnet_pl.training.run_summary import RUN_SUMMARY
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def write_summary(sweep_dir: Path) -> pd.DataFrame:
         ["_failed", "_rank", "job"], ascending=[True, True, True], na_position="last"
     )
     table = table.drop(columns=["_failed", "_rank"])
-    with atomic_write(sweep_dir / "summary.csv") as partial:
-        table.to_csv(partial, index=False)
+    write_csv_atomic(table, sweep_dir / "summary.csv", index=False)
     return table
 
 
@@ -83,7 +82,7 @@ class SweepSummary(Callback):
         if summary.is_file():
             row.update(json.loads(summary.read_text()))
         (sweep_dir / "summary").mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "summary" / f"{row['job']:04d}.json").write_text(json.dumps(row))
+        write_json_atomic(sweep_dir / "summary" / f"{row['job']:04d}.json", row)
         # Printed after every job: a sweep with a failed job ends in an exception, with no
         # on_multirun_end, and the table must still be seen.
         log.info(

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.data.resize import area_resize
+from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.visualization.figures import prediction_table, save_figure, upsample
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def explain(
         if calibration is not None:
             table["calibration"] = calibration.label
         stem = Path(xray.name).stem
-        table.to_csv(out_dir / f"{stem}.csv", index=False)
+        write_csv_atomic(table, out_dir / f"{stem}.csv", index=False)
         for k in chosen_per_image[i]:
             heat = upsample(maps[i, needed.index(int(k))], xray.gray.shape)
             save_figure(

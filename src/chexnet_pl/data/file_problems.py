@@ -1,0 +1,157 @@
+"""Image files a run cannot use, found in one pass before training — not on disk, failing the
+header check or a full decode, or marked unreadable by the cache builder — and dealt with as the
+data settings say: stop, naming every one (``error``), or leave them out (``skip``). Either way
+they are listed, one row per image, in the run folder (``skipped_images.csv`` / ``bad_images.csv``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexnet_pl.data.image_check import find_bad_images, find_undecodable
+from chexnet_pl.data.nih_table import IMAGE
+from chexnet_pl.errors import DataError
+from chexnet_pl.files import write_csv_atomic
+
+log = logging.getLogger(__name__)
+
+# One row per image left out of a run, whatever the reason (missing, unreadable, failed mid-epoch).
+SKIPPED_IMAGES, BAD_IMAGES = "skipped_images.csv", "bad_images.csv"
+REPORT_COLUMNS = ["Image Index", "split", "reason"]
+
+
+def find_file_problems(
+    table: pd.DataFrame,
+    root: Path | None,
+    cache_entries: pd.DataFrame | None,
+    check_images: bool,
+    decode_check: Sequence[str],
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """``(problems, usable)``: a row per image without a file (``kind`` missing) or with an unusable
+    one (``kind`` bad), with its split and reason; and which of the images *with* a file
+    (``table`` rows whose ``path`` is set, in order) can be used. ``cache_entries``: the cache's
+    index rows of those images when they are read from the cache (whose builder decoded every
+    image in full), else the files are checked here (``check_images``, ``decode_check``)."""
+    missing = table["path"].isna().to_numpy()
+    present = table[~missing].reset_index(drop=True)
+    paths = present["path"].astype(str)
+    if cache_entries is not None:
+        # prepare decoded every image in full: the ones it could not read are the bad ones.
+        is_bad = (cache_entries["status"] != "ok").to_numpy()
+        bad = dict(zip(paths[is_bad], cache_entries["error"][is_bad], strict=True))
+    elif check_images:
+        bad = dict(find_bad_images(paths.tolist()))
+        bad.update(_decode_check(present, bad, decode_check))
+    else:
+        bad = {}
+    is_bad = paths.isin(bad).to_numpy()
+    problems = pd.concat(
+        [
+            table.loc[missing, [IMAGE, "split"]].assign(
+                reason=f"not on disk under {root or 'its data root'}", kind="missing"
+            ),
+            present.loc[is_bad, [IMAGE, "split"]].assign(reason=paths[is_bad].map(bad), kind="bad"),
+        ],
+        ignore_index=True,
+    )
+    return problems, ~is_bad
+
+
+def _decode_check(
+    present: pd.DataFrame, bad: dict[str, str], splits: Sequence[str]
+) -> dict[str, str]:
+    """Decode the ``splits``' images in full (those the header check passed)."""
+    if not splits:
+        return {}
+    rows = present["split"].isin(splits) & ~present["path"].astype(str).isin(bad)
+    paths = present.loc[rows, "path"].astype(str).tolist()
+    start = time.perf_counter()
+    found = dict(find_undecodable(paths))
+    log.info(
+        "decoded the %d %s image(s) in full in %.1f s (data.decode_check): %d unreadable",
+        len(paths), "/".join(splits), time.perf_counter() - start, len(found),
+    )  # fmt: skip
+    return found
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What ``data.missing_images`` and ``data.on_bad_image`` say to do with the problems, and
+    where the list goes (``report_dir``, the run folder; the working folder when unset)."""
+
+    missing_images: str
+    on_bad_image: str
+    report_dir: Path | None
+    root: Path | None  # named in messages
+
+    def path(self, name: str) -> Path:
+        return (self.report_dir or Path.cwd()) / name
+
+    @property
+    def skipped(self) -> Path:
+        """``skipped_images.csv``, where training workers also add images that fail mid-epoch."""
+        return self.path(SKIPPED_IMAGES)
+
+    def settle(self, problems: pd.DataFrame, listed: int, source: str, writer: bool) -> None:
+        """Stop, naming every problem a policy does not allow; else record what is left out.
+        ``listed``: how many images ``source`` lists; ``writer``: whether this process writes
+        the list (one writer per run)."""
+        policy = {"missing": self.missing_images, "bad": self.on_bad_image}
+        stopping = problems[problems["kind"].map(policy) == "error"]
+        if len(stopping):
+            report = self.path(BAD_IMAGES)
+            self._write(report, stopping, writer)
+            raise DataError("\n".join(self._describe(stopping, listed, source, report)))
+        if "skip" in policy.values():  # the header too, so rows added mid-training read as a table
+            self._write(self.skipped, problems, writer)
+        for kind, count in problems["kind"].value_counts().items():
+            what = "listed images not on disk" if kind == "missing" else "unusable image file(s)"
+            examples = problems.loc[problems["kind"] == kind, [IMAGE, "reason"]].head(5)
+            lines = "".join(f"\n  {name}: {reason}" for name, reason in examples.itertuples(False))
+            log.warning(
+                "data.%s=skip: leaving out %d of %d %s (all listed in %s):%s",
+                "missing_images" if kind == "missing" else "on_bad_image",
+                count, listed, what, self.skipped, lines,
+            )  # fmt: skip
+
+    def _describe(
+        self, stopping: pd.DataFrame, listed: int, source: str, report: Path
+    ) -> list[str]:
+        parts = []
+        missing = stopping[stopping["kind"] == "missing"]
+        if len(missing):
+            parts.append(
+                f"{len(missing)} of {listed} images listed in {source} are not on disk"
+                f"{f' under {self.root}' if self.root else ''}, "
+                f"e.g. {missing[IMAGE].head(5).tolist()}. If the download is partial, set "
+                "data.missing_images=skip to use only the images present."
+            )
+        bad = stopping[stopping["kind"] == "bad"]
+        if len(bad):
+            lines = "\n".join(
+                f"  {name} ({split}): {reason}"
+                for name, split, reason in bad[[IMAGE, "split", "reason"]]
+                .head(20)
+                .itertuples(False)
+            )
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            parts.append(
+                f"{len(bad)} image file(s) cannot be used:\n{lines}{more}\n"
+                "Replace them, or set data.on_bad_image=skip to train without them."
+            )
+        parts.append(f"All {len(stopping)} are listed in {report}.")
+        return parts
+
+    @staticmethod
+    def _write(path: Path, problems: pd.DataFrame, writer: bool) -> None:
+        if not writer:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(problems[REPORT_COLUMNS], path, index=False)
