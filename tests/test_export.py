@@ -172,7 +172,7 @@ def test_export_command_reports_a_bad_option_in_one_line(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "format='tflite'; use one of" in result.stderr + result.stdout
+    assert "format='tflite' is not a valid setting; use one of" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -16,20 +16,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
 from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.thresholds import operating_thresholds
-from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
-from chexnet_pl.visualization.explain import explain
-from chexnet_pl.visualization.figures import prediction_table, table_text
-from chexnet_pl.visualization.inputs import calibration_and_thresholds, image_files, read_readable
-from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
+
+if TYPE_CHECKING:  # imported when the command runs, not for --help
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +39,8 @@ def open_model(cfg: DictConfig, checkpoint: Path):
     """The model to explain with (an ``Explainer``) and its input size, by ``backend``: the ONNX
     export of the checkpoint beside it when there is one that fits (``auto``, ``onnx``), else
     the PyTorch network (``auto``, ``torch``)."""
+    from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
+
     if cfg.backend != "torch":
         export, why_not = find_export(checkpoint)
         if export is not None and cfg.method not in ("auto", "cam"):
@@ -97,7 +96,10 @@ class PredictSettings:
         problems.path("ckpt", self.ckpt, optional=False)
         if (self.image is None) == (self.images is None):
             problems.add("give one of image=xray.png or images=folder/")
-        problems.path("image", self.image)
+        if self.image is not None and Path(str(self.image)).expanduser().is_dir():
+            problems.add(f"image={self.image} is a folder; use images={self.image}")
+        else:
+            problems.path("image", self.image)
         problems.path("images", self.images, "folder")
         problems.choice("method", self.method, METHODS)
         problems.number("top_k", self.top_k, minimum=1, integer=True)
@@ -121,6 +123,17 @@ def predict(cfg: DictConfig) -> Path:
     """Write ``predictions.csv`` (Image Index, prob_<Class>...) and, per image, its prediction table
     and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
+    import pandas as pd
+
+    from chexnet_pl.evaluation.thresholds import operating_thresholds
+    from chexnet_pl.files import write_csv_atomic
+    from chexnet_pl.visualization.explain import explain
+    from chexnet_pl.visualization.inputs import (
+        calibration_and_thresholds,
+        image_files,
+        read_readable,
+    )
+
     settings = check_config(cfg)
     max_pixels = settings.max_pixels
     checkpoint = Path(cfg.ckpt).expanduser()
@@ -174,6 +187,8 @@ def predict(cfg: DictConfig) -> Path:
 def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]) -> str:
     """What is printed: each image's prediction table (finding, probability, threshold, above),
     as on the web page; beyond a few images, one line each with its findings above threshold."""
+    from chexnet_pl.visualization.figures import prediction_table, table_text
+
     columns = [f"prob_{name}" for name in class_names]
     tables = [
         (name, prediction_table(row, class_names, thresholds=thresholds))

@@ -103,9 +103,12 @@ class Problems:
         found = Path(value).expanduser()
         if found.is_file() if kind == "file" else found.is_dir():
             return True
-        self.add(f"{self.key(name)}={value} is not a {kind}" + (
-            "" if found.exists() or kind == "folder" else " (no such file)"
-        ))  # fmt: skip
+        if kind == "file" and found.is_dir():
+            self.add(f"{self.key(name)}={value} is a folder, not a file")
+        else:
+            self.add(f"{self.key(name)}={value} is not a {kind}" + (
+                "" if found.exists() or kind == "folder" else " (no such file)"
+            ))  # fmt: skip
         return False
 
     def number(

@@ -11,14 +11,16 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig
 
 from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
 from chexnet_pl.validation import Problems
+
+if TYPE_CHECKING:  # imported when the command runs, not for --help
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,8 @@ def label_table(
 ) -> str:
     """One row per image: its probability of ``label``, the threshold, above or not — every image
     has ``label``, so "no" is a miss at that threshold."""
+    import pandas as pd
+
     j = class_names.index(label)
     probabilities = explained[f"prob_{label}"].to_numpy()
     table = pd.DataFrame({
