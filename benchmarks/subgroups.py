@@ -26,7 +26,7 @@ from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
 from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroup_summary import format_summary
-from chexnet_pl.evaluation.subgroups import write_subgroup_report
+from chexnet_pl.evaluation.subgroups import score_subgroups, write_subgroup_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,15 +63,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         spec = EvaluationSettings.from_config(None).subgroup_spec  # the shipped settings
         start = time.perf_counter()
-        result = write_subgroup_report(
-            scores, labels, patients, test, names, thresholds, spec, Path(folder),
-            args.samples, plots=False,
-        )  # fmt: skip
+        result = score_subgroups(
+            scores, labels, patients, test, names, thresholds, spec, args.samples
+        )
+        write_subgroup_report(result, Path(folder), plots=False)
         subgroups = time.perf_counter() - start
         start = time.perf_counter()
-        write_subgroup_report(
-            scores, labels, patients, test, names, thresholds, spec, Path(folder), args.samples
+        result = score_subgroups(
+            scores, labels, patients, test, names, thresholds, spec, args.samples
         )
+        write_subgroup_report(result, Path(folder))
         with_plot = time.perf_counter() - start
     table = result.table
     cells = int(

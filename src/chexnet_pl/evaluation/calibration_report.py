@@ -105,7 +105,7 @@ def write_calibration_report(
     """``calibration.csv`` (before and, with a method, after scaling fitted on ``val_*``),
     ``calibration.json`` (the parameters), ``reliability.png``; returns the table, the fitted
     calibration and the report line."""
-    from chexnet_pl.evaluation.reliability import plot_reliability
+    from chexnet_pl.evaluation.reliability import reliability_figure, write_reliability
 
     method, bins = settings.method, settings.bins
     before = calibration_table(scores, labels, class_names, bins)
@@ -131,8 +131,9 @@ def write_calibration_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(table, output_dir / "calibration.csv")
     if plots:
-        plot_reliability(
-            scores, labels, class_names, output_dir / "reliability.png", bins, before, calibrated,
-            after, method, title=f"{scope}, {len(scores)} images: reliability (equal-mass bins)",
+        figure = reliability_figure(
+            scores, labels, class_names, bins, before, calibrated, after, method,
+            title=f"{scope}, {len(scores)} images: reliability (equal-mass bins)",
         )  # fmt: skip
+        write_reliability(figure, output_dir / "reliability.png")
     return table, calibration, format_calibration_line(before, after, method, bins, scope)

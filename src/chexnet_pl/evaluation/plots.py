@@ -133,22 +133,8 @@ def curve_figures(
     return figures
 
 
-def plot_curves(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    output_dir: Path,
-    title: str = "",
-    patients: np.ndarray | None = None,
-    bootstrap_samples: int = 0,
-    bootstrap_seed: int = 0,
-    confidence: float = 0.95,
-    intervals: Mapping[str, tuple[float, float]] | None = None,
-) -> dict[str, Path]:
-    """Write ``roc_curves.png`` and ``pr_curves.png``; a class without positives gets an empty
-    panel. With ``patients`` and ``bootstrap_samples`` the ROC panels get their bootstrap band."""
-    figures = curve_figures(scores, labels, class_names, title, patients, bootstrap_samples,
-                            bootstrap_seed, confidence, intervals)  # fmt: skip
+def write_curves(figures: Mapping[str, plt.Figure], output_dir: Path) -> dict[str, Path]:
+    """Write ``curve_figures``' figures as ``roc_curves.png`` and ``pr_curves.png``."""
     return {
         kind: save_figure(figure, Path(output_dir) / f"{kind}_curves.png")
         for kind, figure in figures.items()

@@ -125,19 +125,6 @@ def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, c
     curve_ax.set_title(heading, fontsize=9)
 
 
-def plot_reliability(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    path: Path,
-    bins: int = 15,
-    ece: pd.DataFrame | None = None,
-    calibrated: np.ndarray | None = None,
-    calibrated_ece: pd.DataFrame | None = None,
-    method: str = "",
-    title: str = "",
-) -> Path:
-    """``reliability.png`` (see the module docstring)."""
-    figure = reliability_figure(scores, labels, class_names, bins, ece, calibrated,
-                                calibrated_ece, method, title)  # fmt: skip
+def write_reliability(figure: plt.Figure, path: Path) -> Path:
+    """``reliability_figure``'s figure as ``reliability.png`` (laid out by its own grid)."""
     return save_figure(figure, path, tight=False)

@@ -20,7 +20,7 @@ from chexnet_pl.evaluation.external import (
     reference_for,
     truth_for,
 )
-from chexnet_pl.evaluation.plots import plot_curves
+from chexnet_pl.evaluation.plots import curve_figures, write_curves
 from chexnet_pl.evaluation.predictions import (
     PredictionCache,
     predict,
@@ -39,6 +39,8 @@ from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import (
     NoFindingThreshold,
     Subgroups,
+    has_subgroup_columns,
+    score_subgroups,
     write_subgroup_report,
 )
 from chexnet_pl.files import write_csv_atomic
@@ -123,18 +125,23 @@ def score_and_write(
             if "ci_low" in table
             else None
         )
-        plot_curves(
-            scores, labels, names, output_dir, f"{scope}, {len(preds)} images",
+        figures = curve_figures(
+            scores, labels, names, f"{scope}, {len(preds)} images",
             patients, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
             intervals,
         )  # fmt: skip
+        write_curves(figures, output_dir)
     spec = settings.subgroup_spec
-    subgroups = write_subgroup_report(
-        scores, labels, patients, truth.loc[preds[IMAGE]], names, thresholds, spec, output_dir,
-        settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
-        table["auroc"].to_dict(), settings.plots, scope,
-        underdiagnosis_threshold(val_scores, val_labels, names, spec, chosen_on),
-    )  # fmt: skip
+    meta, subgroups = truth.loc[preds[IMAGE]], None
+    if has_subgroup_columns(spec, meta):
+        result = score_subgroups(
+            scores, labels, patients, meta, names, thresholds, spec, settings.bootstrap_samples,
+            settings.bootstrap_seed, settings.confidence,
+            underdiagnosis_threshold(val_scores, val_labels, names, spec, chosen_on),
+        )  # fmt: skip
+        subgroups = write_subgroup_report(
+            result, output_dir, table["auroc"].to_dict(), settings.plots, scope, settings.confidence
+        )
     log.info(
         "%s split: %s; %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
         split, ", ".join(filter(None, [source_label, sources.header if sources else f"{len(preds)} images"])),

@@ -278,37 +278,30 @@ def _spread(values: pd.Series) -> float:
     return float(values.max() - values.min()) if len(values) >= 2 else float("nan")
 
 
-def write_subgroup_report(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    patients: np.ndarray,
-    meta: pd.DataFrame,
-    class_names: Sequence[str],
-    thresholds: Sequence[float],
-    spec: Subgroups,
-    output_dir: Path,
-    bootstrap_samples: int = 1000,
-    bootstrap_seed: int = 0,
-    confidence: float = 0.95,
-    overall: dict[str, float] | None = None,
-    plots: bool = True,
-    scope: str = "test split",
-    no_finding_threshold: NoFindingThreshold | None = None,
-) -> SubgroupResult | None:
-    """``subgroups.csv``, ``underdiagnosis.csv`` (15-output models) and ``subgroups_forest.png``;
-    None when no subgroup attribute is set or the metadata has none of their columns."""
+def has_subgroup_columns(spec: Subgroups, meta: pd.DataFrame) -> bool:
+    """Whether a subgroup report can be made: some attribute is set and the metadata next to the
+    predictions has its column (warned about when it has none of them)."""
     if not spec.attributes:
-        return None
+        return False
     if not any(ATTRIBUTES[a] in meta.columns for a in spec.attributes):
         log.warning(
             "no subgroup columns (%s) next to the predictions: no subgroup report",
             [ATTRIBUTES[a] for a in spec.attributes],
         )
-        return None
-    result = score_subgroups(
-        scores, labels, patients, meta, class_names, thresholds, spec, bootstrap_samples,
-        bootstrap_seed, confidence, no_finding_threshold,
-    )  # fmt: skip
+        return False
+    return True
+
+
+def write_subgroup_report(
+    result: SubgroupResult,
+    output_dir: Path,
+    overall: dict[str, float] | None = None,
+    plots: bool = True,
+    scope: str = "test split",
+    confidence: float = 0.95,
+) -> SubgroupResult:
+    """``score_subgroups``' result as ``subgroups.csv``, ``underdiagnosis.csv`` (15-output
+    models) and ``subgroups_forest.png``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(whole_numbers(result.table), output_dir / "subgroups.csv", index=False)
     if result.underdiagnosis is not None:
@@ -321,6 +314,6 @@ def write_subgroup_report(
         plot_subgroup_forest(
             result.table, output_dir / "subgroups_forest.png", overall,
             title=f"{scope}: AUROC by subgroup ({confidence:.0%} CI, patient bootstrap); "
-            f"dotted: all images; grey: too small ({spec.size_rule}) or unknown, left out of gaps",
+            f"dotted: all images; grey: too small ({result.spec.size_rule}) or unknown, left out of gaps",
         )  # fmt: skip
     return result

@@ -16,7 +16,12 @@ import pandas as pd
 
 from chexnet_pl.data.resize import area_resize
 from chexnet_pl.files import write_csv_atomic
-from chexnet_pl.visualization.figures import prediction_table, save_figure, upsample
+from chexnet_pl.visualization.figures import (
+    overlay_figure,
+    prediction_table,
+    save_overlay,
+    upsample,
+)
 
 if TYPE_CHECKING:
     from chexnet_pl.evaluation.calibration import Calibration
@@ -97,12 +102,13 @@ def explain(
         write_csv_atomic(table, out_dir / f"{stem}.csv", index=False)
         for k in chosen_per_image[i]:
             heat = upsample(maps[i, needed.index(int(k))], xray.gray.shape)
-            save_figure(
-                out_dir / f"{stem}_{names[k]}.png", xray.gray, heat, names[k], float(probabilities[i, k]), table,
+            figure = overlay_figure(
+                xray.gray, heat, names[k], float(probabilities[i, k]), table,
                 title=f"{xray.name} — {model.method}"
                 + (f" — calibrated: {calibration.label}" if calibration else ""),
                 thresholds_note=thresholds_note,
             )  # fmt: skip
+            save_overlay(figure, out_dir / f"{stem}_{names[k]}.png")
     frame = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
     frame.insert(0, "Image Index", [x.name for x in xrays])
     if calibration is not None:

@@ -174,16 +174,6 @@ def overlay_figure(
     return figure
 
 
-def save_figure(
-    path: Path,
-    gray: np.ndarray,
-    heatmap: np.ndarray,
-    finding: str,
-    probability: float,
-    table: pd.DataFrame,
-    title: str = "",
-    thresholds_note: str = "",
-) -> Path:
-    """``overlay_figure`` written as a PNG (laid out by its own grid: drawn once)."""
-    figure = overlay_figure(gray, heatmap, finding, probability, table, title, thresholds_note)
+def save_overlay(figure, path: Path) -> Path:
+    """``overlay_figure``'s figure written as a PNG (laid out by its own grid: drawn once)."""
     return write_figure(figure, path, tight=False, crop=False)
