@@ -71,10 +71,11 @@ def write_checkpoint(path: Path, image_size: int) -> Path:
     """A random DenseNet-121 run checkpoint, as ``train`` saves one (weights, settings)."""
     import torch
 
-    from chexnet_pl.models.module import CheXNetModule
+    from chexnet_pl.data.nih_table import class_names
+    from chexnet_pl.models.module import shipped_model
 
-    torch.manual_seed(0)
-    model = CheXNetModule(backbone="densenet121", pretrained=False)
+    torch.manual_seed(0)  # the shipped model, NIH's 15 outputs, random weights (no download)
+    model = shipped_model(backbone="densenet121", pretrained=False, class_names=class_names())
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {

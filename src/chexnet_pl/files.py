@@ -83,3 +83,29 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 
 def file_sha256(path: str | Path) -> str:
     return file_digest(path, "sha256")
+
+
+def save_figure(
+    figure,
+    path: str | Path,
+    title: str | None = None,
+    title_size=None,
+    tight: bool = True,
+    crop: bool = True,
+) -> Path:
+    """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file.
+    ``tight=False`` for figures laid out by their own grid; ``crop`` fits the canvas to what is
+    drawn (no tick label cut at the edge; it draws the figure twice)."""
+    import matplotlib.pyplot as plt  # the figure was drawn with it: already imported
+
+    path = Path(path)
+    if title:
+        figure.suptitle(title, fontsize=title_size)
+    if tight:
+        figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as partial:  # the format from the name, not from the temporary one's
+        figure.savefig(partial, format=path.suffix[1:] or "png", dpi=80,
+                       bbox_inches="tight" if crop else None)  # fmt: skip
+    plt.close(figure)
+    return path

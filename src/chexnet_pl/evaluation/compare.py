@@ -21,11 +21,10 @@ from scipy.stats import norm, rankdata
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import with_mean
-from chexnet_pl.evaluation.plots import save_figure
 from chexnet_pl.evaluation.predictions import prob_columns
 from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import PatientResamples, class_aurocs, percentile_interval
-from chexnet_pl.files import write_csv_atomic
+from chexnet_pl.files import save_figure, write_csv_atomic
 from chexnet_pl.labels import labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from chexnet_pl.evaluation.plots import save_figure  # noqa: E402
+from chexnet_pl.files import save_figure  # noqa: E402
 
 COMPARED, LEFT_OUT = "tab:blue", "darkgrey"
 

@@ -19,32 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
-from chexnet_pl.files import atomic_write
+from chexnet_pl.files import save_figure  # noqa: E402
 from chexnet_pl.labels import labelled  # noqa: E402
-
-
-def save_figure(
-    figure,
-    path: str | Path,
-    title: str | None = None,
-    title_size=None,
-    tight: bool = True,
-    crop: bool = True,
-) -> Path:
-    """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file.
-    ``tight=False`` for figures laid out by their own grid; ``crop`` fits the canvas to what is
-    drawn (no tick label cut at the edge; it draws the figure twice)."""
-    path = Path(path)
-    if title:
-        figure.suptitle(title, fontsize=title_size)
-    if tight:
-        figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as partial:  # the format from the name, not from the temporary one's
-        figure.savefig(partial, format=path.suffix[1:] or "png", dpi=80,
-                       bbox_inches="tight" if crop else None)  # fmt: skip
-    plt.close(figure)
-    return path
 
 
 def panel_grid(count: int, columns: int = 5, size: float = 3.2):

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from chexnet_pl.evaluation.plots import save_figure as write_figure  # noqa: E402
+from chexnet_pl.files import save_figure as write_figure  # noqa: E402
 
 COLORMAP = "inferno"
 SHOWN_TOP_PERCENT = 20.0  # of the map's pixels: the rest of the X-ray is shown as it is
