@@ -91,6 +91,7 @@ from chexnet_pl.callbacks import Throughput  # noqa: E402
 from chexnet_pl.cli import config_dir  # noqa: E402
 from chexnet_pl.data.prepare import build_cache  # noqa: E402
 from chexnet_pl.data.synthetic import generate_synthetic_nih  # noqa: E402
+from chexnet_pl.device import cpu_model_and_flags, usable_cores  # noqa: E402
 from chexnet_pl.evaluation.predictions import predict  # noqa: E402
 from chexnet_pl.models.module import shipped_model  # noqa: E402
 from chexnet_pl.models.precision import autocast_context, resolve_precision  # noqa: E402
@@ -103,16 +104,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 # -- environment ------------------------------------------------------------------------------
 def describe(device: torch.device) -> str:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    (model, flags), cores = cpu_model_and_flags(), usable_cores()
     gpu = (
         f"{torch.cuda.get_device_name(device)} ({torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB)"
         if device.type == "cuda"

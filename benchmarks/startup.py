@@ -49,16 +49,9 @@ TARGET_ONE_IMAGE_S = 3.0
 
 
 def describe_machine() -> str:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from chexnet_pl.device import cpu_model_and_flags, usable_cores
+
+    (model, flags), cores = cpu_model_and_flags(), usable_cores()
     present = [f for f in CPU_FLAGS if f in flags]
     absent = [f for f in CPU_FLAGS if f not in flags]
     return (

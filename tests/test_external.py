@@ -26,6 +26,14 @@ QUICK = ["data.num_workers=0", "evaluation.bootstrap_samples=50", "evaluation.pl
          "evaluation.subgroups=[]"]  # fmt: skip
 
 
+def evaluate_on_chexpert(out: Path, source: str, chexpert_root: Path, *extra: str) -> dict:
+    """``chexnet-evaluate <source> data=chexpert data.root=<root>`` (``source``: ckpt= or preds=)."""
+    cfg = compose_config(
+        "evaluate", out, source, "data=chexpert", f"data.root={chexpert_root}", *extra, *QUICK
+    )
+    return evaluate(cfg)
+
+
 @pytest.fixture(scope="module")
 def nih_run(tmp_path_factory, synthetic_root) -> Path:
     """An NIH checkpoint (random ResNet-18 at 32 px) in a run folder with its own aucs.csv."""
@@ -43,16 +51,7 @@ def nih_run(tmp_path_factory, synthetic_root) -> Path:
 
 def test_an_nih_checkpoint_evaluates_on_chexpert(tmp_path, nih_run, chexpert_root):
     out = tmp_path / "external"
-    metrics = evaluate(
-        compose_config(
-            "evaluate",
-            out,
-            f"ckpt={nih_run}",
-            "data=chexpert",
-            f"data.root={chexpert_root}",
-            *QUICK,
-        )  # fmt: skip
-    )
+    metrics = evaluate_on_chexpert(out, f"ckpt={nih_run}", chexpert_root)
     table = pd.read_csv(out / "aucs.csv", index_col=0)
     assert list(table.index) == [*SHARED, "Mean (7 findings)", "No Finding"]
     assert (
@@ -77,17 +76,7 @@ def test_an_nih_checkpoint_evaluates_on_chexpert(tmp_path, nih_run, chexpert_roo
 
 def test_the_label_map_is_a_setting(tmp_path, nih_run, chexpert_root):
     out = tmp_path / "unmapped"
-    evaluate(
-        compose_config(
-            "evaluate",
-            out,
-            f"ckpt={nih_run}",
-            "data=chexpert",
-            f"data.root={chexpert_root}",
-            "evaluation.label_map=null",
-            *QUICK,
-        )  # fmt: skip
-    )
+    evaluate_on_chexpert(out, f"ckpt={nih_run}", chexpert_root, "evaluation.label_map=null")
     table = pd.read_csv(out / "aucs.csv", index_col=0)
     assert "Effusion" not in table.index and "Mean (6 findings)" in table.index
     with pytest.raises(
@@ -133,32 +122,14 @@ def test_predictions_are_scored_against_any_dataset(tmp_path, chexpert_root):
     preds.insert(0, "Image Index", images.table.loc[test, "Image Index"].to_numpy())
     preds.to_csv(tmp_path / "preds.csv", index=False)
     out = tmp_path / "scored"
-    evaluate(
-        compose_config(
-            "evaluate",
-            out,
-            f"preds={tmp_path / 'preds.csv'}",
-            "data=chexpert",
-            f"data.root={chexpert_root}",
-            *QUICK,
-        )  # fmt: skip
-    )
+    evaluate_on_chexpert(out, f"preds={tmp_path / 'preds.csv'}", chexpert_root)
     table = pd.read_csv(out / "aucs.csv", index_col=0)
     edema = images.labels[test.to_numpy(), dm.pathologies.index("Edema")]
     assert table.at["Edema", "auroc"] == pytest.approx(roc_auc_score(edema, preds["prob_Edema"]))
     assert "Mean (13 findings)" in table.index
     preds.drop(columns=["prob_Edema"]).to_csv(tmp_path / "partial.csv", index=False)
     with pytest.raises(DataError, match=r"lacks 1 class column\(s\): \['prob_Edema'\]"):
-        evaluate(
-            compose_config(
-                "evaluate",
-                out,
-                f"preds={tmp_path / 'partial.csv'}",
-                "data=chexpert",
-                f"data.root={chexpert_root}",
-                *QUICK,
-            )  # fmt: skip
-        )
+        evaluate_on_chexpert(out, f"preds={tmp_path / 'partial.csv'}", chexpert_root)
 
 
 def test_a_chexpert_checkpoints_labels_reach_predictions_heat_maps_and_serving(

@@ -9,6 +9,8 @@ CPU passes a faked one and so drives the CUDA branches without a GPU.
 from __future__ import annotations
 
 import functools
+import os
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +30,34 @@ class DeviceCaps:
         return torch.device("cuda" if self.cuda else "cpu")
 
 
-@functools.cache
-def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
+def cpu_model_and_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags, from ``/proc/cpuinfo`` (none elsewhere)."""
+    model, flags, text = "", set(), ""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.split(":", 1)[0].strip() == "flags"
-        for flag in line.split(":", 1)[1].split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+        pass
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags |= set(value.split())
+    # platform.processor() runs `uname -p` in a process: only where cpuinfo names no model
+    return model or platform.processor() or "unknown CPU", flags
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
+    return bool(cpu_model_and_flags(cpuinfo)[1] & {"avx512_bf16", "amx_bf16"})
 
 
 def detect_caps() -> DeviceCaps:
