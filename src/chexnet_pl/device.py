@@ -30,8 +30,8 @@ class DeviceCaps:
         return torch.device("cuda" if self.cuda else "cpu")
 
 
-def cpu_model_and_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]]:
-    """The CPU's model name and instruction-set flags, from ``/proc/cpuinfo`` (none elsewhere)."""
+def _read_cpuinfo(cpuinfo: str | Path) -> tuple[str, set[str]]:
+    """The model name ("" when none) and the flags of ``/proc/cpuinfo`` (none elsewhere)."""
     model, flags, text = "", set(), ""
     try:
         text = Path(cpuinfo).read_text()
@@ -43,6 +43,12 @@ def cpu_model_and_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set
             model = value.strip()
         elif key.strip() == "flags":
             flags |= set(value.split())
+    return model, flags
+
+
+def cpu_model_and_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags (for benchmarks' machine lines)."""
+    model, flags = _read_cpuinfo(cpuinfo)
     # platform.processor() runs `uname -p` in a process: only where cpuinfo names no model
     return model or platform.processor() or "unknown CPU", flags
 
@@ -57,7 +63,7 @@ def usable_cores() -> int:
 @functools.cache
 def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is slower."""
-    return bool(cpu_model_and_flags(cpuinfo)[1] & {"avx512_bf16", "amx_bf16"})
+    return bool(_read_cpuinfo(cpuinfo)[1] & {"avx512_bf16", "amx_bf16"})
 
 
 def detect_caps() -> DeviceCaps:
