@@ -36,7 +36,7 @@ browser:
 test: setup browser
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
 
-# For iterating: everything but the tests that train or launch commands (~11 min on 2 cores).
+# For iterating: everything but the tests that train or launch commands (~4 min on 2 cores).
 test-fast: setup
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow"
 
