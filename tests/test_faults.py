@@ -236,7 +236,8 @@ def test_imported_weights_without_batch_counters_evaluate(tmp_path, synthetic_ro
     target = tmp_path / "imported.ckpt"
     import_arnoweng(source, target)
     cfg = compose_config("evaluate", tmp_path / "eval", f"ckpt={target}", f"data.root={synthetic_root}",
-                         "data.image_size=64", "data.num_workers=0", "evaluation.bootstrap_samples=0")  # fmt: skip
+                         "data.image_size=64", "data.num_workers=0", "evaluation.bootstrap_samples=0",
+                         "evaluation.plots=false", "evaluation.subgroups=[]")  # fmt: skip
     metrics = evaluate(cfg)
     assert "test/auroc" in metrics and "test/auroc_No Finding" not in metrics
 

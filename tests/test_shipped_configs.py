@@ -48,21 +48,83 @@ def train_args(experiment: str, root: Path, start: Path) -> list[str]:
     return args + ([f"init_from={start}"] if experiment == "retrain" else [])
 
 
+# What each crossed group's files may set: nothing else, or the matrix below would not be the
+# compositions it stands for. Hydra's bookkeeping (the choices, the command line) differs anyway.
+GROUP_KEYS = {
+    "trainer": {"trainer"},
+    "logger": {"logger"},
+    "hparams_search": {"optimized_metric", "hydra.mode", "hydra.sweeper"},
+}
+BOOKKEEPING = {"hydra.runtime", "hydra.overrides", "hydra.job"}
+
+
+def changed(a, b) -> set[str]:
+    """The top-level keys (and Hydra's second-level ones) whose values differ between a and b."""
+    from omegaconf import OmegaConf
+
+    a, b = (OmegaConf.to_container(c, resolve=False) for c in (a, b))
+    keys = {k for k in a.keys() | b.keys() if k != "hydra" and a.get(k) != b.get(k)}
+    hydra_a, hydra_b = a.get("hydra", {}), b.get("hydra", {})
+    keys |= {f"hydra.{k}" for k in hydra_a.keys() | hydra_b.keys()
+             if hydra_a.get(k) != hydra_b.get(k)}  # fmt: skip
+    return keys - BOOKKEEPING
+
+
+def crossed(trainer, logger, search):
+    """One recipe's config with the trainer, logger and sweep of three of its compositions."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    cfg = copy.deepcopy(trainer)
+    with read_write(cfg), open_dict(cfg), read_write(cfg.hydra):  # Hydra's section is read-only
+        cfg.logger = copy.deepcopy(logger.logger)
+        cfg.optimized_metric = search.optimized_metric
+        cfg.hydra.mode = search.hydra.mode
+        cfg.hydra.sweeper = copy.deepcopy(search.hydra.sweeper)
+    return cfg
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_shipped_training_config_passes_the_preflight_check(
     experiment, nih_sample, start_checkpoint
 ):
-    """Each trainer × logger × sweep with this recipe, as ``chexnet-train ... --check`` runs it."""
-    assert check_overrides("train", train_args(experiment, nih_sample, start_checkpoint)) == []
-    command_lines = [
-        [*train_args(experiment, nih_sample, start_checkpoint), f"trainer={trainer}",
-         f"logger={logger}", *([f"hparams_search={search}"] if search else [])]
-        for trainer, logger, search in itertools.product(TRAINERS, LOGGERS, SEARCHES)
-    ]  # fmt: skip
+    """Each trainer × logger × sweep with this recipe, as ``chexnet-train ... --check`` runs it.
+
+    Hydra composes the recipe with each trainer, each logger and each sweep (one group at a
+    time); each group's files are shown to set only their own keys, so every trainer × logger ×
+    sweep config is those compositions crossed — and one crossed config is shown equal to its
+    full composition. All are then checked as the command checks them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    args = train_args(experiment, nih_sample, start_checkpoint)
+    assert check_overrides("train", args) == []
+    options = {"trainer": TRAINERS, "logger": LOGGERS, "hparams_search": SEARCHES[1:]}
+    lines = [args] + [[*args, f"{group}={option}"] for group, values in options.items()
+                      for option in values]  # fmt: skip
+    last = [*args, *(f"{group}={values[-1]}" for group, values in options.items())]
+    composed = [cfg.copy() for cfg in composed_jobs("train", *lines, last)]
+    base, full = composed[0], composed[-1]
+    by_group, position = {}, 1
+    for group, values in options.items():
+        by_group[group] = dict(zip(values, composed[position : position + len(values)],
+                                   strict=True))  # fmt: skip
+        position += len(values)
+        for option, cfg in by_group[group].items():
+            assert changed(base, cfg) <= GROUP_KEYS[group], (group, option)
+    by_group["hparams_search"][None] = base
+    # the crossed config of the last options equals Hydra's composition of them
+    assert changed(full, crossed(*(by_group[g][v[-1]] for g, v in options.items()))) == set()
     checked = 0
-    for cfg in composed_jobs("train", *command_lines):
-        preflight("train", cfg)
-        checked += 1
+    try:
+        for trainer, logger, search in itertools.product(TRAINERS, LOGGERS, SEARCHES):
+            cfg = crossed(by_group["trainer"][trainer], by_group["logger"][logger],
+                          by_group["hparams_search"][search])  # fmt: skip
+            HydraConfig.instance().set_config(cfg)  # the sweep is read as in a run
+            preflight("train", cfg)
+            checked += 1
+    finally:
+        HydraConfig.instance().cfg = None
     assert checked == len(TRAINERS) * len(LOGGERS) * len(SEARCHES)
 
 
@@ -155,6 +217,23 @@ def test_a_mistyped_key_names_the_closest_ones(command, args, message):
         assert problems == []
     else:
         assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_keys_the_commands_own_file_sets_are_accepted_without_composing(monkeypatch):
+    """``chexnet-predict ckpt=... image=...`` starts without a third composition; a group, a
+    section's key from another file, ``+``, and a typo still go through the full check."""
+    import chexnet_pl.overrides as overrides
+
+    composed = []
+    real = overrides._compose
+    monkeypatch.setattr(overrides, "_compose", lambda *a: composed.append(a) or real(*a))
+    assert check_overrides("predict", ["ckpt=a.ckpt", "image=x.png", "top_k=2"]) == []
+    assert composed == []
+    for args in (["ckpt=a.ckpt", "decode.max_pixels=100"], ["+ckpt=a.ckpt"], ["imag=x.png"],
+                 ["paths=default"]):  # fmt: skip
+        check_overrides("predict", args)
+    assert len(composed) == 4
+    assert "did you mean image=" in check_overrides("predict", ["ckpt=a", "imag=x.png"])[0]
 
 
 def test_an_added_key_is_judged_by_its_component(nih_sample):

@@ -68,3 +68,30 @@ def test_predict_on_pytorch_and_on_its_onnx_export(tmp_path, nih_sample):
     (tmp_path / "other.onnx.json").write_bytes(checkpoint.with_name("best.onnx.json").read_bytes())
     output, imported = run_predict(other, image, tmp_path / "other", "backend=auto")
     assert "other.onnx was exported from another checkpoint" in output and imported == ["torch"]
+
+
+def test_the_export_is_matched_to_its_checkpoint_without_rereading_it(tmp_path, monkeypatch):
+    """The sidecar's SHA-256 is trusted while the checkpoint's size, time and inode are those
+    recorded at export; a replaced checkpoint (same size, other bytes) is hashed and refused."""
+    import json
+
+    import chexnet_pl.visualization.onnx_explainer as onnx_explainer
+    from chexnet_pl.files import file_identity, file_sha256, write_bytes_atomic
+
+    checkpoint = tmp_path / "best.ckpt"
+    checkpoint.write_bytes(b"weights" * 1000)
+    (tmp_path / "best.onnx").write_bytes(b"onnx")
+    card = {"outputs": ["probabilities", "cams"], "classes": ["Edema"], "image_size": 64,
+            "checkpoint_sha256": file_sha256(checkpoint), "checkpoint_file": file_identity(checkpoint)}  # fmt: skip
+    (tmp_path / "best.onnx.json").write_text(json.dumps(card))
+    hashed = []
+    monkeypatch.setattr(onnx_explainer, "file_sha256", lambda p: hashed.append(p) or file_sha256(p))
+    export, why = onnx_explainer.find_export(checkpoint)
+    assert export is not None and why == "" and hashed == []
+    write_bytes_atomic(checkpoint, b"WEIGHTS" * 1000)  # a new training's checkpoint, same size
+    export, why = onnx_explainer.find_export(checkpoint)
+    assert export is None and "exported from another checkpoint" in why and hashed == [checkpoint]
+    card["checkpoint_file"] = None  # an export from before the identity was recorded: hashed
+    card["checkpoint_sha256"] = file_sha256(checkpoint)
+    (tmp_path / "best.onnx.json").write_text(json.dumps(card))
+    assert onnx_explainer.find_export(checkpoint)[0] is not None and len(hashed) == 2

@@ -85,17 +85,25 @@ def file_sha256(path: str | Path) -> str:
     return file_digest(path, "sha256")
 
 
+def file_identity(path: str | Path) -> dict[str, int]:
+    """What changes when a file is replaced or rewritten (size, modification time in ns, inode):
+    equal to the one recorded beside a file's SHA-256, the file is the one hashed — without
+    reading it again (an atomic replace or a copy makes a new inode)."""
+    stat = Path(path).stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
 def save_figure(
     figure,
     path: str | Path,
     title: str | None = None,
     title_size=None,
     tight: bool = True,
-    crop: bool = True,
 ) -> Path:
     """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file.
-    ``tight=False`` for figures laid out by their own grid; ``crop`` fits the canvas to what is
-    drawn (no tick label cut at the edge; it draws the figure twice)."""
+    ``tight=False`` for figures laid out by their own grid. The canvas is not cropped to what is
+    drawn (``bbox_inches="tight"`` draws a figure once more, the slowest step of an evaluation):
+    ``tight_layout`` or the figure's own grid keeps every label inside it."""
     import matplotlib.pyplot as plt  # the figure was drawn with it: already imported
 
     path = Path(path)
@@ -105,7 +113,6 @@ def save_figure(
         figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as partial:  # the format from the name, not from the temporary one's
-        figure.savefig(partial, format=path.suffix[1:] or "png", dpi=80,
-                       bbox_inches="tight" if crop else None)  # fmt: skip
+        figure.savefig(partial, format=path.suffix[1:] or "png", dpi=80)
     plt.close(figure)
     return path

@@ -46,7 +46,7 @@ def shipped(section: str, option: str | None = None, **overrides: Any) -> dict[s
     ``overrides`` merged in as a Hydra override would be (nested mappings merge key by key).
     Interpolations resolve against train.yaml's values; ``${paths.*}`` (Hydra's run folder) is
     None outside a run."""
-    node = OmegaConf.load(config_dir() / section / f"{option or default_option(section)}.yaml")
+    node = OmegaConf.create(_file_values(section, option or default_option(section)))
     root = OmegaConf.create(
         {**_train_root()["values"], "paths": {"output_dir": None, "cache_dir": None}}
     )
@@ -54,6 +54,12 @@ def shipped(section: str, option: str | None = None, **overrides: Any) -> dict[s
     merged = OmegaConf.merge(root, {section: _plain(overrides)})
     values = OmegaConf.to_container(merged[section], resolve=True)
     return {k: v for k, v in values.items() if k not in HYDRA_KEYS}
+
+
+@functools.cache
+def _file_values(section: str, option: str) -> dict[str, Any]:
+    """``conf/<section>/<option>.yaml`` as read (parsed once per process; callers copy it)."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / section / f"{option}.yaml"))
 
 
 def _plain(value: Any) -> Any:

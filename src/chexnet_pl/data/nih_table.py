@@ -138,20 +138,21 @@ def label_matrix(
     An unknown label is an error naming the row and value; a known label that the class list
     leaves out (``No Finding`` with 14 outputs) is simply not a column.
     """
-    dummies = finding_labels.str.get_dummies(sep="|")
-    dummies.columns = [c.strip() for c in dummies.columns]
-    known = set(FINDINGS) | {NO_FINDING}
-    unknown = [c for c in dummies.columns if c not in known]
+    split = finding_labels.str.split("|")
+    names = split.explode().str.strip()  # one row per label, its row's index kept
+    present = names.notna() & (names != "")  # empty and missing labels are no label
+    unknown = sorted(set(names[present]) - (set(FINDINGS) | {NO_FINDING}))
     if unknown:
         value = unknown[0]
-        rows = dummies.index[dummies[value] > 0]
+        rows = names.index[present & (names == value)]
         raise DataError(
             f"{source}: unknown finding label {value!r} on line {_csv_line(rows[0])} "
-            f"({len(rows)} row(s)); known labels are {sorted(known)}"
+            f"({len(rows)} row(s)); known labels are {sorted(set(FINDINGS) | {NO_FINDING})}"
         )
-    dummies = dummies.T.groupby(level=0).max().T  # labels with stray spaces collapse to one
+    row = np.repeat(np.arange(len(split)), split.str.len().fillna(1).to_numpy(dtype=np.int64))
+    column = {name: j for j, name in enumerate(pathologies)}
+    columns = names.map(column).to_numpy(dtype=np.float64)  # NaN: a label left out
+    kept = present.to_numpy() & ~np.isnan(columns)
     matrix = np.zeros((len(finding_labels), len(pathologies)), dtype=np.float32)
-    for j, name in enumerate(pathologies):
-        if name in dummies.columns:
-            matrix[:, j] = dummies[name].to_numpy(dtype=np.float32)
+    matrix[row[kept], columns[kept].astype(np.int64)] = 1.0
     return matrix

@@ -24,9 +24,14 @@ from chexnet_pl.labels import labelled  # noqa: E402
 
 
 def panel_grid(count: int, columns: int = 5, size: float = 3.2):
-    """A figure with ``count`` panels in rows of ``columns`` (the unused ones hidden)."""
+    """A figure with ``count`` panels in rows of ``columns`` (the unused ones hidden), its margins
+    fixed in inches (room for a title, axis labels and tick labels): written without a layout
+    pass, which costs as much as drawing the figure."""
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    width, height = size * columns, size * rows + 0.4
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
+    figure.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=0.5 / height,
+                           top=1 - 0.6 / height, wspace=0.3, hspace=0.42)  # fmt: skip
     for ax in axes.ravel()[count:]:
         ax.axis("off")
     return figure, axes.ravel()
@@ -112,6 +117,6 @@ def curve_figures(
 def write_curves(figures: Mapping[str, plt.Figure], output_dir: Path) -> dict[str, Path]:
     """Write ``curve_figures``' figures as ``roc_curves.png`` and ``pr_curves.png``."""
     return {
-        kind: save_figure(figure, Path(output_dir) / f"{kind}_curves.png")
+        kind: save_figure(figure, Path(output_dir) / f"{kind}_curves.png", tight=False)
         for kind, figure in figures.items()
     }

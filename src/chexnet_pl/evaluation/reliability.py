@@ -62,7 +62,8 @@ def reliability_figure(
     """The figure: per class a curve panel over a histogram panel (sharing the x-axis)."""
     rows = -(-len(class_names) // COLUMNS)
     figure = plt.figure(figsize=(3.3 * COLUMNS, 4.0 * rows + 0.6))
-    outer = figure.add_gridspec(rows, COLUMNS, hspace=0.45, wspace=0.38, top=0.9)
+    outer = figure.add_gridspec(rows, COLUMNS, hspace=0.45, wspace=0.38, top=0.9, left=0.05,
+                                right=0.98, bottom=0.05)  # fmt: skip
     for j, name in enumerate(class_names):
         cell = outer[j // COLUMNS, j % COLUMNS].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
         curve_ax = figure.add_subplot(cell[0])

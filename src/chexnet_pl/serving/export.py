@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet_pl.files import file_identity
 from chexnet_pl.serving.card import find_thresholds, model_card
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
@@ -154,11 +155,13 @@ def export_checkpoint(
             f"probabilities (tolerance {PARITY_TOLERANCE:.0e}); nothing was written"
         )
     values, source = find_thresholds(checkpoint, thresholds, model.class_names)
+    identity = file_identity(checkpoint)  # before it is hashed: a change between is caught
     card = model_card(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
     )
     card.update(
         {
+            "checkpoint_file": identity,  # predict trusts the SHA-256 while this is unchanged
             "format": fmt,
             "file": out.name,
             "exporter": "torch.onnx.export(dynamo=True)" if fmt == "onnx" else "torch.jit.trace",

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -21,6 +20,9 @@ from omegaconf import DictConfig
 
 from chexnet_pl.files import write_csv_atomic, write_json_atomic
 from chexnet_pl.training.run_summary import RUN_SUMMARY
+
+if TYPE_CHECKING:  # every command's Hydra callbacks import this module: pandas only in a sweep
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ COLUMNS = [
 
 
 def write_summary(sweep_dir: Path) -> pd.DataFrame:
+    import pandas as pd
+
     rows = [json.loads(p.read_text()) for p in sorted((sweep_dir / "summary").glob("*.json"))]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["_failed"] = table["status"] != "COMPLETED"

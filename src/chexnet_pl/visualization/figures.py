@@ -176,4 +176,4 @@ def overlay_figure(
 
 def save_overlay(figure, path: Path) -> Path:
     """``overlay_figure``'s figure written as a PNG (laid out by its own grid: drawn once)."""
-    return write_figure(figure, path, tight=False, crop=False)
+    return write_figure(figure, path, tight=False)

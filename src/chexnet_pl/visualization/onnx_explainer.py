@@ -4,7 +4,8 @@ without loading PyTorch — the start-up that makes ``predict`` answer in second
 
 The export is the model as served (``serving/served_model.py``); it was checked against PyTorch
 when it was written (probabilities within 1e-4, the sidecar records the largest difference) and
-its sidecar names the checkpoint's SHA-256, which must be this checkpoint's.
+its sidecar names the checkpoint's SHA-256, which must be this checkpoint's (not read again while
+the checkpoint's size, modification time and inode are those recorded at export).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from chexnet_pl.files import file_sha256
+from chexnet_pl.files import file_identity, file_sha256
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ def find_export(checkpoint: str | Path) -> tuple[Export | None, str]:
         return None, f"{path.name} has no heat maps (it was exported without cams=true)"
     if not checkpoint.is_file():
         return None, f"{checkpoint} not found"
+    if card.get("checkpoint_file") == file_identity(checkpoint):
+        return Export(path, card), ""  # the very file that was hashed at export: not read again
     if card.get("checkpoint_sha256") != file_sha256(checkpoint):
         return None, f"{path.name} was exported from another checkpoint (its SHA-256 differs)"
     return Export(path, card), ""
