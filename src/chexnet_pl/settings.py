@@ -9,6 +9,7 @@ settings dataclass — and collects what each constructor says, so it cannot dis
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -67,6 +68,7 @@ def build_target(section: Mapping[str, Any], key: str, instantiate: bool = True)
     return target(**arguments) if instantiate else None
 
 
+@functools.cache  # a class's signature does not change: read once per process
 def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
     """The keyword arguments ``target`` takes, and whether it takes any others: a class whose
     ``__init__`` passes ``**settings`` to its base takes the base's too (a dataset's data module)."""
