@@ -36,9 +36,11 @@ browser:
 test: setup browser
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
 
-# For iterating: everything but the tests that train or launch commands (~4 min on 2 cores).
+# For iterating: everything but the tests that train or launch commands (~2 min on 2 cores).
+# One pytest worker per logical CPU, each test file on one worker (its module fixtures built once),
+# one torch thread per worker (these tests are Python-bound: two workers share 2 cores best).
 test-fast: setup
-	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" -n logical --dist loadfile
 
 # Not part of the tests: timings are noisy on shared machines.
 bench: setup

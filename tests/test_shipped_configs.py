@@ -5,7 +5,6 @@ command's config, pass the pre-flight check; each recipe trains (slow tier)."""
 from __future__ import annotations
 
 import copy
-import itertools
 import shutil
 from pathlib import Path
 

@@ -66,6 +66,7 @@ def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool(_read_cpuinfo(cpuinfo)[1] & {"avx512_bf16", "amx_bf16"})
 
 
+@functools.cache  # asking CUDA costs milliseconds, and the answer holds for the process
 def detect_caps() -> DeviceCaps:
     cuda = torch.cuda.is_available()
     return DeviceCaps(
