@@ -62,8 +62,12 @@ class OnnxExplainer:
     def __init__(self, export: Export) -> None:
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        # The layout pass of ORT_ENABLE_ALL costs 0.15-0.4 s at every start and saves ~20 ms per
+        # image: a command that starts for a few images is faster without it.
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         self.session = onnxruntime.InferenceSession(
-            str(export.path), onnxruntime.SessionOptions(), providers=["CPUExecutionProvider"]
+            str(export.path), options, providers=["CPUExecutionProvider"]
         )
         self.input = self.session.get_inputs()[0].name
         self.outputs = [output.name for output in self.session.get_outputs()]
