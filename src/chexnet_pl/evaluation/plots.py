@@ -28,10 +28,10 @@ def panel_grid(count: int, columns: int = 5, size: float = 3.2):
     fixed in inches (room for a title, axis labels and tick labels): written without a layout
     pass, which costs as much as drawing the figure."""
     rows = math.ceil(count / columns)
-    width, height = size * columns, size * rows + 0.4
+    width, height = size * columns, size * rows + 0.55
     figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
     figure.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=0.5 / height,
-                           top=1 - 0.6 / height, wspace=0.3, hspace=0.42)  # fmt: skip
+                           top=1 - 0.75 / height, wspace=0.3, hspace=0.42)  # fmt: skip
     for ax in axes.ravel()[count:]:
         ax.axis("off")
     return figure, axes.ravel()
