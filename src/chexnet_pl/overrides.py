@@ -174,13 +174,16 @@ def _all_in_own_file(command: str, overrides: Sequence[Any]) -> bool:
         own = OmegaConf.load(folder / f"{command.replace('-', '_')}.yaml")
     except (OSError, ValueError):
         return False
-    return all(
-        override.type is OverrideType.CHANGE
-        and override.key_or_group.split(".")[0] not in ("hydra", "defaults")
-        and not (folder / override.key_or_group.split(".")[0]).is_dir()
-        and _exists(own, override.key_or_group)
-        for override in overrides
-    )
+    for override in overrides:
+        first = override.key_or_group.split(".")[0]
+        if (
+            override.type is not OverrideType.CHANGE
+            or first in ("hydra", "defaults")
+            or (folder / first).is_dir()  # a config group
+            or not _exists(own, override.key_or_group)
+        ):
+            return False
+    return True
 
 
 def _first_choice(override: Any) -> str:

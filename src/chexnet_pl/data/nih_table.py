@@ -141,13 +141,14 @@ def label_matrix(
     split = finding_labels.str.split("|")
     names = split.explode().str.strip()  # one row per label, its row's index kept
     present = names.notna() & (names != "")  # empty and missing labels are no label
-    unknown = sorted(set(names[present]) - (set(FINDINGS) | {NO_FINDING}))
+    known = set(FINDINGS) | {NO_FINDING}
+    unknown = sorted(set(names[present]) - known)
     if unknown:
         value = unknown[0]
         rows = names.index[present & (names == value)]
         raise DataError(
             f"{source}: unknown finding label {value!r} on line {_csv_line(rows[0])} "
-            f"({len(rows)} row(s)); known labels are {sorted(set(FINDINGS) | {NO_FINDING})}"
+            f"({len(rows)} row(s)); known labels are {sorted(known)}"
         )
     row = np.repeat(np.arange(len(split)), split.str.len().fillna(1).to_numpy(dtype=np.int64))
     column = {name: j for j, name in enumerate(pathologies)}
