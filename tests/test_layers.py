@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 COMMANDS = {"train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
             "import_weights", "export", "serve"}  # fmt: skip
-GROUND = {"errors", "files", "validation", "labels", "device", "shipped", "checkpoint_io",
+GROUND = {"errors", "files", "validation", "labels", "device", "shipped", "checkpoint_io", "components",
           "config_location"}  # fmt: skip
 LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "evaluation": 2, "visualization": 2,
           "serving": 2, "training": 2, "callbacks": 2}  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from chexnet_pl.components import check_stored_settings
 from chexnet_pl.errors import WeightsError
 from chexnet_pl.files import atomic_write
 
@@ -49,13 +50,18 @@ def load_file(path: str | Path, *, lazy: bool = False, kind: str = "checkpoint")
 
 
 def read_checkpoint(path: str | Path, *, lazy: bool = False) -> dict[str, Any]:
-    """A checkpoint's dictionary (weights, settings, training state); ``lazy`` as ``load_file``."""
+    """A checkpoint's dictionary (weights, settings, training state); ``lazy`` as ``load_file``.
+
+    Its settings are data, never code: a checkpoint whose settings name anything but the
+    project's own components (``components.check_stored_settings``) is refused here, before any
+    reader could import what it names."""
     checkpoint = load_file(path, lazy=lazy)
     if not isinstance(checkpoint, dict):
         raise WeightsError(
             f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not the "
             "dictionary of weights and settings a run saves"
         )
+    check_stored_settings(checkpoint, Path(path).expanduser())
     return checkpoint
 
 

@@ -84,6 +84,11 @@ def _data_configs() -> dict[str, str]:
     return found
 
 
+def data_targets() -> list[str]:
+    """The class paths of the data modules the shipped configs build (``conf/data/*.yaml``)."""
+    return list(_data_configs())
+
+
 def shipped_data(target: str, **overrides: Any) -> dict[str, Any]:
     """The shipped settings of the data module ``target`` (its ``conf/data`` file), with
     ``overrides``; empty when no shipped config builds it."""

@@ -8,12 +8,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from chexnet_pl.components import DEFAULT_DATAMODULE, TARGET
 from chexnet_pl.errors import DataError
 from chexnet_pl.shipped import shipped_data
-
-# The data module of checkpoints that do not name theirs (written before datasets were data).
-DEFAULT_DATAMODULE = "chexnet_pl.data.nih.NIHDataModule"
-TARGET = "_target_"
 
 
 def build_datamodule(settings: Mapping[str, Any]):
@@ -28,13 +25,22 @@ def build_datamodule(settings: Mapping[str, Any]):
         cls = get_class(target)
     except (ImportError, ValueError) as exc:
         raise DataError(f"data module {target!r} cannot be imported ({exc})") from exc
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     accepted = {
-        name
+        parameter.name
         for klass in cls.__mro__
-        if "__init__" in vars(klass)
-        for name in inspect.signature(klass.__init__).parameters
+        if "__init__" in vars(klass) and klass is not object
+        for parameter in list(inspect.signature(klass.__init__).parameters.values())[1:]
+        if parameter.kind in named
     }
     settings = {k: v for k, v in settings.items() if v is not None or k in accepted}
+    unknown = sorted(k for k in settings if k not in accepted)
+    if unknown:
+        raise DataError(
+            f"data settings {unknown} are not settings of {target} (it takes "
+            f"{', '.join(sorted(accepted))}); remove "
+            "them, or give the data settings on the command line (data=<dataset> data.root=...)"
+        )
     for key, value in shipped_data(target).items():
         if key in accepted and key not in settings:
             settings[key] = value

@@ -121,6 +121,9 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         """As Lightning's, but never fetches ImageNet weights: the checkpoint holds every weight."""
         kwargs.setdefault("pretrained", False)
         kwargs.setdefault("weights_path", None)
+        # Its settings are checked before Lightning builds the module from them: a file from
+        # elsewhere names no optimizer, scheduler or data module but the project's own.
+        read_checkpoint(checkpoint_path, lazy=True)
         try:
             return super().load_from_checkpoint(
                 checkpoint_path, map_location=map_location, weights_only=True, **kwargs

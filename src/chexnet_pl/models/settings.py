@@ -17,18 +17,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chexnet_pl.components import OPTIMIZERS, SCHEDULERS
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.labels import NO_FINDING
 from chexnet_pl.validation import Problems, settings_from
 
 T = TypeVar("T")
-# The short names of model.optimizer.name and model.scheduler.name (none: no schedule).
-OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
-SCHEDULERS = {
-    "plateau": "torch.optim.lr_scheduler.ReduceLROnPlateau",
-    "cosine": "torch.optim.lr_scheduler.CosineAnnealingLR",
-    "none": None,
-}
 MONITOR_MODES = ("min", "max")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
