@@ -81,7 +81,7 @@ def shared_limits(frame: pd.DataFrame, margin: float = 0.02) -> tuple[float, flo
     if not len(values):
         return -margin, 1.0 + margin
     low, high = max(0.0, float(values.min())), min(1.0, float(values.max()))
-    margin = max(margin, 0.08 * (high - low))  # a marker's width and more, at print size
+    margin = max(margin, 0.1 * (high - low))  # a marker's width and more, at print size
     return low - margin, high + margin
 
 

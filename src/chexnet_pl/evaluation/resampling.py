@@ -244,21 +244,25 @@ def pr_band(
     precision at each grid recall) over the patient resamples.
 
     Each resample's curve is the PR step function of the data with images weighted by how often
-    their patient was drawn, at ``levels`` score thresholds (the scores' quantiles) as in
-    ``roc_band``: at a grid recall, the precision of the highest threshold whose recall reaches
-    it (as the curve itself is drawn)."""
+    their patient was drawn, at the positives' distinct scores as thresholds (the precision at a
+    recall is highest at such a score; the ``levels`` quantiles of them when there are more), in
+    sparse products as ``roc_band``: at a grid recall, the precision of the highest threshold
+    whose recall reaches it (as the curve itself is drawn)."""
     grid = np.linspace(0.01, 1.0, 100) if grid is None else np.asarray(grid, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     is_positive = np.asarray(positive) > 0.5
-    ascending = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, levels)))
+    ascending = np.unique(scores[is_positive])
+    if len(ascending) > levels:
+        ascending = np.unique(np.quantile(ascending, np.linspace(0.0, 1.0, levels)))
     level = len(ascending) - np.searchsorted(ascending, scores, side="right")
+    counted = level < len(ascending)  # images under the lowest positive score: never called
     shape = (len(ascending), resamples.num_patients)
     counts_at = {
         kind: sparse.csr_matrix(
             (np.ones(int(mask.sum()), np.float32), (level[mask], resamples.codes[mask])),
             shape=shape,
         )
-        for kind, mask in (("positive", is_positive), ("negative", ~is_positive))
+        for kind, mask in (("positive", is_positive & counted), ("negative", ~is_positive & counted))
     }
     curves = []
     for counts in resamples.blocks():  # patients × B
