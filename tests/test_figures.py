@@ -416,3 +416,33 @@ def test_overlay_shows_the_map_only_where_it_matters_with_a_colour_bar():
     colours = [matplotlib.colors.to_hex(cells[r, 0].get_facecolor()) for r in range(1, 4)]
     assert colours == [ABOVE_COLOUR, DISAGREE_COLOUR, DISAGREE_COLOUR]
     matplotlib.pyplot.close(figure)
+
+
+def test_evaluate_writes_every_figure_in_the_format_asked(nih_sample, tmp_path):
+    """``evaluation.figure_format=pdf`` through the shipped config: the four figures of the
+    17-image sample as PDF (none as PNG); a wrong format is a settings error naming the choices."""
+    from conftest import compose_config
+
+    from chexnet_pl.data.nih import label_index
+    from chexnet_pl.data.nih_table import class_names, read_data_entry
+    from chexnet_pl.data.splits import read_name_list
+    from chexnet_pl.errors import ConfigError
+    from chexnet_pl.evaluate import evaluate
+
+    truth = label_index(read_data_entry(nih_sample / "Data_Entry_2017.csv"))
+    names = read_name_list(nih_sample / "test_list.txt")
+    labels = truth.loc[names, class_names()].to_numpy()
+    scores = np.clip(0.25 * labels + np.random.default_rng(0).random(labels.shape) * 0.75, 0, 1)
+    preds = pd.DataFrame(scores, columns=[f"prob_{c}" for c in class_names()])
+    preds.insert(0, "Image Index", names)
+    preds.to_csv(tmp_path / "preds.csv", index=False)
+    common = (f"preds={tmp_path / 'preds.csv'}", f"data.root={nih_sample}",
+              "evaluation.bootstrap_samples=20")  # fmt: skip
+    evaluate(compose_config("evaluate", tmp_path / "out", *common, "evaluation.figure_format=pdf"))
+    figures = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix in (".png", ".pdf"))
+    assert figures == ["pr_curves.pdf", "reliability.pdf", "roc_curves.pdf", "subgroups_forest.pdf"]
+    for name in figures:
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"%PDF-")
+    with pytest.raises(ConfigError, match=r"figure_format='?tiff'? .*use one of: png, pdf, svg"):
+        evaluate(compose_config("evaluate", tmp_path / "bad", *common,
+                                "evaluation.figure_format=tiff"))  # fmt: skip
