@@ -116,7 +116,7 @@ def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, c
     histogram_ax.set_xlabel("mean predicted probability", fontsize=8)
     histogram_ax.set_ylabel("images", fontsize=8)
     histogram_ax.tick_params(labelsize=7)
-    histogram_ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # images: whole numbers
+    histogram_ax.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))  # whole images
     curve_ax.set_ylabel("observed frequency", fontsize=8)
     curve_ax.tick_params(labelsize=7, labelbottom=False)
     if positive.all() or not positive.any():
@@ -143,7 +143,7 @@ def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, c
                   label="perfectly calibrated")  # fmt: skip
     curve_ax.set_xlim(0, limit)
     curve_ax.set_ylim(0, limit)
-    sizes = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
+    sizes = f"{counts.min():,}" if counts.min() == counts.max() else f"{counts.min():,}–{counts.max():,}"
     curve_ax.text(0.03, 0.97, f"{len(counts)} bin{'s' * (len(counts) > 1)} of {sizes} images\n"
                   "bars: 95% Wilson interval", ha="left", va="top", fontsize=8,
                   transform=curve_ax.transAxes)  # fmt: skip
