@@ -132,7 +132,8 @@ def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, c
     for label, probabilities, colour, table in curves:
         predicted, observed, counts = binned(probabilities, positive, bins)
         low, high = wilson_interval(observed * counts, counts)
-        curve_ax.errorbar(predicted, observed, yerr=[observed - low, high - observed], fmt="o-",
+        bars = np.maximum(0.0, [observed - low, high - observed])  # rounding: never below 0
+        curve_ax.errorbar(predicted, observed, yerr=bars, fmt="o-",
                           color=colour, markersize=3, linewidth=1, elinewidth=0.8, capsize=1.5,
                           label=label)  # fmt: skip
         points += [predicted, observed]
