@@ -248,7 +248,9 @@ def test_reliability_bins_hold_ten_images_with_wilson_intervals_and_whole_image_
         (bars,) = container.lines[2]
         segments = np.array(bars.get_segments())  # per bin: (x, low), (x, high)
         assert segments[:, 0, 1] == pytest.approx(low) and segments[:, 1, 1] == pytest.approx(high)
-        sizes = f"{trials.min()}" if trials.min() == trials.max() else f"{trials.min()}–{trials.max()}"
+        sizes = (
+            f"{trials.min()}" if trials.min() == trials.max() else f"{trials.min()}–{trials.max()}"
+        )
         assert any(f"of {sizes} images" in t.get_text() for t in curves.texts)
         figure.canvas.draw()
         ticks = histogram.get_yticks()
@@ -348,7 +350,13 @@ def test_forest_plot_fits_a_page_names_rows_once_and_shows_every_point(tmp_path)
     assert not any(n in texts for n in row_names for texts in names[1:])
     assert [t for t in names[0] if t in ("900", "1,100", "2", "0")] == ["900", "1,100", "2", "0"]
     # Positives in a column beside each finding's panel; "no images" where a subgroup has none.
-    assert [t for t in names[1] if t in ("pos.", "90", "110", "0")] == ["90", "110", "0", "0", "pos."]
+    assert [t for t in names[1] if t in ("pos.", "90", "110", "0")] == [
+        "90",
+        "110",
+        "0",
+        "0",
+        "pos.",
+    ]
     for texts in names:
         assert "no images" in texts and "too small" not in " ".join(texts)
     assert any("Mean: over the findings usable in every subgroup" in t.get_text()

@@ -125,7 +125,9 @@ def plot_subgroup_forest(
         x0 = left + c * (panel_width + right_column + gap)
         y0 = height - top - r * row_height - 0.3 - panel_height
         ax = figure.add_axes([x0 / WIDTH, y0 / height, panel_width / WIDTH, panel_height / height])
-        block = rows[rows["finding"] == finding].set_index(["attribute", "subgroup"]).reindex(groups)
+        block = (
+            rows[rows["finding"] == finding].set_index(["attribute", "subgroup"]).reindex(groups)
+        )
         _subgroup_panel(ax, block, groups, (overall or {}).get(finding),
                         None if left_out is None else left_out[rows["finding"] == finding])  # fmt: skip
         ax.set_xlim(x_low, x_high)

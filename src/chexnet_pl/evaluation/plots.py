@@ -37,9 +37,7 @@ def figure_title(figure_name: str, scope: str, images: int, model: str = "") -> 
     return " · ".join(parts)
 
 
-def figure_legend(
-    figure: plt.Figure, axes: Sequence, top: float, last: Sequence[str] = ()
-) -> None:
+def figure_legend(figure: plt.Figure, axes: Sequence, top: float, last: Sequence[str] = ()) -> None:
     """One legend for the whole figure, under its title: every distinct label of ``axes`` (the
     ``last`` ones at the end)."""
     handles, labels = [], []
@@ -180,7 +178,8 @@ def write_curves(
 ) -> dict[str, Path]:
     """Write ``curve_figures``' figures as ``roc_curves.<format>`` and ``pr_curves.<format>``."""
     return {
-        kind: save_figure(figure, figure_path(output_dir, f"{kind}_curves", figure_format),
-                          tight=False)  # fmt: skip
+        kind: save_figure(
+            figure, figure_path(output_dir, f"{kind}_curves", figure_format), tight=False
+        )  # fmt: skip
         for kind, figure in figures.items()
     }

@@ -24,7 +24,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from chexnet_pl.evaluation.plots import figure_legend  # noqa: E402
@@ -103,7 +102,9 @@ def reliability_figure(
         known = labelled(labels[:, j])  # each panel: the images whose label is known
         _panel(curve_ax, histogram_ax, scores[known, j], labels[known, j] > 0.5, name, bins, ece,
                None if calibrated is None else calibrated[known, j], calibrated_ece, method)  # fmt: skip
-    figure_legend(figure, figure.axes, 0.965, last=["perfectly calibrated"])  # one legend: every panel draws the same curves
+    figure_legend(
+        figure, figure.axes, 0.965, last=["perfectly calibrated"]
+    )  # one legend: every panel draws the same curves
     if title:
         figure.suptitle(title, y=0.995)
     return figure
@@ -144,7 +145,11 @@ def _panel(curve_ax, histogram_ax, raw, positive, name, bins, ece, calibrated, c
                   label="perfectly calibrated")  # fmt: skip
     curve_ax.set_xlim(0, limit)
     curve_ax.set_ylim(0, limit)
-    sizes = f"{counts.min():,}" if counts.min() == counts.max() else f"{counts.min():,}–{counts.max():,}"
+    sizes = (
+        f"{counts.min():,}"
+        if counts.min() == counts.max()
+        else f"{counts.min():,}–{counts.max():,}"
+    )
     curve_ax.text(0.03, 0.97, f"{len(counts)} bin{'s' * (len(counts) > 1)} of {sizes} images\n"
                   "bars: 95% Wilson interval", ha="left", va="top", fontsize=8,
                   transform=curve_ax.transAxes)  # fmt: skip

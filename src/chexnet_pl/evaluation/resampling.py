@@ -262,7 +262,10 @@ def pr_band(
             (np.ones(int(mask.sum()), np.float32), (level[mask], resamples.codes[mask])),
             shape=shape,
         )
-        for kind, mask in (("positive", is_positive & counted), ("negative", ~is_positive & counted))
+        for kind, mask in (
+            ("positive", is_positive & counted),
+            ("negative", ~is_positive & counted),
+        )
     }
     curves = []
     for counts in resamples.blocks():  # patients × B
