@@ -37,6 +37,7 @@ def tiny(tmp_path: Path, root: Path, *extra: str, experiment: str = "demo"):
         ("+evaluation.boostrap=10", r"evaluation.boostrap is not a setting"),
         ("evaluation.calibrate=isotonic", r"evaluation.calibrate='isotonic' .*temperature, platt"),
         ("evaluation.calibration_bins=0", r"evaluation.calibration_bins=0 is out of range"),
+        ("evaluation.figure_format=jpg", r"evaluation.figure_format='?jpg'? is not a valid setting; use one of: png, pdf, svg"),
         ("evaluation.subgroups=[sex,race]", r"evaluation.subgroups\[\]='race' .*sex, age, view"),
         ("evaluation.age_bands=[60,20]", r"evaluation.age_bands=\(60, 20\): give increasing"),
         ("callbacks.visualization.method=gradcm", r"visualization.method='gradcm' .*gradcam"),

@@ -93,17 +93,28 @@ def file_identity(path: str | Path) -> dict[str, int]:
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")  # evaluation.figure_format: what a journal takes
+FIGURE_DPI = 200  # PNG resolution (journals ask for at least 200-300 dpi for line art at size)
+
+
+def figure_path(folder: str | Path, stem: str, figure_format: str = "png") -> Path:
+    """``folder/stem.<figure_format>``: where a figure of that format is written."""
+    return Path(folder) / f"{stem}.{figure_format}"
+
+
 def save_figure(
     figure,
     path: str | Path,
     title: str | None = None,
     title_size=None,
     tight: bool = True,
+    dpi: int = FIGURE_DPI,
 ) -> Path:
-    """Title, lay out, write (80 dpi PNG, folders made) and close a figure: every plot file.
-    ``tight=False`` for figures laid out by their own grid. The canvas is not cropped to what is
-    drawn (``bbox_inches="tight"`` draws a figure once more, the slowest step of an evaluation):
-    ``tight_layout`` or the figure's own grid keeps every label inside it."""
+    """Title, lay out, write (the format from the name's suffix: PNG at ``dpi``, PDF or SVG as
+    vectors; folders made) and close a figure: every plot file. ``tight=False`` for figures laid
+    out by their own grid. The canvas is not cropped to what is drawn (``bbox_inches="tight"``
+    draws a figure once more, the slowest step of an evaluation): ``tight_layout`` or the
+    figure's own grid keeps every label inside it."""
     import matplotlib.pyplot as plt  # the figure was drawn with it: already imported
 
     path = Path(path)
@@ -112,7 +123,8 @@ def save_figure(
     if tight:
         figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    kind = path.suffix[1:].lower() or "png"
     with atomic_write(path) as partial:  # the format from the name, not from the temporary one's
-        figure.savefig(partial, format=path.suffix[1:] or "png", dpi=80)
+        figure.savefig(partial, format=kind, dpi=dpi)
     plt.close(figure)
     return path

@@ -101,11 +101,15 @@ def write_calibration_report(
     val_labels: np.ndarray | None,
     scope: str,
     plots: bool,
+    model: str = "",
+    figure_format: str = "png",
 ) -> tuple[pd.DataFrame, Calibration | None, str]:
     """``calibration.csv`` (before and, with a method, after scaling fitted on ``val_*``),
-    ``calibration.json`` (the parameters), ``reliability.png``; returns the table, the fitted
-    calibration and the report line."""
+    ``calibration.json`` (the parameters), ``reliability.<figure_format>`` (titled with
+    ``scope`` and ``model``); returns the table, the fitted calibration and the report line."""
+    from chexnet_pl.evaluation.plots import figure_title
     from chexnet_pl.evaluation.reliability import reliability_figure, write_reliability
+    from chexnet_pl.files import figure_path
 
     method, bins = settings.method, settings.bins
     before = calibration_table(scores, labels, class_names, bins)
@@ -133,7 +137,7 @@ def write_calibration_report(
     if plots:
         figure = reliability_figure(
             scores, labels, class_names, bins, before, calibrated, after, method,
-            title=f"{scope}, {len(scores)} images: reliability (equal-mass bins)",
+            title=figure_title("Reliability (equal-mass bins)", scope, len(scores), model),
         )  # fmt: skip
-        write_reliability(figure, output_dir / "reliability.png")
+        write_reliability(figure, figure_path(output_dir, "reliability", figure_format))
     return table, calibration, format_calibration_line(before, after, method, bins, scope)

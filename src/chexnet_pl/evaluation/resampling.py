@@ -1,5 +1,5 @@
 """The statistics engine: patient-bootstrap resamples, the AUROC of many groups of images on every
-resample at once, percentile intervals, and ROC bands. Every interval of an evaluation comes
+resample at once, percentile intervals, ROC and precision-recall bands. Every interval of an evaluation comes
 from here: per class (``class_aurocs``), per subgroup, per expert-label set, and the paired
 difference of two models (the same draws for both).
 
@@ -230,3 +230,58 @@ def _interpolate_columns(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.n
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(x1 > x0, (grid[:, None] - x0) / (x1 - x0), 1.0)
     return (y0 + np.clip(share, 0, 1) * (y1 - y0)).T
+
+
+def pr_band(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    resamples: PatientResamples,
+    confidence: float = 0.95,
+    levels: int = 400,
+    grid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pointwise bootstrap band of one class's precision-recall curve: (recall grid, low, high
+    precision at each grid recall) over the patient resamples.
+
+    Each resample's curve is the PR step function of the data with images weighted by how often
+    their patient was drawn, at the positives' distinct scores as thresholds (the precision at a
+    recall is highest at such a score; the ``levels`` quantiles of them when there are more), in
+    sparse products as ``roc_band``: at a grid recall, the precision of the highest threshold
+    whose recall reaches it (as the curve itself is drawn)."""
+    grid = np.linspace(0.01, 1.0, 100) if grid is None else np.asarray(grid, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(positive) > 0.5
+    ascending = np.unique(scores[is_positive])
+    if len(ascending) > levels:
+        ascending = np.unique(np.quantile(ascending, np.linspace(0.0, 1.0, levels)))
+    level = len(ascending) - np.searchsorted(ascending, scores, side="right")
+    counted = level < len(ascending)  # images under the lowest positive score: never called
+    shape = (len(ascending), resamples.num_patients)
+    counts_at = {
+        kind: sparse.csr_matrix(
+            (np.ones(int(mask.sum()), np.float32), (level[mask], resamples.codes[mask])),
+            shape=shape,
+        )
+        for kind, mask in (
+            ("positive", is_positive & counted),
+            ("negative", ~is_positive & counted),
+        )
+    }
+    curves = []
+    for counts in resamples.blocks():  # patients × B
+        tp = np.cumsum(counts_at["positive"] @ counts, axis=0, dtype=np.float64)
+        fp = np.cumsum(counts_at["negative"] @ counts, axis=0, dtype=np.float64)
+        usable = tp[-1] > 0  # a resample without positives: no curve
+        tp, fp = tp[:, usable], fp[:, usable]
+        recall = tp / tp[-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+        # The first level (highest threshold) whose recall reaches each grid point: grid × B.
+        first = (recall[None, :, :] < grid[:, None, None] - 1e-12).sum(axis=1)
+        first = np.minimum(first, len(recall) - 1)
+        curves.append(np.take_along_axis(precision, first, 0).T)
+    if not curves or not sum(len(c) for c in curves):
+        nothing = np.full(len(grid), np.nan)
+        return grid, nothing, nothing
+    low, high = percentile_interval(np.concatenate(curves), confidence)
+    return grid, low, high

@@ -70,13 +70,15 @@ def score_and_write(
     internal: Mapping[str, float] | None = None,
     sources: ImageSources | None = None,
     source_label: str = "",
+    model: str = "",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score a predictions table against ``truth`` (see ``truth_frame``); write aucs.csv and plots.
     ``reference``: the data's published AUROC per label and its mean (NIH: the CheXNet paper's);
     ``internal``: the model's AUROC on its own test split, beside the external one;
     ``sources``: where the images come from (the official lists), said in the report's header
     after ``source_label``; a "test" score of images outside the official test list gets no
-    comparison with the paper's test AUROCs."""
+    comparison with the paper's test AUROCs; ``model``: what the figures' titles call the model
+    (its backbone; "" when not known)."""
     if preds.empty:
         raise DataError(f"no predictions to score for the {split} split")
     scores, labels, patients = _aligned(preds, truth, names)
@@ -112,6 +114,7 @@ def score_and_write(
     calibration, fitted, calibration_line = write_calibration_report(
         scores, labels, names, output_dir, settings.calibration,
         val_scores if chosen_on == "val" else None, val_labels, scope, settings.plots,
+        model, settings.figure_format,
     )  # fmt: skip
     table[["ece", "brier"]] = calibration[["ece_equal_mass", "brier"]].reindex(table.index)
     if fitted is not None:
@@ -126,11 +129,10 @@ def score_and_write(
             else None
         )
         figures = curve_figures(
-            scores, labels, names, f"{scope}, {len(preds)} images",
-            patients, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
-            intervals,
+            scores, labels, names, "", patients, settings.bootstrap_samples,
+            settings.bootstrap_seed, settings.confidence, intervals, scope, model,
         )  # fmt: skip
-        write_curves(figures, output_dir)
+        write_curves(figures, output_dir, settings.figure_format)
     spec = settings.subgroup_spec
     meta, subgroups = truth.loc[preds[IMAGE]], None
     if has_subgroup_columns(spec, meta):
@@ -140,8 +142,9 @@ def score_and_write(
             underdiagnosis_threshold(val_scores, val_labels, names, spec, chosen_on),
         )  # fmt: skip
         subgroups = write_subgroup_report(
-            result, output_dir, table["auroc"].to_dict(), settings.plots, scope, settings.confidence
-        )
+            result, output_dir, table["auroc"].to_dict(), settings.plots, scope,
+            settings.confidence, model, settings.figure_format, len(preds),
+        )  # fmt: skip
     log.info(
         "%s split: %s; %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
         split, ", ".join(filter(None, [source_label, sources.header if sources else f"{len(preds)} images"])),
@@ -248,15 +251,22 @@ def evaluate_model(
     result = score_and_write(
         preds, truth, match.scored, output_dir, settings, split, val_preds,
         reference_for(datamodule.reference_auroc, match), None if match.internal else internal,
-        sources, f"data.split.method={method}",
+        sources, f"data.split.method={method}", model_name(model),
     )  # fmt: skip
     if cache is not None and settings.calibrate != "none":
         cache.store_file(output_dir / "calibration.json", f"calibration_{settings.calibrate}.json")
     return result
 
 
+def model_name(model: torch.nn.Module) -> str:
+    """What figures call a model: its backbone (``model.backbone``), "" when it has none."""
+    hparams = getattr(model, "hparams", None) or {}
+    return str(hparams.get("backbone") or "")
+
+
 def log_to_wandb(run, table: pd.DataFrame, output_dir: Path, split: str) -> None:
-    """The per-class table and the plots (curves, reliability, subgroups) into a W&B run."""
+    """The per-class table and the plots (curves, reliability, subgroups; PNG only: W&B shows
+    no PDF or SVG) into a W&B run."""
     import wandb
 
     payload = {f"{split}/aucs": wandb.Table(dataframe=table.reset_index())}

@@ -12,6 +12,7 @@ from chexnet_pl.evaluation.calibration import CalibrationSettings
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.subgroup_labels import Subgroups
+from chexnet_pl.files import FIGURE_FORMATS
 from chexnet_pl.models.precision import check_precision
 from chexnet_pl.shipped import shipped
 from chexnet_pl.validation import Problems, settings_from
@@ -29,6 +30,7 @@ class EvaluationSettings:
     confidence: float
     precision: str
     plots: bool
+    figure_format: str
     subgroups: Sequence[str]
     age_bands: Sequence[int]
     max_age: int
@@ -53,6 +55,7 @@ class EvaluationSettings:
         problems.number("bootstrap_seed", self.bootstrap_seed, minimum=0, integer=True)
         problems.number("confidence", self.confidence, minimum=0, maximum=1, exclusive=True)
         problems.flag("plots", self.plots)
+        problems.choice("figure_format", self.figure_format, FIGURE_FORMATS)
         for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
             value = getattr(self, key)
             if isinstance(value, Sequence) and not isinstance(value, str):

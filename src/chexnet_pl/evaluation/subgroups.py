@@ -273,6 +273,17 @@ def _note(group: str, group_compared: bool, auroc: float, usable: bool) -> str:
     return "" if usable else TOO_SMALL
 
 
+def _images_of(table: pd.DataFrame) -> int:
+    """The images a subgroup table covers: its first attribute's subgroups' sizes (they partition
+    the images, an unknown subgroup included) for its first output."""
+    rows = table[(table["subgroup"] != GAP) & table["images"].notna()]
+    if rows.empty:
+        return 0
+    first = rows[(rows["attribute"] == rows["attribute"].iloc[0])
+                 & (rows["finding"] == rows["finding"].iloc[0])]  # fmt: skip
+    return int(first["images"].sum())
+
+
 def _spread(values: pd.Series) -> float:
     values = values.dropna()
     return float(values.max() - values.min()) if len(values) >= 2 else float("nan")
@@ -299,9 +310,12 @@ def write_subgroup_report(
     plots: bool = True,
     scope: str = "test split",
     confidence: float = 0.95,
+    model: str = "",
+    figure_format: str = "png",
+    images: int | None = None,
 ) -> SubgroupResult:
     """``score_subgroups``' result as ``subgroups.csv``, ``underdiagnosis.csv`` (15-output
-    models) and ``subgroups_forest.png``."""
+    models) and ``subgroups_forest.<figure_format>`` (its title naming ``scope`` and ``model``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(whole_numbers(result.table), output_dir / "subgroups.csv", index=False)
     if result.underdiagnosis is not None:
@@ -310,10 +324,13 @@ def write_subgroup_report(
         )
     if plots:
         from chexnet_pl.evaluation.forest import plot_subgroup_forest
+        from chexnet_pl.evaluation.plots import figure_title
+        from chexnet_pl.files import figure_path
 
         plot_subgroup_forest(
-            result.table, output_dir / "subgroups_forest.png", overall,
-            title=f"{scope}: AUROC by subgroup ({confidence:.0%} CI, patient bootstrap); "
-            f"dotted: all images; grey: too small ({result.spec.size_rule}) or unknown, left out of gaps",
+            result.table, figure_path(output_dir, "subgroups_forest", figure_format), overall,
+            title=figure_title("AUROC by subgroup", scope, images or _images_of(result.table), model)
+            + f"\n{confidence:.0%} CI (patient bootstrap); dotted: all images; grey: too small "
+            f"({result.spec.size_rule}) or unknown, left out of gaps",
         )  # fmt: skip
     return result

@@ -24,8 +24,11 @@ from chexnet_pl.files import save_figure as write_figure  # noqa: E402
 COLORMAP = "inferno"
 SHOWN_TOP_PERCENT = 20.0  # of the map's pixels: the rest of the X-ray is shown as it is
 OPACITY = 0.55
-DISPLAY_SIDE = 640  # px: the overlay is drawn at about this size in the figure
+DISPLAY_SIDE = 1024  # px: the overlay is drawn at about this size in the figure (200 dpi)
 TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree")
+# One meaning per colour, here and on the serve page: blue = above its threshold, pink =
+# disagrees with the ground truth (known only here).
+ABOVE_COLOUR, DISAGREE_COLOUR = "#dbeafe", "#ffd6d6"
 
 
 def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -113,14 +116,14 @@ def overlay_figure(
     thresholds_note: str = "",
 ):
     """The overlay (titled with the finding, its probability and threshold) over its colour bar,
-    beside the rendered prediction table (rows above their threshold in bold, disagreements with
-    the ground truth in red); returns the matplotlib figure."""
+    beside the rendered prediction table (rows above their threshold bold on blue, as on the
+    serve page; disagreements with the ground truth on pink); returns the matplotlib figure."""
     figure = plt.figure(figsize=(13, 7))
     grid = figure.add_gridspec(2, 2, width_ratios=[1, 1], height_ratios=[1, 0.035], hspace=0.12,
                                wspace=0.05, left=0.02, right=0.99, top=0.9, bottom=0.08)  # fmt: skip
     left, bar = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[1, 0])
     right = figure.add_subplot(grid[:, 1])
-    # Drawn at the size the figure shows it (about 500 px a side at 80 dpi): the same picture as
+    # Drawn at the size the figure shows it (about 1,250 px a side at 200 dpi): the same picture as
     # the full resolution, at a fraction of the colour mapping and drawing.
     scale = min(1.0, DISPLAY_SIDE / max(gray.shape))
     if scale < 1.0:
@@ -162,11 +165,15 @@ def overlay_figure(
         if above:
             for column in range(len(columns)):
                 rendered[position, column].get_text().set_fontweight("bold")
+                rendered[position, column].set_facecolor(ABOVE_COLOUR)
+    key = "bold on blue: above its threshold"
     if "disagree" in cells:
+        key += "; pink: disagrees with the ground truth"
         for position, mark in enumerate(cells["disagree"], start=1):
             if mark:
                 for column in range(len(columns)):
-                    rendered[position, column].set_facecolor("#ffd6d6")
+                    rendered[position, column].set_facecolor(DISAGREE_COLOUR)
+    right.text(0.0, 0.02, key, transform=right.transAxes, fontsize=8, ha="left", va="bottom")
     if thresholds_note:
         right.set_title(f"thresholds: {thresholds_note}", fontsize=8, loc="left")
     if title:
