@@ -4,6 +4,7 @@ every write in ``src/`` goes through ``chexnet_pl.files`` (a scan of the source'
 from __future__ import annotations
 
 import ast
+import errno
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from chexnet_pl.errors import DiskFullError
 from chexnet_pl.files import (
     atomic_write,
     write_bytes_atomic,
@@ -66,6 +68,27 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path):
     frame = pd.DataFrame({"x": [1, 2]})
     write_csv_atomic(frame, tmp_path / "c.csv", index=False)
     assert pd.read_csv(tmp_path / "c.csv").equals(frame)
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_the_old_file(tmp_path):
+    target = tmp_path / "aucs.csv"
+    write_text_atomic(target, "old")
+    with pytest.raises(DiskFullError) as caught, atomic_write(target) as partial:
+        partial.write_bytes(b"x" * 3000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.errno == errno.ENOSPC
+    assert message.startswith(f"no space left on the disk of {tmp_path} while writing aucs.csv: ")
+    assert "it needs more than the 3.0 KB written before the disk filled" in message
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    # When the writer knows the size, that is said; any other error is left as it was.
+    with pytest.raises(DiskFullError, match=r"it needs 2.5 MB \("):
+        with atomic_write(target, needed=2_500_000):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(PermissionError):
+        with atomic_write(target):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    assert list(tmp_path.iterdir()) == [target]
 
 
 # -- every write in src/ goes through chexnet_pl.files -------------------------------------------
