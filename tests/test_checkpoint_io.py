@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chexnet_pl.checkpoint_io import load_file, read_checkpoint, read_hparams
 from chexnet_pl import checkpoint_io
+from chexnet_pl.checkpoint_io import load_file, read_checkpoint, read_hparams
 from chexnet_pl.errors import DiskFullError, WeightsError
 from chexnet_pl.models.weights import read_state_dict
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO

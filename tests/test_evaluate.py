@@ -16,6 +16,7 @@ import torch
 from conftest import compose_config, make_model
 from sklearn.metrics import roc_auc_score
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.nih import label_index
 from chexnet_pl.data.nih_table import (
     FINDINGS,
@@ -25,7 +26,6 @@ from chexnet_pl.data.nih_table import (
     read_data_entry,
 )
 from chexnet_pl.data.splits import read_name_list
-from chexnet_pl.cli import run_or_exit
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.auroc import bootstrap_auroc, weighted_auroc
@@ -245,7 +245,9 @@ def test_a_full_disk_during_evaluation_is_one_line_and_leaves_no_half_file(
         run_or_exit(evaluate, cfg)
     assert stopped.value.code == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert line.startswith(f"no space left on the disk of {out} while writing ") and "\n" not in line
+    assert (
+        line.startswith(f"no space left on the disk of {out} while writing ") and "\n" not in line
+    )
     assert "it needs more than the 21 bytes written before the disk filled" in line
     assert not [p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".log"]
 
