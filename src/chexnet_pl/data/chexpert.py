@@ -35,6 +35,7 @@ from chexnet_pl.data.splits import (
     patient_split,
     split_from_file,
 )
+from chexnet_pl.data.table_paths import files_in_folder
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
     labeller_values,
@@ -110,15 +111,25 @@ def read_chexpert_csv(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def normalised(table: pd.DataFrame, release: Path) -> pd.DataFrame:
+def normalised(
+    table: pd.DataFrame, release: Path, source: str | Path | None = None
+) -> pd.DataFrame:
     """CheXpert's columns under the names every dataset's table uses: ``Image Index`` (the
     ``Path``), ``Patient Gender`` (M/F), ``Patient Age``, ``View Position`` (AP, PA; LATERAL for
-    laterals) and ``path`` (the file, NaN when it is not on disk)."""
+    laterals) and ``path`` (the file, NaN when it is not on disk). A ``Path`` leading outside
+    ``release`` (``../``, absolute, a link out) stops, naming ``source`` and its line."""
     sex = table[SEX].fillna("").str.strip().map({"Male": "M", "Female": "F"}).fillna("")
     ap_pa = table[AP_PA].fillna("").str.strip()
     view = ap_pa.where((ap_pa != "") | table[FRONTAL], "LATERAL")
     # Path's first part is the release folder (the one holding the table), whatever it is named.
-    files = [f"{release}/{p.split('/', 1)[-1]}" for p in table[PATH]]
+    files = files_in_folder(
+        release,
+        [p if os.path.isabs(p) else p.split("/", 1)[-1] for p in table[PATH]],
+        source or release / "train.csv",
+        PATH,
+        (np.arange(len(table)) + 2).tolist(),
+        table[PATH].tolist(),
+    )
     return pd.DataFrame(
         {
             IMAGE: table[PATH].to_numpy(),
@@ -127,7 +138,7 @@ def normalised(table: pd.DataFrame, release: Path) -> pd.DataFrame:
             "Patient Age": pd.to_numeric(table[AGE], errors="coerce").to_numpy(),
             VIEW: view.to_numpy(),
             FRONTAL: table[FRONTAL].to_numpy(),
-            "path": [f if os.path.isfile(f) else None for f in files],
+            "path": files,
         }
     )
 
@@ -170,7 +181,7 @@ class CheXpertDataModule(LabellerDataModule):
         frames, labels = [], []
         for table, source in tables:
             raw = labeller_values(table, CHEXPERT_LABELS, str(source))
-            frames.append(normalised(table, source.parent))
+            frames.append(normalised(table, source.parent, source))
             columns = [CHEXPERT_LABELS.index(name) for name in self.pathologies]
             labels.append(self.policy.targets(raw[:, columns], self.pathologies))
         log.info("read %s", ", ".join(f"{len(t)} rows from {s}" for t, s in tables))

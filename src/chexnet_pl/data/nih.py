@@ -23,6 +23,7 @@ from chexnet_pl.data.nih_table import (
 )
 from chexnet_pl.data.settings import FRONTAL, check_nih_settings
 from chexnet_pl.data.splits import SplitSettings, make_split
+from chexnet_pl.data.table_paths import check_files_in_folder
 from chexnet_pl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class NIHDataModule(ChestXrayDataModule):
                 f"{self.root}/images_NNN/images/*.png"
             )
         table["path"] = table[IMAGE].map(on_disk)
+        check_files_in_folder(self.root, table["path"].tolist(), csv, table[IMAGE].tolist())
         return LabelledImages(table, labels, str(csv))
 
     def cache_names(self, table: pd.DataFrame) -> pd.Series:
