@@ -21,20 +21,30 @@ def _inside(path: str, real_folder: str) -> bool:
 
 
 class _Resolver:
-    """``realpath`` of files under one folder, each of their folders resolved once."""
+    """``realpath`` of files under one folder: each folder below it resolved once, from its
+    parent's (one ``lstat`` per folder and per file)."""
 
     def __init__(self, folder: Path) -> None:
         self.real_folder = os.path.realpath(folder)
-        self.folders: dict[str, str] = {}
+        self.folders: dict[str, str] = {str(folder): self.real_folder}
+
+    def _real_folder(self, folder: str) -> str:
+        real = self.folders.get(folder)
+        if real is None:
+            parent, name = os.path.split(folder)
+            if not parent or parent == folder or not name:
+                real = os.path.realpath(folder)
+            else:
+                real = os.path.join(self._real_folder(parent), name)
+                if os.path.islink(real):
+                    real = os.path.realpath(real)
+            self.folders[folder] = real
+        return real
 
     def real(self, path: str) -> str:
-        if os.path.islink(path):
-            return os.path.realpath(path)
         parent, name = os.path.split(path)
-        real_parent = self.folders.get(parent)
-        if real_parent is None:
-            real_parent = self.folders[parent] = os.path.realpath(parent)
-        return os.path.join(real_parent, name)
+        real = os.path.join(self._real_folder(parent), name)
+        return os.path.realpath(real) if os.path.islink(real) else real
 
     def outside(self, path: str) -> str | None:
         """Where ``path`` really is when that is outside the folder, else None."""
@@ -45,8 +55,12 @@ class _Resolver:
 def leaves_folder(relative: str) -> bool:
     """Whether a path a table gives relative to a folder leads outside it (absolute, a drive,
     ``..`` past its top, a NUL)."""
-    if not relative or "\0" in relative or os.path.isabs(relative) or Path(relative).drive:
+    if not relative or "\0" in relative or os.path.isabs(relative):
         return True
+    if os.path.splitdrive(relative)[0]:
+        return True
+    if os.pardir not in relative:  # the usual case, without normalising
+        return False
     normal = os.path.normpath(relative)
     return normal == os.pardir or normal.startswith(os.pardir + os.sep)
 
