@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.errors import DiskFullError
 from chexnet_pl.files import (
     atomic_write,
@@ -89,6 +90,21 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_the_old_file(tmp_p
         with atomic_write(target):
             raise PermissionError(errno.EACCES, "Permission denied")
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_full_disk_under_a_write_of_a_library_is_one_line_too(tmp_path, caplog):
+    def logger_writes(cfg):  # e.g. a Lightning logger's metrics.csv
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.csv"))
+
+    with pytest.raises(SystemExit) as stopped:
+        run_or_exit(logger_writes, None)
+    assert stopped.value.code == 2
+    assert caplog.records[-1].getMessage() == (
+        f"no space left on the disk of {tmp_path} while writing metrics.csv (No space left on "
+        "device): free space there, or write to another folder"
+    )
+    with pytest.raises(FileNotFoundError):  # any other OSError is not this one's to say
+        run_or_exit(lambda cfg: open(tmp_path / "nowhere" / "x"), None)
 
 
 # -- every write in src/ goes through chexnet_pl.files -------------------------------------------
