@@ -227,3 +227,38 @@ def test_metadata_rows_without_images_are_counted_and_named(tmp_path, mimic_copy
         _mimic(mimic_copy, report_dir=str(tmp_path / "run"))
     assert "2 of " in str(caught.value) and "mimic-cxr-2.0.0-metadata.csv.gz" in str(caught.value)
     assert all(dicom in str(caught.value) for dicom in frontal)
+
+
+def test_a_split_list_naming_images_the_csv_lacks_stops_or_is_skipped(tmp_path, synthetic_root):
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "nih"))
+    with open(root / "test_list.txt", "a") as handle:
+        handle.write("99999999_000.png\n99999998_000.png\n")
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"test_list.txt names 2 image\(s\) not in the metadata"):
+        NIHDataModule(**shipped_data(NIH, root=str(root), report_dir=str(run), **SETTINGS)).setup()
+    dm = NIHDataModule(
+        **shipped_data(NIH, root=str(root), report_dir=str(run), missing_images="skip", **SETTINGS)
+    )
+    dm.setup()
+    skipped = pd.read_csv(run / "skipped_images.csv")
+    assert skipped["Image Index"].tolist() == ["99999999_000.png", "99999998_000.png"]
+    assert set(skipped["split"]) == {"test"}
+    assert skipped["reason"].str.startswith("listed in test_list.txt, no row in Data_Entry").all()
+    assert len(dm.datasets["test"]) > 0
+
+
+def test_a_chexpert_split_file_naming_an_image_the_tables_lack(tmp_path, chexpert_copy):
+    train = pd.read_csv(chexpert_copy / "CheXpert-v1.0-small" / "train.csv")
+    patients = train["Path"].str.extract(r"patient(\d+)/", expand=False)
+    split = pd.DataFrame({"Image Index": train["Path"], "split": "train"})
+    split.loc[patients.isin(patients.unique()[:10]), "split"] = "val"
+    split.loc[patients.isin(patients.unique()[10:20]), "split"] = "test"
+    extra = "CheXpert-v1.0-small/train/patient99999/study1/view1_frontal.jpg"
+    split = pd.concat([split, pd.DataFrame({"Image Index": [extra], "split": ["val"]})])
+    split.to_csv(tmp_path / "split.csv", index=False)
+    settings = {"split": {"method": "file", "file": str(tmp_path / "split.csv")}}
+    with pytest.raises(DataError, match=r"split.csv names 1 image\(s\) not in the metadata"):
+        _chexpert(chexpert_copy, report_dir=str(tmp_path / "run"), **settings)
+    _chexpert(chexpert_copy, report_dir=str(tmp_path / "run"), missing_images="skip", **settings)
+    skipped = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
+    assert skipped[["Image Index", "split"]].values.tolist() == [[extra, "val"]]

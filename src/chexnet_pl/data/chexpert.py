@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
-from chexnet_pl.data.labelled import LabelledImages, filter_views
+from chexnet_pl.data.labelled import LabelledImages, collected_unmatched, filter_views
 from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
@@ -186,18 +186,27 @@ class CheXpertDataModule(LabellerDataModule):
             labels.append(self.policy.targets(raw[:, columns], self.pathologies))
         log.info("read %s", ", ".join(f"{len(t)} rows from {s}" for t, s in tables))
         table = pd.concat(frames, ignore_index=True)
-        table["split"] = self._split(table, len(train), method)
+        collected = [] if self.file_report.missing_images == "skip" else None
+        table["split"] = self._split(table, len(train), method, collected)
         source = " and ".join(str(s) for _, s in tables)
         images = filter_views(
             LabelledImages(table, np.concatenate(labels), source), self.view_position, "CheXpert"
         )
         used = images.table["split"].notna().to_numpy()
         return LabelledImages(
-            images.table[used].reset_index(drop=True), images.labels[used], source
-        )
+            images.table[used].reset_index(drop=True), images.labels[used], source,
+            collected_unmatched(collected, source),
+        )  # fmt: skip
 
-    def _split(self, table: pd.DataFrame, train_rows: int, method: str) -> pd.Series:
-        """Per row of train.csv (the first ``train_rows``) then valid.csv: its split."""
+    def _split(
+        self,
+        table: pd.DataFrame,
+        train_rows: int,
+        method: str,
+        unmatched: list[pd.DataFrame] | None = None,
+    ) -> pd.Series:
+        """Per row of train.csv (the first ``train_rows``) then valid.csv: its split; a split
+        file's images the tables lack go to ``unmatched`` when given (else they stop the run)."""
         args = self.split_args
         seed = int(args.get("seed") or 0)
         from_train = pd.Series(np.arange(len(table)) < train_rows, index=table.index)
@@ -218,6 +227,6 @@ class CheXpertDataModule(LabellerDataModule):
             )
             remedy = "report this as a bug"
         else:
-            split, remedy = split_from_file(table, args.get("file"))
+            split, remedy = split_from_file(table, args.get("file"), unmatched)
         assert_no_patient_leak(table, split, remedy)
         return split

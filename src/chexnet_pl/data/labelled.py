@@ -88,3 +88,16 @@ def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -
         if column in table.columns:
             frame[column] = table[column].to_numpy()
     return frame
+
+
+def collected_unmatched(
+    frames: list[pd.DataFrame] | None, missing_from: str | None = None
+) -> pd.DataFrame | None:
+    """The unmatched rows a split collected (``splits._check_listed``; None or empty: none),
+    as one frame, with ``missing_from`` (the table lacking them) set when given."""
+    if not frames:
+        return None
+    rows = pd.concat(frames, ignore_index=True)[UNMATCHED_COLUMNS]
+    if missing_from is not None:
+        rows["missing_from"] = missing_from
+    return rows

@@ -29,7 +29,12 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
-from chexnet_pl.data.labelled import LabelledImages, filter_views, unmatched_rows
+from chexnet_pl.data.labelled import (
+    LabelledImages,
+    collected_unmatched,
+    filter_views,
+    unmatched_rows,
+)
 from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
@@ -253,7 +258,9 @@ class MimicCxrDataModule(LabellerDataModule):
                                   int(args.get("seed") or 0))  # fmt: skip
             remedy = "report this as a bug"
         else:
-            split, remedy = split_from_file(table, args.get("file"))
+            collected = [] if self.file_report.missing_images == "skip" else None
+            split, remedy = split_from_file(table, args.get("file"), collected)
+            unmatched = collected_unmatched(collected, str(metadata_csv))
         split = split.astype("object")
         assert_no_patient_leak(table, split, remedy)
         return split, unmatched
