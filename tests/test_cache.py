@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import small_datamodule
@@ -19,7 +24,7 @@ from chexnet_pl.data.cache import StaleCache, cache_folder, open_cache
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import area_resize as resize_gray
-from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.errors import ConfigError, DataError, DiskFullError
 
 
 @pytest.fixture
@@ -249,6 +254,108 @@ def test_prepare_command_in_parallel_matches_a_serial_build(release, tmp_path):
     serial = build_cache(release, size=32, cache_dir=tmp_path / "serial", workers=1, progress=False)
     parallel = cache_folder(release / "prepared", 32)
     assert (parallel / "images.u8").read_bytes() == (serial / "images.u8").read_bytes()
+
+
+def test_a_full_disk_during_the_build_is_one_line_and_a_rerun_resumes(release, monkeypatch):
+    real = prepare_module._decode_chunk
+    calls = {"n": 0}
+
+    def disk_fills(job):  # the second chunk's results cannot be recorded: the disk is full
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(job)
+
+    monkeypatch.setattr(prepare_module, "_decode_chunk", disk_fills)
+    with pytest.raises(DiskFullError) as caught:
+        build_cache(release, size=32, workers=1, chunk_size=16, progress=False)
+    partial = cache_folder(release / "prepared", 32).with_name("32px.partial")
+    message = str(caught.value)
+    assert message.startswith(f"no space left on the disk of {partial} while building the cache")
+    assert "rerun to resume" in message and "\n" not in message
+    monkeypatch.setattr(prepare_module, "_decode_chunk", real)
+
+    # The disk fills as the finished index is written: that file is not left half-written.
+    real_to_csv = pd.DataFrame.to_csv
+
+    def to_csv(self, path=None, *args, **kwargs):
+        if "status" in self.columns:  # the index of a finished build
+            Path(path).write_text("Image Index,source,by")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_to_csv(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    with pytest.raises(
+        DiskFullError, match=rf"disk of {partial} while writing index.csv: it needs"
+    ):
+        build_cache(release, size=32, workers=1, chunk_size=16, progress=False)
+    assert not (partial / "index.csv.partial").exists()
+    assert "status" not in pd.read_csv(partial / "index.csv").columns  # the build's own listing
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real_to_csv)
+    folder = build_cache(release, size=32, workers=1, chunk_size=16, progress=False)
+    fresh = build_cache(release, size=32, cache_dir=release / "fresh", workers=1, progress=False)
+    assert (folder / "images.u8").read_bytes() == (fresh / "images.u8").read_bytes()
+
+
+def _hold_lock(folder):
+    """Take ``<size>px.lock`` as a running ``chexnet-prepare`` holds it; returns its descriptor."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder.with_name(folder.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def test_a_second_build_of_the_same_cache_waits_for_the_first(release, caplog):
+    folder = cache_folder(release / "prepared", 32)
+    handle = _hold_lock(folder)
+    built, waiting = [], threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            if "waiting for it to finish" in record.getMessage():
+                waiting.set()
+
+    seen = Seen()
+    logging.getLogger("chexnet_pl.data.prepare").addHandler(seen)
+    second = threading.Thread(
+        target=lambda: built.append(build_cache(release, size=32, workers=1, progress=False))
+    )
+    try:
+        second.start()
+        assert waiting.wait(120), "the second build did not wait for the lock"
+        assert second.is_alive() and not folder.exists() and not built
+    finally:
+        os.close(handle)  # the first build ends
+        second.join(120)
+        logging.getLogger("chexnet_pl.data.prepare").removeHandler(seen)
+    assert built == [folder] and open_cache(folder, 32).count > 0
+    assert f"another chexnet-prepare is building {folder}" in caplog.text
+
+
+@pytest.mark.slow
+def test_prepare_command_waits_for_another_one_on_the_same_root(release, tmp_path):
+    folder = cache_folder(release / "prepared", 32)
+    handle = _hold_lock(folder)
+    try:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "chexnet_pl.prepare", f"root={release}", "size=32",
+             "workers=1", "progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        watchdog = threading.Timer(300, second.kill)  # never a hung suite
+        watchdog.start()
+        lines = []
+        for line in second.stdout:
+            lines.append(line)
+            if "waiting for it to finish" in line:
+                break
+        assert second.poll() is None and not folder.exists(), "".join(lines)
+    finally:
+        os.close(handle)  # the first build ends
+    output = "".join(lines) + second.stdout.read()
+    assert second.wait() == 0, output
+    watchdog.cancel()
+    assert "Traceback" not in output and open_cache(folder, 32).count > 0
 
 
 @pytest.mark.slow

@@ -3,13 +3,15 @@ file, the settings read without the weights, and Lightning's resume going throug
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 import torch
 
+from chexnet_pl import checkpoint_io
 from chexnet_pl.checkpoint_io import load_file, read_checkpoint, read_hparams
-from chexnet_pl.errors import WeightsError
+from chexnet_pl.errors import DiskFullError, WeightsError
 from chexnet_pl.models.weights import read_state_dict
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
@@ -76,3 +78,41 @@ def test_lightning_resumes_through_the_one_reader(tmp_path):
         io.load_checkpoint(path)
     with pytest.raises(TypeError, match="weights_only=True only"):
         io.load_checkpoint(path, weights_only=False)
+
+
+def _fills_the_disk(as_torch_does: bool):
+    """A ``torch.save`` that writes 4 KB, then finds the disk full: as ``OSError`` ENOSPC, or as
+    torch's zip writer reports it (``RuntimeError`` raised while the ENOSPC is handled)."""
+    real_save = torch.save
+
+    def save(obj, stream):
+        stream.write(b"PK" + b"\0" * 4094)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            if as_torch_does:
+                raise RuntimeError(
+                    "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+                ) from None
+            raise
+        real_save(obj, stream)  # never reached
+
+    return save
+
+
+@pytest.mark.parametrize("as_torch_does", [False, True])
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(
+    tmp_path, monkeypatch, as_torch_does
+):
+    last = _checkpoint(tmp_path / "last.ckpt")
+    before = last.read_bytes()
+    monkeypatch.setattr(checkpoint_io.torch, "save", _fills_the_disk(as_torch_does))
+    if as_torch_does:  # torch's message says nothing of the disk: its free space is asked
+        monkeypatch.setattr("chexnet_pl.files.free_bytes", lambda folder: 0)
+    state = {"state_dict": {"w": torch.zeros(250_000)}, "epoch": 3}
+    with pytest.raises(DiskFullError) as caught:
+        AtomicCheckpointIO().save_checkpoint(state, last)
+    message = str(caught.value)
+    assert message.startswith(f"no space left on the disk of {tmp_path} while writing last.ckpt:")
+    assert "it needs 1.0 MB" in message and "\n" not in message
+    assert last.read_bytes() == before and sorted(tmp_path.iterdir()) == [last]

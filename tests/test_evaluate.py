@@ -3,6 +3,7 @@ predictions, scoring a predictions file (real NIH metadata), the command line.""
 
 from __future__ import annotations
 
+import errno
 import logging
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from conftest import compose_config, make_model
 from sklearn.metrics import roc_auc_score
 
+from chexnet_pl.cli import run_or_exit
 from chexnet_pl.data.nih import label_index
 from chexnet_pl.data.nih_table import (
     FINDINGS,
@@ -217,6 +219,37 @@ def test_scoring_a_file_built_from_the_real_metadata(nih_meta, tmp_path):
     assert (tmp_path / "out" / "roc_curves.png").is_file() and (
         tmp_path / "out" / "pr_curves.png"
     ).is_file()
+
+
+def test_a_full_disk_during_evaluation_is_one_line_and_leaves_no_half_file(
+    synthetic_root, tmp_path, monkeypatch, caplog
+):
+    truth = label_index(read_data_entry(synthetic_root / "Data_Entry_2017_v2020.csv"))
+    rng = np.random.default_rng(0)
+    preds = _write_preds(tmp_path / "preds.csv", truth.index[:40], rng.random((40, 15)))
+    out = tmp_path / "out"
+    cfg = compose_evaluate(
+        out, f"preds={preds}", f"data.root={synthetic_root}", "evaluation.bootstrap_samples=20",
+        "evaluation.subgroups=[]",
+    )  # fmt: skip
+    real_to_csv = pd.DataFrame.to_csv
+
+    def to_csv(self, path=None, *args, **kwargs):
+        if path is None or Path(path).parent != out:
+            return real_to_csv(self, path, *args, **kwargs)
+        Path(path).write_text("Image Index,prob_Atel")  # half a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    with pytest.raises(SystemExit) as stopped, caplog.at_level(logging.ERROR):
+        run_or_exit(evaluate, cfg)
+    assert stopped.value.code == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        line.startswith(f"no space left on the disk of {out} while writing ") and "\n" not in line
+    )
+    assert "it needs more than the 21 bytes written before the disk filled" in line
+    assert not [p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".log"]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ and the exact behaviour is asserted. The README's "Reliability" table summarises
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -22,8 +23,9 @@ import torch
 from conftest import arnoweng_checkpoint, compose_config, make_model, small_datamodule
 from PIL import Image
 
+from chexnet_pl import checkpoint_io
 from chexnet_pl.data.nih_table import FINDINGS
-from chexnet_pl.errors import DataError, TrainingError, WeightsError
+from chexnet_pl.errors import DataError, DiskFullError, TrainingError, WeightsError
 from chexnet_pl.import_weights import ARNOWENG_CLASSES, import_arnoweng
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.train import train
@@ -185,6 +187,22 @@ def test_unwritable_output_folder_and_full_disk(make_cfg, tmp_path):
         TrainingError, match=r"GB free where the run writes .*paths.min_free_gb=1000000000000.0"
     ):
         train(make_cfg("paths.min_free_gb=1e12"))
+
+
+def test_a_full_disk_while_the_checkpoint_is_saved_is_one_line(make_cfg, monkeypatch):
+    def disk_full(obj, stream):
+        stream.write(b"PK\x03\x04" + b"\0" * 60_000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_full)
+    cfg = make_cfg("test=false")
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    with pytest.raises(DiskFullError) as caught:
+        train(cfg)
+    message = str(caught.value)
+    assert message.startswith(f"no space left on the disk of {checkpoints} while writing ")
+    assert re.search(r"\.ckpt: it needs \d+\.\d MB \(", message) and "\n" not in message
+    assert not list(checkpoints.glob("*.partial")) and not list(checkpoints.glob("*.ckpt"))
 
 
 def test_unsafe_and_mismatched_checkpoints(make_cfg, tmp_path):

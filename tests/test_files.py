@@ -4,6 +4,7 @@ every write in ``src/`` goes through ``chexnet_pl.files`` (a scan of the source'
 from __future__ import annotations
 
 import ast
+import errno
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from chexnet_pl.cli import run_or_exit
+from chexnet_pl.errors import DiskFullError
 from chexnet_pl.files import (
     atomic_write,
     write_bytes_atomic,
@@ -66,6 +69,42 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path):
     frame = pd.DataFrame({"x": [1, 2]})
     write_csv_atomic(frame, tmp_path / "c.csv", index=False)
     assert pd.read_csv(tmp_path / "c.csv").equals(frame)
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_the_old_file(tmp_path):
+    target = tmp_path / "aucs.csv"
+    write_text_atomic(target, "old")
+    with pytest.raises(DiskFullError) as caught, atomic_write(target) as partial:
+        partial.write_bytes(b"x" * 3000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.errno == errno.ENOSPC
+    assert message.startswith(f"no space left on the disk of {tmp_path} while writing aucs.csv: ")
+    assert "it needs more than the 3.0 KB written before the disk filled" in message
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    # When the writer knows the size, that is said; any other error is left as it was.
+    with pytest.raises(DiskFullError, match=r"it needs 2.5 MB \("):
+        with atomic_write(target, needed=2_500_000):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(PermissionError):
+        with atomic_write(target):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_full_disk_under_a_write_of_a_library_is_one_line_too(tmp_path, caplog):
+    def logger_writes(cfg):  # e.g. a Lightning logger's metrics.csv
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.csv"))
+
+    with pytest.raises(SystemExit) as stopped:
+        run_or_exit(logger_writes, None)
+    assert stopped.value.code == 2
+    assert caplog.records[-1].getMessage() == (
+        f"no space left on the disk of {tmp_path} while writing metrics.csv (No space left on "
+        "device): free space there, or write to another folder"
+    )
+    with pytest.raises(FileNotFoundError):  # any other OSError is not this one's to say
+        run_or_exit(lambda cfg: open(tmp_path / "nowhere" / "x"), None)
 
 
 # -- every write in src/ goes through chexnet_pl.files -------------------------------------------

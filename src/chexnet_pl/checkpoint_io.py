@@ -96,7 +96,23 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
     new complete one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as partial, open(partial, "wb") as stream:
+    # A full disk is one line naming the folder and about what the file needs (its tensors).
+    with (
+        atomic_write(path, needed=tensor_bytes(checkpoint)) as partial,
+        open(partial, "wb") as stream,
+    ):
         torch.save(checkpoint, stream)
         stream.flush()
         os.fsync(stream.fileno())  # on disk before it replaces the previous file
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in ``value`` (nested dicts, lists and tuples): about what a
+    checkpoint of it takes on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0

@@ -29,7 +29,7 @@ from chexnet_pl.config_location import CONFIG_MODULE as CONFIG_MODULE
 from chexnet_pl.config_location import CONFIG_PATH as CONFIG_PATH
 from chexnet_pl.config_location import config_dir as config_dir
 from chexnet_pl.errors import ChexnetError
-from chexnet_pl.files import unwritable_reason
+from chexnet_pl.files import DISK_FULL, unwritable_reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,8 +44,8 @@ def _in_multirun() -> bool:
 
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
-    """A ChexnetError (bad input, said plainly) or a missing ``???`` setting is logged as one
-    line and exits with status 2. In a Hydra multirun it propagates instead: the sweep records
+    """A ChexnetError (bad input, said plainly), a missing ``???`` setting or a full disk is
+    logged as one line and exits with status 2. In a Hydra multirun it propagates instead: the sweep records
     it in summary.csv and goes on with the other runs."""
     try:
         yield
@@ -66,6 +66,16 @@ def user_errors_exit() -> Iterator[None]:
         if _in_multirun():
             raise
         log.error("required setting not given: %s=... (add it to the command)", exc.full_key)
+        raise SystemExit(2) from exc
+    except OSError as exc:  # a full disk under a write not of ours (a logger's, a library's)
+        if exc.errno not in DISK_FULL or _in_multirun():
+            raise
+        where = Path(exc.filename).parent if exc.filename else None
+        log.error(
+            "no space left on the disk%s (%s): free space there, or write to another folder",
+            f" of {where} while writing {Path(exc.filename).name}" if where else "",
+            exc.strerror or exc,
+        )  # fmt: skip
         raise SystemExit(2) from exc
 
 

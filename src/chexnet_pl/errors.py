@@ -56,3 +56,8 @@ def shown(value: object) -> str:
     if callable(item) and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
         value = item()
     return repr(value)
+
+
+class DiskFullError(ChexnetError, OSError):
+    """A write found its disk full (ENOSPC, or a quota): one line naming the folder, what was
+    being written and the space it needed as far as known; the partial file is removed."""

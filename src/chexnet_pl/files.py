@@ -8,32 +8,104 @@ folder that is itself renamed into place when complete, or append to a log; that
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from chexnet_pl.errors import DiskFullError
+
 CHUNK = 1 << 20
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# What torch.save's zip writer raises when the stream under it could not take every byte.
+TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter failed", "unexpected pos")
+NEARLY_FULL = 1 << 20  # bytes free: a write that failed with less than this left ran out of room
 
 
 @contextmanager
-def atomic_write(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
+def atomic_write(
+    path: str | Path, suffix: str = ".partial", needed: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
 
     Readers see the old file or the complete new one, never a half-written one (``os.replace``
-    is atomic within a file system). On an error the temporary file is removed.
+    is atomic within a file system). On an error the temporary file is removed; a full disk is
+    raised as ``DiskFullError`` naming the folder and the space needed (``needed`` bytes when the
+    caller knows them, else at least what was written before the disk filled).
     """
     path = Path(path)
     partial = path.with_name(path.name + suffix)
     try:
         yield partial
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as exc:
+        written = partial.stat().st_size if partial.is_file() else 0
+        full = disk_full(exc, path.parent)  # judged before the partial file frees its space
         partial.unlink(missing_ok=True)
+        if full:
+            raise disk_full_error(path, written, needed) from exc
         raise
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or during) says the disk of
+    ``folder`` is full: ENOSPC/EDQUOT, or torch's zip writer failing with (almost) no space
+    left."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 8 and current not in seen:
+        seen.append(current)
+        if isinstance(current, DiskFullError):
+            return False  # already said, by an inner write
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
+            return True
+        current = current.__cause__ or current.__context__
+    if any(isinstance(e, RuntimeError) and any(t in str(e) for t in TORCH_WRITE_FAILED)
+           for e in seen):  # fmt: skip
+        return free_bytes(folder) < NEARLY_FULL
+    return False
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free on the disk holding ``folder`` (its nearest existing parent); -1 if unknown."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return -1
+
+
+def size_text(count: int) -> str:
+    """``count`` bytes for a message: ``12.3 MB``, ``512 bytes``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def disk_full_error(path: Path, written: int, needed: int | None) -> DiskFullError:
+    """The one line a full disk gets: which folder, what was written, the space it needed."""
+    if needed:
+        need = f"it needs {size_text(needed)}"
+    elif written:
+        need = f"it needs more than the {size_text(written)} written before the disk filled"
+    else:
+        need = "not a byte of it could be written"
+    free = free_bytes(path.parent)
+    error = DiskFullError(
+        f"no space left on the disk of {path.parent} while writing {path.name}: {need}"
+        f"{f' ({size_text(free)} free now)' if free >= 0 else ''}; nothing of it was kept. "
+        "Free space there, or write to another folder"
+    )
+    error.errno = errno.ENOSPC
+    return error
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

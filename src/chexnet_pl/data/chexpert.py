@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
-from chexnet_pl.data.labelled import LabelledImages, filter_views
+from chexnet_pl.data.labelled import LabelledImages, collected_unmatched, filter_views
 from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
@@ -35,6 +35,7 @@ from chexnet_pl.data.splits import (
     patient_split,
     split_from_file,
 )
+from chexnet_pl.data.table_paths import files_in_folder
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
     labeller_values,
@@ -110,15 +111,25 @@ def read_chexpert_csv(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def normalised(table: pd.DataFrame, release: Path) -> pd.DataFrame:
+def normalised(
+    table: pd.DataFrame, release: Path, source: str | Path | None = None
+) -> pd.DataFrame:
     """CheXpert's columns under the names every dataset's table uses: ``Image Index`` (the
     ``Path``), ``Patient Gender`` (M/F), ``Patient Age``, ``View Position`` (AP, PA; LATERAL for
-    laterals) and ``path`` (the file, NaN when it is not on disk)."""
+    laterals) and ``path`` (the file, NaN when it is not on disk). A ``Path`` leading outside
+    ``release`` (``../``, absolute, a link out) stops, naming ``source`` and its line."""
     sex = table[SEX].fillna("").str.strip().map({"Male": "M", "Female": "F"}).fillna("")
     ap_pa = table[AP_PA].fillna("").str.strip()
     view = ap_pa.where((ap_pa != "") | table[FRONTAL], "LATERAL")
     # Path's first part is the release folder (the one holding the table), whatever it is named.
-    files = [f"{release}/{p.split('/', 1)[-1]}" for p in table[PATH]]
+    files = files_in_folder(
+        release,
+        [p if os.path.isabs(p) else p.split("/", 1)[-1] for p in table[PATH]],
+        source or release / "train.csv",
+        PATH,
+        (np.arange(len(table)) + 2).tolist(),
+        table[PATH].tolist(),
+    )
     return pd.DataFrame(
         {
             IMAGE: table[PATH].to_numpy(),
@@ -127,7 +138,7 @@ def normalised(table: pd.DataFrame, release: Path) -> pd.DataFrame:
             "Patient Age": pd.to_numeric(table[AGE], errors="coerce").to_numpy(),
             VIEW: view.to_numpy(),
             FRONTAL: table[FRONTAL].to_numpy(),
-            "path": [f if os.path.isfile(f) else None for f in files],
+            "path": files,
         }
     )
 
@@ -170,23 +181,32 @@ class CheXpertDataModule(LabellerDataModule):
         frames, labels = [], []
         for table, source in tables:
             raw = labeller_values(table, CHEXPERT_LABELS, str(source))
-            frames.append(normalised(table, source.parent))
+            frames.append(normalised(table, source.parent, source))
             columns = [CHEXPERT_LABELS.index(name) for name in self.pathologies]
             labels.append(self.policy.targets(raw[:, columns], self.pathologies))
         log.info("read %s", ", ".join(f"{len(t)} rows from {s}" for t, s in tables))
         table = pd.concat(frames, ignore_index=True)
-        table["split"] = self._split(table, len(train), method)
+        collected = [] if self.file_report.missing_images == "skip" else None
+        table["split"] = self._split(table, len(train), method, collected)
         source = " and ".join(str(s) for _, s in tables)
         images = filter_views(
             LabelledImages(table, np.concatenate(labels), source), self.view_position, "CheXpert"
         )
         used = images.table["split"].notna().to_numpy()
         return LabelledImages(
-            images.table[used].reset_index(drop=True), images.labels[used], source
-        )
+            images.table[used].reset_index(drop=True), images.labels[used], source,
+            collected_unmatched(collected, source),
+        )  # fmt: skip
 
-    def _split(self, table: pd.DataFrame, train_rows: int, method: str) -> pd.Series:
-        """Per row of train.csv (the first ``train_rows``) then valid.csv: its split."""
+    def _split(
+        self,
+        table: pd.DataFrame,
+        train_rows: int,
+        method: str,
+        unmatched: list[pd.DataFrame] | None = None,
+    ) -> pd.Series:
+        """Per row of train.csv (the first ``train_rows``) then valid.csv: its split; a split
+        file's images the tables lack go to ``unmatched`` when given (else they stop the run)."""
         args = self.split_args
         seed = int(args.get("seed") or 0)
         from_train = pd.Series(np.arange(len(table)) < train_rows, index=table.index)
@@ -207,6 +227,6 @@ class CheXpertDataModule(LabellerDataModule):
             )
             remedy = "report this as a bug"
         else:
-            split, remedy = split_from_file(table, args.get("file"))
+            split, remedy = split_from_file(table, args.get("file"), unmatched)
         assert_no_patient_leak(table, split, remedy)
         return split

@@ -30,7 +30,7 @@ from chexnet_pl.data.device_loader import (
     pick_loader,
     workers_for,
 )
-from chexnet_pl.data.file_problems import FileReport, find_file_problems
+from chexnet_pl.data.file_problems import FileReport, find_file_problems, with_unmatched
 from chexnet_pl.data.labelled import LabelledImages
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.data.settings import check_common_settings
@@ -161,7 +161,9 @@ class ChestXrayDataModule(pl.LightningDataModule):
         if self.table is not None:
             return
         images = self.read_labels()
-        table, labels, cache_rows = self._check_files(images.table, images.labels, images.source)
+        table, labels, cache_rows = self._check_files(
+            images.table, images.labels, images.source, images.unmatched
+        )
 
         self.table, self.labels = table, labels
         for name in SPLITS:
@@ -196,10 +198,15 @@ class ChestXrayDataModule(pl.LightningDataModule):
                 )
 
     def _check_files(
-        self, table: pd.DataFrame, labels: np.ndarray, csv: str
+        self,
+        table: pd.DataFrame,
+        labels: np.ndarray,
+        csv: str,
+        unmatched: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
         """Find every missing (no ``path``) and unusable file in one pass, then stop listing all
-        of them (per ``missing_images`` / ``on_bad_image``) or leave them out."""
+        of them and the images one table names and another lacks (``unmatched``), per
+        ``missing_images`` / ``on_bad_image``, or leave them out."""
         missing = table["path"].isna().to_numpy()
         present = table[~missing].reset_index(drop=True)
         self.image_cache, cache_rows = find_cache(
@@ -210,6 +217,7 @@ class ChestXrayDataModule(pl.LightningDataModule):
         problems, usable = find_file_problems(
             table, self.root, entries, self.check_images, self.decode_check
         )
+        problems = with_unmatched(problems, unmatched)
         writer = self.trainer is None or self.trainer.global_rank == 0  # one writer per run
         self.file_report.settle(problems, len(table), csv, writer)
         labels = labels[~missing][usable]

@@ -81,6 +81,23 @@ def _decode_check(
     return found
 
 
+def with_unmatched(problems: pd.DataFrame, unmatched: pd.DataFrame | None) -> pd.DataFrame:
+    """``problems`` and the images one table names and another lacks (``unmatched``: rows of
+    ``labelled.UNMATCHED_COLUMNS``), as problems of kind ``unmatched`` (``data.missing_images``
+    settles them)."""
+    if unmatched is None or unmatched.empty:
+        return problems
+    rows = unmatched.assign(
+        reason=[
+            f"listed in {Path(listed).name}, no row in {Path(missing).name}"
+            for listed, missing in zip(unmatched["listed_in"], unmatched["missing_from"],
+                                       strict=True)
+        ],
+        kind="unmatched",
+    )  # fmt: skip
+    return pd.concat([problems, rows], ignore_index=True)
+
+
 @dataclass(frozen=True)
 class FileReport:
     """What ``data.missing_images`` and ``data.on_bad_image`` say to do with the problems, and
@@ -103,7 +120,11 @@ class FileReport:
         """Stop, naming every problem a policy does not allow; else record what is left out.
         ``listed``: how many images ``source`` lists; ``writer``: whether this process writes
         the list (one writer per run)."""
-        policy = {"missing": self.missing_images, "bad": self.on_bad_image}
+        policy = {
+            "missing": self.missing_images,
+            "unmatched": self.missing_images,
+            "bad": self.on_bad_image,
+        }
         stopping = problems[problems["kind"].map(policy) == "error"]
         if len(stopping):
             report = self.path(BAD_IMAGES)
@@ -112,12 +133,16 @@ class FileReport:
         if "skip" in policy.values():  # the header too, so rows added mid-training read as a table
             self._write(self.skipped, problems, writer)
         for kind, count in problems["kind"].value_counts().items():
-            what = "listed images not on disk" if kind == "missing" else "unusable image file(s)"
+            what = {
+                "missing": "listed images not on disk",
+                "unmatched": "split rows without a metadata row",
+                "bad": "unusable image file(s)",
+            }[kind]
             examples = problems.loc[problems["kind"] == kind, [IMAGE, "reason"]].head(5)
             lines = "".join(f"\n  {name}: {reason}" for name, reason in examples.itertuples(False))
             log.warning(
                 "data.%s=skip: leaving out %d of %d %s (all listed in %s):%s",
-                "missing_images" if kind == "missing" else "on_bad_image",
+                "on_bad_image" if kind == "bad" else "missing_images",
                 count, listed, what, self.skipped, lines,
             )  # fmt: skip
 
@@ -132,6 +157,17 @@ class FileReport:
                 f"{f' under {self.root}' if self.root else ''}, "
                 f"e.g. {missing[IMAGE].head(5).tolist()}. If the download is partial, set "
                 "data.missing_images=skip to use only the images present."
+            )
+        unmatched = stopping[stopping["kind"] == "unmatched"]
+        groups = (
+            unmatched.groupby(["listed_in", "missing_from"], sort=False) if len(unmatched) else []
+        )
+        for (listed_in, missing_from), rows in groups:
+            parts.append(
+                f"{len(rows)} row(s) of {listed_in} name an image with no row in {missing_from}, "
+                f"e.g. {rows[IMAGE].head(5).tolist()}: those tables are not of one release (or "
+                "one was edited). Use the tables of one release, or set "
+                "data.missing_images=skip to leave these images out."
             )
         bad = stopping[stopping["kind"] == "bad"]
         if len(bad):

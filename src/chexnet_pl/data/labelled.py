@@ -28,11 +28,31 @@ class LabelledImages:
     """What a dataset's ``read_labels`` gives: a table with ``Image Index`` (a unique name),
     ``Patient ID``, ``split`` (train, val or test), ``path`` (the file; NaN when not on disk) and
     the subgroup metadata, row-aligned with float32 ``labels`` (columns: the data module's
-    ``pathologies``; NaN: not labelled), and what was read (for messages)."""
+    ``pathologies``; NaN: not labelled), and what was read (for messages). ``unmatched``: images
+    one table names that another lacks (``UNMATCHED_COLUMNS``; e.g. a split row without a
+    metadata row), settled with the missing images (``data.missing_images``)."""
 
     table: pd.DataFrame
     labels: np.ndarray
     source: str
+    unmatched: pd.DataFrame | None = None
+
+
+# An image one of a dataset's tables names and another lacks: which, its split, where it is
+# listed and which table has no row for it.
+UNMATCHED_COLUMNS = [IMAGE, "split", "listed_in", "missing_from"]
+
+
+def unmatched_rows(
+    images: Sequence[str], splits: Sequence[object], listed_in: str, missing_from: str
+) -> pd.DataFrame:
+    """``LabelledImages.unmatched`` rows: ``images`` (with their ``splits``) that the table
+    ``listed_in`` names and the table ``missing_from`` has no row for."""
+    return pd.DataFrame(
+        {IMAGE: list(images), "split": list(splits), "listed_in": listed_in,
+         "missing_from": missing_from},
+        columns=UNMATCHED_COLUMNS,
+    )  # fmt: skip
 
 
 def filter_views(
@@ -68,3 +88,16 @@ def truth_frame(table: pd.DataFrame, labels: np.ndarray, names: Sequence[str]) -
         if column in table.columns:
             frame[column] = table[column].to_numpy()
     return frame
+
+
+def collected_unmatched(
+    frames: list[pd.DataFrame] | None, missing_from: str | None = None
+) -> pd.DataFrame | None:
+    """The unmatched rows a split collected (``splits._check_listed``; None or empty: none),
+    as one frame, with ``missing_from`` (the table lacking them) set when given."""
+    if not frames:
+        return None
+    rows = pd.concat(frames, ignore_index=True)[UNMATCHED_COLUMNS]
+    if missing_from is not None:
+        rows["missing_from"] = missing_from
+    return rows

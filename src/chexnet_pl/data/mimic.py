@@ -21,7 +21,7 @@ The release has no sex or age; MIMIC-IV's ``patients.csv.gz`` (``data.patients``
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,17 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
-from chexnet_pl.data.labelled import LabelledImages, filter_views
+from chexnet_pl.data.labelled import (
+    LabelledImages,
+    collected_unmatched,
+    filter_views,
+    unmatched_rows,
+)
 from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
 from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file
+from chexnet_pl.data.table_paths import files_in_folder
 from chexnet_pl.data.uncertainty import (
     CHEXPERT_LABELS,
     labeller_values,
@@ -92,17 +98,31 @@ def read_table(path: Path, required: tuple[str, ...], key: str | tuple[str, ...]
     return table
 
 
-def image_paths(root: Path, table: pd.DataFrame) -> list[str | None]:
+def image_paths(
+    root: Path,
+    table: pd.DataFrame,
+    source: str | Path | None = None,
+    lines: dict[str, int] | None = None,
+) -> list[str | None]:
     """``files/pNN/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg`` under ``root`` per row of a table with
-    ``Image Index`` (the dicom_id), ``Patient ID`` and ``study_id`` (None: not on disk)."""
-    files = os.path.join(root, "files")
-    paths = [
-        f"{files}/p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"
+    ``Image Index`` (the dicom_id), ``Patient ID`` and ``study_id`` (None: not on disk). A
+    dicom_id leading outside ``root/files`` (``../``, a link out) stops, naming ``source`` (the
+    metadata table) and its line (``lines``: dicom_id → line)."""
+    relative = [
+        f"p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"
         for dicom, subject, study in zip(
             table[IMAGE], table[PATIENT], table["study_id"], strict=True
         )
     ]
-    return [path if os.path.isfile(path) else None for path in paths]
+    lines = lines or {}
+    return files_in_folder(
+        Path(root) / "files",
+        relative,
+        source or Path(root) / TABLE.format("metadata"),
+        "dicom_id",
+        [lines.get(dicom, 0) for dicom in table[IMAGE]],
+        table[IMAGE].tolist(),
+    )
 
 
 def patient_metadata(path: str | Path, studies: pd.DataFrame) -> pd.DataFrame:
@@ -152,6 +172,7 @@ class MimicCxrDataModule(LabellerDataModule):
     def read_labels(self) -> LabelledImages:
         paths = {kind: find_table(self.root, kind, given) for kind, given in self.tables.items()}
         metadata = read_table(paths["metadata"], METADATA_COLUMNS, "dicom_id")
+        lines = dict(zip(metadata["dicom_id"], np.arange(len(metadata)) + 2, strict=True))
         studies = read_table(
             paths[self.labeller], ("subject_id", "study_id", *CHEXPERT_LABELS), "study_id"
         )
@@ -194,16 +215,21 @@ class MimicCxrDataModule(LabellerDataModule):
         )
         if self.patients:
             table = pd.concat([table, patient_metadata(self.patients, metadata)], axis=1)
-        table["split"] = self._split(table, paths["split"])
-        source = str(paths[self.labeller])
+        table["split"], unmatched = self._split(table, paths["split"], lines, paths["metadata"])
+        source = f"{paths['metadata']} and {paths[self.labeller]}"
         images = filter_views(LabelledImages(table, labels, source), self.view_position, "MIMIC")
         used = images.table["split"].notna().to_numpy()
         table = images.table[used].reset_index(drop=True)
-        table["path"] = image_paths(self.root, table)
-        return LabelledImages(table, images.labels[used], source)
+        table["path"] = image_paths(self.root, table, paths["metadata"], lines)
+        return LabelledImages(table, images.labels[used], source, unmatched)
 
-    def _split(self, table: pd.DataFrame, split_csv: Path) -> pd.Series:
+    def _split(
+        self, table: pd.DataFrame, split_csv: Path, metadata_ids: Iterable[str], metadata_csv: Path
+    ) -> tuple[pd.Series, pd.DataFrame | None]:
+        """Each image's split, and (official split) the split table's rows whose dicom_id has
+        no row in ``metadata_csv`` (of ids ``metadata_ids``)."""
         method, args = self.split_args.get("method", "official"), self.split_args
+        unmatched = None
         if method == "official":
             listed = read_table(split_csv, ("dicom_id", "study_id", "subject_id", "split"),
                                 "dicom_id")  # fmt: skip
@@ -220,13 +246,21 @@ class MimicCxrDataModule(LabellerDataModule):
             if split.isna().any():
                 log.warning("%d image(s) are not in %s: not used", int(split.isna().sum()),
                             split_csv)  # fmt: skip
+            orphan = ~listed["dicom_id"].isin(set(metadata_ids)).to_numpy()
+            if orphan.any():  # a split row naming an image the metadata does not have
+                unmatched = unmatched_rows(
+                    listed.loc[orphan, "dicom_id"], names[orphan].map(SPLIT_NAMES),
+                    str(split_csv), str(metadata_csv),
+                )  # fmt: skip
             remedy = f"{split_csv.name} is by patient in the release; use that file"
         elif method == "patient":
             split = patient_split(table, args.get("fractions", (0.7, 0.1, 0.2)),
                                   int(args.get("seed") or 0))  # fmt: skip
             remedy = "report this as a bug"
         else:
-            split, remedy = split_from_file(table, args.get("file"))
+            collected = [] if self.file_report.missing_images == "skip" else None
+            split, remedy = split_from_file(table, args.get("file"), collected)
+            unmatched = collected_unmatched(collected, str(metadata_csv))
         split = split.astype("object")
         assert_no_patient_leak(table, split, remedy)
-        return split
+        return split, unmatched

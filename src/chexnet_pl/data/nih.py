@@ -11,7 +11,12 @@ import pandas as pd
 
 from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.images import find_images
-from chexnet_pl.data.labelled import LabelledImages, filter_views, truth_frame
+from chexnet_pl.data.labelled import (
+    LabelledImages,
+    collected_unmatched,
+    filter_views,
+    truth_frame,
+)
 from chexnet_pl.data.nih_table import (
     IMAGE,
     PAPER_AUROC,
@@ -23,6 +28,7 @@ from chexnet_pl.data.nih_table import (
 )
 from chexnet_pl.data.settings import FRONTAL, check_nih_settings
 from chexnet_pl.data.splits import SplitSettings, make_split
+from chexnet_pl.data.table_paths import check_files_in_folder
 from chexnet_pl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -84,7 +90,9 @@ class NIHDataModule(ChestXrayDataModule):
         labels = label_matrix(table["Finding Labels"], self.pathologies, source=csv)
         log.info("read %d rows from %s", len(table), csv)
         # Split first, on the whole table, so split lists are checked against the release as is.
-        table["split"] = make_split(table, self.split_settings, self.root)
+        # Images a split list names that the CSV lacks stop the run, or are left out and listed.
+        collected = [] if self.file_report.missing_images == "skip" else None
+        table["split"] = make_split(table, self.split_settings, self.root, collected)
         table[FRONTAL] = True
         images = filter_views(LabelledImages(table, labels, str(csv)), self.view_position, "NIH")
         table, labels = images.table, images.labels
@@ -97,7 +105,8 @@ class NIHDataModule(ChestXrayDataModule):
                 f"{self.root}/images_NNN/images/*.png"
             )
         table["path"] = table[IMAGE].map(on_disk)
-        return LabelledImages(table, labels, str(csv))
+        check_files_in_folder(self.root, table["path"].tolist(), csv, table[IMAGE].tolist())
+        return LabelledImages(table, labels, str(csv), collected_unmatched(collected, str(csv)))
 
     def cache_names(self, table: pd.DataFrame) -> pd.Series:
         return table[IMAGE]  # NIH's file names are unique: prepare names its images by them

@@ -69,9 +69,11 @@ class PooledDataModule(ChestXrayDataModule):
                                         self.label_map)  # fmt: skip
 
     def read_labels(self) -> LabelledImages:
-        tables, labels, sources = [], [], []
+        tables, labels, sources, unmatched = [], [], [], []
         for name, member in self.members.items():
             images = member.read_labels()
+            if images.unmatched is not None:
+                unmatched.append(images.unmatched)
             table = images.table.copy()
             table[PATIENT] = name + "/" + table[PATIENT].astype(str)
             table[DATASET] = name
@@ -91,7 +93,10 @@ class PooledDataModule(ChestXrayDataModule):
                 f"{int(repeated.sum())} images share a name across the pooled datasets, e.g. "
                 f"{shared.to_dict('records')}; each image needs a unique name"
             )
-        return LabelledImages(table, np.concatenate(labels), " + ".join(sources))
+        return LabelledImages(
+            table, np.concatenate(labels), " + ".join(sources),
+            pd.concat(unmatched, ignore_index=True) if unmatched else None,
+        )  # fmt: skip
 
 
 def _plain(value: Any) -> Any:

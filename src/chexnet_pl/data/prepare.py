@@ -19,8 +19,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -46,8 +48,19 @@ from chexnet_pl.data.cache import (
 from chexnet_pl.data.image_limits import check_max_pixels
 from chexnet_pl.data.images import list_images, read_gray
 from chexnet_pl.data.transforms import area_resize
-from chexnet_pl.errors import DataError, ImageReadError
-from chexnet_pl.files import write_csv_atomic, write_json_atomic
+from chexnet_pl.errors import DataError, DiskFullError, ImageReadError
+from chexnet_pl.files import (
+    DISK_FULL,
+    free_bytes,
+    size_text,
+    write_csv_atomic,
+    write_json_atomic,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent builds there are not guarded
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +226,63 @@ def build_cache(
             f"cannot write the cache under {folder.parent} ({exc}); give cache_dir=<writable folder>"
         ) from exc
 
-    partial = folder.with_name(folder.name + ".partial")
+    with build_lock(folder) as waited:
+        if waited and not force and _up_to_date(folder, size, listing):
+            return folder  # the other build made it
+        partial = folder.with_name(folder.name + ".partial")
+        try:
+            return _build(partial, folder, listing, images, size, chunk_size, workers, progress,
+                          max_pixels)  # fmt: skip
+        except OSError as exc:
+            if isinstance(exc, DiskFullError) or exc.errno not in DISK_FULL:
+                raise
+            free = free_bytes(partial)
+            raise DiskFullError(
+                f"no space left on the disk of {partial} while building the cache "
+                f"({exc.strerror or exc}; {size_text(max(free, 0))} free now): the chunks "
+                "finished so far are kept; free space there and rerun to resume, or give "
+                "cache_dir=<another folder>"
+            ) from exc
+
+
+@contextmanager
+def build_lock(folder: Path) -> Iterator[bool]:
+    """Hold ``<size>px.lock`` beside the cache ``folder`` while building it: a second
+    ``chexnet-prepare`` of the same cache waits for the first, then finds it up to date. Yields
+    whether it had to wait."""
+    lock = folder.with_name(folder.name + ".lock")
+    if fcntl is None:
+        yield False
+        return
+    try:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create the lock file {lock} ({exc.strerror or exc}); give "
+            "cache_dir=<a writable folder>"
+        ) from exc
+    try:
+        waited = False
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(
+                "another chexnet-prepare is building %s (it holds %s): waiting for it to finish, "
+                "then using its cache (Ctrl-C to stop waiting)",
+                folder, lock,
+            )  # fmt: skip
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _build(
+    partial: Path, folder: Path, listing: pd.DataFrame, images: dict[str, Path], size: int,
+    chunk_size: int, workers: int | None, progress: bool, max_pixels: int | None,
+) -> Path:  # fmt: skip
+    """Start or resume the build in ``partial``, decode what is left, publish it as ``folder``."""
     _start_or_resume(partial, listing, size)
     if json.loads((partial / MANIFEST).read_text()).get("complete"):
         return _publish(partial, folder)

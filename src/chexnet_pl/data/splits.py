@@ -99,13 +99,37 @@ def _patients_to_fraction(patients: np.ndarray, fraction: float, rng: np.random.
     return set(rng.permutation(unique)[:count].tolist())
 
 
-def _check_listed(table: pd.DataFrame, names: Sequence[str], source: Path) -> None:
-    unknown = sorted(set(names) - set(table[IMAGE]))
-    if unknown:
+def _check_listed(
+    table: pd.DataFrame,
+    names: Sequence[str],
+    source: Path,
+    unmatched: list[pd.DataFrame] | None = None,
+    splits: Sequence[str] | None = None,
+) -> None:
+    """Stop when ``source`` names images the table lacks; or, given ``unmatched``
+    (``data.missing_images=skip``), add them there (with their ``splits``) to be left out and
+    listed (``labelled.UNMATCHED_COLUMNS``; ``missing_from`` is the dataset's to fill in)."""
+    known = set(table[IMAGE])
+    unknown = sorted(set(names) - known)
+    if not unknown:
+        return
+    if unmatched is None:
         raise DataError(
             f"{source} names {len(unknown)} image(s) not in the metadata CSV, e.g. {unknown[:3]}. "
-            "Use the split list that came with the same release as the CSV."
+            "Use the split list that came with the same release as the CSV, or set "
+            "data.missing_images=skip to leave them out."
         )
+    rows = [i for i, name in enumerate(names) if name not in known]
+    unmatched.append(
+        pd.DataFrame(
+            {
+                IMAGE: [names[i] for i in rows],
+                "split": [splits[i] for i in rows] if splits is not None else "",
+                "listed_in": str(source),
+                "missing_from": "the metadata table",
+            }
+        )
+    )
 
 
 def hold_out_validation(
@@ -127,16 +151,18 @@ def official_split(
     test_list: str | Path,
     val_fraction: float,
     seed: int,
+    unmatched: list[pd.DataFrame] | None = None,
 ) -> pd.Series:
-    """NIH's lists; validation is a seeded fraction of train_val's *patients*."""
+    """NIH's lists; validation is a seeded fraction of train_val's *patients*. Images a list
+    names that the table lacks: see ``_check_listed``."""
     train_val_list, test_list = Path(train_val_list), Path(test_list)
     numbered_train_val = read_numbered_list(train_val_list)
     numbered_test = read_numbered_list(test_list)
     _check_disjoint(numbered_train_val, train_val_list, numbered_test, test_list)
     train_val = [name for name, _ in numbered_train_val]
     test = [name for name, _ in numbered_test]
-    _check_listed(table, train_val, train_val_list)
-    _check_listed(table, test, test_list)
+    _check_listed(table, train_val, train_val_list, unmatched, ["train"] * len(train_val))
+    _check_listed(table, test, test_list, unmatched, ["test"] * len(test))
     split = pd.Series(pd.NA, index=table.index, dtype="object")
     split[table[IMAGE].isin(train_val)] = "train"
     split[table[IMAGE].isin(test)] = "test"
@@ -160,8 +186,11 @@ def patient_split(table: pd.DataFrame, fractions: Sequence[float], seed: int) ->
     return table[PATIENT].map(assignment).astype("object")
 
 
-def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
-    """Image → split from a CSV (columns ``Image Index``, ``split``) or a TXT of ``name split`` lines."""
+def file_split(
+    table: pd.DataFrame, path: str | Path, unmatched: list[pd.DataFrame] | None = None
+) -> pd.Series:
+    """Image → split from a CSV (columns ``Image Index``, ``split``) or a TXT of ``name split``
+    lines. Images it names that the table lacks: see ``_check_listed``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path} (data.split.file)")
@@ -193,17 +222,20 @@ def file_split(table: pd.DataFrame, path: str | Path) -> pd.Series:
     if pairs[IMAGE].duplicated().any():
         name = pairs.loc[pairs[IMAGE].duplicated(), IMAGE].iloc[0]
         raise DataError(f"{path}: image {name!r} is listed more than once")
-    _check_listed(table, pairs[IMAGE].tolist(), path)
+    _check_listed(table, pairs[IMAGE].tolist(), path, unmatched, pairs["split"].tolist())
     return table[IMAGE].map(dict(zip(pairs[IMAGE], pairs["split"], strict=True))).astype("object")
 
 
-def split_from_file(table: pd.DataFrame, file: str | Path | None) -> tuple[pd.Series, str]:
+def split_from_file(
+    table: pd.DataFrame, file: str | Path | None, unmatched: list[pd.DataFrame] | None = None
+) -> tuple[pd.Series, str]:
     """``data.split.method=file``: each image's split as ``file`` lists it, and what to do should
-    that split a patient (the remedy ``assert_no_patient_leak`` names)."""
+    that split a patient (the remedy ``assert_no_patient_leak`` names); ``unmatched``: see
+    ``_check_listed``."""
     if not file:
         raise DataError("data.split.method=file needs data.split.file=/path/to/split.csv")
     remedy = f"fix {file} (data.split.file) so each patient's images share one split"
-    return file_split(table, file), remedy
+    return file_split(table, file, unmatched), remedy
 
 
 def assert_no_patient_leak(
@@ -223,13 +255,20 @@ def assert_no_patient_leak(
         )
 
 
-def make_split(table: pd.DataFrame, settings: SplitSettings, root: str | Path) -> pd.Series:
-    """Dispatch on ``data.split.method`` and check the result for patient leaks."""
+def make_split(
+    table: pd.DataFrame,
+    settings: SplitSettings,
+    root: str | Path,
+    unmatched: list[pd.DataFrame] | None = None,
+) -> pd.Series:
+    """Dispatch on ``data.split.method`` and check the result for patient leaks; ``unmatched``:
+    see ``_check_listed``."""
     root = Path(root)
     if settings.method == "official":
         split = official_split(
-            table, root / TRAIN_VAL_LIST, root / TEST_LIST, settings.val_fraction, settings.seed
-        )
+            table, root / TRAIN_VAL_LIST, root / TEST_LIST, settings.val_fraction, settings.seed,
+            unmatched,
+        )  # fmt: skip
         remedy = (
             f"NIH's own {TRAIN_VAL_LIST} and {TEST_LIST} keep each patient in one of them; use "
             "the lists of the same release as the CSV, or data.split.method=patient"
@@ -238,6 +277,6 @@ def make_split(table: pd.DataFrame, settings: SplitSettings, root: str | Path) -
         split = patient_split(table, settings.fractions, settings.seed)
         remedy = "report this as a bug"
     else:
-        split, remedy = split_from_file(table, settings.file)
+        split, remedy = split_from_file(table, settings.file, unmatched)
     assert_no_patient_leak(table, split, remedy)
     return split
