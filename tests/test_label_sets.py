@@ -194,11 +194,29 @@ def test_label_map_entries_must_name_labels_of_both_sides():
     assert "'Efusion' (did you mean 'Effusion'?)" in problem
 
 
-def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root):
-    """``{Effusion: Pleural Efusion}``: before, 22 outputs (Effusion and Pleural Effusion apart)."""
-    with pytest.raises(ConfigError, match=r"maps 'Effusion' \(nih's labels\) to 'Pleural Efusion', "
-                       r"which chexpert's labels do not have \(did you mean 'Pleural Effusion'\?\)"):  # fmt: skip
+def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog):
+    """``{Effusion: Pleural Efusion}``: before, 22 outputs (Effusion and Pleural Effusion apart).
+    ``chexnet-train data=nih+chexpert ... --check`` says so in one line, exit 2."""
+    from chexnet_pl.cli import run_command
+
+    message = (
+        "evaluation.label_map maps 'Effusion' (nih's labels) to 'Pleural Efusion', which "
+        "chexpert's labels do not have (did you mean 'Pleural Effusion'?)"
+    )
+    with pytest.raises(ConfigError) as raised:
         _pooled(synthetic_root, chexpert_root, {"Effusion": "Pleural Efusion"})
+    assert str(raised.value) == message
+
+    def hydra_main():
+        raise AssertionError("Hydra's main ran")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, ["data=nih+chexpert",
+                    f"data.datasets.nih.root={synthetic_root}",
+                    f"data.datasets.chexpert.root={chexpert_root}",
+                    "evaluation.label_map={Effusion: Pleural Efusion}", "--check"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [message]
 
 
 def test_two_outputs_take_one_label_only_when_asked(synthetic_root, chexpert_root, caplog):
