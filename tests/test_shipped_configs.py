@@ -290,6 +290,8 @@ def test_every_recipe_trains_two_batches_with_its_shipped_values(
 # it) or an interpolation (Hydra replaces it), never `{}` or a literal mapping of user names.
 EXPERT_MAP = {"Pneumothorax": ["Pneumothorax"], "Nodule or mass": ["Nodule", "Mass"],
               "Fracture": []}  # fmt: skip
+CHECKSUMS = dict.fromkeys([f"images_{i:03d}" for i in range(1, 13)]
+                          + ["data_entry", "bbox_list", "train_val_list", "test_list"])  # fmt: skip
 MAPPING_SETTINGS = [
     ("train", ["data=chexpert"], "data.uncertain_by_label",
      "{Atelectasis: ones, Edema: ones, Cardiomegaly: zeros}",
@@ -307,7 +309,7 @@ MAPPING_SETTINGS = [
     ("train", [], "requires", "{init_from: the run to start from}",
      {"init_from": "the run to start from"}),
     ("download", [], "checksums", "{images_001: abc123, data_entry: def456}",
-     {"images_001": "abc123", "data_entry": "def456"}),
+     {**CHECKSUMS, "images_001": "abc123", "data_entry": "def456"}),
 ]  # fmt: skip
 MAPPING_NAME = ("_map", "_by_label", "checksums", "requires")
 
@@ -351,6 +353,15 @@ def test_the_list_of_mapping_settings_is_every_one_shipped(command, extra):
         assert not (isinstance(node, DictConfig) and len(node) == 0), f"{key}: {{}} (write null)"
         if key.split(".")[-1].endswith(MAPPING_NAME):
             assert key in tested, f"{command} {extra}: {key} is a mapping setting not tested here"
+
+
+def test_the_readmes_checksum_example_is_a_setting():
+    """README: ``checksums.images_001=<sha256>`` (before: Hydra's "Could not override")."""
+    from omegaconf import OmegaConf
+
+    assert "`checksums.images_001=<sha256>`" in (REPO / "README.md").read_text()
+    cfg = _composed("download", "checksums.images_001=abc123")
+    assert OmegaConf.to_container(cfg.checksums) == {**CHECKSUMS, "images_001": "abc123"}
 
 
 def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root, caplog):
