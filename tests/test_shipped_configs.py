@@ -390,3 +390,10 @@ def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root
                                           "--check"])  # fmt: skip
     assert exit_info.value.code == 2
     assert "data.uncertain_by_label.Edema='maybe'; use one of" in caplog.text
+    caplog.clear()  # what Hydra refuses is one line from --check too, not a traceback
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, [*base, "data.augment={flip: 0.5}", "--check"])
+    assert exit_info.value.code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "Could not override 'data.augment'. To append to your config use +data.augment={flip: 0.5}"
+    ]
