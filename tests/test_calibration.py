@@ -197,6 +197,12 @@ BAD_CALIBRATIONS = {
         r"class 'Hernia' has temperature -2.0, slope -0.5.*needs a positive temperature",
     ),
     "text_slope": ({"Mass": {"slope": "0.8x"}}, r"class 'Mass' has slope '0.8x', not a finite"),
+    # issue 29: a method whose fields disagree (1.0 was applied, tables said "calibrated")
+    "temperature_disagrees_with_slope": (
+        {"Mass": {"temperature": 4.0, "slope": 1.0}},
+        r"class 'Mass' has temperature 4 but slope 1 \(that is temperature 1\): the method's "
+        r"fields disagree",
+    ),
     "unknown_class": (
         {"Covid": {"temperature": 1.0, "slope": 1.0, "intercept": 0.0}},
         r"has classes this model does not output: \['Covid'\]",
@@ -222,6 +228,10 @@ def test_a_calibration_missing_classes_or_of_another_format_is_refused(tmp_path)
         Calibration.read(tmp_path / "other.json")
     platt = write_calibration(tmp_path / "platt.json", "platt", Mass={"slope": -0.4})
     assert Calibration.read(platt, class_names()).slope[9] == -0.4  # a Platt slope may reverse
+    stray = write_calibration(tmp_path / "stray.json", "platt", Mass={"temperature": 4.0})
+    with pytest.raises(DataError, match=r"stray.json: method 'platt', but class\(es\) \['Mass'\] "
+                       r"have a temperature"):  # fmt: skip
+        Calibration.read(stray, class_names())
 
 
 def test_a_temperature_fit_never_writes_a_non_positive_temperature():

@@ -189,6 +189,17 @@ def test_bad_predictions_files(tmp_path, synthetic_root, edit, message):
         read_predictions(path, truth.index, truth.attrs["labels"])
 
 
+def test_a_header_only_predictions_file_is_named(tmp_path, synthetic_root):
+    """``chexnet-evaluate preds=<a file with its header and no rows>``: the error names the file
+    (it said only "no predictions to score for the test split")."""
+    path = _write_preds(tmp_path / "header_only.csv", [], np.zeros((0, 15)))
+    assert path.read_text().count("\n") == 1  # the header line alone
+    cfg = compose_evaluate(tmp_path / "out", f"preds={path}", f"data.root={synthetic_root}")
+    with pytest.raises(DataError) as raised:
+        evaluate(cfg)
+    assert str(raised.value).startswith(f"{path} has a header and no rows")
+
+
 def test_scoring_a_file_built_from_the_real_metadata(nih_meta, tmp_path):
     """The official test list (25,596 images) with noisy label-derived scores, scored without a model."""
     table = read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz")

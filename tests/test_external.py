@@ -3,6 +3,7 @@ internal AUROC beside; and predictions files scored against any dataset."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.nih_table import PAPER_AUROC, class_names
-from chexnet_pl.errors import ChexnetError, DataError
+from chexnet_pl.errors import ChexnetError, ConfigError, DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.shipped import shipped_data
 
@@ -84,6 +85,54 @@ def test_the_label_map_is_a_setting(tmp_path, nih_run, chexpert_root):
         match=r"another dataset \(CheXpertDataModule\) needs its folder: give data.root=",
     ):
         evaluate(compose_config("evaluate", out, f"ckpt={nih_run}", "data=chexpert", *QUICK))
+
+
+@pytest.mark.parametrize(
+    ("label_map", "message"),
+    [
+        ("{Effusion: Pleural Efusion}", r"maps 'Effusion' \(the model's outputs\) to 'Pleural "
+         r"Efusion', which the data's labels do not have \(did you mean 'Pleural Effusion'\?\)"),
+        # a key the checkpoint lacks
+        ("{Efusion: Pleural Effusion}", r"maps 'Pleural Effusion' \(the data's labels\) to "
+         r"'Efusion', which the model's outputs do not have \(did you mean 'Effusion'\?\)"),
+        ("{Effusion: Pleural Effusion, Pleural_Thickening: Pleural Effusion}",
+         r"sends 2 outputs \['Effusion', 'Pleural_Thickening'\] onto the one label 'Pleural "
+         r"Effusion'; give evaluation.label_map_shared=true"),
+    ],
+)  # fmt: skip
+def test_a_label_map_that_does_not_fit_is_refused(tmp_path, nih_run, chexpert_root, label_map,
+                                                  message):  # fmt: skip
+    """Before (issue 29): the typo left Effusion unscored without a word; a map onto one label
+    scored one of the two outputs."""
+    out = tmp_path / "refused"
+    with pytest.raises(ConfigError, match=message):
+        evaluate_on_chexpert(out, f"ckpt={nih_run}", chexpert_root,
+                             f"evaluation.label_map={label_map}")  # fmt: skip
+    assert not (out / "preds.csv").exists()  # refused before any prediction
+
+
+def test_two_outputs_onto_one_label_when_asked(tmp_path, nih_run, chexpert_root, caplog):
+    """``evaluation.label_map_shared=true``: Effusion and Pleural_Thickening are both scored
+    against Pleural Effusion; the run's outputs are one log line before any prediction."""
+    out = tmp_path / "shared"
+    with caplog.at_level(logging.INFO, logger="chexnet_pl.evaluation.runner"):
+        evaluate_on_chexpert(
+            out, f"ckpt={nih_run}", chexpert_root, "evaluation.label_map_shared=true",
+            "evaluation.label_map={Effusion: Pleural Effusion, Pleural_Thickening: Pleural Effusion}",
+        )  # fmt: skip
+    table = pd.read_csv(out / "aucs.csv", index_col=0)
+    preds = pd.read_csv(out / "preds.csv")
+    valid = pd.read_csv(chexpert_root / "CheXpert-v1.0-small" / "valid.csv").set_index("Path")
+    truth = valid.loc[preds["Image Index"], "Pleural Effusion"]
+    for output in ("Effusion", "Pleural_Thickening"):
+        assert table.at[output, "auroc"] == pytest.approx(
+            roc_auc_score(truth, preds[f"prob_{output}"]), abs=1e-9
+        )
+    (line,) = [r.getMessage() for r in caplog.records if "outputs against" in r.getMessage()]
+    assert line.startswith("scoring 9 of the model's 15 outputs against the data's labels: ")
+    assert (
+        "label map: Effusion <-> Pleural Effusion, Pleural_Thickening <-> Pleural Effusion" in line
+    )
 
 
 def test_a_chexpert_checkpoint_evaluates_on_nih(tmp_path, synthetic_root, chexpert_root):

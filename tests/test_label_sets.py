@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from conftest import make_model
 from sklearn.metrics import roc_auc_score
 
 from chexnet_pl.data.nih_table import class_names
+from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.calibration_report import calibration_table
 from chexnet_pl.evaluation.report import choose_threshold, score_predictions
@@ -154,6 +156,92 @@ def test_pooled_datasets_share_one_label_set(synthetic_root, chexpert_root):
     assert dm.pos_weight().shape == (21,)
     assert dm.hparams["_target_"] == "chexnet_pl.data.pooled.PooledDataModule"
     assert isinstance(dm.hparams["datasets"], dict)
+
+
+def _pooled(synthetic_root, chexpert_root, label_map, **settings):
+    from chexnet_pl.data.pooled import PooledDataModule
+
+    datasets = {
+        "nih": {"_target_": "chexnet_pl.data.nih.NIHDataModule", "root": str(synthetic_root)},
+        "chexpert": {"_target_": "chexnet_pl.data.chexpert.CheXpertDataModule",
+                     "root": str(chexpert_root)},
+    }  # fmt: skip
+    return PooledDataModule(**shipped_data("chexnet_pl.data.pooled.PooledDataModule",
+        datasets=datasets, label_map=label_map, image_size=32, num_workers=0, batch_size=4,
+        **settings))  # fmt: skip
+
+
+def test_label_map_entries_must_name_labels_of_both_sides():
+    """Each entry joins a name of one list to a name of another (issue 29): a typo on either
+    side is named with the closest label; an entry whose name every list has is not needed."""
+    from chexnet_pl.labels import label_map_problems
+
+    nih = class_names()
+    chexpert = ["Atelectasis", "Pleural Effusion", "Lung Lesion", "No Finding"]
+    sides = {"the model's outputs": nih, "the data's labels": chexpert}
+    assert label_map_problems(LABEL_MAP, sides) == []
+    assert label_map_problems(LABEL_MAP, {"a": nih, "b": nih}) == []  # internal: not needed
+    assert label_map_problems({"Effusion": "Pleural Efusion"}, sides) == [
+        "evaluation.label_map maps 'Effusion' (the model's outputs) to 'Pleural Efusion', which "
+        "the data's labels do not have (did you mean 'Pleural Effusion'?)"
+    ]
+    # a key the model lacks
+    (problem,) = label_map_problems({"Efusion": "Pleural Effusion"}, sides)
+    assert problem.endswith("to 'Efusion', which the model's outputs do not have (did you mean "
+                            "'Effusion'?)")  # fmt: skip
+    (problem,) = label_map_problems({"Efusion": "Pleural Efusion"}, sides)
+    assert "neither is in the model's outputs or the data's labels" in problem
+    assert "'Efusion' (did you mean 'Effusion'?)" in problem
+
+
+def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog):
+    """``{Effusion: Pleural Efusion}``: before, 22 outputs (Effusion and Pleural Effusion apart).
+    ``chexnet-train data=nih+chexpert ... --check`` says so in one line, exit 2."""
+    from chexnet_pl.cli import run_command
+
+    message = (
+        "evaluation.label_map maps 'Effusion' (nih's labels) to 'Pleural Efusion', which "
+        "chexpert's labels do not have (did you mean 'Pleural Effusion'?)"
+    )
+    with pytest.raises(ConfigError) as raised:
+        _pooled(synthetic_root, chexpert_root, {"Effusion": "Pleural Efusion"})
+    assert str(raised.value) == message
+
+    def hydra_main():
+        raise AssertionError("Hydra's main ran")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, ["data=nih+chexpert",
+                    f"data.datasets.nih.root={synthetic_root}",
+                    f"data.datasets.chexpert.root={chexpert_root}",
+                    "evaluation.label_map={Effusion: Pleural Efusion}", "--check"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [message]
+
+
+def test_two_outputs_take_one_label_only_when_asked(synthetic_root, chexpert_root, caplog):
+    """NIH's Mass and Nodule both onto CheXpert's Lung Lesion: refused by default (before: Nodule
+    silently NaN for CheXpert's images); with label_map_shared both take its values. The pooled
+    outputs are one log line at the start."""
+    both = {**LABEL_MAP, "Mass": "Lung Lesion", "Nodule": "Lung Lesion"}
+    with pytest.raises(ConfigError, match=r"sends 2 outputs \['Mass', 'Nodule'\] onto the one "
+                       r"label 'Lung Lesion'; give evaluation.label_map_shared=true"):  # fmt: skip
+        _pooled(synthetic_root, chexpert_root, both)
+    with caplog.at_level(logging.INFO, logger="chexnet_pl.data.pooled"):
+        dm = _pooled(synthetic_root, chexpert_root, both, label_map_shared=True)
+    assert "Lung Lesion" not in dm.pathologies and len(dm.pathologies) == 20
+    line = next(r.getMessage() for r in caplog.records if "outputs pooled" in r.getMessage())
+    assert line.startswith("20 outputs pooled from nih, chexpert: ['Atelectasis', ")
+    assert line.endswith("label map: Effusion <- chexpert's Pleural Effusion, Mass <- chexpert's "
+                         "Lung Lesion, Nodule <- chexpert's Lung Lesion")  # fmt: skip
+    dm.setup()
+    labels = pd.DataFrame(dm.labels, columns=dm.pathologies)
+    chexpert = (dm.table["Dataset"] == "chexpert").to_numpy()
+    source = pd.read_csv(chexpert_root / "CheXpert-v1.0-small" / "valid.csv").set_index("Path")
+    valid = chexpert & dm.table["Image Index"].str.contains("/valid/").to_numpy()
+    lesion = source.loc[dm.table.loc[valid, "Image Index"], "Lung Lesion"].to_numpy()
+    assert np.array_equal(labels.loc[valid, "Mass"].to_numpy(), lesion)
+    assert np.array_equal(labels.loc[valid, "Nodule"].to_numpy(), lesion)
 
 
 @pytest.mark.slow

@@ -282,3 +282,118 @@ def test_every_recipe_trains_two_batches_with_its_shipped_values(
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "run" / "aucs.csv").is_file()  # the shipped test=true evaluation ran
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+# -- mapping-valued settings take Hydra's dict syntax (issue 29) -------------------------------
+# Hydra composes in struct mode: `key={a: b}` merges into a mapping the YAML gives, so a key the
+# shipped mapping lacks ("Could not override"). A mapping setting is therefore null (Hydra sets
+# it) or an interpolation (Hydra replaces it), never `{}` or a literal mapping of user names.
+EXPERT_MAP = {"Pneumothorax": ["Pneumothorax"], "Nodule or mass": ["Nodule", "Mass"],
+              "Fracture": []}  # fmt: skip
+CHECKSUMS = dict.fromkeys([f"images_{i:03d}" for i in range(1, 13)]
+                          + ["data_entry", "bbox_list", "train_val_list", "test_list"])  # fmt: skip
+MAPPING_SETTINGS = [
+    ("train", ["data=chexpert"], "data.uncertain_by_label",
+     "{Atelectasis: ones, Edema: ones, Cardiomegaly: zeros}",
+     {"Atelectasis": "ones", "Edema": "ones", "Cardiomegaly": "zeros"}),
+    ("train", ["data=mimic_cxr"], "data.uncertain_by_label", "{Edema: zeros}", {"Edema": "zeros"}),
+    ("train", ["data=nih+chexpert"], "data.datasets.chexpert.uncertain_by_label", "{Edema: ones}",
+     {"Edema": "ones"}),
+    ("train", ["data=nih+chexpert"], "data.label_map", "{Mass: Lung Lesion}",
+     {"Mass": "Lung Lesion"}),
+    ("train", [], "evaluation.label_map", "{Effusion: Pleural Effusion, Mass: Lung Lesion}",
+     {"Effusion": "Pleural Effusion", "Mass": "Lung Lesion"}),
+    ("evaluate", [], "evaluation.label_map", "{Mass: Lung Lesion}", {"Mass": "Lung Lesion"}),
+    ("evaluate", [], "expert_map", "{Airspace opacity: [Consolidation, Atelectasis]}",
+     {**EXPERT_MAP, "Airspace opacity": ["Consolidation", "Atelectasis"]}),  # its four findings
+    ("train", [], "requires", "{init_from: the run to start from}",
+     {"init_from": "the run to start from"}),
+    ("download", [], "checksums", "{images_001: abc123, data_entry: def456}",
+     {**CHECKSUMS, "images_001": "abc123", "data_entry": "def456"}),
+]  # fmt: skip
+MAPPING_NAME = ("_map", "_by_label", "checksums", "requires")
+
+
+def _composed(command: str, *overrides: str):
+    from conftest import compose_config
+
+    return compose_config(command, None, *overrides)
+
+
+@pytest.mark.parametrize(("command", "extra", "key", "text", "expected"), MAPPING_SETTINGS,
+                         ids=[f"{c}:{k}" for c, _, k, _, _ in MAPPING_SETTINGS])  # fmt: skip
+def test_every_mapping_setting_takes_hydras_dict_syntax(command, extra, key, text, expected):
+    from omegaconf import OmegaConf
+
+    cfg = _composed(command, *extra, f"{key}={text}")  # before: "Could not override"
+    value = OmegaConf.select(cfg, key)
+    assert OmegaConf.to_container(value, resolve=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [("train", [f"data={option}"]) for option in options("data")]
+    + [(command, []) for command in ["evaluate", *COMMANDS[1:]]],
+)
+def test_the_list_of_mapping_settings_is_every_one_shipped(command, extra):
+    """Every setting named like a mapping is in MAPPING_SETTINGS, and no shipped setting is an
+    empty mapping (which Hydra's dict syntax can never fill)."""
+    from omegaconf import DictConfig
+
+    from chexnet_pl.overrides import all_keys
+
+    cfg = _composed(command, *extra)
+    tested = {key for c, _, key, _, _ in MAPPING_SETTINGS if c == command}
+    for key in all_keys(cfg):
+        if key.startswith("hydra."):
+            continue
+        node = cfg
+        for part in key.split("."):
+            node = node._get_node(part)
+        assert not (isinstance(node, DictConfig) and len(node) == 0), f"{key}: {{}} (write null)"
+        if key.split(".")[-1].endswith(MAPPING_NAME):
+            assert key in tested, f"{command} {extra}: {key} is a mapping setting not tested here"
+
+
+def test_the_readmes_checksum_example_is_a_setting():
+    """README: ``checksums.images_001=<sha256>`` (before: Hydra's "Could not override")."""
+    from omegaconf import OmegaConf
+
+    assert "`checksums.images_001=<sha256>`" in (REPO / "README.md").read_text()
+    cfg = _composed("download", "checksums.images_001=abc123")
+    assert OmegaConf.to_container(cfg.checksums) == {**CHECKSUMS, "images_001": "abc123"}
+
+
+def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root, caplog):
+    """README: `'data.uncertain_by_label={Atelectasis: ones, ...}'`, pasted as written, passes
+    ``--check`` (before: Hydra's "Could not override", and a traceback from --check); a policy
+    that does not exist is one line and exit 2."""
+    import re
+
+    from chexnet_pl.cli import run_command
+
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"'(data\.uncertain_by_label=\{[^']*\})'", readme).group(1)
+    assert (
+        example == "data.uncertain_by_label={Atelectasis: ones, Edema: ones, Cardiomegaly: zeros}"
+    )
+
+    def hydra_main():
+        raise AssertionError("Hydra's main ran")
+
+    base = ["data=chexpert", f"data.root={chexpert_root}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, [*base, example, "--check"])
+    assert exit_info.value.code == 0, caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, [*base, "data.uncertain_by_label={Edema: maybe}",
+                                          "--check"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "data.uncertain_by_label.Edema='maybe'; use one of" in caplog.text
+    caplog.clear()  # what Hydra refuses is one line from --check too, not a traceback
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("train", hydra_main, [*base, "data.augment={flip: 0.5}", "--check"])
+    assert exit_info.value.code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "Could not override 'data.augment'. To append to your config use +data.augment={flip: 0.5}"
+    ]

@@ -15,6 +15,9 @@ from pathlib import Path
 SETTING_GROUPS = ("data", "model", "evaluation")
 HIDDEN_GROUPS = ("paths", "hydra", "_self_")
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w.+-]*):(?:\s+(?P<rest>.*))?$")
+# A mapping default written as `"${oc.create:{...}}"` (so that Hydra's dict syntax replaces it):
+# shown as the mapping a user types.
+_CREATED = re.compile(r"""^["']\$\{oc\.create:(?P<mapping>\{.*\})\}["']$""")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def yaml_settings(path: Path, prefix: str = "") -> tuple[list[Setting], list[str
             stack.pop()
         key = match["key"]
         value, comment = _split_comment(match["rest"] or "")
+        if created := _CREATED.match(value):
+            value = f"'{created['mapping']}'"
         comment = comment or " ".join(pending)
         pending = []
         if key in ("defaults", "hydra") and not stack:

@@ -25,7 +25,7 @@ class DownloadSettings:
     root: str
     archives: Mapping[str, str]
     metadata: Mapping[str, Mapping[str, Any]]
-    checksums: Mapping[str, str]
+    checksums: Mapping[str, str | None] | None  # null: no checksum for that file
     only: str | Sequence[str] | None
     keep_archives: bool
     retries: int
@@ -44,8 +44,9 @@ class DownloadSettings:
             nested.text("file", entry.get("file"))
             nested.text("url", entry.get("url"), optional=True)
             problems.messages += nested.messages
-        for key in self.checksums:
-            problems.choice("checksums", key, [*self.archives, *self.metadata])
+        for key, checksum in (self.checksums or {}).items():
+            if checksum is not None:  # the shipped keys are null: a file without a checksum
+                problems.choice("checksums", key, [*self.archives, *self.metadata])
         for name in [self.only] if isinstance(self.only, str) else (self.only or []):
             problems.choice("only[]", name, list(self.archives))
         problems.flag("keep_archives", self.keep_archives)
@@ -71,7 +72,7 @@ def download(cfg: DictConfig) -> dict:
         settings.root,
         dict(settings.archives),
         {key: dict(entry) for key, entry in settings.metadata.items()},
-        checksums=dict(settings.checksums),
+        checksums={k: v for k, v in (settings.checksums or {}).items() if v is not None},
         only=[only] if isinstance(only, str) else (list(only) if only else None),
         keep_archives=settings.keep_archives,
         retries=settings.retries,

@@ -226,8 +226,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
             match = match_model_to_data(
-                run.model.class_names, datamodule.pathologies, settings.label_map
-            )
+                run.model.class_names, datamodule.pathologies, settings.label_map,
+                settings.label_map_shared,
+            )  # fmt: skip
             truth = truth_for(labelled, match)
             metrics |= compare_with(cfg, preds, match.scored, truth, settings, datamodule)
         if expert is not None:  # the split evaluated, and validation when it was predicted too

@@ -54,10 +54,14 @@ def synonyms_of(label_map: Mapping[str, str] | None) -> dict[str, set[str]]:
 
 
 def match_labels(
-    outputs: Sequence[str], labels: Sequence[str], label_map: Mapping[str, str] | None = None
+    outputs: Sequence[str],
+    labels: Sequence[str],
+    label_map: Mapping[str, str] | None = None,
+    shared: bool = False,
 ) -> list[tuple[str, str]]:
     """(output, label) pairs the two lists share, in output order: the same name, or names the
-    label map makes synonyms. Each output and each label is used once."""
+    label map makes synonyms. Each output is used once, and each label too unless ``shared``
+    (several outputs onto one label, when asked for: ``label_map_problems`` says when)."""
     synonyms = synonyms_of(label_map)
     available = list(labels)
     pairs = []
@@ -66,8 +70,87 @@ def match_labels(
         match = next((name for name in candidates if name in available), None)
         if match is not None:
             pairs.append((output, match))
-            available.remove(match)
+            if not shared:
+                available.remove(match)
     return pairs
+
+
+def label_map_problems(
+    label_map: Mapping[str, str] | None,
+    sides: Mapping[str, Sequence[str]],
+    setting: str = "evaluation.label_map",
+) -> list[str]:
+    """What is wrong with a label map's entries between label lists (``sides``: what each list
+    is, e.g. "the model's outputs", → its names). An entry is needed when one of its names is in
+    some lists but not all: its other name must then be in a list that lacks the first (a typo
+    there would leave the finding unmatched without a word). An entry naming nothing of any
+    list is wrong too; one whose name every list has is not needed and passes."""
+    problems = []
+    for first, second in (label_map or {}).items():
+        names = (str(first), str(second))
+        where = {name: [side for side, listed in sides.items() if name in listed] for name in names}
+        if not where[names[0]] and not where[names[1]]:
+            everything = [n for listed in sides.values() for n in listed]
+            hints = [f"'{n}'{_near(n, everything)}" for n in names]
+            problems.append(
+                f"{setting} maps {hints[0]} to {hints[1]}, but neither is in {' or '.join(sides)}"
+            )
+            continue
+        for found, missing in (names, names[::-1]):
+            if not where[found] or where[missing] or len(where[found]) == len(sides):
+                continue
+            others = [side for side in sides if side not in where[found]]
+            candidates = [n for side in others for n in sides[side]]
+            near = _near(missing, candidates)
+            problems.append(
+                f"{setting} maps '{found}' ({' and '.join(where[found])}) to '{missing}', which "
+                f"{' and '.join(others)} do not have"
+                + (
+                    near
+                    or f" (they have {candidates}); "
+                    "drop the entry (or give the map as null) if there is no such label"
+                )
+            )
+    return problems
+
+
+def shared_label_problems(
+    outputs: Sequence[str],
+    labels: Sequence[str],
+    label_map: Mapping[str, str] | None,
+    shared: bool,
+    setting: str = "evaluation.label_map",
+    shared_setting: str = "evaluation.label_map_shared",
+) -> list[str]:
+    """Outputs that the map sends onto one label (refused unless ``shared``), and an output it
+    sends onto several labels (always refused: which one would be a guess)."""
+    synonyms = synonyms_of(label_map)
+    takers: dict[str, list[str]] = {}
+    problems = []
+    for output in outputs:
+        found = [output] if output in labels else sorted(
+            name for name in synonyms.get(output, set()) - {output} if name in labels
+        )  # fmt: skip
+        if len(found) > 1:
+            problems.append(
+                f"{setting} matches '{output}' to {len(found)} labels {found}; keep one"
+            )
+        for label in found[:1]:
+            takers.setdefault(label, []).append(output)
+    for label, many in takers.items():
+        if len(many) > 1 and not shared:
+            problems.append(
+                f"{setting} sends {len(many)} outputs {many} onto the one label '{label}'; give "
+                f"{shared_setting}=true if each of them is meant to take that label"
+            )
+    return problems
+
+
+def _near(name: str, candidates: Sequence[str]) -> str:
+    from chexnet_pl.validation import closest
+
+    found = closest(name, candidates, count=2)
+    return f" (did you mean {' or '.join(repr(n) for n in found)}?)" if found else ""
 
 
 def union_labels(
@@ -88,12 +171,14 @@ def relabel(
     source: Sequence[str],
     target: Sequence[str],
     label_map: Mapping[str, str] | None = None,
+    shared: bool = False,
 ) -> np.ndarray:
     """``labels`` (columns ``source``) in the columns ``target``; a target label the source does
-    not have (by name or synonym) is NaN for every row."""
+    not have (by name or synonym) is NaN for every row. ``shared``: one source label may fill
+    several target columns (``match_labels``)."""
     result = np.full((len(labels), len(target)), np.nan, dtype=np.float32)
     column = {name: j for j, name in enumerate(source)}
-    for output, label in match_labels(target, source, label_map):
+    for output, label in match_labels(target, source, label_map, shared):
         result[:, list(target).index(output)] = labels[:, column[label]]
     return result
 

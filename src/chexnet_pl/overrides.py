@@ -224,10 +224,18 @@ def composed_jobs(command: str, *command_lines: Sequence[str]) -> Iterator[DictC
 
 def check_settings(command: str, args: Sequence[str]) -> str:
     """``--check``: every job's config through the command's pre-flight check."""
+    from hydra.errors import HydraException
+
+    from chexnet_pl.errors import ConfigError
     from chexnet_pl.settings import preflight
 
     count = 0
-    for cfg in composed_jobs(command, args):
-        preflight(command, cfg)
-        count += 1
+    try:
+        for cfg in composed_jobs(command, args):
+            preflight(command, cfg)
+            count += 1
+    except (
+        HydraException
+    ) as exc:  # what Hydra would refuse, in its words: one line, not a traceback
+        raise ConfigError(" ".join(str(exc).split())) from exc
     return f"{count} job(s) checked" if count != 1 else "checked, nothing run"

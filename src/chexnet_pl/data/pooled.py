@@ -24,8 +24,14 @@ from chexnet_pl.data.build import build_datamodule
 from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.labelled import DATASET, LabelledImages
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
-from chexnet_pl.errors import DataError
-from chexnet_pl.labels import relabel, union_labels
+from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.labels import (
+    label_map_problems,
+    match_labels,
+    relabel,
+    shared_label_problems,
+    union_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,10 @@ class PooledDataModule(ChestXrayDataModule):
         datasets: the member datasets' settings; their image and loader settings are not used
             (this module's are).
         label_map: output name ↔ label name synonyms merged into one output
-            (``evaluation.label_map``).
+            (``evaluation.label_map``): each entry must join a label of one dataset to a label
+            of another, else a ``ConfigError`` naming the closest labels.
+        label_map_shared: whether the map may send one dataset's label to several outputs
+            (``evaluation.label_map_shared``).
         The other arguments are ``ChestXrayDataModule``'s.
     """
 
@@ -47,6 +56,7 @@ class PooledDataModule(ChestXrayDataModule):
         label_map: Mapping[str, str] | None,
         root: str | None,
         cache: str,
+        label_map_shared: bool = False,
         **settings: Any,
     ) -> None:
         datasets = _plain(datasets)  # plain values in the checkpoint's hparams
@@ -65,8 +75,33 @@ class PooledDataModule(ChestXrayDataModule):
                 raise DataError(f"data.datasets.{name} has no _target_ (the data module to use)")
             self.members[name] = build_datamodule(member)  # unset settings: the shipped ones
         self.label_map = dict(label_map)
+        self.label_map_shared = bool(label_map_shared)
+        sides = {f"{name}'s labels": m.pathologies for name, m in self.members.items()}
+        problems = label_map_problems(self.label_map, sides)
+        if problems:
+            raise ConfigError(*problems)
         self.pathologies = union_labels([m.pathologies for m in self.members.values()],
                                         self.label_map)  # fmt: skip
+        for member in self.members.values():
+            problems += shared_label_problems(self.pathologies, member.pathologies, self.label_map,
+                                              self.label_map_shared)  # fmt: skip
+        if problems:
+            raise ConfigError(*dict.fromkeys(problems))
+        log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """One line: the pooled outputs, and which dataset's label each merged output takes."""
+        merged = [
+            f"{output} <- {name}'s {label}"
+            for name, member in self.members.items()
+            for output, label in match_labels(self.pathologies, member.pathologies,
+                                              self.label_map, self.label_map_shared)
+            if output != label
+        ]  # fmt: skip
+        return (
+            f"{len(self.pathologies)} outputs pooled from {', '.join(self.members)}: "
+            f"{self.pathologies}" + (f"; label map: {', '.join(merged)}" if merged else "")
+        )
 
     def read_labels(self) -> LabelledImages:
         tables, labels, sources, unmatched = [], [], [], []
@@ -79,7 +114,7 @@ class PooledDataModule(ChestXrayDataModule):
             table[DATASET] = name
             tables.append(table)
             labels.append(relabel(images.labels, member.pathologies, self.pathologies,
-                                  self.label_map))  # fmt: skip
+                                  self.label_map, self.label_map_shared))  # fmt: skip
             sources.append(images.source)
             lacking = [n for n, column in zip(self.pathologies, labels[-1].T, strict=True)
                        if np.isnan(column).all()]  # fmt: skip

@@ -117,8 +117,9 @@ class Calibration:
     def from_json(
         cls, data: object, path: Path | None = None, class_names: Sequence[str] | None = None
     ) -> Calibration:
-        """``to_json``'s output, checked: finite numbers, a positive temperature, and (given the
-        model's ``class_names``) exactly the model's classes. Errors name the file (``path``),
+        """``to_json``'s output, checked: finite numbers, a positive temperature that agrees with
+        the slope (a Platt file has none), and (given the model's ``class_names``) exactly the
+        model's classes. Errors name the file (``path``),
         the class and the value."""
         where = path or "the calibration"
         try:
@@ -148,6 +149,20 @@ class Calibration:
                         f"slope {a:g}, intercept {b:g}; temperature scaling needs a positive "
                         f"temperature (slope = 1/temperature, intercept 0); {READ_HINT}"
                     )
+                if not math.isclose(temperature * a, 1.0, rel_tol=1e-6):
+                    raise DataError(
+                        f"{where}: class {name!r} has temperature {temperature:g} but slope {a:g} "
+                        f"(that is temperature {1 / a:g}): the method's fields disagree (slope = "
+                        f"1/temperature), so the file was edited or damaged; {READ_HINT}"
+                    )
+        else:
+            stray = [name for name, entry in entries.items() if "temperature" in entry]
+            if stray:
+                raise DataError(
+                    f"{where}: method {method!r}, but class(es) {stray} have a temperature: a "
+                    f"{method} calibration is a slope and an intercept; the file was edited or "
+                    f"damaged; {READ_HINT}"
+                )
         fitted_on = str(data.get("fitted_on", ""))
         calibration = cls(method, list(entries), slope, intercept, fitted_on, path)
         if class_names is not None:

@@ -18,9 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.errors import DataError
+from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluation.auroc import with_mean
-from chexnet_pl.labels import finding_names, match_labels, mean_row
+from chexnet_pl.labels import (
+    finding_names,
+    label_map_problems,
+    match_labels,
+    mean_row,
+    shared_label_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ class LabelMatch:
         return same and self.scored == self.outputs and len(self.pairs) == len(self.labels)
 
     def describe(self) -> str:
+        """One line: the outputs scored, against which labels, and what is left out."""
         mapped = [f"{o} <-> {lab}" for o, lab in self.pairs if o != lab]
         unscored = [o for o in self.outputs if o not in self.scored]
         unused = [lab for lab in self.labels if lab not in {lab for _, lab in self.pairs}]
@@ -57,10 +64,26 @@ class LabelMatch:
 
 
 def match_model_to_data(
-    outputs: Sequence[str], labels: Sequence[str], label_map: Mapping[str, str] | None = None
+    outputs: Sequence[str],
+    labels: Sequence[str],
+    label_map: Mapping[str, str] | None = None,
+    shared: bool = False,
 ) -> LabelMatch:
-    """The outputs the data can score (``match_labels``); an error when it can score none."""
-    match = LabelMatch(match_labels(outputs, labels, label_map), list(outputs), list(labels))
+    """The outputs the data can score (``match_labels``). A ``ConfigError`` when an entry of the
+    map names an output or a label that is not there (with the closest names), or sends two
+    outputs onto one label without ``shared`` (``evaluation.label_map_shared``); a
+    ``DataError`` when nothing can be scored."""
+    sides = {"the model's outputs": list(outputs), "the data's labels": list(labels)}
+    # On the data it was trained on, every output is its own label: the map is not used (it may
+    # hold entries for another dataset).
+    problems = [] if list(outputs) == list(labels) else label_map_problems(label_map, sides)
+    if not problems:
+        problems = shared_label_problems(outputs, labels, label_map, shared)
+    if problems:
+        raise ConfigError(*problems)
+    match = LabelMatch(
+        match_labels(outputs, labels, label_map, shared), list(outputs), list(labels)
+    )
     if not match.pairs:
         raise DataError(
             f"the model's outputs {list(outputs)} and the data's labels {list(labels)} share no "
@@ -71,8 +94,15 @@ def match_model_to_data(
 
 
 def truth_for(truth: pd.DataFrame, match: LabelMatch) -> pd.DataFrame:
-    """The data's truth table with each matched label's column named by its model output."""
-    return truth.rename(columns={label: output for output, label in match.pairs if output != label})
+    """The data's truth table with each matched label's column named by its model output (a
+    label that several outputs take, ``evaluation.label_map_shared``, is copied for each)."""
+    taken = [label for _, label in match.pairs]
+    renamed = truth.rename(columns={label: output for output, label in match.pairs
+                                    if output != label and taken.count(label) == 1})  # fmt: skip
+    for output, label in match.pairs:
+        if taken.count(label) > 1 and output != label:
+            renamed[output] = truth[label]
+    return renamed
 
 
 def reference_for(

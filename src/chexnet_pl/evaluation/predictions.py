@@ -102,6 +102,11 @@ def read_predictions(
     table.columns = [str(c).strip() for c in table.columns]
     if IMAGE not in table.columns:
         raise DataError(f"{path} has no '{IMAGE}' column; its columns are {list(table.columns)}")
+    if table.empty:
+        raise DataError(
+            f"{path} has a header and no rows: no predictions to score; give a file with a row "
+            f"per image ('{IMAGE}', {PROB}<Class>...)"
+        )
     if labels is not None:
         missing = sorted(c for c in prob_columns(finding_names(labels)) if c not in table.columns)
         if missing:

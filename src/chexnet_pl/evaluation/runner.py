@@ -230,9 +230,10 @@ def evaluate_model(
     datamodule.setup()
     if len(datamodule.datasets[split]) == 0:
         raise DataError(f"the {split} split has no images; nothing to evaluate")
-    match = match_model_to_data(model.class_names, datamodule.pathologies, settings.label_map)
-    if not match.internal:
-        log.info("%s", match.describe())
+    match = match_model_to_data(
+        model.class_names, datamodule.pathologies, settings.label_map, settings.label_map_shared
+    )
+    log.info("%s", match.describe())  # the outputs this run reports, before any prediction
     cache = PredictionCache(checkpoint) if checkpoint else None
     preds = predict_split(model, datamodule, split, settings, cache)
     write_csv_atomic(preds, output_dir / "preds.csv", index=False)

@@ -42,6 +42,9 @@ class EvaluationSettings:
     # Output name ↔ label name where two label sets spell a finding differently (both ways):
     # how a model is scored on another dataset, and how pooled datasets' labels are merged.
     label_map: Mapping[str, str] | None
+    # Several outputs onto one label of the map (e.g. {Mass: Lung Lesion, Nodule: Lung Lesion}):
+    # refused unless this says it is meant.
+    label_map_shared: bool
 
     def __post_init__(self) -> None:
         problems = Problems("evaluation")
@@ -56,6 +59,7 @@ class EvaluationSettings:
         problems.number("confidence", self.confidence, minimum=0, maximum=1, exclusive=True)
         problems.flag("plots", self.plots)
         problems.choice("figure_format", self.figure_format, FIGURE_FORMATS)
+        problems.flag("label_map_shared", self.label_map_shared)
         for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
             value = getattr(self, key)
             if isinstance(value, Sequence) and not isinstance(value, str):
