@@ -435,7 +435,7 @@ def output_lists() -> list[tuple[str, list[str], dict[str, bool]]]:
         text = path.read_text(encoding="utf-8")
         for match in OUTPUTS.finditer(text):
             commands = block_lines(match.group(1).splitlines())
-            found.append((page_name(path), commands, listed_files(text[match.end():])))
+            found.append((page_name(path), commands, listed_files(text[match.end() :])))
     return found
 
 
@@ -445,7 +445,7 @@ def listed_files(text: str) -> dict[str, bool]:
     lines = text.lstrip("\n").splitlines()
     names: dict[str, bool] = {}
     if lines[0].startswith("```"):
-        for line in lines[1:lines.index("```", 1)]:
+        for line in lines[1 : lines.index("```", 1)]:
             files, _, comment = line.partition("#")
             for name in files.split(","):
                 if name.strip():
