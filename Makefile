@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast bench lint format clean
+.PHONY: setup browser demo test test-fast docs docs-serve bench lint format clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,docs]'
 	touch $(STAMP)
 
 # Generates the synthetic NIH-format dataset once (~/.cache/chexnet_pl/demo_nih) and trains on it.
@@ -32,8 +32,8 @@ browser:
 		echo "chromium/chromedriver missing and apt-get unavailable or not root: the browser test will skip"; \
 	fi
 
-# The full suite (what CI runs through .ci/run).
-test: setup browser
+# The full suite and the documentation site built strictly (what CI runs through .ci/run).
+test: setup browser docs
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
 
 # For iterating: everything but the tests that train or launch commands (~2 min on 2 cores).
@@ -41,6 +41,15 @@ test: setup browser
 # one torch thread per worker (these tests are Python-bound: two workers share 2 cores best).
 test-fast: setup
 	OMP_NUM_THREADS=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" -n logical --dist loadfile
+
+# The documentation site (mkdocs.yml, docs/) into site/ (git-ignored); --strict: a broken link,
+# anchor or API reference fails the build.
+docs: setup
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+# The site on http://127.0.0.1:8000/, rebuilt as pages change (Ctrl-C stops it).
+docs-serve: setup
+	$(BIN)/python -m mkdocs serve --dev-addr 127.0.0.1:8000
 
 # Not part of the tests: timings are noisy on shared machines.
 bench: setup
@@ -63,4 +72,4 @@ format: setup
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

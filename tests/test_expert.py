@@ -159,7 +159,7 @@ def test_the_real_google_table(google_csv, nih_meta):
     assert labels[FINDINGS].sum().to_dict() == {
         "Pneumothorax": 238, "Nodule or mass": 605, "Airspace opacity": 2166, "Fracture": 186,
     }  # fmt: skip
-    # The README's table for the default Airspace opacity map: NIH's labels mapped the same way.
+    # The Evaluation page's table (docs/evaluation.md) for the default Airspace opacity map: NIH's labels mapped the same way.
     truth = label_index(read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz")).loc[
         labels.index
     ]

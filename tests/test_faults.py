@@ -1,5 +1,5 @@
 """Fault injection: each bad input or fault is built on disk (or a real process is signalled)
-and the exact behaviour is asserted. The README's "Reliability" table summarises these cases."""
+and the exact behaviour is asserted. The Reliability page (docs/reliability.md) summarises these cases."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The import graph of ``src/``: no circles, and no module importing from a layer above its own
-(README, "How the code is laid out"). Imports inside functions count too; and no module over
+(docs/architecture.md, "Layers"). Imports inside functions count too; and no module over
 350 lines. ``python tests/test_layers.py`` prints the circles, upward imports and largest modules."""
 
 from __future__ import annotations

@@ -1,14 +1,27 @@
-"""The README is executable: every command in its fenced code blocks runs in the suite.
+"""The README and the documentation site are executable: every command in their fenced blocks runs
+in the suite, every Python block runs, and each list of a command's output files is what a real
+run of that command writes.
 
 A command is a line of a fenced block that starts with ``chexnet-``, ``.venv/bin/chexnet-``,
-``python -m chexnet_pl.`` or ``make`` (a trailing ``\\`` continues it; ``# ...`` comments are
-dropped). Each runs in a workspace laid out as the README's paths assume (``WORKSPACE`` below):
+``python -m chexnet_pl.`` or ``make``, optionally after environment settings
+(``WANDB_MODE=offline chexnet-train ...``; a trailing ``\\`` continues it; ``# ...`` comments are
+dropped). Each runs in a workspace laid out as the pages' paths assume (``WORKSPACE`` below):
 ``/data/nih`` is a copy of the real NIH sample, ``outputs/train/2026-12-01/09-30-00/`` a trained
 run's folder, and so on. A command that needs the network, a GPU or hours (``DRY_RUN``) runs as a
-dry run: ``--cfg job`` (Hydra composes it) and ``--check`` (every setting through its owner).
+dry run: ``--cfg job`` (Hydra composes it) and ``--check`` (every setting through its owner). Any
+other line of a shell block (``bash``, ``sh``) must be listed in ``NOT_RUN`` with the reason.
+A ``python`` block runs as a script in the workspace; one that uses a name ``chexnet_pl`` does
+not have yet is skipped, naming it.
 
-To cover a new README command: write it with the placeholders below; nothing else is needed. A
-new placeholder path gets one entry in ``workspace``; a new command that cannot run here gets
+A list of output files follows an ``<!-- outputs`` comment that names, one a line, the commands
+that write them; the list is the next table (its first column's ``code`` names) or fenced block
+(each line's names before ``#``). A name whose description starts with "with " is written only
+with some setting, so it may be missing from the commands' runs; every other name must be
+written, and every file written must be listed. ``<...>`` and ``NNN`` stand for any name or
+number; a name ending in ``/`` is a folder and covers what is in it.
+
+To cover a new command: write it with the placeholders below; nothing else is needed. A new
+placeholder path gets one entry in ``workspace``; a new command that cannot run here gets
 one entry in ``DRY_RUN`` saying why.
 """
 
@@ -31,9 +44,19 @@ from chexnet_pl.import_weights import import_arnoweng
 from chexnet_pl.overrides import check_overrides
 
 README = REPO / "README.md"
+# The README first, then the site's pages (mkdocs.yml's docs_dir).
+DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
-COMMAND = re.compile(r"^(?:\.venv/bin/)?(chexnet-[a-z-]+|python -m chexnet_pl\.\w+|make)\b")
-NIH = "/data/nih"  # the README's download folder
+ENVIRONMENT = r"(?:[A-Z][A-Z0-9_]*=\S+ )*"  # VAR=value settings before a command
+COMMAND = re.compile(
+    rf"^{ENVIRONMENT}(?:\.venv/bin/)?(chexnet-[a-z-]+|python -m chexnet_pl\.\w+|make)\b"
+)
+SHELL = {"bash", "sh", "shell"}  # fenced blocks whose every line is a command, run or not
+# Lines of shell blocks that are not the project's commands, and why they are not run.
+NOT_RUN = {
+    r"wandb sync ": "uploads an offline run to W&B: needs the network and an account",
+}
+NIH = "/data/nih"  # the pages' download folder
 # The README's other data folders → the workspace's (longest first: one may hold another's name).
 PLACES = {
     "/data/mimiciv/hosp/patients.csv.gz": "mimic_patients.csv.gz",
@@ -52,6 +75,9 @@ DRY_RUN = {
 }
 MAKE_DRY_RUN = {
     "setup": "installs packages",
+    "docs": "builds the site (tests/test_docs.py runs the same strict build)",
+    "docs-serve": "serves the site until stopped",
+    "lint": "lints the sources (CI's own step)",
     "browser": "installs chromium with apt-get",
     "bench": "benchmarks for minutes",
     "format": "rewrites the sources",
@@ -60,30 +86,81 @@ MAKE_DRY_RUN = {
 MAKE_SKIPPED = {"test", "test-fast"}  # this suite itself
 
 
-def readme_commands(text: str | None = None) -> list[str]:
-    """Every command of the README's fenced blocks, in order, continuation lines joined."""
-    text = README.read_text(encoding="utf-8") if text is None else text
-    commands, inside, pending = [], False, ""
+def fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """Each fenced block of a Markdown text: (its language, its lines)."""
+    blocks, language, body = [], None, []
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
-            inside, pending = not inside, ""
+            if language is None:
+                language, body = line.strip()[3:].strip().lower(), []
+            else:
+                blocks.append((language, body))
+                language = None
             continue
-        if not inside:
-            continue
+        if language is not None:
+            body.append(line)
+    return blocks
+
+
+def block_lines(lines: list[str]) -> list[str]:
+    """A block's lines with continuation lines joined and ``# ...`` comments dropped."""
+    joined, pending = [], ""
+    for line in lines:
         line = pending + line.strip()
         pending = ""
         if line.endswith("\\"):
             pending = line[:-1].rstrip() + " "
             continue
-        command = line.split(" #", 1)[0].strip()
-        if COMMAND.match(command):
-            commands.append(command)
-    return commands
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            joined.append(line)
+    return joined
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """Every command of a page's fenced blocks (the README's by default), in order, continuation
+    lines joined."""
+    text = README.read_text(encoding="utf-8") if text is None else text
+    return [line for language, lines in fenced_blocks(text) if language != "python"
+            for line in block_lines(lines) if COMMAND.match(line)]  # fmt: skip
+
+
+def page_name(path: Path) -> str:
+    return str(path.relative_to(REPO))
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(page, command) for every command of the README and the site, each command once (the
+    first page that shows it)."""
+    seen, found = set(), []
+    for path in DOCUMENTS:
+        for command in readme_commands(path.read_text(encoding="utf-8")):
+            if command not in seen:
+                seen.add(command)
+                found.append((page_name(path), command))
+    return found
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(page, code) of every ``python`` block of the README and the site."""
+    return [(page_name(path), "\n".join(lines)) for path in DOCUMENTS
+            for language, lines in fenced_blocks(path.read_text(encoding="utf-8"))
+            if language == "python"]  # fmt: skip
+
+
+def environment_and_words(command: str) -> tuple[dict[str, str], list[str]]:
+    """The ``VAR=value`` settings before a command, and its words."""
+    words = shlex.split(command)
+    env = {}
+    while words and re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    return env, words
 
 
 def program(command: str) -> str:
     """``chexnet-<name>`` for ``chexnet-``/``python -m`` commands, ``make <target>`` for make."""
-    words = shlex.split(command)
+    words = environment_and_words(command)[1]
     if words[0] == "make":
         return f"make {words[1]}"
     if words[0] == "python":
@@ -91,24 +168,62 @@ def program(command: str) -> str:
     return words[0].removeprefix(".venv/bin/")
 
 
-def test_the_readme_commands_are_found_and_pasteable():
-    commands = readme_commands()
+def test_the_documented_commands_are_found_and_pasteable():
+    commands = [command for _, command in documented_commands()]
     programs = {program(c) for c in commands}
     assert {"chexnet-train", "chexnet-evaluate", "chexnet-predict", "chexnet-prepare",
-            "make demo"} <= programs, programs  # fmt: skip
+            "chexnet-visualize", "chexnet-localize", "chexnet-export", "chexnet-serve",
+            "chexnet-download", "chexnet-import-weights", "make demo"} <= programs, programs  # fmt: skip
     for command in commands:
         assert not re.search(r"\[\w+=|<\w+>|\.\.\.|=…", command), f"not pasteable: {command}"
     sample = "```bash\nchexnet-train a=1 \\\n    b=2  # note\nls\n```\n`chexnet-x` inline\n"
     assert readme_commands(sample) == ["chexnet-train a=1 b=2"]
+    assert readme_commands("```bash\nWANDB_MODE=offline chexnet-train a=1\n```\n") == [
+        "WANDB_MODE=offline chexnet-train a=1"
+    ]
 
 
-@pytest.mark.parametrize("command", readme_commands(), ids=lambda c: c[:70])
-def test_every_readme_command_names_settings_that_exist(command):
-    """Fast: a mistyped key in the README fails here, before any command runs."""
+def test_the_readme_is_short_and_starts_with_the_quickstart():
+    """A newcomer finds train, evaluate and a heat map (predict) in the README's first 80 lines."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; the site holds the rest"
+    first = {program(c) for c in readme_commands("\n".join(lines[:80]))}
+    assert {"chexnet-train", "chexnet-evaluate", "chexnet-predict", "make demo",
+            "make test"} <= first, first  # fmt: skip
+
+
+def test_every_shell_line_is_run_or_says_why_not():
+    """A line of a shell block that is not a project command must be listed in NOT_RUN."""
+    unexplained = []
+    for path in DOCUMENTS:
+        for language, lines in fenced_blocks(path.read_text(encoding="utf-8")):
+            if language in SHELL:
+                unexplained += [f"{page_name(path)}: {line}" for line in block_lines(lines)
+                                if not COMMAND.match(line)
+                                and not any(re.match(p, line) for p in NOT_RUN)]  # fmt: skip
+    assert unexplained == [], "run these, or say in NOT_RUN why not"
+
+
+def test_every_python_block_compiles():
+    blocks = python_blocks()
+    assert blocks, "the README and the site show Python"
+    for page, code in blocks:
+        compile(code, page, "exec")
+
+
+def command_id(case: tuple[str, str]) -> str:
+    page, command = case
+    return f"{Path(page).name}: {command[:70]}"
+
+
+@pytest.mark.parametrize("case", documented_commands(), ids=command_id)
+def test_every_documented_command_names_settings_that_exist(case):
+    """Fast: a mistyped key in the README or a page fails here, before any command runs."""
+    _, command = case
     name = program(command)
     if name.startswith("make") or name == "chexnet-import-weights":
         return
-    args = [a for a in shlex.split(command) if "=" in a or a.startswith("-")]
+    args = [a for a in environment_and_words(command)[1] if "=" in a or a.startswith("-")]
     args = [a.replace(NIH, str(REPO)) for a in args if a != "-m"]
     assert check_overrides(name.removeprefix("chexnet-"), args) == []
 
@@ -217,51 +332,172 @@ def run(args: list[str], cwd: Path, timeout: int = 900, **env: str):
                           timeout=timeout)  # fmt: skip
 
 
-def as_run(command: str, ws: Path) -> list[str]:
-    """The command's words, with the README's data folder replaced by the workspace's and the
-    project's programs from this environment."""
-    words = shlex.split(command)
+def in_workspace(text: str, ws: Path) -> str:
+    """A page's text with its data folders replaced by the workspace's."""
     for place, folder in PLACES.items():
-        words = [w.replace(place, str(ws / folder)) for w in words]
+        text = text.replace(place, str(ws / folder))
+    return text
+
+
+def as_run(command: str, ws: Path) -> tuple[dict[str, str], list[str]]:
+    """The command's environment settings and words, with the pages' data folders replaced by
+    the workspace's and the project's programs from this environment."""
+    env, words = environment_and_words(command)
+    words = [in_workspace(w, ws) for w in words]
     if words[0] == "python":
-        return [sys.executable, *words[1:]]
+        return env, [sys.executable, *words[1:]]
     if words[0] == "make":
-        return words
-    return [str(BIN / program(command)), *words[1:]]
+        return env, words
+    return env, [str(BIN / program(command)), *words[1:]]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", readme_commands(), ids=lambda c: c[:70])
-def test_every_readme_command_runs(command, workspace, tmp_path):
+@pytest.mark.parametrize("case", documented_commands(), ids=command_id)
+def test_every_documented_command_runs(case, workspace, tmp_path):
+    _, command = case
     name = program(command)
-    words = as_run(command, workspace)
+    env, words = as_run(command, workspace)
     if name.startswith("make"):
         target = name.split()[1]
         if target in MAKE_SKIPPED:
             pytest.skip(f"make {target} runs this suite")
         make = ["make", "-C", str(REPO), *words[1:]]
         if target in MAKE_DRY_RUN:  # make -n: the recipe is valid, nothing is run
-            result = run([make[0], "-n", *make[1:]], workspace)
+            result = run([make[0], "-n", *make[1:]], workspace, **env)
         else:  # the demo: its own data, generated into a temporary cache. Two batches of one
             # epoch (trainer limits, not recipe values): its 3 epochs take minutes on 2 busy cores
             shorter = "trainer.max_epochs=1 +trainer.limit_train_batches=2"
             result = run([*make, f"ARGS={shorter} hydra.run.dir={tmp_path / 'run'}"], workspace,
-                         CHEXNET_CACHE=str(tmp_path / "cache"))  # fmt: skip
+                         CHEXNET_CACHE=str(tmp_path / "cache"), **env)  # fmt: skip
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         return
     if "--help" in words or "--check" in words:  # they do no work: as written
-        result = run(words, workspace)
+        result = run(words, workspace, **env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         return
     if name in DRY_RUN:
         if "-m" not in words:  # Hydra's --cfg shows one job (not a sweep)
-            shown = run([*words, "--cfg", "job"], workspace)
+            shown = run([*words, "--cfg", "job"], workspace, **env)
             assert shown.returncode == 0, shown.stderr[-3000:]
-        checked = run([*words, "--check"], workspace)
+        checked = run([*words, "--check"], workspace, **env)
         assert checked.returncode == 0, (checked.stdout + checked.stderr)[-3000:]
         assert "every setting can be used" in checked.stdout + checked.stderr
         return
     if name != "chexnet-import-weights":
         words.append(f"hydra.run.dir={tmp_path / 'run'}")
-    result = run(words, workspace)
+    result = run(words, workspace, **env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+# -- Python blocks -----------------------------------------------------------------------------
+def missing_names(code: str) -> list[str]:
+    """The ``chexnet_pl.<name>`` the code uses (also through ``import chexnet_pl as x``) that the
+    package does not have yet (neither an attribute nor a submodule)."""
+    import importlib.util
+
+    import chexnet_pl
+
+    aliases = {"chexnet_pl", *re.findall(r"import chexnet_pl as (\w+)", code)}
+    used = {name for alias in aliases for name in re.findall(rf"\b{alias}\.(\w+)", code)}
+    return sorted(name for name in used if not hasattr(chexnet_pl, name)
+                  and importlib.util.find_spec(f"chexnet_pl.{name}") is None)  # fmt: skip
+
+
+def test_a_block_using_an_api_not_yet_built_is_recognised():
+    assert missing_names("import chexnet_pl as cx\nm = cx.no_such_function('x')\n") == [
+        "no_such_function"
+    ]
+    assert missing_names("import chexnet_pl\nchexnet_pl.checkpoints.load_run\n") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", python_blocks(), ids=lambda c: f"{Path(c[0]).name}: python")
+def test_every_python_block_runs(case, workspace, tmp_path):
+    page, code = case
+    missing = missing_names(code)
+    if missing:
+        pytest.skip(f"{page} uses chexnet_pl.{', chexnet_pl.'.join(missing)}, which the package "
+                    "does not have yet")  # fmt: skip
+    script = tmp_path / "block.py"
+    script.write_text(in_workspace(code, workspace), encoding="utf-8")
+    result = run([sys.executable, str(script)], workspace)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+# -- outputs as written ------------------------------------------------------------------------
+OUTPUTS = re.compile(r"<!-- outputs\n(.*?)-->\n", re.S)
+
+
+def output_lists() -> list[tuple[str, list[str], dict[str, bool]]]:
+    """(page, commands, {listed name: conditional?}) of every output list of the pages."""
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        for match in OUTPUTS.finditer(text):
+            commands = block_lines(match.group(1).splitlines())
+            found.append((page_name(path), commands, listed_files(text[match.end() :])))
+    return found
+
+
+def listed_files(text: str) -> dict[str, bool]:
+    """The names of the table or fenced block at the start of ``text``, each with whether it is
+    written only with some setting (its description starts with "with ")."""
+    lines = text.lstrip("\n").splitlines()
+    names: dict[str, bool] = {}
+    if lines[0].startswith("```"):
+        for line in lines[1 : lines.index("```", 1)]:
+            files, _, comment = line.partition("#")
+            for name in files.split(","):
+                if name.strip():
+                    names[name.strip()] = comment.strip().startswith("with ")
+    else:
+        for line in lines[2:]:  # after the header and its rule
+            if not line.startswith("|"):
+                break
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for name in re.findall(r"`([^`]+)`", cells[0]):
+                names[name] = cells[1].startswith("with ")
+    return names
+
+
+def name_pattern(name: str) -> re.Pattern:
+    """A listed name as a pattern of written paths: ``<...>`` any name, ``NNN`` any number; a
+    folder (``.../``) everything in it."""
+    pattern = re.escape(name).replace("NNN", r"\d+")
+    pattern = re.sub(r"<[^>]*>", "[^/]+", pattern.replace("\\<", "<").replace("\\>", ">"))
+    return re.compile(pattern + (".+" if name.endswith("/") else ""))
+
+
+def test_output_lists_are_found_and_read():
+    lists = {program(commands[0]): names for _, commands, names in output_lists()}
+    assert {"chexnet-train", "chexnet-evaluate", "chexnet-predict"} <= set(lists), lists
+    assert lists["chexnet-evaluate"]["reliability.png"] is False
+    assert lists["chexnet-evaluate"]["compare.csv"] is True
+    assert name_pattern("visualizations/epoch_NNN/").fullmatch("visualizations/epoch_002/a.png")
+    assert name_pattern("<image>_<finding>.png").fullmatch("00000100_000_Mass.png")
+    assert not name_pattern("<image>.csv").fullmatch("sub/x.csv")
+    table = "| file | what |\n| --- | --- |\n| `a.csv`, `b.png` | x |\n| `c.json` | with y |\n\nz"
+    assert listed_files(table) == {"a.csv": False, "b.png": False, "c.json": True}
+    block = "```text\n.hydra/a.yaml  # the config\nwandb/  # with logger=wandb\n```\n"
+    assert listed_files(block) == {".hydra/a.yaml": False, "wandb/": True}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", output_lists(), ids=lambda c: f"{Path(c[0]).name}: {c[1][0][:60]}")
+def test_each_output_list_is_what_its_commands_write(case, workspace, tmp_path):
+    """Every file the commands write is listed, and every listed file (but those written only
+    with some setting) is written by one of them."""
+    page, commands, listed = case
+    patterns = {name: name_pattern(name) for name in listed}
+    written: set[str] = set()
+    for number, command in enumerate(commands):
+        env, words = as_run(command, workspace)
+        folder = tmp_path / f"run{number}"
+        result = run([*words, f"hydra.run.dir={folder}"], workspace, **env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        written |= {str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file()}
+    unlisted = sorted(f for f in written if not any(p.fullmatch(f) for p in patterns.values()))
+    assert unlisted == [], f"{page} does not list these files that {commands} wrote"
+    unwritten = sorted(name for name, pattern in patterns.items() if not listed[name]
+                       and not any(pattern.fullmatch(f) for f in written))  # fmt: skip
+    assert unwritten == [], f"{page} lists these files that {commands} did not write"

@@ -187,7 +187,7 @@ def create_app(
             {
                 "error": "no documentation page here: /docs and /redoc would load Swagger UI from "
                 "a CDN into your browser. The API's schema is at /openapi.json (open it in any "
-                "OpenAPI viewer); the endpoints are described in the README."
+                "OpenAPI viewer); the endpoints are described in docs/serving.md."
             },
             status_code=404,
         )
