@@ -78,7 +78,9 @@ class Model:
             f"{self.image_size} px)"
         )
 
-    def predict(self, images: ImageLike | Iterable[ImageLike], batch_size: int = 16) -> pd.DataFrame:
+    def predict(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int = 16
+    ) -> pd.DataFrame:
         """Probabilities of every finding, one row per image, as ``chexnet-predict`` computes them.
 
         Args:
@@ -139,9 +141,7 @@ class Model:
             heat = heat[0, index]
         return np.clip(upsample(np.asarray(heat, np.float32), xray.gray.shape), 0.0, 1.0)
 
-    def features(
-        self, images: ImageLike | Iterable[ImageLike], batch_size: int = 16
-    ) -> np.ndarray:
+    def features(self, images: ImageLike | Iterable[ImageLike], batch_size: int = 16) -> np.ndarray:
         """The pooled penultimate embedding (what the classifier reads) of each image.
 
         Args:

@@ -43,7 +43,9 @@ def train(overrides: Sequence[str] = ()) -> Path:
     from chexnet_pl.overrides import check_overrides
 
     if isinstance(overrides, str):
-        raise ConfigError(f"overrides: give a list of key=value strings, not the string {overrides!r}")
+        raise ConfigError(
+            f"overrides: give a list of key=value strings, not the string {overrides!r}"
+        )
     overrides = [str(o) for o in overrides]
     if set(MULTIRUN_FLAGS) & set(overrides):
         raise ConfigError("chexnet_pl.train runs one job: sweeps (-m) are chexnet-train's")
