@@ -266,6 +266,13 @@ def test_evaluate_equals_chexnet_evaluate(api_run, model, synthetic_root, tmp_pa
     pd.testing.assert_series_equal(
         again.aucs["auroc"], evaluation.aucs["auroc"], atol=1e-6, check_exact=False
     )
+    # A dataset of chexnet_pl.datasets gives the same labels as NIH's folder.
+    from chexnet_pl.datasets import NIH
+
+    on_dataset = chexnet_pl.evaluate(
+        api_run / "preds.csv", NIH(synthetic_root, image_size=64), bootstrap_samples=50
+    )
+    pd.testing.assert_frame_equal(on_dataset.aucs, evaluation.aucs)
     with pytest.raises(ConfigError, match="bootstrap_sample"):
         chexnet_pl.evaluate(api_run / "preds.csv", synthetic_root, bootstrap_sample=5)
 
