@@ -239,6 +239,27 @@ def test_features_and_predictions_are_the_same_on_the_onnx_export(
 
 
 @pytest.mark.slow
+def test_a_torchscript_export_predicts_and_explains_as_the_checkpoint(
+    api_run, model, synthetic_root, tmp_path
+):
+    from chexnet_pl.serving.export import export_checkpoint
+
+    images = some_images(synthetic_root, 2)
+    out = export_checkpoint(
+        api_run / "checkpoints" / "best.ckpt", "torchscript", out=tmp_path / "best.pt", cams=True
+    )
+    exported = chexnet_pl.load(out)
+    assert exported.backend == "torchscript" and exported.class_names == model.class_names
+    columns = [f"prob_{name}" for name in model.class_names]
+    difference = exported.predict(images)[columns].to_numpy() - model.predict(images)[columns]
+    assert np.abs(difference.to_numpy()).max() <= EXPORT_TOLERANCE
+    heat = exported.explain(images[0], "Edema")
+    assert np.abs(heat - model.explain(images[0], "Edema")).max() <= EXPORT_TOLERANCE
+    with pytest.raises(DataError, match="no features output"):
+        exported.features(images)
+
+
+@pytest.mark.slow
 def test_evaluate_equals_chexnet_evaluate(api_run, model, synthetic_root, tmp_path):
     command_out = tmp_path / "command"
     result = subprocess.run(

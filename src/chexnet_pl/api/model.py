@@ -181,6 +181,11 @@ class Model:
 
     def _export_outputs(self, batch: np.ndarray, output: str, what: str) -> np.ndarray:
         outputs = self._export["outputs"]
+        if output == "features" and self.backend == "torchscript":
+            raise DataError(
+                f"{self.path} has no features output: TorchScript exports carry probabilities "
+                "(and CAMs) only; load the checkpoint, or its ONNX export (format=onnx)"
+            )
         if output not in outputs:
             raise DataError(
                 f"{self.path} has no {what} output (its outputs: {outputs}); it was exported "
