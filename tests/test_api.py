@@ -146,6 +146,36 @@ def test_predict_equals_chexnet_predict(api_run, model, synthetic_root, tmp_path
 
 
 @pytest.mark.slow
+def test_a_calibration_applies_as_chexnet_predict_applies_it(
+    api_run, model, synthetic_root, tmp_path
+):
+    from chexnet_pl.evaluation.calibration import Calibration
+
+    names = model.class_names
+    scaling = Calibration("temperature", names, np.full(len(names), 0.8), np.zeros(len(names)))
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(scaling.to_json()))
+    image = some_images(synthetic_root, 1)[0]
+    out = tmp_path / "predicted"
+    result = subprocess.run(
+        [*console_script("predict"), f"ckpt={api_run}/checkpoints/best.ckpt", f"image={image}",
+         f"out={out}", "backend=torch", f"calibration={path}", f"hydra.run.dir={tmp_path}/h"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    calibrated = chexnet_pl.load(api_run / "checkpoints" / "best.ckpt", calibration=path)
+    columns = [f"prob_{name}" for name in names]
+    expected = pd.read_csv(out / "predictions.csv")[columns].to_numpy()
+    got = calibrated.predict([image])[columns].to_numpy()
+    assert np.abs(got - expected).max() <= TOLERANCE
+    assert np.abs(got - model.predict([image])[columns].to_numpy()).max() > 1e-3  # it applied
+    # The run's thresholds were chosen on raw probabilities: they are mapped through it too.
+    raw = np.array([[model.thresholds[name] for name in names]])
+    mapped = scaling.apply(raw, names)[0]
+    assert [calibrated.thresholds[name] for name in names] == pytest.approx(mapped)
+
+
+@pytest.mark.slow
 def test_predict_takes_arrays_pil_images_dicom_and_folders(model, synthetic_root, tmp_path):
     from test_dicom import write_dicom
 
