@@ -83,11 +83,12 @@ def test_onnx_export_equals_pytorch_on_real_images(densenet_run, densenet_onnx, 
     )
     run = runner("onnx", densenet_onnx)
     # The batch dimension is symbolic: 6 images at once and 1 at a time give the same answers.
-    probabilities, cams = run(images.numpy())
+    probabilities, cams, features = run(images.numpy())
     assert probabilities.shape == (6, 15) and cams.shape == (6, 15, SIZE, SIZE)
+    assert features.shape == (6, 1024)  # DenseNet-121's pooled embedding
     assert np.abs(probabilities - expected_probabilities).max() < PARITY_TOLERANCE
     assert np.abs(cams - expected_cams).max() < PARITY_TOLERANCE
-    single, _ = run(images[:1].numpy())
+    single = run(images[:1].numpy())[0]
     assert np.abs(single - expected_probabilities[:1]).max() < PARITY_TOLERANCE
     assert probabilities.std() > 1e-3  # not a constant output that matches trivially
 
@@ -99,7 +100,7 @@ def test_onnx_sidecar_names_classes_thresholds_and_checkpoint(densenet_run, dens
     assert card["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert card["classes"] == class_names()
     assert card["image_size"] == SIZE and card["format"] == "onnx"
-    assert card["outputs"] == ["probabilities", "cams"]
+    assert card["outputs"] == ["probabilities", "cams", "features"]
     assert card["preprocessing"]["input"] == {
         "name": "images", "dtype": "uint8", "shape": ["batch", 1, SIZE, SIZE],
     }  # fmt: skip

@@ -13,13 +13,14 @@ COMMANDS = {"train", "evaluate", "predict", "visualize", "localize", "download",
 GROUND = {"errors", "files", "validation", "labels", "device", "shipped", "checkpoint_io", "components",
           "config_location"}  # fmt: skip
 LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "evaluation": 2, "visualization": 2,
-          "serving": 2, "training": 2, "callbacks": 2}  # fmt: skip
+          "serving": 2, "training": 2, "callbacks": 2, "api": 5}  # fmt: skip
 MAX_LINES = 350
 
 
 def layer(module: str) -> int:
     """0 the ground, 1 data and models, 2 what uses them, 3 the commands' machinery (cli,
-    settings, overrides, --help), 4 the commands."""
+    settings, overrides, --help), 4 the commands, 5 the Python API (``chexnet_pl.api``: built on
+    all of it; the package reaches it by name, lazily)."""
     name = module.split(".")[1] if "." in module else ""
     if not name or name in GROUND:
         return 0

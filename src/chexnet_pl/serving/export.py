@@ -127,7 +127,8 @@ def export_checkpoint(
     cams: bool = False,
     thresholds: str | Path | None = None,
 ) -> Path:
-    """Export ``checkpoint`` as served (uint8 in, probabilities [and CAMs] out) to ``out``
+    """Export ``checkpoint`` as served (uint8 in, probabilities [and CAMs] out; ONNX also the
+    pooled ``features``) to ``out``
     (default: beside the checkpoint, ``best.onnx`` / ``best.pt``; a folder: that name in it),
     check it against PyTorch on a batch of another size than the traced one, and publish it with
     ``<out>.json`` (``publish``). Returns the model file."""
@@ -143,7 +144,9 @@ def export_checkpoint(
     model = run.model.float()
     backbone = model.hparams.backbone
     image_size = input_size(model, image_size, error=ServingError)  # before any export work
-    served = ServedModel(model, cams=cams).eval()
+    # ONNX exports carry the pooled features too (chexnet_pl.load(...).features on an export);
+    # TorchScript keeps its outputs as they were.
+    served = ServedModel(model, cams=cams, features=fmt == "onnx").eval()
 
     data = (
         onnx_bytes(served, image_size) if fmt == "onnx" else torchscript_bytes(served, image_size)

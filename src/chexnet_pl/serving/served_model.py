@@ -1,5 +1,6 @@
 """The model as it is served: uint8 N×1×H×W in, probabilities (and optionally the class
-activation maps of every class) out, with the backbone's normalisation inside.
+activation maps of every class, and the pooled penultimate features) out, with the backbone's
+normalisation inside.
 
 One module for every consumer — the ONNX and TorchScript exports trace it, and the web service's
 PyTorch backend runs it — so the exported graphs and the served PyTorch model are the same
@@ -16,6 +17,7 @@ from chexnet_pl.visualization.heatmaps import cam_available, cams_from_features
 
 PROBABILITIES = "probabilities"
 CAMS = "cams"
+FEATURES = "features"  # the pooled penultimate embedding (N×D): what the classifier reads
 INPUT = "images"
 
 
@@ -24,13 +26,14 @@ class ServingError(ChexnetError, ValueError):
 
 
 class ServedModel(nn.Module):
-    """``images`` (uint8 N×1×H×W) → ``probabilities`` (N×K) [, ``cams`` (N×K×H×W in [0, 1])].
+    """``images`` (uint8 N×1×H×W) → ``probabilities`` (N×K) [, ``cams`` (N×K×H×W in [0, 1])]
+    [, ``features`` (N×D: the pooled penultimate embedding, the classifier's input)].
 
     ``cams=True`` needs a head that is global average pooling + one linear layer (see
     ``visualization.heatmaps``); the maps are those of ``class_activation_maps``.
     """
 
-    def __init__(self, module: nn.Module, cams: bool = False) -> None:
+    def __init__(self, module: nn.Module, cams: bool = False, features: bool = False) -> None:
         super().__init__()
         if cams and not cam_available(module):
             backbone = module.hparams.get("backbone", type(module.net).__name__)
@@ -42,16 +45,23 @@ class ServedModel(nn.Module):
         self.normalizer = module.normalizer
         self.net = module.net
         self.with_cams = cams
+        self.with_features = features
         self.class_names = list(module.class_names)
 
     @property
     def output_names(self) -> list[str]:
-        return [PROBABILITIES, CAMS] if self.with_cams else [PROBABILITIES]
+        names = [PROBABILITIES, CAMS] if self.with_cams else [PROBABILITIES]
+        return [*names, FEATURES] if self.with_features else names
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         features = self.net.forward_features(self.normalizer(images))
-        probabilities = torch.sigmoid(self.net.forward_head(features))
-        if not self.with_cams:
-            return probabilities
-        cams = cams_from_features(features, self.net.classifier.weight, images.shape[-2:])
-        return probabilities, cams
+        pooled = self.net.pre_logits(self.net.pool(features))
+        probabilities = torch.sigmoid(self.net.classifier(pooled))
+        outputs = [probabilities]
+        if self.with_cams:
+            outputs.append(
+                cams_from_features(features, self.net.classifier.weight, images.shape[-2:])
+            )
+        if self.with_features:
+            outputs.append(pooled)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
