@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_model, random_checkpoint
 
 from chexnet_pl.checkpoint_io import load_file, read_checkpoint, read_hparams
+from chexnet_pl.checkpoints import load_run
 from chexnet_pl.errors import WeightsError
+from chexnet_pl.models.init_from import init_from_checkpoint
+from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.weights import read_state_dict
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
@@ -76,3 +80,59 @@ def test_lightning_resumes_through_the_one_reader(tmp_path):
         io.load_checkpoint(path)
     with pytest.raises(TypeError, match="weights_only=True only"):
         io.load_checkpoint(path, weights_only=False)
+
+
+# -- a valid checkpoint with a payload: every reader refuses it, and the payload never runs ------
+def _leave_a_mark(path: str) -> str:
+    """What an attacker's ``os.system`` would be, made harmless: it writes ``path``."""
+    Path(path).write_text("the checkpoint's payload ran")
+    return "unpickled"
+
+
+class Payload:
+    """Pickled as "call ``_leave_a_mark(path)``": unpickling it with ``weights_only=False`` runs
+    that call, as a ``__reduce__`` returning ``(os.system, (command,))`` would run a command."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (_leave_a_mark, (self.path,))
+
+
+@pytest.fixture(scope="module")
+def valid_checkpoint(tmp_path_factory) -> dict:
+    """A checkpoint every reader loads (the shipped DenseNet-121's weights and settings): refused
+    below only because of the payload added to it, not because something else is missing."""
+    path = random_checkpoint(tmp_path_factory.mktemp("valid") / "best.ckpt", image_size=64)
+    # It does load, by every reader below (without the payload, this fixture fails if not).
+    for read in READERS.values():
+        read(path)
+    return torch.load(path, weights_only=True)
+
+
+READERS = {
+    "read_hparams (lazy: settings, resume checks)": read_hparams,
+    "read_checkpoint(lazy=True)": lambda path: read_checkpoint(path, lazy=True),
+    "read_checkpoint": read_checkpoint,
+    "load_file": load_file,
+    "read_state_dict (model.weights_path)": read_state_dict,
+    "load_run (every command's model)": lambda path: load_run(path, device="cpu"),
+    "CheXNetModule.load_from_checkpoint": CheXNetModule.load_from_checkpoint,
+    "AtomicCheckpointIO.load_checkpoint (resume)": AtomicCheckpointIO().load_checkpoint,
+    "init_from_checkpoint (model.init_from)": lambda path: init_from_checkpoint(make_model(), path),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_valid_checkpoint_with_a_payload_is_refused_before_it_runs(
+    reader, valid_checkpoint, tmp_path
+):
+    """``weights_only=True`` at every ``torch.load``: with ``False`` at any of them, this file
+    loads (its weights and settings are a real model's) and its payload runs."""
+    mark = tmp_path / "payload-ran"
+    path = tmp_path / "poisoned.ckpt"
+    torch.save({**valid_checkpoint, "callbacks": {"note": Payload(mark)}}, path)
+    with pytest.raises(WeightsError, match=r"poisoned.ckpt needs arbitrary unpickling .* refused"):
+        READERS[reader](path)
+    assert not mark.exists(), f"{reader} ran the checkpoint's payload"
