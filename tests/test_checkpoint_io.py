@@ -37,9 +37,21 @@ def _mapped_from(tensor: torch.Tensor, path) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc/self/maps")
-def test_settings_are_read_without_reading_the_weights(tmp_path):
+def test_settings_are_read_without_reading_the_weights(tmp_path, monkeypatch):
     path = _checkpoint(tmp_path / "run.ckpt", epoch=3)
+    loads = []
+    real_load = torch.load
+
+    def recorded_load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loads.append(loaded["state_dict"]["net.w"])
+        return loaded
+
+    monkeypatch.setattr(torch, "load", recorded_load)
     assert read_hparams(path) == {"backbone": "resnet18"}
+    monkeypatch.undo()
+    # read_hparams itself maps the weights (the file's pages), it does not read them.
+    assert len(loads) == 1 and _mapped_from(loads[0], path.resolve())
     lazy = read_checkpoint(path, lazy=True)
     # Memory-mapped: the tensor's data is the file's pages, not a copy read into memory.
     assert _mapped_from(lazy["state_dict"]["net.w"], path.resolve())
@@ -72,7 +84,7 @@ def test_damaged_files_say_what_they_are_and_what_to_do(tmp_path):
 
 def test_lightning_resumes_through_the_one_reader(tmp_path):
     io = AtomicCheckpointIO()
-    path = tmp_path / "last.ckpt"
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"  # folders made as needed
     io.save_checkpoint({"epoch": 4, "state_dict": {"w": torch.ones(2)}}, path)
     assert io.load_checkpoint(path)["epoch"] == 4
     path.write_bytes(path.read_bytes()[:100])
