@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast docs docs-serve bench lint format clean
+.PHONY: setup browser demo test test-fast docs docs-serve mutate bench lint format clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,14 @@ docs: setup
 # The site on http://127.0.0.1:8000/, rebuilt as pages change (Ctrl-C stops it).
 docs-serve: setup
 	$(BIN)/python -m mkdocs serve --dev-addr 127.0.0.1:8000
+
+# Mutation testing, not part of CI nor of `make test`: mutmut changes the checkpoint, export and
+# threshold modules one operator, constant or argument at a time ([tool.mutmut] in pyproject.toml)
+# and runs their fast tests on each change, then lists the survivors (changes no test caught).
+# Slow (hundreds of mutants; an hour or more on 2 cores); `$(BIN)/mutmut show <name>` shows one.
+mutate: setup
+	-OMP_NUM_THREADS=1 WANDB_MODE=offline CHEXNET_SHARED_DATA=$(CURDIR)/../shared/data $(BIN)/mutmut run
+	$(BIN)/mutmut results
 
 # Not part of the tests: timings are noisy on shared machines.
 bench: setup

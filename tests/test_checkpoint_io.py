@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_model, random_checkpoint
 
 from chexnet_pl import checkpoint_io
 from chexnet_pl.checkpoint_io import load_file, read_checkpoint, read_hparams
+from chexnet_pl.checkpoints import load_run
 from chexnet_pl.errors import DiskFullError, WeightsError
+from chexnet_pl.models.init_from import init_from_checkpoint
+from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.weights import read_state_dict
 from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
@@ -35,9 +39,21 @@ def _mapped_from(tensor: torch.Tensor, path) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc/self/maps")
-def test_settings_are_read_without_reading_the_weights(tmp_path):
+def test_settings_are_read_without_reading_the_weights(tmp_path, monkeypatch):
     path = _checkpoint(tmp_path / "run.ckpt", epoch=3)
+    loads = []
+    real_load = torch.load
+
+    def recorded_load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loads.append(loaded["state_dict"]["net.w"])
+        return loaded
+
+    monkeypatch.setattr(torch, "load", recorded_load)
     assert read_hparams(path) == {"backbone": "resnet18"}
+    monkeypatch.undo()
+    # read_hparams itself maps the weights (the file's pages), it does not read them.
+    assert len(loads) == 1 and _mapped_from(loads[0], path.resolve())
     lazy = read_checkpoint(path, lazy=True)
     # Memory-mapped: the tensor's data is the file's pages, not a copy read into memory.
     assert _mapped_from(lazy["state_dict"]["net.w"], path.resolve())
@@ -62,6 +78,11 @@ def test_damaged_files_say_what_they_are_and_what_to_do(tmp_path):
         read_state_dict(cut)
     with pytest.raises(WeightsError, match=r"^checkpoint not found: .*nope.ckpt$"):
         load_file(tmp_path / "nope.ckpt")
+    garbled = tmp_path / "garbled.ckpt"  # a pickle with a byte no pickle has: damaged, not unsafe
+    garbled.write_bytes(b"\x80\x02\xff")
+    with pytest.raises(WeightsError, match=r"garbled.ckpt is damaged or not a checkpoint "
+                                           r"\(UnpicklingError: .*copy it again"):  # fmt: skip
+        read_checkpoint(garbled)
     tensor = tmp_path / "tensor.pt"
     torch.save(torch.zeros(2), tensor)
     with pytest.raises(WeightsError, match="tensor.pt is not a checkpoint: it holds a Tensor"):
@@ -70,9 +91,11 @@ def test_damaged_files_say_what_they_are_and_what_to_do(tmp_path):
 
 def test_lightning_resumes_through_the_one_reader(tmp_path):
     io = AtomicCheckpointIO()
-    path = tmp_path / "last.ckpt"
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"  # folders made as needed
     io.save_checkpoint({"epoch": 4, "state_dict": {"w": torch.ones(2)}}, path)
     assert io.load_checkpoint(path)["epoch"] == 4
+    io.save_checkpoint({"epoch": 5, "state_dict": {"w": torch.ones(2)}}, path)  # folders exist now
+    assert io.load_checkpoint(path)["epoch"] == 5
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(WeightsError, match=r"last.ckpt is damaged or not a checkpoint"):
         io.load_checkpoint(path)
@@ -116,3 +139,63 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(
     assert message.startswith(f"no space left on the disk of {tmp_path} while writing last.ckpt:")
     assert "it needs 1.0 MB" in message and "\n" not in message
     assert last.read_bytes() == before and sorted(tmp_path.iterdir()) == [last]
+
+
+# -- a valid checkpoint with a payload: every reader refuses it, and the payload never runs ------
+def _leave_a_mark(path: str) -> str:
+    """What an attacker's ``os.system`` would be, made harmless: it writes ``path``."""
+    Path(path).write_text("the checkpoint's payload ran")
+    return "unpickled"
+
+
+class Payload:
+    """Pickled as "call ``_leave_a_mark(path)``": unpickling it with ``weights_only=False`` runs
+    that call, as a ``__reduce__`` returning ``(os.system, (command,))`` would run a command."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (_leave_a_mark, (self.path,))
+
+
+@pytest.fixture(scope="module")
+def valid_checkpoint(tmp_path_factory) -> dict:
+    """A checkpoint every reader loads (the shipped DenseNet-121's weights and settings): refused
+    below only because of the payload added to it, not because something else is missing."""
+    path = random_checkpoint(tmp_path_factory.mktemp("valid") / "best.ckpt", image_size=64)
+    # It does load, by every reader below (without the payload, this fixture fails if not).
+    for read in READERS.values():
+        read(path)
+    return torch.load(path, weights_only=True)
+
+
+READERS = {
+    "read_hparams (lazy: settings, resume checks)": read_hparams,
+    "read_checkpoint(lazy=True)": lambda path: read_checkpoint(path, lazy=True),
+    "read_checkpoint": read_checkpoint,
+    "load_file": load_file,
+    "read_state_dict (model.weights_path)": read_state_dict,
+    "load_run (every command's model)": lambda path: load_run(path, device="cpu"),
+    "CheXNetModule.load_from_checkpoint": CheXNetModule.load_from_checkpoint,
+    "AtomicCheckpointIO.load_checkpoint (resume)": AtomicCheckpointIO().load_checkpoint,
+    "init_from_checkpoint (model.init_from)": lambda path: init_from_checkpoint(make_model(), path),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_valid_checkpoint_with_a_payload_is_refused_before_it_runs(
+    reader, valid_checkpoint, tmp_path
+):
+    """``weights_only=True`` at every ``torch.load``: with ``False`` at any of them, this file
+    loads (its weights and settings are a real model's) and its payload runs."""
+    mark = tmp_path / "payload-ran"
+    path = tmp_path / "poisoned.ckpt"
+    torch.save({**valid_checkpoint, "callbacks": {"note": Payload(mark)}}, path)
+    with pytest.raises(
+        WeightsError,
+        match=r"poisoned.ckpt needs arbitrary unpickling to load \(test_checkpoint_io._leave_a_mark "
+        r"is not plain weights\), which is refused",
+    ):
+        READERS[reader](path)
+    assert not mark.exists(), f"{reader} ran the checkpoint's payload"

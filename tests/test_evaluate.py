@@ -105,7 +105,6 @@ def test_overall_intervals_are_the_patient_bootstrap_drawn_as_before():
 def test_operating_points():
     scores = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
     labels = np.array([0, 0, 1, 0, 1, 1])
-    assert choose_threshold(scores, labels, "youden") == pytest.approx(0.35)
     point = operating_point(scores, labels, 0.35)
     assert point == pytest.approx(
         {"sensitivity": 1.0, "specificity": 2 / 3, "ppv": 0.75, "f1": 6 / 7}
@@ -114,6 +113,24 @@ def test_operating_points():
     assert np.isnan(choose_threshold(scores, np.zeros(6), "youden"))
     with pytest.raises(ValueError, match="unknown evaluation.threshold 'max'"):
         choose_threshold(scores, labels, "max")
+
+
+def test_youden_threshold_maximises_sensitivity_plus_specificity():
+    """J = sensitivity + specificity − 1 has one maximum here (0.8 at 0.6; 0.75 at 0.4, the
+    threshold of full sensitivity and of the best F1): the rule, not a tie, picks 0.6."""
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    labels = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1])
+    youden = {
+        t: point["sensitivity"] + point["specificity"] - 1
+        for t in scores
+        for point in [operating_point(scores, labels, t)]
+    }
+    assert sorted(youden.values())[-2:] == pytest.approx([0.75, 0.8])  # a unique maximum
+    assert max(youden, key=youden.get) == 0.6
+    assert choose_threshold(scores, labels, "youden") == 0.6
+    # Other rules choose otherwise on these data: full sensitivity and the best F1 at 0.4.
+    assert operating_point(scores, labels, 0.4)["sensitivity"] == 1.0
+    assert choose_threshold(scores, labels, "f1") == 0.4
 
 
 def test_report_table_layout_and_undefined_class():
@@ -342,9 +359,29 @@ def test_hflip_is_the_mean_of_image_and_mirror():
     with torch.inference_mode():
         expected = (torch.sigmoid(model(images)) + torch.sigmoid(model(images.flip(-1)))) / 2
         torch.testing.assert_close(_probabilities(model, images, "hflip", 32), expected)
-        assert _probabilities(
-            model, torch.randint(0, 256, (2, 1, 37, 37), dtype=torch.uint8), "tencrop", 32
-        ).shape == (2, 15)
+
+
+def test_tencrop_is_the_mean_of_each_images_own_ten_crops():
+    """Each image's probability is the mean over its own four corners, centre and their mirrors,
+    each crop scored alone here: a batch of two different images must not mix their crops."""
+    from chexnet_pl.evaluation.predictions import _probabilities
+
+    model = make_model().eval()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 1, 36, 36), dtype=torch.uint8, generator=generator)
+    images[1] //= 4  # a darker second image: its crops score unlike the first's
+    offsets = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]  # 36 px → 32 px crops; centre at 2
+    with torch.inference_mode():
+        expected = []
+        for image in images:
+            crops = [image[None, :, top : top + 32, left : left + 32] for top, left in offsets]
+            crops += [crop.flip(-1) for crop in crops]
+            expected.append(torch.stack([torch.sigmoid(model(c))[0] for c in crops]).mean(0))
+        expected = torch.stack(expected)
+        assert (expected[0] - expected[1]).abs().max() > 1e-3  # the images are told apart
+        augmented = _probabilities(model, images, "tencrop", 32)
+    assert augmented.shape == (2, 15)
+    torch.testing.assert_close(augmented, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -233,6 +233,40 @@ def test_out_an_existing_folder_writes_the_default_name_inside(resnet_checkpoint
     assert card["checkpoint"] == "best.ckpt"  # the name: the sidecar travels with the model
 
 
+@pytest.mark.parametrize(
+    ("shift", "refused"), [(2 * PARITY_TOLERANCE, True), (PARITY_TOLERANCE / 2, False)]
+)
+def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_is_written(
+    resnet_checkpoint, tmp_path, monkeypatch, shift, refused
+):
+    """The parity check made to fire: the exported model's probabilities, as the check reads them
+    back, are moved by ``shift``; beyond ``PARITY_TOLERANCE`` the export stops before writing."""
+    from chexnet_pl.serving import export
+
+    real_runner = export.runner
+
+    def differing_runner(fmt, model):
+        run = real_runner(fmt, model)
+        return lambda images: [run(images)[0] + np.float32(shift), *run(images)[1:]]
+
+    monkeypatch.setattr(export, "runner", differing_runner)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "model.pt"
+    if not refused:  # within the tolerance: written, the difference recorded in the sidecar
+        export_checkpoint(resnet_checkpoint, "torchscript", out=out)
+        recorded = read_sidecar(out)["max_abs_difference_vs_pytorch"]["probabilities"]
+        assert recorded == pytest.approx(shift, abs=1e-6)
+        return
+    with pytest.raises(
+        ServingError,
+        match=r"the torchscript export of .*best.ckpt differs from PyTorch by 2\.0\de-04 in its "
+        r"probabilities \(tolerance 1e-04\); nothing was written",
+    ):
+        export_checkpoint(resnet_checkpoint, "torchscript", out=out)
+    assert list(folder.iterdir()) == []  # no model, no sidecar, no temporary file left
+
+
 def test_an_export_stopped_between_its_two_renames_is_refused_by_readers(
     resnet_checkpoint, tmp_path, monkeypatch
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import math
 import re
 import socket
 import threading
@@ -47,6 +48,30 @@ def test_module_takes_uint8_gray_and_outputs_logits():
         x[0, :, 0, 0],
         (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]),
     )
+
+
+def test_pos_weight_weighs_each_positive_term_of_the_loss():
+    """model.pos_weight=true: the loss is BCE with each positive label's term times its class's
+    weight (computed here by hand), unknown (NaN) labels left out; false: the plain BCE, whatever
+    the stored weights."""
+    logits = torch.tensor([[1.5, -0.5, 0.2], [-2.0, 0.7, 3.0]])
+    labels = torch.tensor([[1.0, 0.0, float("nan")], [1.0, 1.0, 0.0]])
+    weights = [3.0, 0.5, 7.0]
+
+    def by_hand(pos_weight: list[float]) -> float:
+        terms = []
+        for row in range(2):
+            for k in range(3):
+                y, p = labels[row, k].item(), 1 / (1 + math.exp(-logits[row, k].item()))
+                if not math.isnan(y):
+                    terms.append(-(pos_weight[k] * y * math.log(p) + (1 - y) * math.log(1 - p)))
+        return sum(terms) / len(terms)
+
+    for setting, expected in ((True, by_hand(weights)), (False, by_hand([1.0, 1.0, 1.0]))):
+        model = make_model(backbone="resnet18", class_names=["A", "B", "C"], pos_weight=setting)
+        model.loss_pos_weight.copy_(torch.tensor(weights))  # what setup("fit") stores
+        assert model._loss(logits, labels).item() == pytest.approx(expected, rel=1e-6), setting
+    assert by_hand(weights) > 1.5 * by_hand([1.0, 1.0, 1.0])  # the weights make a difference
 
 
 def _legacy(state_dict):

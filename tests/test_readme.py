@@ -216,14 +216,32 @@ def command_id(case: tuple[str, str]) -> str:
     return f"{Path(page).name}: {command[:70]}"
 
 
+def make_targets() -> set[str]:
+    """The targets the Makefile defines (``name:`` at the start of a line)."""
+    return set(re.findall(r"^([A-Za-z][\w-]*):", (REPO / "Makefile").read_text(), re.MULTILINE))
+
+
 @pytest.mark.parametrize("case", documented_commands(), ids=command_id)
-def test_every_documented_command_names_settings_that_exist(case):
-    """Fast: a mistyped key in the README or a page fails here, before any command runs."""
+def test_every_documented_command_names_settings_that_exist(case, monkeypatch):
+    """Fast: a mistyped key, make target or argument in the README or a page fails here, before
+    any command runs (``test_every_documented_command_runs`` then runs each)."""
     _, command = case
     name = program(command)
-    if name.startswith("make") or name == "chexnet-import-weights":
+    words = environment_and_words(command)[1]
+    if words[0] == "make":  # its target exists, and each VAR=value is a variable the recipes read
+        assert words[1] in make_targets(), f"the Makefile has no target {words[1]!r}"
+        for variable in (w.split("=", 1)[0] for w in words[2:]):
+            assert f"$({variable})" in (REPO / "Makefile").read_text(), variable
         return
-    args = [a for a in environment_and_words(command)[1] if "=" in a or a.startswith("-")]
+    if name == "chexnet-import-weights":  # no settings: two paths, parsed here by its own parser
+        import chexnet_pl.import_weights as import_weights
+
+        given = []
+        monkeypatch.setattr(import_weights, "import_arnoweng", lambda *a: given.append(a))
+        assert import_weights.main(words[1:]) == 0
+        assert given == [tuple(words[1:])]
+        return
+    args = [a for a in words if "=" in a or a.startswith("-")]
     args = [a.replace(NIH, str(REPO)) for a in args if a != "-m"]
     assert check_overrides(name.removeprefix("chexnet-"), args) == []
 

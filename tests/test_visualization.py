@@ -48,6 +48,41 @@ def test_cam_is_the_classifier_at_every_position():
     assert maps.shape == (2, 15, 64, 64) and maps.min() >= 0 and maps.max() <= 1
 
 
+def test_cam_equals_the_classifier_weights_times_the_feature_map():
+    """Each class's map computed here on its own (Σ_c w_kc · f_c at each position, then scaled
+    to [0, 1] per map), on a ResNet-18 whose head has known weights: class 0 reads one feature
+    channel, class 1 the same channel negated, so a sign error swaps them."""
+    torch.manual_seed(0)
+    model = make_model(backbone="resnet18", class_names=["A", "B", "C"]).eval()
+    images = torch.randint(0, 256, (2, 1, 128, 128), dtype=torch.uint8)
+    with torch.inference_mode():
+        features = model.net.forward_features(model.prepare_input(images)).double().numpy()
+    spread = features.std(axis=(2, 3)).min(axis=0)  # a channel that varies in both images
+    channel = int(spread.argmax())
+    weight = np.zeros((3, features.shape[1]))
+    weight[0, channel], weight[1, channel] = 1.0, -1.0
+    weight[2] = np.random.default_rng(0).normal(size=features.shape[1])
+    model.net.classifier.weight.data = torch.tensor(weight, dtype=torch.float32)
+
+    expected = np.zeros((2, 3, *features.shape[2:]))
+    for b in range(2):
+        for k in range(3):
+            raw = sum(weight[k, c] * features[b, c] for c in range(features.shape[1]))
+            expected[b, k] = (raw - raw.min()) / (raw.max() - raw.min())
+    maps = class_activation_maps(model, images, size=features.shape[2:]).numpy()
+    assert maps.shape == expected.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(maps, expected, atol=1e-4)
+    np.testing.assert_allclose(maps[:, 1], 1 - maps[:, 0], atol=1e-4)  # negated: reversed
+    # At the input's size: the same maps, bilinearly upsampled before the scaling.
+    upsampled = class_activation_maps(model, images)
+    assert upsampled.shape == (2, 3, 128, 128)
+    top = upsampled.flatten(-2).argmax(-1)
+    for b in range(2):
+        for k in range(3):
+            row, col = np.unravel_index(expected[b, k].argmax(), expected.shape[2:])
+            assert (int(top[b, k]) // 128 // 32, int(top[b, k]) % 128 // 32) == (row, col)
+
+
 @pytest.mark.parametrize(
     "method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"]
 )
