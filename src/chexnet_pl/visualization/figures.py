@@ -25,7 +25,8 @@ COLORMAP = "inferno"
 SHOWN_TOP_PERCENT = 20.0  # of the map's pixels: the rest of the X-ray is shown as it is
 OPACITY = 0.55
 DISPLAY_SIDE = 640  # px: the overlay is drawn at about this size in the figure
-TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree")
+TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree", "note")
+UNDEFINED = "undefined"  # a threshold that could not be chosen: no verdict
 
 
 def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -75,19 +76,27 @@ def prediction_table(
     class_names: Sequence[str],
     truth: Sequence[float] | None = None,
     thresholds: Sequence[float] | float = 0.5,
+    notes: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Every finding with its probability, its operating threshold, whether it is above it, the
     ground truth (when known) and a mark where they disagree, most probable first — the table of
-    ``predict``, ``visualize`` and the web page."""
+    ``predict``, ``visualize`` and the web page. A NaN threshold (undefined: not chosen on
+    validation) gives no verdict: ``above_threshold`` is missing (pd.NA), never a 0.5 call.
+    ``notes``: per class, why its threshold is undefined or degenerate ("" where it is usable)."""
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(class_names),))
     table = pd.DataFrame(
         {"finding": list(class_names), "probability": np.asarray(probabilities, dtype=np.float64)}
     )
     table["threshold"] = thresholds
-    table["above_threshold"] = table["probability"] >= table["threshold"]
+    undefined = np.isnan(thresholds)
+    above = pd.array(table["probability"].to_numpy() >= np.nan_to_num(thresholds), dtype="boolean")
+    above[undefined] = pd.NA
+    table["above_threshold"] = above
+    table["threshold_note"] = list(notes) if len(notes) else [""] * len(class_names)
     if truth is not None:
         table["truth"] = np.asarray(truth) > 0.5
-        table["disagree"] = np.where(table["above_threshold"] != table["truth"], "✗", "")
+        differs = (table["above_threshold"] != table["truth"]).fillna(False).astype(bool)
+        table["disagree"] = np.where(differs, "✗", "")
     return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -95,11 +104,15 @@ def table_text(table: pd.DataFrame) -> pd.DataFrame:
     """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/blank."""
     shown = pd.DataFrame({"finding": table["finding"].str.replace("_", " ")})
     shown["probability"] = table["probability"].map(lambda v: f"{v:.3f}")
-    shown["threshold"] = table["threshold"].map(lambda v: f"{v:.3f}")
-    shown["above"] = table["above_threshold"].map({True: "yes", False: "no"})
+    shown["threshold"] = table["threshold"].map(lambda v: UNDEFINED if pd.isna(v) else f"{v:.3f}")
+    shown["above"] = [
+        UNDEFINED if pd.isna(v) else ("yes" if v else "no") for v in table["above_threshold"]
+    ]
     if "truth" in table:
         shown["truth"] = table["truth"].map({True: "yes", False: ""})
         shown["disagree"] = table["disagree"]
+    if "threshold_note" in table and table["threshold_note"].astype(bool).any():
+        shown["note"] = table["threshold_note"]
     return shown
 
 
@@ -111,6 +124,7 @@ def overlay_figure(
     table: pd.DataFrame,
     title: str = "",
     thresholds_note: str = "",
+    model_line: str = "",
 ):
     """The overlay (titled with the finding, its probability and threshold) over its colour bar,
     beside the rendered prediction table (rows above their threshold in bold, disagreements with
@@ -129,7 +143,12 @@ def overlay_figure(
     heat = upsample(heatmap, gray.shape) if heatmap.shape != gray.shape else heatmap
     left.imshow(overlay(gray, heat), interpolation="antialiased")
     row = table[table["finding"] == finding]
-    threshold = f", threshold {row['threshold'].iloc[0]:.3f}" if len(row) else ""
+    threshold = ""
+    if len(row):
+        value = row["threshold"].iloc[0]
+        threshold = f", threshold {UNDEFINED if pd.isna(value) else f'{value:.3f}'}"
+        note = row["threshold_note"].iloc[0] if "threshold_note" in row else ""
+        threshold += f" ({note})" if note else ""
     left.set_title(f"{finding.replace('_', ' ')}: p = {probability:.3f}{threshold}", fontsize=12)
     left.axis("off")
     mappable = plt.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
@@ -152,14 +171,14 @@ def overlay_figure(
     cells = table_text(table)
     columns = [c for c in TABLE_COLUMNS if c in cells]
     widths = {"finding": 0.34, "probability": 0.16, "threshold": 0.15, "above": 0.1,
-              "truth": 0.1, "disagree": 0.12}  # fmt: skip
+              "truth": 0.1, "disagree": 0.12, "note": 0.3}  # fmt: skip
     rendered = right.table(cellText=cells[columns].to_numpy(), colLabels=columns, loc="center",
                            cellLoc="left", colWidths=[widths[c] for c in columns])  # fmt: skip
     rendered.auto_set_font_size(False)
     rendered.set_fontsize(9)
     rendered.scale(1, 1.3)
     for position, above in enumerate(table["above_threshold"], start=1):
-        if above:
+        if not pd.isna(above) and above:
             for column in range(len(columns)):
                 rendered[position, column].get_text().set_fontweight("bold")
     if "disagree" in cells:
@@ -171,6 +190,8 @@ def overlay_figure(
         right.set_title(f"thresholds: {thresholds_note}", fontsize=8, loc="left")
     if title:
         figure.suptitle(title, fontsize=10)
+    if model_line:
+        figure.text(0.01, 0.01, f"model: {model_line}", fontsize=8, ha="left", va="bottom")
     return figure
 
 
