@@ -22,7 +22,6 @@ from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.thresholds import (
-    DEFAULT_THRESHOLD,
     operating_thresholds,
     read_thresholds,
 )
@@ -165,7 +164,10 @@ def test_an_undefined_threshold_gives_no_verdict_and_a_degenerate_one_is_flagged
         assert table.at[name, "threshold_note"].startswith("degenerate: sensitivity 0 on val")
     printed = caplog.text.replace("_", " ")
     assert all(f"{n.replace('_', ' ')}" in printed for n in undefined)
-    assert "undefined: no positives on val" in printed and "Youden's J on the validation split" in printed
+    assert (
+        "undefined: no positives on val" in printed
+        and "Youden's J on the validation split" in printed
+    )
     model, answer = served_thresholds(checkpoint, image)
     rows = {r["finding"]: r for r in answer["findings"]}
     for name in undefined:
