@@ -44,7 +44,7 @@ def test_help_describes_the_command_with_examples_and_its_own_settings(command):
 
 def test_train_help_lists_its_groups_and_sections():
     text = help_text("train")
-    assert "experiment=alexnet|convnext|demo|densenet|densenet121" in text
+    assert "experiment=alexnet|convnext|demo|densenet121|densenet169|densenet201" in text
     assert "trainer=auto|cpu|ddp|gpu  (default: auto)" in text
     for key in ("data.num_workers=auto", "model.optimizer.lr=1.0e-3", "evaluation.calibrate=none"):
         assert f"  {key}" in text

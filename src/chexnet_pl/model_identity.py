@@ -39,14 +39,11 @@ class ModelIdentity:
         count = f"{len(self.classes)} labels"
         return f"{self.data}: {count}" if self.data else count
 
-    def line(self) -> str:
+    def line(self, checkpoint: bool = True) -> str:
         """One line: ``densenet121, recipe densenet121, nih: 15 labels, 224 px, checkpoint …``."""
         recipe = f"recipe {self.recipe}" if self.recipe else "recipe: defaults (no experiment=)"
-        checkpoint = self.checkpoint or "none yet"
-        return (
-            f"{self.backbone}, {recipe}, {self.label_set}, {self.image_size} px, "
-            f"checkpoint {checkpoint}"
-        )
+        text = f"{self.backbone}, {recipe}, {self.label_set}, {self.image_size} px"
+        return f"{text}, checkpoint {self.checkpoint or 'none yet'}" if checkpoint else text
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)

@@ -237,7 +237,7 @@ def summary(
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
     out_dir = run_or_exit(predict, cfg)
-    log_outputs(out_dir, ["predictions.csv", SKIPPED, "predict.log"])
+    log_outputs(out_dir, ["predictions.csv", "model.json", "*.png", SKIPPED, "predict.log"])
 
 
 def main() -> None:

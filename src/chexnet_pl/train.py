@@ -135,7 +135,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.is_global_zero:
         log.info(
             "run folder %s; best checkpoint %s; model: %s", output_dir,
-            best or "none saved (see the warnings above)", identity.line(),
+            best or "none saved (see the warnings above)", identity.line(checkpoint=False),
         )  # fmt: skip
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
 

@@ -8,6 +8,7 @@ bar gives the map's scale (each map is scaled to [0, 1]) and marks where the sho
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def overlay_figure(
     the ground truth in red); returns the matplotlib figure."""
     figure = plt.figure(figsize=(13, 7))
     grid = figure.add_gridspec(2, 2, width_ratios=[1, 1], height_ratios=[1, 0.035], hspace=0.12,
-                               wspace=0.05, left=0.02, right=0.99, top=0.9, bottom=0.08)  # fmt: skip
+                               wspace=0.05, left=0.02, right=0.99, top=0.9,
+                               bottom=0.12 if model_line else 0.08)  # fmt: skip
     left, bar = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[1, 0])
     right = figure.add_subplot(grid[:, 1])
     # Drawn at the size the figure shows it (about 500 px a side at 80 dpi): the same picture as
@@ -171,11 +173,16 @@ def overlay_figure(
     cells = table_text(table)
     columns = [c for c in TABLE_COLUMNS if c in cells]
     widths = {"finding": 0.34, "probability": 0.16, "threshold": 0.15, "above": 0.1,
-              "truth": 0.1, "disagree": 0.12, "note": 0.3}  # fmt: skip
+              "truth": 0.1, "disagree": 0.12}  # fmt: skip
+    if "note" in cells:  # a threshold undefined or flagged: room for why, the rest narrower
+        widths = {"finding": 0.22, "probability": 0.1, "threshold": 0.11, "above": 0.09,
+                  "truth": 0.07, "disagree": 0.07, "note": 0.34}  # fmt: skip
+        cells["note"] = cells["note"].str.split(" (", regex=False).str[0]
+        cells.loc[cells["above"] == UNDEFINED, "above"] = "—"  # the note says why: no verdict
     rendered = right.table(cellText=cells[columns].to_numpy(), colLabels=columns, loc="center",
                            cellLoc="left", colWidths=[widths[c] for c in columns])  # fmt: skip
     rendered.auto_set_font_size(False)
-    rendered.set_fontsize(9)
+    rendered.set_fontsize(8 if "note" in cells else 9)
     rendered.scale(1, 1.3)
     for position, above in enumerate(table["above_threshold"], start=1):
         if not pd.isna(above) and above:
@@ -187,11 +194,12 @@ def overlay_figure(
                 for column in range(len(columns)):
                     rendered[position, column].set_facecolor("#ffd6d6")
     if thresholds_note:
-        right.set_title(f"thresholds: {thresholds_note}", fontsize=8, loc="left")
+        wrapped = textwrap.fill(f"thresholds: {thresholds_note}", 100)
+        right.set_title(wrapped, fontsize=8, loc="left")
     if title:
         figure.suptitle(title, fontsize=10)
     if model_line:
-        figure.text(0.01, 0.01, f"model: {model_line}", fontsize=8, ha="left", va="bottom")
+        figure.text(0.01, 0.005, f"model: {model_line}", fontsize=8, ha="left", va="bottom")
     return figure
 
 
