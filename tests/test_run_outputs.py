@@ -18,6 +18,7 @@ from conftest import console_script, random_checkpoint
 from omegaconf import OmegaConf
 
 from chexnet_pl.cli import OutputFolderCheck, log_outputs, remove_unused_run_folder
+from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.model_identity import ModelIdentity, paper_comparison
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
@@ -71,13 +72,14 @@ def test_a_run_folder_holding_only_what_precedes_work_is_removed(tmp_path, caplo
 
 
 def test_paper_columns_only_for_densenet121_on_nihs_14_findings():
-    from chexnet_pl.data.nih_table import FINDINGS
-
-    assert paper_comparison("densenet121", [*FINDINGS, "No Finding"]) is None
-    assert paper_comparison(None, list(FINDINGS)) is None  # a predictions file: model unknown
-    assert "this model is densenet169" in paper_comparison("densenet169", list(FINDINGS))
-    assert "7 of the 14 not among them" in paper_comparison("densenet121", list(FINDINGS[:7]))
-    identity = ModelIdentity("resnet50", "resnet", "nih", tuple(FINDINGS), 224, "r/best.ckpt")
+    paper = NIHDataModule.reference_auroc
+    assert len(paper[0]) == 14
+    assert paper_comparison("densenet121", paper) is None
+    assert paper_comparison(None, paper) is None  # a predictions file: the model is not known
+    assert "this model is densenet169" in paper_comparison("densenet169", paper)
+    seven = (dict(list(paper[0].items())[:7]), float("nan"))  # reference_for: no mean of 7
+    assert "scored on 7 of them" in paper_comparison("densenet121", seven)
+    identity = ModelIdentity("resnet50", "resnet", "nih", tuple(paper[0]), 224, "r/best.ckpt")
     assert identity.line() == (
         "resnet50, recipe resnet, nih: 14 labels, 224 px, checkpoint r/best.ckpt"
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -127,22 +128,22 @@ def data_source() -> str | None:
     return HydraConfig.get().runtime.choices.get("data")
 
 
-def paper_comparison(backbone: str | None, findings: Sequence[str]) -> str | None:
+def paper_comparison(
+    backbone: str | None, reference: tuple[Mapping[str, float], float]
+) -> str | None:
     """Why the CheXNet paper's AUROCs are not comparable with this model's (None: they are:
-    DenseNet-121 scored on NIH's 14 findings). ``backbone`` None: not known (a predictions
-    file), compared as before."""
-    from chexnet_pl.data.nih_table import FINDINGS
-
+    DenseNet-121 scored on all of NIH's 14 findings). ``reference``: the paper's values by the
+    model's outputs and their mean, NaN unless every one of its findings is scored
+    (``evaluation.external.reference_for``). ``backbone`` None: not known (a predictions file)."""
     if backbone is not None and backbone != PAPER_BACKBONE:
         return (
             f"no paper_auroc/diff_vs_paper columns: the CheXNet paper's AUROCs are DenseNet-121's, "
             f"this model is {backbone}"
         )
-    missing = [name for name in FINDINGS if name not in set(findings)]
-    if missing:
+    values, mean = reference
+    if math.isnan(mean):
         return (
             "no paper_auroc/diff_vs_paper columns: the CheXNet paper's AUROCs are on NIH's 14 "
-            f"findings, this model is scored on {len(findings)} labels ({len(missing)} of the 14 "
-            "not among them)"
+            f"findings, this model is scored on {len(values)} of them"
         )
     return None

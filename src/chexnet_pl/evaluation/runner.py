@@ -254,7 +254,7 @@ def evaluate_model(
     identity.write(output_dir)  # beside aucs.csv: which model these scores are of
     log.info("model: %s", identity.line())
     reference = reference_for(datamodule.reference_auroc, match)
-    why_not = paper_comparison(identity.backbone, match.scored) if reference else None
+    why_not = paper_comparison(identity.backbone, reference) if reference else None
     if why_not:
         log.info("%s", why_not)
         reference = None
