@@ -226,6 +226,24 @@ def test_a_mistyped_key_names_the_closest_ones(command, args, message):
         assert len(problems) == 1 and message in problems[0], problems
 
 
+@pytest.mark.parametrize("check_only", [False, True])
+def test_the_renamed_densenet_recipe_names_the_new_ones(check_only, nih_sample, caplog):
+    """``experiment=densenet`` trained DenseNet-169 under a name that reads like the paper's
+    DenseNet-121: it stops (status 2, one line, with ``--check`` too) naming the recipes that
+    replace it, which compose to the backbones they name."""
+    from chexnet_pl.cli import run_command
+
+    args = ["experiment=densenet", f"data.root={nih_sample}", *(["--check"] if check_only else [])]
+    with pytest.raises(SystemExit) as stop:
+        run_command("train", lambda: pytest.fail("Hydra ran"), args)
+    assert stop.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "experiment=densenet169 or experiment=densenet201" in errors[0]
+    for name in ("densenet169", "densenet201"):
+        (cfg,) = list(composed_jobs("train", [f"experiment={name}", f"data.root={nih_sample}"]))
+        assert cfg.model.backbone == name and name in cfg.tags
+
+
 def test_keys_the_commands_own_file_sets_are_accepted_without_composing(monkeypatch):
     """``chexnet-predict ckpt=... image=...`` starts without a third composition; a group, a
     section's key from another file, ``+``, and a typo still go through the full check."""

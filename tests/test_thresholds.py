@@ -22,7 +22,6 @@ from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.thresholds import (
-    DEFAULT_THRESHOLD,
     operating_thresholds,
     read_thresholds,
 )
@@ -52,9 +51,9 @@ def evaluated_run(tmp_path_factory, synthetic_root) -> Path:
 
 def evaluated_thresholds(run: Path) -> np.ndarray:
     """aucs.csv's thresholds in class order; a class without one (no positives on validation)
-    is called at 0.5 by every command."""
+    stays NaN: no command calls it at 0.5."""
     table = pd.read_csv(run / "aucs.csv", index_col="class")
-    return table.loc[NAMES, "threshold"].fillna(DEFAULT_THRESHOLD).to_numpy()
+    return table.loc[NAMES, "threshold"].to_numpy()
 
 
 def table_thresholds(path: Path) -> np.ndarray:
@@ -105,7 +104,9 @@ def test_every_command_calls_classes_at_the_thresholds_evaluate_chose(
     image = sorted((synthetic_root / "images").iterdir())[0]
     with caplog.at_level(logging.INFO):
         predict(compose_config("predict", tmp_path / "p", f"ckpt={checkpoint}", f"image={image}"))
-    assert table_thresholds(tmp_path / "p" / f"{image.stem}.csv") == pytest.approx(expected)
+    assert table_thresholds(tmp_path / "p" / f"{image.stem}.csv") == pytest.approx(
+        expected, nan_ok=True
+    )
     # the output says which file: the run's aucs.csv, found in the checkpoint's run folder
     assert (
         f"thresholds: {evaluated_run / 'aucs.csv'} (in the checkpoint's run folder)" in caplog.text
@@ -113,18 +114,73 @@ def test_every_command_calls_classes_at_the_thresholds_evaluate_chose(
     visualize(compose_config("visualize", tmp_path / "v", f"ckpt={checkpoint}", "label=Effusion",
                              "n=2"))  # fmt: skip
     tables = sorted((tmp_path / "v").glob("*.csv"))
-    assert tables and all(table_thresholds(t) == pytest.approx(expected) for t in tables)
-    model, answer = served_thresholds(checkpoint, image)
-    assert [model["thresholds"][n] for n in NAMES] == pytest.approx(expected)
-    assert {row["finding"]: row["threshold"] for row in answer["findings"]} == pytest.approx(
-        dict(zip(NAMES, expected, strict=True))
+    assert tables and all(
+        table_thresholds(t) == pytest.approx(expected, nan_ok=True) for t in tables
     )
+    model, answer = served_thresholds(checkpoint, image)
+    served = [np.nan if model["thresholds"][n] is None else model["thresholds"][n] for n in NAMES]
+    assert served == pytest.approx(expected, nan_ok=True)
+    answered = {r["finding"]: np.nan if r["threshold"] is None else r["threshold"]
+                for r in answer["findings"]}  # fmt: skip
+    assert answered == pytest.approx(dict(zip(NAMES, expected, strict=True)), nan_ok=True)
     assert list(answer["overlays"]) == ["Pleural_Thickening"]  # asked for with a space
     # the page shows which file, not where it is on the server
-    assert model["thresholds_source"] == "aucs.csv (in the checkpoint's run folder)"
+    assert model["thresholds_source"] == (
+        "aucs.csv (in the checkpoint's run folder), Youden's J on the validation split"
+    )
     assert model["checkpoint"] == "best.ckpt" and str(evaluated_run) not in str(model)
     values, source = find_thresholds(checkpoint, None, NAMES)  # what export writes
-    assert values == pytest.approx(expected) and source == str(evaluated_run / "aucs.csv")
+    assert values == pytest.approx(expected, nan_ok=True)
+    assert source == str(evaluated_run / "aucs.csv")
+
+
+def test_an_undefined_threshold_gives_no_verdict_and_a_degenerate_one_is_flagged(
+    evaluated_run, synthetic_root, tmp_path, caplog
+):
+    """The random model's validation split has classes without positives (undefined: never
+    0.5) and Youden thresholds of 1.000 that no positive reaches (degenerate): aucs.csv says how
+    each was chosen and why it is flagged; predict's table, its console, the overlay's table
+    (its CSV), the page's JSON and GET /model carry no verdict for the first and flag the
+    second."""
+    aucs = pd.read_csv(evaluated_run / "aucs.csv", index_col="class").loc[NAMES]
+    assert set(aucs["threshold_rule"]) == {"youden"} and set(aucs["threshold_split"]) == {"val"}
+    undefined = aucs.index[aucs["threshold"].isna()].tolist()
+    degenerate = aucs.index[aucs["threshold_status"].str.startswith("degenerate")].tolist()
+    assert undefined and degenerate, aucs["threshold_status"]
+    for name in undefined:
+        assert aucs.at[name, "threshold_status"] == "undefined: no positives on val"
+        assert aucs.at[name, "threshold_positives"] == 0
+    assert (aucs.loc[degenerate, "sensitivity"].notna()).all()
+    checkpoint = evaluated_run / "checkpoints" / "best.ckpt"
+    image = sorted((synthetic_root / "images").iterdir())[0]
+    with caplog.at_level(logging.INFO):
+        predict(compose_config("predict", tmp_path / "p", f"ckpt={checkpoint}", f"image={image}"))
+    table = pd.read_csv(tmp_path / "p" / f"{image.stem}.csv", keep_default_na=False)
+    table = table.set_index("finding")
+    for name in undefined:  # no verdict: blank, not False (0.5 would have given one)
+        assert table.at[name, "threshold"] == "" and table.at[name, "above_threshold"] == ""
+        assert table.at[name, "threshold_note"] == "undefined: no positives on val"
+    for name in degenerate:
+        assert table.at[name, "threshold_note"].startswith("degenerate: sensitivity 0 on val")
+    printed = caplog.text.replace("_", " ")
+    assert all(f"{n.replace('_', ' ')}" in printed for n in undefined)
+    assert (
+        "undefined: no positives on val" in printed
+        and "Youden's J on the validation split" in printed
+    )
+    model, answer = served_thresholds(checkpoint, image)
+    rows = {r["finding"]: r for r in answer["findings"]}
+    for name in undefined:
+        assert rows[name]["threshold"] is None and rows[name]["above_threshold"] is None
+        assert rows[name]["threshold_note"] == "undefined: no positives on val"
+        assert model["thresholds"][name] is None
+    for name in degenerate:
+        assert rows[name]["threshold_note"].startswith("degenerate")
+        assert model["threshold_notes"][name].startswith("degenerate")
+    chosen = model["thresholds_chosen"]
+    assert chosen["rule"] == "Youden's J on the validation split"
+    assert chosen["positives"] == aucs["threshold_positives"].astype(int).tolist()
+    assert answer["thresholds_chosen"] == chosen
 
 
 def test_without_an_aucs_csv_every_class_is_at_one_half_with_one_warning(tmp_path, caplog):

@@ -121,6 +121,7 @@ def test_prediction_table_sorted_with_disagreements():
         "probability",
         "threshold",
         "above_threshold",
+        "threshold_note",
     ]
 
 

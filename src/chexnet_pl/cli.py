@@ -13,6 +13,7 @@ lives in the subpackages.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,7 @@ def user_errors_exit() -> Iterator[None]:
         if _in_multirun():
             raise
         log.error("%s", exc)
+        remove_unused_run_folder()
         raise SystemExit(2) from exc
     except InstantiationException as exc:  # a component's constructor refused its settings
         cause = exc.__cause__
@@ -61,11 +63,13 @@ def user_errors_exit() -> Iterator[None]:
         if not isinstance(cause, ChexnetError) or _in_multirun():
             raise
         log.error("%s", cause)
+        remove_unused_run_folder()
         raise SystemExit(2) from exc
     except MissingMandatoryValue as exc:  # a `???` setting the command line did not give
         if _in_multirun():
             raise
         log.error("required setting not given: %s=... (add it to the command)", exc.full_key)
+        remove_unused_run_folder()
         raise SystemExit(2) from exc
     except OSError as exc:  # a full disk under a write not of ours (a logger's, a library's)
         if exc.errno not in DISK_FULL or _in_multirun():
@@ -101,13 +105,29 @@ def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         return task(cfg)
 
 
+# What a run folder holds before the command has done any work: Hydra's config copies and log,
+# and what ``train`` writes first (its resolved config and the machine it runs on).
+BEFORE_ANY_WORK = frozenset({".hydra", "config_resolved.yaml", "run_info.json", "model.json"})
+# The run folder Hydra is about to create for this (single) run, and the outermost of its
+# folders that did not exist yet: what a run stopped before any work removes.
+_new_run_folder: dict[str, Path] = {}
+
+
 class OutputFolderCheck(Callback):
     """Registered in ``conf/hydra/default.yaml``. Hydra creates the run folder and opens its log
     file there before the command runs, and fails with its own traceback when it cannot; this
-    checks the folder first and stops with one line instead."""
+    checks the folder first and stops with one line instead. It also notes whether the folder
+    is new, so that a run stopped by its settings or data before any work leaves none."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _stop_if_unwritable(Path(config.hydra.run.dir), "hydra.run.dir")
+        folder = Path(config.hydra.run.dir)
+        _new_run_folder.clear()
+        if not folder.exists():  # noted before the check below creates it
+            outermost = folder.absolute()
+            while not outermost.parent.exists():
+                outermost = outermost.parent
+            _new_run_folder.update(folder=folder.absolute(), outermost=outermost)
+        _stop_if_unwritable(folder, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _stop_if_unwritable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
@@ -121,6 +141,42 @@ def _stop_if_unwritable(folder: Path, key: str) -> None:
             folder, reason, key,
         )  # fmt: skip
         raise SystemExit(2)
+
+
+def remove_unused_run_folder() -> None:
+    """After a settings or data error: remove the run folder Hydra created for this run (and its
+    new parent folders) when it holds nothing but what is written before any work, so that the
+    newest folder under ``outputs/`` is always a real run. A folder that existed, or that holds
+    anything else (a checkpoint, a table), is kept."""
+    folder = _new_run_folder.get("folder")
+    if folder is None or not folder.is_dir():
+        return
+    kept = [
+        p.name for p in folder.iterdir() if p.name not in BEFORE_ANY_WORK and p.suffix != ".log"
+    ]
+    if kept:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    outermost = _new_run_folder["outermost"]
+    parent = folder.parent
+    while outermost in (parent, *parent.parents) and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    _new_run_folder.clear()
+
+
+def log_outputs(folder: str | Path, names: Sequence[str] = (), label: str = "outputs in") -> None:
+    """The line every command ends with: its output folder and the key files it wrote there
+    (those of ``names`` that exist; a pattern such as ``*.png`` is shown with its count)."""
+    folder = Path(folder)
+    present = []
+    for name in names:
+        if "*" in name:
+            count = len(list(folder.glob(name)))
+            present += [f"{count} {name}"] if count else []
+        elif (folder / name).exists():
+            present.append(name)
+    log.info("%s %s%s", label, folder, f" ({', '.join(present)})" if present else "")
 
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's own
@@ -157,8 +213,23 @@ def run_command(command: str, hydra_main: Callable[[], Any], argv: Sequence[str]
             summary = check_settings(command, args)
         log.info("chexnet-%s: every setting can be used (%s)", command, summary)
         raise SystemExit(0)
-    sys.argv = [sys.argv[0], *args]
+    sys.argv = [sys.argv[0], *_log_in_out_folder(command, args)]
     return hydra_main()
+
+
+# Commands whose ``out=`` is a folder: it is their run folder too (log and .hydra/ included).
+OUT_FOLDER_COMMANDS = ("predict",)
+
+
+def _log_in_out_folder(command: str, args: list[str]) -> list[str]:
+    """``out=<folder>`` given to such a command, and no ``hydra.run.dir=``: the run writes its
+    log there too, rather than under ``outputs/<command>/``."""
+    if command not in OUT_FOLDER_COMMANDS or any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    given = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
+    if not given or given[-1] in ("", "null"):
+        return args
+    return [*args, f"hydra.run.dir={given[-1]}"]
 
 
 def _module(command: str) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 if TYPE_CHECKING:
@@ -180,6 +180,11 @@ def compare_with(
     }
 
 
+# The files a researcher opens first, named in the command's last line (those written).
+EVALUATE_FILES = ("aucs.csv", "model.json", "preds.csv", "preds_val.csv", "roc_curves.png",
+                  "pr_curves.png", "calibration.csv", "subgroups.csv")  # fmt: skip
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
     import pandas as pd
@@ -287,7 +292,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             log_expert_to_wandb(wandb_run, expert_table)
         wandb_run.summary.update(metrics)
         wandb_run.finish()
-    log.info("outputs in %s", output_dir)
+    log_outputs(output_dir, EVALUATE_FILES)
     return metrics
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 
@@ -65,7 +65,8 @@ def export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def hydra_main(cfg: DictConfig) -> None:
-    run_or_exit(export, cfg)
+    path = Path(run_or_exit(export, cfg))
+    log_outputs(path.parent, [path.name, f"{path.name}.json"])
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
 
@@ -132,6 +132,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="localize")
 def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(localize, cfg)
+    log_outputs(cfg.paths.output_dir, ["localization.csv", "localization_boxes.csv"])
 
 
 def main() -> None:

@@ -18,6 +18,13 @@ from chexnet_pl.validation import closest, did_you_mean
 
 # `python -m chexnet_pl.import_weights` has no Hydra config.
 ARGPARSE_COMMANDS = ("import-weights",)
+# Group options that were renamed: what to use instead (one line, never "not an option").
+RENAMED = {
+    ("experiment", "densenet"): (
+        "experiment=densenet was renamed (it trained DenseNet-169, not the paper's DenseNet-121): "
+        "use experiment=densenet169 or experiment=densenet201"
+    ),
+}
 
 
 @contextmanager
@@ -71,6 +78,9 @@ def _group_problems(loader: Any, override: Any) -> list[str]:
     problems = []
     for value in _choices(override):
         if value is None or str(value) == "null" or str(value) in options:
+            continue
+        if (group, str(value)) in RENAMED:
+            problems.append(RENAMED[group, str(value)])
             continue
         near = closest(str(value), options)
         hint = f"did you mean {' or '.join(f'{group}={n}' for n in near)}? " if near else ""

@@ -14,6 +14,7 @@ imported and the command answers in about four seconds on 2 cores; else on PyTor
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -36,9 +37,10 @@ BACKENDS = ("auto", "torch", "onnx")
 
 
 def open_model(cfg: DictConfig, checkpoint: Path):
-    """The model to explain with (an ``Explainer``) and its input size, by ``backend``: the ONNX
-    export of the checkpoint beside it when there is one that fits (``auto``, ``onnx``), else
-    the PyTorch network (``auto``, ``torch``)."""
+    """The model to explain with (an ``Explainer``), its input size and its identity
+    (``model_identity``), by ``backend``: the ONNX export of the checkpoint beside it when there
+    is one that fits (``auto``, ``onnx``), else the PyTorch network (``auto``, ``torch``)."""
+    from chexnet_pl.model_identity import of_checkpoint, of_parts
     from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
 
     if cfg.backend != "torch":
@@ -57,7 +59,10 @@ def open_model(cfg: DictConfig, checkpoint: Path):
         if export is not None:
             explainer = OnnxExplainer(export)
             log.info("model: %s on ONNX Runtime (exported from this checkpoint)", export.path)
-            return explainer, explainer.image_size
+            identity = of_parts(
+                export.card["backbone"], explainer.class_names, explainer.image_size, checkpoint
+            )
+            return explainer, explainer.image_size, identity
         if cfg.backend == "onnx":
             raise DataError(
                 f"backend=onnx: {why_not}; export it with: {export_command(checkpoint)}"
@@ -69,7 +74,8 @@ def open_model(cfg: DictConfig, checkpoint: Path):
     from chexnet_pl.visualization.torch_explainer import TorchExplainer
 
     run = load_run(checkpoint)
-    return TorchExplainer(run.model, cfg.method), input_size(run.model, cfg.image_size)
+    size = input_size(run.model, cfg.image_size)
+    return TorchExplainer(run.model, cfg.method), size, of_checkpoint(run.model, checkpoint)
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,8 @@ def predict(cfg: DictConfig) -> Path:
     checkpoint = Path(cfg.ckpt).expanduser()
     out_dir = Path(cfg.out or cfg.paths.output_dir)
     paths = image_files(cfg.image, cfg.images)
-    model, image_size = open_model(cfg, checkpoint)
+    model, image_size, identity = open_model(cfg, checkpoint)
+    log.info("model: %s", identity.line())
     operating = operating_thresholds(checkpoint, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(
         cfg.get("calibration"), operating, model.class_names
@@ -161,6 +168,8 @@ def predict(cfg: DictConfig) -> Path:
                 top_k=int(cfg.top_k),
                 calibration=calibration,
                 thresholds_note=operating.description,
+                threshold_notes=operating.notes,
+                model_line=identity.line(),
             )
         )
     if skipped:
@@ -177,21 +186,28 @@ def predict(cfg: DictConfig) -> Path:
         )
     table = pd.concat(frames, ignore_index=True)
     write_csv_atomic(table, out_dir / "predictions.csv", index=False)
+    identity.write(out_dir)  # beside predictions.csv: which model made them
     log.info(
-        "%d image(s) → %s; thresholds: %s\n%s", len(table), out_dir, operating.description,
-        summary(table, model.class_names, thresholds),
+        "%d image(s) → %s; model: %s; thresholds: %s\n%s", len(table), out_dir, identity.line(),
+        operating.description, summary(table, model.class_names, thresholds, operating.notes),
     )  # fmt: skip
     return out_dir
 
 
-def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]) -> str:
-    """What is printed: each image's prediction table (finding, probability, threshold, above),
-    as on the web page; beyond a few images, one line each with its findings above threshold."""
+def summary(
+    table: pd.DataFrame,
+    class_names: list[str],
+    thresholds: list[float],
+    notes: tuple[str, ...] = (),
+) -> str:
+    """What is printed: each image's prediction table (finding, probability, threshold, above,
+    and a note where the threshold is undefined or degenerate), as on the web page; beyond a few
+    images, one line each with its findings above threshold, and those without a verdict."""
     from chexnet_pl.visualization.figures import prediction_table, table_text
 
     columns = [f"prob_{name}" for name in class_names]
     tables = [
-        (name, prediction_table(row, class_names, thresholds=thresholds))
+        (name, prediction_table(row, class_names, thresholds=thresholds, notes=notes))
         for name, row in zip(table["Image Index"], table[columns].to_numpy(), strict=True)
     ]
     if len(tables) <= TABLES_SHOWN:
@@ -200,12 +216,17 @@ def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]
         )
     lines = []
     for name, rows in tables[:10]:
-        above = rows[rows["above_threshold"]]
+        above = rows[rows["above_threshold"].fillna(False).astype(bool)]
         found = ", ".join(
             f"{r.finding.replace('_', ' ')} {r.probability:.3f} (threshold {r.threshold:.3f})"
             for r in above.itertuples()
         )
         lines.append(f"{name}: {found or 'no finding above its threshold'}")
+    undefined = [
+        n.replace("_", " ") for n, t in zip(class_names, thresholds, strict=True) if math.isnan(t)
+    ]
+    if undefined:
+        lines.append(f"no verdict (threshold undefined on validation): {', '.join(undefined)}")
     if len(tables) > 10:
         lines.append(
             f"(first 10 of {len(tables)}; every table in <image>.csv, all in predictions.csv)"
@@ -215,7 +236,8 @@ def summary(table: pd.DataFrame, class_names: list[str], thresholds: list[float]
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
-    run_or_exit(predict, cfg)
+    out_dir = run_or_exit(predict, cfg)
+    log_outputs(out_dir, ["predictions.csv", "model.json", "*.png", SKIPPED, "predict.log"])
 
 
 def main() -> None:

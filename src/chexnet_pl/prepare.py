@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 MIN_SIZE = 8  # px: smaller caches cannot hold a usable chest X-ray
@@ -70,7 +70,8 @@ def prepare(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="prepare")
 def hydra_main(cfg: DictConfig) -> None:
-    run_or_exit(prepare, cfg)
+    folder = Path(run_or_exit(prepare, cfg))
+    log_outputs(folder, ["manifest.json", "images.u8", "index.csv"], label="image cache in")
 
 
 def main() -> None:

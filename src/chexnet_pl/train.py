@@ -54,6 +54,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from chexnet_pl.device import apply_backend_flags, backend_flags, detect_caps
     from chexnet_pl.errors import ImageReadError, TrainingError
     from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
+    from chexnet_pl.model_identity import data_source, of_model, training_recipe
     from chexnet_pl.models.contract import input_size
     from chexnet_pl.models.init_from import init_from_checkpoint
     from chexnet_pl.settings import check_train_config
@@ -65,6 +66,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     check_train_config(cfg)  # every setting, before anything is built or read
     output_dir = Path(cfg.paths.output_dir)
+    recipe, data = training_recipe(), data_source()
+    log.info(
+        "training %s (recipe %s) on %s at %s px; run folder %s", cfg.model.backbone,
+        recipe or "defaults: no experiment=", data or "the configured data", cfg.data.image_size,
+        output_dir,
+    )  # fmt: skip
     check_output_dir(output_dir, float(cfg.paths.min_free_gb))
     write_text_atomic(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
@@ -80,6 +87,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         cfg.model, class_names=list(datamodule.pathologies), image_size=datamodule.image_size
     )
     input_size(model, setting="data.image_size", error=TrainingError)  # the backbone takes it
+    identity = of_model(model, None, recipe, data)
+    identity.write(output_dir)
     if cfg.init_from:
         init_from_checkpoint(model, cfg.init_from)
     if cfg.ckpt_path:
@@ -109,8 +118,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     except (RuntimeError, ImageReadError) as exc:
         raise unwrap_worker_error(exc, cfg.data.on_bad_image) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    identity = of_model(model, best or None, recipe, data)
     if trainer.is_global_zero:
-        write_run_summary(trainer, output_dir, cfg.optimized_metric)
+        identity.write(output_dir)
+        write_run_summary(trainer, output_dir, cfg.optimized_metric, identity.to_json())
 
     if cfg.test and trainer.is_global_zero:
         metrics.update(_evaluate_best(cfg, trainer, model, datamodule, output_dir))
@@ -120,6 +132,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log.info(
             "per-class validation AUROC (run folder %s):\n%s", output_dir, format_auroc_table(table)
         )
+    if trainer.is_global_zero:
+        log.info(
+            "run folder %s; best checkpoint %s; model: %s", output_dir,
+            best or "none saved (see the warnings above)", identity.line(checkpoint=False),
+        )  # fmt: skip
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
 
 

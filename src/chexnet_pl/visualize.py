@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 if TYPE_CHECKING:  # imported when the command runs, not for --help
@@ -81,6 +81,7 @@ def visualize(cfg: DictConfig) -> Path:
     from chexnet_pl.errors import DataError
     from chexnet_pl.evaluation.thresholds import operating_thresholds
     from chexnet_pl.labels import resolve_label
+    from chexnet_pl.model_identity import of_checkpoint
     from chexnet_pl.models.contract import input_size
     from chexnet_pl.visualization.explain import XRay, explain
     from chexnet_pl.visualization.inputs import calibration_and_thresholds
@@ -119,6 +120,7 @@ def visualize(cfg: DictConfig) -> Path:
     explained = explain(
         model, xrays, input_size(model, cfg.image_size), out_dir, cfg.method, [label],
         thresholds, calibration=calibration, thresholds_note=operating.description,
+        threshold_notes=operating.notes, model_line=of_checkpoint(model, cfg.ckpt).line(),
     )  # fmt: skip
     log.info(
         "%d image(s) with %s (of %d in %s) → %s; thresholds: %s\n%s",
@@ -144,15 +146,20 @@ def label_table(
     table = pd.DataFrame({
         "image": names,
         f"p({label.replace('_', ' ')})": [f"{p:.3f}" for p in probabilities],
-        "threshold": f"{thresholds[j]:.3f}",
-        "above": ["yes" if p >= thresholds[j] else "no (missed)" for p in probabilities],
+        "threshold": "undefined" if thresholds[j] != thresholds[j] else f"{thresholds[j]:.3f}",
+        "above": [
+            "undefined (no verdict)" if thresholds[j] != thresholds[j]
+            else "yes" if p >= thresholds[j] else "no (missed)"
+            for p in probabilities
+        ],
     })  # fmt: skip
     return table.to_string(index=False)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="visualize")
 def hydra_main(cfg: DictConfig) -> None:
-    run_or_exit(visualize, cfg)
+    out_dir = run_or_exit(visualize, cfg)
+    log_outputs(out_dir, ["*.png", "*.csv", "visualize.log"])
 
 
 def main() -> None:

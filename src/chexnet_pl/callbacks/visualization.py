@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from chexnet_pl.data.images import read_gray
+from chexnet_pl.model_identity import data_source, of_model, training_recipe
 from chexnet_pl.validation import Problems
 from chexnet_pl.visualization.explain import XRay, explain
 from chexnet_pl.visualization.heatmaps import METHODS
@@ -80,8 +81,11 @@ class VisualizationCallback(pl.Callback):
         out_dir = self.dirpath / f"epoch_{trainer.current_epoch:03d}"
         was_training = pl_module.training
         # Lightning runs this hook under inference mode; Grad-CAM methods need gradients.
+        identity = of_model(pl_module, None, training_recipe(), data_source())
+        model_line = f"{identity.line(checkpoint=False)}, epoch {trainer.current_epoch}"
         with torch.inference_mode(False), torch.enable_grad():
-            explain(pl_module, xrays, trainer.datamodule.image_size, out_dir, self.method)
+            explain(pl_module, xrays, trainer.datamodule.image_size, out_dir, self.method,
+                    model_line=model_line)  # fmt: skip
         pl_module.train(was_training)
         log.info(
             "wrote %d heat maps to %s in %.2f s", len(xrays), out_dir, time.perf_counter() - start

@@ -19,6 +19,8 @@ from chexnet_pl.labels import NO_FINDING, labelled, mean_row, report_order
 log = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = ("youden", "f1")
+# aucs.csv's columns saying how each class's threshold was chosen (evaluation.thresholds).
+THRESHOLD_COLUMNS = ("threshold_rule", "threshold_split", "threshold_positives", "threshold_status")
 
 
 def choose_threshold(scores: np.ndarray, labels: np.ndarray, method: str = "youden") -> float:
@@ -38,6 +40,28 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, method: str = "youd
             f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
         return float(thresholds[int(np.argmax(f1))])
     raise ConfigError(f"unknown evaluation.threshold {method!r}; use one of {THRESHOLD_METHODS}")
+
+
+def threshold_status(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, split: str = "val"
+) -> str:
+    """Whether a threshold chosen on ``split`` (its ``scores``, ``labels``) gives a verdict:
+    ``ok``; ``undefined: no positives on val`` (or negatives); ``degenerate: sensitivity 0 on
+    val`` (no positive reaches it, e.g. 1.000) or specificity 0 (every negative reaches it)."""
+    known = labelled(labels)
+    positive = np.asarray(labels)[known] > 0.5
+    if np.isnan(threshold):
+        if not positive.any():
+            return f"undefined: no positives on {split}"
+        if positive.all():
+            return f"undefined: no negatives on {split}"
+        return f"undefined on {split}"
+    point = operating_point(scores, labels, threshold)
+    if point["sensitivity"] == 0:
+        return f"degenerate: sensitivity 0 on {split} (no positive reaches {threshold:.3f})"
+    if point["specificity"] == 0:
+        return f"degenerate: specificity 0 on {split} (every negative reaches {threshold:.3f})"
+    return "ok"
 
 
 def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
@@ -119,7 +143,8 @@ def score_predictions(
 def format_report(table: pd.DataFrame) -> str:
     """Readable text: undefined values say so instead of NaN; no paper columns when they were
     blanked (images that are not the paper's test set)."""
-    shown = table.copy()
+    # How thresholds were chosen is said in the report's header; the warnings name the flagged.
+    shown = table.drop(columns=list(THRESHOLD_COLUMNS), errors="ignore")
     if "paper_auroc" in shown and shown["paper_auroc"].isna().all():
         shown = shown.drop(columns=["paper_auroc", "diff_vs_paper"])
     for column in ("positives", "negatives"):
@@ -163,7 +188,7 @@ def whole_numbers(table: pd.DataFrame) -> pd.DataFrame:
     """Count columns as integers in the CSV (``2423``, not ``2423.0``), blank where they do not
     apply (gap rows, means)."""
     table = table.copy()
-    for column in ("images", "patients", "positives", "negatives", "images_with_finding",
+    for column in ("images", "patients", "positives", "negatives", "threshold_positives", "images_with_finding",
                    "patients_with_finding", "called_no_finding", "findings_in_mean",
                    "subgroups_compared"):  # fmt: skip
         if column in table:

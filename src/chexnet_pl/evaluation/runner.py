@@ -32,6 +32,7 @@ from chexnet_pl.evaluation.report import (
     choose_threshold,
     format_report,
     score_predictions,
+    threshold_status,
     whole_numbers,
 )
 from chexnet_pl.evaluation.settings import EvaluationSettings
@@ -43,8 +44,10 @@ from chexnet_pl.evaluation.subgroups import (
     score_subgroups,
     write_subgroup_report,
 )
+from chexnet_pl.evaluation.thresholds import RULES, SPLITS
 from chexnet_pl.files import write_csv_atomic
-from chexnet_pl.labels import NO_FINDING, mean_row
+from chexnet_pl.labels import NO_FINDING, labelled, mean_row
+from chexnet_pl.model_identity import of_checkpoint, of_model, paper_comparison
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,22 @@ def score_and_write(
         scores, labels, patients, names, settings.bootstrap_samples, settings.bootstrap_seed,
         settings.confidence, thresholds, reference,
     )  # fmt: skip
+    # How each threshold was chosen, and whether it gives a verdict (evaluation.thresholds).
+    val_known = [labelled(val_labels[:, j]) for j in range(len(names))]
+    table.loc[list(names), "threshold_rule"] = settings.threshold
+    table.loc[list(names), "threshold_split"] = chosen_on
+    table.loc[list(names), "threshold_positives"] = [
+        int((val_labels[val_known[j], j] > 0.5).sum()) for j in range(len(names))
+    ]
+    table.loc[list(names), "threshold_status"] = [
+        threshold_status(val_scores[:, j], val_labels[:, j], t, chosen_on)
+        for j, t in enumerate(thresholds)
+    ]
+    flagged = [
+        f"{n}: {s}" for n, s in table.loc[list(names), "threshold_status"].items() if s != "ok"
+    ]
+    if flagged:
+        log.warning("operating thresholds without a clean verdict:\n  %s", "\n  ".join(flagged))
     if internal is not None:
         table = add_internal(table, internal)
     # What the figures and the calibration line call the images: a split, or what they are not.
@@ -146,10 +165,11 @@ def score_and_write(
             settings.confidence, model, settings.figure_format, len(preds),
         )  # fmt: skip
     log.info(
-        "%s split: %s; %d patients; thresholds (%s) chosen on %s\n%s\n%s%s",
+        "%s split: %s; %d patients; thresholds: %s on %s (positives per class: aucs.csv's "
+        "threshold_positives)\n%s\n%s%s",
         split, ", ".join(filter(None, [source_label, sources.header if sources else f"{len(preds)} images"])),
-        len(set(patients)), settings.threshold,
-        chosen_on, format_report(table.drop(columns=["ece", "brier"])), calibration_line,
+        len(set(patients)), RULES.get(settings.threshold, settings.threshold),
+        SPLITS.get(chosen_on, chosen_on), format_report(table.drop(columns=["ece", "brier"])), calibration_line,
         f"\n{format_summary(subgroups)}" if subgroups else "",
     )  # fmt: skip
     metrics = {
@@ -234,6 +254,14 @@ def evaluate_model(
         model.class_names, datamodule.pathologies, settings.label_map, settings.label_map_shared
     )
     log.info("%s", match.describe())  # the outputs this run reports, before any prediction
+    identity = of_checkpoint(model, checkpoint) if checkpoint else of_model(model)
+    identity.write(output_dir)  # beside aucs.csv: which model these scores are of
+    log.info("model: %s", identity.line())
+    reference = reference_for(datamodule.reference_auroc, match)
+    why_not = paper_comparison(identity.backbone, reference) if reference else None
+    if why_not:
+        log.info("%s", why_not)
+        reference = None
     cache = PredictionCache(checkpoint) if checkpoint else None
     preds = predict_split(model, datamodule, split, settings, cache)
     write_csv_atomic(preds, output_dir / "preds.csv", index=False)
@@ -251,7 +279,7 @@ def evaluate_model(
     )  # fmt: skip
     result = score_and_write(
         preds, truth, match.scored, output_dir, settings, split, val_preds,
-        reference_for(datamodule.reference_auroc, match), None if match.internal else internal,
+        reference, None if match.internal else internal,
         sources, f"data.split.method={method}", model_name(model),
     )  # fmt: skip
     if cache is not None and settings.calibrate != "none":

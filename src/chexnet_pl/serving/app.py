@@ -28,6 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -240,8 +241,12 @@ def create_app(
                 {
                     "finding": str(row.finding),
                     "probability": float(row.probability),
-                    "threshold": float(row.threshold),
-                    "above_threshold": bool(row.above_threshold),
+                    # null: the threshold is undefined (threshold_note says why): no verdict
+                    "threshold": None if pd.isna(row.threshold) else float(row.threshold),
+                    "above_threshold": None
+                    if pd.isna(row.above_threshold)
+                    else bool(row.above_threshold),
+                    "threshold_note": str(row.threshold_note),
                 }
                 for row in table.itertuples()
             ],
@@ -250,7 +255,9 @@ def create_app(
                 n: float(p)
                 for n, p in zip(predictor.class_names, result.probabilities, strict=True)
             },
-            "thresholds": dict(zip(predictor.class_names, predictor.thresholds, strict=True)),
+            "thresholds": predictor.card["thresholds"],
+            "thresholds_chosen": predictor.card.get("thresholds_chosen"),
+            "model": predictor.card.get("model"),
             "overlays": overlays,
             "heatmaps": predictor.card["heatmaps"],
             "image": {

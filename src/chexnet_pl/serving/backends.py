@@ -17,10 +17,12 @@ import torch
 from chexnet_pl.evaluation.calibration import Calibration
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_sha256
-from chexnet_pl.serving.card import model_card, read_sidecar
+from chexnet_pl.model_identity import of_checkpoint
+from chexnet_pl.serving.card import identity_fields, model_card, read_sidecar, threshold_fields
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
 from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
+from chexnet_pl.visualization.inputs import calibrated_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def load_backend(
     operating = operating_thresholds(checkpoint, thresholds, module.class_names)
     values = list(operating.values)
     if scaling is not None and operating.source is not None:
-        values = [float(v) for v in scaling.apply(np.asarray([values]), module.class_names)[0]]
+        values = calibrated_thresholds(scaling, values, module.class_names)
     outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
     card = model_card(
         checkpoint, module.hparams.backbone, module.class_names, image_size,
@@ -126,6 +128,8 @@ def load_backend(
     )  # fmt: skip
     # What the page and GET /model show: file names, never the server's folders.
     card["checkpoint"] = checkpoint.name
+    card.update(threshold_fields(operating, module.class_names, values))
+    card.update(identity_fields(of_checkpoint(module, checkpoint)))
     card["thresholds_source"] = operating.public_description
     card["heatmaps"] = served.heatmaps
     card["calibration"] = None

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from chexnet_pl.evaluation.thresholds import DEFAULT_THRESHOLD, operating_thresholds
+from chexnet_pl.evaluation.thresholds import (
+    DEFAULT_THRESHOLD,
+    OperatingThresholds,
+    operating_thresholds,
+)
 from chexnet_pl.files import file_sha256
+from chexnet_pl.model_identity import ModelIdentity
 from chexnet_pl.models.backbones import backbone_spec
 from chexnet_pl.serving.served_model import INPUT, ServingError
 
@@ -24,6 +31,36 @@ def find_thresholds(
     by the one rule of every command (``evaluation.thresholds.operating_thresholds``)."""
     thresholds = operating_thresholds(checkpoint, aucs_csv, class_names)
     return list(thresholds.values), str(thresholds.source) if thresholds.source else None
+
+
+def threshold_fields(
+    operating: OperatingThresholds, class_names: list[str], values: list[float] | None = None
+) -> dict[str, Any]:
+    """What a card says of its thresholds: each value (null: undefined, no verdict), each
+    class's note (why undefined, or flagged degenerate) and how they were chosen."""
+    values = list(operating.values) if values is None else values
+    return {
+        "thresholds": json_thresholds(class_names, values),
+        "threshold_notes": {n: operating.note(j) for j, n in enumerate(class_names)},
+        "thresholds_chosen": operating.how,
+    }
+
+
+def identity_fields(identity: ModelIdentity) -> dict[str, Any]:
+    """The model named as every command names it (``model_identity``), with the checkpoint's
+    file name only: the card is served to clients."""
+    public = replace(
+        identity, checkpoint=Path(identity.checkpoint).name if identity.checkpoint else None
+    )
+    return {"recipe": public.recipe, "label_set": public.label_set, "model": public.line()}
+
+
+def json_thresholds(class_names: list[str], values: list[float]) -> dict[str, float | None]:
+    """``{class: threshold}``, null where undefined (JSON has no NaN)."""
+    return {
+        n: None if math.isnan(float(v)) else float(v)
+        for n, v in zip(class_names, values, strict=True)
+    }
 
 
 def preprocessing(backbone: str, image_size: int) -> dict[str, Any]:
@@ -58,7 +95,7 @@ def model_card(
         "backbone": backbone,
         "outputs": outputs,
         "preprocessing": preprocessing(backbone, image_size),
-        "thresholds": dict(zip(class_names, thresholds, strict=True)),
+        "thresholds": json_thresholds(class_names, thresholds),
         "thresholds_source": thresholds_source
         or f"none found: {DEFAULT_THRESHOLD} for every class",
         "checkpoint": checkpoint.name,  # the name only: the card is served to clients

@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
-from chexnet_pl.serving.card import find_thresholds, model_card
+from chexnet_pl.model_identity import of_parts
+from chexnet_pl.serving.card import identity_fields, model_card, threshold_fields
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
 
@@ -157,11 +159,15 @@ def export_checkpoint(
             f"the {fmt} export of {checkpoint} differs from PyTorch by {differences[0]:.2e} in its "
             f"probabilities (tolerance {PARITY_TOLERANCE:.0e}); nothing was written"
         )
-    values, source = find_thresholds(checkpoint, thresholds, model.class_names)
+    operating = operating_thresholds(checkpoint, thresholds, model.class_names)
+    values = list(operating.values)
+    source = str(operating.source) if operating.source else None
     identity = file_identity(checkpoint)  # before it is hashed: a change between is caught
     card = model_card(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
     )
+    card.update(threshold_fields(operating, model.class_names))
+    card.update(identity_fields(of_parts(backbone, model.class_names, image_size, checkpoint)))
     card.update(
         {
             "checkpoint_file": identity,  # predict trusts the SHA-256 while this is unchanged

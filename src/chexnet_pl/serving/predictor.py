@@ -52,7 +52,13 @@ class Predictor:
         )
         self.calibration_label = f"{scaling['method']} ({scaling['file']})" if scaling else None
         self.image_size = int(card["image_size"])
-        self.thresholds = [float(card["thresholds"][name]) for name in self.class_names]
+        # null: undefined on validation, no verdict (never 0.5); notes say why, or flag it
+        self.thresholds = [
+            float("nan") if card["thresholds"][name] is None else float(card["thresholds"][name])
+            for name in self.class_names
+        ]
+        notes = card.get("threshold_notes") or {}
+        self.threshold_notes = [str(notes.get(name) or "") for name in self.class_names]
         self.queue: BatchingQueue[Job, JobResult] = BatchingQueue(self._run_batch, max_batch)
 
     def heat_choice(self, value: str) -> str | int:
@@ -106,8 +112,11 @@ class Predictor:
         return results
 
     def table(self, probabilities: np.ndarray) -> pd.DataFrame:
-        """The ``predict`` table: finding, probability, threshold, above it; most probable first."""
-        return prediction_table(probabilities, self.class_names, thresholds=self.thresholds)
+        """The ``predict`` table: finding, probability, threshold (NaN: undefined), above it (NA:
+        no verdict), the threshold's note; most probable first."""
+        return prediction_table(
+            probabilities, self.class_names, thresholds=self.thresholds, notes=self.threshold_notes
+        )
 
     def close(self) -> None:
         self.queue.close()

@@ -16,9 +16,12 @@ RUN_SUMMARY = "run_summary.json"
 AUROC_MONITORS = ("val/auroc", "val/auroc_best")
 
 
-def write_run_summary(trainer: pl.Trainer, output_dir: Path, metric_name: str | None) -> dict:
+def write_run_summary(
+    trainer: pl.Trainer, output_dir: Path, metric_name: str | None, model: dict | None = None
+) -> dict:
     """The checkpoint's monitored metric (its name, direction and best value), its epoch and
-    checkpoint (read by sweep summaries). ``best_val_auroc`` only when that metric is the mean
+    checkpoint (read by sweep summaries), and ``model`` (``model_identity``: backbone, recipe,
+    labels, image size, checkpoint). ``best_val_auroc`` only when that metric is the mean
     validation AUROC: a loss is never reported as one."""
     from pytorch_lightning.loggers import WandbLogger
 
@@ -45,6 +48,8 @@ def write_run_summary(trainer: pl.Trainer, output_dir: Path, metric_name: str | 
     }
     if monitor in AUROC_MONITORS:
         summary["best_val_auroc"] = summary["best_monitor"]
+    if model is not None:
+        summary["model"] = model
     write_text_atomic(output_dir / RUN_SUMMARY, json.dumps(summary, indent=1))
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and summary["best_monitor"] is not None:

@@ -68,6 +68,8 @@ def explain(
     top_k: int = 1,
     calibration: Calibration | None = None,
     thresholds_note: str = "",
+    threshold_notes: Sequence[str] = (),
+    model_line: str = "",
 ) -> pd.DataFrame:
     """For each image write ``<name>.csv`` (prediction table) and ``<name>_<finding>.png``
     (overlay + table) for ``findings`` (default: its ``top_k`` most probable); return the
@@ -75,7 +77,9 @@ def explain(
     model (explained by ``method``; ``auto``: CAM where the backbone's head allows it, else
     Grad-CAM). With ``calibration`` the probabilities are the calibrated ones and every table has
     a ``calibration`` column saying which. ``thresholds_note``: where the thresholds come from,
-    written beside each figure's table."""
+    written beside each figure's table; ``threshold_notes``: per class, why its threshold is
+    undefined (NaN: no verdict) or degenerate; ``model_line``: the model, written on each
+    overlay (``model_identity.ModelIdentity.line``)."""
     if not hasattr(model, "maps"):
         from chexnet_pl.visualization.torch_explainer import TorchExplainer
 
@@ -95,7 +99,7 @@ def explain(
     needed = sorted({int(k) for chosen in chosen_per_image for k in chosen})
     maps = model.maps(images, needed)
     for i, xray in enumerate(xrays):
-        table = prediction_table(probabilities[i], names, xray.truth, thresholds)
+        table = prediction_table(probabilities[i], names, xray.truth, thresholds, threshold_notes)
         if calibration is not None:
             table["calibration"] = calibration.label
         stem = Path(xray.name).stem
@@ -106,7 +110,7 @@ def explain(
                 xray.gray, heat, names[k], float(probabilities[i, k]), table,
                 title=f"{xray.name} — {model.method}"
                 + (f" — calibrated: {calibration.label}" if calibration else ""),
-                thresholds_note=thresholds_note,
+                thresholds_note=thresholds_note, model_line=model_line,
             )  # fmt: skip
             save_overlay(figure, out_dir / f"{stem}_{names[k]}.png")
     frame = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])

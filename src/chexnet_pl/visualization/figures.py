@@ -8,6 +8,7 @@ bar gives the map's scale (each map is scaled to [0, 1]) and marks where the sho
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,10 +26,11 @@ COLORMAP = "inferno"
 SHOWN_TOP_PERCENT = 20.0  # of the map's pixels: the rest of the X-ray is shown as it is
 OPACITY = 0.55
 DISPLAY_SIDE = 1024  # px: the overlay is drawn at about this size in the figure (200 dpi)
-TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree")
+TABLE_COLUMNS = ("finding", "probability", "threshold", "above", "truth", "disagree", "note")
 # One meaning per colour, here and on the serve page: blue = above its threshold, pink =
 # disagrees with the ground truth (known only here).
 ABOVE_COLOUR, DISAGREE_COLOUR = "#dbeafe", "#ffd6d6"
+UNDEFINED = "undefined"  # a threshold that could not be chosen: no verdict
 
 
 def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -78,19 +80,27 @@ def prediction_table(
     class_names: Sequence[str],
     truth: Sequence[float] | None = None,
     thresholds: Sequence[float] | float = 0.5,
+    notes: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Every finding with its probability, its operating threshold, whether it is above it, the
     ground truth (when known) and a mark where they disagree, most probable first — the table of
-    ``predict``, ``visualize`` and the web page."""
+    ``predict``, ``visualize`` and the web page. A NaN threshold (undefined: not chosen on
+    validation) gives no verdict: ``above_threshold`` is missing (pd.NA), never a 0.5 call.
+    ``notes``: per class, why its threshold is undefined or degenerate ("" where it is usable)."""
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(class_names),))
     table = pd.DataFrame(
         {"finding": list(class_names), "probability": np.asarray(probabilities, dtype=np.float64)}
     )
     table["threshold"] = thresholds
-    table["above_threshold"] = table["probability"] >= table["threshold"]
+    undefined = np.isnan(thresholds)
+    above = pd.array(table["probability"].to_numpy() >= np.nan_to_num(thresholds), dtype="boolean")
+    above[undefined] = pd.NA
+    table["above_threshold"] = above
+    table["threshold_note"] = list(notes) if len(notes) else [""] * len(class_names)
     if truth is not None:
         table["truth"] = np.asarray(truth) > 0.5
-        table["disagree"] = np.where(table["above_threshold"] != table["truth"], "✗", "")
+        differs = (table["above_threshold"] != table["truth"]).fillna(False).astype(bool)
+        table["disagree"] = np.where(differs, "✗", "")
     return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -98,11 +108,15 @@ def table_text(table: pd.DataFrame) -> pd.DataFrame:
     """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/blank."""
     shown = pd.DataFrame({"finding": table["finding"].str.replace("_", " ")})
     shown["probability"] = table["probability"].map(lambda v: f"{v:.3f}")
-    shown["threshold"] = table["threshold"].map(lambda v: f"{v:.3f}")
-    shown["above"] = table["above_threshold"].map({True: "yes", False: "no"})
+    shown["threshold"] = table["threshold"].map(lambda v: UNDEFINED if pd.isna(v) else f"{v:.3f}")
+    shown["above"] = [
+        UNDEFINED if pd.isna(v) else ("yes" if v else "no") for v in table["above_threshold"]
+    ]
     if "truth" in table:
         shown["truth"] = table["truth"].map({True: "yes", False: ""})
         shown["disagree"] = table["disagree"]
+    if "threshold_note" in table and table["threshold_note"].astype(bool).any():
+        shown["note"] = table["threshold_note"]
     return shown
 
 
@@ -114,13 +128,15 @@ def overlay_figure(
     table: pd.DataFrame,
     title: str = "",
     thresholds_note: str = "",
+    model_line: str = "",
 ):
     """The overlay (titled with the finding, its probability and threshold) over its colour bar,
     beside the rendered prediction table (rows above their threshold bold on blue, as on the
     serve page; disagreements with the ground truth on pink); returns the matplotlib figure."""
     figure = plt.figure(figsize=(13, 7))
     grid = figure.add_gridspec(2, 2, width_ratios=[1, 1], height_ratios=[1, 0.035], hspace=0.12,
-                               wspace=0.05, left=0.02, right=0.99, top=0.9, bottom=0.08)  # fmt: skip
+                               wspace=0.05, left=0.02, right=0.99, top=0.9,
+                               bottom=0.12 if model_line else 0.08)  # fmt: skip
     left, bar = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[1, 0])
     right = figure.add_subplot(grid[:, 1])
     # Drawn at the size the figure shows it (about 1,250 px a side at 200 dpi): the same picture as
@@ -132,7 +148,12 @@ def overlay_figure(
     heat = upsample(heatmap, gray.shape) if heatmap.shape != gray.shape else heatmap
     left.imshow(overlay(gray, heat), interpolation="antialiased")
     row = table[table["finding"] == finding]
-    threshold = f", threshold {row['threshold'].iloc[0]:.3f}" if len(row) else ""
+    threshold = ""
+    if len(row):
+        value = row["threshold"].iloc[0]
+        threshold = f", threshold {UNDEFINED if pd.isna(value) else f'{value:.3f}'}"
+        note = row["threshold_note"].iloc[0] if "threshold_note" in row else ""
+        threshold += f" ({note})" if note else ""
     left.set_title(f"{finding.replace('_', ' ')}: p = {probability:.3f}{threshold}", fontsize=12)
     left.axis("off")
     mappable = plt.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
@@ -156,13 +177,18 @@ def overlay_figure(
     columns = [c for c in TABLE_COLUMNS if c in cells]
     widths = {"finding": 0.34, "probability": 0.16, "threshold": 0.15, "above": 0.1,
               "truth": 0.1, "disagree": 0.12}  # fmt: skip
+    if "note" in cells:  # a threshold undefined or flagged: room for why, the rest narrower
+        widths = {"finding": 0.22, "probability": 0.1, "threshold": 0.11, "above": 0.09,
+                  "truth": 0.07, "disagree": 0.07, "note": 0.34}  # fmt: skip
+        cells["note"] = cells["note"].str.split(" (", regex=False).str[0]
+        cells.loc[cells["above"] == UNDEFINED, "above"] = "—"  # the note says why: no verdict
     rendered = right.table(cellText=cells[columns].to_numpy(), colLabels=columns, loc="center",
                            cellLoc="left", colWidths=[widths[c] for c in columns])  # fmt: skip
     rendered.auto_set_font_size(False)
-    rendered.set_fontsize(9)
+    rendered.set_fontsize(8 if "note" in cells else 9)
     rendered.scale(1, 1.3)
     for position, above in enumerate(table["above_threshold"], start=1):
-        if above:
+        if not pd.isna(above) and above:
             for column in range(len(columns)):
                 rendered[position, column].get_text().set_fontweight("bold")
                 rendered[position, column].set_facecolor(ABOVE_COLOUR)
@@ -175,9 +201,12 @@ def overlay_figure(
                     rendered[position, column].set_facecolor(DISAGREE_COLOUR)
     right.text(0.0, 0.02, key, transform=right.transAxes, fontsize=8, ha="left", va="bottom")
     if thresholds_note:
-        right.set_title(f"thresholds: {thresholds_note}", fontsize=8, loc="left")
+        wrapped = textwrap.fill(f"thresholds: {thresholds_note}", 100)
+        right.set_title(wrapped, fontsize=8, loc="left")
     if title:
         figure.suptitle(title, fontsize=10)
+    if model_line:
+        figure.text(0.01, 0.005, f"model: {model_line}", fontsize=8, ha="left", va="bottom")
     return figure
 
 

@@ -69,6 +69,15 @@ def calibration_and_thresholds(
         return None, values
     calibration = Calibration.read(calibration_file, class_names)  # checked: finite, every class
     if thresholds.source is not None:
-        raw = np.asarray(values, dtype=np.float64)[None, :]
-        values = [float(v) for v in calibration.apply(raw, class_names)[0]]
+        return calibration, calibrated_thresholds(calibration, values, class_names)
     return calibration, values
+
+
+def calibrated_thresholds(
+    calibration: Calibration, values: list[float], class_names: list[str]
+) -> list[float]:
+    """Thresholds chosen on raw probabilities, mapped through ``calibration``; an undefined one
+    (NaN) stays undefined."""
+    raw = np.asarray(values, dtype=np.float64)
+    mapped = calibration.apply(np.nan_to_num(raw, nan=0.5)[None, :], class_names)[0]
+    return [float("nan") if np.isnan(r) else float(m) for r, m in zip(raw, mapped, strict=True)]
