@@ -1,6 +1,6 @@
 """The import graph of ``src/``: no circles, and no module importing from a layer above its own
-(docs/architecture.md, "Layers"). Imports inside functions count too; and no module over
-350 lines. ``python tests/test_layers.py`` prints the circles, upward imports and largest modules."""
+(docs/architecture.md, "Layers"). Imports inside functions count too. Modules are cut by
+purpose, not by size (no line limit). ``python tests/test_layers.py`` prints the circles, upward imports and largest modules."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ COMMANDS = {"train", "evaluate", "predict", "visualize", "localize", "download",
             "import_weights", "export", "serve"}  # fmt: skip
 GROUND = {"errors", "files", "validation", "labels", "device", "shipped", "checkpoint_io", "components",
           "config_location"}  # fmt: skip
-LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "evaluation": 2, "visualization": 2,
+LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "model_identity": 2, "evaluation": 2, "visualization": 2,
           "serving": 2, "training": 2, "callbacks": 2, "api": 5}  # fmt: skip
-MAX_LINES = 350
 
 
 def layer(module: str) -> int:
@@ -95,11 +94,6 @@ def upward() -> list[tuple[str, str]]:
     return sorted(
         (m, t) for m, targets in imports().items() for t in targets if layer(t) > layer(m)
     )
-
-
-def test_no_module_is_over_350_lines():
-    sizes = {p: len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert not {str(p): n for p, n in sizes.items() if n > MAX_LINES}
 
 
 if __name__ == "__main__":

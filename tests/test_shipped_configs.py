@@ -379,23 +379,23 @@ def test_the_list_of_mapping_settings_is_every_one_shipped(command, extra):
 
 
 def test_the_readmes_checksum_example_is_a_setting():
-    """README: ``checksums.images_001=<sha256>`` (before: Hydra's "Could not override")."""
+    """The Data page: ``checksums.images_001=<sha256>`` (before: Hydra's "Could not override")."""
     from omegaconf import OmegaConf
 
-    assert "`checksums.images_001=<sha256>`" in (REPO / "README.md").read_text()
+    assert "`checksums.images_001=<sha256>`" in (REPO / "docs" / "data.md").read_text()
     cfg = _composed("download", "checksums.images_001=abc123")
     assert OmegaConf.to_container(cfg.checksums) == {**CHECKSUMS, "images_001": "abc123"}
 
 
 def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root, caplog):
-    """README: `'data.uncertain_by_label={Atelectasis: ones, ...}'`, pasted as written, passes
+    """The Data page: `'data.uncertain_by_label={Atelectasis: ones, ...}'`, as written, passes
     ``--check`` (before: Hydra's "Could not override", and a traceback from --check); a policy
     that does not exist is one line and exit 2."""
     import re
 
     from chexnet_pl.cli import run_command
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "data.md").read_text()
     example = re.search(r"'(data\.uncertain_by_label=\{[^']*\})'", readme).group(1)
     assert (
         example == "data.uncertain_by_label={Atelectasis: ones, Edema: ones, Cardiomegaly: zeros}"

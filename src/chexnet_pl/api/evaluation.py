@@ -16,6 +16,7 @@ import pandas as pd
 
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.errors import DataError
+from chexnet_pl.files import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _as_csv(predictions: pd.DataFrame | str | Path, path: Path, known: pd.Index)
             images = [os.path.basename(v) for v in images]
         table.insert(0, IMAGE, images)
     prob = [c for c in table.columns if str(c).startswith("prob_")]
-    table[[IMAGE, *prob]].to_csv(path, index=False)
+    write_csv_atomic(table[[IMAGE, *prob]], path, index=False)
     return path
 
 
