@@ -215,3 +215,72 @@ def test_gpu_smoke_runs_the_shipped_defaults_on_the_cpu(tmp_path):
     for stage in ("release + prepare", "train 1 epoch + test evaluation", "predict"):
         assert stage in result.stdout
     assert "4 images →" in result.stdout and (tmp_path / "smoke" / "train" / "aucs.csv").is_file()
+
+
+# -- mistakes answered before torch is imported -------------------------------------------------
+def _early_cases(tmp_path: Path, nih_sample: Path) -> dict[str, tuple[list[str], str]]:
+    """A run folder with a checkpoint (only its name is read: an empty file), a CSV for an
+    image, and each mistake with what must be said."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"")
+    table = tmp_path / "labels.csv"
+    table.write_text("Image Index,Finding Labels\nx.png,No Finding\n")
+    png = next((nih_sample / "images").glob("*.png"))
+    missing = tmp_path / "none.ckpt"
+    return {
+        "wrong data.root": (["train", "data.root=/nonexistent"],
+                            "data.root=/nonexistent is not a folder; give the NIH download folder"),
+        "missing ckpt (evaluate)": ([ "evaluate", f"ckpt={missing}"],
+                                    f"ckpt={missing} is not a file (no such file)"),
+        "missing ckpt (predict)": (["predict", f"ckpt={missing}", f"image={png}"],
+                                   f"ckpt={missing} is not a file (no such file)"),
+        "ckpt a run folder": (["evaluate", f"ckpt={run}"],
+                              f"ckpt={run} is a folder, not a file; give the run's best "
+                              f"checkpoint: ckpt={run / 'checkpoints' / 'best.ckpt'}"),
+        "image a CSV": (["predict", f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"image={table}"],
+                        f"image={table}: not a PNG, JPEG or DICOM image (it starts with "
+                        "b'Image In'); send a chest X-ray as PNG, JPEG or DICOM"),
+    }  # fmt: skip
+
+
+EARLY_CASES = ["wrong data.root", "missing ckpt (evaluate)", "missing ckpt (predict)",
+               "ckpt a run folder", "image a CSV"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", EARLY_CASES)
+def test_a_mistake_in_a_file_or_folder_is_found_before_the_command_runs(case, tmp_path, nih_sample):
+    from chexnet_pl.early import early_problems
+
+    (command, *args), message = _early_cases(tmp_path, nih_sample)[case]
+    found = early_problems(command, args)
+    assert len(found) == 1 and found[0].startswith(message), found
+
+
+def test_predict_says_of_a_non_image_what_the_service_answers(tmp_path):
+    from chexnet_pl.early import image_problem
+    from chexnet_pl.serving.decode import UploadError, decode_image
+
+    table = tmp_path / "labels.csv"
+    table.write_text("Image Index,Finding Labels\nx.png,No Finding\n")
+    with pytest.raises(UploadError) as refused:
+        decode_image(table.read_bytes(), max_pixels=10**6)
+    assert refused.value.status == 415
+    assert image_problem("image", str(table)) == f"image={table}: {refused.value}"
+
+
+@pytest.mark.slow  # launches the commands
+@pytest.mark.parametrize("case", EARLY_CASES)
+def test_a_mistake_is_answered_once_before_torch_is_imported(case, tmp_path, nih_sample):
+    (command, *args), message = _early_cases(tmp_path, nih_sample)[case]
+    result = run(sys.executable, "-X", "importtime", "-m", f"chexnet_pl.{command}", *args,
+                 f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
+    output = result.stdout + result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in output.splitlines()
+                if line.startswith("import time:")}  # fmt: skip
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert result.returncode == 2, output[-2000:]
+    assert len(errors) == 1 and message in errors[0], errors or output[-2000:]
+    assert output.count(message) == 1
+    assert imported and "torch" not in imported and "pytorch_lightning" not in imported
+    assert not (tmp_path / "out").exists()  # stopped before Hydra made a run folder
