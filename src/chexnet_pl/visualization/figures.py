@@ -85,20 +85,26 @@ def prediction_table(
     )
     table["threshold"] = thresholds
     table["above_threshold"] = table["probability"] >= table["threshold"]
-    if truth is not None:
-        table["truth"] = np.asarray(truth) > 0.5
-        table["disagree"] = np.where(table["above_threshold"] != table["truth"], "✗", "")
+    if truth is not None:  # NaN: the label is unknown (uncertain, not mentioned): NA, not False
+        values = np.asarray(truth, dtype=np.float64)
+        known = ~np.isnan(values)
+        table["truth"] = pd.array(np.where(known, values > 0.5, False), dtype="boolean")
+        table.loc[~known, "truth"] = pd.NA
+        differ = known & (table["above_threshold"].to_numpy() != (values > 0.5))
+        table["disagree"] = np.where(differ, "✗", "")
     return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def table_text(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/blank."""
+    """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/no/unknown."""
     shown = pd.DataFrame({"finding": table["finding"].str.replace("_", " ")})
     shown["probability"] = table["probability"].map(lambda v: f"{v:.3f}")
     shown["threshold"] = table["threshold"].map(lambda v: f"{v:.3f}")
     shown["above"] = table["above_threshold"].map({True: "yes", False: "no"})
     if "truth" in table:
-        shown["truth"] = table["truth"].map({True: "yes", False: ""})
+        shown["truth"] = [
+            "unknown" if value is pd.NA else "yes" if value else "no" for value in table["truth"]
+        ]
         shown["disagree"] = table["disagree"]
     return shown
 
