@@ -79,7 +79,9 @@ def _given(args: Sequence[str]) -> dict[str, Any] | None:
     return {
         o.key_or_group: o.value()
         for o in overrides
-        if not o.is_sweep_override() and o.type is not OverrideType.DEL
+        if not o.is_sweep_override()
+        and o.type is not OverrideType.DEL
+        and not (isinstance(o.value(), str) and "${" in o.value())  # resolved later
     }
 
 
