@@ -386,9 +386,12 @@ def main() -> None:
     if not args.loading_only:
         rows += training(device, compute_steps)
         rows += inference(device, compute_steps)
-        rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
+        if args.quick:  # a smoke run: each figure once, small
+            rows += lightning_overhead(device, 4, 32)
+        else:
+            rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
         if device.type == "cpu":
-            rows += heatmaps(224)
+            rows += heatmaps(64 if args.quick else 224)
 
     print(f"\n{'figure (images/s)':<42}{'baseline':>10}{'project':>10}{'ratio':>8}{'target':>9}")
     for label, base, project in rows:
