@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.models.backbones import BACKBONES
 from chexnet_pl.models.module import AUX_LOSS_WEIGHT, shipped_model
 
@@ -37,7 +38,7 @@ def _median_seconds(step, iterations: int) -> float:
 
 def measure(name: str, size: int, iterations: int) -> dict[str, float | str]:
     torch.manual_seed(0)
-    model = shipped_model(backbone=name, pretrained=False)
+    model = shipped_model(backbone=name, pretrained=False, class_names=class_names())
     inference_params = sum(
         p.numel() for n, p in model.net.named_parameters() if not n.startswith("aux_heads.")
     )
@@ -80,7 +81,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument(
+        "--quick", action="store_true", help="resnet18 at 64 px, 1 batch (a smoke run)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.iterations, args.backbones = 64, 1, ["resnet18"]
     print(
         f"{args.size}x{args.size} px, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}; median of {args.iterations} batches after 1 warm-up"

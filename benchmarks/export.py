@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.models.module import shipped_model
 from chexnet_pl.serving.export import example_images, onnx_bytes, runner, torchscript_bytes
 from chexnet_pl.serving.served_model import ServedModel
@@ -42,9 +43,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cams", action="store_true", help="also output the CAMs of every class")
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 64 px, batch 1, 1 repeat")
     args = parser.parse_args()
+    if args.quick:
+        args.backbone, args.size, args.batches, args.repeats = "resnet18", 64, [1], 1
     torch.manual_seed(0)
-    module = shipped_model(backbone=args.backbone, pretrained=False).eval()
+    module = shipped_model(
+        backbone=args.backbone, pretrained=False, class_names=class_names()
+    ).eval()
     served = ServedModel(module, cams=args.cams).eval()
 
     def pytorch(images: np.ndarray):

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.models.module import shipped_model
 from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
 
@@ -20,9 +21,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="64 px, 1 repeat (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats = 64, 1
     torch.manual_seed(0)
-    model = shipped_model(pretrained=False).eval()
+    model = shipped_model(pretrained=False, class_names=class_names()).eval()
     image = torch.randint(0, 256, (1, 1, args.size, args.size), dtype=torch.uint8)
     classes = len(model.class_names)
 

@@ -27,6 +27,7 @@ import numpy as np
 import requests
 import torch
 
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.models.module import shipped_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ NIH_SAMPLE = Path(
 
 def random_checkpoint(path: Path, size: int) -> Path:
     torch.manual_seed(0)
-    model = shipped_model(pretrained=False)
+    model = shipped_model(pretrained=False, class_names=class_names())
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "datamodule_hyper_parameters": {"image_size": size},
                 "pytorch-lightning_version": "2"}, path)  # fmt: skip
@@ -124,7 +125,10 @@ def main() -> None:
     parser.add_argument("--overlay", default="none", help="none | top (the page's first request)")
     parser.add_argument("--ckpt", type=Path, default=None)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--quick", action="store_true", help="2 clients, 6 requests, 64 px")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.requests, args.size, args.max_seconds = 2, 6, 64, 120
     images = xrays()
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as folder:
         folder = Path(folder)

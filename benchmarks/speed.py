@@ -30,6 +30,7 @@ from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import open_cache
 from chexnet_pl.data.dataset import ChestXrayDataset
 from chexnet_pl.data.device_loader import DeviceLoader, load_split
+from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.evaluation.predictions import autocast_context
@@ -180,7 +181,9 @@ def loading(rows: int, workers: int, device: torch.device) -> list[tuple[str, fl
 
 
 def project_model(device: torch.device) -> tuple[CheXNetModule, str]:
-    model = shipped_model(backbone="densenet121", pretrained=False).to(device)
+    model = shipped_model(backbone="densenet121", pretrained=False, class_names=class_names()).to(
+        device
+    )
     precision = str(resolve_precision("auto", device.type if device.type == "cuda" else "cpu"))
     return model, precision
 
@@ -336,7 +339,7 @@ def lightning_overhead(
 
 def heatmaps(size: int) -> list[tuple[str, float, float]]:
     """Images/s of all 15 maps: one Grad-CAM call per class vs one CAM pass."""
-    model = shipped_model(pretrained=False).eval()
+    model = shipped_model(pretrained=False, class_names=class_names()).eval()
     image = torch.randint(0, 256, (1, 1, size, size), dtype=torch.uint8)
     class_activation_maps(model, image)
     start = time.perf_counter()
@@ -383,9 +386,12 @@ def main() -> None:
     if not args.loading_only:
         rows += training(device, compute_steps)
         rows += inference(device, compute_steps)
-        rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
+        if args.quick:  # a smoke run: each figure once, small
+            rows += lightning_overhead(device, 4, 32)
+        else:
+            rows += lightning_overhead(device, max(compute_steps * 5, 20), 64)
         if device.type == "cpu":
-            rows += heatmaps(224)
+            rows += heatmaps(64 if args.quick else 224)
 
     print(f"\n{'figure (images/s)':<42}{'baseline':>10}{'project':>10}{'ratio':>8}{'target':>9}")
     for label, base, project in rows:

@@ -14,6 +14,10 @@ each ``--repeats`` times, in fresh processes:
 - ``N images``: the same with ``images=<folder of N NIH sample PNGs>``; per image is
   (N images − one image) / (N − 1).
 
+Then the mistakes answered before torch is imported (issue 31: a wrong ``data.root``, a
+missing ``ckpt``, ``ckpt=`` a run folder, ``image=`` a CSV), each timed as a ratio to
+``python -c "import torch"`` (below 1: the answer comes before torch could have loaded).
+
 Prints the median and the fastest of each, the time ``import torch, torchvision`` takes alone (the
 PyTorch backend's floor), the issue-22 target (one image < 3 s wall), the heavy
 libraries the command imported (Lightning, torchmetrics, scikit-learn, albumentations and
@@ -82,10 +86,27 @@ def write_checkpoint(path: Path, image_size: int) -> Path:
     return path
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], status: int = 0) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != status:
+        raise SystemExit(f"{command} exited {done.returncode}, not {status}: {done.stderr[-800:]}")
     return time.perf_counter() - started
+
+
+def mistakes(bin_dir: Path, tmp: Path, checkpoint: Path, image: Path) -> dict[str, list[str]]:
+    """Each mistake the commands answer before importing torch, as a command line."""
+    table = tmp / "labels.csv"
+    table.write_text("Image Index,Finding Labels\nx.png,No Finding\n")
+    run_folder = checkpoint.parent.parent
+    out = f"hydra.run.dir={tmp / 'mistakes'}"
+    return {
+        "wrong data.root": [str(bin_dir / "chexnet-train"), "data.root=/nonexistent", out],
+        "missing ckpt": [str(bin_dir / "chexnet-evaluate"), f"ckpt={tmp / 'none.ckpt'}", out],
+        "ckpt= a run folder": [str(bin_dir / "chexnet-evaluate"), f"ckpt={run_folder}", out],
+        "image= a CSV": [str(bin_dir / "chexnet-predict"), f"ckpt={checkpoint}", f"image={table}",
+                         out],
+    }  # fmt: skip
 
 
 def imported_heavy(checkpoint: Path, image: Path, out: Path, backend: str) -> list[str]:
@@ -109,7 +130,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--quick", action="store_true", help="1 run each, 2 images at 64 px")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.images, args.size = 1, 2, 64
     pngs = sorted((SAMPLE / "images").glob("*.png"))
     if len(pngs) < args.images:
         sys.exit(f"needs {args.images} NIH sample PNGs in {SAMPLE / 'images'}")
@@ -145,6 +169,12 @@ def main() -> None:
                     timed([*base, f"images={folder}", f"out={tmp / f'{backend}n{repeat}'}"])
                 )
         heavy = {b: imported_heavy(checkpoint, pngs[0], tmp / f"modules_{b}", b) for b in runs}
+        wrong = mistakes(Path(sys.executable).parent, tmp, checkpoint, pngs[0])
+        torch_alone, answered = [], {name: [] for name in wrong}
+        for _ in range(args.repeats):
+            torch_alone.append(timed([sys.executable, "-c", "import torch"]))
+            for name, command in wrong.items():
+                answered[name].append(timed(command, status=2))
     load_after = os.getloadavg()[0]
     print(describe_machine())
     print(f"load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}")
@@ -172,6 +202,12 @@ def main() -> None:
         verdict = "meets" if one < TARGET_ONE_IMAGE_S else "misses"
         print(f"one image on {label}: {one:.2f} s, {verdict} the issue-22 target (< {TARGET_ONE_IMAGE_S:.0f} s); "
               f"heavy libraries imported: {', '.join(heavy[backend]) or 'none'}")  # fmt: skip
+    floor_s = statistics.median(torch_alone)
+    print(f"mistakes, answered before torch is imported (exit 2); seconds, median (fastest), and "
+          f"the ratio to import torch (the floor): {floor_s:.2f} s")  # fmt: skip
+    for name, values in answered.items():
+        print(f"  {name:<22}{statistics.median(values):>6.2f} ({min(values):5.2f})"
+              f"{statistics.median(values) / floor_s:>8.2f}x")  # fmt: skip
     if statistics.median(floor) >= TARGET_ONE_IMAGE_S:
         print(f"on this machine importing torch and torchvision alone takes "
               f"{statistics.median(floor):.2f} s: the target is reached with the checkpoint's ONNX "

@@ -45,7 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--meta", type=Path, default=REPO.parent / "shared" / "data" / "nih-meta")
+    parser.add_argument("--quick", action="store_true", help="20 resamples (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.samples = 20
     logging.basicConfig(level=logging.WARNING)
 
     truth = label_index(read_data_entry(args.meta / "Data_Entry_2017_v2020.csv.gz"))

@@ -32,14 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 MIMIC_SIZE = {"images": 377_110, "studies": 227_827, "subjects": 65_379}
 
 
-def mimic_tables(folder: Path, seed: int = 0) -> list[Path]:
-    """The four MIMIC-CXR-JPG v2 tables at the release's size, in its columns."""
+def mimic_tables(folder: Path, seed: int = 0, scale: float = 1.0) -> list[Path]:
+    """The four MIMIC-CXR-JPG v2 tables at the release's size (times ``scale``), in its columns."""
     rng = np.random.default_rng(seed)
-    studies, subjects = MIMIC_SIZE["studies"], MIMIC_SIZE["subjects"]
+    size = {key: max(int(count * scale), 10) for key, count in MIMIC_SIZE.items()}
+    studies, subjects = size["studies"], size["subjects"]
     subject_of_study = np.sort(rng.integers(0, subjects, studies))
     subject_ids = 10_000_000 + np.arange(subjects) * 137
     study_ids = 50_000_000 + rng.permutation(studies)
-    extra = rng.permutation(studies)[: MIMIC_SIZE["images"] - studies]  # studies with a lateral
+    extra = rng.permutation(studies)[: size["images"] - studies]  # studies with a lateral
     image_study = np.sort(np.concatenate([np.arange(studies), extra]))
     lateral = np.r_[False, image_study[1:] == image_study[:-1]]
     words = rng.integers(0, 2**32, (len(image_study), 5), dtype=np.uint64)
@@ -83,6 +84,11 @@ def main() -> None:
         "--chexpert", type=Path,
         default=REPO.parent / "shared" / "data" / "chexpert-meta" / "train.csv.gz",
     )  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="MIMIC-CXR tables at 1%% of the release's size (a smoke run)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -97,11 +103,18 @@ def main() -> None:
         project, images = timed(chexpert.read_labels)
         rows.append(("CheXpert train.csv (real)", len(images.table), base, project))
 
-        generated = mimic_tables(folder)
+        generated = mimic_tables(folder, scale=0.01 if args.quick else 1.0)
         base, _ = timed(lambda: [pd.read_csv(p) for p in generated if "negbio" not in p.name])
         mimic = MimicCxrDataModule(**shipped_data("chexnet_pl.data.mimic.MimicCxrDataModule", root=str(folder), num_workers=0))  # fmt: skip
         project, images = timed(mimic.read_labels)
-        rows.append(("MIMIC-CXR-JPG tables (generated)", len(images.table), base, project))
+        rows.append(
+            (
+                f"MIMIC-CXR-JPG tables (generated{', 1%' if args.quick else ''})",
+                len(images.table),
+                base,
+                project,
+            )
+        )
     print(f"\n{'tables':<34}{'images kept':>12}{'pandas read (s)':>17}{'data module (s)':>17}"
           f"{'ratio':>8}")  # fmt: skip
     for label, kept, base, project in rows:

@@ -277,3 +277,62 @@ def test_training_on_chexpert_keeps_its_label_names(tmp_path, chexpert_root):
     assert list(aucs.index) == [*ordered_labels(False), "Mean (13 findings)", "No Finding"]
     assert "paper_auroc" not in aucs.columns  # the CheXNet paper's values are NIH's
     assert "test/auroc" in metrics
+
+
+def _no_finding_by_pandas(table: pd.DataFrame) -> pd.Series:
+    """No Finding under ``not_mentioned=missing``, computed apart from the project's code: the
+    labeller's 1 stays 1; a blank is 0 when a pathology (not Support Devices) is 1 or -1."""
+    pathologies = [c for c in CHEXPERT_LABELS if c not in ("No Finding", "Support Devices")]
+    mentioned = table[pathologies].isin([1.0, -1.0]).any(axis=1)
+    expected = table["No Finding"].astype(float).copy()
+    expected[expected.isna() & mentioned] = 0.0
+    return expected
+
+
+def test_a_blank_no_finding_is_negative_when_a_finding_is_mentioned_on_a_hand_made_table():
+    rows = {  # No Finding, then the findings that are not blank
+        "normal": (1.0, {}),
+        "support device only, labelled normal": (1.0, {"Support Devices": 1.0}),
+        "effusion positive": (np.nan, {"Pleural Effusion": 1.0}),
+        "edema uncertain": (np.nan, {"Edema": -1.0}),
+        "only negatives": (np.nan, {"Edema": 0.0, "Cardiomegaly": 0.0}),
+        "only a support device": (np.nan, {"Support Devices": 1.0}),
+        "all blank": (np.nan, {}),
+    }
+    table = pd.DataFrame(
+        [{"No Finding": nf, **found} for nf, found in rows.values()], columns=list(CHEXPERT_LABELS)
+    )
+    raw = labeller_values(table, CHEXPERT_LABELS, "hand-made")
+    no_finding = CHEXPERT_LABELS.index("No Finding")
+    missing = UncertaintyPolicy("ignore", not_mentioned="missing").targets(raw, CHEXPERT_LABELS)
+    assert np.array_equal(
+        missing[:, no_finding], [1, 1, 0, 0, np.nan, np.nan, np.nan], equal_nan=True
+    )
+    # only No Finding follows the rule: a blank Edema stays unknown beside a positive effusion
+    assert np.isnan(missing[2, CHEXPERT_LABELS.index("Edema")])
+    # the outputs' order (No Finding last, a subset of the columns) reads the whole row
+    names = ordered_labels(True)
+    columns = [CHEXPERT_LABELS.index(n) for n in names]
+    subset = UncertaintyPolicy("ignore", not_mentioned="missing").targets(
+        raw[:, columns], names, raw
+    )
+    assert np.array_equal(subset[:, -1], missing[:, no_finding], equal_nan=True)
+    assert np.array_equal(subset[:, -1], _no_finding_by_pandas(table).to_numpy(), equal_nan=True)
+    # not_mentioned=negative: every blank is 0 already
+    negative = UncertaintyPolicy("ignore").targets(raw, CHEXPERT_LABELS)
+    assert list(negative[:, no_finding]) == [1, 1, 0, 0, 0, 0, 0]
+
+
+def test_no_finding_on_the_real_train_csv_follows_the_labellers_rule(chexpert_train_csv):
+    table = read_chexpert_csv(chexpert_train_csv)
+    frontal = table[table["Frontal"]].reset_index(drop=True)
+    raw = labeller_values(frontal, CHEXPERT_LABELS, str(chexpert_train_csv))
+    names = ordered_labels(True)
+    columns = [CHEXPERT_LABELS.index(n) for n in names]
+    target = UncertaintyPolicy("ignore", not_mentioned="missing").targets(
+        raw[:, columns], names, raw
+    )[:, names.index("No Finding")]
+    expected = _no_finding_by_pandas(frontal).to_numpy()
+    assert np.array_equal(target, expected, equal_nan=True)
+    counts = int((target == 1).sum()), int((target == 0).sum()), int(np.isnan(target).sum())
+    assert counts == (16_974, 169_869, 4_184)  # without the rule: (16,974, 0, 174,053)

@@ -418,7 +418,7 @@ def test_overlay_shows_the_map_only_where_it_matters_with_a_colour_bar():
     assert header == ["finding", "probability", "threshold", "above", "truth", "disagree"]
     rows = [[cells[r, c].get_text().get_text() for c in range(6)] for r in range(1, 4)]
     assert rows[0] == ["Atelectasis", "0.700", "0.500", "yes", "yes", ""]
-    assert rows[1] == ["No Finding", "0.400", "0.350", "yes", "", "✗"]
+    assert rows[1] == ["No Finding", "0.400", "0.350", "yes", "no", "✗"]
     assert rows[2] == ["Pleural Thickening", "0.200", "0.300", "no", "yes", "✗"]
     # One meaning per colour (as on the serve page): blue above threshold, pink disagreement.
     colours = [matplotlib.colors.to_hex(cells[r, 0].get_facecolor()) for r in range(1, 4)]

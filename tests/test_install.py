@@ -29,13 +29,25 @@ def wheel(tmp_path_factory) -> Path:
             REPO / name, source / name, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
         )
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--no-build-isolation",
          "--wheel-dir", str(out), str(source)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    (out / "build.log").write_text(build.stdout + build.stderr)  # what `make setup` would print
     (path,) = out.glob("chexnet_pl-*.whl")
     return path
+
+
+@pytest.mark.slow  # builds the wheel
+def test_the_build_prints_no_setuptools_warning(wheel):
+    """Every folder of conf/ is a package of setup.py's: setuptools prints one
+    ``BuildBackendWarning`` block per folder that is not (13 of them in `make setup`)."""
+    output = (wheel.parent / "build.log").read_text()
+    assert "Building wheel" in output or "Created wheel" in output, output[-2000:]
+    assert "BuildBackendWarning" not in output and "absent from the `packages`" not in output, [
+        line for line in output.splitlines() if "Warning" in line
+    ]
 
 
 @pytest.mark.slow  # launches a process

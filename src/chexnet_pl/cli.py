@@ -204,6 +204,10 @@ def run_command(command: str, hydra_main: Callable[[], Any], argv: Sequence[str]
     from chexnet_pl.overrides import check_overrides, check_settings
 
     problems = check_overrides(command, args)
+    if not problems:  # the files and folders named, before torch is imported
+        from chexnet_pl.early import early_problems
+
+        problems = early_problems(command, args)
     if problems:
         for problem in problems:
             log.error("%s", problem)

@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     import pytorch_lightning as pl
 
     from chexnet_pl.callbacks import SyncFreeProgressBar
+    from chexnet_pl.callbacks.progress import on_terminal
     from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
     from chexnet_pl.cli import instantiate
     from chexnet_pl.data.datamodule import split_global_batch
@@ -95,6 +96,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         check_resumable(model, cfg.ckpt_path)
     callbacks = _instantiate_all(cfg.callbacks)
     trainer_cfg = trainer_kwargs(OmegaConf.to_container(cfg.trainer, resolve=True), caps)
+    # Redirected to a file or a pipe, a bar is carriage returns and cursor codes: none then.
+    trainer_cfg["enable_progress_bar"] = trainer_cfg["enable_progress_bar"] and on_terminal()
     if trainer_cfg["enable_progress_bar"]:
         callbacks.append(SyncFreeProgressBar())  # Lightning's own reads the device every step
     quiet_lightning()

@@ -46,6 +46,14 @@ def did_you_mean(word: str, candidates: Iterable[str], suffix: str = "") -> str:
     return "; did you mean " + " or ".join(f"{name}{suffix}" for name in found) + "?"
 
 
+def _checkpoint_in(key: str, folder: Path) -> str:
+    """For a run folder given as a file: the checkpoint in it to give instead (or ``""``)."""
+    for candidate in (folder / "checkpoints" / "best.ckpt", folder / "best.ckpt"):
+        if candidate.is_file():
+            return f"; give the run's best checkpoint: {key}={candidate}"
+    return ""
+
+
 class Problems:
     """Collects what is wrong with one component's settings, each named with its full key."""
 
@@ -104,7 +112,9 @@ class Problems:
         if found.is_file() if kind == "file" else found.is_dir():
             return True
         if kind == "file" and found.is_dir():
-            self.add(f"{self.key(name)}={value} is a folder, not a file")
+            self.add(f"{self.key(name)}={value} is a folder, not a file" + _checkpoint_in(
+                self.key(name), found
+            ))  # fmt: skip
         else:
             self.add(f"{self.key(name)}={value} is not a {kind}" + (
                 "" if found.exists() or kind == "folder" else " (no such file)"

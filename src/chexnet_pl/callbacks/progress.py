@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
@@ -10,6 +11,13 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
 
 # Values logged without prog_bar (so Lightning does not read them back every step) and shown here.
 SHOWN = ("train/loss_step", "train/loss_epoch", "train/img_s")
+
+
+def on_terminal() -> bool:
+    """Whether the progress bar's stream (stderr) is a terminal: redirected to a file or a pipe,
+    a bar is only carriage returns and cursor-movement codes in the log."""
+    stream = sys.stderr
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
 
 
 class SyncFreeProgressBar(TQDMProgressBar):

@@ -1,6 +1,9 @@
 """Lightning's start-of-training output without what means nothing to a user of this project:
-an advertisement for its cloud logger, a "Total FLOPs: 0" (Lightning counts FLOPs only for
-modules that define an example input), and a warning that the summary's size assumes 32 bits."""
+an advertisement for its cloud logger, its "GPU available / TPU available" lines (the run says
+its device and precision itself), a "Total FLOPs: 0" (Lightning counts FLOPs only for modules
+that define an example input), metric objects listed as layers of the model, a warning that the
+summary's size assumes 32 bits, and one that a small dataset has fewer batches per epoch than
+``log_every_n_steps`` (the epoch's values are logged at its end all the same)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ from pytorch_lightning.callbacks import ModelSummary
 log = logging.getLogger(__name__)
 
 TIP_PREFIX = "💡 Tip:"
+# Lightning's device lines ("GPU available: False, used: False", "TPU available: ...").
+DROPPED_PREFIXES = (TIP_PREFIX, "GPU available:", "TPU available:", "HPU available:")
 RANK_ZERO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+SMALL_DATA_WARNING = r"The number of training batches .* is smaller than the logging interval"
 
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(TIP_PREFIX)
+        return not str(record.msg).startswith(DROPPED_PREFIXES)
 
 
 def quiet_lightning() -> None:
@@ -27,11 +33,25 @@ def quiet_lightning() -> None:
     if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
         rank_zero.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=SMALL_DATA_WARNING)
 
 
 class ParameterSummary(ModelSummary):
     """The model summary (each top-level module: type, parameters, mode, and the totals), logged
-    as one block, without FLOPs columns that would all read 0."""
+    as one block, without FLOPs columns that would all read 0 and without the metric objects
+    (torchmetrics), which are no layers."""
+
+    def _summary(self, trainer: Any, pl_module: Any) -> Any:
+        from torchmetrics import Metric, MetricCollection
+
+        summary = super()._summary(trainer, pl_module)
+        layers = getattr(summary, "_layer_summary", None)
+        if isinstance(layers, dict):
+            summary._layer_summary = {
+                name: layer for name, layer in layers.items()
+                if not isinstance(layer._module, Metric | MetricCollection)
+            }  # fmt: skip
+        return summary
 
     @staticmethod
     def summarize(

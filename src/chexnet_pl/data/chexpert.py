@@ -183,7 +183,7 @@ class CheXpertDataModule(LabellerDataModule):
             raw = labeller_values(table, CHEXPERT_LABELS, str(source))
             frames.append(normalised(table, source.parent, source))
             columns = [CHEXPERT_LABELS.index(name) for name in self.pathologies]
-            labels.append(self.policy.targets(raw[:, columns], self.pathologies))
+            labels.append(self.policy.targets(raw[:, columns], self.pathologies, raw))
         log.info("read %s", ", ".join(f"{len(t)} rows from {s}" for t, s in tables))
         table = pd.concat(frames, ignore_index=True)
         collected = [] if self.file_report.missing_images == "skip" else None

@@ -202,7 +202,7 @@ class MimicCxrDataModule(LabellerDataModule):
                 "tables of one release"
             )
         columns = [CHEXPERT_LABELS.index(name) for name in self.pathologies]
-        labels = self.policy.targets(raw[rows][:, columns], self.pathologies)
+        labels = self.policy.targets(raw[rows][:, columns], self.pathologies, raw[rows])
         view = metadata["ViewPosition"].fillna("").str.strip().str.upper()
         table = pd.DataFrame(
             {

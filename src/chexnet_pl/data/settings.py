@@ -17,6 +17,7 @@ from typing import Any
 from chexnet_pl.data.device_loader import LOADERS
 from chexnet_pl.data.nih_table import find_data_entry
 from chexnet_pl.data.splits import SPLITS, TEST_LIST, TRAIN_VAL_LIST, SplitSettings
+from chexnet_pl.early import NIH_ROOT_HINT
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.validation import Problems
 
@@ -27,7 +28,7 @@ MISSING_POLICIES = ("error", "skip")
 CACHE_MODES = ("auto", "off", "required")
 CHOICES = {"view_position": VIEWS, "missing_images": MISSING_POLICIES,
            "on_bad_image": MISSING_POLICIES, "cache": CACHE_MODES, "loader": LOADERS}  # fmt: skip
-ROOT_HINT = "the NIH download folder (Data_Entry_2017*.csv, train_val_list.txt, images/)"
+ROOT_HINT = NIH_ROOT_HINT  # said before torch is imported too (chexnet_pl.early)
 
 
 def check_common_settings(settings: Mapping[str, Any], problems: Problems) -> None:

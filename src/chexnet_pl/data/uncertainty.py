@@ -8,7 +8,10 @@ CheXpert paper (Irvin et al., AAAI 2019) that turn them into training targets.
   (the paper found U-Ones best for Atelectasis and Edema, U-Zeros for Cardiomegaly).
 
 A blank ("not mentioned") is negative, as in the paper's training, or NaN with
-``not_mentioned=missing``.
+``not_mentioned=missing`` — except No Finding's: the labeller writes No Finding only as 1 or
+blank, 1 when no pathology (any label but Support Devices) is positive or uncertain. By that
+rule a blank No Finding is a negative when one of them is 1 or -1, so it is 0 then, not NaN
+(on CheXpert's frontal train.csv: 169,869 of its 174,053 blank No Finding cells).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ POLICIES = ("ignore", "zeros", "ones")
 NOT_MENTIONED = ("negative", "missing")
 LABELLER_VALUES = (1.0, 0.0, -1.0)  # and blank
 UNCERTAIN_TARGET = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
+NO_FINDING = "No Finding"
+# What the labeller's No Finding ignores: a support device is not a finding.
+NOT_A_FINDING = ("No Finding", "Support Devices")
 # The 14 observations of the CheXpert labeller, in CheXpert's train.csv order.
 CHEXPERT_LABELS = (
     "No Finding",
@@ -74,14 +80,30 @@ class UncertaintyPolicy:
     def policy(self, label: str) -> str:
         return (self.uncertain_by_label or {}).get(label, self.uncertain)
 
-    def targets(self, raw: np.ndarray, names: Sequence[str]) -> np.ndarray:
-        """Labeller values (columns ``names``; NaN = blank) → float32 targets, NaN = unknown."""
+    def targets(
+        self, raw: np.ndarray, names: Sequence[str], every_label: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Labeller values (columns ``names``; NaN = blank) → float32 targets, NaN = unknown.
+        ``every_label``: the same rows' values of all of ``labels`` (default: ``raw``, when
+        ``names`` are all of them), which the No Finding rule reads."""
         result = np.array(raw, dtype=np.float32)
         blank = np.isnan(result)
         result[blank] = 0.0 if self.not_mentioned == "negative" else np.nan
         for j, name in enumerate(names):
             result[result[:, j] == -1.0, j] = UNCERTAIN_TARGET[self.policy(name)]
+        if self.not_mentioned == "missing" and NO_FINDING in names:
+            j = list(names).index(NO_FINDING)
+            ruled_out = self.finding_mentioned(raw if every_label is None else every_label)
+            result[blank[:, j] & ruled_out, j] = 0.0
         return result
+
+    def finding_mentioned(self, every_label: np.ndarray) -> np.ndarray:
+        """Per row: whether a pathology (any label but No Finding and Support Devices) is
+        positive or uncertain — the labeller's reason to leave No Finding blank."""
+        if every_label.shape[1] != len(self.labels):
+            raise ValueError(f"the No Finding rule needs all {len(self.labels)} labeller columns")
+        columns = [j for j, name in enumerate(self.labels) if name not in NOT_A_FINDING]
+        return np.isin(every_label[:, columns], (1.0, -1.0)).any(axis=1)
 
 
 def labeller_values(table: pd.DataFrame, columns: Sequence[str], source: str) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 
 from chexnet_pl.data.dicom import read_dicom
 from chexnet_pl.data.images import decode_pil
+from chexnet_pl.early import not_an_image
 from chexnet_pl.errors import ChexnetError, ImageReadError, ImageTooLargeError
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
@@ -47,11 +48,7 @@ def decode_image(data: bytes, max_pixels: int, max_inflated_bytes: int | None = 
         raise UploadError(400, "the upload is empty (0 bytes): send the image file's bytes")
     kind = sniff_format(data)
     if kind is None:
-        raise UploadError(
-            415,
-            f"not a PNG, JPEG or DICOM image (it starts with {data[:8]!r}); send a chest X-ray "
-            "as PNG, JPEG or DICOM",
-        )
+        raise UploadError(415, not_an_image(data))  # predict's words for image= too
     label = "DICOM" if kind == "dicom" else PIL_FORMATS[kind]
     try:
         if kind == "dicom":

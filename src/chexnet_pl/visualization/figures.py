@@ -97,15 +97,18 @@ def prediction_table(
     above[undefined] = pd.NA
     table["above_threshold"] = above
     table["threshold_note"] = list(notes) if len(notes) else [""] * len(class_names)
-    if truth is not None:
-        table["truth"] = np.asarray(truth) > 0.5
-        differs = (table["above_threshold"] != table["truth"]).fillna(False).astype(bool)
+    if truth is not None:  # NaN: the label is unknown (uncertain, not mentioned): NA, not False
+        values = np.asarray(truth, dtype=np.float64)
+        known = ~np.isnan(values)
+        table["truth"] = pd.array(np.where(known, values > 0.5, False), dtype="boolean")
+        table.loc[~known, "truth"] = pd.NA
+        differs = known & (table["above_threshold"] != (values > 0.5)).fillna(False).to_numpy(bool)
         table["disagree"] = np.where(differs, "✗", "")
     return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def table_text(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/blank."""
+    """The table as it is printed and drawn: 3 decimals, ``above`` yes/no, truth yes/no/unknown."""
     shown = pd.DataFrame({"finding": table["finding"].str.replace("_", " ")})
     shown["probability"] = table["probability"].map(lambda v: f"{v:.3f}")
     shown["threshold"] = table["threshold"].map(lambda v: UNDEFINED if pd.isna(v) else f"{v:.3f}")
@@ -113,7 +116,9 @@ def table_text(table: pd.DataFrame) -> pd.DataFrame:
         UNDEFINED if pd.isna(v) else ("yes" if v else "no") for v in table["above_threshold"]
     ]
     if "truth" in table:
-        shown["truth"] = table["truth"].map({True: "yes", False: ""})
+        shown["truth"] = [
+            "unknown" if value is pd.NA else "yes" if value else "no" for value in table["truth"]
+        ]
         shown["disagree"] = table["disagree"]
     if "threshold_note" in table and table["threshold_note"].astype(bool).any():
         shown["note"] = table["threshold_note"]
