@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chexnet_pl.errors import NIH_ROOT_HINT, not_an_image
 from chexnet_pl.validation import Problems
 
 # The commands with a ``ckpt`` (and evaluate's second one), and those with ``data.root``.
@@ -25,8 +26,6 @@ CHECKPOINT_KEYS = {
     "localize": ("ckpt",),
 }
 DATA_ROOT_COMMANDS = ("train", "evaluate")
-NIH_ROOT_HINT = "the NIH download folder (Data_Entry_2017*.csv, train_val_list.txt, images/)"
-IMAGE_KINDS = "PNG, JPEG or DICOM"
 
 
 def data_root_problem(root: str, target: str | None) -> str:
@@ -34,15 +33,6 @@ def data_root_problem(root: str, target: str | None) -> str:
     class path, when known)."""
     hint = NIH_ROOT_HINT if target and target.endswith("NIHDataModule") else "the dataset's folder"
     return f"data.root={root} is not a folder; give {hint}"
-
-
-def not_an_image(data: bytes) -> str:
-    """What the web service answers (415) for bytes that are no X-ray, and predict says of a
-    file."""
-    return (
-        f"not a {IMAGE_KINDS} image (it starts with {data[:8]!r}); send a chest X-ray as "
-        f"{IMAGE_KINDS}"
-    )
 
 
 def image_problem(key: str, value: str) -> str | None:

@@ -61,3 +61,18 @@ def shown(value: object) -> str:
 class DiskFullError(ChexnetError, OSError):
     """A write found its disk full (ENOSPC, or a quota): one line naming the folder, what was
     being written and the space it needed as far as known; the partial file is removed."""
+
+
+# Words said in two places: before torch is imported (chexnet_pl.early) and by the component
+# that owns the setting (the data module, the web service), so both say the same.
+NIH_ROOT_HINT = "the NIH download folder (Data_Entry_2017*.csv, train_val_list.txt, images/)"
+IMAGE_KINDS = "PNG, JPEG or DICOM"
+
+
+def not_an_image(data: bytes) -> str:
+    """What the web service answers (415) for bytes that are no X-ray, and predict says of a
+    file."""
+    return (
+        f"not a {IMAGE_KINDS} image (it starts with {data[:8]!r}); send a chest X-ray as "
+        f"{IMAGE_KINDS}"
+    )

@@ -17,8 +17,7 @@ from typing import Any
 from chexnet_pl.data.device_loader import LOADERS
 from chexnet_pl.data.nih_table import find_data_entry
 from chexnet_pl.data.splits import SPLITS, TEST_LIST, TRAIN_VAL_LIST, SplitSettings
-from chexnet_pl.early import NIH_ROOT_HINT
-from chexnet_pl.errors import ConfigError, DataError
+from chexnet_pl.errors import NIH_ROOT_HINT, ConfigError, DataError
 from chexnet_pl.validation import Problems
 
 # data.view_position, one vocabulary for every dataset: frontal = PA or AP (NIH has only those).

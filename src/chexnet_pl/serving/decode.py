@@ -15,8 +15,7 @@ import numpy as np
 
 from chexnet_pl.data.dicom import read_dicom
 from chexnet_pl.data.images import decode_pil
-from chexnet_pl.early import not_an_image
-from chexnet_pl.errors import ChexnetError, ImageReadError, ImageTooLargeError
+from chexnet_pl.errors import ChexnetError, ImageReadError, ImageTooLargeError, not_an_image
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 
