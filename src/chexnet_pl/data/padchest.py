@@ -129,6 +129,13 @@ def parse_label_list(text: Any, where: str) -> list[str] | None:
     return names or None
 
 
+def _row(path: Path, table: pd.DataFrame, i: int) -> str:
+    """Where row ``i`` is, for a message: its number among the data rows and its ImageID (the
+    table's quoted fields span lines, so a line number would mislead)."""
+    image = table[IMAGE_ID].iloc[i] if IMAGE_ID in table else ""
+    return f"{path}, row {i + 1}" + (f" (ImageID {image})" if isinstance(image, str) and image else "")
+
+
 def read_padchest_table(path: str | Path) -> pd.DataFrame:
     """The PadChest table checked (columns, unique ImageID, a PatientID on every row, known
     Projection and MethodLabel values) with ``findings`` (each row's names, or None) added."""
@@ -142,19 +149,19 @@ def read_padchest_table(path: str | Path) -> pd.DataFrame:
         table[column] = table[column].fillna("").str.strip()
         blank = np.flatnonzero((table[column] == "").to_numpy())
         if len(blank):
-            raise DataError(f"{path}, line {int(blank[0]) + 2}: empty {column}")
+            raise DataError(f"{_row(path, table, int(blank[0]))}: empty {column}")
     duplicated = table[IMAGE_ID].duplicated(keep=False).to_numpy()
     if duplicated.any():
         first = table[IMAGE_ID][duplicated].iloc[0]
-        lines = [int(i) + 2 for i in np.flatnonzero((table[IMAGE_ID] == first).to_numpy())]
-        raise DataError(f"{path}: {IMAGE_ID} {first!r} is on more than one row (lines {lines})")
+        rows = [int(i) + 1 for i in np.flatnonzero((table[IMAGE_ID] == first).to_numpy())]
+        raise DataError(f"{path}: {IMAGE_ID} {first!r} is on more than one row (rows {rows})")
     for column, known in ((PROJECTION, PROJECTIONS), (METHOD, tuple(METHODS))):
         values = table[column].fillna("").str.strip()
         unknown = np.flatnonzero(~values.isin(known).to_numpy())
         if len(unknown):
             i = int(unknown[0])
             raise DataError(
-                f"{path}, line {i + 2}: {column} is {table[column].iloc[i]!r}; the release "
+                f"{_row(path, table, i)}: {column} is {table[column].iloc[i]!r}; the release "
                 f"writes one of {list(known)}"
             )
         table[column] = values
@@ -163,7 +170,7 @@ def read_padchest_table(path: str | Path) -> pd.DataFrame:
     for i, text in enumerate(table[LABELS].tolist()):
         key = text if isinstance(text, str) else ""
         if key not in parsed:
-            parsed[key] = parse_label_list(text, f"{path}, line {i + 2}")
+            parsed[key] = parse_label_list(text, _row(path, table, i))
         findings.append(parsed[key])
     table["findings"] = findings
     return table
@@ -331,8 +338,8 @@ class PadChestDataModule(ChestXrayDataModule):
         if unlabelled.any():
             log.warning(
                 "PadChest: %d image(s) have an empty %s list (blank or ['']) in %s: no finding "
-                "can be read for them, so they are left out (e.g. line %d)",
-                int(unlabelled.sum()), LABELS, path, int(np.flatnonzero(unlabelled)[0]) + 2,
+                "can be read for them, so they are left out (e.g. %s)",
+                int(unlabelled.sum()), LABELS, path, _row(path, table, int(np.flatnonzero(unlabelled)[0])),
             )  # fmt: skip
         table = table[keep & ~unlabelled].reset_index(drop=True)
         if table.empty:
