@@ -333,13 +333,13 @@ class PadChestDataModule(ChestXrayDataModule):
             physician = (table[METHOD] == "Physician").to_numpy()
             log.info("PadChest: label_source=physician keeps %d of %d images",
                      int((keep & physician).sum()), int(keep.sum()))  # fmt: skip
-            keep &= physician
+            keep = keep & physician
         unlabelled = keep & table["findings"].isna().to_numpy()
         if unlabelled.any():
             log.warning(
-                "PadChest: %d image(s) have an empty %s list (blank or ['']) in %s: no finding "
-                "can be read for them, so they are left out (e.g. %s)",
-                int(unlabelled.sum()), LABELS, path, _row(path, table, int(np.flatnonzero(unlabelled)[0])),
+                "PadChest: %d image(s) have an empty %s list (blank or ['']): no finding can be "
+                "read for them, so they are left out (e.g. %s)",
+                int(unlabelled.sum()), LABELS, _row(path, table, int(np.flatnonzero(unlabelled)[0])),
             )  # fmt: skip
         table = table[keep & ~unlabelled].reset_index(drop=True)
         if table.empty:
