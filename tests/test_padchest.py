@@ -116,7 +116,9 @@ def test_nih_labels_on_the_real_table_equal_the_map_read_by_pandas(padchest_csv,
     used = real_table["Projection"].isin(["PA", "AP", "AP_horizontal"]) & (names.map(len) > 0)
     assert len(images.table) == used.sum() == 110_043
     assert images.table[IMAGE].tolist() == real_table.loc[used, "ImageID"].tolist()
-    expected = {f: names[used].map(lambda s, f=f: bool(s & set(NIH_MAP[f]))).sum() for f in FINDINGS}
+    expected = {
+        f: names[used].map(lambda s, f=f: bool(s & set(NIH_MAP[f]))).sum() for f in FINDINGS
+    }
     expected["No Finding"] = names[used].map(lambda s: "normal" in s).sum()
     assert dict(zip(dm.pathologies, images.labels.sum(axis=0).astype(int).tolist(), strict=True)) \
         == expected  # fmt: skip
@@ -126,9 +128,10 @@ def test_nih_labels_on_the_real_table_equal_the_map_read_by_pandas(padchest_csv,
     physician = PadChestDataModule(**shipped_data(
         TARGET, root=str(padchest_csv.parent), label_source="physician", projections=["PA", "L",
         "AP", "AP_horizontal", "COSTAL", "EXCLUDE", "UNK"], **SETTINGS)).read_labels()  # fmt: skip
-    assert len(physician.table) == 39_053 - (
-        (real_table["MethodLabel"] == "Physician") & (names.map(len) == 0)
-    ).sum()
+    assert (
+        len(physician.table)
+        == 39_053 - ((real_table["MethodLabel"] == "Physician") & (names.map(len) == 0)).sum()
+    )
 
 
 def test_the_datamodule_reads_numbered_folders_and_subgroup_metadata(padchest_root, real_table):
@@ -154,9 +157,11 @@ def test_the_datamodule_reads_numbered_folders_and_subgroup_metadata(padchest_ro
 def test_one_flat_folder_and_every_label_set(tmp_path, real_table):
     root = make_padchest_root(tmp_path / "flat", real_table, rows=200, flat=True)
     dm = datamodule(root, labels="all", min_label_count=10)
-    counts = independent_names(
-        real_table.set_index("ImageID").loc[dm.table[IMAGE], "Labels"]
-    ).explode().value_counts()
+    counts = (
+        independent_names(real_table.set_index("ImageID").loc[dm.table[IMAGE], "Labels"])
+        .explode()
+        .value_counts()
+    )
     frequent = sorted((-c, n) for n, c in counts.items() if c >= 10)  # most first, then by name
     assert dm.pathologies == [n for _, n in frequent]
     assert dm.labels.sum(axis=0).tolist() == [-c for c, _ in frequent]
@@ -186,17 +191,31 @@ def _edit(tmp_path: Path, padchest_root: Path, edit) -> Path:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_set("Labels", 4, "pleural effusion"),
-         r"row 5 \(ImageID .*\): Labels is 'pleural effusion', not a list of finding names"),
-        (_set("Labels", 6, "__import__('os').system('false')"),
-         r"row 7 .*Labels is \"__import__\('os'\).*\", not a list"),
+        (
+            _set("Labels", 4, "pleural effusion"),
+            r"row 5 \(ImageID .*\): Labels is 'pleural effusion', not a list of finding names",
+        ),
+        (
+            _set("Labels", 6, "__import__('os').system('false')"),
+            r"row 7 .*Labels is \"__import__\('os'\).*\", not a list",
+        ),
         (_set("Labels", 8, "[1, 2]"), r"row 9 .*Labels is '\[1, 2\]', not a list of finding"),
-        (_set("Projection", 2, "OBLIQUE"),
-         r"row 3 \(ImageID .*\): Projection is 'OBLIQUE'; the release writes one of"),
-        (lambda t: t.drop(columns=["PatientID"], inplace=True),
-         r"lacks column\(s\) \['PatientID'\]"),
+        (
+            _set("Projection", 2, "OBLIQUE"),
+            r"row 3 \(ImageID .*\): Projection is 'OBLIQUE'; the release writes one of",
+        ),
+        (
+            lambda t: t.drop(columns=["PatientID"], inplace=True),
+            r"lacks column\(s\) \['PatientID'\]",
+        ),
     ],
-    ids=["labels-not-a-list", "labels-code", "labels-not-names", "unknown-projection", "missing-column"],
+    ids=[
+        "labels-not-a-list",
+        "labels-code",
+        "labels-not-names",
+        "unknown-projection",
+        "missing-column",
+    ],
 )
 def test_bad_tables_say_where_and_what(tmp_path, padchest_root, edit, message):
     root = _edit(tmp_path, padchest_root, edit)
@@ -236,8 +255,11 @@ def test_an_nih_checkpoint_evaluates_on_padchest(tmp_path, synthetic_root, padch
     test = dm.table[dm.table["split"] == "test"]
     assert sorted(preds["Image Index"]) == sorted(test[IMAGE])
     # NIH's outputs are PadChest's labels by name: every finding with both classes is scored
-    present = [f for j, f in enumerate(dm.pathologies)
-               if 0 < dm.labels[(dm.table["split"] == "test").to_numpy(), j].sum() < len(test)]
+    present = [
+        f
+        for j, f in enumerate(dm.pathologies)
+        if 0 < dm.labels[(dm.table["split"] == "test").to_numpy(), j].sum() < len(test)
+    ]
     assert set(present) <= set(table.index[table["auroc"].notna()])
 
 

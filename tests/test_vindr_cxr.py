@@ -126,7 +126,7 @@ def test_the_datamodule_reads_the_dicoms(vindr_root, real_table):
     assert dm.reader_vote == "majority"
     any_vote = datamodule(vindr_root, reader_vote="any")
     assert (any_vote.labels[:, :-1] >= dm.labels[:, :-1]).all()  # any ⊇ majority
-    assert (any_vote.labels[:, :-1].sum() > dm.labels[:, :-1].sum())
+    assert any_vote.labels[:, :-1].sum() > dm.labels[:, :-1].sum()
     boxes = dm.boxes[dm.boxes["image_id"] == dm.table[IMAGE].iloc[0]]
     rows = real_table[(real_table["image_id"] == dm.table[IMAGE].iloc[0])
                       & (real_table["class_name"] != "No finding")]  # fmt: skip
@@ -158,8 +158,10 @@ def _first_finding(table: pd.DataFrame) -> int:
         (_set("class_name", 3, "Tuberculosis"), r"line 5: class_name is 'Tuberculosis'"),
         (_set("class_id", 0, "3"), r"line 2: class_id '3' is not 'No finding'"),
         (lambda t: t.drop(columns=["rad_id"], inplace=True), r"lacks column\(s\) \['rad_id'\]"),
-        (lambda t: t.__setitem__("x_max", t["x_max"].where(t.index != _first_finding(t), "")),
-         r"line \d+: .* has no usable box"),
+        (
+            lambda t: t.__setitem__("x_max", t["x_max"].where(t.index != _first_finding(t), "")),
+            r"line \d+: .* has no usable box",
+        ),
         (_set("rad_id", 1, ""), r"line 3: empty rad_id"),
     ],
     ids=["unknown-class", "wrong-class-id", "missing-column", "no-box", "no-reader"],

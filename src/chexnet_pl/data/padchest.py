@@ -133,7 +133,9 @@ def _row(path: Path, table: pd.DataFrame, i: int) -> str:
     """Where row ``i`` is, for a message: its number among the data rows and its ImageID (the
     table's quoted fields span lines, so a line number would mislead)."""
     image = table[IMAGE_ID].iloc[i] if IMAGE_ID in table else ""
-    return f"{path}, row {i + 1}" + (f" (ImageID {image})" if isinstance(image, str) and image else "")
+    return f"{path}, row {i + 1}" + (
+        f" (ImageID {image})" if isinstance(image, str) and image else ""
+    )
 
 
 def read_padchest_table(path: str | Path) -> pd.DataFrame:
@@ -216,7 +218,10 @@ def subgroup_metadata(table: pd.DataFrame) -> pd.DataFrame:
         {
             SEX: sex.where(sex.isin(["M", "F"]), "").to_numpy(),
             AGE: age.to_numpy(dtype=float),
-            VIEW: table[PROJECTION].map({"AP_horizontal": "AP"}).fillna(table[PROJECTION]).to_numpy(),
+            VIEW: table[PROJECTION]
+            .map({"AP_horizontal": "AP"})
+            .fillna(table[PROJECTION])
+            .to_numpy(),
             PROJECTION: table[PROJECTION].to_numpy(),
             MANUFACTURER: table["Manufacturer_DICOM"].fillna("").str.strip().to_numpy(),
             PEDIATRIC: (table["Pediatric"].fillna("").str.strip() == "PED").to_numpy(),
