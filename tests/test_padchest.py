@@ -247,10 +247,15 @@ def test_an_nih_checkpoint_evaluates_on_padchest(tmp_path, synthetic_root, padch
     evaluate(compose_config(
         "evaluate", out, f"ckpt={ckpt}", "data=padchest", f"data.root={padchest_root}",
         "data.num_workers=0", "evaluation.bootstrap_samples=20", "evaluation.plots=false",
-        "evaluation.subgroups=[]",
+        "evaluation.subgroups=[sex,age,manufacturer,pediatric]", "evaluation.min_subgroup_images=1",
     ))  # fmt: skip
     table = pd.read_csv(out / "aucs.csv", index_col=0)
     preds = pd.read_csv(out / "preds.csv")
+    # the subgroup report has PadChest's manufacturers and the pediatric flag
+    subgroups = pd.read_csv(out / "subgroups.csv")
+    assert {"sex", "age", "manufacturer", "pediatric"} <= set(subgroups.iloc[:, 0])
+    makers = set(subgroups.loc[subgroups.iloc[:, 0] == "manufacturer"].iloc[:, 1])
+    assert makers & {"PHILIPSMEDICALSYSTEMS", "IMAGINGDYNAMICSCOMPANYLTD"}
     dm = datamodule(padchest_root)
     test = dm.table[dm.table["split"] == "test"]
     assert sorted(preds["Image Index"]) == sorted(test[IMAGE])

@@ -29,7 +29,8 @@ EXCLUDE or UNK; ``data.projections`` keeps PA, AP and AP_horizontal by default.
 Splits (``data.split.method``): patient (default; seeded, by ``PatientID``) or file.
 Subgroup metadata: ``Patient Gender`` (``PatientSex_DICOM``: M, F; O and blank unknown),
 ``Patient Age`` (the study's year from ``StudyDate_DICOM`` − ``PatientBirth``), ``View Position``
-(PA, or AP for AP and AP_horizontal), ``Manufacturer`` and ``Pediatric`` (True for ``PED``).
+(PA, or AP for AP and AP_horizontal), ``Manufacturer`` and ``Pediatric`` (pediatric for
+``PED``, else adult): ``evaluation.subgroups=[sex,age,view,manufacturer,pediatric]``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.labelled import AGE, SEX, LabelledImages
+from chexnet_pl.data.labelled import AGE, MANUFACTURER, PEDIATRIC, SEX, LabelledImages
 from chexnet_pl.data.nih_table import FINDINGS, IMAGE, NO_FINDING, PATIENT, VIEW
 from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file
 from chexnet_pl.errors import DataError
@@ -93,7 +94,6 @@ NIH_MAP: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("pneumothorax", "hydropneumothorax"),
 }  # fmt: skip
 NORMAL = "normal"  # PadChest's "no finding": NIH's No Finding
-MANUFACTURER, PEDIATRIC = "Manufacturer", "Pediatric"
 
 
 def find_table(root: Path, given: str | None = None) -> Path:
@@ -224,7 +224,9 @@ def subgroup_metadata(table: pd.DataFrame) -> pd.DataFrame:
             .to_numpy(),
             PROJECTION: table[PROJECTION].to_numpy(),
             MANUFACTURER: table["Manufacturer_DICOM"].fillna("").str.strip().to_numpy(),
-            PEDIATRIC: (table["Pediatric"].fillna("").str.strip() == "PED").to_numpy(),
+            PEDIATRIC: np.where(
+                table["Pediatric"].fillna("").str.strip() == "PED", "pediatric", "adult"
+            ),
         }
     )
 
