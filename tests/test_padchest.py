@@ -287,3 +287,17 @@ def test_training_two_batches_with_the_shipped_defaults(tmp_path, padchest_root)
     assert run.model.class_names == [*FINDINGS, "No Finding"]
     assert run.data_settings["_target_"] == TARGET
     assert "test/auroc" in metrics
+
+
+def test_prepare_caches_the_16_bit_pngs_the_datamodule_then_reads(tmp_path, padchest_root):
+    from chexnet_pl.data.prepare import build_cache
+
+    root = Path(shutil.copytree(padchest_root, tmp_path / "padchest"))
+    build_cache(root, size=32, workers=1, progress=False)
+    cached = datamodule(root, cache="required")
+    assert cached.image_cache is not None
+    files = datamodule(root)
+    sample, direct = cached.datasets["val"][0], files.datasets["val"][0]
+    assert sample["name"] == direct["name"]
+    # the cache holds the same 16-bit image, decoded once (area-resized to 32 px either way)
+    assert (sample["img"].float() - direct["img"].float()).abs().max() < 0.05

@@ -234,3 +234,16 @@ def test_training_two_batches_with_the_shipped_defaults(tmp_path, vindr_root):
     assert run.model.class_names == [*CLASSES, NO_FINDING]
     assert run.data_settings["_target_"] == TARGET
     assert "test/auroc" in metrics
+
+
+def test_prepare_caches_the_dicoms_the_datamodule_then_reads(tmp_path, vindr_root):
+    from chexnet_pl.data.prepare import build_cache
+
+    root = Path(shutil.copytree(vindr_root, tmp_path / "vindr"))
+    build_cache(root, size=32, workers=1, progress=False)
+    cached = datamodule(root, cache="required")
+    assert cached.image_cache is not None and len(cached.table) == IMAGES
+    files = datamodule(root)
+    sample, direct = cached.datasets["val"][0], files.datasets["val"][0]
+    assert sample["name"] == direct["name"]
+    assert (sample["img"].float() - direct["img"].float()).abs().max() < 0.05
