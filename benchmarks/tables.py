@@ -1,12 +1,14 @@
-"""Time reading CheXpert's and MIMIC-CXR-JPG's tables at full size, as the data modules do (read,
+"""Time reading CheXpert's, MIMIC-CXR-JPG's, PadChest's and VinDr-CXR's tables at full size, as the data modules do (read,
 check every cell, apply the uncertainty policy, split by patient, filter views, look for every
 image file), beside pandas reading the same files alone.
 
 .venv/bin/python benchmarks/tables.py [--chexpert ../shared/data/chexpert-meta/train.csv.gz]
+    [--padchest ../shared/data/padchest-meta/PADCHEST_...csv.gz] [--vindr .../vinbigdata-train.csv.gz]
 
 CheXpert: the real train.csv (223,414 rows of 64,540 patients). MIMIC-CXR-JPG: no real table is
 here, so tables of the release's size (377,110 images, 227,827 labelled studies, 65,379 subjects)
-are generated in PhysioNet's schema first (not timed). No image is on disk: every file lookup
+are generated in PhysioNet's schema first (not timed). PadChest and VinDr-CXR: their real tables
+(160,861 rows; 67,914 rows of 15,000 images), each skipped when not there. No image is on disk: every file lookup
 misses, as on a machine holding the tables only.
 """
 
@@ -25,10 +27,14 @@ import pandas as pd
 
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.mimic import MimicCxrDataModule
+from chexnet_pl.data.padchest import TABLE_NAME as PADCHEST_TABLE
+from chexnet_pl.data.padchest import PadChestDataModule
 from chexnet_pl.data.uncertainty import CHEXPERT_LABELS
+from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
 from chexnet_pl.shipped import shipped_data
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
 MIMIC_SIZE = {"images": 377_110, "studies": 227_827, "subjects": 65_379}
 
 
@@ -89,6 +95,10 @@ def main() -> None:
         action="store_true",
         help="MIMIC-CXR tables at 1%% of the release's size (a smoke run)",
     )
+    parser.add_argument("--padchest", type=Path,
+                        default=SHARED / "padchest-meta" / f"{PADCHEST_TABLE}.gz")  # fmt: skip
+    parser.add_argument("--vindr", type=Path,
+                        default=SHARED / "vindr-cxr-meta" / "vinbigdata-train.csv.gz")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -115,11 +125,29 @@ def main() -> None:
                 project,
             )
         )
+
+        if args.padchest.is_file():  # literal_eval of every Labels list is most of the time
+            base, _ = timed(lambda: pd.read_csv(args.padchest))
+            padchest = PadChestDataModule(**shipped_data(
+                "chexnet_pl.data.padchest.PadChestDataModule", root=str(folder),
+                csv=str(args.padchest), num_workers=0))  # fmt: skip
+            project, images = timed(padchest.read_labels)
+            rows.append(("PadChest table (real)", len(images.table), base, project))
+        if args.vindr.is_file():
+            base, _ = timed(lambda: pd.read_csv(args.vindr))
+            vindr = VinDrCXRDataModule(**shipped_data(
+                "chexnet_pl.data.vindr_cxr.VinDrCXRDataModule", root=str(folder),
+                csv=str(args.vindr), num_workers=0))  # fmt: skip
+            project, images = timed(vindr.read_labels)
+            rows.append(("VinDr-CXR train.csv (real)", len(images.table), base, project))
     print(f"\n{'tables':<34}{'images kept':>12}{'pandas read (s)':>17}{'data module (s)':>17}"
           f"{'ratio':>8}")  # fmt: skip
     for label, kept, base, project in rows:
         print(f"{label:<34}{kept:>12,}{base:>17.2f}{project:>17.2f}{project / base:>7.1f}x")
-    print("images kept: the frontal images of the splits (data.view_position=frontal)")
+    print(
+        "images kept: the frontal images of the splits (data.view_position=frontal; PadChest: "
+        "data.projections=[PA, AP, AP_horizontal] with a Labels list; VinDr-CXR: every image)"
+    )
 
 
 if __name__ == "__main__":

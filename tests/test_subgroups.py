@@ -83,7 +83,8 @@ def test_subgroup_settings_are_judged_together():
     with pytest.raises(ConfigError) as error:
         shipped_subgroups(attributes=("sex", "race"), age_edges=(40, 20), max_age=30)
     assert error.value.problems == [
-        "evaluation.subgroups[]='race' is not a valid setting; use one of: sex, age, view, dataset",
+        "evaluation.subgroups[]='race' is not a valid setting; use one of: sex, age, view, dataset, "
+        "manufacturer, pediatric",
         "evaluation.age_bands=(40, 20): give increasing positive ages, e.g. [20, 40, 60, 80]",
     ]
     with pytest.raises(ConfigError, match=r"evaluation.max_age=30 is not above the last age band"):

@@ -183,6 +183,15 @@ def read_dicom(
         ) from exc
 
 
+def check_dicom_header(path: str | Path) -> None:
+    """``read_dicom``'s checks that need only the header (one still image, a decoder for its
+    syntax), without decoding a pixel: the fast pre-training check of a dataset's DICOMs.
+    ImageReadError when one fails."""
+    path = Path(path)
+    with reporting_errors_ourselves():
+        _check_single_image(open_dataset(path, path), path, None)
+
+
 def _check_single_image(ds, path: Path, max_pixels: int | None) -> str:
     """Everything that can be said from the header: one still X-ray image, not larger than
     ``max_pixels``, with a decoder for its transfer syntax. Returns its photometric

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from chexnet_pl.data.dicom import looks_like_dicom, read_dicom
+from chexnet_pl.data.dicom import DICOM_SUFFIXES, looks_like_dicom, read_dicom
 from chexnet_pl.data.image_limits import check_declared_pixels, too_large
 from chexnet_pl.errors import DataError, ImageReadError
 
@@ -66,8 +66,9 @@ def is_nih_layout(root: str | Path) -> bool:
 
 
 def scan_tree(root: str | Path, skip: tuple[str, ...] = ("prepared",)) -> dict[str, Path]:
-    """Map path relative to ``root`` (``/``-separated) → path for every PNG/JPEG below ``root``
-    (CheXpert's ``<release>/train/patient*/study*/view*.jpg``, MIMIC-CXR-JPG's ``files/p*/...``);
+    """Map path relative to ``root`` (``/``-separated) → path for every PNG/JPEG/DICOM below
+    ``root`` (CheXpert's ``<release>/train/patient*/study*/view*.jpg``, MIMIC-CXR-JPG's
+    ``files/p*/...``, PadChest's ``<ImageDir>/<ImageID>``, VinBigData's ``train/<id>.dicom``);
     hidden folders and ``skip`` (the image cache) are not entered."""
     root = Path(root)
     found: dict[str, Path] = {}
@@ -75,7 +76,7 @@ def scan_tree(root: str | Path, skip: tuple[str, ...] = ("prepared",)) -> dict[s
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in skip)
         relative = os.path.relpath(folder, root)
         for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
+            if name.lower().endswith(IMAGE_SUFFIXES + DICOM_SUFFIXES):
                 key = name if relative == "." else f"{relative}/{name}".replace(os.sep, "/")
                 found[key] = Path(folder) / name
     log.info("found %d images below %s", len(found), root)

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 SEX = "Patient Gender"
 AGE = "Patient Age"
 DATASET = "Dataset"  # pooled datasets (data=nih+chexpert): which one an image comes from
-METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET)
+MANUFACTURER = "Manufacturer"  # the X-ray unit's maker (PadChest)
+PEDIATRIC = "Pediatric"  # pediatric | adult (PadChest)
+METADATA_COLUMNS = (SEX, AGE, VIEW, "Follow-up #", DATASET, MANUFACTURER, PEDIATRIC)
 
 
 @dataclass

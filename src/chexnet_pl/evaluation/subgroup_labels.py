@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.labelled import AGE, DATASET, SEX, VIEW
+from chexnet_pl.data.labelled import AGE, DATASET, MANUFACTURER, PEDIATRIC, SEX, VIEW
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET}
+ATTRIBUTES = {"sex": SEX, "age": AGE, "view": VIEW, "dataset": DATASET,
+              "manufacturer": MANUFACTURER, "pediatric": PEDIATRIC}  # fmt: skip
 UNKNOWN = "unknown"
 # Why a subgroup or cell is left out of gaps and means (the report's ``note`` column).
 TOO_SMALL = "too small"
@@ -145,7 +146,7 @@ def subgroup_labels(meta: pd.DataFrame, spec: Subgroups) -> dict[str, tuple[np.n
             labels, names = age_bands(meta[column], meta.index.to_series(), spec)
         elif attribute == "sex":
             labels, names = _categorical(meta[column], ["F", "M"])
-        elif attribute == "dataset":
+        elif attribute in ("dataset", "manufacturer", "pediatric"):
             labels, names = _categorical(meta[column], [])
         else:
             labels, names = _categorical(meta[column], ["PA", "AP"])
