@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from chexnet_pl.data.dicom import DICOM_SUFFIXES, check_dicom_header
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.errors import ImageReadError
 
@@ -33,6 +34,8 @@ def check_image(path: str | Path) -> str | None:
         return f"cannot stat: {exc}"
     if size == 0:
         return "empty file (0 bytes)"
+    if path.suffix.lower() in DICOM_SUFFIXES:  # RSNA's, SIIM's: the header, without the pixels
+        return check_dicom_header(path)
     try:
         with Image.open(path) as image:
             kind, width, height = image.format, *image.size
