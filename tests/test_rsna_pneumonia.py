@@ -10,8 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHARED_DATA, compose_config, compose_train_config, random_checkpoint
-from conftest import tiny_dataset_overrides
+from conftest import (
+    SHARED_DATA,
+    compose_config,
+    compose_train_config,
+    random_checkpoint,
+    tiny_dataset_overrides,
+)
 from dicom_datasets import make_rsna_root, write_rsna_table
 
 from chexnet_pl.data.dicom_headers import header_table
@@ -41,7 +46,9 @@ def rsna_root(tmp_path_factory, labels_zip) -> Path:
 
 
 def datamodule(root: Path, **overrides) -> RSNAPneumoniaDataModule:
-    dm = RSNAPneumoniaDataModule(**shipped_data(TARGET, root=str(root), **{**SETTINGS, **overrides}))
+    dm = RSNAPneumoniaDataModule(
+        **shipped_data(TARGET, root=str(root), **{**SETTINGS, **overrides})
+    )
     dm.setup()
     return dm
 

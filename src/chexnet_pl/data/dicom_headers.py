@@ -30,7 +30,9 @@ AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 def dicom_age(value: Any) -> float:
     """A DICOM Patient's Age (``043Y``, ``006M``; or a bare number, as RSNA's files write it) in
     years; NaN when absent or unreadable."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([YMWD]?)\s*", str(value if value is not None else ""))
+    match = re.fullmatch(
+        r"\s*(\d+(?:\.\d+)?)\s*([YMWD]?)\s*", str(value if value is not None else "")
+    )
     if not match:
         return float("nan")
     return float(match[1]) * AGE_UNITS.get(match[2] or "Y", 1.0)

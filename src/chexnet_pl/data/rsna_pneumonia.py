@@ -201,7 +201,9 @@ class RSNAPneumoniaDataModule(ChestXrayDataModule):
         images, boxes = read_rsna_labels(labels_path)
         log.info("%s: %d images (%d with lung opacity), %d boxes", labels_path.name, len(images),
                  int(images[TARGET].sum()), len(boxes))  # fmt: skip
-        folder = self.image_folder if self.image_folder.is_absolute() else self.root / self.image_folder
+        folder = (
+            self.image_folder if self.image_folder.is_absolute() else self.root / self.image_folder
+        )
         files = [os.path.join(folder, f"{name}.dcm") for name in images[ID]]
         paths = [f if os.path.isfile(f) else None for f in files]
         if self.headers:
