@@ -245,3 +245,44 @@ def test_an_nih_checkpoint_is_scored_on_the_max_of_its_opacity_outputs(
     assert aucs.at["Lung Opacity", "auroc"] == pytest.approx(
         roc_auc_score(truth, preds["prob_Lung Opacity"]), abs=1e-9
     )
+
+
+def test_a_label_scored_against_the_maximum_of_several_outputs():
+    from chexnet_pl.evaluation.external import add_combined, combined_outputs
+
+    rule = {"Lung Opacity": ["Pneumonia", "Consolidation", "Infiltration"]}
+    nih = ["Atelectasis", "Consolidation", "Infiltration", "Pneumonia", "No Finding"]
+    assert combined_outputs(nih, ["Lung Opacity"], rule) == {
+        "Lung Opacity": ["Pneumonia", "Consolidation", "Infiltration"]
+    }
+    # a model with an output of the label's own name (CheXpert's) is scored on it
+    assert combined_outputs(["Lung Opacity", "Pneumonia"], ["Lung Opacity"], rule) == {}
+    # only the listed outputs the model has; none: not scored; a label the data lacks: nothing
+    assert combined_outputs(["Pneumonia", "Edema"], ["Lung Opacity"], rule) == {
+        "Lung Opacity": ["Pneumonia"]
+    }
+    assert combined_outputs(["Edema"], ["Lung Opacity"], rule) == {}
+    assert combined_outputs(nih, ["Pneumothorax"], rule) == {}
+    preds = pd.DataFrame({"Image Index": ["a", "b"], "prob_Pneumonia": [0.1, 0.7],
+                          "prob_Consolidation": [0.4, 0.2], "prob_Infiltration": [0.3, 0.6],
+                          "prob_Edema": [0.9, 0.9]})  # fmt: skip
+    combined = add_combined(preds, combined_outputs(nih, ["Lung Opacity"], rule))
+    assert combined["prob_Lung Opacity"].tolist() == [0.4, 0.7]
+    assert "prob_Lung Opacity" not in preds  # the input is left as it was
+
+
+def test_one_labels_auroc_is_scored_during_training():
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from chexnet_pl.models.metrics import PerClassAUROC
+
+    scores = torch.tensor([[0.1], [0.9], [0.4], [0.3], [0.8]])
+    target = torch.tensor([[0], [1], [1], [-1], [0]])  # -1: not known, left out
+    metric = PerClassAUROC(1)
+    metric.update(scores, target)
+    expected = roc_auc_score([0, 1, 1, 0], [0.1, 0.9, 0.4, 0.8])
+    assert metric.compute().reshape(-1).tolist() == pytest.approx([expected])
+    metric.reset()
+    metric.update(scores[:1], target[:1])  # no positive: undefined
+    assert torch.isnan(metric.compute()).all()
