@@ -241,3 +241,23 @@ def test_an_nih_checkpoint_is_scored_on_siims_pneumothorax(tmp_path, synthetic_r
     assert aucs.at["Pneumothorax", "auroc"] == pytest.approx(
         roc_auc_score(positive.loc[preds["Image Index"]], preds["prob_Pneumothorax"]), abs=1e-9
     )
+
+
+def test_a_mask_scored_against_itself_has_iou_one(siim_root):
+    from chexnet_pl.evaluation.localization import score_mask
+
+    dm = datamodule(siim_root)
+    image = dm.masks["Image Index"].iloc[0]
+    truth = dm.mask(image)
+    itself = score_mask(truth.astype(np.float32), truth, 0.5)
+    assert itself["iou"] == 1.0 and itself["iobb"] == 1.0 and itself["mask_hit"] == 1.0
+    assert itself["pointing_chance"] == pytest.approx(truth.mean())
+    shifted = np.roll(truth, 40, axis=1)  # the same region 40 columns to the right
+    moved = score_mask(shifted.astype(np.float32), truth, 0.5)
+    overlap = (shifted & truth).sum() / (shifted | truth).sum()
+    assert moved["iou"] == pytest.approx(overlap) and moved["iou"] < 1.0
+    elsewhere = np.zeros_like(truth, dtype=np.float32)
+    elsewhere[~truth] = 1.0
+    assert score_mask(elsewhere, truth, 0.5)["mask_hit"] == 0.0
+    with pytest.raises(DataError, match=r"shape \(32, 32\) cannot be scored against a mask"):
+        score_mask(np.zeros((32, 32)), truth, 0.5)
