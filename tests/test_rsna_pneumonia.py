@@ -286,3 +286,27 @@ def test_one_labels_auroc_is_scored_during_training():
     metric.reset()
     metric.update(scores[:1], target[:1])  # no positive: undefined
     assert torch.isnan(metric.compute()).all()
+
+
+def test_a_predictions_file_of_nih_outputs_is_scored_on_rsna(tmp_path, rsna_root):
+    from sklearn.metrics import roc_auc_score
+
+    from chexnet_pl.data.nih_table import class_names
+    from chexnet_pl.evaluate import evaluate
+
+    dm = datamodule(rsna_root)
+    test = dm.table[dm.table["split"] == "test"]
+    rng = np.random.default_rng(0)
+    preds = pd.DataFrame(rng.random((len(test), 15)), columns=[f"prob_{c}" for c in class_names()])
+    preds.insert(0, "Image Index", test["Image Index"].to_numpy())
+    preds.to_csv(tmp_path / "nih_preds.csv", index=False)
+    out = tmp_path / "scored"
+    evaluate(compose_config("evaluate", out, f"preds={tmp_path / 'nih_preds.csv'}",
+                            "data=rsna_pneumonia", f"data.root={rsna_root}",
+                            "evaluation.bootstrap_samples=20", "evaluation.plots=false",
+                            "evaluation.subgroups=[]"))  # fmt: skip
+    aucs = pd.read_csv(out / "aucs.csv", index_col=0)
+    opacity = preds[["prob_Pneumonia", "prob_Consolidation", "prob_Infiltration"]].max(axis=1)
+    raw = pd.read_csv(rsna_root / "stage_2_train_labels.csv.zip")
+    truth = raw.groupby("patientId")["Target"].max().loc[preds["Image Index"]]
+    assert aucs.at["Lung Opacity", "auroc"] == pytest.approx(roc_auc_score(truth, opacity))
