@@ -220,7 +220,6 @@ def test_two_batches_train_with_the_shipped_config(tmp_path, rsna_root):
     assert "Lung Opacity" in aucs.index and "test/auroc" in metrics
 
 
-@pytest.mark.slow
 def test_an_nih_checkpoint_is_scored_on_the_max_of_its_opacity_outputs(
     tmp_path, synthetic_root, rsna_root
 ):

@@ -221,7 +221,6 @@ def test_two_batches_train_with_the_shipped_config(tmp_path, siim_root):
     assert "Pneumothorax" in pd.read_csv(tmp_path / "run" / "aucs.csv", index_col=0).index
 
 
-@pytest.mark.slow
 def test_an_nih_checkpoint_is_scored_on_siims_pneumothorax(tmp_path, synthetic_root, siim_root):
     from sklearn.metrics import roc_auc_score
 
