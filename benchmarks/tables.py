@@ -4,6 +4,10 @@ image file), beside pandas reading the same files alone.
 
 .venv/bin/python benchmarks/tables.py [--chexpert ../shared/data/chexpert-meta/train.csv.gz]
     [--padchest ../shared/data/padchest-meta/PADCHEST_...csv.gz] [--vindr .../vinbigdata-train.csv.gz]
+    [--rsna ../shared/data/rsna-pneumonia-meta] [--siim <siim-pneumothorax-train-rle.csv.gz>]
+
+RSNA Pneumonia and SIIM-ACR Pneumothorax: their real tables (RSNA's with its DICOM header table;
+every SIIM mask's RLE checked against the 1024×1024 image).
 
 CheXpert: the real train.csv (223,414 rows of 64,540 patients). MIMIC-CXR-JPG: no real table is
 here, so tables of the release's size (377,110 images, 227,827 labelled studies, 65,379 subjects)
@@ -78,6 +82,32 @@ def mimic_tables(folder: Path, seed: int = 0, scale: float = 1.0) -> list[Path]:
     return paths
 
 
+def dicom_release_rows(folder: Path, rsna: Path, siim: Path) -> list[tuple]:
+    """RSNA Pneumonia's real labels table (with its real header table for sex, age and view) and
+    SIIM-ACR's real RLE table (every mask's RLE checked), read as their data modules do."""
+    from chexnet_pl.data.rsna_pneumonia import RSNAPneumoniaDataModule
+    from chexnet_pl.data.siim_pneumothorax import SIIMPneumothoraxDataModule
+
+    rows = []
+    labels = rsna / "kaggle_stage_2_train_labels.csv.zip"
+    headers = rsna / "kaggle_stage_2_train_images_dicom_headers.csv.gz"
+    if labels.is_file():
+        base, _ = timed(lambda: [pd.read_csv(labels), pd.read_csv(headers)])
+        module = RSNAPneumoniaDataModule(**shipped_data(
+            "chexnet_pl.data.rsna_pneumonia.RSNAPneumoniaDataModule", root=str(folder),
+            csv=str(labels), headers=str(headers), num_workers=0))  # fmt: skip
+        project, images = timed(module.read_labels)
+        rows.append(("RSNA Pneumonia labels (real)", len(images.table), base, project))
+    if siim.is_file():
+        base, _ = timed(lambda: pd.read_csv(siim))
+        module = SIIMPneumothoraxDataModule(**shipped_data(
+            "chexnet_pl.data.siim_pneumothorax.SIIMPneumothoraxDataModule", root=str(folder),
+            csv=str(siim), num_workers=0))  # fmt: skip
+        project, images = timed(module.read_labels)
+        rows.append(("SIIM-ACR train-rle.csv (real)", len(images.table), base, project))
+    return rows
+
+
 def timed(task) -> tuple[float, object]:
     start = time.perf_counter()
     result = task()
@@ -99,6 +129,10 @@ def main() -> None:
                         default=SHARED / "padchest-meta" / f"{PADCHEST_TABLE}.gz")  # fmt: skip
     parser.add_argument("--vindr", type=Path,
                         default=SHARED / "vindr-cxr-meta" / "vinbigdata-train.csv.gz")  # fmt: skip
+    shared = REPO.parent / "shared" / "data"
+    parser.add_argument("--rsna", type=Path, default=shared / "rsna-pneumonia-meta")
+    parser.add_argument("--siim", type=Path, default=shared / "siim-pneumothorax-meta"
+                        / "siim-pneumothorax-train-rle.csv.gz")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -140,6 +174,7 @@ def main() -> None:
                 csv=str(args.vindr), num_workers=0))  # fmt: skip
             project, images = timed(vindr.read_labels)
             rows.append(("VinDr-CXR train.csv (real)", len(images.table), base, project))
+        rows += dicom_release_rows(folder, args.rsna, args.siim)
     print(f"\n{'tables':<34}{'images kept':>12}{'pandas read (s)':>17}{'data module (s)':>17}"
           f"{'ratio':>8}")  # fmt: skip
     for label, kept, base, project in rows:

@@ -194,7 +194,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from chexnet_pl.data.nih_table import IMAGE
     from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
     from chexnet_pl.evaluation.external import match_model_to_data, truth_for
-    from chexnet_pl.evaluation.predictions import read_predictions
     from chexnet_pl.evaluation.provenance import (
         image_sources,
         keep_official_test,
@@ -248,8 +247,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics |= expert_metrics
     else:
         truth, reference = _truth_of(data)
-        labels = truth.attrs["labels"]
-        preds, names = read_predictions(cfg.preds, truth.index, labels)
+        preds, names = _predictions_for(cfg.preds, truth)
         if expert is not None:
             expert.check_outputs(names, f"the predictions file {cfg.preds}")
         lists_folder = (
@@ -264,11 +262,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             preds = preds[keep_official_test(preds[IMAGE].tolist(), lists, str(lists_folder))]
             preds = preds.reset_index(drop=True)
         sources = image_sources(preds[IMAGE].tolist(), lists, split, lists_folder)
-        val_preds = (
-            read_predictions(cfg.val_preds, truth.index, labels)[0]
-            if cfg.get("val_preds")
-            else None
-        )
+        val_preds = _predictions_for(cfg.val_preds, truth)[0] if cfg.get("val_preds") else None
         table, metrics = score_and_write(
             preds, truth, names, output_dir, settings, split, val_preds, reference, None,
             sources, Path(cfg.preds).name,
@@ -314,6 +308,27 @@ def _internal_aucs(cfg: DictConfig, run: Run) -> dict[str, float] | None:
     return read_internal_aucs(path, run.model.class_names)
 
 
+def _predictions_for(path: str, truth: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A predictions file scored against ``truth``'s labels, with the labels a dataset scores
+    against the maximum of several outputs (``label_from_outputs``: RSNA's Lung Opacity) added
+    from the file's columns of those outputs when it has no column of the label's own."""
+    import pandas as pd
+
+    from chexnet_pl.evaluation.external import add_combined, combined_outputs
+    from chexnet_pl.evaluation.predictions import PROB, read_predictions
+
+    labels = truth.attrs["labels"]
+    rule = truth.attrs.get("label_from_outputs")
+    if rule and Path(path).is_file():
+        header = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+        outputs = [c[len(PROB) :] for c in header if c.startswith(PROB)]
+        if combined := combined_outputs(outputs, labels, rule):
+            preds, _ = read_predictions(path, truth.index)
+            preds = add_combined(preds, combined)
+            return preds, [name for name in labels if PROB + name in preds.columns]
+    return read_predictions(path, truth.index, labels)
+
+
 def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
     """The labels ``preds=`` is scored against, and the data's reference AUROC: NIH's metadata
     CSV (``data.root``/``data.csv``), or with ``data=<dataset>`` that dataset's tables."""
@@ -328,6 +343,7 @@ def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
         datamodule = build_datamodule({**settings, "report_dir": None})
         images = datamodule.read_labels()
         truth = truth_frame(images.table, images.labels, datamodule.pathologies)
+        truth.attrs["label_from_outputs"] = getattr(datamodule, "label_from_outputs", None)
         return truth, datamodule.reference_auroc
     if not data.get("root") and not data.get("csv"):
         raise DataError(

@@ -1,9 +1,10 @@
-"""Reading a dataset's released CSV table (plain or gzipped) before anything is taken from it:
+"""Reading a dataset's released CSV table (plain, gzipped or zipped) before anything is taken from it:
 readable, with the columns the release has, and at least one row — or one DataError naming the
 file and what is wrong."""
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def read_csv_table(
     try:
         table = pd.read_csv(path, dtype=dtype)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
-            EOFError) as exc:  # fmt: skip
+            EOFError, zipfile.BadZipFile) as exc:  # fmt: skip
         raise DataError(f"cannot parse {path} as a CSV (is it damaged?): {exc}") from exc
     # A table whose lines all end with a comma (NIH's 2017 release) gets an empty "Unnamed: N".
     empty_extra = [

@@ -65,6 +65,18 @@ def looks_like_dicom(path: str | Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def check_dicom_header(path: str | Path) -> str | None:
+    """Why the DICOM file ``path`` cannot be used, from its header alone (no pixel is read: see
+    the module's list of refusals), or None when it declares one still X-ray image."""
+    path = Path(path)
+    try:
+        with reporting_errors_ourselves():
+            _check_single_image(open_dataset(path, path), path, None)
+    except ImageReadError as exc:
+        return exc.reason
+    return None
+
+
 def _output_range(ds) -> tuple[float, float]:
     """The range of the values after the modality step (what a window maps onto)."""
     if "ModalityLUTSequence" in ds:
@@ -181,15 +193,6 @@ def read_dicom(
         raise ImageReadError(
             path, f"its pixel values cannot be mapped to gray with its header ({one_line(exc)})"
         ) from exc
-
-
-def check_dicom_header(path: str | Path) -> None:
-    """``read_dicom``'s checks that need only the header (one still image, a decoder for its
-    syntax), without decoding a pixel: the fast pre-training check of a dataset's DICOMs.
-    ImageReadError when one fails."""
-    path = Path(path)
-    with reporting_errors_ourselves():
-        _check_single_image(open_dataset(path, path), path, None)
 
 
 def _check_single_image(ds, path: Path, max_pixels: int | None) -> str:

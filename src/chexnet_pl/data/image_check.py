@@ -35,11 +35,7 @@ def check_image(path: str | Path) -> str | None:
     if size == 0:
         return "empty file (0 bytes)"
     if looks_like_dicom(path):  # VinDr-CXR, RSNA, SIIM: the header read, no pixel decoded
-        try:
-            check_dicom_header(path)
-        except ImageReadError as exc:
-            return exc.reason
-        return None
+        return check_dicom_header(path)
     try:
         with Image.open(path) as image:
             kind, width, height = image.format, *image.size

@@ -247,7 +247,8 @@ def assert_no_patient_leak(
     per_patient = assigned.groupby(PATIENT)["split"].nunique()
     leaked = per_patient[per_patient > 1]
     if len(leaked):
-        patient = int(leaked.index[0])
+        patient = leaked.index[0]  # a number (NIH, CheXpert, MIMIC) or a string (DICOM ids)
+        patient = int(patient) if isinstance(patient, int | np.integer) else patient
         where = sorted(assigned.loc[assigned[PATIENT] == patient, "split"].unique())
         raise DataError(
             f"{len(leaked)} patient(s) have images in more than one split, e.g. patient {patient} "

@@ -4,7 +4,9 @@ The outputs and the labels are matched by name and by the label map's synonyms
 (``evaluation.label_map``; ``Effusion`` ↔ ``Pleural Effusion`` by default), so an NIH model is
 scored on CheXpert's Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion, Pneumonia,
 Pneumothorax and No Finding. Rows keep the model's output names; the mean is over the findings
-scored. Beside each external AUROC, the model's internal one (its own test split's ``aucs.csv``),
+scored. A dataset may score a label against the maximum of several outputs (its
+``label_from_outputs``: RSNA's Lung Opacity ← max(Pneumonia, Consolidation, Infiltration)); that
+maximum is added to the predictions as an output of the label's name (``combined_outputs``). Beside each external AUROC, the model's internal one (its own test split's ``aucs.csv``),
 with the internal mean taken over the same findings, so the two columns compare like with like.
 """
 
@@ -91,6 +93,38 @@ def match_model_to_data(
             "evaluation.label_map='{output: label}'"
         )
     return match
+
+
+def combined_outputs(
+    outputs: Sequence[str],
+    labels: Sequence[str],
+    label_from_outputs: Mapping[str, Sequence[str]] | None,
+) -> dict[str, list[str]]:
+    """The data's labels that are scored against the maximum of several model outputs (a
+    dataset's ``label_from_outputs``, e.g. RSNA's ``Lung Opacity`` ← ``Pneumonia``,
+    ``Consolidation``, ``Infiltration``): label → the listed outputs the model has. A label the
+    model has an output of that name for is scored on that output instead; one whose listed
+    outputs the model lacks entirely is not scored."""
+    combined = {}
+    for label, sources in (label_from_outputs or {}).items():
+        present = [name for name in sources if name in outputs]
+        if label in labels and label not in outputs and present:
+            combined[str(label)] = present
+            missing = [name for name in sources if name not in outputs]
+            log.info("%s is scored against max(%s) of the model's outputs%s", label,
+                     ", ".join(present), f" (it has no {missing})" if missing else "")  # fmt: skip
+    return combined
+
+
+def add_combined(preds: pd.DataFrame, combined: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """``preds`` with a ``prob_<label>`` column per combined label: the maximum of its outputs'
+    probabilities (``combined_outputs``)."""
+    from chexnet_pl.evaluation.predictions import prob_columns
+
+    preds = preds.copy()
+    for label, sources in combined.items():
+        preds[prob_columns([label])[0]] = preds[prob_columns(sources)].max(axis=1)
+    return preds
 
 
 def truth_for(truth: pd.DataFrame, match: LabelMatch) -> pd.DataFrame:

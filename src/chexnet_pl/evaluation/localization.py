@@ -114,3 +114,26 @@ def summarize(per_box: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "finding"
     return table
+
+
+def score_mask(heatmap: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
+    """A [0, 1] heat map against a true mask of the same shape (SIIM-ACR's pneumothorax masks):
+    IoU and intersection over the heat map's region (pixels ≥ ``threshold``, the IoBB of masks),
+    the pointing-game hit (the centre of the map's maximum inside the mask), the mask hit (any of
+    the region inside the mask) and the pointing game's chance rate (the mask's share)."""
+    heatmap, truth = np.asarray(heatmap, dtype=np.float64), np.asarray(truth, dtype=bool)
+    if heatmap.shape != truth.shape:
+        raise DataError(f"a heat map of shape {heatmap.shape} cannot be scored against a mask of "
+                        f"shape {truth.shape}: upsample it to the mask's image first")  # fmt: skip
+    region = heatmap >= threshold
+    inter = float((region & truth).sum())
+    union = float((region | truth).sum())
+    rows, cols = np.nonzero(heatmap >= heatmap.max() - 1e-6)
+    row, col = int(round(float(rows.mean()))), int(round(float(cols.mean())))
+    return {
+        "iou": inter / union if union else 0.0,
+        "iobb": inter / float(region.sum()) if region.any() else 0.0,
+        "pointing_hit": float(truth[row, col]),
+        "mask_hit": float(inter > 0),
+        "pointing_chance": float(truth.mean()),
+    }

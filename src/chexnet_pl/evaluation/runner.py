@@ -15,7 +15,9 @@ from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.calibration_report import write_calibration_report
 from chexnet_pl.evaluation.external import (
+    add_combined,
     add_internal,
+    combined_outputs,
     match_model_to_data,
     reference_for,
     truth_for,
@@ -250,8 +252,12 @@ def evaluate_model(
     datamodule.setup()
     if len(datamodule.datasets[split]) == 0:
         raise DataError(f"the {split} split has no images; nothing to evaluate")
+    combined = combined_outputs(
+        model.class_names, datamodule.pathologies, getattr(datamodule, "label_from_outputs", None)
+    )  # a label scored against the maximum of several outputs (RSNA's Lung Opacity)
+    outputs = [*model.class_names, *combined]
     match = match_model_to_data(
-        model.class_names, datamodule.pathologies, settings.label_map, settings.label_map_shared
+        outputs, datamodule.pathologies, settings.label_map, settings.label_map_shared
     )
     log.info("%s", match.describe())  # the outputs this run reports, before any prediction
     identity = of_checkpoint(model, checkpoint) if checkpoint else of_model(model)
@@ -263,11 +269,11 @@ def evaluate_model(
         log.info("%s", why_not)
         reference = None
     cache = PredictionCache(checkpoint) if checkpoint else None
-    preds = predict_split(model, datamodule, split, settings, cache)
+    preds = add_combined(predict_split(model, datamodule, split, settings, cache), combined)
     write_csv_atomic(preds, output_dir / "preds.csv", index=False)
     val_preds = None
     if split != "val" and len(datamodule.datasets["val"]):
-        val_preds = predict_split(model, datamodule, "val", settings, cache)
+        val_preds = add_combined(predict_split(model, datamodule, "val", settings, cache), combined)
         write_csv_atomic(val_preds, output_dir / "preds_val.csv", index=False)
     truth = truth_for(
         truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies), match

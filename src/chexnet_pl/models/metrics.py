@@ -22,9 +22,18 @@ class PerClassAUROC(MultilabelAUROC):
     """
 
     def __init__(self, num_labels: int, **kwargs) -> None:
+        # torchmetrics takes two labels or more: a one-label dataset (RSNA's Lung Opacity, SIIM's
+        # Pneumothorax) is scored with its column twice, the copy dropped from the result.
         super().__init__(
-            num_labels=num_labels, average=None, thresholds=None, ignore_index=IGNORE, **kwargs
-        )
+            num_labels=max(num_labels, 2), average=None, thresholds=None, ignore_index=IGNORE,
+            **kwargs,
+        )  # fmt: skip
+        self.labels_scored = num_labels
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if self.labels_scored == 1:
+            preds, target = preds.repeat(1, 2), target.repeat(1, 2)
+        super().update(preds, target)
 
     def compute(self) -> torch.Tensor:
         target = dim_zero_cat(self.target)
@@ -32,11 +41,12 @@ class PerClassAUROC(MultilabelAUROC):
         negatives = (target == 0).sum(0)
         defined = (positives > 0) & (negatives > 0)
         if not defined.any():
-            return torch.full((self.num_labels,), float("nan"), device=target.device)
+            return torch.full((self.labels_scored,), float("nan"), device=target.device)
         with warnings.catch_warnings():  # "no positive samples": handled as NaN below
             warnings.simplefilter("ignore", UserWarning)
             values = super().compute().float()
-        return torch.where(defined, values, torch.full_like(values, float("nan")))
+        values = torch.where(defined, values, torch.full_like(values, float("nan")))
+        return values[: self.labels_scored]
 
 
 def mean_finding_auroc(per_class: torch.Tensor, class_names: list[str]) -> torch.Tensor:

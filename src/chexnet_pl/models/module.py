@@ -232,7 +232,7 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         self._eval_step(batch, self.test_loss, self.test_auroc, "test")
 
     def _log_auroc(self, auroc: PerClassAUROC, stage: str) -> torch.Tensor:
-        per_class = auroc.compute()
+        per_class = auroc.compute().reshape(-1)  # torchmetrics squeezes one label's to a scalar
         auroc.reset()
         mean = mean_finding_auroc(per_class, self.class_names)
         undefined = [
