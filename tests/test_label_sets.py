@@ -22,12 +22,13 @@ from chexnet_pl.evaluation.calibration_report import calibration_table
 from chexnet_pl.evaluation.report import choose_threshold, score_predictions
 from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroups import score_subgroups
-from chexnet_pl.labels import match_labels, mean_row, relabel, union_labels
+from chexnet_pl.labels import label_map_problems, match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC
 from chexnet_pl.shipped import shipped_data
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
-NIH_CODE = {"data/nih_table.py", "data/nih.py", "data/synthetic.py"}
+# PadChest reads its labels onto NIH's findings by default (data.labels=nih): it names them.
+NIH_CODE = {"data/nih_table.py", "data/nih.py", "data/synthetic.py", "data/padchest.py"}
 LABEL_MAP = {"Effusion": "Pleural Effusion"}
 
 
@@ -285,3 +286,19 @@ def test_fine_tuning_on_another_label_set_starts_a_new_head(tmp_path):
     assert torch.equal(target.net.classifier.weight, before)  # same shape, other labels: not copied
     body = [k for k in source.state_dict() if k.startswith("net.") and "classifier" not in k][0]
     assert torch.equal(target.state_dict()[body], source.state_dict()[body])
+
+
+def test_a_synonym_the_data_has_no_label_for_is_unused_not_an_error():
+    """The shipped ``Effusion: Pleural Effusion`` on SIIM's or RSNA's single label: no effusion
+    label by any spelling, so the entry is not used there; a typo (a close name exists) and an
+    output the model lacks are still refused."""
+    sides = {
+        "the model's outputs": ["Effusion", "Pneumothorax"],
+        "the data's labels": ["Pneumothorax"],
+    }
+    assert label_map_problems({"Effusion": "Pleural Effusion"}, sides) == []
+    typo = {"the model's outputs": ["Effusion"], "the data's labels": ["Pleural Effusion"]}
+    (problem,) = label_map_problems({"Effusion": "Pleural Efusion"}, typo)
+    assert "did you mean 'Pleural Effusion'" in problem
+    (problem,) = label_map_problems({"Efusion": "Pleural Effusion"}, typo)
+    assert "which the model's outputs do not have" in problem

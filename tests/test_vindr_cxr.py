@@ -183,7 +183,9 @@ def test_bad_settings_and_a_missing_table(tmp_path, vindr_root):
 
 
 def test_the_shipped_label_map_pairs_nih_outputs_with_vindr_labels():
-    label_map = shipped("evaluation", "default")["label_map"]
+    from chexnet_pl.evaluation.external import label_map_for
+
+    label_map = label_map_for(shipped("evaluation", "default")["label_map"], VinDrCXRDataModule)
     pairs = match_labels(nih_class_names(), [*CLASSES, NO_FINDING], label_map)
     assert dict(pairs) == NIH_LABEL_MAP
 

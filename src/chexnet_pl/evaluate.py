@@ -193,7 +193,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from chexnet_pl.data.labelled import truth_frame
     from chexnet_pl.data.nih_table import IMAGE
     from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
-    from chexnet_pl.evaluation.external import match_model_to_data, truth_for
+    from chexnet_pl.evaluation.external import label_map_for, match_model_to_data, truth_for
     from chexnet_pl.evaluation.provenance import (
         image_sources,
         keep_official_test,
@@ -230,8 +230,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("compare") or cfg.get("compare_ckpt"):
             preds = pd.read_csv(output_dir / "preds.csv", dtype={IMAGE: str})
             match = match_model_to_data(
-                run.model.class_names, datamodule.pathologies, settings.label_map,
-                settings.label_map_shared,
+                run.model.class_names, datamodule.pathologies,
+                label_map_for(settings.label_map, datamodule), settings.label_map_shared,
             )  # fmt: skip
             truth = truth_for(labelled, match)
             metrics |= compare_with(cfg, preds, match.scored, truth, settings, datamodule)

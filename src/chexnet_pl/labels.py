@@ -75,6 +75,10 @@ def match_labels(
     return pairs
 
 
+# The side of the model's outputs in ``label_map_problems``' ``sides`` (external validation).
+OUTPUTS_SIDE = "the model's outputs"
+
+
 def label_map_problems(
     label_map: Mapping[str, str] | None,
     sides: Mapping[str, Sequence[str]],
@@ -84,7 +88,10 @@ def label_map_problems(
     is, e.g. "the model's outputs", → its names). An entry is needed when one of its names is in
     some lists but not all: its other name must then be in a list that lacks the first (a typo
     there would leave the finding unmatched without a word). An entry naming nothing of any
-    list is wrong too; one whose name every list has is not needed and passes."""
+    list is wrong too; one whose name every list has is not needed and passes. An entry whose
+    other name is missing with nothing close to it (the shipped ``Effusion: Pleural Effusion``
+    on a dataset with no effusion label, e.g. SIIM's Pneumothorax only) is a synonym this pair
+    of lists has no use for: it passes, and ``unused_entries`` names it for the log."""
     problems = []
     for first, second in (label_map or {}).items():
         names = (str(first), str(second))
@@ -102,6 +109,8 @@ def label_map_problems(
             others = [side for side in sides if side not in where[found]]
             candidates = [n for side in others for n in sides[side]]
             near = _near(missing, candidates)
+            if not near and found in sides.get(OUTPUTS_SIDE, ()):
+                continue  # an output this data has no label for, by any spelling: unused here
             problems.append(
                 f"{setting} maps '{found}' ({' and '.join(where[found])}) to '{missing}', which "
                 f"{' and '.join(others)} do not have"

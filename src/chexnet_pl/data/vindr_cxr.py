@@ -179,6 +179,9 @@ class VinDrCXRDataModule(ChestXrayDataModule):
         The other arguments are ``ChestXrayDataModule``'s.
     """
 
+    # How it spells NIH's findings (external validation adds these to evaluation.label_map).
+    label_spellings = {k: v for k, v in NIH_LABEL_MAP.items() if k != v}
+
     pathologies = [*CLASSES, NO_FINDING]
 
     def __init__(

@@ -23,6 +23,7 @@ import pandas as pd
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.labels import (
+    OUTPUTS_SIDE,
     finding_names,
     label_map_problems,
     match_labels,
@@ -65,6 +66,13 @@ class LabelMatch:
         )
 
 
+def label_map_for(label_map: Mapping[str, str] | None, datamodule: object) -> dict[str, str]:
+    """``evaluation.label_map`` with the dataset's own spellings of NIH's outputs (a data
+    module's ``label_spellings``, e.g. VinDr-CXR's ``Effusion: Pleural effusion``), which take
+    precedence for the outputs they name: they are facts of that dataset, not a choice."""
+    return {**dict(label_map or {}), **dict(getattr(datamodule, "label_spellings", None) or {})}
+
+
 def match_model_to_data(
     outputs: Sequence[str],
     labels: Sequence[str],
@@ -75,7 +83,7 @@ def match_model_to_data(
     map names an output or a label that is not there (with the closest names), or sends two
     outputs onto one label without ``shared`` (``evaluation.label_map_shared``); a
     ``DataError`` when nothing can be scored."""
-    sides = {"the model's outputs": list(outputs), "the data's labels": list(labels)}
+    sides = {OUTPUTS_SIDE: list(outputs), "the data's labels": list(labels)}
     # On the data it was trained on, every output is its own label: the map is not used (it may
     # hold entries for another dataset).
     problems = [] if list(outputs) == list(labels) else label_map_problems(label_map, sides)

@@ -18,6 +18,7 @@ from chexnet_pl.evaluation.external import (
     add_combined,
     add_internal,
     combined_outputs,
+    label_map_for,
     match_model_to_data,
     reference_for,
     truth_for,
@@ -257,7 +258,10 @@ def evaluate_model(
     )  # a label scored against the maximum of several outputs (RSNA's Lung Opacity)
     outputs = [*model.class_names, *combined]
     match = match_model_to_data(
-        outputs, datamodule.pathologies, settings.label_map, settings.label_map_shared
+        outputs,
+        datamodule.pathologies,
+        label_map_for(settings.label_map, datamodule),
+        settings.label_map_shared,
     )
     log.info("%s", match.describe())  # the outputs this run reports, before any prediction
     identity = of_checkpoint(model, checkpoint) if checkpoint else of_model(model)
