@@ -16,7 +16,6 @@ import pandas as pd
 
 from chexnet_pl.data.labelled import AGE, SEX
 from chexnet_pl.data.nih_table import VIEW
-from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file
 from chexnet_pl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -113,18 +112,3 @@ def check_split_method(split: Mapping[str, Any], dataset: str) -> str:
             f"images; use one of {DICOM_SPLIT_METHODS}"
         )
     return method
-
-
-def split_by_patient(table: pd.DataFrame, split: Mapping[str, Any]) -> pd.Series:
-    """Each row's split (``data.split``: patient = seeded ``fractions`` of the ``Patient ID``s;
-    file = a CSV of ``Image Index, split``), checked for patients in two splits."""
-    if split.get("method", "patient") == "patient":
-        assigned = patient_split(
-            table, split.get("fractions", (0.7, 0.1, 0.2)), int(split.get("seed") or 0)
-        )
-        remedy = "report this as a bug"
-    else:
-        assigned, remedy = split_from_file(table, split.get("file"))
-    assigned = assigned.astype("object")
-    assert_no_patient_leak(table, assigned, remedy)
-    return assigned

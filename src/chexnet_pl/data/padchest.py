@@ -49,7 +49,7 @@ from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.labelled import AGE, MANUFACTURER, PEDIATRIC, SEX, LabelledImages
 from chexnet_pl.data.nih_table import FINDINGS, IMAGE, NO_FINDING, PATIENT, VIEW
-from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file
+from chexnet_pl.data.splits import split_table
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -366,20 +366,8 @@ class PadChestDataModule(ChestXrayDataModule):
             ],
             axis=1,
         )
-        frame["split"] = self._split(frame)
+        frame["split"] = split_table(frame, self.split_args)
         used = frame["split"].notna().to_numpy()
         frame, labels = frame[used].reset_index(drop=True), labels[used]
         frame["path"] = image_paths(self.root, table[used].reset_index(drop=True))
         return LabelledImages(frame, labels, str(path))
-
-    def _split(self, table: pd.DataFrame) -> pd.Series:
-        method, args = self.split_args.get("method", "patient"), self.split_args
-        if method == "patient":
-            split = patient_split(table, args.get("fractions", (0.7, 0.1, 0.2)),
-                                  int(args.get("seed") or 0))  # fmt: skip
-            remedy = "report this as a bug"
-        else:
-            split, remedy = split_from_file(table, args.get("file"))
-        split = split.astype("object")
-        assert_no_patient_leak(table, split, remedy)
-        return split

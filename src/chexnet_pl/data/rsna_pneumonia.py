@@ -37,11 +37,11 @@ from chexnet_pl.data.dicom_headers import (
     check_split_method,
     header_table,
     read_headers,
-    split_by_patient,
 )
 from chexnet_pl.data.labelled import AGE, SEX, LabelledImages, filter_views
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL, VIEWS
+from chexnet_pl.data.splits import split_table
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -221,7 +221,7 @@ class RSNAPneumoniaDataModule(ChestXrayDataModule):
                 "path": paths,
             }
         )
-        table["split"] = split_by_patient(table, self.split_args)
+        table["split"] = split_table(table, self.split_args)
         labels = images[TARGET].to_numpy(np.float32)[:, None]
         selected = filter_views(LabelledImages(table, labels, str(labels_path)), self.view_position,
                                 "RSNA Pneumonia")  # fmt: skip

@@ -31,10 +31,11 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.dicom_headers import check_split_method, read_headers, split_by_patient
+from chexnet_pl.data.dicom_headers import check_split_method, read_headers
 from chexnet_pl.data.labelled import AGE, SEX, LabelledImages, filter_views
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL, VIEWS
+from chexnet_pl.data.splits import split_table
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -239,7 +240,7 @@ class SIIMPneumothoraxDataModule(ChestXrayDataModule):
                 "path": paths,
             }
         )
-        table["split"] = split_by_patient(table, self.split_args)
+        table["split"] = split_table(table, self.split_args)
         labels = images[LABEL].to_numpy(np.float32)[:, None]
         selected = filter_views(LabelledImages(table, labels, str(rle_path)), self.view_position,
                                 "SIIM-ACR")  # fmt: skip

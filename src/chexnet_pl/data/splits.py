@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -281,3 +282,22 @@ def make_split(
         split, remedy = split_from_file(table, settings.file, unmatched)
     assert_no_patient_leak(table, split, remedy)
     return split
+
+
+def split_table(
+    table: pd.DataFrame, split: Mapping[str, Any], random_method: str = "patient"
+) -> pd.Series:
+    """Each row's split for a dataset without an official one (``data.split``): ``method`` =
+    ``random_method`` (``patient``; VinDr-CXR calls it ``image``, its table naming no patient):
+    seeded ``fractions`` of the ``Patient ID``s; ``file``: a CSV of ``Image Index, split``.
+    Checked for patients in two splits."""
+    if split.get("method", random_method) == random_method:
+        assigned = patient_split(
+            table, split.get("fractions", (0.7, 0.1, 0.2)), int(split.get("seed") or 0)
+        )
+        remedy = "report this as a bug"
+    else:
+        assigned, remedy = split_from_file(table, split.get("file"))
+    assigned = assigned.astype("object")
+    assert_no_patient_leak(table, assigned, remedy)
+    return assigned
