@@ -137,10 +137,14 @@ def test_predict_equals_chexnet_predict(api_run, model, synthetic_root, tmp_path
     assert np.abs(table[columns].to_numpy() - expected[columns].to_numpy()).max() <= TOLERANCE
     # The run's aucs.csv gives the thresholds, as it does the command's.
     assert model.thresholds_source == str(api_run / "aucs.csv")
+    assert model.thresholds_how["rule"] == "Youden's J on the validation split"
     aucs = pd.read_csv(api_run / "aucs.csv", index_col="class")
     for name in model.class_names:
         threshold = aucs.at[name, "threshold"]
-        threshold = 0.5 if pd.isna(threshold) else threshold
+        if pd.isna(threshold):  # undefined on validation: no threshold, no verdict (issue 31)
+            assert np.isnan(model.thresholds[name]) and pd.isna(table.at[0, f"above_{name}"])
+            assert model.threshold_notes[name].startswith("undefined")
+            continue
         assert model.thresholds[name] == pytest.approx(threshold)
         assert table.at[0, f"above_{name}"] == (table.at[0, f"prob_{name}"] >= threshold)
 
@@ -172,7 +176,7 @@ def test_a_calibration_applies_as_chexnet_predict_applies_it(
     # The run's thresholds were chosen on raw probabilities: they are mapped through it too.
     raw = np.array([[model.thresholds[name] for name in names]])
     mapped = scaling.apply(raw, names)[0]
-    assert [calibrated.thresholds[name] for name in names] == pytest.approx(mapped)
+    assert [calibrated.thresholds[name] for name in names] == pytest.approx(mapped, nan_ok=True)
 
 
 @pytest.mark.slow

@@ -39,8 +39,13 @@ class Model:
         input_contract: what the model takes: backbone, image size, mean/std, input layout.
         thresholds: each finding's operating threshold (``above_<name>``), by the commands' rule:
             ``thresholds=`` given, else the ``aucs.csv`` beside the checkpoint or in its run
-            folder, else 0.5 (for an export: those recorded in its sidecar).
+            folder, else 0.5 (for an export: those recorded in its sidecar); NaN where the
+            evaluation could not choose one (``thresholds_how`` says how they were chosen).
         thresholds_source: the file the thresholds came from (None: 0.5 for every class).
+        thresholds_how: how they were chosen: ``{"rule": "Youden's J on the validation split",
+            "positives": [...]}`` (the positives per class of that split).
+        threshold_notes: per finding whose threshold is undefined or degenerate on validation,
+            why (e.g. ``undefined: no positives on val``); findings with a usable one are absent.
         calibration: the calibration applied to every probability (``calibration=``), or None.
         network: the PyTorch network (``XrayClassifier``) of a checkpoint; None for an export.
     """
@@ -71,6 +76,10 @@ class Model:
         )
         self.thresholds = dict(zip(self.class_names, values, strict=True))
         self.thresholds_source = str(operating.source) if operating.source else None
+        self.thresholds_how = operating.how
+        self.threshold_notes = {
+            name: operating.note(j) for j, name in enumerate(self.class_names) if operating.note(j)
+        }
 
     def __repr__(self) -> str:
         return (
@@ -91,7 +100,8 @@ class Model:
         Returns:
             A DataFrame with ``image`` (the path as given, or ``image <i>``), ``prob_<finding>``
             (calibrated when the model has a calibration) and ``above_<finding>``
-            (``prob >= threshold``).
+            (``prob >= threshold``; NA where the threshold is undefined: the validation split had
+            no positives or no negatives for it, so there is no verdict).
         """
         frames = []
         xrays = as_xrays(images)
@@ -102,8 +112,12 @@ class Model:
             frame.insert(0, "image", [x.name for x in batch])
             frames.append(frame)
         table = pd.concat(frames, ignore_index=True)
-        for name in self.class_names:
-            table[f"above_{name}"] = table[f"prob_{name}"] >= self.thresholds[name]
+        for name in self.class_names:  # an undefined threshold gives no verdict: NA, not False
+            threshold = self.thresholds[name]
+            above = pd.array(table[f"prob_{name}"].to_numpy() >= threshold, dtype="boolean")
+            if np.isnan(threshold):
+                above[:] = pd.NA
+            table[f"above_{name}"] = above
         return table
 
     def explain(self, image: ImageLike, finding: str, method: str = "cam") -> np.ndarray:
@@ -274,7 +288,10 @@ def _load_export(path: Path, fmt: str, device: str, thresholds, calibration) -> 
     else:
         recorded = str(card.get("thresholds_source") or "")
         source = None if recorded.startswith("none found") or not recorded else Path(recorded)
-        values = tuple(float(card["thresholds"][n]) for n in names)
+        recorded_values = card["thresholds"]  # null: undefined on validation (no verdict)
+        values = tuple(
+            float("nan") if recorded_values[n] is None else float(recorded_values[n]) for n in names
+        )
         operating = OperatingThresholds(values, source, "recorded in the export's sidecar")
     export = {"outputs": list(card["outputs"]), "run": _export_runner(fmt, path)}
     contract = {"backbone": card.get("backbone"), **card.get("preprocessing", {})}
