@@ -141,11 +141,17 @@ def documented_commands() -> list[tuple[str, str]]:
     return found
 
 
+# A block that only includes a file (pymdownx.snippets: ``--8<-- "docs/tutorial.py"``) shows that
+# file, which runs in its own test (tests/test_api.py runs the tutorial).
+SNIPPET = re.compile(r'^--8<-- "[^"]+"$')
+
+
 def python_blocks() -> list[tuple[str, str]]:
     """(page, code) of every ``python`` block of the README and the site."""
     return [(page_name(path), "\n".join(lines)) for path in DOCUMENTS
             for language, lines in fenced_blocks(path.read_text(encoding="utf-8"))
-            if language == "python"]  # fmt: skip
+            if language == "python"
+            and not (len(lines) == 1 and SNIPPET.match(lines[0].strip()))]  # fmt: skip
 
 
 def environment_and_words(command: str) -> tuple[dict[str, str], list[str]]:

@@ -168,7 +168,10 @@ def test_the_projects_own_components_still_load(tmp_path):
         )
         assert read_hparams(path)["optimizer"]["name"] == optimizer
         assert load_run(path, device="cpu").model.class_names
-    assert not foreign_names({"_target_": POOLED, "datasets": {"a": {"_target_": NIH}}})
+    # A pooled run stores its members' configs as composed (``_convert_: all``): not code.
+    assert not foreign_names(
+        {"_target_": POOLED, "datasets": {"a": {"_target_": NIH, "_convert_": "all"}}}
+    )
 
 
 def test_a_data_module_with_arguments_it_does_not_take_is_refused_by_name(payload, tmp_path):

@@ -258,7 +258,7 @@ def test_predict_one_image_and_a_folder_png_and_jpeg(learnt, tmp_path):
         (lambda d: d / "nope.png", "nope.png is not a file (no such file)"),
         (
             lambda d: (d / "text.png").write_text("not an image") and d / "text.png",
-            "not an image PIL can identify",
+            "text.png: not a PNG, JPEG or DICOM image",  # the service's words, before torch
         ),
         (lambda d: d, "is a folder; use images="),
     ],

@@ -39,8 +39,10 @@ SCHEDULER_MODULES = ("torch.optim.lr_scheduler",)
 # The data module of checkpoints that do not name theirs (written before datasets were data).
 DEFAULT_DATAMODULE = "chexnet_pl.data.nih.NIHDataModule"
 TARGET = "_target_"
-# Keys that make Hydra or Lightning build or call something, beyond ``_target_``'s check.
-CODE_KEYS = ("_instantiator", "_partial_", "_args_", "_recursive_", "_convert_")
+# Keys that make Hydra or Lightning build or call something, beyond ``_target_``'s check
+# (``_convert_`` and ``_recursive_`` only say how values are passed: a shipped data config's
+# ``_convert_: all`` is stored with a pooled dataset's members).
+CODE_KEYS = ("_instantiator", "_partial_", "_args_")
 # The parts of a checkpoint that hold settings (the rest is tensors and training counters).
 SETTINGS_PARTS = ("hyper_parameters", "datamodule_hyper_parameters")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
