@@ -131,6 +131,7 @@ def check_stored_settings(checkpoint: Mapping[str, Any], path: object) -> None:
             f"{path} names code that is not one of chexnet_pl's components, which is refused "
             f"(a file from elsewhere may only choose among the project's own datasets, backbones, "
             f"optimizers and schedulers; nothing it names was imported):{lines}\n"
-            "If you trust this file and it was trained with your own class, name that class on "
-            "your command line instead (e.g. +data._target_=your.Module data.root=...)."
+            "If you trust this file and it was trained with your own class, give the data or "
+            "the optimizer on your own command line instead (data=<dataset> data.root=..., "
+            "model.optimizer.name=...)."
         )
