@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.labelled import AGE, SEX
-from chexnet_pl.data.nih_table import VIEW
+from chexnet_pl.data.labelled import AGE, SEX, LabelledImages, filter_views
+from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
+from chexnet_pl.data.settings import FRONTAL
+from chexnet_pl.data.splits import split_table
 from chexnet_pl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -112,3 +114,36 @@ def check_split_method(split: Mapping[str, Any], dataset: str) -> str:
             f"images; use one of {DICOM_SPLIT_METHODS}"
         )
     return method
+
+
+def labelled_release(
+    names: Sequence[str],
+    patients: Sequence[str],
+    metadata: pd.DataFrame,
+    paths: Sequence[str | None],
+    labels: np.ndarray,
+    source: str,
+    split: Mapping[str, Any],
+    view_position: str,
+    dataset: str,
+) -> LabelledImages:
+    """A DICOM release's images (RSNA's, SIIM's: one label, PA and AP views only) as the data
+    module gives them: the header ``metadata`` under NIH's column names, each image's split
+    (``split_table``), the views of ``view_position``, and the images of a split only."""
+    table = pd.DataFrame(
+        {
+            IMAGE: np.asarray(names),
+            PATIENT: np.asarray(patients),
+            SEX: metadata[SEX].to_numpy(),
+            AGE: metadata[AGE].to_numpy(),
+            VIEW: metadata[VIEW].to_numpy(),
+            FRONTAL: True,  # the releases hold PA and AP views only
+            "path": list(paths),
+        }
+    )
+    table["split"] = split_table(table, split)
+    selected = filter_views(LabelledImages(table, labels, source), view_position, dataset)
+    used = selected.table["split"].notna().to_numpy()
+    return LabelledImages(
+        selected.table[used].reset_index(drop=True), selected.labels[used], source
+    )

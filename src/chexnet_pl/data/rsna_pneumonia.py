@@ -36,12 +36,12 @@ from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.dicom_headers import (
     check_split_method,
     header_table,
+    labelled_release,
     read_headers,
 )
-from chexnet_pl.data.labelled import AGE, SEX, LabelledImages, filter_views
-from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
-from chexnet_pl.data.settings import FRONTAL, VIEWS
-from chexnet_pl.data.splits import split_table
+from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.nih_table import IMAGE
+from chexnet_pl.data.settings import VIEWS
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -210,22 +210,10 @@ class RSNAPneumoniaDataModule(ChestXrayDataModule):
             metadata = header_table(self.headers, "PatientID", images[ID])
         else:
             metadata = read_headers(paths)
-        table = pd.DataFrame(
-            {
-                IMAGE: images[ID].to_numpy(),
-                PATIENT: images[ID].to_numpy(),  # per image in this release (module note)
-                SEX: metadata[SEX].to_numpy(),
-                AGE: metadata[AGE].to_numpy(),
-                VIEW: metadata[VIEW].to_numpy(),
-                FRONTAL: True,  # the release holds PA and AP views only
-                "path": paths,
-            }
-        )
-        table["split"] = split_table(table, self.split_args)
-        labels = images[TARGET].to_numpy(np.float32)[:, None]
-        selected = filter_views(LabelledImages(table, labels, str(labels_path)), self.view_position,
-                                "RSNA Pneumonia")  # fmt: skip
-        used = selected.table["split"].notna().to_numpy()
-        kept = selected.table[used].reset_index(drop=True)
-        self.boxes = boxes[boxes[IMAGE].isin(set(kept[IMAGE]))].reset_index(drop=True)
-        return LabelledImages(kept, selected.labels[used], str(labels_path))
+        kept = labelled_release(
+            images[ID].to_numpy(), images[ID].to_numpy(),  # a patient per image (module note)
+            metadata, paths, images[TARGET].to_numpy(np.float32)[:, None], str(labels_path),
+            self.split_args, self.view_position, "RSNA Pneumonia",
+        )  # fmt: skip
+        self.boxes = boxes[boxes[IMAGE].isin(set(kept.table[IMAGE]))].reset_index(drop=True)
+        return kept

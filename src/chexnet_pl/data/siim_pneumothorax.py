@@ -31,11 +31,10 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.dicom_headers import check_split_method, read_headers
-from chexnet_pl.data.labelled import AGE, SEX, LabelledImages, filter_views
-from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
-from chexnet_pl.data.settings import FRONTAL, VIEWS
-from chexnet_pl.data.splits import split_table
+from chexnet_pl.data.dicom_headers import check_split_method, labelled_release, read_headers
+from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.nih_table import IMAGE
+from chexnet_pl.data.settings import VIEWS
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -229,25 +228,13 @@ class SIIMPneumothoraxDataModule(ChestXrayDataModule):
         count = len(images)
         metadata = read_headers(paths if self.headers else [None] * count)
         patient = metadata["PatientID"].where(metadata["PatientID"] != "", images[ID])
-        table = pd.DataFrame(
-            {
-                IMAGE: images[ID].to_numpy(),
-                PATIENT: patient.to_numpy(),
-                SEX: metadata[SEX].to_numpy(),
-                AGE: metadata[AGE].to_numpy(),
-                VIEW: metadata[VIEW].to_numpy(),
-                FRONTAL: True,  # the release holds PA and AP views only
-                "path": paths,
-            }
-        )
-        table["split"] = split_table(table, self.split_args)
-        labels = images[LABEL].to_numpy(np.float32)[:, None]
-        selected = filter_views(LabelledImages(table, labels, str(rle_path)), self.view_position,
-                                "SIIM-ACR")  # fmt: skip
-        used = selected.table["split"].notna().to_numpy()
-        kept = selected.table[used].reset_index(drop=True)
-        self.masks = masks[masks[IMAGE].isin(set(kept[IMAGE]))].reset_index(drop=True)
-        return LabelledImages(kept, selected.labels[used], str(rle_path))
+        kept = labelled_release(
+            images[ID].to_numpy(), patient.to_numpy(), metadata, paths,
+            images[LABEL].to_numpy(np.float32)[:, None], str(rle_path), self.split_args,
+            self.view_position, "SIIM-ACR",
+        )  # fmt: skip
+        self.masks = masks[masks[IMAGE].isin(set(kept.table[IMAGE]))].reset_index(drop=True)
+        return kept
 
     def mask(self, image: str) -> np.ndarray:
         """``image``'s pneumothorax mask (1024×1024 bool): the union of its rows' masks."""
