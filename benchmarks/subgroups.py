@@ -25,8 +25,8 @@ from chexnet_pl.data.splits import read_name_list
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
 from chexnet_pl.evaluation.report import choose_threshold
 from chexnet_pl.evaluation.settings import EvaluationSettings
-from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import score_subgroups, write_subgroup_report
+from chexnet_pl.evaluation.subgroups.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from chexnet_pl.callbacks import FreezeBackbone
 from chexnet_pl.errors import ChexnetError, ConfigError, WeightsError
 from chexnet_pl.models.backbones import BACKBONES, create_backbone, load_imagenet_weights
-from chexnet_pl.models.contract import InputNormalizer, create_normalizer
 from chexnet_pl.models.init_from import init_from_checkpoint
+from chexnet_pl.models.input_contract import InputNormalizer, create_normalizer
 from chexnet_pl.models.module import AUX_LOSS_WEIGHT, CheXNetModule
 from chexnet_pl.models.optim import build_optimizer
 from chexnet_pl.visualization.heatmaps import (

@@ -18,7 +18,7 @@ from chexnet_pl.data.nih_table import FINDINGS, class_names
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluate import evaluate
 from chexnet_pl.evaluation.calibration import Calibration, fit_calibration
-from chexnet_pl.evaluation.calibration_report import calibration_table, equal_mass_ece
+from chexnet_pl.evaluation.calibration.report import calibration_table, equal_mass_ece
 from chexnet_pl.predict import predict
 
 compose_task = compose_config

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import make_model, random_checkpoint
 
-from chexnet_pl import checkpoint_io
-from chexnet_pl.checkpoint_io import load_file, read_checkpoint, read_hparams
-from chexnet_pl.checkpoints import load_run
+from chexnet_pl.checkpoints import file_io as checkpoint_io
+from chexnet_pl.checkpoints.file_io import load_file, read_checkpoint, read_hparams
+from chexnet_pl.checkpoints.lightning_io import AtomicCheckpointIO
+from chexnet_pl.checkpoints.runs import load_run
 from chexnet_pl.errors import DiskFullError, WeightsError
 from chexnet_pl.models.init_from import init_from_checkpoint
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.weights import read_state_dict
-from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
 
 def _checkpoint(path, **extra):

@@ -260,7 +260,7 @@ def test_prepare_caches_the_jpegs_the_datamodule_then_reads(tmp_path, chexpert_r
 def test_training_on_chexpert_keeps_its_label_names(tmp_path, chexpert_root):
     from conftest import compose_train_config, tiny_dataset_overrides
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(

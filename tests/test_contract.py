@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import make_model, random_checkpoint
 
-from chexnet_pl.checkpoints import load_run
+from chexnet_pl.checkpoints.runs import load_run
 from chexnet_pl.errors import ConfigError, TrainingError
 from chexnet_pl.models.backbones import BACKBONES, create_backbone
-from chexnet_pl.models.contract import input_size
+from chexnet_pl.models.input_contract import input_size
 from chexnet_pl.serving.backends import load_backend
 from chexnet_pl.serving.served_model import ServingError
 from chexnet_pl.shipped import shipped

@@ -36,7 +36,7 @@ from chexnet_pl.evaluation.report import (
     operating_point,
     score_predictions,
 )
-from chexnet_pl.labels import mean_row
+from chexnet_pl.label_sets import mean_row
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ import torch
 from conftest import arnoweng_checkpoint, compose_config, make_model, small_datamodule
 from PIL import Image
 
-from chexnet_pl import checkpoint_io
+from chexnet_pl.checkpoints import file_io as checkpoint_io
 from chexnet_pl.data.nih_table import FINDINGS
 from chexnet_pl.errors import DataError, DiskFullError, TrainingError, WeightsError
 from chexnet_pl.import_weights import ARNOWENG_CLASSES, import_arnoweng

@@ -17,10 +17,14 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from chexnet_pl.evaluation.calibration import fit_calibration
-from chexnet_pl.evaluation.calibration_report import calibration_table
+from chexnet_pl.evaluation.calibration.reliability import (
+    MIN_BIN_IMAGES,
+    reliability_figure,
+    wilson_interval,
+)
+from chexnet_pl.evaluation.calibration.report import calibration_table
 from chexnet_pl.evaluation.forest import FONT, WIDTH, plot_subgroup_forest
 from chexnet_pl.evaluation.plots import curve_figures, pr_steps, write_curves
-from chexnet_pl.evaluation.reliability import MIN_BIN_IMAGES, reliability_figure, wilson_interval
 from chexnet_pl.evaluation.resampling import (
     PatientResamples,
     _interpolate_columns,

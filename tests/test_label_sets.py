@@ -18,11 +18,11 @@ from sklearn.metrics import roc_auc_score
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
-from chexnet_pl.evaluation.calibration_report import calibration_table
+from chexnet_pl.evaluation.calibration.report import calibration_table
 from chexnet_pl.evaluation.report import choose_threshold, score_predictions
 from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroups import score_subgroups
-from chexnet_pl.labels import label_map_problems, match_labels, mean_row, relabel, union_labels
+from chexnet_pl.label_sets import label_map_problems, match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC
 from chexnet_pl.shipped import shipped_data
 
@@ -175,7 +175,7 @@ def _pooled(synthetic_root, chexpert_root, label_map, **settings):
 def test_label_map_entries_must_name_labels_of_both_sides():
     """Each entry joins a name of one list to a name of another (issue 29): a typo on either
     side is named with the closest label; an entry whose name every list has is not needed."""
-    from chexnet_pl.labels import label_map_problems
+    from chexnet_pl.label_sets import label_map_problems
 
     nih = class_names()
     chexpert = ["Atelectasis", "Pleural Effusion", "Lung Lesion", "No Finding"]
@@ -249,7 +249,7 @@ def test_two_outputs_take_one_label_only_when_asked(synthetic_root, chexpert_roo
 def test_training_on_pooled_datasets(tmp_path, synthetic_root, chexpert_root):
     from conftest import compose_train_config, tiny_dataset_overrides
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(

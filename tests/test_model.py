@@ -227,7 +227,7 @@ def test_label_list_travels_with_the_model_and_its_checkpoint(tmp_path):
     list sizes the head, is stored in the checkpoint, and the mean AUROC leaves No Finding out."""
     import pytorch_lightning as pl
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.models.metrics import mean_finding_auroc
 
     names = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "No Finding"]

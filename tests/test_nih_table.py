@@ -14,7 +14,7 @@ from chexnet_pl.data.nih_table import (
     read_data_entry,
 )
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.label_sets import NO_FINDING
 
 # The release's counts (v2020), from ../shared/data/README.md.
 REAL_COUNTS = {

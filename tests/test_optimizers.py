@@ -12,11 +12,11 @@ import torch
 from conftest import compose_train_config, make_model, tiny_overrides
 from torch.utils.data import DataLoader
 
-from chexnet_pl.checkpoints import load_run
+from chexnet_pl.checkpoints.lightning_io import AtomicCheckpointIO
+from chexnet_pl.checkpoints.runs import load_run
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.settings import check_train_config
-from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
 
 def test_a_class_path_and_its_own_arguments_build_the_optimizer_and_schedule():

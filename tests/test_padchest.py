@@ -272,7 +272,7 @@ def test_an_nih_checkpoint_evaluates_on_padchest(tmp_path, synthetic_root, padch
 def test_training_two_batches_with_the_shipped_defaults(tmp_path, padchest_root):
     from conftest import compose_train_config, tiny_dataset_overrides
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(

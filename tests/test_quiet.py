@@ -18,7 +18,7 @@ from conftest import make_model, tiny_overrides
 from lightning_fabric.utilities.rank_zero import rank_zero_info
 from pytorch_lightning.utilities.model_summary import summarize
 
-from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
+from chexnet_pl.callbacks.startup_output import ParameterSummary, quiet_lightning
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.visualization.figures import prediction_table, table_text
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import compose_config, make_model
 
+from chexnet_pl.checkpoints.lightning_io import AtomicCheckpointIO
 from chexnet_pl.errors import WeightsError
 from chexnet_pl.models.init_from import init_from_checkpoint
 from chexnet_pl.train import train
-from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}

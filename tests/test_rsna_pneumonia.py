@@ -19,7 +19,7 @@ from conftest import (
 )
 from dicom_datasets import make_rsna_root, write_rsna_table
 
-from chexnet_pl.data.dicom_headers import header_table
+from chexnet_pl.data.dicom.releases import header_table
 from chexnet_pl.data.rsna_pneumonia import RSNAPneumoniaDataModule, read_rsna_labels
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.shipped import shipped_data
@@ -203,7 +203,7 @@ def test_missing_dicoms_stop_the_run_or_are_skipped(tmp_path, rsna_root):
 
 @pytest.mark.slow
 def test_two_batches_train_with_the_shipped_config(tmp_path, rsna_root):
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(

@@ -205,7 +205,7 @@ def test_a_gzipped_table_reads_as_the_plain_one(tmp_path, siim_root):
 
 @pytest.mark.slow
 def test_two_batches_train_with_the_shipped_config(tmp_path, siim_root):
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(

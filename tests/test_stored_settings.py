@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import compose_config, console_script, make_model, random_checkpoint
 
-from chexnet_pl.checkpoint_io import read_checkpoint, read_hparams
-from chexnet_pl.checkpoints import datamodule_for, load_run
+from chexnet_pl.checkpoints.file_io import read_checkpoint, read_hparams
+from chexnet_pl.checkpoints.runs import datamodule_for, load_run
 from chexnet_pl.components import data_modules, foreign_names
 from chexnet_pl.data.build import build_datamodule
 from chexnet_pl.errors import DataError, WeightsError

@@ -23,8 +23,8 @@ from chexnet_pl.evaluation.report import choose_threshold
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples
 from chexnet_pl.evaluation.runner import underdiagnosis_threshold
 from chexnet_pl.evaluation.settings import EvaluationSettings
-from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import GAP, Subgroups, age_bands, score_subgroups
+from chexnet_pl.evaluation.subgroups.summary import format_summary
 
 
 def shipped_subgroups(**changes) -> Subgroups:

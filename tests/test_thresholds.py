@@ -25,7 +25,7 @@ from chexnet_pl.evaluation.thresholds import (
     operating_thresholds,
     read_thresholds,
 )
-from chexnet_pl.labels import label_key, resolve_label
+from chexnet_pl.label_sets import label_key, resolve_label
 from chexnet_pl.predict import predict
 from chexnet_pl.serving.app import Limits, create_app
 from chexnet_pl.serving.backends import load_backend

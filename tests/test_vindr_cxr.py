@@ -24,7 +24,7 @@ from chexnet_pl.data.vindr_cxr import (
     read_vindr_table,
 )
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.labels import match_labels
+from chexnet_pl.label_sets import match_labels
 from chexnet_pl.shipped import shipped, shipped_data
 
 TARGET = "chexnet_pl.data.vindr_cxr.VinDrCXRDataModule"
@@ -221,7 +221,7 @@ def test_an_nih_checkpoint_evaluates_on_vindr(tmp_path, synthetic_root, vindr_ro
 def test_training_two_batches_with_the_shipped_defaults(tmp_path, vindr_root):
     from conftest import compose_train_config, tiny_dataset_overrides
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(

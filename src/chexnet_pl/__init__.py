@@ -21,7 +21,7 @@ import sys
 import types
 from typing import Any
 
-from chexnet_pl.labels import NO_FINDING, finding_names
+from chexnet_pl.label_sets import NO_FINDING, finding_names
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ from chexnet_pl.validation import Problems
 if TYPE_CHECKING:
     import pandas as pd
 
-    from chexnet_pl.checkpoints import Run
+    from chexnet_pl.checkpoints.runs import Run
     from chexnet_pl.data.datamodule import ChestXrayDataModule
     from chexnet_pl.evaluation.settings import EvaluationSettings
 
@@ -147,7 +147,7 @@ def compare_with(
     the images both have; writes compare.csv and compare.png."""
     import pandas as pd
 
-    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.checkpoints.runs import datamodule_for, load_run
     from chexnet_pl.data.build import build_datamodule
     from chexnet_pl.evaluation.compare import write_comparison
     from chexnet_pl.evaluation.predictions import PredictionCache, read_predictions
@@ -189,8 +189,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the evaluation ``cfg`` describes; returns ``<split>/auroc`` and per-class metrics."""
     import pandas as pd
 
-    from chexnet_pl.checkpoints import datamodule_for, load_run
-    from chexnet_pl.data.labelled import truth_frame
+    from chexnet_pl.checkpoints.runs import datamodule_for, load_run
+    from chexnet_pl.data.labelled_images import truth_frame
     from chexnet_pl.data.nih_table import IMAGE
     from chexnet_pl.evaluation.expert import ExpertLabels, log_expert_to_wandb
     from chexnet_pl.evaluation.external import label_map_for, match_model_to_data, truth_for
@@ -333,7 +333,7 @@ def _truth_of(data: dict) -> tuple[pd.DataFrame, tuple | None]:
     """The labels ``preds=`` is scored against, and the data's reference AUROC: NIH's metadata
     CSV (``data.root``/``data.csv``), or with ``data=<dataset>`` that dataset's tables."""
     from chexnet_pl.data.build import build_datamodule
-    from chexnet_pl.data.labelled import truth_frame
+    from chexnet_pl.data.labelled_images import truth_frame
     from chexnet_pl.data.nih import NIHDataModule, label_index
     from chexnet_pl.data.nih_table import find_data_entry, read_data_entry
     from chexnet_pl.errors import DataError

@@ -60,7 +60,7 @@ def convert_arnoweng_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
     import pytorch_lightning as pl
 
-    from chexnet_pl.checkpoint_io import read_checkpoint, write_checkpoint
+    from chexnet_pl.checkpoints.file_io import read_checkpoint, write_checkpoint
     from chexnet_pl.models.module import CheXNetModule
     from chexnet_pl.shipped import shipped
 

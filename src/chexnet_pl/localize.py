@@ -65,11 +65,11 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     import pandas as pd
     import torch
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.data.images import find_images, read_gray
     from chexnet_pl.errors import DataError
     from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.models.input_contract import input_size
     from chexnet_pl.visualization.explain import XRay, model_input
     from chexnet_pl.visualization.figures import upsample
     from chexnet_pl.visualization.heatmaps import heatmaps

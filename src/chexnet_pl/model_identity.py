@@ -69,7 +69,7 @@ def of_model(
 ) -> ModelIdentity:
     """The identity of a ``CheXNetModule`` or ``XrayClassifier`` (its backbone, classes and
     input size are its own); recipe and label source as known by the caller."""
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.models.input_contract import input_size
 
     classes = tuple(model.class_names)
     return ModelIdentity(
@@ -85,7 +85,7 @@ def of_model(
 def of_checkpoint(model: Any, checkpoint: str | Path) -> ModelIdentity:
     """A loaded checkpoint's identity: the recipe and label source come from its run folder's
     ``model.json`` (``<run>/checkpoints/best.ckpt`` → ``<run>/model.json``) when it has one."""
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.models.input_contract import input_size
 
     return of_parts(model.hparams["backbone"], model.class_names, input_size(model), checkpoint)
 

@@ -69,8 +69,8 @@ def open_model(cfg: DictConfig, checkpoint: Path):
             )
         log.info("model: %s on PyTorch (%s; for a start in seconds, once: %s)", checkpoint.name,
                  why_not, export_command(checkpoint))  # fmt: skip
-    from chexnet_pl.checkpoints import load_run
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.checkpoints.runs import load_run
+    from chexnet_pl.models.input_contract import input_size
     from chexnet_pl.visualization.torch_explainer import TorchExplainer
 
     run = load_run(checkpoint)

@@ -49,18 +49,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     from chexnet_pl.callbacks import SyncFreeProgressBar
     from chexnet_pl.callbacks.progress import on_terminal
-    from chexnet_pl.callbacks.quiet import ParameterSummary, quiet_lightning
+    from chexnet_pl.callbacks.startup_output import ParameterSummary, quiet_lightning
+    from chexnet_pl.checkpoints.lightning_io import AtomicCheckpointIO
     from chexnet_pl.cli import instantiate
     from chexnet_pl.data.datamodule import split_global_batch
     from chexnet_pl.device import apply_backend_flags, backend_flags, detect_caps
     from chexnet_pl.errors import ImageReadError, TrainingError
     from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
     from chexnet_pl.model_identity import data_source, of_model, training_recipe
-    from chexnet_pl.models.contract import input_size
     from chexnet_pl.models.init_from import init_from_checkpoint
+    from chexnet_pl.models.input_contract import input_size
     from chexnet_pl.settings import check_train_config
-    from chexnet_pl.training.checkpoint_io import AtomicCheckpointIO
-    from chexnet_pl.training.checks import check_output_dir, check_resumable, unwrap_worker_error
+    from chexnet_pl.training.run_checks import (
+        check_output_dir,
+        check_resumable,
+        unwrap_worker_error,
+    )
     from chexnet_pl.training.run_info import run_info
     from chexnet_pl.training.run_summary import write_run_summary
     from chexnet_pl.training.trainer_settings import trainer_kwargs
@@ -83,7 +87,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     datamodule = instantiate(cfg.data)
     # The label list and the image size travel with the data: the model gets the data's, and
-    # its checkpoints carry them (models.contract).
+    # its checkpoints carry them (models.input_contract).
     model = hydra.utils.instantiate(
         cfg.model, class_names=list(datamodule.pathologies), image_size=datamodule.image_size
     )
@@ -168,11 +172,11 @@ def _evaluate_best(
     """The same evaluation as ``python -m chexnet_pl.evaluate``, on the best checkpoint's weights."""
     from pytorch_lightning.loggers import WandbLogger
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.errors import ChexnetError, TrainingError
     from chexnet_pl.evaluation.runner import evaluate_model, log_to_wandb
     from chexnet_pl.evaluation.settings import EvaluationSettings
-    from chexnet_pl.training.checks import unwrap_worker_error
+    from chexnet_pl.training.run_checks import unwrap_worker_error
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:

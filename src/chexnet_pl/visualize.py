@@ -76,13 +76,13 @@ def check_config(cfg: DictConfig) -> VisualizeSettings:
 def visualize(cfg: DictConfig) -> Path:
     import numpy as np
 
-    from chexnet_pl.checkpoints import datamodule_for, load_run
+    from chexnet_pl.checkpoints.runs import datamodule_for, load_run
     from chexnet_pl.data.images import read_gray
     from chexnet_pl.errors import DataError
     from chexnet_pl.evaluation.thresholds import operating_thresholds
-    from chexnet_pl.labels import resolve_label
+    from chexnet_pl.label_sets import resolve_label
     from chexnet_pl.model_identity import of_checkpoint
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.models.input_contract import input_size
     from chexnet_pl.visualization.explain import XRay, explain
     from chexnet_pl.visualization.inputs import calibration_and_thresholds
 

@@ -142,7 +142,7 @@ def _as_csv(predictions: pd.DataFrame | str | Path, path: Path, known: pd.Index)
 def _truth(labels: Any) -> tuple[pd.DataFrame, Any, Path | None]:
     """The labels frame (``labelled.truth_frame``), the data's reference AUROC and the folder
     of its official split lists."""
-    from chexnet_pl.data.labelled import truth_frame
+    from chexnet_pl.data.labelled_images import truth_frame
 
     datamodule = getattr(labels, "datamodule", None)
     if datamodule is not None:  # a chexnet_pl.datasets dataset

@@ -16,7 +16,7 @@ from PIL import Image
 from chexnet_pl.api.inputs import ImageLike, as_xrays, gray_pixels
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.thresholds import OperatingThresholds, operating_thresholds
-from chexnet_pl.labels import resolve_label
+from chexnet_pl.label_sets import resolve_label
 from chexnet_pl.visualization.explain import model_input
 from chexnet_pl.visualization.figures import overlay as blend
 from chexnet_pl.visualization.figures import upsample
@@ -259,8 +259,8 @@ def load(
 def _load_checkpoint(path: Path, device: str, thresholds, calibration) -> Model:
     from dataclasses import asdict
 
-    from chexnet_pl.checkpoints import load_run
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.checkpoints.runs import load_run
+    from chexnet_pl.models.input_contract import input_size
 
     run = load_run(path, device=device)
     network = run.model.float() if device == "cpu" else run.model

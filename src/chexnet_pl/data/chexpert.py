@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chexnet_pl.data.chexpert_labeller import LabellerDataModule
 from chexnet_pl.data.csv_table import read_csv_table
-from chexnet_pl.data.labelled import LabelledImages, collected_unmatched, filter_views
-from chexnet_pl.data.labeller import LabellerDataModule
+from chexnet_pl.data.labelled_images import LabelledImages, collected_unmatched, filter_views
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
 from chexnet_pl.data.splits import (

@@ -31,7 +31,7 @@ from chexnet_pl.data.device_loader import (
     workers_for,
 )
 from chexnet_pl.data.file_problems import FileReport, find_file_problems, with_unmatched
-from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.labelled_images import LabelledImages
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.data.settings import check_common_settings
 from chexnet_pl.data.splits import SPLITS

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chexnet_pl.data.chexpert_labeller import LabellerDataModule
 from chexnet_pl.data.csv_table import read_csv_table
-from chexnet_pl.data.labelled import (
+from chexnet_pl.data.labelled_images import (
     LabelledImages,
     collected_unmatched,
     filter_views,
     unmatched_rows,
 )
-from chexnet_pl.data.labeller import LabellerDataModule
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
 from chexnet_pl.data.splits import assert_no_patient_leak, patient_split, split_from_file

@@ -11,7 +11,7 @@ import pandas as pd
 
 from chexnet_pl.data.datamodule import ChestXrayDataModule
 from chexnet_pl.data.images import find_images
-from chexnet_pl.data.labelled import (
+from chexnet_pl.data.labelled_images import (
     LabelledImages,
     collected_unmatched,
     filter_views,

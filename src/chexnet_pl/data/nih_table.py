@@ -16,7 +16,7 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.label_sets import NO_FINDING
 
 log = logging.getLogger(__name__)
 

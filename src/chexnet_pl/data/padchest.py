@@ -47,7 +47,7 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.labelled import AGE, MANUFACTURER, PEDIATRIC, SEX, LabelledImages
+from chexnet_pl.data.labelled_images import AGE, MANUFACTURER, PEDIATRIC, SEX, LabelledImages
 from chexnet_pl.data.nih_table import FINDINGS, IMAGE, NO_FINDING, PATIENT, VIEW
 from chexnet_pl.data.splits import split_table
 from chexnet_pl.errors import DataError

@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from chexnet_pl.data.build import build_datamodule
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.labelled import DATASET, LabelledImages
+from chexnet_pl.data.labelled_images import DATASET, LabelledImages
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.labels import (
+from chexnet_pl.label_sets import (
     label_map_problems,
     match_labels,
     relabel,

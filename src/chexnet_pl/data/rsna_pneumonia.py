@@ -33,13 +33,13 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.dicom_headers import (
+from chexnet_pl.data.dicom.releases import (
     check_split_method,
     header_table,
     labelled_release,
     read_headers,
 )
-from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.labelled_images import LabelledImages
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.data.settings import VIEWS
 from chexnet_pl.errors import DataError

@@ -31,8 +31,8 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.dicom_headers import check_split_method, labelled_release, read_headers
-from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.dicom.releases import check_split_method, labelled_release, read_headers
+from chexnet_pl.data.labelled_images import LabelledImages
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.data.settings import VIEWS
 from chexnet_pl.errors import DataError

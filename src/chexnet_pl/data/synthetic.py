@@ -19,7 +19,7 @@ from PIL import Image
 
 from chexnet_pl.data.nih_table import FINDINGS
 from chexnet_pl.files import write_text_atomic
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.label_sets import NO_FINDING
 
 log = logging.getLogger(__name__)
 

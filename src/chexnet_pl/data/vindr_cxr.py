@@ -31,7 +31,7 @@ import pandas as pd
 
 from chexnet_pl.data.csv_table import read_csv_table
 from chexnet_pl.data.datamodule import ChestXrayDataModule
-from chexnet_pl.data.labelled import LabelledImages
+from chexnet_pl.data.labelled_images import LabelledImages
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.data.splits import split_table
 from chexnet_pl.errors import DataError

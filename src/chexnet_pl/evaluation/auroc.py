@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, class_aurocs
-from chexnet_pl.labels import finding_names, labelled
+from chexnet_pl.label_sets import finding_names, labelled
 
 
 def weighted_auroc(

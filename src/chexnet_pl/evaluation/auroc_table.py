@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from chexnet_pl.labels import mean_row
+from chexnet_pl.label_sets import mean_row
 
 
 def auroc_table(

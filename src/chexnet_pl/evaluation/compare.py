@@ -25,7 +25,7 @@ from chexnet_pl.evaluation.predictions import prob_columns
 from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import PatientResamples, class_aurocs, percentile_interval
 from chexnet_pl.files import save_figure, write_csv_atomic
-from chexnet_pl.labels import labelled, mean_row, report_order
+from chexnet_pl.label_sets import labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 

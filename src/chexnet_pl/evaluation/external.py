@@ -22,7 +22,7 @@ import pandas as pd
 
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluation.auroc import with_mean
-from chexnet_pl.labels import (
+from chexnet_pl.label_sets import (
     OUTPUTS_SIDE,
     finding_names,
     label_map_problems,

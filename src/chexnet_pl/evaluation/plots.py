@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from chexnet_pl.evaluation.auroc import per_class_auroc  # noqa: E402
 from chexnet_pl.files import figure_path, save_figure  # noqa: E402
-from chexnet_pl.labels import labelled  # noqa: E402
+from chexnet_pl.label_sets import labelled  # noqa: E402
 
 
 def figure_title(figure_name: str, scope: str, images: int, model: str = "") -> str:

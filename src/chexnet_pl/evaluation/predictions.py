@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.errors import ConfigError, DataError, shown
 from chexnet_pl.files import atomic_write, file_sha256, write_bytes_atomic, write_json_atomic
-from chexnet_pl.labels import finding_names
+from chexnet_pl.label_sets import finding_names
 from chexnet_pl.models.precision import autocast_context, check_precision
 
 log = logging.getLogger(__name__)

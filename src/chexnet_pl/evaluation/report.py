@@ -14,7 +14,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.evaluation.resampling import PatientResamples, class_aurocs, percentile_interval
-from chexnet_pl.labels import NO_FINDING, labelled, mean_row, report_order
+from chexnet_pl.label_sets import NO_FINDING, labelled, mean_row, report_order
 
 log = logging.getLogger(__name__)
 

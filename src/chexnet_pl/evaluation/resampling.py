@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from chexnet_pl.labels import labelled
+from chexnet_pl.label_sets import labelled
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chexnet_pl.data.labelled import truth_frame
+from chexnet_pl.data.labelled_images import truth_frame
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.calibration_report import write_calibration_report
+from chexnet_pl.evaluation.calibration.report import write_calibration_report
 from chexnet_pl.evaluation.external import (
     add_combined,
     add_internal,
@@ -39,7 +39,6 @@ from chexnet_pl.evaluation.report import (
     whole_numbers,
 )
 from chexnet_pl.evaluation.settings import EvaluationSettings
-from chexnet_pl.evaluation.subgroup_summary import format_summary
 from chexnet_pl.evaluation.subgroups import (
     NoFindingThreshold,
     Subgroups,
@@ -47,9 +46,10 @@ from chexnet_pl.evaluation.subgroups import (
     score_subgroups,
     write_subgroup_report,
 )
+from chexnet_pl.evaluation.subgroups.summary import format_summary
 from chexnet_pl.evaluation.thresholds import RULES, SPLITS
 from chexnet_pl.files import write_csv_atomic
-from chexnet_pl.labels import NO_FINDING, labelled, mean_row
+from chexnet_pl.label_sets import NO_FINDING, labelled, mean_row
 from chexnet_pl.model_identity import of_checkpoint, of_model, paper_comparison
 
 log = logging.getLogger(__name__)

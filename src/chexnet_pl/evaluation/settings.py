@@ -11,7 +11,7 @@ from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.calibration import CalibrationSettings
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
-from chexnet_pl.evaluation.subgroup_labels import Subgroups
+from chexnet_pl.evaluation.subgroups.labels import Subgroups
 from chexnet_pl.files import FIGURE_FORMATS
 from chexnet_pl.models.precision import check_precision
 from chexnet_pl.shipped import shipped

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from chexnet_pl.errors import DataError
-from chexnet_pl.labels import label_key
+from chexnet_pl.label_sets import label_key
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.evaluation.resampling import percentile_interval
-from chexnet_pl.evaluation.subgroup_labels import TOO_SMALL, UNDEFINED, UNKNOWN
+from chexnet_pl.evaluation.subgroups.labels import TOO_SMALL, UNDEFINED, UNKNOWN
 
 
 @dataclass(frozen=True)

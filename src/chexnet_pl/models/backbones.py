@@ -6,7 +6,7 @@ ImageNet weights, how its network splits into ``features`` (the layer heat maps 
 whose last linear layer is replaced by one with an output per class, and which ImageNet keys that
 replacement drops. What the backbone takes — the smallest input and the normalisation (mean,
 std) — is read from torchvision's weights metadata, as timm's pretrained config carries it
-(``models.contract``). ImageNet weights are read and fitted by ``models.weights``.
+(``models.input_contract``). ImageNet weights are read and fitted by ``models.weights``.
 """
 
 from __future__ import annotations

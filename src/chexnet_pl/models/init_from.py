@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from chexnet_pl.checkpoint_io import read_checkpoint
+from chexnet_pl.checkpoints.file_io import read_checkpoint
 from chexnet_pl.errors import WeightsError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import torch
 from torchmetrics.classification import MultilabelAUROC
 from torchmetrics.utilities import dim_zero_cat
 
-from chexnet_pl.labels import finding_names
+from chexnet_pl.label_sets import finding_names
 
 IGNORE = -1  # the target of a label that is not known (NaN in the data)
 

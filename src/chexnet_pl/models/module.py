@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from chexnet_pl.checkpoint_io import read_checkpoint
+from chexnet_pl.checkpoints.file_io import read_checkpoint
 from chexnet_pl.errors import WeightsError
 from chexnet_pl.models.backbones import create_backbone
 from chexnet_pl.models.compiled import FirstStepClock, compiled_forward
-from chexnet_pl.models.contract import create_normalizer
+from chexnet_pl.models.input_contract import create_normalizer
 from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import IGNORE, PerClassAUROC, mean_finding_auroc
 from chexnet_pl.models.network import InferenceMethods
@@ -48,7 +48,7 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         include_no_finding: not a choice: whether ``class_names`` has ``No Finding``, kept in
             hparams for the commands that read it (an argument so checkpoints load).
         image_size: the size of the images it is trained on (``train`` passes the data's), kept
-            in checkpoints: every command runs the model at that size (``models.contract``).
+            in checkpoints: every command runs the model at that size (``models.input_contract``).
         pretrained / weights_path / weights_url: ImageNet initialisation (see ``create_backbone``).
         optimizer: ``name`` (adam | adamw | sgd, or a ``torch.optim`` class path), ``lr``,
             ``weight_decay``, ``betas`` or ``momentum``/``nesterov`` (``models.optim``).

@@ -1,5 +1,5 @@
 """The trained network as inference uses it: the backbone's input normalisation, the backbone with
-its classifier, and its input contract (image size, normalisation, class names: ``models.contract``)
+its classifier, and its input contract (image size, normalisation, class names: ``models.input_contract``)
 — without the training machinery (Lightning, metrics).
 
 ``CheXNetModule`` (training) and ``XrayClassifier`` (what ``load_run`` returns for evaluation,
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.label_sets import NO_FINDING
 from chexnet_pl.models.backbones import create_backbone
-from chexnet_pl.models.contract import InputContract, create_normalizer, input_contract
+from chexnet_pl.models.input_contract import InputContract, create_normalizer, input_contract
 
 
 class Settings(dict):

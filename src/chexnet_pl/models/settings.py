@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from chexnet_pl.components import OPTIMIZERS, SCHEDULERS
 from chexnet_pl.errors import ConfigError
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.label_sets import NO_FINDING
 from chexnet_pl.validation import Problems, settings_from
 
 T = TypeVar("T")

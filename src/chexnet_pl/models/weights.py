@@ -13,7 +13,7 @@ from urllib.error import URLError
 import torch
 from torch import nn
 
-from chexnet_pl.checkpoint_io import load_file
+from chexnet_pl.checkpoints.file_io import load_file
 from chexnet_pl.errors import WeightsError
 
 log = logging.getLogger(__name__)

@@ -96,8 +96,8 @@ def load_backend(
     is checked against the model's classes before anything else is done; thresholds read from
     an aucs.csv, chosen on raw probabilities, are mapped through it.
     """
-    from chexnet_pl.checkpoints import load_run
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.checkpoints.runs import load_run
+    from chexnet_pl.models.input_contract import input_size
 
     if backend not in BACKENDS:
         raise ServingError(f"backend={backend!r}; use one of {BACKENDS}")

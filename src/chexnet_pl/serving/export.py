@@ -134,8 +134,8 @@ def export_checkpoint(
     (default: beside the checkpoint, ``best.onnx`` / ``best.pt``; a folder: that name in it),
     check it against PyTorch on a batch of another size than the traced one, and publish it with
     ``<out>.json`` (``publish``). Returns the model file."""
-    from chexnet_pl.checkpoints import load_run
-    from chexnet_pl.models.contract import input_size
+    from chexnet_pl.checkpoints.runs import load_run
+    from chexnet_pl.models.input_contract import input_size
 
     if fmt not in FORMATS:
         raise ServingError(f"format={fmt!r}; use one of {sorted(FORMATS)}")

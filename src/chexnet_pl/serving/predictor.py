@@ -16,7 +16,7 @@ from PIL import Image
 
 from chexnet_pl.data.resize import area_resize
 from chexnet_pl.evaluation.calibration import Calibration
-from chexnet_pl.labels import resolve_label
+from chexnet_pl.label_sets import resolve_label
 from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
 from chexnet_pl.serving.batching import BatchingQueue
 from chexnet_pl.serving.decode import UploadError

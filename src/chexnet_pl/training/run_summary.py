@@ -25,7 +25,7 @@ def write_run_summary(
     validation AUROC: a loss is never reported as one."""
     from pytorch_lightning.loggers import WandbLogger
 
-    from chexnet_pl.checkpoint_io import read_checkpoint
+    from chexnet_pl.checkpoints.file_io import read_checkpoint
 
     callback = trainer.checkpoint_callback
     best_path = callback.best_model_path if callback else ""

@@ -30,7 +30,7 @@ import pandas as pd
 from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.evaluation.report import whole_numbers
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, percentile_interval
-from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's public names)
+from chexnet_pl.evaluation.subgroups.labels import (  # noqa: F401  (the module's public names)
     ATTRIBUTES,
     TOO_SMALL,
     UNDEFINED,
@@ -41,7 +41,7 @@ from chexnet_pl.evaluation.subgroup_labels import (  # noqa: F401  (the module's
 )
 from chexnet_pl.evaluation.underdiagnosis import NoFindingThreshold, share, underdiagnosis_rows
 from chexnet_pl.files import write_csv_atomic
-from chexnet_pl.labels import NO_FINDING, finding_names, labelled
+from chexnet_pl.label_sets import NO_FINDING, finding_names, labelled
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from chexnet_pl.checkpoint_io import read_hparams
+from chexnet_pl.checkpoints.file_io import read_hparams
 from chexnet_pl.errors import DataError, ImageReadError, TrainingError, WeightsError
 from chexnet_pl.files import unwritable_reason
 

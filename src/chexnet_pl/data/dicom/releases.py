@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.labelled import AGE, SEX, LabelledImages, filter_views
+from chexnet_pl.data.labelled_images import AGE, SEX, LabelledImages, filter_views
 from chexnet_pl.data.nih_table import IMAGE, PATIENT, VIEW
 from chexnet_pl.data.settings import FRONTAL
 from chexnet_pl.data.splits import split_table

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from chexnet_pl.evaluation.plots import figure_legend  # noqa: E402
 from chexnet_pl.files import save_figure  # noqa: E402
-from chexnet_pl.labels import labelled  # noqa: E402
+from chexnet_pl.label_sets import labelled  # noqa: E402
 
 COLUMNS = 5
 RAW, CALIBRATED = "tab:blue", "tab:orange"

@@ -1,4 +1,4 @@
-"""Lightning's checkpoint I/O through ``chexnet_pl.checkpoint_io``: atomic saves (a kill during a
+"""Lightning's checkpoint I/O through ``chexnet_pl.checkpoints.file_io``: atomic saves (a kill during a
 save never leaves a corrupt file behind) and the project's one reader for resuming."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from chexnet_pl.checkpoint_io import read_checkpoint, write_checkpoint
+from chexnet_pl.checkpoints.file_io import read_checkpoint, write_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

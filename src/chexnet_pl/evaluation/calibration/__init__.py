@@ -1,5 +1,5 @@
 """Calibration: per-class temperature / Platt scaling fitted on validation predictions, and the
-file that carries it (how well calibrated a model is: ``calibration_report``).
+file that carries it (how well calibrated a model is: ``calibration.report``).
 
 Both scalings act on the logit z of a probability: Platt ``σ(a·z + b)``, temperature ``σ(z / T)``
 (``a = 1/T``, ``b = 0``). Both are a one-feature logistic regression (scikit-learn), with or
@@ -21,7 +21,7 @@ import numpy as np
 
 from chexnet_pl.errors import DataError
 from chexnet_pl.files import write_json_atomic
-from chexnet_pl.labels import labelled
+from chexnet_pl.label_sets import labelled
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)

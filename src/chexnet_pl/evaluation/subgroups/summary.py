@@ -15,7 +15,7 @@ from chexnet_pl.evaluation.subgroups import (
     SubgroupResult,
     undefined_cells,
 )
-from chexnet_pl.labels import NO_FINDING
+from chexnet_pl.label_sets import NO_FINDING
 
 GROUP_WORDS = {"sex": "both sexes", "age": "every age band", "view": "both views"}
 

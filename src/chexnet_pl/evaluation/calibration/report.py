@@ -14,7 +14,7 @@ from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.auroc import with_mean
 from chexnet_pl.evaluation.calibration import Calibration, CalibrationSettings, fit_calibration
 from chexnet_pl.files import write_csv_atomic
-from chexnet_pl.labels import labelled, mean_row, report_order
+from chexnet_pl.label_sets import labelled, mean_row, report_order
 
 
 def equal_mass_ece(probabilities: np.ndarray, positive: np.ndarray, bins: int) -> float:
@@ -107,8 +107,8 @@ def write_calibration_report(
     """``calibration.csv`` (before and, with a method, after scaling fitted on ``val_*``),
     ``calibration.json`` (the parameters), ``reliability.<figure_format>`` (titled with
     ``scope`` and ``model``); returns the table, the fitted calibration and the report line."""
+    from chexnet_pl.evaluation.calibration.reliability import reliability_figure, write_reliability
     from chexnet_pl.evaluation.plots import figure_title
-    from chexnet_pl.evaluation.reliability import reliability_figure, write_reliability
     from chexnet_pl.files import figure_path
 
     method, bins = settings.method, settings.bins

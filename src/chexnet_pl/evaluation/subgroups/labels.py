@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexnet_pl.data.labelled import AGE, DATASET, MANUFACTURER, PEDIATRIC, SEX, VIEW
+from chexnet_pl.data.labelled_images import AGE, DATASET, MANUFACTURER, PEDIATRIC, SEX, VIEW
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.validation import Problems
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from chexnet_pl.checkpoint_io import read_checkpoint
+from chexnet_pl.checkpoints.file_io import read_checkpoint
 from chexnet_pl.data.build import TARGET, build_datamodule
 from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
-from chexnet_pl.models.contract import input_size
+from chexnet_pl.models.input_contract import input_size
 from chexnet_pl.models.network import XrayClassifier
 from chexnet_pl.shipped import shipped
 
@@ -36,7 +36,7 @@ class Run:
 
     @property
     def image_size(self) -> int:
-        """The size the model was trained at (``models.contract.input_size``)."""
+        """The size the model was trained at (``models.input_contract.input_size``)."""
         return input_size(self.model)
 
 

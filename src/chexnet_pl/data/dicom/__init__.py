@@ -15,7 +15,7 @@ data (reports, presentation states), multi-frame images (by NumberOfFrames, or b
 pixel data holding several frames), more pixels than ``max_pixels``, colour models other than
 RGB/YBR, video transfer syntaxes, and compressed syntaxes whose decoder is not installed (the
 message names the packages to install). Damaged files and Deflated datasets that inflate beyond
-what they declare are refused while opening (``dicom_file``).
+what they declare are refused while opening (``dicom.file``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from chexnet_pl.data.dicom_file import (
+from chexnet_pl.data.dicom.file import (
     PIXEL_KEYWORDS,
     header_numbers,
     one_line,
