@@ -36,48 +36,6 @@ TABLES_SHOWN = 3  # images whose whole table is printed; beyond, one line per im
 BACKENDS = ("auto", "torch", "onnx")
 
 
-def open_model(cfg: DictConfig, checkpoint: Path):
-    """The model to explain with (an ``Explainer``), its input size and its identity
-    (``model_identity``), by ``backend``: the ONNX export of the checkpoint beside it when there
-    is one that fits (``auto``, ``onnx``), else the PyTorch network (``auto``, ``torch``)."""
-    from chexnet_pl.model_identity import of_checkpoint, of_parts
-    from chexnet_pl.visualization.onnx_explainer import OnnxExplainer, export_command, find_export
-
-    if cfg.backend != "torch":
-        export, why_not = find_export(checkpoint)
-        if export is not None and cfg.method not in ("auto", "cam"):
-            export, why_not = None, f"method={cfg.method} needs PyTorch (the export has CAMs only)"
-        if (
-            export is not None
-            and cfg.image_size
-            and int(cfg.image_size) != int(export.card["image_size"])
-        ):
-            export, why_not = (
-                None,
-                f"{export.path.name} takes {export.card['image_size']} px, not image_size={cfg.image_size}",
-            )
-        if export is not None:
-            explainer = OnnxExplainer(export)
-            log.info("model: %s on ONNX Runtime (exported from this checkpoint)", export.path)
-            identity = of_parts(
-                export.card["backbone"], explainer.class_names, explainer.image_size, checkpoint
-            )
-            return explainer, explainer.image_size, identity
-        if cfg.backend == "onnx":
-            raise DataError(
-                f"backend=onnx: {why_not}; export it with: {export_command(checkpoint)}"
-            )
-        log.info("model: %s on PyTorch (%s; for a start in seconds, once: %s)", checkpoint.name,
-                 why_not, export_command(checkpoint))  # fmt: skip
-    from chexnet_pl.checkpoints.runs import load_run
-    from chexnet_pl.models.input_contract import input_size
-    from chexnet_pl.visualization.torch_explainer import TorchExplainer
-
-    run = load_run(checkpoint)
-    size = input_size(run.model, cfg.image_size)
-    return TorchExplainer(run.model, cfg.method), size, of_checkpoint(run.model, checkpoint)
-
-
 @dataclass(frozen=True)
 class PredictSettings:
     """conf/predict.yaml, judged before the checkpoint or any image is read."""
@@ -139,13 +97,16 @@ def predict(cfg: DictConfig) -> Path:
         image_files,
         read_readable,
     )
+    from chexnet_pl.visualization.model_choice import open_explainer
 
     settings = check_config(cfg)
     max_pixels = settings.max_pixels
     checkpoint = Path(cfg.ckpt).expanduser()
     out_dir = Path(cfg.out or cfg.paths.output_dir)
     paths = image_files(cfg.image, cfg.images)
-    model, image_size, identity = open_model(cfg, checkpoint)
+    model, image_size, identity = open_explainer(
+        checkpoint, cfg.backend, cfg.method, cfg.image_size
+    )
     log.info("model: %s", identity.line())
     operating = operating_thresholds(checkpoint, cfg.thresholds, model.class_names)
     calibration, thresholds = calibration_and_thresholds(
