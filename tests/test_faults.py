@@ -26,7 +26,7 @@ from PIL import Image
 from chexnet_pl.checkpoints import file_io as checkpoint_io
 from chexnet_pl.data.nih_table import FINDINGS
 from chexnet_pl.errors import DataError, DiskFullError, TrainingError, WeightsError
-from chexnet_pl.import_weights import ARNOWENG_CLASSES, import_arnoweng
+from chexnet_pl.models.arnoweng import ARNOWENG_CLASSES, import_arnoweng
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.train import train
 

@@ -40,7 +40,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, arnoweng_checkpoint, random_checkpoint
 
-from chexnet_pl.import_weights import import_arnoweng
+from chexnet_pl.models.arnoweng import import_arnoweng
 from chexnet_pl.overrides import check_overrides
 
 README = REPO / "README.md"
