@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from chexnet_pl.data.datamodule import split_global_batch
     from chexnet_pl.device import apply_backend_flags, backend_flags, detect_caps
     from chexnet_pl.errors import ImageReadError, TrainingError
-    from chexnet_pl.evaluation.auroc_table import auroc_table, format_auroc_table
+    from chexnet_pl.evaluation.auroc import auroc_table, format_auroc_table
     from chexnet_pl.model_identity import data_source, of_model, training_recipe
     from chexnet_pl.models.init_from import init_from_checkpoint
     from chexnet_pl.models.input_contract import input_size

@@ -1,16 +1,19 @@
 """AUROC as the reports use it — per class, weighted, patient-bootstrapped — and the mean over the
 findings that every AUROC table ends with. All of it is computed by ``resampling``'s one engine
 (``GroupedAuroc``): the Mann-Whitney statistic with ties counted half, as scikit-learn's
-``roc_auc_score``; NaN where undefined (no positive or no negative weight)."""
+``roc_auc_score``; NaN where undefined (no positive or no negative weight). And the per-class
+AUROC table of a training run's logged metrics (``auroc_table``), as a DataFrame and text."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from chexnet_pl.evaluation.resampling import GroupedAuroc, PatientResamples, class_aurocs
-from chexnet_pl.label_sets import finding_names, labelled
+from chexnet_pl.label_sets import finding_names, labelled, mean_row
 
 
 def weighted_auroc(
@@ -66,3 +69,32 @@ def with_mean(
     values = np.asarray(values, dtype=np.float64)
     included = finding_names(class_names) if included is None else included
     return np.concatenate([values, mean_over(values, class_names, included)[..., None]], axis=-1)
+
+
+def auroc_table(
+    metrics: Mapping[str, float],
+    class_names: Sequence[str],
+    stages: Sequence[str] = ("val", "test"),
+) -> pd.DataFrame:
+    """One row per class plus the mean over the findings; one column per stage that was logged.
+
+    A class whose AUROC is undefined in a stage (no positives or negatives) is NaN there.
+    """
+    columns = {}
+    for stage in stages:
+        if f"{stage}/auroc" not in metrics and not any(
+            f"{stage}/auroc_{n}" in metrics for n in class_names
+        ):
+            continue
+        values = [float(metrics.get(f"{stage}/auroc_{name}", math.nan)) for name in class_names]
+        values.append(float(metrics.get(f"{stage}/auroc", math.nan)))
+        columns[f"{stage}_auroc"] = values
+    table = pd.DataFrame(columns, index=[*class_names, mean_row(class_names)])
+    table.index.name = "class"
+    return table
+
+
+def format_auroc_table(table: pd.DataFrame) -> str:
+    """Fixed-width text; undefined values print as 'undefined', not NaN."""
+    shown = table.rename_axis(None)  # no stray "class" row under the header
+    return shown.to_string(float_format=lambda v: f"{v:.4f}", na_rep="undefined")
