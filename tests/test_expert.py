@@ -21,7 +21,7 @@ from chexnet_pl.data.nih import label_index
 from chexnet_pl.data.nih_table import class_names, read_data_entry
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.evaluate import evaluate
-from chexnet_pl.evaluation.expert_labels import ExpertMap, read_expert_labels
+from chexnet_pl.evaluation.expert.labels import ExpertMap, read_expert_labels
 
 GOOGLE_CSV = SHARED_DATA / "nih-expert" / "google2019_nih-chest-xray-labels.csv.gz"
 HEADER = (

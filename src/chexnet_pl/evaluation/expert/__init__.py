@@ -19,7 +19,7 @@ import pandas as pd
 
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.expert_labels import (
+from chexnet_pl.evaluation.expert.labels import (
     EXPERT_SETS,
     NOT_AN_OUTPUT,
     SET_ID,
