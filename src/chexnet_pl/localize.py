@@ -62,17 +62,11 @@ def check_config(cfg: DictConfig) -> LocalizeSettings:
 
 
 def localize(cfg: DictConfig) -> pd.DataFrame:
-    import pandas as pd
-    import torch
-
     from chexnet_pl.checkpoints.runs import load_run
-    from chexnet_pl.data.images import find_images, read_gray
     from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.localization import read_bbox_list, score_box, summarize
+    from chexnet_pl.evaluation.box_scoring import score_boxes
+    from chexnet_pl.evaluation.localization import read_bbox_list, summarize
     from chexnet_pl.models.input_contract import input_size
-    from chexnet_pl.visualization.explain import XRay, model_input
-    from chexnet_pl.visualization.figures import upsample
-    from chexnet_pl.visualization.heatmaps import heatmaps
 
     check_config(cfg)
     run = load_run(cfg.ckpt)
@@ -92,33 +86,10 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     boxes = read_bbox_list(
         Path(cfg.boxes) if cfg.boxes else root / "BBox_List_2017.csv", model.class_names
     )
-    on_disk = find_images(root)
-    missing = sorted(set(boxes["Image Index"]) - set(on_disk))
-    if missing:
-        raise DataError(
-            f"{len(missing)} image(s) of the box list are not under {root}, e.g. {missing[:3]}"
-        )
     image_size = input_size(model, cfg.image_size)
-    names = list(model.class_names)
-    results = []
-    images = boxes["Image Index"].unique().tolist()
-    for start in range(0, len(images), int(cfg.batch_size)):
-        chunk = images[start : start + int(cfg.batch_size)]
-        xrays = [XRay(name, read_gray(on_disk[name])) for name in chunk]
-        needed = sorted(
-            {names.index(f) for f in boxes.loc[boxes["Image Index"].isin(chunk), "Finding Label"]}
-        )
-        maps = heatmaps(model, torch.from_numpy(model_input(xrays, image_size)), needed, cfg.method)
-        for i, xray in enumerate(xrays):
-            for _, box in boxes[boxes["Image Index"] == xray.name].iterrows():
-                heat = upsample(
-                    maps[i, needed.index(names.index(box["Finding Label"]))].numpy(),
-                    xray.gray.shape,
-                )
-                truth = (box["x"], box["y"], box["w"], box["h"])
-                results.append({"Image Index": xray.name, "Finding Label": box["Finding Label"],
-                                **score_box(heat, truth, float(cfg.threshold))})  # fmt: skip
-    per_box = pd.DataFrame(results)
+    per_box = score_boxes(
+        model, boxes, root, image_size, cfg.method, float(cfg.threshold), int(cfg.batch_size)
+    )
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(per_box, out_dir / "localization_boxes.csv", index=False)
