@@ -194,5 +194,8 @@ def test_training_two_batches_on_three_members(tmp_path, synthetic_root, padches
     assert counted["Aortic enlargement"] == (test["Dataset"] == "vindr_cxr").sum()
     subgroups = pd.read_csv(tmp_path / "run" / "subgroups.csv")
     per_source = subgroups.query("attribute == 'dataset'")
-    assert set(per_source["subgroup"]) == {"NIH", "PADCHEST", "VINDR_CXR"}
-    assert per_source["auroc"].notna().any()
+    assert {"NIH", "PADCHEST", "VINDR_CXR"} <= set(per_source["subgroup"])
+    # a member's AUROC of a label it lacks is undefined (no labelled image), never a number
+    vindr_hernia = per_source.query("subgroup == 'VINDR_CXR' and finding == 'Hernia'")
+    assert vindr_hernia["auroc"].isna().all()
+    assert per_source.query("subgroup == 'NIH'")["auroc"].notna().any()
