@@ -5,7 +5,6 @@ modules read it, and the decoder's size limit refuses a file before decoding it.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from test_rsna_pneumonia import LABELS_ZIP
 from test_siim_pneumothorax import RLE_CSV
 from test_vindr_cxr import VINDR_CSV, make_vindr_root
 
-from chexnet_pl.data.cache import cache_folder, open_cache
+from chexnet_pl.data.cache import INDEX, cache_folder, open_cache
 from chexnet_pl.data.images import list_images, read_gray
-from chexnet_pl.data.prepare import ERRORS, build_cache
+from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import _render
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.shipped import shipped_data
@@ -79,8 +78,8 @@ def roots(tmp_path_factory) -> dict[str, Path]:
 def datamodule(data: str, root: Path, **settings):
     from chexnet_pl.data.build import build_datamodule
 
-    dm = build_datamodule(shipped_data(TARGETS[data], root=str(root), image_size=SIZE,
-                                       num_workers=0, **settings))  # fmt: skip
+    dm = build_datamodule({"_target_": TARGETS[data], **shipped_data(
+        TARGETS[data], root=str(root), image_size=SIZE, num_workers=0, **settings)})  # fmt: skip
     dm.setup()
     return dm
 
@@ -128,7 +127,7 @@ def test_monochrome1_and_windows_are_read_as_training_reads_them(roots):
 
 def test_the_size_limit_refuses_before_decoding(roots, tmp_path):
     """``max_pixels``: a DICOM and a 16-bit PNG declaring more pixels are recorded as unreadable
-    (named in errors.jsonl), the others cached; training then follows data.on_bad_image."""
+    (listed in the cache's index with the reason), the others cached; training then follows data.on_bad_image."""
     from PIL import Image
 
     from chexnet_pl.errors import DataError
@@ -142,13 +141,16 @@ def test_the_size_limit_refuses_before_decoding(roots, tmp_path):
     Image.fromarray(np.zeros((80, 80), np.uint16)).save(big_png)
     for root, big in ((vindr, big_dicom), (padchest, big_png)):
         folder = build_cache(root, size=SIZE, workers=1, progress=False, max_pixels=64 * 64)
-        errors = [json.loads(line) for line in (folder / ERRORS).read_text().splitlines()]
-        assert len(errors) == 1, errors
-        assert Path(errors[0]["path"]).name == big.name
-        assert "refused before decoding" in errors[0]["reason"]
+        index = pd.read_csv(folder / INDEX, keep_default_na=False)
+        bad = index[index["status"] == "bad"]
+        assert len(bad) == 1 and Path(bad["source"].iloc[0]).name == big.name, bad
+        assert "80×80 pixels" in bad["error"].iloc[0]
+        assert "refused before decoding" in bad["error"].iloc[0]
+        assert (index["status"] == "ok").sum() == len(index) - 1
         data = "vindr_cxr" if root == vindr else "padchest"
-        with pytest.raises(DataError, match=big.name):
-            datamodule(data, root, cache="required")
-        skipped = datamodule(data, root, cache="required", on_bad_image="skip")
+        with pytest.raises(DataError, match=r"declares 80×80 pixels .*refused before decoding"):
+            datamodule(data, root, cache="required", report_dir=str(tmp_path / "report"))
+        skipped = datamodule(data, root, cache="required", on_bad_image="skip",
+                             report_dir=str(tmp_path / "report"))  # fmt: skip
         assert big.name not in set(skipped.table["path"].map(lambda p: Path(p).name))
     assert cache_folder(vindr / "prepared", SIZE).is_dir()
