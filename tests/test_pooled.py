@@ -84,8 +84,14 @@ def test_three_members_pool_into_one_label_set(pool, padchest_root, vindr_root):
     for spelled in ("Pleural effusion", "Pulmonary fibrosis", "Pleural thickening", "No finding"):
         assert spelled not in pool.pathologies
     # VinDr's 14 classes: 8 are NIH's findings, 6 are new outputs
-    assert pool.pathologies[len(nih) - 1 : -1] == ["Aortic enlargement", "Calcification", "ILD",
-                                                   "Lung Opacity", "Nodule/Mass", "Other lesion"]
+    assert pool.pathologies[len(nih) - 1 : -1] == [
+        "Aortic enlargement",
+        "Calcification",
+        "ILD",
+        "Lung Opacity",
+        "Nodule/Mass",
+        "Other lesion",
+    ]
 
     labels = pd.DataFrame(pool.labels, columns=pool.pathologies)
     source = pool.table["Dataset"]
@@ -199,3 +205,30 @@ def test_training_two_batches_on_three_members(tmp_path, synthetic_root, padches
     vindr_hernia = per_source.query("subgroup == 'VINDR_CXR' and finding == 'Hernia'")
     assert vindr_hernia["auroc"].isna().all()
     assert per_source.query("subgroup == 'NIH'")["auroc"].notna().any()
+
+
+def test_dicom_releases_pool_by_their_labels_names(tmp_path, vindr_root):
+    """RSNA's Lung Opacity is VinDr's, SIIM's Pneumothorax is VinDr's (VinDr's images know both);
+    the default map's Effusion entry names no member's label and is not used."""
+    from dicom_datasets import make_rsna_root, make_siim_root
+    from test_rsna_pneumonia import LABELS_ZIP
+    from test_siim_pneumothorax import RLE_CSV
+
+    if not (LABELS_ZIP.is_file() and RLE_CSV.is_file()):
+        pytest.skip("RSNA's and SIIM's real tables are not here")
+    rsna = make_rsna_root(tmp_path / "rsna", LABELS_ZIP, images=40)
+    siim = make_siim_root(tmp_path / "siim", RLE_CSV, images=40, patients=20)
+    cfg = compose_config("train", tmp_path / "run", *tiny_dataset_overrides(
+        "pooled", "data.members=[rsna_pneumonia,siim_pneumothorax,vindr_cxr]",
+        f"data.datasets.rsna_pneumonia.root={rsna}", f"data.datasets.siim_pneumothorax.root={siim}",
+        f"data.datasets.vindr_cxr.root={vindr_root}"))  # fmt: skip
+    dm = instantiate(cfg.data)
+    dm.setup()
+    assert dm.pathologies[:2] == ["Lung Opacity", "Pneumothorax"] and len(dm.pathologies) == 15
+    labels = pd.DataFrame(dm.labels, columns=dm.pathologies)
+    source = dm.table["Dataset"].to_numpy()
+    assert labels.loc[source != "siim_pneumothorax", "Lung Opacity"].notna().all()
+    assert labels.loc[source == "siim_pneumothorax", "Lung Opacity"].isna().all()
+    assert labels.loc[source == "rsna_pneumonia", "Pneumothorax"].isna().all()
+    assert labels.loc[source != "rsna_pneumonia", "Pneumothorax"].notna().all()
+    assert labels.loc[source != "vindr_cxr", "Effusion"].isna().all()

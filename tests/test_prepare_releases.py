@@ -37,7 +37,9 @@ TARGETS = {
 
 def _real(path: Path) -> Path:
     if not path.is_file():
-        pytest.skip(f"the real table {path} is not here (../shared/data is only beside CI checkouts)")
+        pytest.skip(
+            f"the real table {path} is not here (../shared/data is only beside CI checkouts)"
+        )
     return path
 
 
@@ -122,7 +124,8 @@ def test_monochrome1_and_windows_are_read_as_training_reads_them(roots):
     two = read_gray(write_dicom(folder / "m2.dcm", stored, bits_stored=12))
     shutil.rmtree(folder)
     assert np.array_equal(one.astype(int), 255 - two.astype(int))
-    assert abs(int(two.astype(int).mean()) - int(gray.mean())) <= 1  # 12-bit → 8-bit: 0-4095 → 0-255
+    # 12-bit → 8-bit: 0-4095 → 0-255
+    assert abs(int(two.astype(int).mean()) - int(gray.mean())) <= 1
 
 
 def test_the_size_limit_refuses_before_decoding(roots, tmp_path):

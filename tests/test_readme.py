@@ -330,7 +330,9 @@ def _releases(ws: Path) -> None:
     from test_vindr_cxr import VINDR_CSV, make_vindr_root
 
     if all(p.is_file() for p in (PADCHEST_CSV, VINDR_CSV, LABELS_ZIP, RLE_CSV)):
-        make_padchest_root(ws / "padchest", pd.read_csv(PADCHEST_CSV, dtype=str, nrows=120), rows=120)
+        make_padchest_root(
+            ws / "padchest", pd.read_csv(PADCHEST_CSV, dtype=str, nrows=120), rows=120
+        )
         make_vindr_root(ws / "vinbigdata", pd.read_csv(VINDR_CSV), images=60)
         make_rsna_root(ws / "rsna", LABELS_ZIP, images=60)
         make_siim_root(ws / "siim", RLE_CSV, images=60, patients=30)

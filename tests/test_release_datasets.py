@@ -23,7 +23,9 @@ from test_vindr_cxr import VINDR_CSV, make_vindr_root
 
 def _real(path: Path) -> Path:
     if not path.is_file():
-        pytest.skip(f"the real table {path} is not here (../shared/data is only beside CI checkouts)")
+        pytest.skip(
+            f"the real table {path} is not here (../shared/data is only beside CI checkouts)"
+        )
     return path
 
 
@@ -43,7 +45,9 @@ def roots(tmp_path_factory) -> dict[str, Path]:
 
 def training_split(data: str, root: Path, tmp_path: Path, split: str):
     """The split ``chexnet-train data=<data> data.root=<root>`` trains or evaluates on."""
-    cfg = compose_train_config(tmp_path / "composed", tiny_dataset_overrides(data, f"data.root={root}"))
+    cfg = compose_train_config(
+        tmp_path / "composed", tiny_dataset_overrides(data, f"data.root={root}")
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     return datamodule, datamodule.datasets[split]
