@@ -193,6 +193,13 @@ def test_training_two_batches_on_three_members(tmp_path, synthetic_root, padches
     run = load_run(objects["trainer"].checkpoint_callback.best_model_path, device="cpu")
     assert run.model.class_names == dm.pathologies
     assert run.data_settings["members"] == ["nih", "padchest", "vindr_cxr"]
+    # the checkpoint rebuilds the same pool (what chexnet-evaluate ckpt=<this run> scores on)
+    from chexnet_pl.checkpoints import datamodule_for
+
+    again = datamodule_for(run, {}, tmp_path / "again")
+    again.setup()
+    assert list(again.members) == list(dm.members) and again.pathologies == dm.pathologies
+    pd.testing.assert_frame_equal(again.datasets["test"].table, dm.datasets["test"].table)
     aucs = pd.read_csv(tmp_path / "run" / "aucs.csv", index_col=0)
     test = dm.datasets["test"].table
     counted = aucs["positives"] + aucs["negatives"]
