@@ -60,6 +60,10 @@ NIH = "/data/nih"  # the pages' download folder
 # The README's other data folders → the workspace's (longest first: one may hold another's name).
 PLACES = {
     "/data/mimiciv/hosp/patients.csv.gz": "mimic_patients.csv.gz",
+    "/data/vinbigdata": "vinbigdata",
+    "/data/padchest": "padchest",
+    "/data/rsna": "rsna",
+    "/data/siim": "siim",
     "/data/mimic-cxr-jpg/2.0.0": "mimic",
     "/data/chexpert": "chexpert",
     NIH: "nih",
@@ -287,6 +291,7 @@ def workspace(tmp_path_factory, nih_sample, chexpert_train_csv) -> Path:
     _evaluation(ws, best)
     _other_datasets(ws, make_chexpert_root(ws / "chexpert", chexpert_train_csv),
                     make_mimic_root(ws / "mimic"))  # fmt: skip
+    _releases(ws)
     _expert_labels(ws / "google2019_nih-chest-xray-labels.csv.gz", root)
     arnoweng_checkpoint(ws / "model.pth.tar")
     import_arnoweng(ws / "model.pth.tar", ws / "chexnet_arnoweng.ckpt")  # also a README command
@@ -313,6 +318,24 @@ def _other_datasets(ws: Path, chexpert: Path, mimic: Path) -> None:
     pd.DataFrame({"subject_id": subjects, "gender": ["F", "M"] * (len(subjects) // 2) + ["F"] *
                   (len(subjects) % 2), "anchor_age": 60, "anchor_year": 2150}).to_csv(
         ws / "mimic_patients.csv.gz", index=False)  # fmt: skip
+
+
+def _releases(ws: Path) -> None:
+    """PadChest, VinDr-CXR, RSNA and SIIM miniatures (their real tables' first rows, generated
+    images) at ``/data/padchest``, ``/data/vinbigdata``, ``/data/rsna``, ``/data/siim``."""
+    from dicom_datasets import make_rsna_root, make_siim_root
+    from test_padchest import PADCHEST_CSV, make_padchest_root
+    from test_rsna_pneumonia import LABELS_ZIP
+    from test_siim_pneumothorax import RLE_CSV
+    from test_vindr_cxr import VINDR_CSV, make_vindr_root
+
+    if all(p.is_file() for p in (PADCHEST_CSV, VINDR_CSV, LABELS_ZIP, RLE_CSV)):
+        make_padchest_root(
+            ws / "padchest", pd.read_csv(PADCHEST_CSV, dtype=str, nrows=120), rows=120
+        )
+        make_vindr_root(ws / "vinbigdata", pd.read_csv(VINDR_CSV), images=60)
+        make_rsna_root(ws / "rsna", LABELS_ZIP, images=60)
+        make_siim_root(ws / "siim", RLE_CSV, images=60, patients=30)
 
 
 def _expert_labels(path: Path, root: Path) -> None:

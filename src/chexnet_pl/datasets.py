@@ -1,4 +1,5 @@
-"""Chest X-ray datasets as torch ``Dataset``s, read exactly as training reads them: the same data
+"""Chest X-ray datasets as torch ``Dataset``s (NIH, CheXpert, MIMIC-CXR, PadChest, VinDr-CXR, RSNA
+Pneumonia, SIIM-ACR Pneumothorax), read exactly as training reads them: the same data
 module (``conf/data/<dataset>.yaml``'s settings, the same tables, split, view filter, label
 policy, image checks, cache and transforms), one split of it.
 
@@ -90,4 +91,39 @@ class MIMICCXR(ChestXrayDataset):
     target = "chexnet_pl.data.mimic.MimicCxrDataModule"
 
 
-__all__ = ["NIH", "CheXpert", "ChestXrayDataset", "MIMICCXR"]
+class PadChest(ChestXrayDataset):
+    """PadChest (``data=padchest``): ``root`` holds the release's CSV (``.gz`` accepted) and the
+    16-bit PNGs, flat or in the numbered folders (``ImageDir``). Labels: NIH's findings by
+    default (``labels="all"`` for PadChest's own); ``label_source="physician"`` for the
+    radiologist-labelled rows."""
+
+    target = "chexnet_pl.data.padchest.PadChestDataModule"
+
+
+class VinDrCXR(ChestXrayDataset):
+    """VinDr-CXR (``data=vindr_cxr``) as Kaggle's VinBigData release: ``root`` holds
+    ``train.csv`` and ``train/<image_id>.dicom``; an image's label is its 3 readers' vote
+    (``reader_vote="majority"`` or ``"any"``)."""
+
+    target = "chexnet_pl.data.vindr_cxr.VinDrCXRDataModule"
+
+
+class RSNAPneumonia(ChestXrayDataset):
+    """RSNA Pneumonia Detection Challenge (``data=rsna_pneumonia``): ``root`` holds
+    ``stage_2_train_labels.csv`` (``.zip``/``.gz`` accepted) and
+    ``stage_2_train_images/<patientId>.dcm``; one label, Lung Opacity."""
+
+    target = "chexnet_pl.data.rsna_pneumonia.RSNAPneumoniaDataModule"
+
+
+class SIIMPneumothorax(ChestXrayDataset):
+    """SIIM-ACR Pneumothorax (``data=siim_pneumothorax``): ``root`` holds ``train-rle.csv``
+    (``.gz`` accepted) and the DICOMs at any depth below it; one label, Pneumothorax."""
+
+    target = "chexnet_pl.data.siim_pneumothorax.SIIMPneumothoraxDataModule"
+
+
+__all__ = [
+    "NIH", "CheXpert", "ChestXrayDataset", "MIMICCXR", "PadChest", "RSNAPneumonia",
+    "SIIMPneumothorax", "VinDrCXR",
+]  # fmt: skip

@@ -83,6 +83,7 @@ def label_map_problems(
     label_map: Mapping[str, str] | None,
     sides: Mapping[str, Sequence[str]],
     setting: str = "evaluation.label_map",
+    unused_ok: bool = False,
 ) -> list[str]:
     """What is wrong with a label map's entries between label lists (``sides``: what each list
     is, e.g. "the model's outputs", → its names). An entry is needed when one of its names is in
@@ -91,7 +92,9 @@ def label_map_problems(
     list is wrong too; one whose name every list has is not needed and passes. An entry whose
     other name is missing with nothing close to it (the shipped ``Effusion: Pleural Effusion``
     on a dataset with no effusion label, e.g. SIIM's Pneumothorax only) is a synonym this pair
-    of lists has no use for: it passes, and ``unused_entries`` names it for the log."""
+    of lists has no use for: it passes, and ``unused_entries`` names it for the log. With
+    ``unused_ok`` (pooled datasets: one map serves whichever datasets are pooled) that holds on
+    every side, not only the outputs'."""
     problems = []
     for first, second in (label_map or {}).items():
         names = (str(first), str(second))
@@ -109,7 +112,7 @@ def label_map_problems(
             others = [side for side in sides if side not in where[found]]
             candidates = [n for side in others for n in sides[side]]
             near = _near(missing, candidates)
-            if not near and found in sides.get(OUTPUTS_SIDE, ()):
+            if not near and (unused_ok or found in sides.get(OUTPUTS_SIDE, ())):
                 continue  # an output this data has no label for, by any spelling: unused here
             problems.append(
                 f"{setting} maps '{found}' ({' and '.join(where[found])}) to '{missing}', which "

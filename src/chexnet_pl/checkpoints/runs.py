@@ -113,7 +113,8 @@ def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Pat
     settings |= {"report_dir": str(output_dir)}
     if "synthetic" in settings:
         settings["synthetic"] = None
-    if "root" in settings and not settings.get("root"):
+    # a pool (data=pooled, data=nih+chexpert) has no root of its own: each member names its folder
+    if "root" in settings and not settings.get("root") and not settings.get("datasets"):
         raise DataError(
             f"{run.path} does not name the data folder it was trained on; "
             "give data.root=/path/to/the/data"

@@ -203,7 +203,9 @@ def build_cache(
     max_pixels: int | None = None,
 ) -> Path:
     """Build (or bring up to date) the ``size`` px cache of every image under ``root`` (NIH's
-    PNGs, or the JPEGs of CheXpert's or MIMIC-CXR-JPG's folder tree: ``images.list_images``); an
+    PNGs, or the JPEGs of CheXpert's or MIMIC-CXR-JPG's folder tree, PadChest's 16-bit PNGs,
+    VinDr-CXR's, RSNA's and SIIM's DICOMs: ``images.list_images``), each decoded as training
+    decodes it (``images.read_gray``: windowing, rescale, MONOCHROME1 inverted); an
     image declaring more than ``max_pixels`` pixels is recorded as unreadable, never decoded
     (``chexnet-prepare``'s settings judge ``size`` and the rest first)."""
     size = int(size)
@@ -214,7 +216,8 @@ def build_cache(
     if not images:
         raise DataError(
             f"no images under {root}: expected NIH's {root}/images/*.png (or images_NNN/images/), "
-            "or a dataset's folder tree of PNG/JPEG files (CheXpert, MIMIC-CXR-JPG)"
+            "or a dataset's folder tree of PNG/JPEG/DICOM files (CheXpert, MIMIC-CXR-JPG, "
+            "PadChest, VinDr-CXR, RSNA, SIIM)"
         )
     listing = source_listing(images, root)
     if not force and _up_to_date(folder, size, listing):
