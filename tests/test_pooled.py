@@ -177,7 +177,7 @@ def test_training_two_batches_on_three_members(tmp_path, synthetic_root, padches
                                                vindr_root):  # fmt: skip
     from conftest import compose_train_config
 
-    from chexnet_pl.checkpoints import load_run
+    from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.train import train
 
     cfg = compose_train_config(
@@ -194,7 +194,7 @@ def test_training_two_batches_on_three_members(tmp_path, synthetic_root, padches
     assert run.model.class_names == dm.pathologies
     assert run.data_settings["members"] == ["nih", "padchest", "vindr_cxr"]
     # the checkpoint rebuilds the same pool (what chexnet-evaluate ckpt=<this run> scores on)
-    from chexnet_pl.checkpoints import datamodule_for
+    from chexnet_pl.checkpoints.runs import datamodule_for
 
     again = datamodule_for(run, {}, tmp_path / "again")
     again.setup()
