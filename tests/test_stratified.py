@@ -248,3 +248,38 @@ def test_a_pair_the_data_cannot_give_is_one_error_naming_each(synthetic_root, tm
         "finding 'Pneumothorx' is not one this evaluation scores; did you mean Pneumothorax?"
         in text
     )
+
+
+def test_chexnet_evaluate_on_chexpert_audits_pneumothorax_by_support_devices(
+    chexpert_root, tmp_path
+):
+    """``preds= data=chexpert``: the default pair through the command, the strata as the real
+    rows' Support Devices values read (blank: negative; uncertain: unknown)."""
+    table = pd.read_csv(chexpert_root / "CheXpert-v1.0-small" / "train.csv")
+    table = table[table["Frontal/Lateral"] == "Frontal"]
+    names = ordered_labels(True)
+    scores = np.random.default_rng(0).random((len(table), len(names)))
+    preds = pd.DataFrame(scores, columns=[f"prob_{n}" for n in names])
+    preds.insert(0, IMAGE, table["Path"].to_numpy())
+    preds.to_csv(tmp_path / "preds.csv", index=False)
+    out = tmp_path / "out"
+    evaluate(compose_config("evaluate", out, f"preds={tmp_path / 'preds.csv'}", "data=chexpert",
+                            f"data.root={chexpert_root}", "evaluation.bootstrap_samples=20",
+                            "evaluation.subgroups=[]"))  # fmt: skip
+    result = pd.read_csv(out / "stratified.csv", keep_default_na=False, na_values=[""])
+    assert set(zip(result["finding"], result["covariate"], strict=True)) == {
+        ("Pneumothorax", "Support Devices")
+    }
+    assert (out / "stratified.png").is_file()
+    devices = table["Support Devices"].to_numpy()
+    known = (
+        table["Pneumothorax"].to_numpy() != -1
+    )  # U-Ignore: an uncertain pneumothorax is unscored
+    expected = {
+        "positive": int((known & (devices == 1)).sum()),
+        "negative": int((known & ((devices == 0) | np.isnan(devices))).sum()),
+        "unknown": int((known & (devices == -1)).sum()),
+    }
+    assert dict(zip(result["stratum"], result["n"], strict=True)) == {
+        k: v for k, v in expected.items() if v
+    }
