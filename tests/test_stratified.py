@@ -283,3 +283,11 @@ def test_chexnet_evaluate_on_chexpert_audits_pneumothorax_by_support_devices(
     assert dict(zip(result["stratum"], result["n"], strict=True)) == {
         k: v for k, v in expected.items() if v
     }
+
+
+def test_the_command_refuses_a_malformed_pair_before_reading_anything(tmp_path):
+    """Through Hydra's composition of the shipped config: no predictions file is even read."""
+    cfg = compose_config("evaluate", tmp_path / "out", f"preds={tmp_path / 'absent.csv'}",
+                         f"data.root={tmp_path}", "evaluation.stratify=[[Pneumothorax]]")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"evaluation.stratify\[0\]=\['Pneumothorax'\] is not a"):
+        evaluate(cfg)
