@@ -431,7 +431,7 @@ def test_overlay_shows_the_map_only_where_it_matters_with_a_colour_bar():
 
 
 def test_evaluate_writes_every_figure_in_the_format_asked(nih_sample, tmp_path):
-    """``evaluation.figure_format=pdf`` through the shipped config: the four figures of the
+    """``evaluation.figure_format=pdf`` through the shipped config: the five figures of the
     17-image sample as PDF (none as PNG); a wrong format is a settings error naming the choices."""
     from conftest import compose_config
 
@@ -452,7 +452,8 @@ def test_evaluate_writes_every_figure_in_the_format_asked(nih_sample, tmp_path):
               "evaluation.bootstrap_samples=20")  # fmt: skip
     evaluate(compose_config("evaluate", tmp_path / "out", *common, "evaluation.figure_format=pdf"))
     figures = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix in (".png", ".pdf"))
-    assert figures == ["pr_curves.pdf", "reliability.pdf", "roc_curves.pdf", "subgroups_forest.pdf"]
+    assert figures == ["pr_curves.pdf", "reliability.pdf", "roc_curves.pdf", "stratified.pdf",
+                       "subgroups_forest.pdf"]  # fmt: skip
     for name in figures:
         assert (tmp_path / "out" / name).read_bytes().startswith(b"%PDF-")
     with pytest.raises(ConfigError, match=r"figure_format='?tiff'? .*use one of: png, pdf, svg"):

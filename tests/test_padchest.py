@@ -256,6 +256,10 @@ def test_an_nih_checkpoint_evaluates_on_padchest(tmp_path, synthetic_root, padch
     assert {"sex", "age", "manufacturer", "pediatric"} <= set(subgroups.iloc[:, 0])
     makers = set(subgroups.loc[subgroups.iloc[:, 0] == "manufacturer"].iloc[:, 1])
     assert makers & {"PHILIPSMEDICALSYSTEMS", "IMAGINGDYNAMICSCOMPANYLTD"}
+    # the shortcut audit's default on PadChest: each finding by the X-ray unit's maker
+    stratified = pd.read_csv(out / "stratified.csv")
+    assert set(stratified["covariate"]) == {"manufacturer"}
+    assert set(stratified["stratum"]) <= makers and len(set(stratified["finding"])) > 1
     dm = datamodule(padchest_root)
     test = dm.table[dm.table["split"] == "test"]
     assert sorted(preds["Image Index"]) == sorted(test[IMAGE])

@@ -130,7 +130,7 @@ def check_config(cfg: DictConfig) -> EvaluateSettings:
 
 # The files a researcher opens first, named in the command's last line (those written).
 EVALUATE_FILES = ("aucs.csv", "model.json", "preds.csv", "preds_val.csv", "roc_curves.png",
-                  "pr_curves.png", "calibration.csv", "subgroups.csv")  # fmt: skip
+                  "pr_curves.png", "calibration.csv", "subgroups.csv", "stratified.csv")  # fmt: skip
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -34,6 +34,9 @@ class Evaluation:
             have no such columns.
         metrics: ``<split>/auroc`` and ``<split>/auroc_<class>``.
         files: every file the evaluation wrote (``aucs.csv``, ``roc_curves.png``, ...), by name.
+        stratified: the shortcut audit's ``stratified.csv`` (per finding, covariate and stratum:
+            AUROC with CI, DeLong p vs the other stratum; ``evaluation.stratify``), or None when
+            no pair was audited.
     """
 
     aucs: pd.DataFrame
@@ -41,6 +44,7 @@ class Evaluation:
     subgroups: pd.DataFrame | None
     metrics: dict[str, float]
     files: dict[str, bytes] = field(repr=False)
+    stratified: pd.DataFrame | None = None
 
     def write(self, folder: str | Path) -> Path:
         """Write every table and figure into ``folder`` (created if needed); returns it."""
@@ -110,7 +114,8 @@ def evaluate(
         aucs = pd.read_csv(out / "aucs.csv", index_col="class")
         calibration = _table(out / "calibration.csv", index_col=0)
         subgroups = _table(out / "subgroups.csv")
-    return Evaluation(aucs, calibration, subgroups, metrics, files)
+        stratified = _table(out / "stratified.csv")
+    return Evaluation(aucs, calibration, subgroups, metrics, files, stratified)
 
 
 def _table(path: Path, index_col: int | None = None) -> pd.DataFrame | None:

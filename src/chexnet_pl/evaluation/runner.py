@@ -39,6 +39,7 @@ from chexnet_pl.evaluation.report import (
     whole_numbers,
 )
 from chexnet_pl.evaluation.settings import EvaluationSettings
+from chexnet_pl.evaluation.stratified import pairs_for, score_stratified, write_stratified
 from chexnet_pl.evaluation.subgroups import (
     NoFindingThreshold,
     Subgroups,
@@ -167,6 +168,8 @@ def score_and_write(
             result, output_dir, table["auroc"].to_dict(), settings.plots, scope,
             settings.confidence, model, settings.figure_format, len(preds),
         )  # fmt: skip
+    audit_stratified(scores, labels, patients, truth, preds, names, output_dir, settings, scope,
+                     model)  # fmt: skip
     log.info(
         "%s split: %s; %d patients; thresholds: %s on %s (positives per class: aucs.csv's "
         "threshold_positives)\n%s\n%s%s",
@@ -183,6 +186,35 @@ def score_and_write(
     if not np.isnan(table.at[mean_row(names), "auroc"]):
         metrics[f"{split}/auroc"] = float(table.at[mean_row(names), "auroc"])
     return table, metrics
+
+
+def audit_stratified(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    patients: np.ndarray,
+    truth: pd.DataFrame,
+    preds: pd.DataFrame,
+    names: Sequence[str],
+    output_dir: Path,
+    settings: EvaluationSettings,
+    scope: str,
+    model: str,
+) -> pd.DataFrame | None:
+    """The shortcut audit (``evaluation.stratify``): ``stratified.csv`` and its figure, or None
+    when there is no pair to audit."""
+    meta = truth.loc[preds[IMAGE]]
+    columns = [c for c in [*truth.attrs.get("labels", []), *names] if c in truth.columns]
+    meta.attrs = {**truth.attrs, "labels": list(dict.fromkeys(columns))}  # label covariates
+    pairs = pairs_for(settings.stratify, meta, names)
+    if not pairs:
+        return None
+    table = score_stratified(
+        scores, labels, patients, meta, names, pairs, settings.subgroup_spec,
+        settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
+    )  # fmt: skip
+    write_stratified(table, output_dir, settings.plots, scope, settings.confidence, model,
+                     settings.figure_format, len(preds))  # fmt: skip
+    return table
 
 
 def underdiagnosis_threshold(

@@ -11,6 +11,7 @@ from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.calibration import CalibrationSettings
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
+from chexnet_pl.evaluation.stratified import stratify_problems
 from chexnet_pl.evaluation.subgroups.labels import Subgroups
 from chexnet_pl.files import FIGURE_FORMATS
 from chexnet_pl.models.precision import check_precision
@@ -45,6 +46,9 @@ class EvaluationSettings:
     # Several outputs onto one label of the map (e.g. {Mass: Lung Lesion, Nodule: Lung Lesion}):
     # refused unless this says it is meant.
     label_map_shared: bool
+    # Shortcut audit: auto (the data's default pairs), [] or [[finding, covariate], ...]
+    # (chexnet_pl.evaluation.stratified).
+    stratify: Any
 
     def __post_init__(self) -> None:
         problems = Problems("evaluation")
@@ -60,6 +64,10 @@ class EvaluationSettings:
         problems.flag("plots", self.plots)
         problems.choice("figure_format", self.figure_format, FIGURE_FORMATS)
         problems.flag("label_map_shared", self.label_map_shared)
+        for message in stratify_problems(self.stratify):
+            problems.add(message)
+        if self.stratify != "auto" and not problems:
+            object.__setattr__(self, "stratify", tuple(tuple(p) for p in self.stratify))
         for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
             value = getattr(self, key)
             if isinstance(value, Sequence) and not isinstance(value, str):
