@@ -9,6 +9,7 @@ from typing import Any
 
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.calibration import CalibrationSettings
+from chexnet_pl.evaluation.conformal import ConformalSettings
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.subgroup_labels import Subgroups
@@ -45,6 +46,8 @@ class EvaluationSettings:
     # Several outputs onto one label of the map (e.g. {Mass: Lung Lesion, Nodule: Lung Lesion}):
     # refused unless this says it is meant.
     label_map_shared: bool
+    # {enabled, alpha}: the conformal positive/negative/refer rule (evaluation.conformal)
+    conformal: Mapping[str, Any]
 
     def __post_init__(self) -> None:
         problems = Problems("evaluation")
@@ -74,7 +77,7 @@ class EvaluationSettings:
             )
         else:
             object.__setattr__(self, "label_map", dict(label_map))
-        for build in (self._subgroup_spec, self._calibration):
+        for build in (self._subgroup_spec, self._calibration, self._conformal):
             try:
                 build()
             except ConfigError as exc:
@@ -86,6 +89,20 @@ class EvaluationSettings:
 
     def _calibration(self) -> CalibrationSettings:
         return CalibrationSettings(self.calibrate, self.calibration_bins)
+
+    def _conformal(self) -> ConformalSettings:
+        given = self.conformal if isinstance(self.conformal, Mapping) else None
+        if given is None:
+            raise ConfigError(
+                f"evaluation.conformal={self.conformal!r}; give {{enabled: true, alpha: 0.1}}"
+            )
+        values = {**shipped("evaluation")["conformal"], **dict(given)}
+        return settings_from(ConformalSettings, values, "evaluation.conformal")
+
+    @property
+    def conformal_settings(self) -> ConformalSettings:
+        """``evaluation.conformal`` (a key the config leaves out: its shipped value)."""
+        return self._conformal()
 
     @property
     def subgroup_spec(self) -> Subgroups:
