@@ -4,6 +4,7 @@ predictions, scoring a predictions file (real NIH metadata), the command line.""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import subprocess
 import sys
@@ -296,6 +297,21 @@ def test_train_and_evaluate_share_one_code_path(trained_run, tmp_path):
     from_train = pd.read_csv(trained_run / "aucs.csv", index_col="class")
     from_evaluate = pd.read_csv(tmp_path / "eval" / "aucs.csv", index_col="class")
     pd.testing.assert_frame_equal(from_train, from_evaluate)
+    # the conformal rule too: calibrated on the same validation predictions, scored on test
+    # (train holds float32 predictions in memory, evaluate reads them back stored: equal to 1e-7)
+    rules = [json.loads((folder / "conformal.json").read_text()) for folder in
+             (trained_run, tmp_path / "eval")]  # fmt: skip
+    assert (
+        rules[0]["alpha"] == rules[1]["alpha"]
+        and rules[0]["classes"].keys() == rules[1]["classes"].keys()
+    )
+    for name, entry in rules[0]["classes"].items():
+        assert entry == pytest.approx(rules[1]["classes"][name], abs=1e-7), name
+    pd.testing.assert_frame_equal(
+        pd.read_csv(trained_run / "conformal.csv"),
+        pd.read_csv(tmp_path / "eval" / "conformal.csv"),
+        atol=1e-7,
+    )
     pd.testing.assert_frame_equal(
         pd.read_csv(trained_run / "preds.csv"), pd.read_csv(tmp_path / "eval" / "preds.csv")
     )

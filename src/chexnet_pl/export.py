@@ -28,6 +28,7 @@ class ExportSettings:
     out: str | None
     cams: bool
     thresholds: str | None
+    conformal: str | None
 
     def __post_init__(self) -> None:
         from chexnet_pl.serving.export import FORMATS
@@ -39,6 +40,7 @@ class ExportSettings:
         problems.text("out", self.out, optional=True)
         problems.flag("cams", self.cams)
         problems.path("thresholds", self.thresholds)
+        problems.path("conformal", self.conformal)
         problems.raise_if_any()
 
 
@@ -60,6 +62,7 @@ def export(cfg: DictConfig) -> Path:
         out=settings.out,
         cams=settings.cams,
         thresholds=settings.thresholds,
+        conformal=settings.conformal,
     )
 
 

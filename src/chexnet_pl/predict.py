@@ -47,6 +47,7 @@ class PredictSettings:
     top_k: int
     thresholds: str | None
     calibration: str | None
+    conformal: str | None
     image_size: int | None
     batch_size: int
     out: str | None
@@ -69,6 +70,7 @@ class PredictSettings:
         problems.number("top_k", self.top_k, minimum=1, integer=True)
         problems.path("thresholds", self.thresholds)
         problems.path("calibration", self.calibration)
+        problems.path("conformal", self.conformal)
         problems.number("image_size", self.image_size, minimum=1, integer=True, optional=True)
         problems.number("batch_size", self.batch_size, minimum=1, integer=True)
         problems.text("out", self.out, optional=True)
@@ -89,6 +91,7 @@ def predict(cfg: DictConfig) -> Path:
     ``skipped.csv`` (an error only when none can). Returns the output folder."""
     import pandas as pd
 
+    from chexnet_pl.evaluation.conformal import add_decisions, find_conformal, with_calibration
     from chexnet_pl.evaluation.thresholds import operating_thresholds
     from chexnet_pl.files import write_csv_atomic
     from chexnet_pl.visualization.explain import explain
@@ -112,6 +115,10 @@ def predict(cfg: DictConfig) -> Path:
     calibration, thresholds = calibration_and_thresholds(
         cfg.get("calibration"), operating, model.class_names
     )
+    conformal = with_calibration(
+        find_conformal(checkpoint, cfg.get("conformal"), model.class_names), calibration,
+        Path(str(cfg.get("calibration"))).name,
+    )  # fmt: skip
     frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
         xrays, unreadable = read_readable(paths[start : start + int(cfg.batch_size)], max_pixels)
@@ -145,7 +152,7 @@ def predict(cfg: DictConfig) -> Path:
             f"none of the {len(paths)} image(s) could be read (each with its reason in "
             f"{out_dir / SKIPPED}), e.g. {skipped[0][0]}: {skipped[0][1]}"
         )
-    table = pd.concat(frames, ignore_index=True)
+    table = add_decisions(pd.concat(frames, ignore_index=True), conformal)
     write_csv_atomic(table, out_dir / "predictions.csv", index=False)
     identity.write(out_dir)  # beside predictions.csv: which model made them
     log.info(

@@ -40,8 +40,9 @@ def serve(cfg: DictConfig) -> None:
     limits = Limits.from_settings(cfg.max_upload_mb, cfg.max_pixels)
     hosts = allowed_host_names(str(cfg.host), cfg.allowed_hosts)
     backend, card = load_backend(
-        cfg.ckpt, str(cfg.backend), cfg.onnx, cfg.image_size, cfg.thresholds, cfg.calibration
-    )
+        cfg.ckpt, str(cfg.backend), cfg.onnx, cfg.image_size, cfg.thresholds, cfg.calibration,
+        cfg.conformal,
+    )  # fmt: skip
     predictor = Predictor(backend, card, max_batch=int(cfg.max_batch))
     app = create_app(predictor, limits, cfg.save_uploads, hosts)
     if not is_loopback(str(cfg.host)):

@@ -15,6 +15,12 @@ from PIL import Image
 
 from chexnet_pl.api.inputs import ImageLike, as_xrays, gray_pixels
 from chexnet_pl.errors import DataError
+from chexnet_pl.evaluation.conformal import (
+    ConformalState,
+    add_decisions,
+    find_conformal,
+    with_calibration,
+)
 from chexnet_pl.evaluation.thresholds import OperatingThresholds, operating_thresholds
 from chexnet_pl.label_sets import resolve_label
 from chexnet_pl.visualization.explain import model_input
@@ -47,6 +53,9 @@ class Model:
         threshold_notes: per finding whose threshold is undefined or degenerate on validation,
             why (e.g. ``undefined: no positives on val``); findings with a usable one are absent.
         calibration: the calibration applied to every probability (``calibration=``), or None.
+        conformal: the conformal positive/negative/refer rule (``decision_<name>``;
+            ``evaluation.conformal``): ``conformal=`` given, else the ``conformal.json`` beside
+            the checkpoint or in its run folder (an export: the one in its sidecar), else None.
         network: the PyTorch network (``XrayClassifier``) of a checkpoint; None for an export.
     """
 
@@ -61,6 +70,7 @@ class Model:
         calibration_file: str | Path | None,
         network: Any = None,
         export: Any = None,
+        conformal: Any = None,
     ) -> None:
         from chexnet_pl.visualization.inputs import calibration_and_thresholds
 
@@ -75,6 +85,9 @@ class Model:
             str(calibration_file) if calibration_file else None, operating, self.class_names
         )
         self.thresholds = dict(zip(self.class_names, values, strict=True))
+        self.conformal = with_calibration(
+            conformal, self.calibration, Path(str(calibration_file)).name
+        )
         self.thresholds_source = str(operating.source) if operating.source else None
         self.thresholds_how = operating.how
         self.threshold_notes = {
@@ -101,7 +114,9 @@ class Model:
             A DataFrame with ``image`` (the path as given, or ``image <i>``), ``prob_<finding>``
             (calibrated when the model has a calibration) and ``above_<finding>``
             (``prob >= threshold``; NA where the threshold is undefined: the validation split had
-            no positives or no negatives for it, so there is no verdict).
+            no positives or no negatives for it, so there is no verdict); with a conformal rule
+            (``Model.conformal``), ``decision_<finding>``: ``positive``, ``negative`` or
+            ``refer``.
         """
         frames = []
         xrays = as_xrays(images)
@@ -118,7 +133,7 @@ class Model:
             if np.isnan(threshold):
                 above[:] = pd.NA
             table[f"above_{name}"] = above
-        return table
+        return add_decisions(table, self.conformal)
 
     def explain(self, image: ImageLike, finding: str, method: str = "cam") -> np.ndarray:
         """A heat map of where ``finding`` is seen in ``image``.
@@ -230,6 +245,7 @@ def load(
     device: str = "cpu",
     thresholds: str | Path | None = None,
     calibration: str | Path | None = None,
+    conformal: str | Path | None = None,
 ) -> Model:
     """A trained model, ready to predict, explain and embed images.
 
@@ -243,6 +259,8 @@ def load(
             thresholds; default: the rule of the commands (see ``Model.thresholds``).
         calibration: an evaluation's ``calibration.json``, applied to every probability (the
             thresholds found in an aucs.csv are mapped through it too), as ``calibration=`` does.
+        conformal: an evaluation's ``conformal.json`` (``decision_<finding>`` columns); default:
+            the rule of the commands (see ``Model.conformal``).
 
     Returns:
         A ``Model``.
@@ -252,11 +270,11 @@ def load(
         raise DataError(f"model file not found: {path} (a .ckpt, or an export: .onnx / .pt)")
     fmt = EXPORT_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        return _load_checkpoint(path, device, thresholds, calibration)
-    return _load_export(path, fmt, device, thresholds, calibration)
+        return _load_checkpoint(path, device, thresholds, calibration, conformal)
+    return _load_export(path, fmt, device, thresholds, calibration, conformal)
 
 
-def _load_checkpoint(path: Path, device: str, thresholds, calibration) -> Model:
+def _load_checkpoint(path: Path, device: str, thresholds, calibration, conformal=None) -> Model:
     from dataclasses import asdict
 
     from chexnet_pl.checkpoints.runs import load_run
@@ -269,12 +287,15 @@ def _load_checkpoint(path: Path, device: str, thresholds, calibration) -> Model:
     return Model(
         path, "torch", names, input_size(network), contract,
         operating_thresholds(path, thresholds, names), calibration, network=network,
+        conformal=find_conformal(path, conformal, names),
     )  # fmt: skip
 
 
-def _load_export(path: Path, fmt: str, device: str, thresholds, calibration) -> Model:
+def _load_export(
+    path: Path, fmt: str, device: str, thresholds, calibration, conformal=None
+) -> Model:
     from chexnet_pl.evaluation.thresholds import read_thresholds
-    from chexnet_pl.serving.card import read_sidecar
+    from chexnet_pl.serving.card import read_sidecar, sidecar_conformal
 
     card = read_sidecar(path)  # checked against the file: a stale sidecar is refused
     names = [str(n) for n in card["classes"]]
@@ -295,9 +316,15 @@ def _load_export(path: Path, fmt: str, device: str, thresholds, calibration) -> 
         operating = OperatingThresholds(values, source, "recorded in the export's sidecar")
     export = {"outputs": list(card["outputs"]), "run": _export_runner(fmt, path)}
     contract = {"backbone": card.get("backbone"), **card.get("preprocessing", {})}
-    return Model(
-        path, fmt, names, int(card["image_size"]), contract, operating, calibration, export=export
+    rule = (
+        ConformalState.read(conformal, names, "given as conformal=")
+        if conformal
+        else sidecar_conformal(card, path, names)
     )
+    return Model(
+        path, fmt, names, int(card["image_size"]), contract, operating, calibration,
+        export=export, conformal=rule,
+    )  # fmt: skip
 
 
 def _export_runner(fmt: str, path: Path):

@@ -14,6 +14,7 @@ from chexnet_pl.data.labelled_images import truth_frame
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.calibration.report import write_calibration_report
+from chexnet_pl.evaluation.conformal import write_conformal
 from chexnet_pl.evaluation.external import (
     add_combined,
     add_internal,
@@ -145,6 +146,11 @@ def score_and_write(
         calibrated[prob_columns(names)] = fitted.apply(scores, names)
         write_csv_atomic(calibrated, output_dir / "preds_calibrated.csv", index=False)
     write_csv_atomic(whole_numbers(table), output_dir / "aucs.csv")
+    conformal_line = write_conformal(
+        settings.conformal_settings, val_scores if chosen_on == "val" else None, val_labels,
+        scores, labels, patients, names, output_dir, settings.bootstrap_samples,
+        settings.bootstrap_seed, settings.confidence,
+    )  # fmt: skip
     if settings.plots:
         intervals = (
             {n: (table.at[n, "ci_low"], table.at[n, "ci_high"]) for n in names}
@@ -172,11 +178,12 @@ def score_and_write(
                      model)  # fmt: skip
     log.info(
         "%s split: %s; %d patients; thresholds: %s on %s (positives per class: aucs.csv's "
-        "threshold_positives)\n%s\n%s%s",
+        "threshold_positives)\n%s\n%s%s%s",
         split, ", ".join(filter(None, [source_label, sources.header if sources else f"{len(preds)} images"])),
         len(set(patients)), RULES.get(settings.threshold, settings.threshold),
         SPLITS.get(chosen_on, chosen_on), format_report(table.drop(columns=["ece", "brier"])), calibration_line,
         f"\n{format_summary(subgroups)}" if subgroups else "",
+        f"\n{conformal_line}" if conformal_line else "",
     )  # fmt: skip
     metrics = {
         f"{split}/auroc_{n}": float(table.at[n, "auroc"])

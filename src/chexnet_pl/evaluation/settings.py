@@ -9,6 +9,7 @@ from typing import Any
 
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.calibration import CalibrationSettings
+from chexnet_pl.evaluation.conformal import ConformalSettings
 from chexnet_pl.evaluation.predictions import TTA_MODES
 from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.stratified import stratify_problems
@@ -49,6 +50,8 @@ class EvaluationSettings:
     # Shortcut audit: auto (the data's default pairs), [] or [[finding, covariate], ...]
     # (chexnet_pl.evaluation.stratified).
     stratify: Any
+    # {enabled, alpha}: the conformal positive/negative/refer rule (evaluation.conformal)
+    conformal: Mapping[str, Any]
 
     def __post_init__(self) -> None:
         problems = Problems("evaluation")
@@ -82,7 +85,7 @@ class EvaluationSettings:
             )
         else:
             object.__setattr__(self, "label_map", dict(label_map))
-        for build in (self._subgroup_spec, self._calibration):
+        for build in (self._subgroup_spec, self._calibration, self._conformal):
             try:
                 build()
             except ConfigError as exc:
@@ -94,6 +97,20 @@ class EvaluationSettings:
 
     def _calibration(self) -> CalibrationSettings:
         return CalibrationSettings(self.calibrate, self.calibration_bins)
+
+    def _conformal(self) -> ConformalSettings:
+        given = self.conformal if isinstance(self.conformal, Mapping) else None
+        if given is None:
+            raise ConfigError(
+                f"evaluation.conformal={self.conformal!r}; give {{enabled: true, alpha: 0.1}}"
+            )
+        values = {**shipped("evaluation")["conformal"], **dict(given)}
+        return settings_from(ConformalSettings, values, "evaluation.conformal")
+
+    @property
+    def conformal_settings(self) -> ConformalSettings:
+        """``evaluation.conformal`` (a key the config leaves out: its shipped value)."""
+        return self._conformal()
 
     @property
     def subgroup_spec(self) -> Subgroups:

@@ -235,6 +235,8 @@ def create_app(
             for k, heat_map in result.maps.items()
         }  # fmt: skip
         table = predictor.table(result.probabilities)
+        decisions = predictor.decisions(result.probabilities) or {}
+        conformal = predictor.card.get("conformal")
         counters.predictions += 1
         return {
             "findings": [
@@ -247,6 +249,8 @@ def create_app(
                     if pd.isna(row.above_threshold)
                     else bool(row.above_threshold),
                     "threshold_note": str(row.threshold_note),
+                    # positive / negative / refer at the conformal alpha (null: no rule)
+                    "decision": decisions.get(str(row.finding)),
                 }
                 for row in table.itertuples()
             ],
@@ -257,6 +261,10 @@ def create_app(
             },
             "thresholds": predictor.card["thresholds"],
             "thresholds_chosen": predictor.card.get("thresholds_chosen"),
+            "decisions": decisions or None,
+            "conformal": {"alpha": conformal["alpha"], "file": conformal.get("file")}
+            if conformal
+            else None,
             "model": predictor.card.get("model"),
             "overlays": overlays,
             "heatmaps": predictor.card["heatmaps"],

@@ -15,10 +15,17 @@ import numpy as np
 import torch
 
 from chexnet_pl.evaluation.calibration import Calibration
+from chexnet_pl.evaluation.conformal import find_conformal, with_calibration
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_sha256
 from chexnet_pl.model_identity import of_checkpoint
-from chexnet_pl.serving.card import identity_fields, model_card, read_sidecar, threshold_fields
+from chexnet_pl.serving.card import (
+    conformal_fields,
+    identity_fields,
+    model_card,
+    read_sidecar,
+    threshold_fields,
+)
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
 from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
@@ -86,6 +93,7 @@ def load_backend(
     image_size: int | None = None,
     thresholds: str | Path | None = None,
     calibration: str | Path | None = None,
+    conformal: str | Path | None = None,
 ) -> tuple[TorchBackend | OnnxBackend, dict]:
     """The backend and the model card (classes, image size, thresholds, checkpoint hash, and the
     calibration applied to the probabilities, if any).
@@ -94,7 +102,9 @@ def load_backend(
     them), or uses ``onnx`` (a file from ``chexnet_pl.export``) whose sidecar must name this
     checkpoint's SHA-256 and the file's own. ``calibration`` (an evaluation's calibration.json)
     is checked against the model's classes before anything else is done; thresholds read from
-    an aucs.csv, chosen on raw probabilities, are mapped through it.
+    an aucs.csv, chosen on raw probabilities, are mapped through it, and so is the conformal
+    rule (``conformal``, else the checkpoint's run's ``conformal.json``; the card's
+    ``"conformal"``).
     """
     from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.models.input_contract import input_size
@@ -121,6 +131,9 @@ def load_backend(
     values = list(operating.values)
     if scaling is not None and operating.source is not None:
         values = calibrated_thresholds(scaling, values, module.class_names)
+    rule = find_conformal(checkpoint, conformal, module.class_names)
+    if scaling is not None:
+        rule = with_calibration(rule, scaling, Path(str(calibration)).name)
     outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
     card = model_card(
         checkpoint, module.hparams.backbone, module.class_names, image_size,
@@ -132,6 +145,7 @@ def load_backend(
     card.update(identity_fields(of_checkpoint(module, checkpoint)))
     card["thresholds_source"] = operating.public_description
     card["heatmaps"] = served.heatmaps
+    card.update(conformal_fields(rule))
     card["calibration"] = None
     if scaling is not None:
         card["calibration"] = {**scaling.to_json(), "file": Path(calibration).name}

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chexnet_pl.evaluation.conformal import ConformalState
 from chexnet_pl.evaluation.thresholds import (
     DEFAULT_THRESHOLD,
     OperatingThresholds,
@@ -44,6 +45,31 @@ def threshold_fields(
         "threshold_notes": {n: operating.note(j) for j, n in enumerate(class_names)},
         "thresholds_chosen": operating.how,
     }
+
+
+def conformal_fields(state: ConformalState | None) -> dict[str, Any]:
+    """What a card says of its conformal rule (``evaluation.conformal``): ``"conformal"``, the
+    rule as ``conformal.json`` holds it with the file's name (and the calibration its
+    thresholds were mapped through), or null (no positive/negative/refer decisions)."""
+    if state is None:
+        return {"conformal": None}
+    entry = state.to_json()
+    entry["file"] = state.source.name if state.source else None
+    if state.mapped_through:
+        entry["mapped_through"] = state.mapped_through
+    return {"conformal": entry}
+
+
+def sidecar_conformal(
+    card: dict[str, Any], model_file: str | Path, class_names: list[str]
+) -> ConformalState | None:
+    """The conformal rule a sidecar carries (None: it has none), checked against the model's
+    classes; a damaged one is a ``DataError`` naming the sidecar."""
+    data = card.get("conformal")
+    if data is None:
+        return None
+    where = f'{sidecar_path(model_file)} (its "conformal")'
+    return ConformalState.from_json(data, class_names, where)
 
 
 def identity_fields(identity: ModelIdentity) -> dict[str, Any]:

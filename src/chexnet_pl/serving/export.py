@@ -22,10 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet_pl.evaluation.conformal import find_conformal
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
 from chexnet_pl.model_identity import of_parts
-from chexnet_pl.serving.card import identity_fields, model_card, threshold_fields
+from chexnet_pl.serving.card import (
+    conformal_fields,
+    identity_fields,
+    model_card,
+    threshold_fields,
+)
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
 
@@ -128,12 +134,15 @@ def export_checkpoint(
     out: str | Path | None = None,
     cams: bool = False,
     thresholds: str | Path | None = None,
+    conformal: str | Path | None = None,
 ) -> Path:
     """Export ``checkpoint`` as served (uint8 in, probabilities [and CAMs] out; ONNX also the
     pooled ``features``) to ``out``
     (default: beside the checkpoint, ``best.onnx`` / ``best.pt``; a folder: that name in it),
     check it against PyTorch on a batch of another size than the traced one, and publish it with
-    ``<out>.json`` (``publish``). Returns the model file."""
+    ``<out>.json`` (``publish``), which carries the conformal rule (``conformal=`` or the
+    checkpoint's run's ``conformal.json``: ``evaluation.conformal.find_conformal``) as
+    ``"conformal"``. Returns the model file."""
     from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.models.input_contract import input_size
 
@@ -167,6 +176,7 @@ def export_checkpoint(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
     )
     card.update(threshold_fields(operating, model.class_names))
+    card.update(conformal_fields(find_conformal(checkpoint, conformal, model.class_names)))
     card.update(identity_fields(of_parts(backbone, model.class_names, image_size, checkpoint)))
     card.update(
         {

@@ -16,6 +16,7 @@ from PIL import Image
 
 from chexnet_pl.data.resize import area_resize
 from chexnet_pl.evaluation.calibration import Calibration
+from chexnet_pl.evaluation.conformal import ConformalState
 from chexnet_pl.label_sets import resolve_label
 from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
 from chexnet_pl.serving.batching import BatchingQueue
@@ -59,6 +60,13 @@ class Predictor:
         ]
         notes = card.get("threshold_notes") or {}
         self.threshold_notes = [str(notes.get(name) or "") for name in self.class_names]
+        # the conformal rule (thresholds already on the probabilities served), or None
+        rule = card.get("conformal")
+        self.conformal = (
+            ConformalState.from_json(rule, self.class_names, "the served model's conformal rule")
+            if rule
+            else None
+        )
         self.queue: BatchingQueue[Job, JobResult] = BatchingQueue(self._run_batch, max_batch)
 
     def heat_choice(self, value: str) -> str | int:
@@ -117,6 +125,13 @@ class Predictor:
         return prediction_table(
             probabilities, self.class_names, thresholds=self.thresholds, notes=self.threshold_notes
         )
+
+    def decisions(self, probabilities: np.ndarray) -> dict[str, str] | None:
+        """Per finding, ``positive``, ``negative`` or ``refer`` (None: no conformal rule)."""
+        if self.conformal is None:
+            return None
+        decided = self.conformal.decide(np.asarray(probabilities)[None, :])[0]
+        return {n: str(d) for n, d in zip(self.class_names, decided, strict=True)}
 
     def close(self) -> None:
         self.queue.close()

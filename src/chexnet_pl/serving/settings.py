@@ -19,6 +19,7 @@ class ServeSettings:
     image_size: int | None
     thresholds: str | None
     calibration: str | None
+    conformal: str | None
     save_uploads: str | None
     max_upload_mb: float
     max_pixels: int
@@ -38,6 +39,7 @@ class ServeSettings:
         problems.number("image_size", self.image_size, minimum=1, integer=True, optional=True)
         problems.path("thresholds", self.thresholds)
         problems.path("calibration", self.calibration)
+        problems.path("conformal", self.conformal)
         problems.text("save_uploads", self.save_uploads, optional=True)
         problems.number("max_upload_mb", self.max_upload_mb, minimum=0, exclusive=True)
         problems.number("max_pixels", self.max_pixels, minimum=1, integer=True)
