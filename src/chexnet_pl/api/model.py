@@ -33,7 +33,8 @@ class Model:
 
     Attributes:
         path: the checkpoint or export it was read from.
-        backend: ``torch`` (a checkpoint), ``onnx`` or ``torchscript`` (an export).
+        backend: ``torch`` (a checkpoint), ``onnx`` or ``torchscript`` (an export), or
+            ``safetensors`` (an export rebuilt as the PyTorch network: everything a checkpoint does).
         class_names: the model's outputs, in order (``prob_<name>`` columns).
         image_size: the square size images are resized to (area interpolation), as trained.
         input_contract: what the model takes: backbone, image size, mean/std, input layout.
@@ -47,7 +48,8 @@ class Model:
         threshold_notes: per finding whose threshold is undefined or degenerate on validation,
             why (e.g. ``undefined: no positives on val``); findings with a usable one are absent.
         calibration: the calibration applied to every probability (``calibration=``), or None.
-        network: the PyTorch network (``XrayClassifier``) of a checkpoint; None for an export.
+        network: the PyTorch network (``XrayClassifier``) of a checkpoint or a safetensors
+            export; None for an ONNX or TorchScript export.
     """
 
     def __init__(
@@ -235,8 +237,9 @@ def load(
 
     Args:
         path: a checkpoint (``<run>/checkpoints/best.ckpt``, or one from
-            ``chexnet-import-weights``), or an export of one: ``best.onnx`` or ``best.pt``
-            with its ``.json`` sidecar (``chexnet-export``).
+            ``chexnet-import-weights``), or an export of one: ``best.onnx``, ``best.pt`` or
+            ``best.safetensors`` with its ``.json`` sidecar (``chexnet-export``); a safetensors
+            export is read with no pickle (its network rebuilt from the sidecar).
         device: where a checkpoint's network runs (``cpu``, ``cuda``, ``cuda:1``, ``mps``);
             exports run on the CPU.
         thresholds: an evaluation's ``aucs.csv`` whose ``threshold`` column gives the operating
@@ -249,7 +252,9 @@ def load(
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"model file not found: {path} (a .ckpt, or an export: .onnx / .pt)")
+        raise DataError(
+            f"model file not found: {path} (a .ckpt, or an export: .onnx / .pt / .safetensors)"
+        )
     fmt = EXPORT_FORMATS.get(path.suffix.lower())
     if fmt is None:
         return _load_checkpoint(path, device, thresholds, calibration)
@@ -262,12 +267,13 @@ def _load_checkpoint(path: Path, device: str, thresholds, calibration) -> Model:
     from chexnet_pl.checkpoints import load_run
     from chexnet_pl.models.contract import input_size
 
-    run = load_run(path, device=device)
+    run = load_run(path, device=device)  # a .safetensors export: rebuilt without pickle
     network = run.model.float() if device == "cpu" else run.model
     names = list(network.class_names)
     contract = {**asdict(network.input_contract), "input": "uint8 N×1×H×W gray"}
+    backend = "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
     return Model(
-        path, "torch", names, input_size(network), contract,
+        path, backend, names, input_size(network), contract,
         operating_thresholds(path, thresholds, names), calibration, network=network,
     )  # fmt: skip
 

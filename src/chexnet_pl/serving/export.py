@@ -1,5 +1,6 @@
-"""Export a checkpoint as it is served (``ServedModel``) to ONNX or TorchScript, check the file
-against PyTorch, and write its JSON sidecar.
+"""Export a checkpoint as it is served (``ServedModel``) to ONNX or TorchScript, or its network's
+weights to safetensors (``serving.safetensors_export``), check the file against PyTorch, and write
+its JSON sidecar and ``MODEL_CARD.md`` (``serving.model_card``) beside it.
 
 ONNX goes through ``torch.onnx.export(dynamo=True)``, the ``torch.export``-based exporter (the
 default since torch 2.9; it needs ``onnxscript``). The older TorchScript-based exporter
@@ -13,6 +14,7 @@ libtorch, and ONNX is the format to prefer.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 import warnings
@@ -26,12 +28,23 @@ from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
 from chexnet_pl.model_identity import of_parts
 from chexnet_pl.serving.card import identity_fields, model_card, threshold_fields
+from chexnet_pl.serving.model_card import write_model_card
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
+from chexnet_pl.serving.safetensors_export import (
+    network_fields,
+    safetensors_bytes,
+    safetensors_runner,
+)
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+EXPORTERS = {
+    "onnx": "torch.onnx.export(dynamo=True)",
+    "torchscript": "torch.jit.trace",
+    "safetensors": "safetensors.torch.save (the network's weights; rebuilt from 'network')",
+}
 # Exported probabilities must equal PyTorch's within this (checked at export and in the tests).
 PARITY_TOLERANCE = 1e-4
 
@@ -133,7 +146,9 @@ def export_checkpoint(
     pooled ``features``) to ``out``
     (default: beside the checkpoint, ``best.onnx`` / ``best.pt``; a folder: that name in it),
     check it against PyTorch on a batch of another size than the traced one, and publish it with
-    ``<out>.json`` (``publish``). Returns the model file."""
+    ``<out>.json`` (``publish``), then write ``MODEL_CARD.md`` beside it. ``fmt="safetensors"``:
+    the network's weights, rebuilt from the sidecar's ``network`` to be checked. Returns the
+    model file."""
     from chexnet_pl.checkpoints import load_run
     from chexnet_pl.models.contract import input_size
 
@@ -147,13 +162,22 @@ def export_checkpoint(
     backbone = model.hparams.backbone
     image_size = input_size(model, image_size, error=ServingError)  # before any export work
     # ONNX exports carry the pooled features too (chexnet_pl.load(...).features on an export);
-    # TorchScript keeps its outputs as they were.
-    served = ServedModel(model, cams=cams, features=fmt == "onnx").eval()
+    # TorchScript keeps its outputs as they were; safetensors is the whole network again.
+    served = ServedModel(model, cams=cams, features=fmt != "torchscript").eval()
 
-    data = (
-        onnx_bytes(served, image_size) if fmt == "onnx" else torchscript_bytes(served, image_size)
-    )
-    differences = max_difference(served, runner(fmt, data), example_images(3, image_size, seed=1))
+    extra = {}
+    if fmt == "safetensors":
+        extra["network"] = network_fields(model, image_size)
+        data = safetensors_bytes(model)
+        run_export = safetensors_runner(extra["network"], data, served, checkpoint)
+    else:
+        data = (
+            onnx_bytes(served, image_size)
+            if fmt == "onnx"
+            else torchscript_bytes(served, image_size)
+        )
+        run_export = runner(fmt, data)
+    differences = max_difference(served, run_export, example_images(3, image_size, seed=1))
     if differences[0] > PARITY_TOLERANCE:
         raise ServingError(
             f"the {fmt} export of {checkpoint} differs from PyTorch by {differences[0]:.2e} in its "
@@ -173,17 +197,21 @@ def export_checkpoint(
             "checkpoint_file": identity,  # predict trusts the SHA-256 while this is unchanged
             "format": fmt,
             "file": out.name,
-            "exporter": "torch.onnx.export(dynamo=True)" if fmt == "onnx" else "torch.jit.trace",
+            "exporter": EXPORTERS[fmt],
             "torch": torch.__version__,
             "max_abs_difference_vs_pytorch": dict(
                 zip(served.output_names, differences, strict=True)
             ),
+            **extra,
         }
     )
     sidecar = publish(out, data, card)
+    card_file = write_model_card(
+        checkpoint, out.parent, json.loads(sidecar.read_text()), thresholds
+    )
     log.info(
-        "%s → %s (%.1f MB) and %s; outputs %s, largest difference from PyTorch %s",
-        checkpoint, out, out.stat().st_size / 1e6, sidecar.name, served.output_names,
+        "%s → %s (%.1f MB), %s and %s; outputs %s, largest difference from PyTorch %s",
+        checkpoint, out, out.stat().st_size / 1e6, sidecar.name, card_file.name, served.output_names,
         ", ".join(f"{d:.1e}" for d in differences),
     )  # fmt: skip
     return out
