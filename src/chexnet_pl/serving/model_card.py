@@ -54,6 +54,10 @@ AUCS = "aucs.csv"
 GAP = "gap (max - min)"  # evaluation.subgroups.GAP
 MEAN_PREFIX = "Mean"
 LEAVES_SHOWN = 40
+# Data settings that say how images were loaded, not which: left out of "Training data".
+MECHANICS = ("augment", "decode_check", "report_dir", "batch_size", "eval_batch_size",
+             "num_workers", "pin_memory", "cache", "loader", "device_memory_share",
+             "check_images", "_convert_")  # fmt: skip
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -459,7 +463,7 @@ class _Card:
         data = (self.config or {}).get("data")
         if isinstance(data, Mapping):
             lines = [f"From {self.config_file} (`data`, as written):"]
-            lines += _settings_lines(data, skip=("augment", "decode_check", "report_dir"))
+            lines += _settings_lines(data, skip=MECHANICS)
         else:
             stored = self.stored.get("datamodule_hyper_parameters")
             if not stored:
@@ -467,7 +471,7 @@ class _Card:
                         "config_resolved.yaml or .hydra/config.yaml, and no data settings in "
                         f"{self.checkpoint.name})."]  # fmt: skip
             lines = [f"From the data settings stored in {self.checkpoint.name}:"]
-            lines += _settings_lines(stored, skip=("augment", "decode_check", "report_dir"))
+            lines += _settings_lines(stored, skip=MECHANICS)
         trainer = (self.config or {}).get("trainer") or {}
         if isinstance(trainer, Mapping) and "max_epochs" in trainer:
             lines.append(f"- `trainer.max_epochs`: `{trainer['max_epochs']}`")
