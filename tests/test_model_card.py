@@ -92,6 +92,8 @@ def test_every_export_format_writes_a_model_card_with_the_sections(evaluated_run
     sidecar = read_sidecar(out)
     assert f"`{fmt}` (`{out.name}`, SHA-256 `{sidecar['model_sha256']}`)" in text
     assert f"Checkpoint SHA-256: `{sidecar['checkpoint_sha256']}`" in text
+    fitted = json.loads((evaluated_run / "calibration.json").read_text())
+    assert sidecar["calibration"] == {**fitted, "file": "calibration.json", "applied": False}
     assert not list(out.parent.glob("*.partial"))  # written whole (files.atomic_write)
 
 

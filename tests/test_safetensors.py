@@ -75,6 +75,7 @@ def test_the_export_is_weights_and_a_sidecar_that_rebuilds_the_network(run, expo
     }  # fmt: skip
     assert card["model_sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
     assert card["thresholds"]["Edema"] is None  # undefined stays undefined
+    assert card["calibration"] is None  # its evaluation fitted none
     with safe_open(str(exported), "pt") as stored:  # tensors only, the network's names
         assert "net.classifier.weight" in set(stored.keys())
     assert (exported.parent / "MODEL_CARD.md").is_file()
@@ -112,6 +113,32 @@ def test_chexnet_predict_takes_it_as_ckpt(run, exported, nih_sample, tmp_path):
     columns = [c for c in expected if c.startswith("prob_")]
     difference = table.loc[expected.index, columns].to_numpy() - expected[columns].to_numpy()
     assert np.abs(difference).max() <= TOLERANCE
+
+
+@pytest.mark.slow  # launches the commands
+def test_the_commands_export_it_and_predict_with_it(run, nih_sample, tmp_path):
+    """``chexnet-export format=safetensors`` then ``chexnet-predict ckpt=<it>``, as a user runs
+    them: the probabilities are the checkpoint's."""
+    import subprocess
+
+    from conftest import console_script
+
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    out = tmp_path / "model.safetensors"
+    for name, args in (
+        ("export", [f"ckpt={checkpoint}", "format=safetensors", f"out={out}"]),
+        ("predict", [f"ckpt={out}", f"image={images(nih_sample, 1)[0]}", f"out={tmp_path / 'p'}"]),
+    ):
+        result = subprocess.run(
+            [*console_script(name), *args, f"hydra.run.dir={tmp_path / name}"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert (tmp_path / "MODEL_CARD.md").is_file()
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    expected = chexnet_pl.load(checkpoint).predict(images(nih_sample, 1))
+    columns = [c for c in expected if c.startswith("prob_")]
+    assert np.abs(table[columns].to_numpy() - expected[columns].to_numpy()).max() <= TOLERANCE
 
 
 def test_loading_it_unpickles_nothing(exported, nih_sample, monkeypatch):

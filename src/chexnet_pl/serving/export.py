@@ -28,7 +28,7 @@ from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
 from chexnet_pl.model_identity import of_parts
 from chexnet_pl.serving.card import identity_fields, model_card, threshold_fields
-from chexnet_pl.serving.model_card import write_model_card
+from chexnet_pl.serving.model_card import calibration_fields, write_model_card
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.safetensors_export import (
     network_fields,
@@ -191,6 +191,7 @@ def export_checkpoint(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
     )
     card.update(threshold_fields(operating, model.class_names))
+    card.update(calibration_fields(operating.source, model.class_names))
     card.update(identity_fields(of_parts(backbone, model.class_names, image_size, checkpoint)))
     card.update(
         {

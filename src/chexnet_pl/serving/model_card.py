@@ -201,6 +201,19 @@ def find_evaluations(
     return found
 
 
+def calibration_fields(thresholds_source: Path | None, class_names: Sequence[str]) -> dict:
+    """The sidecar's ``calibration``: the ``calibration.json`` fitted by the evaluation whose
+    thresholds the export records (beside that ``aucs.csv``), checked, with its file name; None
+    when that evaluation fitted none. Recorded, not applied: ``calibration=`` applies one."""
+    from chexnet_pl.evaluation.calibration import Calibration
+
+    path = Path(thresholds_source).parent / "calibration.json" if thresholds_source else None
+    if path is None or not path.is_file():
+        return {"calibration": None}
+    fitted = Calibration.read(path, list(class_names))
+    return {"calibration": {**fitted.to_json(), "file": path.name, "applied": False}}
+
+
 def _checkpoint_parts(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's stored settings and any ``ood``/``conformal`` state (weights unread)."""
     if checkpoint.suffix.lower() != ".ckpt" or not checkpoint.is_file():
