@@ -150,6 +150,15 @@ def test_sections_without_data_say_so(tmp_path):
     assert 'No conformal "refer" calibration is recorded' in parts["Caveats and recommendations"]
 
 
+def test_a_damaged_run_file_stops_the_export_before_anything_is_written(tmp_path):
+    checkpoint = random_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", "resnet18", SIZE)
+    (tmp_path / "run" / "model.json").write_text('{"backbone": "resnet18", ')  # cut short
+    (tmp_path / "out").mkdir()
+    with pytest.raises(chexnet_pl.errors.DataError, match=r"run/model.json is damaged"):
+        export_checkpoint(checkpoint, "torchscript", out=tmp_path / "out/")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
 def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
     evaluated_run, tmp_path, monkeypatch
 ):

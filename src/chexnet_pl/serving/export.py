@@ -13,8 +13,8 @@ libtorch, and ONNX is the format to prefer.
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
 import logging
 import time
 import warnings
@@ -27,8 +27,8 @@ import torch
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
 from chexnet_pl.model_identity import of_parts
-from chexnet_pl.serving.card import identity_fields, model_card, threshold_fields
-from chexnet_pl.serving.model_card import calibration_fields, write_model_card
+from chexnet_pl.serving.card import identity_fields, model_card, sidecar_path, threshold_fields
+from chexnet_pl.serving.model_card import calibration_fields, card_text, publish_card
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.safetensors_export import (
     network_fields,
@@ -206,13 +206,15 @@ def export_checkpoint(
             **extra,
         }
     )
-    sidecar = publish(out, data, card)
-    card_file = write_model_card(
-        checkpoint, out.parent, json.loads(sidecar.read_text()), thresholds
-    )
+    # The card is read from the run's files before anything is written: a damaged one stops here.
+    text = card_text(checkpoint, {**card, "model_sha256": hashlib.sha256(data).hexdigest()},
+                     thresholds)  # fmt: skip
+    publish(out, data, card)
+    card_file = publish_card(out.parent, text)
     log.info(
         "%s → %s (%.1f MB), %s and %s; outputs %s, largest difference from PyTorch %s",
-        checkpoint, out, out.stat().st_size / 1e6, sidecar.name, card_file.name, served.output_names,
+        checkpoint, out, out.stat().st_size / 1e6, sidecar_path(out).name, card_file.name,
+        served.output_names,
         ", ".join(f"{d:.1e}" for d in differences),
     )  # fmt: skip
     return out

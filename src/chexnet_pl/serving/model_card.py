@@ -583,7 +583,11 @@ def write_model_card(
     evaluations: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``<folder>/MODEL_CARD.md`` atomically (``files.atomic_write``); returns its path."""
-    text = card_text(checkpoint, sidecar, thresholds, evaluations)
+    return publish_card(folder, card_text(checkpoint, sidecar, thresholds, evaluations))
+
+
+def publish_card(folder: str | Path, text: str) -> Path:
+    """``text`` as ``<folder>/MODEL_CARD.md``, written atomically; returns its path."""
     path = Path(folder).expanduser() / CARD_FILE
     with atomic_write(path) as partial:
         partial.write_text(text)
