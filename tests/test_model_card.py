@@ -185,6 +185,11 @@ def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
     assert "- `method`: `mahalanobis`" in caveats and "- `threshold`: `12.5`" in caveats
     assert "- `alpha`: `0.1`" in caveats and "- `thresholds.Edema`: `[0.2, 0.7]`" in caveats
     assert "No out-of-distribution detector" not in caveats
+    # The API on the export (away from its run: the sidecar's state, no evaluation found).
+    again = chexnet_pl.model_card(out, out=tmp_path / "api")
+    assert again == tmp_path / "api" / CARD_FILE
+    caveats = sections(again.read_text())["Caveats and recommendations"]
+    assert "- `method`: `mahalanobis`" in caveats and "No evaluation of this model" in caveats
 
 
 def test_external_and_expert_folders_given_are_reported(evaluated_run, tmp_path):

@@ -589,6 +589,7 @@ def write_model_card(
 def publish_card(folder: str | Path, text: str) -> Path:
     """``text`` as ``<folder>/MODEL_CARD.md``, written atomically; returns its path."""
     path = Path(folder).expanduser() / CARD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as partial:
         partial.write_text(text)
     log.info("model card → %s", path)
