@@ -154,7 +154,7 @@ def test_cams_of_a_head_without_cam_is_a_clear_error(backbone):
 def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):
     checkpoint = densenet_run / "checkpoints" / "best.ckpt"
     with pytest.raises(
-        ServingError, match=r"format='tflite'; use one of \['onnx', 'torchscript'\]"
+        ServingError, match=r"format='tflite'; use one of \['onnx', 'safetensors', 'torchscript'\]"
     ):
         export_checkpoint(checkpoint, "tflite")
     with pytest.raises(
@@ -227,7 +227,7 @@ def test_out_an_existing_folder_writes_the_default_name_inside(resnet_checkpoint
     folder.mkdir()
     written = export_checkpoint(resnet_checkpoint, "torchscript", out=folder)
     assert written == folder / "best.pt"
-    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "best.pt.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "best.pt", "best.pt.json"]
     card = read_sidecar(written)
     assert card["model_sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
     assert card["checkpoint"] == "best.ckpt"  # the name: the sidecar travels with the model
@@ -286,7 +286,11 @@ def test_an_export_stopped_between_its_two_renames_is_refused_by_readers(
     with pytest.raises(KeyboardInterrupt):
         export_checkpoint(resnet_checkpoint, "torchscript", image_size=96, out=out)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "MODEL_CARD.md",
+        "model.pt",
+        "model.pt.json",
+    ]
     with pytest.raises(
         ServingError, match=r"model.pt.json describes another model than .*model.pt"
     ):
@@ -325,7 +329,11 @@ def test_export_command_on_bad_destinations(resnet_checkpoint, tmp_path):
     status, output = export(folder, "run2")
     assert status == 0, output[-3000:]
     assert f"removing {folder / 'best.onnx.partial'}: left by an export that was stopped" in output
-    assert sorted(p.name for p in folder.iterdir()) == ["best.onnx", "best.onnx.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "MODEL_CARD.md",
+        "best.onnx",
+        "best.onnx.json",
+    ]
     assert "Traceback" not in output
     read_sidecar(folder / "best.onnx")
 

@@ -9,6 +9,7 @@ The Python API (importing the package loads none of it, nor torch, until a name 
     heat = model.explain("xray.png", "Effusion")  # H×W in [0, 1]
     cx.overlay("xray.png", heat).save("effusion.png")
     embedding = model.features(["xray.png"])      # N×D
+    cx.model_card("outputs/train/2026-12-01/09-30-00")  # MODEL_CARD.md from the run's files
     result = cx.evaluate(table, "/data/nih")      # .aucs, .calibration, .subgroups, .write()
     test = cx.datasets.NIH("/data/nih", split="test", image_size=224)
     run_folder = cx.train(["experiment=densenet121", "data.root=/data/nih"])
@@ -30,6 +31,7 @@ _LAZY = {
     "load": ("chexnet_pl.api.model", "load"),
     "Model": ("chexnet_pl.api.model", "Model"),
     "overlay": ("chexnet_pl.api.model", "overlay"),
+    "model_card": ("chexnet_pl.serving.model_card", "model_card"),
     "evaluate": ("chexnet_pl.api.evaluation", "evaluate"),
     "Evaluation": ("chexnet_pl.api.evaluation", "Evaluation"),
     "train": ("chexnet_pl.api.training", "train"),

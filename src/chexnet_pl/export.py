@@ -1,9 +1,11 @@
 """Export a trained checkpoint as the model is served (uint8 gray images in, probabilities and,
-with cams=true, class activation maps out) to ONNX or TorchScript, checked against PyTorch
-before it is written, with a JSON sidecar (classes, preprocessing, thresholds, SHA-256).
+with cams=true, class activation maps out) to ONNX or TorchScript, or its network's weights to
+safetensors (read back with no pickle), checked against PyTorch before it is written, with a JSON
+sidecar (classes, preprocessing, thresholds, SHA-256) and MODEL_CARD.md beside it.
 
   chexnet-export ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt format=onnx cams=true
   chexnet-export ckpt=best.ckpt format=torchscript image_size=224 out=model.pt
+  chexnet-export ckpt=best.ckpt format=safetensors
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def export(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def hydra_main(cfg: DictConfig) -> None:
     path = Path(run_or_exit(export, cfg))
-    log_outputs(path.parent, [path.name, f"{path.name}.json"])
+    log_outputs(path.parent, [path.name, f"{path.name}.json", "MODEL_CARD.md"])
 
 
 def main() -> None:

@@ -39,7 +39,8 @@ class Model:
 
     Attributes:
         path: the checkpoint or export it was read from.
-        backend: ``torch`` (a checkpoint), ``onnx`` or ``torchscript`` (an export).
+        backend: ``torch`` (a checkpoint), ``onnx`` or ``torchscript`` (an export), or
+            ``safetensors`` (an export rebuilt as the PyTorch network: everything a checkpoint does).
         class_names: the model's outputs, in order (``prob_<name>`` columns).
         image_size: the square size images are resized to (area interpolation), as trained.
         input_contract: what the model takes: backbone, image size, mean/std, input layout.
@@ -56,7 +57,8 @@ class Model:
         conformal: the conformal positive/negative/refer rule (``decision_<name>``;
             ``evaluation.conformal``): ``conformal=`` given, else the ``conformal.json`` beside
             the checkpoint or in its run folder (an export: the one in its sidecar), else None.
-        network: the PyTorch network (``XrayClassifier``) of a checkpoint; None for an export.
+        network: the PyTorch network (``XrayClassifier``) of a checkpoint or a safetensors
+            export; None for an ONNX or TorchScript export.
     """
 
     def __init__(
@@ -251,8 +253,9 @@ def load(
 
     Args:
         path: a checkpoint (``<run>/checkpoints/best.ckpt``, or one from
-            ``chexnet-import-weights``), or an export of one: ``best.onnx`` or ``best.pt``
-            with its ``.json`` sidecar (``chexnet-export``).
+            ``chexnet-import-weights``), or an export of one: ``best.onnx``, ``best.pt`` or
+            ``best.safetensors`` with its ``.json`` sidecar (``chexnet-export``); a safetensors
+            export is read with no pickle (its network rebuilt from the sidecar).
         device: where a checkpoint's network runs (``cpu``, ``cuda``, ``cuda:1``, ``mps``);
             exports run on the CPU.
         thresholds: an evaluation's ``aucs.csv`` whose ``threshold`` column gives the operating
@@ -267,7 +270,9 @@ def load(
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"model file not found: {path} (a .ckpt, or an export: .onnx / .pt)")
+        raise DataError(
+            f"model file not found: {path} (a .ckpt, or an export: .onnx / .pt / .safetensors)"
+        )
     fmt = EXPORT_FORMATS.get(path.suffix.lower())
     if fmt is None:
         return _load_checkpoint(path, device, thresholds, calibration, conformal)
@@ -280,14 +285,21 @@ def _load_checkpoint(path: Path, device: str, thresholds, calibration, conformal
     from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.models.input_contract import input_size
 
-    run = load_run(path, device=device)
+    run = load_run(path, device=device)  # a .safetensors export: rebuilt without pickle
     network = run.model.float() if device == "cpu" else run.model
     names = list(network.class_names)
     contract = {**asdict(network.input_contract), "input": "uint8 N×1×H×W gray"}
+    backend = "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
+    if backend == "safetensors" and not conformal:  # an export's rule is the one in its sidecar
+        from chexnet_pl.serving.card import read_sidecar, sidecar_conformal
+
+        rule = sidecar_conformal(read_sidecar(path), path, names)
+    else:
+        rule = find_conformal(path, conformal, names)
     return Model(
-        path, "torch", names, input_size(network), contract,
+        path, backend, names, input_size(network), contract,
         operating_thresholds(path, thresholds, names), calibration, network=network,
-        conformal=find_conformal(path, conformal, names),
+        conformal=rule,
     )  # fmt: skip
 
 

@@ -43,8 +43,14 @@ class Run:
 def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
     """The checkpoint's network (an ``XrayClassifier``: eval mode, on ``device`` or the GPU when
     there is one) and data settings; ImageNet weights are never fetched, the checkpoint holds
-    every weight. Lightning is not needed (nor imported) to read a run back."""
+    every weight. Lightning is not needed (nor imported) to read a run back. A safetensors
+    export (``<name>.safetensors`` with its sidecar) is read without pickle instead
+    (``serving.safetensors_export``)."""
     path = Path(checkpoint).expanduser()
+    if path.suffix.lower() == ".safetensors":
+        from chexnet_pl.serving.safetensors_export import load_safetensors_run
+
+        return load_safetensors_run(path, device)
     stored = read_checkpoint(path)
     hparams = stored.get("hyper_parameters")
     if not isinstance(stored.get("state_dict"), dict) or not isinstance(hparams, dict):

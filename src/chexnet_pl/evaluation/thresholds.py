@@ -2,7 +2,8 @@
 
 ``predict``, ``visualize``, ``serve`` and ``export`` mark a finding "above" its threshold with the
 thresholds an evaluation chose on validation (``aucs.csv``, the ``threshold`` column):
-``thresholds=<aucs.csv>`` when given; else the ``aucs.csv`` of the checkpoint's run (beside the
+``thresholds=<aucs.csv>`` when given; else, for a safetensors export, those its sidecar
+records; else the ``aucs.csv`` of the checkpoint's run (beside the
 checkpoint, or in its run folder: ``<run>/checkpoints/best.ckpt`` → ``<run>/aucs.csv``, which
 ``train`` writes for its best checkpoint); else 0.5 for every class, with a one-line warning.
 The output says which file was read. ``evaluate`` is where those thresholds are chosen: Youden's J
@@ -169,6 +170,10 @@ def operating_thresholds(
 ) -> OperatingThresholds:
     """The thresholds the module docstring's rule gives; logs which file was read (or warns)."""
     checkpoint = Path(checkpoint).expanduser()
+    if not aucs_csv and checkpoint.suffix.lower() == ".safetensors":  # its sidecar's thresholds
+        from chexnet_pl.serving.safetensors_export import recorded_thresholds
+
+        return recorded_thresholds(checkpoint, class_names)
     if aucs_csv:
         source, found = Path(aucs_csv).expanduser(), "given as thresholds="
     elif (located := _run_aucs(checkpoint)) is not None:

@@ -1,5 +1,6 @@
-"""Export a checkpoint as it is served (``ServedModel``) to ONNX or TorchScript, check the file
-against PyTorch, and write its JSON sidecar.
+"""Export a checkpoint as it is served (``ServedModel``) to ONNX or TorchScript, or its network's
+weights to safetensors (``serving.safetensors_export``), check the file against PyTorch, and write
+its JSON sidecar and ``MODEL_CARD.md`` (``serving.model_card``) beside it.
 
 ONNX goes through ``torch.onnx.export(dynamo=True)``, the ``torch.export``-based exporter (the
 default since torch 2.9; it needs ``onnxscript``). The older TorchScript-based exporter
@@ -12,6 +13,7 @@ libtorch, and ONNX is the format to prefer.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -30,14 +32,26 @@ from chexnet_pl.serving.card import (
     conformal_fields,
     identity_fields,
     model_card,
+    sidecar_path,
     threshold_fields,
 )
+from chexnet_pl.serving.model_card import calibration_fields, card_text, publish_card
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
+from chexnet_pl.serving.safetensors_export import (
+    network_fields,
+    safetensors_bytes,
+    safetensors_runner,
+)
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+EXPORTERS = {
+    "onnx": "torch.onnx.export(dynamo=True)",
+    "torchscript": "torch.jit.trace",
+    "safetensors": "safetensors.torch.save (the network's weights; rebuilt from 'network')",
+}
 # Exported probabilities must equal PyTorch's within this (checked at export and in the tests).
 PARITY_TOLERANCE = 1e-4
 
@@ -142,7 +156,9 @@ def export_checkpoint(
     check it against PyTorch on a batch of another size than the traced one, and publish it with
     ``<out>.json`` (``publish``), which carries the conformal rule (``conformal=`` or the
     checkpoint's run's ``conformal.json``: ``evaluation.conformal.find_conformal``) as
-    ``"conformal"``. Returns the model file."""
+    ``"conformal"``, then write ``MODEL_CARD.md`` beside it. ``fmt="safetensors"``: the
+    network's weights, rebuilt from the sidecar's ``network`` to be checked. Returns the model
+    file."""
     from chexnet_pl.checkpoints.runs import load_run
     from chexnet_pl.models.input_contract import input_size
 
@@ -156,13 +172,22 @@ def export_checkpoint(
     backbone = model.hparams.backbone
     image_size = input_size(model, image_size, error=ServingError)  # before any export work
     # ONNX exports carry the pooled features too (chexnet_pl.load(...).features on an export);
-    # TorchScript keeps its outputs as they were.
-    served = ServedModel(model, cams=cams, features=fmt == "onnx").eval()
+    # TorchScript keeps its outputs as they were; safetensors is the whole network again.
+    served = ServedModel(model, cams=cams, features=fmt != "torchscript").eval()
 
-    data = (
-        onnx_bytes(served, image_size) if fmt == "onnx" else torchscript_bytes(served, image_size)
-    )
-    differences = max_difference(served, runner(fmt, data), example_images(3, image_size, seed=1))
+    extra = {}
+    if fmt == "safetensors":
+        extra["network"] = network_fields(model, image_size)
+        data = safetensors_bytes(model)
+        run_export = safetensors_runner(extra["network"], data, served, checkpoint)
+    else:
+        data = (
+            onnx_bytes(served, image_size)
+            if fmt == "onnx"
+            else torchscript_bytes(served, image_size)
+        )
+        run_export = runner(fmt, data)
+    differences = max_difference(served, run_export, example_images(3, image_size, seed=1))
     if differences[0] > PARITY_TOLERANCE:
         raise ServingError(
             f"the {fmt} export of {checkpoint} differs from PyTorch by {differences[0]:.2e} in its "
@@ -177,23 +202,30 @@ def export_checkpoint(
     )
     card.update(threshold_fields(operating, model.class_names))
     card.update(conformal_fields(find_conformal(checkpoint, conformal, model.class_names)))
+    card.update(calibration_fields(operating.source, model.class_names))
     card.update(identity_fields(of_parts(backbone, model.class_names, image_size, checkpoint)))
     card.update(
         {
             "checkpoint_file": identity,  # predict trusts the SHA-256 while this is unchanged
             "format": fmt,
             "file": out.name,
-            "exporter": "torch.onnx.export(dynamo=True)" if fmt == "onnx" else "torch.jit.trace",
+            "exporter": EXPORTERS[fmt],
             "torch": torch.__version__,
             "max_abs_difference_vs_pytorch": dict(
                 zip(served.output_names, differences, strict=True)
             ),
+            **extra,
         }
     )
-    sidecar = publish(out, data, card)
+    # The card is read from the run's files before anything is written: a damaged one stops here.
+    text = card_text(checkpoint, {**card, "model_sha256": hashlib.sha256(data).hexdigest()},
+                     thresholds)  # fmt: skip
+    publish(out, data, card)
+    card_file = publish_card(out.parent, text)
     log.info(
-        "%s → %s (%.1f MB) and %s; outputs %s, largest difference from PyTorch %s",
-        checkpoint, out, out.stat().st_size / 1e6, sidecar.name, served.output_names,
+        "%s → %s (%.1f MB), %s and %s; outputs %s, largest difference from PyTorch %s",
+        checkpoint, out, out.stat().st_size / 1e6, sidecar_path(out).name, card_file.name,
+        served.output_names,
         ", ".join(f"{d:.1e}" for d in differences),
     )  # fmt: skip
     return out
