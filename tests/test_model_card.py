@@ -162,8 +162,8 @@ def test_a_damaged_run_file_stops_the_export_before_anything_is_written(tmp_path
 def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
     evaluated_run, tmp_path, monkeypatch
 ):
-    """Whatever the sidecar builder adds (here the OOD and conformal state the other items of
-    issue 34 record) is in the safetensors sidecar and in the card, key by key."""
+    """Whatever the sidecar builder adds (here an OOD state; the conformal rule is the run's
+    own) is in the safetensors sidecar and in the card, key by key."""
     from chexnet_pl.serving import export
 
     real = export.model_card
@@ -172,7 +172,6 @@ def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
         return {
             **real(*args, **kwargs),
             "ood": {"method": "mahalanobis", "threshold": 12.5, "false_alarm_rate": 0.05},
-            "conformal": {"alpha": 0.1, "thresholds": {"Edema": [0.2, 0.7]}},
         }
 
     monkeypatch.setattr(export, "model_card", with_state)
@@ -183,7 +182,10 @@ def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
     assert sidecar["ood"]["threshold"] == 12.5 and sidecar["conformal"]["alpha"] == 0.1
     caveats = sections((tmp_path / CARD_FILE).read_text())["Caveats and recommendations"]
     assert "- `method`: `mahalanobis`" in caveats and "- `threshold`: `12.5`" in caveats
-    assert "- `alpha`: `0.1`" in caveats and "- `thresholds.Edema`: `[0.2, 0.7]`" in caveats
+    # the conformal rule is the run's own conformal.json (evaluate wrote it), key by key
+    rule = json.loads((evaluated_run / "conformal.json").read_text())
+    assert sidecar["conformal"]["classes"] == rule["classes"]
+    assert f"- `alpha`: `{rule['alpha']}`" in caveats and "- `classes.Atelectasis.n_positive`" in caveats
     assert "No out-of-distribution detector" not in caveats
     # The API on the export (away from its run: the sidecar's state, no evaluation found).
     again = chexnet_pl.model_card(out, out=tmp_path / "api")
