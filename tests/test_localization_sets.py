@@ -154,7 +154,8 @@ def test_rsna_boxes(tmp_path, nih_checkpoint, rsna_root):
     _check_table(table)
     labels = pd.read_csv(rsna_root / "stage_2_train_labels.csv.zip")
     positive = labels[labels["Target"] == 1]
-    assert list(table.index) == ["Lung Opacity", "All"]  # max(Pneumonia, Consolidation, Infiltration)
+    # Lung Opacity: NIH's max(Pneumonia, Consolidation, Infiltration)
+    assert list(table.index) == ["Lung Opacity", "All"]
     row = table.loc["Lung Opacity"]
     assert row["reference"] == "box" and row["boxes"] == len(positive)
     assert row["images"] == positive["patientId"].nunique()

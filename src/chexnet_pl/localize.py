@@ -103,7 +103,7 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     run = load_run(cfg.ckpt)
     model = run.model
     out_dir = Path(cfg.paths.output_dir)
-    if cfg.data.get("_target_"):  # VinDr-CXR, RSNA Pneumonia, SIIM-ACR: evaluation/localization_sets
+    if cfg.data.get("_target_"):  # VinDr-CXR, RSNA, SIIM-ACR: evaluation/localization_sets
         return _localize_dataset(run, settings, out_dir)
     given = cfg.data.root or run.data_settings.get("root")
     if not given:  # Path("") is the current folder: never read boxes from wherever this runs
