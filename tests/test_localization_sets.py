@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SHARED_DATA, compose_config, random_checkpoint
-from dicom_datasets import make_rsna_root, make_siim_root, write_xray_dicom
+from dicom_datasets import make_rsna_root, make_siim_root, make_vindr_full_size_root
 
 from chexnet_pl.errors import ChexnetError
 from chexnet_pl.evaluation.localization import T_VALUES, summarize
@@ -43,25 +43,13 @@ def _need(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vindr_table() -> pd.DataFrame:
-    table = pd.read_csv(_need(VINDR_CSV))
-    first = pd.unique(table["image_id"])[:24]
-    return table[table["image_id"].isin(set(first))].reset_index(drop=True)
+def vindr_root(tmp_path_factory) -> Path:
+    return make_vindr_full_size_root(tmp_path_factory.mktemp("vindr"), _need(VINDR_CSV), 24)
 
 
 @pytest.fixture(scope="module")
-def vindr_root(tmp_path_factory, vindr_table) -> Path:
-    """train.csv with every row of the real table's first 24 images; each DICOM as large as its
-    boxes need (the release's images are ~2,000-3,000 px; the table has no sizes), else 64 px."""
-    root = tmp_path_factory.mktemp("vindr")
-    vindr_table.to_csv(root / "train.csv", index=False)
-    rng = np.random.default_rng(0)
-    for image, rows in vindr_table.groupby("image_id", sort=False):
-        width = int(np.ceil(np.nan_to_num(rows["x_max"].max(), nan=0))) + 16
-        height = int(np.ceil(np.nan_to_num(rows["y_max"].max(), nan=0))) + 16
-        pixels = rng.integers(0, 255, (max(height, 64), max(width, 64)), dtype=np.uint8)
-        write_xray_dicom(root / "train" / f"{image}.dicom", pixels, image, "M", "050Y", "PA")
-    return root
+def vindr_table(vindr_root) -> pd.DataFrame:
+    return pd.read_csv(vindr_root / "train.csv")
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +229,37 @@ def test_bad_settings_are_refused_before_any_image(tmp_path, nih_checkpoint, sii
     with pytest.raises(ChexnetError, match="data.root"):
         localize(compose_config("localize", tmp_path, f"ckpt={nih_checkpoint}",
                                 "data=siim_pneumothorax"))  # fmt: skip
+
+
+def test_nih_boxes_keep_their_table_with_the_reference_column(tmp_path, nih_sample):
+    """NIH's box list: the same table, every box a ``box`` reference, NIH's patients resampled."""
+    ckpt = random_checkpoint(tmp_path / "best.ckpt", "resnet18", 32, root=str(nih_sample))
+    table = localize(compose_config("localize", tmp_path / "out", f"ckpt={ckpt}",
+                                    f"data.root={nih_sample}", "bootstrap_samples=50"))  # fmt: skip
+    boxes = pd.read_csv(nih_sample / "BBox_List_2017.csv")
+    assert set(table["reference"]) == {"box"}
+    assert table.loc["All", "boxes"] == len(boxes)
+    assert table.loc["All", "images"] == boxes["Image Index"].nunique()
+    patients = boxes["Image Index"].str.split("_").str[0].nunique()
+    assert table.loc["All", "patients"] == patients
+    assert table.loc["All", "pointing_low"] <= table.loc["All", "pointing"]
+    assert table.loc["All", "pointing"] <= table.loc["All", "pointing_high"]
+
+
+def test_boxes_outside_the_image_masks_of_another_size_and_data_without_either(
+    tmp_path, nih_checkpoint, chexpert_root
+):
+    from chexnet_pl.errors import DataError
+
+    outside = Reference("img1", "p", "Effusion", "Pleural effusion", "R8",
+                        boxes=((1500.0, 200.0, 300.0, 300.0),))  # fmt: skip
+    with pytest.raises(DataError, match=r"img1: the Pleural effusion box .*outside the image "
+                                        r"x\.dicom \(1000×800 pixels\)"):  # fmt: skip
+        truth_mask(outside, (800, 1000), "x.dicom")
+    mask = Reference("img2", "p", "Pneumothorax", "Pneumothorax", "mask", masks=("5 10",),
+                     region=True)  # fmt: skip
+    with pytest.raises(DataError, match=r"img2: its masks are of a 1024×1024 image.*512×512"):
+        truth_mask(mask, (512, 512), "y.dcm")
+    with pytest.raises(ChexnetError, match="CheXpertDataModule has no boxes or masks"):
+        localize(compose_config("localize", tmp_path, f"ckpt={nih_checkpoint}", "data=chexpert",
+                                f"data.root={chexpert_root}"))  # fmt: skip

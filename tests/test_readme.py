@@ -62,6 +62,9 @@ PLACES = {
     "/data/mimiciv/hosp/patients.csv.gz": "mimic_patients.csv.gz",
     "/data/mimic-cxr-jpg/2.0.0": "mimic",
     "/data/chexpert": "chexpert",
+    "/data/vinbigdata": "vinbigdata",
+    "/data/rsna": "rsna",
+    "/data/siim": "siim",
     NIH: "nih",
 }
 RUN = "outputs/train/2026-12-01/09-30-00"  # the README's training run
@@ -288,6 +291,7 @@ def workspace(tmp_path_factory, nih_sample, chexpert_train_csv) -> Path:
     _other_datasets(ws, make_chexpert_root(ws / "chexpert", chexpert_train_csv),
                     make_mimic_root(ws / "mimic"))  # fmt: skip
     _expert_labels(ws / "google2019_nih-chest-xray-labels.csv.gz", root)
+    _localisation_datasets(ws)
     arnoweng_checkpoint(ws / "model.pth.tar")
     import_arnoweng(ws / "model.pth.tar", ws / "chexnet_arnoweng.ckpt")  # also a README command
     return ws
@@ -313,6 +317,25 @@ def _other_datasets(ws: Path, chexpert: Path, mimic: Path) -> None:
     pd.DataFrame({"subject_id": subjects, "gender": ["F", "M"] * (len(subjects) // 2) + ["F"] *
                   (len(subjects) % 2), "anchor_age": 60, "anchor_year": 2150}).to_csv(
         ws / "mimic_patients.csv.gz", index=False)  # fmt: skip
+
+
+def _localisation_datasets(ws: Path) -> None:
+    """VinDr-CXR, RSNA Pneumonia and SIIM-ACR downloads of a few dozen real rows each (their
+    tables from ../shared/data) with generated DICOMs at the releases' sizes, for localize."""
+    from conftest import SHARED_DATA
+    from dicom_datasets import make_rsna_root, make_siim_root, make_vindr_full_size_root
+
+    make_vindr_full_size_root(
+        ws / "vinbigdata", SHARED_DATA / "vindr-cxr-meta" / "vinbigdata-train.csv.gz", 12
+    )
+    make_rsna_root(
+        ws / "rsna",
+        SHARED_DATA / "rsna-pneumonia-meta" / "kaggle_stage_2_train_labels.csv.zip",
+        images=20,
+        size=1024,
+    )
+    make_siim_root(ws / "siim", SHARED_DATA / "siim-pneumothorax-meta" /
+                   "siim-pneumothorax-train-rle.csv.gz", images=20, size=1024)  # fmt: skip
 
 
 def _expert_labels(path: Path, root: Path) -> None:

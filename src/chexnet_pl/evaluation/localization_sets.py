@@ -119,6 +119,22 @@ def truth_mask(reference: Reference, shape: tuple[int, int], path: str) -> np.nd
     return box_mask(shape, reference.boxes)
 
 
+def require_references(datamodule: Any) -> None:
+    """A data module with boxes or masks (VinDr-CXR, RSNA, SIIM-ACR), else a DataError saying
+    which ones have them — before any of its tables or images is read."""
+    from chexnet_pl.data.rsna_pneumonia import RSNAPneumoniaDataModule
+    from chexnet_pl.data.siim_pneumothorax import SIIMPneumothoraxDataModule
+    from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
+
+    kinds = (VinDrCXRDataModule, RSNAPneumoniaDataModule, SIIMPneumothoraxDataModule)
+    if not isinstance(datamodule, kinds):
+        raise DataError(
+            f"{type(datamodule).__name__} has no boxes or masks to score heat maps against: "
+            "localize scores NIH's box list (no data=), data=vindr_cxr, data=rsna_pneumonia or "
+            "data=siim_pneumothorax"
+        )
+
+
 def references_for(
     datamodule: Any, pairs: Sequence[tuple[str, str]], images: set[str]
 ) -> list[Reference]:
@@ -126,7 +142,6 @@ def references_for(
     labels that ``pairs`` (model output or combined label, data label) score."""
     from chexnet_pl.data.nih_table import IMAGE, PATIENT
     from chexnet_pl.data.rsna_pneumonia import RSNAPneumoniaDataModule
-    from chexnet_pl.data.siim_pneumothorax import SIIMPneumothoraxDataModule
     from chexnet_pl.data.vindr_cxr import (
         BOX as CORNERS,
     )
@@ -137,6 +152,7 @@ def references_for(
         VinDrCXRDataModule,
     )
 
+    require_references(datamodule)
     finding_of = {label: output for output, label in pairs}
     patient = datamodule.table.set_index(IMAGE)[PATIENT].astype(str).to_dict()
     found: list[Reference] = []
@@ -161,7 +177,7 @@ def references_for(
             image, label = row[0], row[1]
             found.append(Reference(image, patient[image], finding_of[label], label, BOX,
                                    boxes=((row.x, row.y, row.w, row.h),)))  # fmt: skip
-    elif isinstance(datamodule, SIIMPneumothoraxDataModule):
+    else:
         from chexnet_pl.data.siim_pneumothorax import LABEL, RLE
 
         if LABEL in finding_of:
@@ -169,12 +185,6 @@ def references_for(
             for image, rows in masks.groupby(IMAGE, sort=False):
                 found.append(Reference(image, patient[image], finding_of[LABEL], LABEL, MASK,
                                        masks=tuple(rows[RLE]), region=True))  # fmt: skip
-    else:
-        raise DataError(
-            f"{type(datamodule).__name__} has no boxes or masks to score heat maps against: "
-            "localize scores NIH's box list (no data=), data=vindr_cxr, data=rsna_pneumonia or "
-            "data=siim_pneumothorax"
-        )
     return found
 
 
@@ -202,6 +212,7 @@ def localize_dataset(
     from chexnet_pl.visualization.figures import upsample
     from chexnet_pl.visualization.heatmaps import heatmaps
 
+    require_references(datamodule)
     datamodule.setup()
     names = list(model.class_names)
     combined = combined_outputs(names, datamodule.pathologies,
