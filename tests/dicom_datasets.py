@@ -115,3 +115,21 @@ def make_siim_root(
         write_xray_dicom(dest / "dicom-images-train" / study / series / f"{name}.dcm", pixels,
                          f"patient-{i % count:04d}", sexes[i], ages[i], views[i])  # fmt: skip
     return dest
+
+
+def make_vindr_full_size_root(dest: Path, table_csv: Path, images: int = 24, seed: int = 0) -> Path:
+    """``dest/train.csv`` with every row of the real VinBigData table's first ``images`` images,
+    and ``dest/train/<image_id>.dicom`` each as large as its boxes need (the release's images are
+    ~2,000-3,000 px and its boxes in their pixels; the table has no sizes), else 64 px."""
+    table = pd.read_csv(table_csv)
+    first = pd.unique(table["image_id"])[:images]
+    rows = table[table["image_id"].isin(set(first))].reset_index(drop=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(dest / "train.csv", index=False)
+    rng = np.random.default_rng(seed)
+    for image, marks in rows.groupby("image_id", sort=False):
+        width = int(np.ceil(np.nan_to_num(marks["x_max"].max(), nan=0))) + 16
+        height = int(np.ceil(np.nan_to_num(marks["y_max"].max(), nan=0))) + 16
+        pixels = rng.integers(0, 255, (max(height, 64), max(width, 64)), dtype=np.uint8)
+        write_xray_dicom(dest / "train" / f"{image}.dicom", pixels, image, "M", "050Y", "PA")
+    return dest

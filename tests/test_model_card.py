@@ -185,7 +185,10 @@ def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
     # the conformal rule is the run's own conformal.json (evaluate wrote it), key by key
     rule = json.loads((evaluated_run / "conformal.json").read_text())
     assert sidecar["conformal"]["classes"] == rule["classes"]
-    assert f"- `alpha`: `{rule['alpha']}`" in caveats and "- `classes.Atelectasis.n_positive`" in caveats
+    assert (
+        f"- `alpha`: `{rule['alpha']}`" in caveats
+        and "- `classes.Atelectasis.n_positive`" in caveats
+    )
     assert "No out-of-distribution detector" not in caveats
     # The API on the export (away from its run: the sidecar's state, no evaluation found).
     again = chexnet_pl.model_card(out, out=tmp_path / "api")

@@ -321,21 +321,23 @@ def _other_datasets(ws: Path, chexpert: Path, mimic: Path) -> None:
 
 
 def _releases(ws: Path) -> None:
-    """PadChest, VinDr-CXR, RSNA and SIIM miniatures (their real tables' first rows, generated
-    images) at ``/data/padchest``, ``/data/vinbigdata``, ``/data/rsna``, ``/data/siim``."""
-    from dicom_datasets import make_rsna_root, make_siim_root
+    """PadChest, VinDr-CXR, RSNA and SIIM downloads of a few dozen real rows each (their real
+    tables' first rows, generated images) at ``/data/padchest``, ``/data/vinbigdata``,
+    ``/data/rsna``, ``/data/siim``; the DICOMs at the releases' sizes, so that their boxes and
+    masks fit (localize)."""
+    from dicom_datasets import make_rsna_root, make_siim_root, make_vindr_full_size_root
     from test_padchest import PADCHEST_CSV, make_padchest_root
     from test_rsna_pneumonia import LABELS_ZIP
     from test_siim_pneumothorax import RLE_CSV
-    from test_vindr_cxr import VINDR_CSV, make_vindr_root
+    from test_vindr_cxr import VINDR_CSV
 
     if all(p.is_file() for p in (PADCHEST_CSV, VINDR_CSV, LABELS_ZIP, RLE_CSV)):
         make_padchest_root(
             ws / "padchest", pd.read_csv(PADCHEST_CSV, dtype=str, nrows=120), rows=120
         )
-        make_vindr_root(ws / "vinbigdata", pd.read_csv(VINDR_CSV), images=60)
-        make_rsna_root(ws / "rsna", LABELS_ZIP, images=60)
-        make_siim_root(ws / "siim", RLE_CSV, images=60, patients=30)
+        make_vindr_full_size_root(ws / "vinbigdata", VINDR_CSV, 12)
+        make_rsna_root(ws / "rsna", LABELS_ZIP, images=20, size=1024)
+        make_siim_root(ws / "siim", RLE_CSV, images=20, size=1024)
 
 
 def _expert_labels(path: Path, root: Path) -> None:

@@ -332,6 +332,7 @@ MAPPING_SETTINGS = [
     ("train", [], "evaluation.label_map", "{Effusion: Pleural Effusion, Mass: Lung Lesion}",
      {"Effusion": "Pleural Effusion", "Mass": "Lung Lesion"}),
     ("evaluate", [], "evaluation.label_map", "{Mass: Lung Lesion}", {"Mass": "Lung Lesion"}),
+    ("localize", [], "label_map", "{Effusion: Pleural effusion}", {"Effusion": "Pleural effusion"}),
     ("evaluate", [], "expert_map", "{Airspace opacity: [Consolidation, Atelectasis]}",
      {**EXPERT_MAP, "Airspace opacity": ["Consolidation", "Atelectasis"]}),  # its four findings
     ("train", [], "requires", "{init_from: the run to start from}",

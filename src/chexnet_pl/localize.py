@@ -1,8 +1,11 @@
-"""Score heat maps against NIH's radiologist boxes (BBox_List_2017.csv): per finding, accuracy
-at IoU and IoBB thresholds and the pointing game, beside its chance rate.
+"""Score heat maps against NIH's radiologist boxes (BBox_List_2017.csv), or with data=<dataset>
+against VinDr-CXR's readers' boxes, RSNA Pneumonia's boxes or SIIM-ACR's masks: per finding and
+reference, accuracy at IoU and IoBB thresholds, the pointing game beside its chance rate, the mask
+hit rate and heat in mask, with patient-bootstrap intervals.
 
   chexnet-localize ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt data.root=/data/nih
   chexnet-localize ckpt=best.ckpt data.root=/data/nih method=gradcam threshold=0.3
+  chexnet-localize ckpt=best.ckpt data=siim_pneumothorax data.root=/data/siim
 """
 
 from __future__ import annotations
@@ -36,9 +39,16 @@ class LocalizeSettings:
     threshold: float
     image_size: int | None
     batch_size: int
+    split: str
+    label_map: Mapping[str, str] | None
+    label_map_shared: bool
+    bootstrap_samples: int
+    bootstrap_seed: int
+    confidence: float
     data: Mapping[str, Any]
 
     def __post_init__(self) -> None:
+        from chexnet_pl.evaluation.localization_sets import SPLITS
         from chexnet_pl.visualization.heatmaps import METHODS
 
         problems = Problems()
@@ -48,8 +58,17 @@ class LocalizeSettings:
         problems.number("threshold", self.threshold, minimum=0, maximum=1)
         problems.number("image_size", self.image_size, minimum=1, integer=True, optional=True)
         problems.number("batch_size", self.batch_size, minimum=1, integer=True)
+        problems.choice("split", self.split, SPLITS)
+        problems.flag("label_map_shared", self.label_map_shared)
+        problems.number("bootstrap_samples", self.bootstrap_samples, minimum=0, integer=True)
+        problems.number("bootstrap_seed", self.bootstrap_seed, minimum=0, integer=True)
+        problems.number("confidence", self.confidence, minimum=0, maximum=1)
         data = Problems("data")
-        data.unknown_keys(self.data, ("root",))
+        if self.data.get("_target_"):  # data=<dataset>: its module judges the rest
+            if not self.data.get("root"):
+                data.add("root: give data.root=/path/to/the/dataset (the release's folder)")
+        else:
+            data.unknown_keys(self.data, ("root",))
         data.path("root", self.data.get("root"), "folder")
         problems.messages += data.messages
         problems.raise_if_any()
@@ -68,9 +87,12 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     from chexnet_pl.evaluation.localization import read_bbox_list, summarize
     from chexnet_pl.models.input_contract import input_size
 
-    check_config(cfg)
+    settings = check_config(cfg)
     run = load_run(cfg.ckpt)
     model = run.model
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.data.get("_target_"):  # VinDr-CXR, RSNA, SIIM-ACR: evaluation/localization_sets
+        return _localize_dataset(run, settings, out_dir)
     given = cfg.data.root or run.data_settings.get("root")
     if not given:  # Path("") is the current folder: never read boxes from wherever this runs
         raise DataError(
@@ -88,14 +110,32 @@ def localize(cfg: DictConfig) -> pd.DataFrame:
     )
     image_size = input_size(model, cfg.image_size)
     per_box = score_boxes(
-        model, boxes, root, image_size, cfg.method, float(cfg.threshold), int(cfg.batch_size)
-    )
-    out_dir = Path(cfg.paths.output_dir)
+        model, boxes, root, image_size, settings.method, float(settings.threshold),
+        int(settings.batch_size),
+    )  # fmt: skip
+    table = summarize(per_box, settings.bootstrap_samples, settings.bootstrap_seed,
+                      settings.confidence)  # fmt: skip
+    return _write(per_box, table, out_dir, settings)
+
+
+def _localize_dataset(run: Any, settings: LocalizeSettings, out_dir: Path) -> pd.DataFrame:
+    from dataclasses import asdict
+
+    from chexnet_pl.checkpoints.runs import datamodule_for
+    from chexnet_pl.evaluation.localization_sets import localize_dataset
+
+    datamodule = datamodule_for(run, dict(settings.data), out_dir)
+    per_unit, table = localize_dataset(run.model, datamodule, asdict(settings))
+    return _write(per_unit, table, out_dir, settings)
+
+
+def _write(per_unit: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
+           settings: LocalizeSettings) -> pd.DataFrame:  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(per_box, out_dir / "localization_boxes.csv", index=False)
-    table = summarize(per_box)
+    write_csv_atomic(per_unit, out_dir / "localization_boxes.csv", index=False)
     write_csv_atomic(table, out_dir / "localization.csv")
-    log.info("localisation of %d boxes (%s, threshold %.2f):\n%s", len(per_box), cfg.method, cfg.threshold,
+    log.info("localisation of %d references (%s, threshold %.2f):\n%s", len(per_unit),
+             settings.method, settings.threshold,
              table.to_string(float_format=lambda v: f"{v:.3f}"))  # fmt: skip
     return table
 

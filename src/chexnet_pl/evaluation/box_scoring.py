@@ -21,14 +21,20 @@ def score_boxes(
     batch_size: int = 16,
 ) -> pd.DataFrame:
     """One row per box of ``boxes`` (``read_bbox_list``'s table; its images found under
-    ``root``): the image, the finding and ``score_box``'s measures of the finding's heat map
-    (``method``, cut at ``threshold`` of its maximum) at ``image_size``."""
+    ``root``): the image, its patient, the finding, ``reference`` (``box``) and
+    ``score_reference``'s measures of the finding's heat map (``method``, cut at ``threshold`` of
+    its maximum) at ``image_size`` (``localization.summarize`` makes the table of them)."""
     import pandas as pd
     import torch
 
     from chexnet_pl.data.images import find_images, read_gray
     from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.localization import score_box
+    from chexnet_pl.evaluation.localization_sets import (
+        Reference,
+        box_mask,
+        nih_patient,
+        score_reference,
+    )
     from chexnet_pl.visualization.explain import XRay, model_input
     from chexnet_pl.visualization.figures import upsample
     from chexnet_pl.visualization.heatmaps import heatmaps
@@ -57,6 +63,10 @@ def score_boxes(
                     xray.gray.shape,
                 )
                 truth = (box["x"], box["y"], box["w"], box["h"])
-                results.append({"Image Index": xray.name, "Finding Label": box["Finding Label"],
-                                **score_box(heat, truth, threshold)})  # fmt: skip
+                unit = Reference(xray.name, nih_patient(xray.name), box["Finding Label"],
+                                 box["Finding Label"], "box", boxes=(truth,))  # fmt: skip
+                results.append({"Image Index": xray.name, "patient": unit.patient,
+                                "Finding Label": box["Finding Label"], "reference": "box",
+                                **score_reference(heat, box_mask(heat.shape, [truth]), unit,
+                                                  threshold)})  # fmt: skip
     return pd.DataFrame(results)

@@ -99,21 +99,83 @@ def score_box(heatmap: np.ndarray, truth: Sequence[float], threshold: float) -> 
     }
 
 
-def summarize(per_box: pd.DataFrame) -> pd.DataFrame:
-    """Per finding (and all boxes): accuracy at each T(IoU) and T(IoBB), pointing hit rate and chance."""
-    rows = {}
-    for finding, group in [*per_box.groupby("Finding Label"), ("All", per_box)]:
-        row = {"boxes": len(group)}
-        for t in T_VALUES:
-            row[f"acc_iou@{t}"] = float((group["iou"] >= t).mean())
-        for t in T_VALUES:
-            row[f"acc_iobb@{t}"] = float((group["iobb"] >= t).mean())
-        row["pointing"] = float(group["pointing_hit"].mean())
+METRICS = ("iou", "iobb", "pointing_hit", "mask_hit", "heat_in_mask")
+
+
+def _rates(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-unit scores (units × metrics, ``METRICS`` order) → the table's rates as per-unit 0/1
+    or fractions whose mean is the rate: accuracy at each T(IoU), T(IoBB), pointing, mask hit,
+    heat in mask."""
+    rates = {f"acc_iou@{t}": (values[:, 0] >= t).astype(float) for t in T_VALUES}
+    rates |= {f"acc_iobb@{t}": (values[:, 1] >= t).astype(float) for t in T_VALUES}
+    rates |= {"pointing": values[:, 2], "mask_hit": values[:, 3], "heat_in_mask": values[:, 4]}
+    return rates
+
+
+def summarize(
+    per_box: pd.DataFrame,
+    samples: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+    skipped: dict[str, int] | None = None,
+) -> pd.DataFrame:
+    """Per finding and reference (and ``All`` findings per reference): how many units were
+    scored (``boxes``: boxes, or regions for a union or mask reference), on how many images and
+    patients, accuracy at each T(IoU) and T(IoBB), the pointing hit rate and its chance, the
+    mask hit rate and heat in mask; with ``samples`` patient-bootstrap resamples (a
+    ``patient`` column; default: each image its own), each rate's percentile interval at
+    ``confidence`` (``<rate>_low``, ``<rate>_high``). ``skipped``: per finding, the images not
+    scored for having no reference (negatives), in ``images_skipped``."""
+    from chexnet_pl.evaluation.resampling import PatientResamples, percentile_interval
+
+    per_box = per_box.copy()
+    if "reference" not in per_box:
+        per_box["reference"] = "box"
+    if "patient" not in per_box:
+        per_box["patient"] = per_box["Image Index"]
+    for column in ("mask_hit", "heat_in_mask"):
+        if column not in per_box:
+            per_box[column] = np.nan
+    resamples = PatientResamples.of(per_box["patient"].to_numpy(), samples, seed)
+    blocks = list(resamples.blocks()) if samples > 0 else []
+    values = per_box[list(METRICS)].to_numpy(np.float64)
+    groups = [((finding, reference), np.flatnonzero(
+        ((per_box["Finding Label"] == finding) & (per_box["reference"] == reference)).to_numpy()))
+        for finding, reference in per_box[["Finding Label", "reference"]].drop_duplicates()
+        .itertuples(index=False)]  # fmt: skip
+    groups += [(("All", reference), np.flatnonzero((per_box["reference"] == reference).to_numpy()))
+               for reference in pd.unique(per_box["reference"])]  # fmt: skip
+    rows, index = [], []
+    for (finding, reference), members in groups:
+        group = per_box.iloc[members]
+        row: dict[str, object] = {"reference": reference, "boxes": len(group),
+                                  "images": group["Image Index"].nunique(),
+                                  "patients": group["patient"].nunique()}  # fmt: skip
+        if skipped is not None:
+            row["images_skipped"] = (sum(skipped.values()) if finding == "All"
+                                     else skipped.get(finding, np.nan))  # fmt: skip
+        rates = _rates(values[members])
+        row |= {name: float(np.mean(rate)) for name, rate in rates.items()}
         row["pointing_chance"] = float(group["pointing_chance"].mean())
-        rows[finding] = row
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "finding"
-    return table
+        if blocks:
+            codes = resamples.codes[members]
+            draws = np.concatenate([counts[codes] for counts in blocks], axis=1)  # units × B
+            weight = draws.sum(axis=0)
+            for name, rate in rates.items():
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    means = (np.nan_to_num(rate) @ draws) / weight
+                low, high = percentile_interval(means[:, None], confidence)
+                defined = not np.isnan(rate).all()
+                row[f"{name}_low"] = float(low[0]) if defined else np.nan
+                row[f"{name}_high"] = float(high[0]) if defined else np.nan
+        rows.append(row)
+        index.append(finding)
+    table = pd.DataFrame(rows, index=pd.Index(index, name="finding"))
+    order = ["reference", "boxes", "images", "patients",
+             *(["images_skipped"] if skipped is not None else []),
+             *[f"acc_iou@{t}" for t in T_VALUES], *[f"acc_iobb@{t}" for t in T_VALUES],
+             "pointing", "pointing_chance", "mask_hit", "heat_in_mask"]  # fmt: skip
+    return table[order + [c for c in table.columns if c not in order]]
 
 
 def score_mask(heatmap: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
