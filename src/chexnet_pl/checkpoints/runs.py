@@ -48,8 +48,6 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
     (``serving.safetensors_export``)."""
     path = Path(checkpoint).expanduser()
     if path.suffix.lower() == ".safetensors":
-        from chexnet_pl.serving.safetensors_export import load_safetensors_run
-
         return load_safetensors_run(path, device)
     stored = read_checkpoint(path)
     hparams = stored.get("hyper_parameters")
@@ -126,3 +124,16 @@ def datamodule_for(run: Run, overrides: Mapping[str, Any], output_dir: str | Pat
             "give data.root=/path/to/the/data"
         )
     return build_datamodule(settings)
+
+
+def load_safetensors_run(path: str | Path, device: str | torch.device | None = None):
+    """A ``checkpoints.Run`` of a safetensors export: its network rebuilt from the sidecar and
+    its weights, with no pickle; no data settings (give ``data.root=`` where a command needs
+    them)."""
+    from chexnet_pl.device import detect_caps
+    from chexnet_pl.serving.safetensors_export import network_from, read_export
+
+    path = Path(path).expanduser()
+    card, data = read_export(path)
+    model = network_from(card.get("network"), data, path)
+    return Run(path, model.to(device or detect_caps().device).eval(), {})

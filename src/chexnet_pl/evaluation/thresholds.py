@@ -171,8 +171,6 @@ def operating_thresholds(
     """The thresholds the module docstring's rule gives; logs which file was read (or warns)."""
     checkpoint = Path(checkpoint).expanduser()
     if not aucs_csv and checkpoint.suffix.lower() == ".safetensors":  # its sidecar's thresholds
-        from chexnet_pl.serving.safetensors_export import recorded_thresholds
-
         return recorded_thresholds(checkpoint, class_names)
     if aucs_csv:
         source, found = Path(aucs_csv).expanduser(), "given as thresholds="
@@ -196,3 +194,41 @@ def operating_thresholds(
     if flagged:
         log.warning("thresholds without a usable verdict:\n  %s", "\n  ".join(flagged))
     return thresholds
+
+
+AGAIN = "export the checkpoint again with: chexnet-export ckpt=<its checkpoint> format=safetensors"
+
+
+def recorded_thresholds(path: Path, class_names: list[str]) -> OperatingThresholds:
+    """The operating thresholds a safetensors export's sidecar records (with their notes and
+    rule), as ``evaluation.thresholds.OperatingThresholds``."""
+    import json
+
+    from chexnet_pl.errors import WeightsError
+
+    sidecar = path.with_name(path.name + ".json")  # checked against the weights as they loaded
+    try:
+        card = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{sidecar} cannot be read ({exc}); {AGAIN}") from exc
+    recorded = card.get("thresholds") or {}
+    if not isinstance(recorded, dict) or set(recorded) != set(class_names):
+        raise WeightsError(f"{path}'s sidecar has no threshold for every class; {AGAIN}")
+    values = []
+    for name in class_names:
+        value = recorded[name]
+        if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
+            raise WeightsError(f"{path}'s sidecar: the threshold of {name} is {value!r}; {AGAIN}")
+        values.append(float("nan") if value is None else float(value))
+    notes = card.get("threshold_notes") or {}
+    chosen = card.get("thresholds_chosen") or {}
+    positives = chosen.get("positives") if isinstance(chosen, dict) else None
+    source = str(card.get("thresholds_source") or "")
+    return OperatingThresholds(
+        tuple(values),
+        None if not source or source.startswith("none found") else Path(path),
+        "recorded in the export's sidecar",
+        tuple(str(notes.get(n) or "") for n in class_names) if isinstance(notes, dict) else (),
+        str(chosen.get("rule") or "") if isinstance(chosen, dict) else "",
+        tuple(positives) if isinstance(positives, list) else (),
+    )

@@ -5,7 +5,7 @@ carries (input contract, thresholds and their rule, SHA-256s, and whatever else 
 builder adds). Such a file survives PyTorch and Lightning upgrades: reading it needs neither
 ``torch.load`` nor Lightning.
 
-Reading one (``load_safetensors_run``; ``chexnet_pl.load``, ``ckpt=`` of the commands) trusts
+Reading one (``checkpoints.runs.load_safetensors_run``; ``chexnet_pl.load``, ``ckpt=`` of the commands) trusts
 nothing the files say beyond the project's own names: the architecture must be this project's
 classifier, the backbone one of its registry (``models.backbones.BACKBONES``), the sizes whole
 numbers, the file's SHA-256 the one its sidecar records, and every tensor the network's by name
@@ -160,48 +160,6 @@ def read_export(path: str | Path) -> tuple[dict[str, Any], bytes]:
             f"{path}'s sidecar says format={card.get('format')!r}, not {FORMAT}; {AGAIN}"
         )
     return card, data
-
-
-def load_safetensors_run(path: str | Path, device: str | torch.device | None = None):
-    """A ``checkpoints.Run`` of a safetensors export: its network rebuilt from the sidecar and
-    its weights, with no pickle; no data settings (give ``data.root=`` where a command needs
-    them)."""
-    from chexnet_pl.checkpoints.runs import Run
-    from chexnet_pl.device import detect_caps
-
-    path = Path(path).expanduser()
-    card, data = read_export(path)
-    model = network_from(card.get("network"), data, path)
-    return Run(path, model.to(device or detect_caps().device).eval(), {})
-
-
-def recorded_thresholds(path: str | Path, class_names: list[str]):
-    """The operating thresholds a safetensors export's sidecar records (with their notes and
-    rule), as ``evaluation.thresholds.OperatingThresholds``."""
-    from chexnet_pl.evaluation.thresholds import OperatingThresholds
-
-    card, _ = read_export(path)
-    recorded = card.get("thresholds") or {}
-    if not isinstance(recorded, dict) or set(recorded) != set(class_names):
-        raise WeightsError(f"{path}'s sidecar has no threshold for every class; {AGAIN}")
-    values = []
-    for name in class_names:
-        value = recorded[name]
-        if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
-            raise WeightsError(f"{path}'s sidecar: the threshold of {name} is {value!r}; {AGAIN}")
-        values.append(float("nan") if value is None else float(value))
-    notes = card.get("threshold_notes") or {}
-    chosen = card.get("thresholds_chosen") or {}
-    positives = chosen.get("positives") if isinstance(chosen, dict) else None
-    source = str(card.get("thresholds_source") or "")
-    return OperatingThresholds(
-        tuple(values),
-        None if not source or source.startswith("none found") else Path(path),
-        "recorded in the export's sidecar",
-        tuple(str(notes.get(n) or "") for n in class_names) if isinstance(notes, dict) else (),
-        str(chosen.get("rule") or "") if isinstance(chosen, dict) else "",
-        tuple(positives) if isinstance(positives, list) else (),
-    )
 
 
 def safetensors_runner(
