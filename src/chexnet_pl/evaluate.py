@@ -114,15 +114,19 @@ class EvaluateSettings:
 def check_config(cfg: DictConfig) -> EvaluateSettings:
     from chexnet_pl.evaluation.expert_labels import ExpertMap
     from chexnet_pl.evaluation.settings import EvaluationSettings
+    from chexnet_pl.ood import OodSettings
     from chexnet_pl.settings import command_settings, dry_run, resolved
 
     values = resolved(cfg)
     problems = Problems()
     settings = dry_run(
         problems, lambda: command_settings(EvaluateSettings, {k: v for k, v in values.items()
-                                                               if k != "evaluation"})
+                                                               if k not in ("evaluation", "ood")})
     )  # fmt: skip
     evaluation = dry_run(problems, lambda: EvaluationSettings.from_config(values["evaluation"]))
+    ood = dry_run(problems, lambda: OodSettings.from_config(values.get("ood")))
+    if settings and ood and ood.fit and not settings.ckpt:
+        problems.add("ood.fit=true fits the OOD flag of a checkpoint: give ckpt=")
     if settings and settings.expert_labels:
         dry_run(problems, lambda: ExpertMap.from_config(settings.expert_map))
     if settings and evaluation and evaluation.calibrate != "none":
@@ -182,7 +186,7 @@ def compare_with(
 
 # The files a researcher opens first, named in the command's last line (those written).
 EVALUATE_FILES = ("aucs.csv", "model.json", "preds.csv", "preds_val.csv", "roc_curves.png",
-                  "pr_curves.png", "calibration.csv", "subgroups.csv")  # fmt: skip
+                  "pr_curves.png", "calibration.csv", "subgroups.csv", "ood.csv")  # fmt: skip
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -205,6 +209,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         score_and_write,
     )
     from chexnet_pl.evaluation.settings import EvaluationSettings
+    from chexnet_pl.ood import OodSettings, fit_checkpoint, report_flag_rates
 
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -218,13 +223,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     expert_table = None
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if cfg.ckpt:
-        run = load_run(cfg.ckpt)
+        ood = OodSettings.from_config(cfg.get("ood"))
+        run = load_run(
+            fit_checkpoint(cfg.ckpt, None, ood.max_images, ood.false_alarm_rate, data, output_dir)
+            if ood.fit  # a NEW checkpoint <stem>.ood.ckpt beside ckpt=, then evaluated
+            else cfg.ckpt
+        )
         if expert is not None:
             expert.check_outputs(run.model.class_names, f"the checkpoint {run.path}")
         datamodule = datamodule_for(run, data, output_dir)
         internal = _internal_aucs(cfg, run) if data.get(TARGET) else None
         table, metrics = evaluate_model(
             run.model, datamodule, output_dir, settings, split, run.path, internal
+        )
+        metrics |= report_flag_rates(
+            run.ood, run.model, datamodule, [split, "val"], output_dir, run.path
         )
         labelled = truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies)
         if cfg.get("compare") or cfg.get("compare_ckpt"):

@@ -167,6 +167,8 @@ def export_checkpoint(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
     )
     card.update(threshold_fields(operating, model.class_names))
+    # The OOD flag (chexnet_pl.ood) travels with an ONNX export, which outputs the features.
+    card["ood"] = run.ood.to_sidecar() if run.ood is not None and fmt == "onnx" else None
     card.update(identity_fields(of_parts(backbone, model.class_names, image_size, checkpoint)))
     card.update(
         {
