@@ -52,11 +52,11 @@ def test_the_fit_and_threshold_are_the_numpy_computation():
     mean, covariance, shrinkage = _numpy_ledoit_wolf(train)
     precision = np.linalg.inv(covariance)
     assert state.shrinkage == pytest.approx(shrinkage, rel=1e-9)
-    np.testing.assert_allclose(state.mean, mean, rtol=1e-12)
-    np.testing.assert_allclose(state.precision, precision, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(state.mean, mean, rtol=1e-6)
+    np.testing.assert_allclose(state.precision, precision, rtol=1e-5, atol=1e-7)
     expected = np.sqrt(np.einsum("nd,de,ne->n", val - mean, precision, val - mean))
-    np.testing.assert_allclose(state.scores(val), expected, rtol=1e-6)
-    assert state.threshold == pytest.approx(np.sort(expected)[math.ceil(0.9 * 25) - 1], rel=1e-9)
+    np.testing.assert_allclose(state.scores(val), expected, rtol=1e-5)
+    assert state.threshold == pytest.approx(np.sort(expected)[math.ceil(0.9 * 25) - 1], rel=1e-5)
     assert state.n_images == 40 and state.n_val == 25
 
 
@@ -85,7 +85,9 @@ def test_settings_are_judged():
     assert OodSettings.from_config(None) == OodSettings()
     with pytest.raises(ConfigError, match=r"ood.false_alarm_rate=1.5 is out of range"):
         OodSettings.from_config({"false_alarm_rate": 1.5})
-    with pytest.raises(ConfigError, match=r"ood.max_imgs is not a setting; did you mean ood.max_images"):
+    with pytest.raises(
+        ConfigError, match=r"ood.max_imgs is not a setting; did you mean ood.max_images"
+    ):
         OodSettings.from_config({"max_imgs": 10})
 
 
@@ -147,7 +149,10 @@ def test_fitting_never_overwrites_a_file(fitted):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s: s.update(mean=torch.zeros(3)), r"precision has shape \(1024, 1024\), not \(3, 3\)"),
+        (
+            lambda s: s.update(mean=torch.zeros(3)),
+            r"precision has shape \(1024, 1024\), not \(3, 3\)",
+        ),
         (lambda s: s["precision"].__setitem__((0, 0), float("nan")), "NaN or infinite"),
         (lambda s: s.update(threshold=float("nan")), "threshold=nan is not finite"),
         (lambda s: s.update(method="knn"), "method 'knn'"),
@@ -159,7 +164,9 @@ def test_a_bad_state_is_refused_naming_the_file(fitted, tmp_path, change, messag
     change(stored[CHECKPOINT_KEY])
     bad = tmp_path / "bad.ckpt"
     torch.save(stored, bad)
-    with pytest.raises(WeightsError, match=rf"{bad}: its OOD state \('ood'\) is unusable: .*{message}"):
+    with pytest.raises(
+        WeightsError, match=rf"{bad}: its OOD state \('ood'\) is unusable: .*{message}"
+    ):
         chexnet_pl.load(bad)
 
 
@@ -183,7 +190,9 @@ def test_without_a_state_the_columns_are_empty_and_one_line_says_how(tmp_path, s
         model = chexnet_pl.load(ckpt)
         table = model.predict(sorted((synthetic_root / "images").glob("*.png"))[:2])
     assert table["ood_score"].isna().all() and table["in_distribution"].isna().all()
-    assert any("has no OOD flag" in r.message and "ood.fit=true" in r.message for r in caplog.records)
+    assert any(
+        "has no OOD flag" in r.message and "ood.fit=true" in r.message for r in caplog.records
+    )
 
 
 def test_chexnet_predict_writes_the_columns(fitted, synthetic_root, tmp_path):
@@ -211,7 +220,8 @@ def test_the_onnx_export_carries_the_flag(fitted, synthetic_root, tmp_path):
 
     out = export_checkpoint(fitted, "onnx", out=tmp_path / "m.onnx", cams=True)
     card = json.loads((tmp_path / "m.onnx.json").read_text())
-    assert card["ood"]["method"] == "mahalanobis" and card["ood"]["precision"]["shape"] == [1024, 1024]
+    assert card["ood"]["method"] == "mahalanobis"
+    assert card["ood"]["precision"]["shape"] == [1024, 1024]
     on_onnx = chexnet_pl.load(out)
     on_torch = chexnet_pl.load(fitted)
     assert on_onnx.ood.threshold == pytest.approx(on_torch.ood.threshold, rel=1e-6)
@@ -251,3 +261,56 @@ def test_add_to_checkpoint_replaces_the_key(fitted, tmp_path):
     changed = OodState(state.mean, state.precision, 7.0, 0.2, 3, 2, 0.5, 0.0)
     out = add_to_checkpoint(fitted, changed, tmp_path / "changed.ckpt")
     assert chexnet_pl.load(out).ood.threshold == 7.0
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_the_nih_sample_flags_a_photograph(nih_sample, tmp_path):
+    """Done-when of issue 34 item 1: trained on the real NIH sample, best.ckpt carries the flag;
+    a photograph is flagged by chexnet-predict, the API and the service; the validation X-rays'
+    false-alarm rate is within the stated rate's binomial interval; chexnet-evaluate reports the
+    flag rate per split."""
+    import requests
+    from test_serve import app_on_loopback
+
+    from chexnet_pl.evaluate import evaluate
+    from chexnet_pl.predict import predict
+    from chexnet_pl.serving.app import Limits, create_app
+    from chexnet_pl.serving.backends import load_backend
+    from chexnet_pl.serving.predictor import Predictor
+
+    run = chexnet_pl.train([
+        "experiment=demo", f"data.root={nih_sample}", "data.synthetic=null",
+        "data.image_size=64", "data.batch_size=8", "data.num_workers=0", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3", "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+        "evaluation.bootstrap_samples=20", "callbacks.visualization.n_images=0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    best = run / "checkpoints" / "best.ckpt"
+    model = chexnet_pl.load(best)
+    assert model.ood is not None and model.ood.false_alarm_rate == 0.05
+    # the false-alarm rate on validation X-rays, within the stated rate's binomial interval
+    flagged = round(model.ood.val_flag_rate * model.ood.n_val)
+    assert binomtest(flagged, model.ood.n_val, 0.05).pvalue > 0.05, (flagged, model.ood.n_val)
+    photo = _photo(tmp_path)
+    assert not bool(model.predict([photo])["in_distribution"][0])  # the API
+    cfg = compose_config("predict", tmp_path / "pred", f"ckpt={best}", f"image={photo}")
+    table = pd.read_csv(predict(cfg) / "predictions.csv")  # chexnet-predict
+    assert table["in_distribution"].tolist() == [False]
+    backend, card = load_backend(best, "torch")
+    predictor = Predictor(backend, card)
+    try:
+        with app_on_loopback(create_app(predictor, Limits(2**24, 10**8))) as url:
+            answer = requests.post(f"{url}/predict", data=photo.read_bytes(), timeout=120,
+                                   headers={"content-type": "image/png"}).json()  # fmt: skip
+    finally:
+        predictor.close()
+    assert (
+        answer["ood"]["in_distribution"] is False
+        and "out of distribution" in answer["ood"]["warning"]
+    )
+    metrics = evaluate(compose_config("evaluate", tmp_path / "eval", f"ckpt={best}",
+                                      "evaluation.bootstrap_samples=0"))  # fmt: skip
+    report = pd.read_csv(tmp_path / "eval" / "ood.csv")
+    assert list(report["split"]) == ["test", "val"]
+    assert metrics["val/ood_flag_rate"] == pytest.approx(model.ood.val_flag_rate)

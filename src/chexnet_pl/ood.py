@@ -225,6 +225,9 @@ def fit_state(
         raise ConfigError("the model's features hold NaN or infinite values; no OOD flag fitted")
     mean, covariance, shrinkage = ledoit_wolf(train)
     precision = np.linalg.pinv(covariance, hermitian=True)
+    # Stored as float32: the threshold is chosen on the scores the stored state gives, so a
+    # validation image at the threshold stays on its side once the state is read back.
+    mean, precision = (a.astype(np.float32).astype(np.float64) for a in (mean, precision))
     partial = OodState(mean, precision, math.inf, false_alarm_rate, len(train), len(val),
                        shrinkage, 0.0)  # fmt: skip
     val_scores = partial.scores(val)
