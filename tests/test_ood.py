@@ -314,3 +314,21 @@ def test_a_model_trained_on_the_nih_sample_flags_a_photograph(nih_sample, tmp_pa
     report = pd.read_csv(tmp_path / "eval" / "ood.csv")
     assert list(report["split"]) == ["test", "val"]
     assert metrics["val/ood_flag_rate"] == pytest.approx(model.ood.val_flag_rate)
+
+
+def test_chexnet_predict_on_onnx_runtime_flags_from_the_sidecar(fitted, synthetic_root, tmp_path):
+    from chexnet_pl.predict import predict
+    from chexnet_pl.serving.export import export_checkpoint
+
+    ckpt = tmp_path / "beside" / "best.ood.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(fitted.read_bytes())
+    onnx = export_checkpoint(ckpt, "onnx", cams=True)  # best.ood.onnx beside it: backend=auto
+    assert onnx == ckpt.with_suffix(".onnx")
+    image = sorted((synthetic_root / "images").glob("*.png"))[0]
+    tables = {}
+    for backend in ("onnx", "torch"):
+        cfg = compose_config("predict", tmp_path / backend, f"ckpt={ckpt}", f"image={image}",
+                             f"backend={backend}")  # fmt: skip
+        tables[backend] = pd.read_csv(predict(cfg) / "predictions.csv")
+    np.testing.assert_allclose(tables["onnx"]["ood_score"], tables["torch"]["ood_score"], rtol=1e-3)
