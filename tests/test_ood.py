@@ -190,6 +190,11 @@ def test_without_a_state_the_columns_are_empty_and_one_line_says_how(tmp_path, s
         model = chexnet_pl.load(ckpt)
         table = model.predict(sorted((synthetic_root / "images").glob("*.png"))[:2])
     assert table["ood_score"].isna().all() and table["in_distribution"].isna().all()
+    from chexnet_pl.predict import predict
+
+    image = sorted((synthetic_root / "images").glob("*.png"))[0]
+    out = predict(compose_config("predict", tmp_path / "p", f"ckpt={ckpt}", f"image={image}"))
+    assert "ood_score" not in pd.read_csv(out / "predictions.csv")  # its layout as before
     assert any(
         "has no OOD flag" in r.message and "ood.fit=true" in r.message for r in caplog.records
     )

@@ -416,13 +416,14 @@ def explainer_features(explainer: Any, pixels: np.ndarray) -> np.ndarray:
 def add_flags(frame: Any, state: OodState | None, explainer: Any, pixels: np.ndarray,
               source: str | Path) -> Any:  # fmt: skip
     """``frame`` (a predictions table, one row per image of ``pixels``) with ``ood_score`` and
-    ``in_distribution``; one warning per image flagged."""
-    features = explainer_features(explainer, pixels) if state is not None else None
-    columns = flag_columns(state, features, len(frame), source)
+    ``in_distribution``; one warning per image flagged. Without a state, ``frame`` as it was
+    (predictions.csv keeps its layout; ``for_explainer`` said how to fit one)."""
+    if state is None:
+        return frame
+    columns = flag_columns(state, explainer_features(explainer, pixels), len(frame), source)
     for key, values in columns.items():
         frame[key] = values
-    if state is not None:
-        log_flags(frame["Image Index"], columns, state, source)
+    log_flags(frame["Image Index"], columns, state, source)
     return frame
 
 
