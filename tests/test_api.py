@@ -132,9 +132,13 @@ def test_predict_equals_chexnet_predict(api_run, model, synthetic_root, tmp_path
         "image",
         *columns,
         *(f"above_{name}" for name in model.class_names),
+        "ood_score",
+        "in_distribution",
     ]
     assert table["image"].tolist() == [str(image)]
     assert np.abs(table[columns].to_numpy() - expected[columns].to_numpy()).max() <= TOLERANCE
+    assert table.at[0, "ood_score"] == pytest.approx(expected.at[0, "ood_score"], rel=1e-4)
+    assert table.at[0, "in_distribution"] == expected.at[0, "in_distribution"]
     # The run's aucs.csv gives the thresholds, as it does the command's.
     assert model.thresholds_source == str(api_run / "aucs.csv")
     assert model.thresholds_how["rule"] == "Youden's J on the validation split"

@@ -24,6 +24,7 @@ QUICK_RUNS = [
     ("serve.py", ["--quick"], "requests/s", "nih-sample"),
     ("startup.py", ["--quick"], "ratio to import torch (the floor)", "nih-sample"),
     ("subgroups.py", ["--quick"], "subgroup report", "nih-meta"),
+    ("ood.py", ["--quick"], "matplotlib sample photographs", "nih-sample"),
     ("tables.py", ["--quick"], "CheXpert train.csv (real)", "chexpert-meta"),
 ]
 

@@ -248,7 +248,11 @@ def test_predict_one_image_and_a_folder_png_and_jpeg(learnt, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     predictions = pd.read_csv(tmp_path / "many" / "predictions.csv")
     assert len(predictions) == 4 and "scan.jpg" in set(predictions["Image Index"])
-    assert list(predictions.columns[1:]) == [f"prob_{c}" for c in class_names()]
+    assert list(predictions.columns[1:]) == [
+        *(f"prob_{c}" for c in class_names()),
+        "ood_score",
+        "in_distribution",
+    ]  # the run fitted its out-of-distribution flag (chexnet_pl.ood)
     assert len(list((tmp_path / "many").glob("*.png"))) == 8
 
 

@@ -16,7 +16,7 @@ import yaml
 
 # Config groups whose keys belong to a command (shown key by key, and as a choice when the group
 # has several files); other groups are choices only.
-SETTING_GROUPS = ("data", "model", "trainer", "callbacks", "evaluation", "decode")
+SETTING_GROUPS = ("data", "model", "trainer", "callbacks", "evaluation", "decode", "ood")
 HIDDEN_GROUPS = ("paths", "hydra", "_self_")
 # Lightning Trainer arguments people add that the shipped trainer files do not set.
 TRAINER_EXTRAS = (

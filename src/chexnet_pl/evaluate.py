@@ -107,15 +107,19 @@ class EvaluateSettings:
 def check_config(cfg: DictConfig) -> EvaluateSettings:
     from chexnet_pl.evaluation.expert.labels import ExpertMap
     from chexnet_pl.evaluation.settings import EvaluationSettings
+    from chexnet_pl.ood import OodSettings
     from chexnet_pl.settings import command_settings, dry_run, resolved
 
     values = resolved(cfg)
     problems = Problems()
     settings = dry_run(
         problems, lambda: command_settings(EvaluateSettings, {k: v for k, v in values.items()
-                                                               if k != "evaluation"})
+                                                               if k not in ("evaluation", "ood")})
     )  # fmt: skip
     evaluation = dry_run(problems, lambda: EvaluationSettings.from_config(values["evaluation"]))
+    ood = dry_run(problems, lambda: OodSettings.from_config(values.get("ood")))
+    if settings and ood and ood.fit and not settings.ckpt:
+        problems.add("ood.fit=true fits the OOD flag of a checkpoint: give ckpt=")
     if settings and settings.expert_labels:
         dry_run(problems, lambda: ExpertMap.from_config(settings.expert_map))
     if settings and evaluation and evaluation.calibrate != "none":
@@ -130,7 +134,8 @@ def check_config(cfg: DictConfig) -> EvaluateSettings:
 
 # The files a researcher opens first, named in the command's last line (those written).
 EVALUATE_FILES = ("aucs.csv", "model.json", "preds.csv", "preds_val.csv", "roc_curves.png",
-                  "pr_curves.png", "calibration.csv", "subgroups.csv", "stratified.csv")  # fmt: skip
+                  "pr_curves.png", "calibration.csv", "subgroups.csv", "stratified.csv",
+                  "ood.csv")  # fmt: skip
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -143,6 +148,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         log_evaluation,
     )
     from chexnet_pl.evaluation.settings import EvaluationSettings
+    from chexnet_pl.ood import OodSettings
 
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -158,7 +164,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt:
         table, metrics, expert_table = evaluate_checkpoint(
             cfg.ckpt, data, output_dir, settings, cfg.split,
-            internal_aucs=cfg.get("internal_aucs"), **compare,
+            internal_aucs=cfg.get("internal_aucs"), ood=OodSettings.from_config(cfg.get("ood")),
+            **compare,
         )  # fmt: skip
     else:
         table, metrics, expert_table = evaluate_predictions(

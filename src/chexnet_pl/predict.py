@@ -94,7 +94,8 @@ def predict(cfg: DictConfig) -> Path:
     from chexnet_pl.evaluation.conformal import add_decisions, find_conformal, with_calibration
     from chexnet_pl.evaluation.thresholds import operating_thresholds
     from chexnet_pl.files import write_csv_atomic
-    from chexnet_pl.visualization.explain import explain
+    from chexnet_pl.ood import add_flags, for_explainer
+    from chexnet_pl.visualization.explain import explain, model_input
     from chexnet_pl.visualization.inputs import (
         calibration_and_thresholds,
         image_files,
@@ -119,27 +120,27 @@ def predict(cfg: DictConfig) -> Path:
         find_conformal(checkpoint, cfg.get("conformal"), model.class_names), calibration,
         Path(str(cfg.get("calibration"))).name,
     )  # fmt: skip
+    ood = for_explainer(model, checkpoint)  # None: no flag fitted (one info line says how)
     frames, skipped = [], []
     for start in range(0, len(paths), int(cfg.batch_size)):
         xrays, unreadable = read_readable(paths[start : start + int(cfg.batch_size)], max_pixels)
         skipped.extend(unreadable)
         if not xrays:
             continue
-        frames.append(
-            explain(
-                model,
-                xrays,
-                image_size,
-                out_dir,
-                cfg.method,
-                thresholds=thresholds,
-                top_k=int(cfg.top_k),
-                calibration=calibration,
-                thresholds_note=operating.description,
-                threshold_notes=operating.notes,
-                model_line=identity.line(),
-            )
+        frame = explain(
+            model,
+            xrays,
+            image_size,
+            out_dir,
+            cfg.method,
+            thresholds=thresholds,
+            top_k=int(cfg.top_k),
+            calibration=calibration,
+            thresholds_note=operating.description,
+            threshold_notes=operating.notes,
+            model_line=identity.line(),
         )
+        frames.append(add_flags(frame, ood, model, model_input(xrays, image_size), checkpoint))
     if skipped:
         out_dir.mkdir(parents=True, exist_ok=True)
         listing = pd.DataFrame(skipped, columns=["Image Index", "reason"])

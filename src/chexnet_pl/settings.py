@@ -155,6 +155,7 @@ def check_train_config(cfg: DictConfig) -> None:
     from chexnet_pl.device import detect_caps
     from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.models.settings import logged_metrics, model_settings
+    from chexnet_pl.ood import OodSettings
     from chexnet_pl.training.trainer_settings import trainer_kwargs
 
     config = resolved(cfg)
@@ -186,6 +187,7 @@ def check_train_config(cfg: DictConfig) -> None:
         if section:
             dry_run(problems, lambda s=section, n=name: build_target(s, f"logger.{n}", False))
     dry_run(problems, lambda: EvaluationSettings.from_config(config.get("evaluation")))
+    dry_run(problems, lambda: OodSettings.from_config(config.get("ood")))
     _check_start(config, problems)
     _check_sweep(cfg, problems)
     problems.raise_if_any()

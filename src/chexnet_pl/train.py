@@ -59,6 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from chexnet_pl.model_identity import data_source, of_model, training_recipe
     from chexnet_pl.models.init_from import init_from_checkpoint
     from chexnet_pl.models.input_contract import input_size
+    from chexnet_pl.ood import OodSettings, fit_after_training
     from chexnet_pl.settings import check_train_config
     from chexnet_pl.training.run_checks import (
         check_output_dir,
@@ -126,6 +127,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         raise unwrap_worker_error(exc, cfg.data.on_bad_image) from exc
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and trainer.is_global_zero:  # before the checkpoint is hashed for model.json
+        fit_after_training(best, datamodule, OodSettings.from_config(cfg.get("ood")))
     identity = of_model(model, best or None, recipe, data)
     if trainer.is_global_zero:
         identity.write(output_dir)

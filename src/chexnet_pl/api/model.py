@@ -59,6 +59,9 @@ class Model:
             the checkpoint or in its run folder (an export: the one in its sidecar), else None.
         network: the PyTorch network (``XrayClassifier``) of a checkpoint or a safetensors
             export; None for an ONNX or TorchScript export.
+        ood: the fitted out-of-distribution flag (``chexnet_pl.ood.OodState``: its
+            ``threshold``, ``false_alarm_rate``, ...), from the checkpoint or the export's
+            sidecar; None when none was fitted (``ood_score`` is then NaN).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class Model:
         network: Any = None,
         export: Any = None,
         conformal: Any = None,
+        ood: Any = None,
     ) -> None:
         from chexnet_pl.visualization.inputs import calibration_and_thresholds
 
@@ -83,6 +87,12 @@ class Model:
         self.input_contract = input_contract
         self.network = network
         self._export = export
+        self.ood = ood
+        if ood is None:
+            from chexnet_pl.ood import HOW_TO_FIT
+
+            log.info("%s has no OOD flag (ood_score is NaN); fit one with %s", path.name,
+                     HOW_TO_FIT)  # fmt: skip
         self.calibration, values = calibration_and_thresholds(
             str(calibration_file) if calibration_file else None, operating, self.class_names
         )
@@ -118,16 +128,23 @@ class Model:
             (``prob >= threshold``; NA where the threshold is undefined: the validation split had
             no positives or no negatives for it, so there is no verdict); with a conformal rule
             (``Model.conformal``), ``decision_<finding>``: ``positive``, ``negative`` or
-            ``refer``.
+            ``refer``; ``ood_score`` (the Mahalanobis distance of the image's features to the
+            training X-rays') and ``in_distribution`` (``ood_score <= ood.threshold``; False: unlike the training
+            data, its probabilities may be meaningless; NaN / NA when no flag was fitted).
         """
-        frames = []
+        from chexnet_pl.ood import flag_columns, log_flags
+
+        frames, features = [], []
         xrays = as_xrays(images)
         for start in range(0, len(xrays), _positive(batch_size, "batch_size")):
             batch = xrays[start : start + batch_size]
-            probabilities = self._probabilities(model_input(batch, self.image_size))
+            pixels = model_input(batch, self.image_size)
+            probabilities = self._probabilities(pixels)
             frame = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in self.class_names])
             frame.insert(0, "image", [x.name for x in batch])
             frames.append(frame)
+            if self.ood is not None:
+                features.append(self._features(pixels))
         table = pd.concat(frames, ignore_index=True)
         for name in self.class_names:  # an undefined threshold gives no verdict: NA, not False
             threshold = self.thresholds[name]
@@ -135,6 +152,11 @@ class Model:
             if np.isnan(threshold):
                 above[:] = pd.NA
             table[f"above_{name}"] = above
+        pooled = np.concatenate(features) if features else None
+        for key, values in flag_columns(self.ood, pooled, len(table), self.path).items():
+            table[key] = values
+        if self.ood is not None:
+            log_flags(table["image"], table, self.ood, self.path)
         return add_decisions(table, self.conformal)
 
     def explain(self, image: ImageLike, finding: str, method: str = "cam") -> np.ndarray:
@@ -185,12 +207,14 @@ class Model:
         rows = []
         xrays = as_xrays(images)
         for start in range(0, len(xrays), _positive(batch_size, "batch_size")):
-            batch = model_input(xrays[start : start + batch_size], self.image_size)
-            if self.network is not None:
-                rows.append(_torch_features(self.network, batch))
-            else:
-                rows.append(self._export_outputs(batch, "features", "features"))
+            rows.append(self._features(model_input(xrays[start : start + batch_size],
+                                                   self.image_size)))  # fmt: skip
         return np.concatenate(rows).astype(np.float32)
+
+    def _features(self, batch: np.ndarray) -> np.ndarray:
+        if self.network is not None:
+            return _torch_features(self.network, batch)
+        return self._export_outputs(batch, "features", "features")
 
     def _class_index(self, finding: str) -> int:
         name = resolve_label(str(finding), self.class_names)
@@ -299,7 +323,7 @@ def _load_checkpoint(path: Path, device: str, thresholds, calibration, conformal
     return Model(
         path, backend, names, input_size(network), contract,
         operating_thresholds(path, thresholds, names), calibration, network=network,
-        conformal=rule,
+        conformal=rule, ood=run.ood,
     )  # fmt: skip
 
 
@@ -307,7 +331,7 @@ def _load_export(
     path: Path, fmt: str, device: str, thresholds, calibration, conformal=None
 ) -> Model:
     from chexnet_pl.evaluation.thresholds import read_thresholds
-    from chexnet_pl.serving.card import read_sidecar, sidecar_conformal
+    from chexnet_pl.serving.card import read_sidecar, sidecar_conformal, sidecar_path
 
     card = read_sidecar(path)  # checked against the file: a stale sidecar is refused
     names = [str(n) for n in card["classes"]]
@@ -328,6 +352,11 @@ def _load_export(
         operating = OperatingThresholds(values, source, "recorded in the export's sidecar")
     export = {"outputs": list(card["outputs"]), "run": _export_runner(fmt, path)}
     contract = {"backbone": card.get("backbone"), **card.get("preprocessing", {})}
+    ood = None
+    if card.get("ood") is not None:
+        from chexnet_pl.ood import OodState
+
+        ood = OodState.from_stored(card["ood"], sidecar_path(path))
     rule = (
         ConformalState.read(conformal, names, "given as conformal=")
         if conformal
@@ -335,7 +364,7 @@ def _load_export(
     )
     return Model(
         path, fmt, names, int(card["image_size"]), contract, operating, calibration,
-        export=export, conformal=rule,
+        export=export, conformal=rule, ood=ood,
     )  # fmt: skip
 
 

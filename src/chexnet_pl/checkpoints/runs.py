@@ -33,6 +33,7 @@ class Run:
     path: Path
     model: Any  # models.network.XrayClassifier, in eval mode
     data_settings: dict = field(default_factory=dict)
+    ood: Any = None  # chexnet_pl.ood.OodState, or None: the checkpoint has no OOD flag fitted
 
     @property
     def image_size(self) -> int:
@@ -74,7 +75,9 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
             f"{path} does not fit the model its settings describe: {str(exc).splitlines()[0][:300]}"
         ) from exc
     model = model.to(device or detect_caps().device).eval()
-    return Run(path, model, data_settings)
+    from chexnet_pl.models.ood import stored_state
+
+    return Run(path, model, data_settings, stored_state(stored, path))
 
 
 def trained_image_size(hparams: Mapping[str, Any], data_settings: Mapping[str, Any]) -> int:
@@ -136,4 +139,10 @@ def load_safetensors_run(path: str | Path, device: str | torch.device | None = N
     path = Path(path).expanduser()
     card, data = read_export(path)
     model = network_from(card.get("network"), data, path)
-    return Run(path, model.to(device or detect_caps().device).eval(), {})
+    ood = None
+    if card.get("ood") is not None:  # the checkpoint's OOD flag, as its sidecar carries it
+        from chexnet_pl.models.ood import OodState
+        from chexnet_pl.serving.card import sidecar_path
+
+        ood = OodState.from_stored(card["ood"], sidecar_path(path))
+    return Run(path, model.to(device or detect_caps().device).eval(), {}, ood)

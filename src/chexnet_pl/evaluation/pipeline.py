@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from chexnet_pl.data.datamodule import ChestXrayDataModule
     from chexnet_pl.evaluation.expert import ExpertLabels
     from chexnet_pl.evaluation.settings import EvaluationSettings
+    from chexnet_pl.models.ood import OodSettings
 
 log = logging.getLogger(__name__)
 TARGET = "_target_"
@@ -38,9 +39,12 @@ def evaluate_checkpoint(
     compare_on: str = "same",
     expert: ExpertLabels | None = None,
     internal_aucs: str | Path | None = None,
+    ood: OodSettings | None = None,
 ) -> Outcome:
     """Predict ``split`` with the checkpoint's model and score it; ``data`` replaces the
-    checkpoint's data settings (with a ``_target_``: another dataset, external validation)."""
+    checkpoint's data settings (with a ``_target_``: another dataset, external validation).
+    ``ood.fit``: the OOD flag is fitted first, into a NEW checkpoint ``<stem>.ood.ckpt`` beside
+    ``ckpt``, which is the one evaluated; a model with a flag has its flag rates reported."""
     import pandas as pd
 
     from chexnet_pl.checkpoints.runs import datamodule_for, load_run
@@ -48,9 +52,12 @@ def evaluate_checkpoint(
     from chexnet_pl.data.nih_table import IMAGE
     from chexnet_pl.evaluation.external import label_map_for, match_model_to_data, truth_for
     from chexnet_pl.evaluation.runner import evaluate_model
+    from chexnet_pl.ood import fit_checkpoint, report_flag_rates
 
     output_dir = Path(output_dir)
     data = dict(data)
+    if ood is not None and ood.fit:
+        ckpt = fit_checkpoint(ckpt, None, ood.max_images, ood.false_alarm_rate, data, output_dir)
     run = load_run(ckpt)
     if expert is not None:
         expert.check_outputs(run.model.class_names, f"the checkpoint {run.path}")
@@ -58,6 +65,9 @@ def evaluate_checkpoint(
     internal = internal_aucs_of(run, internal_aucs) if data.get(TARGET) else None
     table, metrics = evaluate_model(
         run.model, datamodule, output_dir, settings, split, run.path, internal
+    )
+    metrics |= report_flag_rates(
+        run.ood, run.model, datamodule, [split, "val"], output_dir, run.path
     )
     labelled = truth_frame(datamodule.table, datamodule.labels, datamodule.pathologies)
     if compare or compare_ckpt:

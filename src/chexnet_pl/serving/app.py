@@ -274,6 +274,7 @@ def create_app(
                 "format": sniff_format(data),
             },  # fmt: skip
             "calibration": predictor.calibration_label,  # None: raw probabilities
+            "ood": predictor.ood_answer(result),  # None: the model has no OOD flag
             "checkpoint_sha256": predictor.card["checkpoint_sha256"],
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
         }

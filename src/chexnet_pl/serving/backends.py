@@ -27,7 +27,14 @@ from chexnet_pl.serving.card import (
     threshold_fields,
 )
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
-from chexnet_pl.serving.served_model import CAMS, INPUT, PROBABILITIES, ServedModel, ServingError
+from chexnet_pl.serving.served_model import (
+    CAMS,
+    FEATURES,
+    INPUT,
+    PROBABILITIES,
+    ServedModel,
+    ServingError,
+)
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
 from chexnet_pl.visualization.inputs import calibrated_thresholds
 
@@ -40,10 +47,12 @@ BACKENDS = ("torch", "onnx")
 class Outputs:
     probabilities: np.ndarray  # N×K
     cams: np.ndarray | None  # N×K×H×W in [0, 1], or None for a head without CAM
+    features: np.ndarray | None = None  # N×D pooled features, when the OOD flag needs them
 
 
 class TorchBackend:
     name = "torch"
+    ood = None  # chexnet_pl.ood.OodState when the service flags out-of-distribution images
 
     def __init__(self, module) -> None:
         self.module = module.eval()
@@ -51,14 +60,16 @@ class TorchBackend:
         self.has_cams = self.served.with_cams
         self.heatmaps = "cam" if self.has_cams else "gradcam"
         self.device = module.device
+        self.with_features = False  # set by load_backend when the checkpoint has an OOD flag
 
     @torch.inference_mode()
     def run(self, images: np.ndarray) -> Outputs:
+        self.served.with_features = self.with_features
         outputs = self.served(torch.from_numpy(images).to(self.device))
-        if self.has_cams:
-            probabilities, cams = outputs
-            return Outputs(probabilities.float().cpu().numpy(), cams.float().cpu().numpy())
-        return Outputs(outputs.float().cpu().numpy(), None)
+        outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
+        features = outputs.pop().float().cpu().numpy() if self.with_features else None
+        cams = outputs[1].float().cpu().numpy() if self.has_cams else None
+        return Outputs(outputs[0].float().cpu().numpy(), cams, features)
 
     def grad_cam(self, image: np.ndarray, class_index: int) -> np.ndarray:
         """One image's Grad-CAM map of one class (H×W in [0, 1]), for heads without CAM."""
@@ -67,6 +78,7 @@ class TorchBackend:
 
 class OnnxBackend:
     name = "onnx"
+    ood = None
 
     def __init__(self, model: bytes | str | Path) -> None:
         # Without spinning: 7.1 against 3.6 requests/s in benchmarks/serve.py on 2 cores.
@@ -77,7 +89,7 @@ class OnnxBackend:
 
     def run(self, images: np.ndarray) -> Outputs:
         results = dict(zip(self.outputs, self.session.run(None, {INPUT: images}), strict=True))
-        return Outputs(results[PROBABILITIES], results.get(CAMS))
+        return Outputs(results[PROBABILITIES], results.get(CAMS), results.get(FEATURES))
 
     def grad_cam(self, image: np.ndarray, class_index: int) -> np.ndarray:
         raise ServingError(
@@ -124,9 +136,10 @@ def load_backend(
     else:
         module = module.cpu().float()
         log.info("exporting %s to ONNX in memory (backend=onnx)", checkpoint.name)
-        served = OnnxBackend(
-            onnx_bytes(ServedModel(module, cams=cam_available(module)), image_size)
-        )
+        served = OnnxBackend(onnx_bytes(
+            ServedModel(module, cams=cam_available(module), features=run.ood is not None),
+            image_size,
+        ))  # fmt: skip
     operating = operating_thresholds(checkpoint, thresholds, module.class_names)
     values = list(operating.values)
     if scaling is not None and operating.source is not None:
@@ -147,11 +160,32 @@ def load_backend(
     card["heatmaps"] = served.heatmaps
     card.update(conformal_fields(rule))
     card["calibration"] = None
+    card["ood"] = ood_summary(run.ood, served)
+    served.ood = run.ood if card["ood"] is not None else None
     if scaling is not None:
         card["calibration"] = {**scaling.to_json(), "file": Path(calibration).name}
         if operating.source is not None:
             card["thresholds_source"] += f" (mapped through {Path(calibration).name})"
     return served, card
+
+
+def ood_summary(state, served: TorchBackend | OnnxBackend) -> dict | None:
+    """What the page and ``GET /model`` say of the OOD flag (its matrices stay on the server);
+    None when the checkpoint has none, or an ONNX file exported without features."""
+    from chexnet_pl.models.ood import HOW_TO_FIT
+
+    if state is None:
+        log.info("%s: no OOD flag in this checkpoint; fit one with %s", "serve", HOW_TO_FIT)
+        return None
+    if isinstance(served, TorchBackend):
+        served.with_features = True
+    elif FEATURES not in served.outputs:
+        log.warning("the ONNX model has no features output, so no OOD flag; export it again")
+        return None
+    return {
+        "method": "mahalanobis", "threshold": state.threshold,
+        "false_alarm_rate": state.false_alarm_rate, "n_images": state.n_images,
+    }  # fmt: skip
 
 
 def _onnx_from_file(path: Path, checkpoint_sha256: str) -> tuple[OnnxBackend, int]:

@@ -25,6 +25,10 @@ from chexnet_pl.visualization.figures import overlay, prediction_table, upsample
 
 # Which heat maps a request wants: none, the most probable finding's, every finding's, or one.
 HEAT_CHOICES = ("none", "top", "all")
+OOD_WARNING = (
+    "This image looks unlike the chest X-rays the model was trained on (out of distribution): "
+    "its probabilities may be meaningless."
+)
 
 
 @dataclass
@@ -37,6 +41,8 @@ class Job:
 class JobResult:
     probabilities: np.ndarray  # K
     maps: dict[int, np.ndarray] = field(default_factory=dict)  # class index → H×W in [0, 1]
+    ood_score: float | None = None  # Mahalanobis distance (chexnet_pl.ood); None: no OOD flag
+    in_distribution: bool | None = None
 
 
 class Predictor:
@@ -106,6 +112,10 @@ class Predictor:
         images = np.stack([job.image for job in jobs])[:, None]
         outputs = self.backend.run(np.ascontiguousarray(images))
         results = []
+        state = self.backend.ood
+        scores = None
+        if state is not None and outputs.features is not None:
+            scores = state.scores(outputs.features, "the served checkpoint")
         probabilities_of = outputs.probabilities
         if self.calibration is not None:
             probabilities_of = self.calibration.apply(probabilities_of, self.class_names)
@@ -116,7 +126,11 @@ class Predictor:
                 maps = {k: outputs.cams[i, k] for k in chosen}
             else:
                 maps = {k: self.backend.grad_cam(images[i], k) for k in chosen}
-            results.append(JobResult(probabilities, maps))
+            result = JobResult(probabilities, maps)
+            if scores is not None:
+                result.ood_score = float(scores[i])
+                result.in_distribution = bool(scores[i] <= state.threshold)
+            results.append(result)
         return results
 
     def table(self, probabilities: np.ndarray) -> pd.DataFrame:
@@ -132,6 +146,20 @@ class Predictor:
             return None
         decided = self.conformal.decide(np.asarray(probabilities)[None, :])[0]
         return {n: str(d) for n, d in zip(self.class_names, decided, strict=True)}
+
+    def ood_answer(self, result: JobResult) -> dict | None:
+        """The response's ``ood`` field: the score, the verdict and a warning when flagged;
+        None when the model has no OOD flag."""
+        if result.ood_score is None:
+            return None
+        state = self.backend.ood
+        return {
+            "ood_score": result.ood_score,
+            "in_distribution": result.in_distribution,
+            "threshold": state.threshold,
+            "false_alarm_rate": state.false_alarm_rate,
+            "warning": None if result.in_distribution else OOD_WARNING,
+        }
 
     def close(self) -> None:
         self.queue.close()
