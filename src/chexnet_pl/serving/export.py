@@ -203,10 +203,11 @@ def export_checkpoint(
     card.update(threshold_fields(operating, model.class_names))
     card.update(conformal_fields(find_conformal(checkpoint, conformal, model.class_names)))
     card.update(calibration_fields(operating.source, model.class_names))
-    # The OOD flag (chexnet_pl.ood) travels with an ONNX export (it outputs the features) and a safetensors one.
-    card["ood"] = (
-        run.ood.to_sidecar() if run.ood is not None and fmt in ("onnx", "safetensors") else None
-    )
+    # The OOD flag (chexnet_pl.ood) travels with an ONNX export (it outputs the features) and a
+    # safetensors one (the whole network again); a TorchScript export has no features output.
+    if run.ood is not None and fmt in ("onnx", "safetensors"):
+        card["ood"] = run.ood.to_sidecar()
+    card.setdefault("ood", None)
     card.update(identity_fields(of_parts(backbone, model.class_names, image_size, checkpoint)))
     card.update(
         {
