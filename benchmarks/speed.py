@@ -36,7 +36,7 @@ from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.evaluation.predictions import autocast_context
 from chexnet_pl.models.module import CheXNetModule, shipped_model
 from chexnet_pl.models.precision import resolve_precision
-from chexnet_pl.shipped import shipped
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
 
 AUGMENT = shipped("data")["augment"]  # the shipped training augmentation

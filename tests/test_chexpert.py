@@ -21,7 +21,7 @@ from chexnet_pl.data.uncertainty import (
     ordered_labels,
 )
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.shipped import shipped_data
+from chexnet_pl.config_defaults import shipped_data
 
 TARGET = "chexnet_pl.data.chexpert.CheXpertDataModule"
 

@@ -24,7 +24,7 @@ from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroups import score_subgroups
 from chexnet_pl.labels import label_map_problems, match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC
-from chexnet_pl.shipped import shipped_data
+from chexnet_pl.config_defaults import shipped_data
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 # PadChest reads its labels onto NIH's findings by default (data.labels=nih): it names them.
@@ -198,7 +198,7 @@ def test_label_map_entries_must_name_labels_of_both_sides():
 def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog):
     """``{Effusion: Pleural Efusion}``: before, 22 outputs (Effusion and Pleural Effusion apart).
     ``chexnet-train data=nih+chexpert ... --check`` says so in one line, exit 2."""
-    from chexnet_pl.cli import run_command
+    from chexnet_pl.command_runner import run_command
 
     message = (
         "evaluation.label_map maps 'Effusion' (nih's labels) to 'Pleural Efusion', which "

@@ -82,7 +82,7 @@ def test_the_checks_see_a_circle_and_an_upward_import():
         layer("chexnet_pl.files")
         < layer("chexnet_pl.data.cache")
         < layer("chexnet_pl.evaluation.report")
-        < layer("chexnet_pl.cli")
+        < layer("chexnet_pl.command_runner")
         < layer("chexnet_pl.train")
     )
     graph = imports()

@@ -24,7 +24,7 @@ from chexnet_pl.data.mimic import MimicCxrDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.uncertainty import ordered_labels
 from chexnet_pl.errors import DataError
-from chexnet_pl.shipped import shipped_data
+from chexnet_pl.config_defaults import shipped_data
 
 TARGET = "chexnet_pl.data.mimic.MimicCxrDataModule"
 

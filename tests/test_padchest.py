@@ -25,7 +25,7 @@ from chexnet_pl.data.padchest import (
 )
 from chexnet_pl.data.synthetic import _render
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.shipped import shipped_data
+from chexnet_pl.config_defaults import shipped_data
 
 TARGET = "chexnet_pl.data.padchest.PadChestDataModule"
 PADCHEST_CSV = SHARED_DATA / "padchest-meta" / f"{TABLE_NAME}.gz"

@@ -231,7 +231,7 @@ def test_the_renamed_densenet_recipe_names_the_new_ones(check_only, nih_sample, 
     """``experiment=densenet`` trained DenseNet-169 under a name that reads like the paper's
     DenseNet-121: it stops (status 2, one line, with ``--check`` too) naming the recipes that
     replace it, which compose to the backbones they name."""
-    from chexnet_pl.cli import run_command
+    from chexnet_pl.command_runner import run_command
 
     args = ["experiment=densenet", f"data.root={nih_sample}", *(["--check"] if check_only else [])]
     with pytest.raises(SystemExit) as stop:
@@ -393,7 +393,7 @@ def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root
     that does not exist is one line and exit 2."""
     import re
 
-    from chexnet_pl.cli import run_command
+    from chexnet_pl.command_runner import run_command
 
     readme = (REPO / "docs" / "data.md").read_text()
     example = re.search(r"'(data\.uncertain_by_label=\{[^']*\})'", readme).group(1)

@@ -15,7 +15,7 @@ from chexnet_pl.data.splits import (
     patient_split,
 )
 from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.shipped import shipped
+from chexnet_pl.config_defaults import shipped
 
 
 def split_settings(**overrides) -> SplitSettings:

@@ -25,7 +25,7 @@ from chexnet_pl.data.vindr_cxr import (
 )
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.labels import match_labels
-from chexnet_pl.shipped import shipped, shipped_data
+from chexnet_pl.config_defaults import shipped, shipped_data
 
 TARGET = "chexnet_pl.data.vindr_cxr.VinDrCXRDataModule"
 VINDR_CSV = SHARED_DATA / "vindr-cxr-meta" / "vinbigdata-train.csv.gz"

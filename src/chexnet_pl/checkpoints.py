@@ -21,7 +21,7 @@ from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
 from chexnet_pl.models.contract import input_size
 from chexnet_pl.models.network import XrayClassifier
-from chexnet_pl.shipped import shipped
+from chexnet_pl.config_defaults import shipped
 
 log = logging.getLogger(__name__)
 

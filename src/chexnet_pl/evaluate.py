@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class EvaluateSettings:
         module when it is built, before any image is read."""
         from chexnet_pl.data.settings import check_data_settings
         from chexnet_pl.errors import ConfigError
-        from chexnet_pl.shipped import shipped
+        from chexnet_pl.config_defaults import shipped
 
         if self.data.get(TARGET):
             return

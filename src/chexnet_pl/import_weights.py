@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chexnet_pl.cli import LOG_FORMAT, user_errors_exit
+from chexnet_pl.command_runner import LOG_FORMAT, user_errors_exit
 from chexnet_pl.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
 
     from chexnet_pl.checkpoint_io import read_checkpoint, write_checkpoint
     from chexnet_pl.models.module import CheXNetModule
-    from chexnet_pl.shipped import shipped
+    from chexnet_pl.config_defaults import shipped
 
     if not Path(source).expanduser().is_file():
         raise ConfigError(f"{source} is not a file; give arnoweng/CheXNet's model.pth.tar")

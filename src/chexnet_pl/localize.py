@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
 

@@ -15,7 +15,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, run_command, run_or_exit
 from chexnet_pl.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)

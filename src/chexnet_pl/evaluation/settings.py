@@ -14,7 +14,7 @@ from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.subgroup_labels import Subgroups
 from chexnet_pl.files import FIGURE_FORMATS
 from chexnet_pl.models.precision import check_precision
-from chexnet_pl.shipped import shipped
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.validation import Problems, settings_from
 
 
