@@ -13,8 +13,8 @@ import yaml
 from conftest import REPO, compose_config
 from omegaconf import OmegaConf
 
-from chexnet_pl.command_runner import config_dir, run_command
 from chexnet_pl.command_help import command_help, yaml_settings
+from chexnet_pl.command_runner import config_dir, run_command
 
 COMMANDS = ["train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
             "export", "serve"]  # fmt: skip

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.batch_augment import choose_warp
 from chexnet_pl.data.device_loader import choose_loader
 from chexnet_pl.device import DeviceCaps, backend_flags, detect_caps, free_memory, pin_memory
 from chexnet_pl.models.precision import autocast_dtype, resolve_precision
-from chexnet_pl.config_defaults import shipped
 from chexnet_pl.training.trainer_settings import trainer_kwargs
 
 AMPERE = DeviceCaps(cuda=True, cuda_bf16=True, cpu_bf16=False)

@@ -15,6 +15,7 @@ import torch
 from conftest import make_model
 from sklearn.metrics import roc_auc_score
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
@@ -24,7 +25,6 @@ from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroups import score_subgroups
 from chexnet_pl.labels import label_map_problems, match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC
-from chexnet_pl.config_defaults import shipped_data
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 # PadChest reads its labels onto NIH's findings by default (data.labels=nih): it names them.

@@ -10,14 +10,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 COMMANDS = {"train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
             "import_weights", "export", "serve"}  # fmt: skip
-GROUND = {"errors", "files", "validation", "labels", "device", "shipped", "checkpoint_io", "components",
+GROUND = {"errors", "files", "validation", "labels", "device", "config_defaults", "checkpoint_io", "components",
           "config_location"}  # fmt: skip
 LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "model_identity": 2, "evaluation": 2, "visualization": 2,
           "serving": 2, "training": 2, "callbacks": 2, "api": 5}  # fmt: skip
 
 
 def layer(module: str) -> int:
-    """0 the ground, 1 data and models, 2 what uses them, 3 the commands' machinery (cli,
+    """0 the ground, 1 data and models, 2 what uses them, 3 the commands' machinery (command_runner,
     settings, overrides, --help), 4 the commands, 5 the Python API (``chexnet_pl.api``: built on
     all of it; the package reaches it by name, lazily)."""
     name = module.split(".")[1] if "." in module else ""

@@ -93,9 +93,9 @@ class EvaluateSettings:
         """The NIH ``data.*`` given, judged by the data module's own check (the checkpoint's
         settings, read later, fill the rest). A ``data=<dataset>`` config is judged by its
         module when it is built, before any image is read."""
+        from chexnet_pl.config_defaults import shipped
         from chexnet_pl.data.settings import check_data_settings
         from chexnet_pl.errors import ConfigError
-        from chexnet_pl.config_defaults import shipped
 
         if self.data.get(TARGET):
             return

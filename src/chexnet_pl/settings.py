@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from chexnet_pl.errors import ChexnetError, ConfigError, shown
 from chexnet_pl.config_defaults import HYDRA_KEYS
+from chexnet_pl.errors import ChexnetError, ConfigError, shown
 from chexnet_pl.validation import Problems, did_you_mean, settings_from
 
 T = TypeVar("T")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.calibration import CalibrationSettings
 from chexnet_pl.evaluation.predictions import TTA_MODES
@@ -14,7 +15,6 @@ from chexnet_pl.evaluation.report import THRESHOLD_METHODS
 from chexnet_pl.evaluation.subgroup_labels import Subgroups
 from chexnet_pl.files import FIGURE_FORMATS
 from chexnet_pl.models.precision import check_precision
-from chexnet_pl.config_defaults import shipped
 from chexnet_pl.validation import Problems, settings_from
 
 
