@@ -199,6 +199,7 @@ def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog)
     """``{Effusion: Pleural Efusion}``: before, 22 outputs (Effusion and Pleural Effusion apart).
     ``chexnet-train data=nih+chexpert ... --check`` says so in one line, exit 2."""
     from chexnet_pl.command_runner import run_command
+    from chexnet_pl.train import check_config
 
     message = (
         "evaluation.label_map maps 'Effusion' (nih's labels) to 'Pleural Efusion', which "
@@ -215,7 +216,8 @@ def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog)
         run_command("train", hydra_main, ["data=nih+chexpert",
                     f"data.datasets.nih.root={synthetic_root}",
                     f"data.datasets.chexpert.root={chexpert_root}",
-                    "evaluation.label_map={Effusion: Pleural Efusion}", "--check"])  # fmt: skip
+                    "evaluation.label_map={Effusion: Pleural Efusion}", "--check"],
+                    check=check_config, doc=None)  # fmt: skip
     assert exit_info.value.code == 2
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [message]
 

@@ -361,7 +361,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_command("evaluate", hydra_main)
+    run_command("evaluate", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

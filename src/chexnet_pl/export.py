@@ -70,7 +70,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("export", hydra_main)
+    run_command("export", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

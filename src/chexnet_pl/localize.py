@@ -136,7 +136,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("localize", hydra_main)
+    run_command("localize", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

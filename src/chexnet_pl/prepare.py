@@ -75,7 +75,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("prepare", hydra_main)
+    run_command("prepare", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

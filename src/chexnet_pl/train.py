@@ -214,7 +214,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_command("train", hydra_main)
+    run_command("train", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("visualize", hydra_main)
+    run_command("visualize", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":
