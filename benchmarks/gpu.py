@@ -88,7 +88,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from chexnet_pl.callbacks import Throughput  # noqa: E402
-from chexnet_pl.cli import config_dir  # noqa: E402
+from chexnet_pl.command_runner import config_dir  # noqa: E402
 from chexnet_pl.data.nih_table import class_names  # noqa: E402
 from chexnet_pl.data.prepare import build_cache  # noqa: E402
 from chexnet_pl.data.synthetic import generate_synthetic_nih  # noqa: E402

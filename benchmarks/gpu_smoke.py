@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from chexnet_pl.cli import config_dir
+from chexnet_pl.command_runner import config_dir
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 

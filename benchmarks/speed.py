@@ -26,6 +26,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.batch_augment import BatchAugment
 from chexnet_pl.data.cache import open_cache
 from chexnet_pl.data.dataset import ChestXrayDataset
@@ -36,7 +37,6 @@ from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.evaluation.predictions import autocast_context
 from chexnet_pl.models.module import CheXNetModule, shipped_model
 from chexnet_pl.models.precision import resolve_precision
-from chexnet_pl.shipped import shipped
 from chexnet_pl.visualization.heatmaps import class_activation_maps, grad_cam
 
 AUGMENT = shipped("data")["augment"]  # the shipped training augmentation

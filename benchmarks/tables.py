@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.mimic import MimicCxrDataModule
 from chexnet_pl.data.padchest import TABLE_NAME as PADCHEST_TABLE
 from chexnet_pl.data.padchest import PadChestDataModule
 from chexnet_pl.data.uncertainty import CHEXPERT_LABELS
 from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
-from chexnet_pl.shipped import shipped_data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

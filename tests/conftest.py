@@ -16,13 +16,13 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_MODULE
+from chexnet_pl.command_runner import CONFIG_MODULE
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.data.nih_table import class_names as nih_class_names
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import generate_synthetic_nih
 from chexnet_pl.models.module import CheXNetModule, shipped_model
-from chexnet_pl.shipped import shipped
 
 os.environ.setdefault("WANDB_MODE", "offline")
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.chexpert import CheXpertDataModule, read_chexpert_csv
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.uncertainty import (
@@ -21,7 +22,6 @@ from chexnet_pl.data.uncertainty import (
     ordered_labels,
 )
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.shipped import shipped_data
 
 TARGET = "chexnet_pl.data.chexpert.CheXpertDataModule"
 

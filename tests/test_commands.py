@@ -3,6 +3,7 @@ every setting without doing any work, and mistakes end in one line and exit stat
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import yaml
 from conftest import REPO, compose_config
 from omegaconf import OmegaConf
 
-from chexnet_pl.cli import config_dir, run_command
 from chexnet_pl.command_help import command_help, yaml_settings
+from chexnet_pl.command_runner import config_dir, run_command
 
 COMMANDS = ["train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
             "export", "serve"]  # fmt: skip
@@ -22,7 +23,8 @@ BIN = Path(sys.executable).parent
 
 
 def help_text(command: str) -> str:
-    return command_help(command, f"chexnet_pl.{command}", config_dir(), command)
+    doc = importlib.import_module(f"chexnet_pl.{command}").__doc__
+    return command_help(command, doc, config_dir(), command)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -137,21 +139,27 @@ def test_the_help_of_a_comment_is_its_yaml_comment():
 
 
 def test_help_and_check_are_answered_before_hydra(capsys, nih_sample, monkeypatch):
+    from chexnet_pl import predict, train
+
+    TRAIN = {"check": train.check_config, "doc": train.__doc__}  # what chexnet-train passes
+
     def hydra_main():
         raise AssertionError("Hydra's main ran")
 
     with pytest.raises(SystemExit) as exit_info:
-        run_command("predict", hydra_main, ["--help"])
+        run_command(
+            "predict", hydra_main, ["--help"], check=predict.check_config, doc=predict.__doc__
+        )
     assert exit_info.value.code == 0 and "chexnet-predict: " in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         run_command("train", hydra_main, ["experiment=densenet121", f"data.root={nih_sample}",
-                                          "--check"])  # fmt: skip
+                                          "--check"], **TRAIN)  # fmt: skip
     assert exit_info.value.code == 0
     with pytest.raises(SystemExit) as exit_info:
-        run_command("train", hydra_main, ["data.image_sise=64"])
+        run_command("train", hydra_main, ["data.image_sise=64"], **TRAIN)
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit) as exit_info:
-        run_command("train", hydra_main, ["data.root=/nonexistent", "--check"])
+        run_command("train", hydra_main, ["data.root=/nonexistent", "--check"], **TRAIN)
     assert exit_info.value.code == 2
 
 

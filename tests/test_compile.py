@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import make_model
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.models.compiled import compile_options
 from chexnet_pl.models.optim import build_optimizer, use_fused
-from chexnet_pl.shipped import shipped
 from chexnet_pl.train import train
 
 

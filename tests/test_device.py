@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.batch_augment import choose_warp
 from chexnet_pl.data.device_loader import choose_loader
 from chexnet_pl.device import DeviceCaps, backend_flags, detect_caps, free_memory, pin_memory
 from chexnet_pl.models.precision import autocast_dtype, resolve_precision
-from chexnet_pl.shipped import shipped
 from chexnet_pl.training.trainer_settings import trainer_kwargs
 
 AMPERE = DeviceCaps(cuda=True, cuda_bf16=True, cpu_bf16=False)
@@ -41,7 +41,7 @@ def test_the_shipped_trainer_presets_on_a_gpu_and_on_a_cpu(preset):
     """What each conf/trainer/<preset>.yaml becomes on an Ampere GPU host and on a CPU host."""
     from omegaconf import OmegaConf
 
-    from chexnet_pl.cli import config_dir
+    from chexnet_pl.command_runner import config_dir
 
     section = OmegaConf.load(config_dir() / "trainer" / f"{preset}.yaml")
     for parent in section.pop("defaults", []):

@@ -15,12 +15,12 @@ import torch
 from conftest import small_datamodule
 from test_no_sync import watched_reads
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.batch_augment import AffineParams, BatchAugment, warp_grid, warp_opencv
 from chexnet_pl.data.device_loader import DeviceLoader, resolve_num_workers
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.transforms import train_transform
 from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.shipped import shipped
 from chexnet_pl.train import train
 
 AUGMENT = {"hflip": 0.5, "affine": 0.5, "scale": (0.95, 1.05), "translate": 0.05, "rotate": 7.0}

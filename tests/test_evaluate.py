@@ -17,7 +17,7 @@ import torch
 from conftest import compose_config, make_model
 from sklearn.metrics import roc_auc_score
 
-from chexnet_pl.cli import run_or_exit
+from chexnet_pl.command_runner import run_or_exit
 from chexnet_pl.data.nih import label_index
 from chexnet_pl.data.nih_table import (
     FINDINGS,

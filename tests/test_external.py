@@ -14,11 +14,11 @@ import torch
 from conftest import compose_config, make_model, random_checkpoint
 from sklearn.metrics import roc_auc_score
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import ChexnetError, ConfigError, DataError
 from chexnet_pl.evaluate import evaluate
-from chexnet_pl.shipped import shipped_data
 
 CHEXPERT = "chexnet_pl.data.chexpert.CheXpertDataModule"
 

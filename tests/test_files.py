@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chexnet_pl.cli import run_or_exit
+from chexnet_pl.command_runner import run_or_exit
 from chexnet_pl.errors import DiskFullError
 from chexnet_pl.files import (
     atomic_write,

@@ -15,6 +15,7 @@ import torch
 from conftest import make_model
 from sklearn.metrics import roc_auc_score
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.auroc import bootstrap_auroc
@@ -24,7 +25,6 @@ from chexnet_pl.evaluation.settings import EvaluationSettings
 from chexnet_pl.evaluation.subgroups import score_subgroups
 from chexnet_pl.label_sets import label_map_problems, match_labels, mean_row, relabel, union_labels
 from chexnet_pl.models.metrics import PerClassAUROC
-from chexnet_pl.shipped import shipped_data
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 # PadChest reads its labels onto NIH's findings by default (data.labels=nih): it names them.
@@ -198,7 +198,8 @@ def test_label_map_entries_must_name_labels_of_both_sides():
 def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog):
     """``{Effusion: Pleural Efusion}``: before, 22 outputs (Effusion and Pleural Effusion apart).
     ``chexnet-train data=nih+chexpert ... --check`` says so in one line, exit 2."""
-    from chexnet_pl.cli import run_command
+    from chexnet_pl.command_runner import run_command
+    from chexnet_pl.train import check_config
 
     message = (
         "evaluation.label_map maps 'Effusion' (nih's labels) to 'Pleural Efusion', which "
@@ -215,7 +216,8 @@ def test_pooling_refuses_a_label_map_typo(synthetic_root, chexpert_root, caplog)
         run_command("train", hydra_main, ["data=nih+chexpert",
                     f"data.datasets.nih.root={synthetic_root}",
                     f"data.datasets.chexpert.root={chexpert_root}",
-                    "evaluation.label_map={Effusion: Pleural Efusion}", "--check"])  # fmt: skip
+                    "evaluation.label_map={Effusion: Pleural Efusion}", "--check"],
+                    check=check_config, doc=None)  # fmt: skip
     assert exit_info.value.code == 2
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [message]
 

@@ -10,14 +10,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "chexnet_pl"
 COMMANDS = {"train", "evaluate", "predict", "visualize", "localize", "download", "prepare",
             "import_weights", "export", "serve"}  # fmt: skip
-GROUND = {"errors", "files", "validation", "label_sets", "device", "shipped", "components",
+GROUND = {"errors", "files", "validation", "label_sets", "device", "config_defaults", "components",
           "config_location", "checkpoints.file_io"}  # fmt: skip
 LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "model_identity": 2, "evaluation": 2, "visualization": 2, "ood": 2,
           "serving": 2, "training": 2, "callbacks": 2, "api": 5}  # fmt: skip
 
 
 def layer(module: str) -> int:
-    """0 the ground, 1 data and models, 2 what uses them, 3 the commands' machinery (cli,
+    """0 the ground, 1 data and models, 2 what uses them, 3 the commands' machinery (command_runner,
     settings, overrides, --help), 4 the commands, 5 the Python API (``chexnet_pl.api``: built on
     all of it; the package reaches it by name, lazily)."""
     name = module.split(".")[1] if "." in module else ""
@@ -83,7 +83,7 @@ def test_the_checks_see_a_circle_and_an_upward_import():
         == layer("chexnet_pl.checkpoints.file_io")
         < layer("chexnet_pl.data.cache")
         < layer("chexnet_pl.evaluation.report")
-        < layer("chexnet_pl.cli")
+        < layer("chexnet_pl.command_runner")
         < layer("chexnet_pl.train")
     )
     graph = imports()

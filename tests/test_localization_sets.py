@@ -115,7 +115,7 @@ def test_vindr_each_readers_boxes_and_their_union(tmp_path, nih_checkpoint, vind
 
 def test_the_union_of_readers_is_the_union_of_their_boxes(vindr_root, vindr_table):
     from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
-    from chexnet_pl.shipped import shipped_data
+    from chexnet_pl.config_defaults import shipped_data
 
     dm = VinDrCXRDataModule(**shipped_data("chexnet_pl.data.vindr_cxr.VinDrCXRDataModule",
                                            root=str(vindr_root), num_workers=0))  # fmt: skip

@@ -20,11 +20,11 @@ from xray_datasets import (
     write_mimic_tables,
 )
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.mimic import MimicCxrDataModule
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.uncertainty import ordered_labels
 from chexnet_pl.errors import DataError
-from chexnet_pl.shipped import shipped_data
 
 TARGET = "chexnet_pl.data.mimic.MimicCxrDataModule"
 

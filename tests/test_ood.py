@@ -93,7 +93,7 @@ def test_settings_are_judged():
 
 def test_the_shipped_configs_carry_the_ood_section(tmp_path):
     from chexnet_pl.command_help import command_help
-    from chexnet_pl.shipped import config_dir
+    from chexnet_pl.config_defaults import config_dir
 
     for name in ("train", "evaluate"):
         cfg = compose_config(name, tmp_path, *(["ckpt=x.ckpt"] if name == "evaluate" else []))

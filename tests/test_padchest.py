@@ -15,6 +15,7 @@ import pytest
 from conftest import SHARED_DATA, compose_config, random_checkpoint
 from PIL import Image
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.nih_table import FINDINGS, IMAGE, PATIENT
 from chexnet_pl.data.padchest import (
@@ -25,7 +26,6 @@ from chexnet_pl.data.padchest import (
 )
 from chexnet_pl.data.synthetic import _render
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.shipped import shipped_data
 
 TARGET = "chexnet_pl.data.padchest.PadChestDataModule"
 PADCHEST_CSV = SHARED_DATA / "padchest-meta" / f"{TABLE_NAME}.gz"

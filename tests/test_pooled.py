@@ -25,7 +25,7 @@ from chexnet_pl.data.padchest import PadChestDataModule
 from chexnet_pl.data.pooled import member_label_names
 from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
 from chexnet_pl.errors import DataError
-from chexnet_pl.shipped import shipped_data
+from chexnet_pl.config_defaults import shipped_data
 
 MEMBERS = "data.members=[nih,padchest,vindr_cxr]"
 PADCHEST_ROWS, VINDR_IMAGES = 160, 120
@@ -162,7 +162,7 @@ def test_members_must_be_datasets_with_folders(tmp_path, synthetic_root, padches
 def test_the_pooled_config_lists_every_shipped_dataset():
     """data=pooled composes every conf/data dataset under datasets (so any can be a member);
     data=nih+chexpert is unchanged (two datasets, no members setting)."""
-    from chexnet_pl.shipped import data_targets
+    from chexnet_pl.config_defaults import data_targets
 
     cfg = compose_config("train", None, "data=pooled")
     assert OmegaConf.is_missing(cfg.data, "members")

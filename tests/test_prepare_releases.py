@@ -24,7 +24,7 @@ from chexnet_pl.data.images import list_images, read_gray
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import _render
 from chexnet_pl.data.transforms import area_resize
-from chexnet_pl.shipped import shipped_data
+from chexnet_pl.config_defaults import shipped_data
 
 SIZE = 32
 TARGETS = {

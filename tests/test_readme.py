@@ -301,8 +301,8 @@ def workspace(tmp_path_factory, nih_sample, chexpert_train_csv) -> Path:
 def _other_datasets(ws: Path, chexpert: Path, mimic: Path) -> None:
     """CheXpert's test split scored by a random predictions file (``chexpert_preds.csv``), and
     MIMIC-IV's patients table for the MIMIC subjects."""
+    from chexnet_pl.config_defaults import shipped_data
     from chexnet_pl.data.chexpert import CheXpertDataModule
-    from chexnet_pl.shipped import shipped_data
 
     datamodule = CheXpertDataModule(
         **shipped_data("chexnet_pl.data.chexpert.CheXpertDataModule", root=str(chexpert))

@@ -19,10 +19,10 @@ from conftest import (
 )
 from dicom_datasets import make_rsna_root, write_rsna_table
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.dicom.releases import header_table
 from chexnet_pl.data.rsna_pneumonia import RSNAPneumoniaDataModule, read_rsna_labels
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.shipped import shipped_data
 
 TARGET = "chexnet_pl.data.rsna_pneumonia.RSNAPneumoniaDataModule"
 META = SHARED_DATA / "rsna-pneumonia-meta"

@@ -17,7 +17,7 @@ import pytest
 from conftest import console_script, random_checkpoint
 from omegaconf import OmegaConf
 
-from chexnet_pl.cli import OutputFolderCheck, log_outputs, remove_unused_run_folder
+from chexnet_pl.command_runner import OutputFolderCheck, log_outputs, remove_unused_run_folder
 from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.model_identity import ModelIdentity, paper_comparison
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from conftest import compose_train_config, make_model, tiny_overrides
 
-from chexnet_pl.cli import run_or_exit
+from chexnet_pl.command_runner import run_or_exit
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.errors import ChexnetError, ConfigError
 from chexnet_pl.evaluation.predictions import predict
 from chexnet_pl.evaluation.report import choose_threshold
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.models.optim import build_optimizer
 from chexnet_pl.settings import check_train_config
-from chexnet_pl.shipped import shipped
 from chexnet_pl.train import train
 from chexnet_pl.visualization.heatmaps import resolve_method
 

@@ -5,6 +5,7 @@ command's config, pass the pre-flight check; each recipe trains (slow tier)."""
 from __future__ import annotations
 
 import copy
+import importlib
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,14 @@ from conftest import REPO, random_checkpoint
 
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.overrides import check_overrides, composed_jobs
-from chexnet_pl.settings import preflight
 
 CONF = REPO / "conf"
+TRAIN = {"check": importlib.import_module("chexnet_pl.train").check_config, "doc": None}
+
+
+def preflight(command: str, cfg) -> None:
+    """The pre-flight check ``chexnet-<command>`` passes to ``run_command`` (its ``check_config``)."""
+    importlib.import_module(f"chexnet_pl.{command}").check_config(cfg)
 
 
 def options(group: str) -> list[str]:
@@ -231,11 +237,11 @@ def test_the_renamed_densenet_recipe_names_the_new_ones(check_only, nih_sample, 
     """``experiment=densenet`` trained DenseNet-169 under a name that reads like the paper's
     DenseNet-121: it stops (status 2, one line, with ``--check`` too) naming the recipes that
     replace it, which compose to the backbones they name."""
-    from chexnet_pl.cli import run_command
+    from chexnet_pl.command_runner import run_command
 
     args = ["experiment=densenet", f"data.root={nih_sample}", *(["--check"] if check_only else [])]
     with pytest.raises(SystemExit) as stop:
-        run_command("train", lambda: pytest.fail("Hydra ran"), args)
+        run_command("train", lambda: pytest.fail("Hydra ran"), args, **TRAIN)
     assert stop.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "experiment=densenet169 or experiment=densenet201" in errors[0]
@@ -399,7 +405,7 @@ def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root
     that does not exist is one line and exit 2."""
     import re
 
-    from chexnet_pl.cli import run_command
+    from chexnet_pl.command_runner import run_command
 
     readme = (REPO / "docs" / "data.md").read_text()
     example = re.search(r"'(data\.uncertain_by_label=\{[^']*\})'", readme).group(1)
@@ -412,16 +418,16 @@ def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root
 
     base = ["data=chexpert", f"data.root={chexpert_root}"]
     with pytest.raises(SystemExit) as exit_info:
-        run_command("train", hydra_main, [*base, example, "--check"])
+        run_command("train", hydra_main, [*base, example, "--check"], **TRAIN)
     assert exit_info.value.code == 0, caplog.text
     with pytest.raises(SystemExit) as exit_info:
         run_command("train", hydra_main, [*base, "data.uncertain_by_label={Edema: maybe}",
-                                          "--check"])  # fmt: skip
+                                          "--check"], **TRAIN)  # fmt: skip
     assert exit_info.value.code == 2
     assert "data.uncertain_by_label.Edema='maybe'; use one of" in caplog.text
     caplog.clear()  # what Hydra refuses is one line from --check too, not a traceback
     with pytest.raises(SystemExit) as exit_info:
-        run_command("train", hydra_main, [*base, "data.augment={flip: 0.5}", "--check"])
+        run_command("train", hydra_main, [*base, "data.augment={flip: 0.5}", "--check"], **TRAIN)
     assert exit_info.value.code == 2
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         "Could not override 'data.augment'. To append to your config use +data.augment={flip: 0.5}"

@@ -20,6 +20,7 @@ from conftest import (
 )
 from dicom_datasets import make_siim_root
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.siim_pneumothorax import (
     SIIMPneumothoraxDataModule,
     read_siim_rle,
@@ -27,7 +28,6 @@ from chexnet_pl.data.siim_pneumothorax import (
     rle_encode,
 )
 from chexnet_pl.errors import ChexnetError, DataError
-from chexnet_pl.shipped import shipped_data
 
 TARGET = "chexnet_pl.data.siim_pneumothorax.SIIMPneumothoraxDataModule"
 RLE_CSV = SHARED_DATA / "siim-pneumothorax-meta" / "siim-pneumothorax-train-rle.csv.gz"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.nih_table import read_data_entry
 from chexnet_pl.data.splits import (
     SplitSettings,
@@ -15,7 +16,6 @@ from chexnet_pl.data.splits import (
     patient_split,
 )
 from chexnet_pl.errors import ConfigError, DataError
-from chexnet_pl.shipped import shipped
 
 
 def split_settings(**overrides) -> SplitSettings:

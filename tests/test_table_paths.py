@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from xray_datasets import write_mimic_tables
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.chexpert import CheXpertDataModule
 from chexnet_pl.data.mimic import MimicCxrDataModule
 from chexnet_pl.data.nih import NIHDataModule
 from chexnet_pl.data.pooled import PooledDataModule
 from chexnet_pl.data.table_paths import leaves_folder
 from chexnet_pl.errors import DataError
-from chexnet_pl.shipped import shipped_data
 
 SETTINGS = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache": "off"}
 CHEXPERT = "chexnet_pl.data.chexpert.CheXpertDataModule"

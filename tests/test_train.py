@@ -15,7 +15,7 @@ import torch
 from conftest import compose_train_config, tiny_overrides
 from omegaconf import OmegaConf
 
-from chexnet_pl.cli import CONFIG_MODULE
+from chexnet_pl.command_runner import CONFIG_MODULE
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.nih_table import class_names as nih_class_names
 from chexnet_pl.data.synthetic import generate_synthetic_nih

@@ -13,6 +13,7 @@ import pytest
 from conftest import SHARED_DATA, compose_config, random_checkpoint
 from test_dicom import write_dicom
 
+from chexnet_pl.config_defaults import shipped, shipped_data
 from chexnet_pl.data.nih_table import IMAGE, PATIENT
 from chexnet_pl.data.nih_table import class_names as nih_class_names
 from chexnet_pl.data.synthetic import _render
@@ -25,7 +26,7 @@ from chexnet_pl.data.vindr_cxr import (
 )
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.label_sets import match_labels
-from chexnet_pl.shipped import shipped, shipped_data
+from chexnet_pl.config_defaults import shipped, shipped_data
 
 TARGET = "chexnet_pl.data.vindr_cxr.VinDrCXRDataModule"
 VINDR_CSV = SHARED_DATA / "vindr-cxr-meta" / "vinbigdata-train.csv.gz"

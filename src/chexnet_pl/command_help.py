@@ -1,11 +1,10 @@
 """``chexnet-<command> --help``: what the command does, examples, and its own settings with the
-comments of its YAML files. Read from text (the command module's docstring, the YAML files)
-without importing torch or the command itself, so it answers at once."""
+comments of its YAML files. Read from text (the docstring the command passes, the YAML files)
+without importing torch, so it answers at once."""
 
 from __future__ import annotations
 
-import ast
-import importlib.util
+import inspect
 import re
 import textwrap
 from dataclasses import dataclass
@@ -152,12 +151,6 @@ def package_of(path: Path) -> str:
     return _comments(path.read_text(encoding="utf-8"))[1]
 
 
-def _docstring(module: str) -> str:
-    spec = importlib.util.find_spec(module)
-    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
-    return (ast.get_docstring(ast.parse(source)) or "").strip()
-
-
 def _format(settings: list[Setting], width: int = 100) -> list[str]:
     lines = []
     for setting in settings:
@@ -233,9 +226,10 @@ def _table(rows: list[dict[str, str]], columns: tuple[str, ...]) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
-def command_help(command: str, module: str, config_dir: Path, config_name: str | None) -> str:
-    """The text of ``chexnet-<command> --help``."""
-    lines = [f"chexnet-{command}: " + _docstring(module), ""]
+def command_help(command: str, doc: str, config_dir: Path, config_name: str | None) -> str:
+    """The text of ``chexnet-<command> --help``: ``doc`` (the command's docstring, which the
+    command passes) and the settings of its YAML files."""
+    lines = [f"chexnet-{command}: " + inspect.cleandoc(doc), ""]
     if config_name is None:
         return "\n".join(lines)
     own, defaults = yaml_settings(config_dir / f"{config_name}.yaml")

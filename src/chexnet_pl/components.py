@@ -51,7 +51,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @functools.cache
 def data_modules() -> frozenset[str]:
     """The class paths of the data modules the shipped configs build (``conf/data``)."""
-    from chexnet_pl.shipped import data_targets
+    from chexnet_pl.config_defaults import data_targets
 
     return frozenset({DEFAULT_DATAMODULE, *data_targets()})
 

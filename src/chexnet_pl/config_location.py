@@ -2,8 +2,8 @@
 ``chexnet_pl.conf`` (see setup.py), found the same way in an editable install and a wheel. A
 source tree used without installing (PYTHONPATH=src, as on a bare GPU host) has it beside src/.
 
-A module of its own, importing nothing of the project: the commands' shared code (``cli``), the
-command-line check (``overrides``) and the shipped defaults (``shipped``) all read it.
+A module of its own, importing nothing of the project: the commands' shared code (``command_runner``), the
+command-line check (``overrides``) and the shipped defaults (``config_defaults``) all read it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 
@@ -88,7 +88,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("download", hydra_main)
+    run_command("download", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

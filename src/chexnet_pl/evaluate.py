@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,9 @@ class EvaluateSettings:
         """The NIH ``data.*`` given, judged by the data module's own check (the checkpoint's
         settings, read later, fill the rest). A ``data=<dataset>`` config is judged by its
         module when it is built, before any image is read."""
+        from chexnet_pl.config_defaults import shipped
         from chexnet_pl.data.settings import check_data_settings
         from chexnet_pl.errors import ConfigError
-        from chexnet_pl.shipped import shipped
 
         if self.data.get(TARGET):
             return
@@ -187,7 +187,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_command("evaluate", hydra_main)
+    run_command("evaluate", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from chexnet_pl.cli import LOG_FORMAT, user_errors_exit
+from chexnet_pl.command_runner import LOG_FORMAT, user_errors_exit
 from chexnet_pl.models.arnoweng import import_arnoweng
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
 
@@ -147,7 +147,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("localize", hydra_main)
+    run_command("localize", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

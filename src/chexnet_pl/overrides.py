@@ -7,11 +7,11 @@ the config as the command would and runs its pre-flight check, without doing any
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chexnet_pl.config_location import CONFIG_MODULE, INSTALLED, SOURCE_CONFIG_DIR
 from chexnet_pl.validation import closest, did_you_mean
@@ -96,30 +96,37 @@ def _compose(loader: Any, config_name: str, overrides: list[str]) -> DictConfig:
     return compose(config_name, overrides=overrides, return_hydra_config=True)
 
 
+def _tree(cfg: Any) -> Any:
+    """A config as plain values, interpolations and ``???`` as written (not resolved)."""
+    return OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+
+
 def _exists(cfg: Any, key: str) -> bool:
-    node = cfg
+    node = _tree(cfg)
     for part in key.split("."):
-        if isinstance(node, DictConfig) and part in node.keys():  # `in node` is False for ???
-            node = node._get_node(part)
-        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
-            node = node._get_node(int(part))
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
         else:
             return False
     return True
 
 
-def all_keys(cfg: DictConfig, prefix: str = "", sections: bool = True) -> list[str]:
+def settings_of(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every dotted key of ``cfg`` with its value as written (a section's: a mapping)."""
+    found = []
+    for key, value in _tree(cfg).items():
+        found.append((f"{prefix}{key}", value))
+        if isinstance(value, dict):
+            found.extend(settings_of(value, f"{prefix}{key}."))
+    return found
+
+
+def all_keys(cfg: Any, prefix: str = "", sections: bool = True) -> list[str]:
     """Every dotted key of ``cfg`` (without the sections themselves unless ``sections``)."""
-    keys = []
-    for key in cfg.keys():
-        name = f"{prefix}{key}"
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig):
-            keys.extend([name] if sections else [])
-            keys.extend(all_keys(node, f"{name}.", sections))
-        else:
-            keys.append(name)
-    return keys
+    return [key for key, value in settings_of(cfg, prefix)
+            if sections or not isinstance(value, dict)]  # fmt: skip
 
 
 def check_overrides(command: str, args: Sequence[str]) -> list[str]:
@@ -232,17 +239,16 @@ def composed_jobs(command: str, *command_lines: Sequence[str]) -> Iterator[DictC
             HydraConfig.instance().cfg = None
 
 
-def check_settings(command: str, args: Sequence[str]) -> str:
-    """``--check``: every job's config through the command's pre-flight check."""
+def check_settings(command: str, args: Sequence[str], check: Callable[[DictConfig], None]) -> str:
+    """``--check``: every job's config through ``check``, the command's pre-flight check."""
     from hydra.errors import HydraException
 
     from chexnet_pl.errors import ConfigError
-    from chexnet_pl.settings import preflight
 
     count = 0
     try:
         for cfg in composed_jobs(command, args):
-            preflight(command, cfg)
+            check(cfg)
             count += 1
     except (
         HydraException

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.errors import DataError
 from chexnet_pl.validation import Problems
 
@@ -210,7 +210,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("predict", hydra_main)
+    run_command("predict", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 MIN_SIZE = 8  # px: smaller caches cannot hold a usable chest X-ray
@@ -75,7 +75,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("prepare", hydra_main)
+    run_command("prepare", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, run_command, run_or_exit
 from chexnet_pl.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("serve", hydra_main)
+    run_command("serve", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -1,120 +1,87 @@
 """The pre-flight check: every setting of a command judged before any work, all problems at once.
 
-It judges nothing itself. It builds each component the command would build, as a dry run — the
-data module (no image is read), the model's settings (no network, no weights), the trainer's
-arguments, the callbacks, the loggers' arguments, the evaluation settings, or a command's own
-settings dataclass — and collects what each constructor says, so it cannot disagree with them.
-``chexnet-<command> --check`` runs it alone; every command runs it first.
+It judges nothing itself. Hydra builds each component the run would build, from the same config
+— the data module (no image is read), the callbacks — and the model's, trainer's, loggers' and
+evaluation's settings are built as the run builds them (no network, no weights, no logger
+started); what each constructor refuses is collected (``dry_run``), so it cannot disagree with
+them. Each command passes its
+``check_config`` to ``run_command``; ``chexnet-<command> --check`` runs it alone.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from chexnet_pl.errors import ChexnetError, ConfigError, shown
-from chexnet_pl.shipped import HYDRA_KEYS
 from chexnet_pl.validation import Problems, did_you_mean, settings_from
 
 T = TypeVar("T")
-
-# What a missing mandatory value (``???``) is for, said when it is not given.
-MANDATORY_HINTS = {
-    "data.root": "the dataset's folder, e.g. data.root=/path/to/nih",
-    "ckpt": "a checkpoint: ckpt=outputs/train/2026-12-01/09-30-00/checkpoints/best.ckpt",
-    "root": "the data folder, e.g. root=/path/to/nih",
-    "label": "a finding, e.g. label=Infiltration",
-}
 # Keys every command's config has besides its own settings.
 COMMON_KEYS = ("paths", "hydra", "task_name")
+# Python's words for a keyword argument a constructor does not take.
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
-def dry_run(problems: Problems, build: Callable[[], T], where: str = "") -> T | None:
-    """``build()``, its ``ConfigError`` (or another constructor's error) added to ``problems``."""
+def dry_run(
+    problems: Problems, build: Callable[[], T], where: str = "", keys: list[str] | None = None
+) -> T | None:
+    """``build()``; what it refuses added to ``problems`` (a ``ConfigError``'s problems, or
+    another constructor's error after ``where``). A keyword argument it does not take is named
+    with the closest of ``keys`` (the section's settings), never a ``TypeError``."""
+    from hydra.errors import InstantiationException
+
     try:
         return build()
     except ConfigError as exc:
         problems.extend(exc)
-    except (ChexnetError, TypeError, ValueError) as exc:
-        problems.add(f"{where}: {exc}" if where else str(exc))
-    except Exception as exc:  # a library's own configuration error (Lightning's Misconfiguration)
-        if type(exc).__name__ != "MisconfigurationException":
-            raise
-        problems.add(f"{where}: {exc}" if where else str(exc))
+        return None
+    except InstantiationException as exc:  # Hydra's wrapper: what the constructor said
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        error: Exception = cause if isinstance(cause, Exception) else exc
+    except Exception as exc:  # noqa: BLE001 — judged just below
+        error = exc
+    if isinstance(error, ConfigError):
+        problems.extend(error)
+        return None
+    unknown = _UNEXPECTED.search(str(error)) if isinstance(error, TypeError) else None
+    if unknown and where:
+        key = f"{where}.{unknown[1]}"
+        known = [f"{where}.{k}" for k in keys or [] if not str(k).startswith("_")
+                 and k != unknown[1]]  # fmt: skip
+        problems.add(f"{key} is not a setting{did_you_mean(key, known)}")
+    elif isinstance(error, ChexnetError | TypeError | ValueError) or (
+        type(error).__name__ == "MisconfigurationException"  # Lightning's own refusal
+    ):
+        problems.add(f"{where}: {error}" if where else str(error))
+    else:
+        raise error
     return None
 
 
-def build_target(section: Mapping[str, Any], key: str, instantiate: bool = True) -> Any:
-    """A ``_target_`` section built as Hydra would (or only its arguments checked): a key the
-    class does not take is named with the closest ones it does, never a ``TypeError``."""
-    from hydra.utils import get_object
+def check_mandatory(cfg: DictConfig) -> None:
+    """Every ``???`` given, and what the recipe lists under
+    ``requires`` (``key: what it is``): a recipe cannot make a key ``???`` once train.yaml gives
+    it a value, as OmegaConf's merge keeps that value."""
+    from chexnet_pl.overrides import settings_of
 
-    target = get_object(section["_target_"])
-    arguments = {k: v for k, v in section.items() if k not in HYDRA_KEYS}
-    parameters, open_ended = _parameters(target)
-    problems = Problems(key)
-    if not open_ended:
-        problems.unknown_keys(arguments, list(parameters))
-    for name, parameter in parameters.items():
-        if parameter.default is inspect.Parameter.empty and name not in arguments:
-            problems.add(f"{key}.{name} is not given")
-    problems.raise_if_any()
-    return target(**arguments) if instantiate else None
-
-
-@functools.cache  # a class's signature does not change: read once per process
-def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
-    """The keyword arguments ``target`` takes, and whether it takes any others: a class whose
-    ``__init__`` passes ``**settings`` to its base takes the base's too (a dataset's data module)."""
-    signatures = [inspect.signature(target)]
-    if isinstance(target, type) and target.__module__.startswith("chexnet_pl."):
-        signatures = [inspect.signature(c.__init__) for c in target.__mro__
-                      if "__init__" in vars(c) and c.__module__.startswith("chexnet_pl.")]  # fmt: skip
-    found: dict[str, inspect.Parameter] = {}
-    for signature in signatures:
-        named = {n: p for n, p in signature.parameters.items() if n != "self"
-                 and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}  # fmt: skip
-        for name, parameter in named.items():
-            found.setdefault(name, parameter)
-        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-            return found, False  # this level takes no more: the list is complete
-    return found, True
-
-
-def check_mandatory(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Every ``???`` given, and what the recipe lists under ``requires`` (``key: what it is``)."""
-    plain = resolved(cfg, check=False) if isinstance(cfg, DictConfig) else cfg
     problems = Problems()
-    for key in _missing(plain):
-        hint = f" ({MANDATORY_HINTS[key]})" if key in MANDATORY_HINTS else ""
-        problems.add(f"required setting not given: {key}{hint}")
-    for key, what in (plain.get("requires") or {}).items():
-        if _select(plain, key) in (None, ""):
+    for key, value in settings_of(cfg):
+        if value == "???" and key.split(".")[0] not in ("hydra", "paths"):
+            problems.add(f"required setting not given: {key} (give {key}=...; see --help)")
+    for key, what in (OmegaConf.select(cfg, "requires") or {}).items():
+        if OmegaConf.select(cfg, str(key), default=None) in (None, ""):
             experiment = _experiment_name()
             by = f" by experiment={experiment}" if experiment else ""
             problems.add(f"{key} is required{by}: {what}")
     problems.raise_if_any()
-
-
-def _missing(values: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose value is ``???`` (not given)."""
-    if isinstance(values, Mapping):
-        return [m for k, v in values.items() for m in _missing(v, f"{prefix}{k}.")]
-    return [prefix.rstrip(".")] if values == "???" else []
-
-
-def _select(values: Mapping[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(values, Mapping) or part not in values:
-            return None
-        values = values[part]
-    return values
 
 
 def _experiment_name() -> str | None:
@@ -126,19 +93,21 @@ def _experiment_name() -> str | None:
 
 
 def resolved(cfg: DictConfig, check: bool = True) -> dict[str, Any]:
-    """The config as plain values, Hydra's own section aside; with ``check``, a ``???`` not
-    given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
+    """The config as plain values, Hydra's section and the run folder aside; with ``check``,
+    a ``???`` not given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
+    if check:
+        check_mandatory(cfg)
     plain: dict[str, Any] = {}
-    for key in cfg.keys():
+    for key in cfg:
         if key in ("hydra", "paths"):  # Hydra's own section and run folder: not settings
             continue
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig | ListConfig):
-            plain[key] = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
-        else:
-            plain[key] = "???" if node._is_missing() else cfg[key]
-    if check:
-        check_mandatory(plain)
+        if OmegaConf.is_missing(cfg, key):
+            plain[key] = "???"
+            continue
+        value = cfg[key]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
+        plain[key] = value
     return plain
 
 
@@ -152,6 +121,7 @@ def command_settings(cls: type[T], cfg: DictConfig | Mapping[str, Any]) -> T:
 def check_train_config(cfg: DictConfig) -> None:
     """The whole ``train`` config: every component built as a dry run, before anything is
     trained or any image or weights file is read."""
+    from chexnet_pl.command_runner import instantiate
     from chexnet_pl.device import detect_caps
     from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.models.settings import logged_metrics, model_settings
@@ -160,7 +130,7 @@ def check_train_config(cfg: DictConfig) -> None:
 
     config = resolved(cfg)
     problems = Problems()
-    data = dry_run(problems, lambda: build_target(config["data"], "data"), "data")
+    data = dry_run(problems, lambda: instantiate(cfg.data), "data", list(cfg.data))
     # The outputs are the data's labels; when the data's settings are wrong (said above), the
     # model is judged with a stand-in list and no metric name is judged against the labels.
     classes = list(data.pathologies) if data is not None else None
@@ -168,15 +138,15 @@ def check_train_config(cfg: DictConfig) -> None:
     model = dry_run(problems, lambda: model_settings(model_section), "model")
     dry_run(problems, lambda: trainer_kwargs(config["trainer"], detect_caps()), "trainer")
     monitors = logged_metrics(classes or [])
-    for name, section in (config.get("callbacks") or {}).items():
+    for name, section in (cfg.get("callbacks") or {}).items():
         if not section:
             continue
-        callback = dry_run(problems, lambda s=section, n=name: build_target(s, f"callbacks.{n}"),
-                           f"callbacks.{name}")  # fmt: skip
+        where = f"callbacks.{name}"
+        callback = dry_run(problems, lambda s=section: instantiate(s), where, list(section))
         monitor = getattr(callback, "monitor", None)
         if monitor is not None and classes is not None and monitor not in monitors:
             problems.add(
-                f"callbacks.{name}.monitor={shown(monitor)} is not logged; use one of: "
+                f"{where}.monitor={shown(monitor)} is not logged; use one of: "
                 + ", ".join(monitors)
                 + did_you_mean(monitor, monitors).replace("; ", " (").replace("?", "?)")
             )
@@ -184,13 +154,21 @@ def check_train_config(cfg: DictConfig) -> None:
     if model is not None and visualization.get("method") == "cam" and visualization.get("n_images"):
         dry_run(problems, lambda: _check_cam(model.backbone, len(model.classes)))
     for name, section in (config.get("logger") or {}).items():
-        if section:
-            dry_run(problems, lambda s=section, n=name: build_target(s, f"logger.{n}", False))
+        if section:  # its arguments only: a logger built here would start writing
+            dry_run(problems, lambda s=section: _bind(s), f"logger.{name}", list(section))
     dry_run(problems, lambda: EvaluationSettings.from_config(config.get("evaluation")))
     dry_run(problems, lambda: OodSettings.from_config(config.get("ood")))
     _check_start(config, problems)
     _check_sweep(cfg, problems)
     problems.raise_if_any()
+
+
+def _bind(section: Mapping[str, Any]) -> None:
+    """The arguments of a ``_target_`` section bound to its class's signature, not called."""
+    from hydra.utils import get_object
+
+    arguments = {k: v for k, v in section.items() if not str(k).startswith("_")}
+    inspect.signature(get_object(section["_target_"])).bind(**arguments)
 
 
 def _check_cam(backbone: str, num_classes: int) -> None:
@@ -222,34 +200,16 @@ def _check_sweep(cfg: DictConfig, problems: Problems) -> None:
     """A sweep's parameters (``hparams_search``) name settings that exist."""
     from hydra.core.hydra_config import HydraConfig
 
+    from chexnet_pl.overrides import all_keys
+
     if HydraConfig.initialized():
         sweeper = HydraConfig.get().sweeper
     else:
         sweeper = OmegaConf.select(cfg, "hydra.sweeper") if "hydra" in cfg else None
     params = (sweeper or {}).get("params") or {}
-    known = _keys(cfg)
+    known = [key for key in all_keys(cfg) if key.split(".")[0] != "hydra"]
     for key in params:
         if str(key) not in known:
             problems.add(
                 f"hydra.sweeper.params: {key} is not a setting{did_you_mean(str(key), known)}"
             )
-
-
-def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of ``cfg`` (Hydra's own section aside)."""
-    keys = []
-    for key in cfg.keys():
-        if not prefix and key == "hydra":
-            continue
-        name = f"{prefix}{key}"
-        keys.append(name)
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig):
-            keys.extend(_keys(node, f"{name}."))
-    return keys
-
-
-def preflight(command: str, cfg: DictConfig) -> None:
-    """The pre-flight check of ``chexnet-<command>`` (its module's ``check_config``)."""
-    module = importlib.import_module(f"chexnet_pl.{command.replace('-', '_')}")
-    module.check_config(cfg)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from chexnet_pl.cli import CONFIG_PATH, run_command, user_errors_exit
+from chexnet_pl.command_runner import CONFIG_PATH, run_command, user_errors_exit
 from chexnet_pl.files import write_csv_atomic, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from chexnet_pl.callbacks.progress import on_terminal
     from chexnet_pl.callbacks.startup_output import ParameterSummary, quiet_lightning
     from chexnet_pl.checkpoints.lightning_io import AtomicCheckpointIO
-    from chexnet_pl.cli import instantiate
+    from chexnet_pl.command_runner import instantiate
     from chexnet_pl.data.datamodule import split_global_batch
     from chexnet_pl.device import apply_backend_flags, backend_flags, detect_caps
     from chexnet_pl.errors import ImageReadError, TrainingError
@@ -221,7 +221,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_command("train", hydra_main)
+    run_command("train", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

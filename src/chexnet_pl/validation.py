@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from chexnet_pl.errors import ConfigError, shown
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Section")
 # How alike a mistyped word and a candidate must be to be offered (difflib's ratio).
 CLOSE = 0.75
 
@@ -169,6 +170,36 @@ class Problems:
 def _same(value: Any, option: Any) -> bool:
     """Equal, and both or neither a bool (``1`` is not ``true``)."""
     return isinstance(value, bool) == isinstance(option, bool) and value == option
+
+
+class Section:
+    """Settings read from one config section: an attribute per key of its shipped YAML file,
+    which is the one list of the settings and their defaults (a new setting is a line there).
+    ``build`` lays the given values over the shipped ones: a key the file does not have is not
+    a setting (named with the closest ones, as Hydra's struct mode would); a subclass judges the
+    values in ``check`` (a nested section's keys too), and every problem is raised at once."""
+
+    prefix = ""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def check(self, problems: Problems) -> None:
+        """Add what is wrong with the values to ``problems`` (a subclass's checks)."""
+
+    @classmethod
+    def build(cls: type[S], given: Mapping[str, Any] | None, shipped: Mapping[str, Any]) -> S:
+        problems = Problems(cls.prefix)
+        given = dict(given or {})
+        for key in problems.unknown_keys(given, list(shipped)):
+            del given[key]
+        settings = cls({**shipped, **given})  # a section given replaces the shipped one
+        settings.check(problems)
+        problems.raise_if_any()
+        return settings
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.__dict__})"
 
 
 def settings_from(cls: type[T], section: Mapping[str, Any] | None, prefix: str) -> T:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from chexnet_pl.cli import CONFIG_PATH, log_outputs, run_command, run_or_exit
+from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
 from chexnet_pl.validation import Problems
 
 if TYPE_CHECKING:  # imported when the command runs, not for --help
@@ -163,7 +163,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_command("visualize", hydra_main)
+    run_command("visualize", hydra_main, check=check_config, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from chexnet_pl.checkpoints.file_io import read_checkpoint
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.data.build import TARGET, build_datamodule
 from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
 from chexnet_pl.models.input_contract import input_size
 from chexnet_pl.models.network import XrayClassifier
-from chexnet_pl.shipped import shipped
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from chexnet_pl.components import DEFAULT_DATAMODULE, TARGET
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.errors import DataError
-from chexnet_pl.shipped import shipped_data
 
 
 def build_datamodule(settings: Mapping[str, Any]):

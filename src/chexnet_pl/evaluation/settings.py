@@ -1,12 +1,12 @@
 """``evaluation.*``: the settings of every evaluation (after training and ``chexnet-evaluate``),
-judged once when built. Their defaults are in ``conf/evaluation/default.yaml`` only."""
+judged once when built. They and their defaults are the keys of ``conf/evaluation/default.yaml``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from chexnet_pl.config_defaults import shipped
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.evaluation.calibration import CalibrationSettings
 from chexnet_pl.evaluation.conformal import ConformalSettings
@@ -16,45 +16,24 @@ from chexnet_pl.evaluation.stratified import stratify_problems
 from chexnet_pl.evaluation.subgroups.labels import Subgroups
 from chexnet_pl.files import FIGURE_FORMATS
 from chexnet_pl.models.precision import check_precision
-from chexnet_pl.shipped import shipped
-from chexnet_pl.validation import Problems, settings_from
+from chexnet_pl.validation import Problems, Section, settings_from
 
 
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """``evaluation.*`` (conf/evaluation/default.yaml, where every default is): judged here,
-    once, when built — by ``train`` and ``evaluate`` before any work, by their pre-flight check."""
+class EvaluationSettings(Section):
+    """``evaluation.*``: an attribute per key of conf/evaluation/default.yaml (the settings and
+    their defaults: a new setting is a line there), the values judged in ``check``, once, when
+    built — by ``train`` and ``evaluate`` before any work, by their pre-flight check.
 
-    tta: str
-    threshold: str
-    bootstrap_samples: int
-    bootstrap_seed: int
-    confidence: float
-    precision: str
-    plots: bool
-    figure_format: str
-    subgroups: Sequence[str]
-    age_bands: Sequence[int]
-    max_age: int
-    min_subgroup_images: int
-    min_subgroup_positives: int
-    underdiagnosis_threshold: str
-    calibrate: str
-    calibration_bins: int
-    # Output name ↔ label name where two label sets spell a finding differently (both ways):
-    # how a model is scored on another dataset, and how pooled datasets' labels are merged.
-    label_map: Mapping[str, str] | None
-    # Several outputs onto one label of the map (e.g. {Mass: Lung Lesion, Nodule: Lung Lesion}):
-    # refused unless this says it is meant.
-    label_map_shared: bool
-    # Shortcut audit: auto (the data's default pairs), [] or [[finding, covariate], ...]
-    # (chexnet_pl.evaluation.stratified).
-    stratify: Any
-    # {enabled, alpha}: the conformal positive/negative/refer rule (evaluation.conformal)
-    conformal: Mapping[str, Any]
+    ``label_map``: output name ↔ label name where two label sets spell a finding differently
+    (both ways), how a model is scored on another dataset and pooled datasets' labels merged;
+    ``label_map_shared``: several outputs onto one label of the map are meant; ``stratify``: the
+    shortcut audit's pairs (``auto``, ``[]`` or ``[[finding, covariate], ...]``:
+    ``evaluation.stratified``); ``conformal``: ``{enabled, alpha}`` of the positive/negative/refer
+    rule (``evaluation.conformal``)."""
 
-    def __post_init__(self) -> None:
-        problems = Problems("evaluation")
+    prefix = "evaluation"
+
+    def check(self, problems: Problems) -> None:
         problems.choice("tta", self.tta, TTA_MODES)
         problems.choice("threshold", self.threshold, THRESHOLD_METHODS)
         try:
@@ -70,11 +49,11 @@ class EvaluationSettings:
         for message in stratify_problems(self.stratify):
             problems.add(message)
         if self.stratify != "auto" and not problems:
-            object.__setattr__(self, "stratify", tuple(tuple(p) for p in self.stratify))
+            self.stratify = tuple(tuple(p) for p in self.stratify)
         for key in ("subgroups", "age_bands"):  # lists from the config, tuples once built
             value = getattr(self, key)
             if isinstance(value, Sequence) and not isinstance(value, str):
-                object.__setattr__(self, key, tuple(value))
+                setattr(self, key, tuple(value))
         label_map = self.label_map or {}
         if not isinstance(label_map, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()
@@ -84,19 +63,16 @@ class EvaluationSettings:
                 "{Effusion: Pleural Effusion}"
             )
         else:
-            object.__setattr__(self, "label_map", dict(label_map))
-        for build in (self._subgroup_spec, self._calibration, self._conformal):
+            self.label_map = dict(label_map)
+        for build in (Subgroups.from_settings, self._calibration, EvaluationSettings._conformal):
             try:
-                build()
+                build(self)
             except ConfigError as exc:
                 problems.extend(exc)
-        problems.raise_if_any()
 
-    def _subgroup_spec(self) -> Subgroups:
-        return Subgroups.from_settings(self)
-
-    def _calibration(self) -> CalibrationSettings:
-        return CalibrationSettings(self.calibrate, self.calibration_bins)
+    @staticmethod
+    def _calibration(settings: EvaluationSettings) -> CalibrationSettings:
+        return CalibrationSettings(settings.calibrate, settings.calibration_bins)
 
     def _conformal(self) -> ConformalSettings:
         given = self.conformal if isinstance(self.conformal, Mapping) else None
@@ -114,16 +90,15 @@ class EvaluationSettings:
 
     @property
     def subgroup_spec(self) -> Subgroups:
-        return self._subgroup_spec()
+        return Subgroups.from_settings(self)
 
     @property
     def calibration(self) -> CalibrationSettings:
-        return self._calibration()
+        return self._calibration(self)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
         """The ``evaluation`` section over the shipped ``conf/evaluation/default.yaml`` (a config
         written before a setting existed gets that setting's shipped value); unknown and bad
         values in one ``ConfigError``."""
-        values = {**shipped("evaluation"), **dict(section or {})}
-        return settings_from(cls, values, "evaluation")
+        return cls.build(section, shipped("evaluation"))

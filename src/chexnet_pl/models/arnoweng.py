@@ -59,7 +59,7 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
 
     from chexnet_pl.checkpoints.file_io import read_checkpoint, write_checkpoint
     from chexnet_pl.models.module import CheXNetModule
-    from chexnet_pl.shipped import shipped
+    from chexnet_pl.config_defaults import shipped
 
     if not Path(source).expanduser().is_file():
         raise ConfigError(f"{source} is not a file; give arnoweng/CheXNet's model.pth.tar")

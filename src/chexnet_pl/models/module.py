@@ -280,6 +280,6 @@ def shipped_model(**overrides: Any) -> CheXNetModule:
     """``CheXNetModule`` with conf/model/chexnet.yaml's settings, ``overrides`` merged in as on
     the command line (``optimizer={"lr": 3e-4}`` changes the rate only). The YAML downloads
     ImageNet weights (``pretrained: true``); give ``pretrained=False`` for a random network."""
-    from chexnet_pl.shipped import shipped
+    from chexnet_pl.config_defaults import shipped
 
     return CheXNetModule(**shipped("model", **overrides))

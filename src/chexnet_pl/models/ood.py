@@ -61,7 +61,7 @@ class OodSettings:
     def from_config(cls, section: Mapping[str, Any] | None) -> OodSettings:
         """The ``ood`` section over the shipped conf/ood/default.yaml (a config written before it
         existed gets the shipped values)."""
-        from chexnet_pl.shipped import shipped
+        from chexnet_pl.config_defaults import shipped
 
         try:
             known = shipped("ood")

@@ -102,7 +102,7 @@ def network_from(fields: Any, data: bytes, source: Path) -> torch.nn.Module:
     from safetensors.torch import load
 
     from chexnet_pl.models.network import XrayClassifier
-    from chexnet_pl.shipped import shipped
+    from chexnet_pl.config_defaults import shipped
 
     checked = _checked_network(fields, source)
     try:

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from chexnet_pl.config_defaults import HYDRA_KEYS
 from chexnet_pl.device import DeviceCaps
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.models.precision import check_precision, resolve_precision
-from chexnet_pl.shipped import HYDRA_KEYS
 from chexnet_pl.validation import Problems
 
 log = logging.getLogger(__name__)

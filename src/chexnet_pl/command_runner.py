@@ -184,14 +184,23 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's o
 HYDRA_ONLY_FLAGS = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
 
 
-def run_command(command: str, hydra_main: Callable[[], Any], argv: Sequence[str] | None = None):
-    """``chexnet-<command>``: ``--help`` and ``--check`` answered here, and a key that is not a
-    setting stopped with the closest ones named; everything else is Hydra's ``main``."""
+def run_command(
+    command: str,
+    hydra_main: Callable[[], Any],
+    argv: Sequence[str] | None = None,
+    *,
+    check: Callable[[DictConfig], None],
+    doc: str | None,
+):
+    """``chexnet-<command>``: ``--help`` (``doc``, the command's docstring, and its YAML files)
+    and ``--check`` (``check``, the command's pre-flight check, on every job) answered here, and
+    a key that is not a setting stopped with the closest ones named; the rest is Hydra's ``main``.
+    The command passes what it is: nothing here imports a command module."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         from chexnet_pl.command_help import command_help
 
-        print(command_help(command, _module(command), config_dir(), command))
+        print(command_help(command, doc or "", config_dir(), command))
         raise SystemExit(0)
     if any(flag in args for flag in HYDRA_ONLY_FLAGS):
         return hydra_main()
@@ -214,7 +223,7 @@ def run_command(command: str, hydra_main: Callable[[], Any], argv: Sequence[str]
         raise SystemExit(2)
     if check_only:
         with user_errors_exit():
-            summary = check_settings(command, args)
+            summary = check_settings(command, args, check)
         log.info("chexnet-%s: every setting can be used (%s)", command, summary)
         raise SystemExit(0)
     sys.argv = [sys.argv[0], *_log_in_out_folder(command, args)]
@@ -234,7 +243,3 @@ def _log_in_out_folder(command: str, args: list[str]) -> list[str]:
     if not given or given[-1] in ("", "null"):
         return args
     return [*args, f"hydra.run.dir={given[-1]}"]
-
-
-def _module(command: str) -> str:
-    return f"chexnet_pl.{command.replace('-', '_')}"
