@@ -90,6 +90,7 @@ def _check_table(table: pd.DataFrame) -> None:
                 & (table[rate] <= table[f"{rate}_high"] + 1e-12)).all(), rate  # fmt: skip
 
 
+@pytest.mark.slow  # an ONNX export or a full-size DICOM root: kept out of make test-fast
 def test_vindr_each_readers_boxes_and_their_union(tmp_path, nih_checkpoint, vindr_root,
                                                   vindr_table):  # fmt: skip
     table = _run(tmp_path, nih_checkpoint, "vindr_cxr", vindr_root)
@@ -114,8 +115,8 @@ def test_vindr_each_readers_boxes_and_their_union(tmp_path, nih_checkpoint, vind
 
 
 def test_the_union_of_readers_is_the_union_of_their_boxes(vindr_root, vindr_table):
-    from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
     from chexnet_pl.config_defaults import shipped_data
+    from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
 
     dm = VinDrCXRDataModule(**shipped_data("chexnet_pl.data.vindr_cxr.VinDrCXRDataModule",
                                            root=str(vindr_root), num_workers=0))  # fmt: skip

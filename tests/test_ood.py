@@ -220,6 +220,7 @@ def test_chexnet_predict_writes_the_columns(fitted, synthetic_root, tmp_path):
     assert table["in_distribution"].dtype == bool
 
 
+@pytest.mark.slow  # an ONNX export or a full-size DICOM root: kept out of make test-fast
 def test_the_onnx_export_carries_the_flag(fitted, synthetic_root, tmp_path):
     from chexnet_pl.serving.export import export_checkpoint
 
@@ -321,6 +322,7 @@ def test_a_model_trained_on_the_nih_sample_flags_a_photograph(nih_sample, tmp_pa
     assert metrics["val/ood_flag_rate"] == pytest.approx(model.ood.val_flag_rate)
 
 
+@pytest.mark.slow  # an ONNX export or a full-size DICOM root: kept out of make test-fast
 def test_chexnet_predict_on_onnx_runtime_flags_from_the_sidecar(fitted, synthetic_root, tmp_path):
     from chexnet_pl.predict import predict
     from chexnet_pl.serving.export import export_checkpoint

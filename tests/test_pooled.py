@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from test_padchest import make_padchest_root
 from test_vindr_cxr import make_vindr_root
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.build import build_datamodule
 from chexnet_pl.data.nih_table import IMAGE
 from chexnet_pl.data.nih_table import class_names as nih_class_names
@@ -25,7 +26,6 @@ from chexnet_pl.data.padchest import PadChestDataModule
 from chexnet_pl.data.pooled import member_label_names
 from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule
 from chexnet_pl.errors import DataError
-from chexnet_pl.config_defaults import shipped_data
 
 MEMBERS = "data.members=[nih,padchest,vindr_cxr]"
 PADCHEST_ROWS, VINDR_IMAGES = 160, 120

@@ -19,12 +19,12 @@ from test_rsna_pneumonia import LABELS_ZIP
 from test_siim_pneumothorax import RLE_CSV
 from test_vindr_cxr import VINDR_CSV, make_vindr_root
 
+from chexnet_pl.config_defaults import shipped_data
 from chexnet_pl.data.cache import INDEX, cache_folder, open_cache
 from chexnet_pl.data.images import list_images, read_gray
 from chexnet_pl.data.prepare import build_cache
 from chexnet_pl.data.synthetic import _render
 from chexnet_pl.data.transforms import area_resize
-from chexnet_pl.config_defaults import shipped_data
 
 SIZE = 32
 TARGETS = {

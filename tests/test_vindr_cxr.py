@@ -26,7 +26,6 @@ from chexnet_pl.data.vindr_cxr import (
 )
 from chexnet_pl.errors import ChexnetError, DataError
 from chexnet_pl.label_sets import match_labels
-from chexnet_pl.config_defaults import shipped, shipped_data
 
 TARGET = "chexnet_pl.data.vindr_cxr.VinDrCXRDataModule"
 VINDR_CSV = SHARED_DATA / "vindr-cxr-meta" / "vinbigdata-train.csv.gz"

@@ -58,8 +58,8 @@ def import_arnoweng(source: str | Path, target: str | Path) -> CheXNetModule:
     import pytorch_lightning as pl
 
     from chexnet_pl.checkpoints.file_io import read_checkpoint, write_checkpoint
-    from chexnet_pl.models.module import CheXNetModule
     from chexnet_pl.config_defaults import shipped
+    from chexnet_pl.models.module import CheXNetModule
 
     if not Path(source).expanduser().is_file():
         raise ConfigError(f"{source} is not a file; give arnoweng/CheXNet's model.pth.tar")

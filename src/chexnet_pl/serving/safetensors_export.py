@@ -101,8 +101,8 @@ def network_from(fields: Any, data: bytes, source: Path) -> torch.nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from chexnet_pl.models.network import XrayClassifier
     from chexnet_pl.config_defaults import shipped
+    from chexnet_pl.models.network import XrayClassifier
 
     checked = _checked_network(fields, source)
     try:
