@@ -134,8 +134,11 @@ def test_predict_equals_chexnet_predict(api_run, model, synthetic_root, tmp_path
         *(f"above_{name}" for name in model.class_names),
         "ood_score",
         "in_distribution",
+        *(f"decision_{name}" for name in model.class_names),  # the run's conformal.json
     ]
     assert table["image"].tolist() == [str(image)]
+    decisions = [f"decision_{name}" for name in model.class_names]
+    assert table[decisions].to_numpy().tolist() == expected[decisions].to_numpy().tolist()
     assert np.abs(table[columns].to_numpy() - expected[columns].to_numpy()).max() <= TOLERANCE
     assert table.at[0, "ood_score"] == pytest.approx(expected.at[0, "ood_score"], rel=1e-4)
     assert table.at[0, "in_distribution"] == expected.at[0, "in_distribution"]
