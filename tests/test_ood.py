@@ -237,6 +237,25 @@ def test_the_onnx_export_carries_the_flag(fitted, synthetic_root, tmp_path):
     assert (a["in_distribution"] == b["in_distribution"]).all()
 
 
+def test_the_safetensors_export_carries_the_flag(fitted, synthetic_root, tmp_path):
+    """The safetensors export is the whole network again: its sidecar carries the flag, and
+    ``chexnet_pl.load`` of it flags as the checkpoint does (and a TorchScript export, which has
+    no features output, carries none)."""
+    from chexnet_pl.serving.export import export_checkpoint
+
+    out = export_checkpoint(fitted, "safetensors", out=tmp_path / "m.safetensors")
+    card = json.loads((tmp_path / "m.safetensors.json").read_text())
+    assert card["ood"]["method"] == "mahalanobis"
+    exported, checkpoint = chexnet_pl.load(out), chexnet_pl.load(fitted)
+    assert exported.ood.threshold == pytest.approx(checkpoint.ood.threshold, rel=1e-6)
+    images = [*sorted((synthetic_root / "images").glob("*.png"))[:2], _photo(tmp_path)]
+    a, b = exported.predict(images), checkpoint.predict(images)
+    np.testing.assert_allclose(a["ood_score"], b["ood_score"], rtol=1e-5)
+    assert a["in_distribution"].tolist() == b["in_distribution"].tolist()
+    export_checkpoint(fitted, "torchscript", out=tmp_path / "m.pt")
+    assert json.loads((tmp_path / "m.pt.json").read_text())["ood"] is None
+
+
 def test_the_service_reports_the_flag_per_image(fitted, synthetic_root, tmp_path):
     import requests
     from test_serve import app_on_loopback
