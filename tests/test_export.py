@@ -209,7 +209,7 @@ def test_an_unwritable_destination_stops_before_any_work(resnet_checkpoint, tmp_
     def no_work(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the destination was checked")
 
-    monkeypatch.setattr("chexnet_pl.checkpoints.load_run", no_work)
+    monkeypatch.setattr("chexnet_pl.checkpoints.runs.load_run", no_work)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with read_only_folder(tmp_path / "read_only") as folder:

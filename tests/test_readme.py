@@ -456,7 +456,7 @@ def test_a_block_using_an_api_not_yet_built_is_recognised():
     assert missing_names("import chexnet_pl as cx\nm = cx.no_such_function('x')\n") == [
         "no_such_function"
     ]
-    assert missing_names("import chexnet_pl\nchexnet_pl.checkpoints.load_run\n") == []
+    assert missing_names("import chexnet_pl\nchexnet_pl.checkpoints.runs.load_run\n") == []
 
 
 @pytest.mark.slow

@@ -308,6 +308,7 @@ class ChestXrayDataModule(pl.LightningDataModule):
             source.labels,
             source.pathologies,
             resize,
+            skip_report=source.skip_report,  # the training split skips here as it did in training
             cache=source.cache if cached else None,
             cache_rows=source.cache_rows if cached else None,
         )

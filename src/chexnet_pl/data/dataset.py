@@ -109,11 +109,16 @@ class ChestXrayDataset(Dataset):
         )
         split = self.table["split"].iloc[index] if "split" in self.table else ""
         reason = f"failed to decode during training: {error.reason}"
+        name = self._names[index]
+        if self.skip_report.is_file() and any(  # one row per image (another epoch, the OOD fit)
+            line.startswith(f"{name},") for line in self.skip_report.read_text().splitlines()
+        ):
+            return
         self.skip_report.parent.mkdir(parents=True, exist_ok=True)
         with open(self.skip_report, "a") as report:  # one short line per write: safe across workers
             if report.tell() == 0:  # the data module writes the header; this is a fallback
                 report.write("Image Index,split,reason\n")
-            report.write(f"{self._names[index]},{split},{_csv_field(reason)}\n")
+            report.write(f"{name},{split},{_csv_field(reason)}\n")
 
 
 def _csv_field(text: str) -> str:

@@ -1,5 +1,5 @@
 """Loading what the visualisation commands need: image files, and a calibration with the
-operating thresholds (``evaluation.thresholds``; the model: ``chexnet_pl.checkpoints.load_run``)."""
+operating thresholds (``evaluation.thresholds``; the model: ``chexnet_pl.checkpoints.runs.load_run``)."""
 
 from __future__ import annotations
 
