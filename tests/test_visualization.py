@@ -252,7 +252,8 @@ def test_predict_one_image_and_a_folder_png_and_jpeg(learnt, tmp_path):
         *(f"prob_{c}" for c in class_names()),
         "ood_score",
         "in_distribution",
-    ]  # the run fitted its out-of-distribution flag (chexnet_pl.ood)
+        *(f"decision_{c}" for c in class_names()),
+    ]  # the run fitted its out-of-distribution flag (chexnet_pl.ood) and its conformal rule
     assert len(list((tmp_path / "many").glob("*.png"))) == 8
 
 
