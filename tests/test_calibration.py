@@ -112,6 +112,7 @@ def test_calibrate_needs_validation_predictions(synthetic_root, tmp_path):
     assert not (tmp_path / "out").exists()  # stopped before any work
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_evaluate_with_temperature_then_predict_with_its_file(
     synthetic_root, nih_sample, tmp_path, caplog
 ):

@@ -242,6 +242,7 @@ def compose_predict(output_dir: Path, *overrides: str):
     return compose_config("predict", output_dir, *overrides)
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_predict_on_a_folder_mixing_png_jpeg_and_dicom(xrays, tmp_path):
     """Probabilities from each DICOM form equal the PNG's (1e-5); the folder's JPEG and a DICOM
     without a suffix are read too, and every image gets its overlay."""

@@ -218,6 +218,7 @@ def test_a_header_only_predictions_file_is_named(tmp_path, synthetic_root):
     assert str(raised.value).startswith(f"{path} has a header and no rows")
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_scoring_a_file_built_from_the_real_metadata(nih_meta, tmp_path):
     """The official test list (25,596 images) with noisy label-derived scores, scored without a model."""
     table = read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz")

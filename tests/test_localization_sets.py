@@ -114,6 +114,7 @@ def test_vindr_each_readers_boxes_and_their_union(tmp_path, nih_checkpoint, vind
         assert effusion["images_skipped"].iloc[0] == vindr_table["image_id"].nunique() - positives
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_the_union_of_readers_is_the_union_of_their_boxes(vindr_root, vindr_table):
     from chexnet_pl.config_defaults import shipped_data
     from chexnet_pl.data.vindr_cxr import VinDrCXRDataModule

@@ -108,6 +108,7 @@ def test_the_real_table_reads_whole_and_counts_as_pandas_does(padchest_csv, real
     assert per_image["cardiomegaly"] == 15_022 and per_image["pleural effusion"] == 9_853
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_nih_labels_on_the_real_table_equal_the_map_read_by_pandas(padchest_csv, real_table):
     dm = PadChestDataModule(**shipped_data(TARGET, root=str(padchest_csv.parent), **SETTINGS))
     images = dm.read_labels()

@@ -98,6 +98,7 @@ def test_it_predicts_explains_and_embeds_as_its_checkpoint(run, exported, nih_sa
     assert np.abs(heat - checkpoint.explain(paths[0], "Effusion", method="gradcam")).max() <= 1e-5
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_chexnet_predict_takes_it_as_ckpt(run, exported, nih_sample, tmp_path):
     from chexnet_pl.predict import predict
 

@@ -680,6 +680,7 @@ def test_page_in_a_real_browser(server, browser, nih_sample, tmp_path):
     assert Image.open(screenshot).size[0] > 0
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_a_head_without_cam_gets_grad_cam_on_torch_and_a_422_on_onnx(nih_sample):
     """AlexNet (an MLP head): Grad-CAM through the PyTorch backend; its ONNX export has no maps."""
     size = 128  # AlexNet's feature map is 3×3 here (1×1 at 64 px: a constant map)

@@ -49,6 +49,7 @@ def _pairwise_variance(scores: np.ndarray, positive: np.ndarray) -> tuple[float,
     return float(psi.mean()), float(s10 / m + s01 / n)
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_unpaired_delong_variance_equals_a_pairwise_computation_and_a_bootstrap():
     rng = np.random.default_rng(3)
     positive = rng.random(150) < 0.4
@@ -162,6 +163,7 @@ def _nih_preds(root, path, seed=0):
     return path, truth
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_chexnet_evaluate_writes_the_audit_of_each_finding_by_view_on_nih(
     synthetic_root, tmp_path, caplog
 ):
@@ -232,6 +234,7 @@ def test_malformed_settings_are_refused_before_any_work(value, message):
         EvaluationSettings.from_config({"stratify": value})
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_a_pair_the_data_cannot_give_is_one_error_naming_each(synthetic_root, tmp_path):
     preds, _ = _nih_preds(synthetic_root, tmp_path / "preds.csv")
     cfg = compose_config(
@@ -250,6 +253,7 @@ def test_a_pair_the_data_cannot_give_is_one_error_naming_each(synthetic_root, tm
     )
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_chexnet_evaluate_on_chexpert_audits_pneumothorax_by_support_devices(
     chexpert_root, tmp_path
 ):

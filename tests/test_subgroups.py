@@ -115,6 +115,7 @@ def _write(path: Path, frame: pd.DataFrame, scores: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_subgroup_report_on_the_real_test_split_from_files(nih_meta, test_split, tmp_path, caplog):
     val_names = read_name_list(nih_meta / "train_val_list.txt")[:6000]
     truth = label_index(read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz"))

@@ -95,6 +95,7 @@ def served_thresholds(checkpoint: Path, image: Path) -> tuple[dict, dict]:
         thread.join(30)
 
 
+@pytest.mark.slow  # over ~8 s: the slow tier keeps make test-fast under 3 min
 def test_every_command_calls_classes_at_the_thresholds_evaluate_chose(
     evaluated_run, synthetic_root, tmp_path, caplog
 ):
