@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from chexnet_pl.config_defaults import group_values
+from chexnet_pl.config_defaults import chosen_options, group_values
 
 # Config groups whose keys belong to a command (shown key by key, and as a choice when the group
 # has several files); other groups are choices only.
@@ -180,13 +180,8 @@ def recipes(config_dir: Path, defaults: dict[str, str]) -> list[dict[str, str]]:
     rows = []
     for path in sorted((config_dir / "experiment").glob("*.yaml")):
         recipe = yaml_values(path)
-        chosen = dict(defaults)
-        for entry in recipe.get("defaults") or []:
-            if isinstance(entry, dict):
-                for group, option in entry.items():
-                    chosen[group.removeprefix("override ").strip("/")] = option
+        chosen = {**defaults, **chosen_options(recipe.pop("defaults", None))}
         values = {g: group_values(g, chosen[g]) for g in ("data", "model", "trainer")}
-        recipe.pop("defaults", None)
         values = OmegaConf.to_container(OmegaConf.merge(values, recipe))
         optimizer = values["model"].get("optimizer") or {}
         rows.append({

@@ -28,12 +28,14 @@ HYDRA_KEYS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_", "de
 def _train_root() -> dict[str, Any]:
     """train.yaml's own values (seed, include_no_finding, test, ...) and its default options."""
     root = OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml"))
-    options = {}
-    for entry in root.pop("defaults"):
-        if isinstance(entry, dict):
-            options.update(entry)
     root.pop("hydra", None)
-    return {"values": root, "options": options}
+    return {"values": root, "options": chosen_options(root.pop("defaults"))}
+
+
+def chosen_options(defaults: list[Any] | None) -> dict[str, Any]:
+    """The ``group: option`` entries of a defaults list (``override /model: x`` → ``model``)."""
+    return {group.removeprefix("override ").strip("/"): option for entry in defaults or []
+            if isinstance(entry, dict) for group, option in entry.items()}  # fmt: skip
 
 
 def default_option(group: str) -> str:

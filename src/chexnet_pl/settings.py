@@ -84,11 +84,10 @@ def _experiment_name() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment")
 
 
-def resolved(cfg: DictConfig, check: bool = True) -> dict[str, Any]:
-    """The config as plain values, Hydra's section and the run folder aside; with ``check``,
-    a ``???`` not given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
-    if check:
-        check_mandatory(cfg)
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain values, Hydra's section and the run folder aside; a ``???`` not
+    given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
+    check_mandatory(cfg)
     plain: dict[str, Any] = {}
     for key in cfg:
         if key in ("hydra", "paths"):  # Hydra's own section and run folder: not settings
