@@ -437,3 +437,20 @@ def test_the_readmes_per_label_uncertainty_example_runs_as_written(chexpert_root
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         "Could not override 'data.augment'. To append to your config use +data.augment={flip: 0.5}"
     ]
+
+
+@pytest.mark.parametrize("option", ["cpu", "gpu", "ddp"])
+def test_shipped_reads_a_group_file_over_the_options_its_defaults_name(tmp_path, option):
+    """``shipped("trainer", "cpu")`` is trainer/cpu.yaml over trainer/auto.yaml, the section Hydra
+    composes for ``trainer=cpu`` (before: cpu.yaml's own keys alone, without auto.yaml's)."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    from chexnet_pl.config_defaults import shipped
+
+    cfg = compose_config("train", tmp_path, f"trainer={option}")
+    composed = OmegaConf.to_container(cfg.trainer, resolve=True)
+    del composed["_target_"], composed["default_root_dir"]  # the run folder: None outside a run
+    given = shipped("trainer", option)
+    assert given.pop("default_root_dir") is None and given == composed
+    assert "max_epochs" in given  # a key of auto.yaml only

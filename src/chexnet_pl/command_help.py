@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+
+from chexnet_pl.config_defaults import chosen_options, group_values
 
 # Config groups whose keys belong to a command (shown key by key, and as a choice when the group
 # has several files); other groups are choices only.
@@ -168,27 +171,6 @@ def _format(settings: list[Setting], width: int = 100) -> list[str]:
     return lines
 
 
-def _group_file(config_dir: Path, group: str, option: str) -> dict[str, Any]:
-    """A group option's values, merged over the options it names in its own ``defaults``
-    (``trainer/cpu.yaml`` over ``trainer/auto.yaml``)."""
-    values = yaml_values(config_dir / group / f"{option}.yaml")
-    merged: dict[str, Any] = {}
-    for entry in values.get("defaults") or []:
-        if isinstance(entry, str) and entry != "_self_":
-            merged = _merge(merged, _group_file(config_dir, group, entry))
-    return _merge(merged, {k: v for k, v in values.items() if k != "defaults"})
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 RECIPE_COLUMNS = ("recipe", "backbone", "epochs", "batch", "optimizer", "lr", "image")
 
 
@@ -198,13 +180,9 @@ def recipes(config_dir: Path, defaults: dict[str, str]) -> list[dict[str, str]]:
     rows = []
     for path in sorted((config_dir / "experiment").glob("*.yaml")):
         recipe = yaml_values(path)
-        chosen = dict(defaults)
-        for entry in recipe.get("defaults") or []:
-            if isinstance(entry, dict):
-                for group, option in entry.items():
-                    chosen[group.removeprefix("override ").strip("/")] = option
-        values = {g: _group_file(config_dir, g, chosen[g]) for g in ("data", "model", "trainer")}
-        values = _merge(values, {k: v for k, v in recipe.items() if k != "defaults"})
+        chosen = {**defaults, **chosen_options(recipe.pop("defaults", None))}
+        values = {g: group_values(g, chosen[g]) for g in ("data", "model", "trainer")}
+        values = OmegaConf.to_container(OmegaConf.merge(values, recipe))
         optimizer = values["model"].get("optimizer") or {}
         rows.append({
             "recipe": path.stem,

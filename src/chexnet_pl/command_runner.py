@@ -50,37 +50,37 @@ def user_errors_exit() -> Iterator[None]:
     it in summary.csv and goes on with the other runs."""
     try:
         yield
-    except ChexnetError as exc:
-        if _in_multirun():
+    except (ChexnetError, InstantiationException, MissingMandatoryValue, OSError) as exc:
+        message = _user_error(exc)
+        if message is None or _in_multirun():
             raise
-        log.error("%s", exc)
-        remove_unused_run_folder()
+        log.error("%s", message)
+        if not isinstance(exc, OSError) or isinstance(exc, ChexnetError):
+            remove_unused_run_folder()
         raise SystemExit(2) from exc
-    except InstantiationException as exc:  # a component's constructor refused its settings
-        cause = exc.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        if not isinstance(cause, ChexnetError) or _in_multirun():
-            raise
-        log.error("%s", cause)
-        remove_unused_run_folder()
-        raise SystemExit(2) from exc
-    except MissingMandatoryValue as exc:  # a `???` setting the command line did not give
-        if _in_multirun():
-            raise
-        log.error("required setting not given: %s=... (add it to the command)", exc.full_key)
-        remove_unused_run_folder()
-        raise SystemExit(2) from exc
-    except OSError as exc:  # a full disk under a write not of ours (a logger's, a library's)
-        if exc.errno not in DISK_FULL or _in_multirun():
-            raise
+
+
+def constructor_error(exc: BaseException) -> BaseException:
+    """What a constructor raised under Hydra's ``InstantiationException`` (``exc`` otherwise)."""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The line that tells the user what is wrong, or None when ``exc`` is not a user error."""
+    exc = constructor_error(exc)  # a component's constructor refused its settings
+    if isinstance(exc, ChexnetError):
+        return str(exc)
+    if isinstance(exc, MissingMandatoryValue):  # a `???` setting the command line did not give
+        return f"required setting not given: {exc.full_key}=... (add it to the command)"
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # a write not of ours (a logger's)
         where = Path(exc.filename).parent if exc.filename else None
-        log.error(
-            "no space left on the disk%s (%s): free space there, or write to another folder",
+        return "no space left on the disk{} ({}): free space there, or write to another folder".format(
             f" of {where} while writing {Path(exc.filename).name}" if where else "",
             exc.strerror or exc,
         )  # fmt: skip
-        raise SystemExit(2) from exc
+    return None
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:

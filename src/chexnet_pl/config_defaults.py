@@ -28,12 +28,14 @@ HYDRA_KEYS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_", "de
 def _train_root() -> dict[str, Any]:
     """train.yaml's own values (seed, include_no_finding, test, ...) and its default options."""
     root = OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml"))
-    options = {}
-    for entry in root.pop("defaults"):
-        if isinstance(entry, dict):
-            options.update(entry)
     root.pop("hydra", None)
-    return {"values": root, "options": options}
+    return {"values": root, "options": chosen_options(root.pop("defaults"))}
+
+
+def chosen_options(defaults: list[Any] | None) -> dict[str, Any]:
+    """The ``group: option`` entries of a defaults list (``override /model: x`` → ``model``)."""
+    return {group.removeprefix("override ").strip("/"): option for entry in defaults or []
+            if isinstance(entry, dict) for group, option in entry.items()}  # fmt: skip
 
 
 def default_option(group: str) -> str:
@@ -46,7 +48,7 @@ def shipped(section: str, option: str | None = None, **overrides: Any) -> dict[s
     ``overrides`` merged in as a Hydra override would be (nested mappings merge key by key).
     Interpolations resolve against train.yaml's values; ``${paths.*}`` (Hydra's run folder) is
     None outside a run."""
-    node = OmegaConf.create(_file_values(section, option or default_option(section)))
+    node = OmegaConf.create(group_values(section, option or default_option(section)))
     root = OmegaConf.create(
         {**_train_root()["values"], "paths": {"output_dir": None, "cache_dir": None}}
     )
@@ -57,9 +59,14 @@ def shipped(section: str, option: str | None = None, **overrides: Any) -> dict[s
 
 
 @functools.cache
-def _file_values(section: str, option: str) -> dict[str, Any]:
-    """``conf/<section>/<option>.yaml`` as read (parsed once per process; callers copy it)."""
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / section / f"{option}.yaml"))
+def group_values(group: str, option: str) -> dict[str, Any]:
+    """``conf/<group>/<option>.yaml`` as written, over the options of its group that its own
+    ``defaults`` names (``trainer/cpu.yaml`` over ``trainer/auto.yaml``); parsed once per
+    process (callers copy it)."""
+    values = OmegaConf.load(config_dir() / group / f"{option}.yaml")
+    bases = [entry for entry in values.pop("defaults", None) or []
+             if isinstance(entry, str) and entry != "_self_" and "@" not in entry]  # fmt: skip
+    return OmegaConf.to_container(OmegaConf.merge(*(group_values(group, b) for b in bases), values))
 
 
 def _plain(value: Any) -> Any:

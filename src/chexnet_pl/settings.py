@@ -34,20 +34,12 @@ def dry_run(
     """``build()``; what it refuses added to ``problems`` (a ``ConfigError``'s problems, or
     another constructor's error after ``where``). A keyword argument it does not take is named
     with the closest of ``keys`` (the section's settings), never a ``TypeError``."""
-    from hydra.errors import InstantiationException
+    from chexnet_pl.command_runner import constructor_error
 
     try:
         return build()
-    except ConfigError as exc:
-        problems.extend(exc)
-        return None
-    except InstantiationException as exc:  # Hydra's wrapper: what the constructor said
-        cause = exc.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        error: Exception = cause if isinstance(cause, Exception) else exc
     except Exception as exc:  # noqa: BLE001 — judged just below
-        error = exc
+        error = constructor_error(exc)  # under Hydra's wrapper: what the constructor said
     if isinstance(error, ConfigError):
         problems.extend(error)
         return None
@@ -92,11 +84,10 @@ def _experiment_name() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment")
 
 
-def resolved(cfg: DictConfig, check: bool = True) -> dict[str, Any]:
-    """The config as plain values, Hydra's section and the run folder aside; with ``check``,
-    a ``???`` not given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
-    if check:
-        check_mandatory(cfg)
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain values, Hydra's section and the run folder aside; a ``???`` not
+    given (or a ``requires`` entry) is a ``ConfigError`` naming it."""
+    check_mandatory(cfg)
     plain: dict[str, Any] = {}
     for key in cfg:
         if key in ("hydra", "paths"):  # Hydra's own section and run folder: not settings

@@ -155,6 +155,12 @@ class Problems:
             return False
         return True
 
+    def missing(self, given: Mapping[str, Any], required: Iterable[str]) -> list[str]:
+        """The keys of ``required`` that ``given`` lacks, each said (``... is not given``)."""
+        absent = [key for key in required if key not in given]
+        self.messages += [f"{self.key(key)} is not given" for key in absent]
+        return absent
+
     def unknown_keys(self, given: Iterable[str], known: Iterable[str]) -> list[str]:
         """Keys of ``given`` that are not settings, each with the closest ones named."""
         known = list(known)
@@ -176,10 +182,12 @@ class Section:
     """Settings read from one config section: an attribute per key of its shipped YAML file,
     which is the one list of the settings and their defaults (a new setting is a line there).
     ``build`` lays the given values over the shipped ones: a key the file does not have is not
-    a setting (named with the closest ones, as Hydra's struct mode would); a subclass judges the
-    values in ``check`` (a nested section's keys too), and every problem is raised at once."""
+    a setting (named with the closest ones, as Hydra's struct mode would); with ``complete``,
+    every key must be given (no default outside the YAML: a Python caller gives them all); a
+    subclass judges the values in ``check``, and every problem is raised at once."""
 
     prefix = ""
+    complete = False
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         self.__dict__.update(values)
@@ -193,6 +201,8 @@ class Section:
         given = dict(given or {})
         for key in problems.unknown_keys(given, list(shipped)):
             del given[key]
+        if cls.complete and problems.missing(given, list(shipped)):
+            problems.raise_if_any()
         settings = cls({**shipped, **given})  # a section given replaces the shipped one
         settings.check(problems)
         problems.raise_if_any()
@@ -207,23 +217,15 @@ def settings_from(cls: type[T], section: Mapping[str, Any] | None, prefix: str) 
     unknown and missing keys are reported with them, in one ``ConfigError``."""
     values = dict(section or {})
     problems = Problems(prefix)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in problems.unknown_keys(values, names):
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    for key in problems.unknown_keys(values, [f.name for f in fields]):
         del values[key]
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = [name for name in required if name not in values]
-    for name in missing:
-        problems.add(f"{problems.key(name)} is not given")
-    if missing:
+    required = [f.name for f in fields if dataclasses.MISSING is f.default is f.default_factory]
+    if problems.missing(values, required):
         problems.raise_if_any()
     try:
         settings = cls(**values)
     except ConfigError as exc:
         problems.extend(exc)
-        problems.raise_if_any()
     problems.raise_if_any()
     return settings

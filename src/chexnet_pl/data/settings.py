@@ -25,18 +25,15 @@ VIEWS = ("all", "frontal", "lateral", "PA", "AP")
 FRONTAL = "Frontal"  # a table column: whether the image is a frontal view
 MISSING_POLICIES = ("error", "skip")
 CACHE_MODES = ("auto", "off", "required")
-CHOICES = {"view_position": VIEWS, "missing_images": MISSING_POLICIES,
-           "on_bad_image": MISSING_POLICIES, "cache": CACHE_MODES, "loader": LOADERS}  # fmt: skip
 ROOT_HINT = NIH_ROOT_HINT  # said before torch is imported too (chexnet_pl.early)
 
 
 def check_common_settings(settings: Mapping[str, Any], problems: Problems) -> None:
     """Add every unusable value of the settings all datasets share (``ChestXrayDataModule``'s
     arguments) to ``problems`` (prefix ``data``)."""
-    problems.choice("missing_images", settings["missing_images"], MISSING_POLICIES)
-    problems.choice("on_bad_image", settings["on_bad_image"], MISSING_POLICIES)
-    problems.choice("cache", settings["cache"], CACHE_MODES)
-    problems.choice("loader", settings["loader"], LOADERS)
+    for name, allowed in (("missing_images", MISSING_POLICIES), ("on_bad_image", MISSING_POLICIES),
+                          ("cache", CACHE_MODES), ("loader", LOADERS)):  # fmt: skip
+        problems.choice(name, settings[name], allowed)
     size_ok = problems.number("image_size", settings["image_size"], minimum=1, integer=True)
     problems.number("batch_size", settings["batch_size"], minimum=1, integer=True)
     problems.number("eval_batch_size", settings["eval_batch_size"], minimum=1, integer=True,

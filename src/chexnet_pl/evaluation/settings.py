@@ -64,29 +64,21 @@ class EvaluationSettings(Section):
             )
         else:
             self.label_map = dict(label_map)
-        for build in (Subgroups.from_settings, self._calibration, EvaluationSettings._conformal):
+        for built in ("subgroup_spec", "calibration", "conformal_settings"):
             try:
-                build(self)
+                getattr(self, built)
             except ConfigError as exc:
                 problems.extend(exc)
-
-    @staticmethod
-    def _calibration(settings: EvaluationSettings) -> CalibrationSettings:
-        return CalibrationSettings(settings.calibrate, settings.calibration_bins)
-
-    def _conformal(self) -> ConformalSettings:
-        given = self.conformal if isinstance(self.conformal, Mapping) else None
-        if given is None:
-            raise ConfigError(
-                f"evaluation.conformal={self.conformal!r}; give {{enabled: true, alpha: 0.1}}"
-            )
-        values = {**shipped("evaluation")["conformal"], **dict(given)}
-        return settings_from(ConformalSettings, values, "evaluation.conformal")
 
     @property
     def conformal_settings(self) -> ConformalSettings:
         """``evaluation.conformal`` (a key the config leaves out: its shipped value)."""
-        return self._conformal()
+        if not isinstance(self.conformal, Mapping):
+            raise ConfigError(
+                f"evaluation.conformal={self.conformal!r}; give {{enabled: true, alpha: 0.1}}"
+            )
+        values = {**shipped("evaluation")["conformal"], **dict(self.conformal)}
+        return settings_from(ConformalSettings, values, "evaluation.conformal")
 
     @property
     def subgroup_spec(self) -> Subgroups:
@@ -94,7 +86,7 @@ class EvaluationSettings(Section):
 
     @property
     def calibration(self) -> CalibrationSettings:
-        return self._calibration(self)
+        return CalibrationSettings(self.calibrate, self.calibration_bins)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:

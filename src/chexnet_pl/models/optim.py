@@ -15,7 +15,6 @@ from chexnet_pl.models.settings import (
     OptimizerSettings,
     SchedulerSettings,
     class_arguments,
-    class_settings,
     load_class,
 )
 
@@ -42,7 +41,7 @@ def build_optimizer(
     """``settings.name``'s class with the settings it takes; fused kernels when the parameters
     are on CUDA (``fused: auto``)."""
     if not isinstance(settings, OptimizerSettings):
-        settings = class_settings(OptimizerSettings, settings, "model.optimizer")
+        settings = OptimizerSettings.from_config(settings)
     parameters = list(parameters)
     devices = {p.device.type for p in parameters if isinstance(p, torch.Tensor)}
     values = {

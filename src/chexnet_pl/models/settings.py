@@ -13,16 +13,16 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from chexnet_pl.components import OPTIMIZERS, SCHEDULERS
 from chexnet_pl.errors import ConfigError
 from chexnet_pl.label_sets import NO_FINDING
-from chexnet_pl.validation import Problems, settings_from
+from chexnet_pl.validation import Problems, Section
 
-T = TypeVar("T")
+C = TypeVar("C", bound="ClassSettings")
 MONITOR_MODES = ("min", "max")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -48,44 +48,71 @@ def class_arguments(cls: type) -> set[str]:
     return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _check_class(
-    problems: Problems, value: Any, short: Mapping[str, Any], base: str, example: str
-) -> None:
-    """``name``: a short name, or the path of a subclass of ``base`` (``torch.optim.Optimizer``)."""
-    if isinstance(value, str) and value in short:
-        return
-    if isinstance(value, str) and "." in value:
-        module, _, name = base.rpartition(".")
+class ClassSettings(Section):
+    """A class and its keyword arguments, every key of its conf/model/chexnet.yaml section
+    given: ``name`` (a short name of ``short``, or the path of a ``base`` class, e.g.
+    ``example``); the other keys are passed where the class takes them, and a key the YAML does
+    not have is kept in ``extra`` when the class takes it (``+model.optimizer.amsgrad=true``)."""
+
+    complete = True
+    section = ""  # optimizer | scheduler
+    short: Mapping[str, Any] = {}
+    base = example = ""
+
+    @classmethod
+    def from_config(cls: type[C], given: Mapping[str, Any] | None) -> C:
+        """The section judged: every problem in one ``ConfigError``."""
+        from chexnet_pl.config_defaults import shipped
+
+        keys = shipped("model")[cls.section]
+        given = dict(given or {})
+        extra = {k: given.pop(k) for k in list(given) if k not in keys}
+        settings = cls.build(given, keys)
+        if extra:
+            accepted = class_arguments(load_class(settings.target)) if settings.target else set()
+            problems = Problems(cls.prefix)
+            problems.unknown_keys(extra, [*keys, *sorted(accepted - set(keys))])
+            problems.raise_if_any()
+        settings.extra = extra
+        return settings
+
+    def check(self, problems: Problems) -> None:
+        if isinstance(self.name, str) and self.name in self.short:
+            return
+        if not (isinstance(self.name, str) and "." in self.name):
+            problems.choice("name", self.name, self.short)
+            problems.messages[-1] += f"; or the path of a {self.base} class, e.g. {self.example}"
+            return
+        module, _, name = self.base.rpartition(".")
         try:
-            found = load_class(value)
+            found = load_class(self.name)
         except (ImportError, AttributeError, ValueError) as exc:
-            problems.add(f"{problems.key('name')}={value!r} cannot be imported ({exc})")
+            problems.add(f"{problems.key('name')}={self.name!r} cannot be imported ({exc})")
             return
         if not issubclass(found, getattr(importlib.import_module(module), name)):
-            problems.add(f"{problems.key('name')}={value!r} is not a {base}")
-        return
-    problems.choice("name", value, short)
-    problems.messages[-1] += f"; or the path of a {base} class, e.g. {example}"
+            problems.add(f"{problems.key('name')}={self.name!r} is not a {self.base}")
+
+    @property
+    def target(self) -> str | None:
+        """The class path (None: a scheduler of ``none``)."""
+        return self.short.get(self.name, self.name)
+
+    def arguments(self) -> dict[str, Any]:
+        """The settings as the checkpoint holds them: ``extra`` beside the others."""
+        values = {k: v for k, v in vars(self).items() if k != "extra"}
+        return {**values, **self.extra}
 
 
-@dataclass(frozen=True)
-class OptimizerSettings:
+class OptimizerSettings(ClassSettings):
     """``model.optimizer``: ``name`` is the class (a short name or a class path), the others its
     keyword arguments where it takes them (``betas`` Adam's and AdamW's, ``momentum`` and
-    ``nesterov`` SGD's); ``extra``: the other keyword arguments given (``+model.optimizer.*``)."""
+    ``nesterov`` SGD's, ``fused``: auto | true | false)."""
 
-    name: str
-    lr: float
-    betas: Sequence[float]
-    weight_decay: float
-    momentum: float
-    nesterov: bool
-    fused: bool | str  # auto | true | false
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    prefix, section, short = "model.optimizer", "optimizer", OPTIMIZERS
+    base, example = "torch.optim.Optimizer", "torch.optim.RAdam"
 
-    def __post_init__(self) -> None:
-        problems = Problems("model.optimizer")
-        _check_class(problems, self.name, OPTIMIZERS, "torch.optim.Optimizer", "torch.optim.RAdam")
+    def check(self, problems: Problems) -> None:
+        super().check(problems)
         problems.number("lr", self.lr, minimum=0, exclusive=True)
         problems.number("weight_decay", self.weight_decay, minimum=0)
         problems.number("momentum", self.momentum, minimum=0, maximum=1)
@@ -97,49 +124,30 @@ class OptimizerSettings:
         else:
             for i, beta in enumerate(betas):
                 problems.number(f"betas[{i}]", beta, minimum=0, maximum=1, exclusive=False)
-        problems.raise_if_any()
-
-    @property
-    def target(self) -> str:
-        """The optimizer's class path."""
-        return OPTIMIZERS.get(self.name, self.name)
 
 
-@dataclass(frozen=True)
-class SchedulerSettings:
+class SchedulerSettings(ClassSettings):
     """``model.scheduler``: ``plateau`` (ReduceLROnPlateau on ``monitor``), ``cosine`` (to
-    ``eta_min`` over the run's epochs), ``none``, or a class path; stepped once an epoch."""
+    ``eta_min`` over the run's epochs), ``none``, or a class path; stepped once an epoch.
+    ``mode``: min | max; null: max for AUROC metrics, min otherwise."""
 
-    name: str
-    monitor: str
-    mode: str | None  # min | max; null: max for AUROC metrics, min otherwise
-    factor: float
-    patience: int
-    eta_min: float
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    prefix, section, short = "model.scheduler", "scheduler", SCHEDULERS
+    base, example = "torch.optim.lr_scheduler.LRScheduler", "torch.optim.lr_scheduler.StepLR"
 
-    def __post_init__(self) -> None:
-        problems = Problems("model.scheduler")
-        _check_class(problems, self.name, SCHEDULERS, "torch.optim.lr_scheduler.LRScheduler",
-                     "torch.optim.lr_scheduler.StepLR")  # fmt: skip
+    def check(self, problems: Problems) -> None:
+        super().check(problems)
         problems.text("monitor", self.monitor)
         if self.mode is not None:
             problems.choice("mode", self.mode, MONITOR_MODES)
         problems.number("factor", self.factor, minimum=0, maximum=1, exclusive=True)
         problems.number("patience", self.patience, minimum=0, integer=True)
         problems.number("eta_min", self.eta_min, minimum=0)
-        problems.raise_if_any()
 
     @property
     def monitor_mode(self) -> str:
         if self.mode is not None:
             return self.mode
         return "max" if "auroc" in self.monitor else "min"
-
-    @property
-    def target(self) -> str | None:
-        """The scheduler's class path (None: no schedule)."""
-        return SCHEDULERS.get(self.name, self.name)
 
     @property
     def steps_on_metric(self) -> bool:
@@ -149,22 +157,6 @@ class SchedulerSettings:
         from torch.optim.lr_scheduler import ReduceLROnPlateau
 
         return issubclass(load_class(self.target), ReduceLROnPlateau)
-
-
-def class_settings(cls: type[T], section: Mapping[str, Any] | None, prefix: str) -> T:
-    """``OptimizerSettings`` or ``SchedulerSettings`` from its section: the known settings judged
-    (``settings_from``), the other keys kept in ``extra`` where the class takes them."""
-    known = [f.name for f in fields(cls) if f.name != "extra"]
-    values = dict(section or {})
-    extra = {k: values.pop(k) for k in list(values) if k not in known}
-    settings = settings_from(cls, values, prefix)
-    if not extra:
-        return settings
-    accepted = class_arguments(load_class(settings.target)) if settings.target else set()
-    problems = Problems(prefix)
-    problems.unknown_keys(extra, [*known, *sorted(accepted - set(known))])
-    problems.raise_if_any()
-    return replace(settings, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -194,12 +186,10 @@ class ModelSettings:
     def hparams(self) -> dict[str, Any]:
         """Plain values for the checkpoint (``include_no_finding`` follows the classes; the
         optimizer's and scheduler's ``extra`` arguments stand beside their settings)."""
-        values = asdict(self)
+        values = {**asdict(self), "class_names": self.classes}
         for key in ("optimizer", "scheduler"):
-            values[key] |= values[key].pop("extra")
-        values["class_names"] = self.classes
-        values["include_no_finding"] = NO_FINDING in self.classes
-        return values
+            values[key] = getattr(self, key).arguments()
+        return {**values, "include_no_finding": NO_FINDING in self.classes}
 
 
 def model_settings(values: Mapping[str, Any]) -> ModelSettings:
@@ -213,9 +203,7 @@ def model_settings(values: Mapping[str, Any]) -> ModelSettings:
     names = [f.name for f in fields(ModelSettings)]
     for key in problems.unknown_keys(values, names):
         del values[key]
-    for name in names:
-        if name not in values and name not in ("class_names", "image_size"):
-            problems.add(f"model.{name} is not given")
+    problems.missing(values, [n for n in names if n not in ("class_names", "image_size")])
     if not values.get("class_names"):
         problems.add(
             "model.class_names is not given: the model's outputs are the data's labels in order "
@@ -226,7 +214,7 @@ def model_settings(values: Mapping[str, Any]) -> ModelSettings:
     for key, cls in (("optimizer", OptimizerSettings), ("scheduler", SchedulerSettings)):
         if not isinstance(values[key], cls):
             try:
-                values[key] = class_settings(cls, values[key], f"model.{key}")
+                values[key] = cls.from_config(values[key])
             except ConfigError as exc:
                 problems.extend(exc)
                 values[key] = None
