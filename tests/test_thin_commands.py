@@ -14,7 +14,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import compose_train_config, tiny_overrides
+from conftest import compose_config, compose_train_config, tiny_overrides
 from test_layers import COMMANDS, PACKAGE, imports, layer
 
 import chexnet_pl
@@ -204,3 +204,38 @@ def test_the_library_functions_defaults_are_the_shipped_ones(function, config):
     }
     assert len(compared) >= 5, compared
     assert all(ours == theirs for ours, theirs in compared.values()), compared
+
+
+@pytest.mark.parametrize(
+    ("mode", "override_dirname", "group", "name"),
+    [
+        ("MULTIRUN", "model.optimizer.lr=0.1", "sweep-7", "model.optimizer.lr=0.1"),
+        ("MULTIRUN", "", "sweep-7", "job3"),
+        ("RUN", "model.optimizer.lr=0.1", None, None),
+    ],
+)
+def test_a_sweeps_wandb_runs_share_a_group_named_by_its_folder(
+    tmp_path, mode, override_dirname, group, name
+):
+    """In a multirun, each run's W&B logger gets the sweep folder's name as its group and its
+    overrides (else ``job<n>``) as its name; a single run's are left as configured."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from chexnet_pl.training.run import _name_sweep_runs
+
+    cfg = compose_config("train", tmp_path / "run", "logger=wandb", hydra_config=True)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode[mode]
+        cfg.hydra.sweep.dir = str(tmp_path / "sweep-7")
+        cfg.hydra.job.override_dirname = override_dirname
+        cfg.hydra.job.num = 3
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        named = _name_sweep_runs(cfg.logger)
+    finally:
+        HydraConfig.instance().cfg = previous
+    assert (named.wandb.get("group"), named.wandb.get("name")) == (group, name)
+    assert named.csv == cfg.logger.csv and cfg.logger.wandb.get("group") is None  # a copy
