@@ -37,8 +37,16 @@ def explore_finding(
     Args:
         checkpoint: a ``.ckpt``; its data module and split choose the images.
         label: a finding of the model (a space or an underscore: ``Pleural Thickening``).
+        out_dir: where the overlays and tables are written (and the data module's reports).
+        n: how many images at most.
+        split: ``train``, ``val`` or ``test`` of the checkpoint's split.
+        method: the heat-map method (``auto``: CAM where the backbone allows it).
+        seed: which ``n`` of the split's positives are drawn.
+        thresholds: an evaluation's ``aucs.csv`` (default: the run's, else 0.5, warned).
+        calibration: an evaluation's ``calibration.json``: calibrated probabilities.
+        image_size: the input size (default: the checkpoint's).
         data: ``data.*`` settings replacing the checkpoint's (``root``, ``num_workers``).
-        thresholds, calibration, method, image_size, max_pixels: as ``chexnet-visualize``'s.
+        max_pixels: the largest image decoded (None: no limit).
 
     Raises:
         DataError: ``label`` is not an output of the model, or no image of ``split`` has it.

@@ -48,11 +48,19 @@ def predict_images(
         checkpoint: a ``.ckpt``; with ``backend="auto"`` its ONNX export beside it runs when
             there is one of this very checkpoint.
         paths: the image files (PNG, JPEG or DICOM), e.g. ``visualization.inputs.image_files``.
-        backend, method, image_size: as ``chexnet-predict``'s settings of those names.
+        out_dir: where the tables, overlays and ``predictions.csv`` are written.
+        backend: ``auto`` (the ONNX export when one fits), ``torch`` or ``onnx``.
+        method: the heat-map method (``visualization.methods.METHODS``; ``auto``: CAM where the
+            backbone allows it, else Grad-CAM).
+        image_size: the input size (default: the checkpoint's).
         thresholds: an evaluation's ``aucs.csv`` (default: the one beside the checkpoint or in
-            its run folder, else 0.5, warned); ``calibration``: its ``calibration.json``;
-            ``conformal``: its ``conformal.json`` (default: the run's, else no decisions).
-        max_pixels: the largest image decoded (``conf/decode/default.yaml``).
+            its run folder, else 0.5, warned).
+        calibration: an evaluation's ``calibration.json``: calibrated probabilities.
+        conformal: an evaluation's ``conformal.json`` (default: the run's, else no decisions).
+        top_k: overlays of the k most probable findings per image.
+        batch_size: images per forward pass.
+        max_pixels: the largest image decoded (None: no limit; the command's default is
+            ``conf/decode/default.yaml``'s).
 
     Raises:
         DataError: none of the images could be read (each with its reason in ``skipped.csv``).
