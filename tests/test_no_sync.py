@@ -112,7 +112,7 @@ def test_reads_happen_only_at_logging_steps(make_cfg, monkeypatch, loader, synth
         if not any(part in path for path in callers for part in HOST_SIDE):
             reads[marker.batch].append(f"{name} from {callers[0]}")
 
-    import chexnet_pl.train as train_module
+    import chexnet_pl.training.run as train_module
 
     instantiate = train_module._instantiate_all
     monkeypatch.setattr(

@@ -25,7 +25,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-# Re-exported: every command reads CONFIG_PATH from here.
+# Re-exported: every command reads CONFIG_PATH from here; ``instantiate`` (the ground module
+# ``components``) for the callers that import it from here.
+from chexnet_pl.components import instantiate as instantiate
 from chexnet_pl.config_location import CONFIG_MODULE as CONFIG_MODULE
 from chexnet_pl.config_location import CONFIG_PATH as CONFIG_PATH
 from chexnet_pl.config_location import config_dir as config_dir
@@ -81,22 +83,6 @@ def _user_error(exc: BaseException) -> str | None:
             exc.strerror or exc,
         )  # fmt: skip
     return None
-
-
-def instantiate(config: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, except that a constructor's ``ChexnetError`` (a setting it
-    refuses, said plainly) is raised as itself rather than inside Hydra's wrapper."""
-    import hydra
-
-    try:
-        return hydra.utils.instantiate(config, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        if isinstance(cause, ChexnetError):
-            raise cause from exc
-        raise
 
 
 def run_or_exit(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:

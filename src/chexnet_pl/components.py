@@ -14,6 +14,9 @@ module) is refused by name, as are settings whose evaluation would run code: Lig
 A user's own command line may still name a class path (``model.optimizer.name=mypkg.Opt``,
 ``+data._target_=mypkg.Data``): that is their choice, composed by Hydra, and never passes here.
 
+``instantiate`` builds a component of a config the user composed (Hydra's, with a constructor's
+own refusal raised as itself).
+
 Ground floor: strings only; nothing here imports torch or what it checks.
 """
 
@@ -24,7 +27,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from chexnet_pl.errors import WeightsError
+from chexnet_pl.errors import ChexnetError, WeightsError
 
 # The short names of model.optimizer.name and model.scheduler.name (none: no schedule).
 OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
@@ -135,3 +138,20 @@ def check_stored_settings(checkpoint: Mapping[str, Any], path: object) -> None:
             "the optimizer on your own command line instead (data=<dataset> data.root=..., "
             "model.optimizer.name=...)."
         )
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that a constructor's ``ChexnetError`` (a setting it
+    refuses, said plainly) is raised as itself rather than inside Hydra's wrapper."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, ChexnetError):
+            raise cause from exc
+        raise

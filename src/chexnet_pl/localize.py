@@ -10,23 +10,18 @@ hit rate and heat in mask, with patient-bootstrap intervals.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
 from chexnet_pl.command_runner import CONFIG_PATH, log_outputs, run_command, run_or_exit
-from chexnet_pl.files import write_csv_atomic
 from chexnet_pl.validation import Problems
 
 if TYPE_CHECKING:
     import pandas as pd
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,63 +76,14 @@ def check_config(cfg: DictConfig) -> LocalizeSettings:
 
 
 def localize(cfg: DictConfig) -> pd.DataFrame:
-    from chexnet_pl.checkpoints.runs import load_run
-    from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.box_scoring import score_boxes
-    from chexnet_pl.evaluation.localization import read_bbox_list, summarize
-    from chexnet_pl.models.input_contract import input_size
-
-    settings = check_config(cfg)
-    run = load_run(cfg.ckpt)
-    model = run.model
-    out_dir = Path(cfg.paths.output_dir)
-    if cfg.data.get("_target_"):  # VinDr-CXR, RSNA, SIIM-ACR: evaluation/localization_sets
-        return _localize_dataset(run, settings, out_dir)
-    given = cfg.data.root or run.data_settings.get("root")
-    if not given:  # Path("") is the current folder: never read boxes from wherever this runs
-        raise DataError(
-            f"give data.root=/path/to/nih (the folder with BBox_List_2017.csv and the images); "
-            f"{cfg.ckpt} does not name one"
-        )
-    root = Path(given).expanduser()
-    if not root.is_dir():  # data.root itself is checked first; this is the checkpoint's
-        raise DataError(
-            f"{cfg.ckpt} was trained on {root}, which is not a folder here; give data.root= "
-            "(the NIH folder with BBox_List_2017.csv and the images)"
-        )
-    boxes = read_bbox_list(
-        Path(cfg.boxes) if cfg.boxes else root / "BBox_List_2017.csv", model.class_names
-    )
-    image_size = input_size(model, cfg.image_size)
-    per_box = score_boxes(
-        model, boxes, root, image_size, settings.method, float(settings.threshold),
-        int(settings.batch_size),
-    )  # fmt: skip
-    table = summarize(per_box, settings.bootstrap_samples, settings.bootstrap_seed,
-                      settings.confidence)  # fmt: skip
-    return _write(per_box, table, out_dir, settings)
-
-
-def _localize_dataset(run: Any, settings: LocalizeSettings, out_dir: Path) -> pd.DataFrame:
+    """Score the checkpoint's heat maps against the boxes or masks ``cfg`` names
+    (``chexnet_pl.evaluation.box_scoring.localize_checkpoint``); returns the summary table."""
     from dataclasses import asdict
 
-    from chexnet_pl.checkpoints.runs import datamodule_for
-    from chexnet_pl.evaluation.localization_sets import localize_dataset
+    from chexnet_pl.evaluation.box_scoring import localize_checkpoint
 
-    datamodule = datamodule_for(run, dict(settings.data), out_dir)
-    per_unit, table = localize_dataset(run.model, datamodule, asdict(settings))
-    return _write(per_unit, table, out_dir, settings)
-
-
-def _write(per_unit: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
-           settings: LocalizeSettings) -> pd.DataFrame:  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(per_unit, out_dir / "localization_boxes.csv", index=False)
-    write_csv_atomic(table, out_dir / "localization.csv")
-    log.info("localisation of %d references (%s, threshold %.2f):\n%s", len(per_unit),
-             settings.method, settings.threshold,
-             table.to_string(float_format=lambda v: f"{v:.3f}"))  # fmt: skip
-    return table
+    settings = check_config(cfg)
+    return localize_checkpoint(settings.ckpt, cfg.paths.output_dir, asdict(settings))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="localize")

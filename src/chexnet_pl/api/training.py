@@ -73,8 +73,10 @@ def train(overrides: Sequence[str] = ()) -> Path:
     task = copy.deepcopy(cfg)
     with read_write(task), open_dict(task):
         del task["hydra"]  # as Hydra gives a command its config
-    from chexnet_pl.train import train as run_training
+    from chexnet_pl.settings import check_train_config
+    from chexnet_pl.training.run import run_training
 
+    check_train_config(task)  # every setting, before anything is built or read
     run_training(task)
     log.info("run folder: %s", run_dir)
     return run_dir
