@@ -25,7 +25,7 @@ from conftest import (
 from PIL import Image
 
 import chexnet_pl
-from chexnet_pl.command_runner import instantiate
+from chexnet_pl.components import instantiate
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.errors import ConfigError, DataError
 from chexnet_pl.visualization.figures import overlay as commands_overlay

@@ -25,9 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-# Re-exported: every command reads CONFIG_PATH from here; ``instantiate`` (the ground module
-# ``components``) for the callers that import it from here.
-from chexnet_pl.components import instantiate as instantiate
+# Re-exported: every command reads CONFIG_PATH from here.
 from chexnet_pl.config_location import CONFIG_MODULE as CONFIG_MODULE
 from chexnet_pl.config_location import CONFIG_PATH as CONFIG_PATH
 from chexnet_pl.config_location import config_dir as config_dir

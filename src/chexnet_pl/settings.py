@@ -112,7 +112,7 @@ def command_settings(cls: type[T], cfg: DictConfig | Mapping[str, Any]) -> T:
 def check_train_config(cfg: DictConfig) -> None:
     """The whole ``train`` config: every component built as a dry run, before anything is
     trained or any image or weights file is read."""
-    from chexnet_pl.command_runner import instantiate
+    from chexnet_pl.components import instantiate
     from chexnet_pl.device import detect_caps
     from chexnet_pl.evaluation.settings import EvaluationSettings
     from chexnet_pl.models.settings import logged_metrics, model_settings
