@@ -69,7 +69,7 @@ def test_the_export_is_weights_and_a_sidecar_that_rebuilds_the_network(run, expo
     card = read_sidecar(exported)
     assert card["format"] == "safetensors" and card["file"] == "best.safetensors"
     assert card["network"] == {
-        "architecture": "XrayClassifier", "backbone": "resnet18", "image_size": SIZE,
+        "architecture": "ChestXrayNet", "backbone": "resnet18", "image_size": SIZE,
         "classes": chexnet_pl.load(run / "checkpoints" / "best.ckpt").class_names,
         "channels_last": True,
     }  # fmt: skip
@@ -179,7 +179,7 @@ def copy_of(exported, tmp_path):
     ("change", "message"),
     [
         (lambda c: c["network"].update(architecture="os.system"),
-         r"names the architecture 'os.system'; only 'XrayClassifier'"),
+         r"names the architecture 'os.system'; only 'ChestXrayNet'"),
         (lambda c: c["network"].update(backbone="torchvision.models.vit_h_14"),
          r"names the backbone 'torchvision.models.vit_h_14', which is not one of chexnet_pl's"),
         (lambda c: c["network"].update(backbone="${oc.env:HOME}"),
