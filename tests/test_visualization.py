@@ -38,7 +38,7 @@ def test_cam_is_the_classifier_at_every_position():
     model = make_model().eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(images))
+        features = model.net.forward_features(model.net.prepare_input(images))
         raw = torch.einsum("kc,bchw->bkhw", model.net.classifier.weight, features)
         logits = model(images)
     torch.testing.assert_close(
@@ -56,7 +56,7 @@ def test_cam_equals_the_classifier_weights_times_the_feature_map():
     model = make_model(backbone="resnet18", class_names=["A", "B", "C"]).eval()
     images = torch.randint(0, 256, (2, 1, 128, 128), dtype=torch.uint8)
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(images)).double().numpy()
+        features = model.net.forward_features(model.net.prepare_input(images)).double().numpy()
     spread = features.std(axis=(2, 3)).min(axis=0)  # a channel that varies in both images
     channel = int(spread.argmax())
     weight = np.zeros((3, features.shape[1]))
@@ -310,7 +310,7 @@ def test_cam_equals_grad_cam_for_a_pooled_linear_head():
     model = make_model().eval()
     images = torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8)
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(images))
+        features = model.net.forward_features(model.net.prepare_input(images))
         raw = torch.einsum("kc,bchw->bkhw", model.net.classifier.weight, features)[:, 4:5]
         clipped = torch.nn.functional.interpolate(
             raw.clamp_min(0), size=(128, 128), mode="bilinear"
