@@ -196,6 +196,16 @@ def test_a_hostile_sidecar_is_refused_naming_the_file(copy_of, change, message):
         chexnet_pl.load(path)
 
 
+def test_an_export_naming_the_earlier_class_reads_the_same(copy_of, exported, nih_sample):
+    """Exports written before the network was one class name it ``XrayClassifier``: the same
+    tensors (``net.*``), so they load and predict as before."""
+    path = copy_of(lambda c: c["network"].update(architecture="XrayClassifier"))
+    paths = images(nih_sample, 2)
+    ours, theirs = chexnet_pl.load(path).predict(paths), chexnet_pl.load(exported).predict(paths)
+    columns = [c for c in theirs.columns if c.startswith("prob_")]
+    assert columns and np.array_equal(ours[columns].to_numpy(), theirs[columns].to_numpy())
+
+
 @pytest.mark.parametrize(
     ("tensors", "message"),
     [

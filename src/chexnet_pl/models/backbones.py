@@ -33,8 +33,9 @@ GLOBAL_AVERAGE_LINEAR = "global average pooling + one linear layer"
 
 @dataclass
 class BackboneParts:
-    """A torchvision network split as ``models.network.ChestXrayNet`` holds it: ``features`` (the
-    last feature map) → ``pool`` → ``pre_logits`` → a new linear classifier on ``num_features``.
+    """A torchvision network split as ``models.network.ChestXrayNet`` holds it: ``features``
+    (the last feature map) → ``pool`` → ``pre_logits`` → a new linear classifier on
+    ``num_features``.
 
     ``pre_logits`` is what the ImageNet head had between pooling and its last linear layer
     (flattening, dropout; AlexNet's fc6/fc7, ConvNeXt's LayerNorm), kept with its pretrained

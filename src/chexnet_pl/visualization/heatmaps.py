@@ -2,11 +2,12 @@
 
 ``cam``: the original CAM (Zhou et al. 2016), exact for a global-average-pool + linear head: the
 maps of *every* class come from one forward pass. Backbones whose head is something else
-(AlexNet's MLP, ConvNeXt's LayerNorm before the linear layer) say so (``ChestXrayNet.cam_available``), and
-asking them for CAM is an error. Grad-CAM and its relatives come from the ``grad-cam`` package,
-on the layer that produces ``forward_features`` (``ChestXrayNet.features``) — so every backbone with that
-contract gets them without hooks into private layers. ``auto`` is CAM where the head allows it,
-else Grad-CAM.
+(AlexNet's MLP, ConvNeXt's LayerNorm before the linear layer) say so
+(``ChestXrayNet.cam_available``), and asking them for CAM is an error. Grad-CAM and its relatives
+come from the ``grad-cam`` package, on the layer that produces ``forward_features``
+(``ChestXrayNet.features``) — so every backbone with that contract gets them without hooks into
+private layers. ``auto`` is CAM where the head allows it, else Grad-CAM. Every function here takes
+the network, a ``models.network.ChestXrayNet`` (a LightningModule's is its ``net``).
 """
 
 from __future__ import annotations
