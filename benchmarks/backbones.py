@@ -59,7 +59,9 @@ def measure(name: str, size: int, iterations: int) -> dict[str, float | str]:
     bce = torch.nn.functional.binary_cross_entropy_with_logits
 
     def train_step() -> None:
-        logits, aux_logits = model.net.forward_with_aux(model.prepare_input(images[:TRAIN_BATCH]))
+        logits, aux_logits = model.net.forward_with_aux(
+            model.net.prepare_input(images[:TRAIN_BATCH])
+        )
         loss = bce(logits, labels) + AUX_LOSS_WEIGHT * sum(bce(a, labels) for a in aux_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

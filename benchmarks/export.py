@@ -51,7 +51,7 @@ def main() -> None:
     module = shipped_model(
         backbone=args.backbone, pretrained=False, class_names=class_names()
     ).eval()
-    served = ServedModel(module, cams=args.cams).eval()
+    served = ServedModel(module.net, cams=args.cams).eval()
 
     def pytorch(images: np.ndarray):
         with torch.inference_mode():

@@ -30,20 +30,20 @@ def main() -> None:
     image = torch.randint(0, 256, (1, 1, args.size, args.size), dtype=torch.uint8)
     classes = len(model.class_names)
 
-    class_activation_maps(model, image)  # warm-up
+    class_activation_maps(model.net, image)  # warm-up
     start = time.perf_counter()
     for _ in range(args.repeats):
-        class_activation_maps(model, image)
+        class_activation_maps(model.net, image)
     cam_seconds = (time.perf_counter() - start) / args.repeats
 
     start = time.perf_counter()
     for _ in range(args.repeats):
-        grads = torch.stack([grad_cam(model, image, k, "gradcam")[0] for k in range(classes)])
+        grads = torch.stack([grad_cam(model.net, image, k, "gradcam")[0] for k in range(classes)])
     grad_seconds = (time.perf_counter() - start) / args.repeats
 
     # Grad-CAM clips negative evidence (ReLU) before scaling; compare it with CAM clipped the same way.
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(image))
+        features = model.net.forward_features(model.net.prepare_input(image))
         raw = torch.einsum("kc,bchw->bkhw", model.net.classifier.weight, features).clamp_min(0)
         clipped = torch.nn.functional.interpolate(raw, size=image.shape[-2:], mode="bilinear")[0]
     correlations = [

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader
 
 from chexnet_pl.callbacks import FreezeBackbone
 from chexnet_pl.errors import ChexnetError, ConfigError, WeightsError
-from chexnet_pl.models.backbones import BACKBONES, create_backbone, load_imagenet_weights
+from chexnet_pl.models.backbones import BACKBONES, load_imagenet_weights
 from chexnet_pl.models.init_from import init_from_checkpoint
 from chexnet_pl.models.input_contract import InputNormalizer, create_normalizer
 from chexnet_pl.models.module import AUX_LOSS_WEIGHT, CheXNetModule
+from chexnet_pl.models.network import ChestXrayNet
 from chexnet_pl.models.optim import build_optimizer
 from chexnet_pl.visualization.heatmaps import (
     CAMUnavailableError,
@@ -117,21 +118,21 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained):
 def test_heat_maps_have_the_input_size(trained):
     name, model, _, _, _ = trained
     batch = images()
-    maps = grad_cam(model, batch, class_index=3)
+    maps = grad_cam(model.net, batch, class_index=3)
     assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1
-    assert heatmaps(model, batch, [3], "auto").shape == (2, 1, SIZE, SIZE)
+    assert heatmaps(model.net, batch, [3], "auto").shape == (2, 1, SIZE, SIZE)
     with torch.no_grad():
-        features = model.net.forward_features(model.prepare_input(batch))
+        features = model.net.forward_features(model.net.prepare_input(batch))
         logits = model.net.forward_head(features)
     assert model.net.cam_available == (name not in WITHOUT_CAM)
     if model.net.cam_available:
-        assert class_activation_maps(model, batch).shape == (2, 15, SIZE, SIZE)
+        assert class_activation_maps(model.net, batch).shape == (2, 15, SIZE, SIZE)
     else:
         ran = []
-        hook = model.net.register_forward_pre_hook(lambda module, args: ran.append(module))
+        hook = model.net.features.register_forward_pre_hook(lambda m, args: ran.append(m))
         with pytest.raises(CAMUnavailableError, match=rf"{name}'s head is .*method=gradcam") as err:
-            heatmaps(model, batch, [3], "cam")
+            heatmaps(model.net, batch, [3], "cam")
         hook.remove()
         assert isinstance(err.value, ChexnetError)  # the commands print it as one line
         assert ran == []  # refused up front, not somewhere inside the network
@@ -162,10 +163,17 @@ def test_imagenet_weights_load_per_family(name, monkeypatch):
     load_imagenet_weights(reference_network, headless, name)
     with pytest.raises(WeightsError, match=rf"do not match the architecture.*extra.weight.*for {name}\?"):  # fmt: skip
         load_imagenet_weights(reference_network, {**reference, "extra.weight": torch.zeros(1)}, name)  # fmt: skip
-    expected = spec.build(reference_network, 15).state_dict()  # these weights, this project's names
+    parts = spec.build(reference_network, 15)  # these weights, this project's names
+    expected = {
+        f"{part}.{key}": value
+        for part, module in (("features", parts.features), ("pool", parts.pool),
+                             ("pre_logits", parts.pre_logits),
+                             ("aux_heads", torch.nn.ModuleDict(dict(parts.aux_heads))))
+        for key, value in module.state_dict().items()
+    }  # fmt: skip
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    net = create_backbone(name, 15, pretrained=True)
+    net = ChestXrayNet({"backbone": name}, [f"c{i}" for i in range(15)], pretrained=True)
     assert requested == [spec.weights.url] and net.classifier.out_features == 15
     new_layers = tuple(f"{layer}." for layer in net.output_layer_names())
     loaded = {k: v for k, v in net.state_dict().items() if not k.startswith(new_layers)}
@@ -182,7 +190,7 @@ def test_googlenet_layers_see_the_input_their_imagenet_weights_expect():
     reference = torchvision.models.googlenet(
         weights=None, aux_logits=False, transform_input=True, init_weights=True
     ).eval()
-    net = create_backbone("googlenet", 15).eval()
+    net = ChestXrayNet({"backbone": "googlenet"}, [f"c{i}" for i in range(15)]).eval()
     net.features.load_state_dict(
         {k: v for k, v in reference.state_dict().items() if not k.startswith(("fc.", "aux"))}
     )
@@ -207,7 +215,7 @@ def test_googlenet_aux_heads_add_to_the_training_loss_only():
     loss = model.training_step(batch, 0)
     assert len(calls) == 2
     torch.manual_seed(5)  # the same dropout masks
-    logits, aux_logits = model.net.forward_with_aux(model.prepare_input(batch["img"]))
+    logits, aux_logits = model.net.forward_with_aux(model.net.prepare_input(batch["img"]))
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = bce(logits, batch["lab"]) + AUX_LOSS_WEIGHT * sum(bce(a, batch["lab"]) for a in aux_logits)  # fmt: skip
     torch.testing.assert_close(loss, expected)
@@ -216,8 +224,8 @@ def test_googlenet_aux_heads_add_to_the_training_loss_only():
     with torch.no_grad():
         model(batch["img"])
         model.predict_proba(batch["img"])
-    grad_cam(model, batch["img"], 0)
-    class_activation_maps(model, batch["img"])
+    grad_cam(model.net, batch["img"], 0)
+    class_activation_maps(model.net, batch["img"])
     assert calls == []  # never used to predict or to explain
 
 
@@ -314,7 +322,7 @@ def test_compiled_training_forward_keeps_checkpoint_keys_and_eager_eval(tmp_path
     assert list(compiled.state_dict()) == list(plain.state_dict())
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], value, msg=key)
-    assert heatmaps(compiled.eval(), images(), [0], "auto").shape[-2:] == (SIZE, SIZE)
+    assert heatmaps(compiled.eval().net, images(), [0], "auto").shape[-2:] == (SIZE, SIZE)
 
 
 def test_backbone_too_small_for_the_images_stops_before_training(make_cfg):

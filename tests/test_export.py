@@ -71,7 +71,7 @@ def reference(checkpoint: Path, images: torch.Tensor) -> tuple[np.ndarray, np.nd
     """The LightningModule's own probabilities and CAMs (not the exported wrapper's)."""
     model = CheXNetModule.load_from_checkpoint(checkpoint).eval()
     probabilities = model.predict_proba(images).numpy()
-    cams = class_activation_maps(model, images).numpy() if model.net.cam_available else None
+    cams = class_activation_maps(model.net, images).numpy() if model.net.cam_available else None
     return probabilities, cams
 
 
@@ -148,7 +148,7 @@ def test_export_equals_pytorch_on_real_images(backbone, fmt, cams, tmp_path, nih
 @pytest.mark.parametrize("backbone", ["alexnet", "convnext_tiny"])
 def test_cams_of_a_head_without_cam_is_a_clear_error(backbone):
     with pytest.raises(ServingError, match=f"cams=true needs .*{backbone}'s head is"):
-        ServedModel(make_model(backbone=backbone), cams=True)
+        ServedModel(make_model(backbone=backbone).net, cams=True)
 
 
 def test_unknown_format_and_too_small_image_are_clear_errors(densenet_run):

@@ -236,7 +236,7 @@ def test_import_arnoweng_chexnet_weights(tmp_path):
     assert model.class_names == list(FINDINGS)
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
-        theirs = reference(model.prepare_input(images).contiguous())
+        theirs = reference(model.net.prepare_input(images).contiguous())
         ours = model.predict_proba(images)
     order = [ARNOWENG_CLASSES.index(c) for c in FINDINGS]
     torch.testing.assert_close(ours, theirs[:, order], atol=1e-5, rtol=1e-4)

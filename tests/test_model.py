@@ -22,17 +22,24 @@ from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.errors import ConfigError, WeightsError
 from chexnet_pl.models.backbones import create_backbone
 from chexnet_pl.models.metrics import PerClassAUROC, mean_finding_auroc
+from chexnet_pl.models.network import ChestXrayNet
 from chexnet_pl.models.weights import remap_legacy_densenet_keys
+
+FIFTEEN = [f"c{i}" for i in range(15)]
 
 
 def test_forward_features_and_head():
-    net = create_backbone("densenet121", num_classes=15).eval()
-    x = torch.randn(2, 3, 64, 64)
-    features = net.forward_features(x)
+    net = ChestXrayNet({"backbone": "densenet121"}, FIFTEEN).eval()
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    features = net.forward_features(net.prepare_input(images))
     assert features.shape == (2, 1024, 2, 2) and (features >= 0).all()
     logits = net.forward_head(features)
     assert logits.shape == (2, 15)
-    torch.testing.assert_close(net(x), logits)
+    torch.testing.assert_close(net(images), logits)
+    # Float images in [0, 1] are the same images as their uint8 form.
+    torch.testing.assert_close(net(images.float() / 255), logits)
+    # The normaliser's buffers are not saved: the network's keys are the backbone's and head's.
+    assert {key.split(".")[0] for key in net.state_dict()} == {"features", "classifier"}
 
 
 def test_module_takes_uint8_gray_and_outputs_logits():
@@ -43,7 +50,7 @@ def test_module_takes_uint8_gray_and_outputs_logits():
     probs = model.predict_proba(images)
     torch.testing.assert_close(probs, torch.sigmoid(logits.detach()))
     # Normalisation uses ImageNet statistics on the replicated gray channel.
-    x = model.prepare_input(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8))
+    x = model.net.prepare_input(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8))
     torch.testing.assert_close(
         x[0, :, 0, 0],
         (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]),
@@ -105,7 +112,7 @@ def test_remap_legacy_keys_round_trips(imagenet_like):
 
 def test_local_weights_file_initialises_backbone(imagenet_like):
     reference, path = imagenet_like
-    net = create_backbone("densenet121", num_classes=15, weights_path=str(path))
+    net = ChestXrayNet({"backbone": "densenet121"}, FIFTEEN, weights_path=str(path))
     torch.testing.assert_close(net.features.body.conv0.weight, reference["features.conv0.weight"])
     torch.testing.assert_close(
         net.features.body.denseblock4.denselayer16.norm2.running_var,

@@ -38,9 +38,8 @@ def test_the_model_summary_lists_layers_not_metric_objects():
     model = make_model(backbone="resnet18", class_names=class_names())
     assert "val_auroc" in summarize(model, max_depth=1).layer_names  # Lightning's own lists them
     trainer = SimpleNamespace(strategy=None)
-    assert ParameterSummary(max_depth=1)._summary(trainer, model).layer_names == [
-        "normalizer", "net"
-    ]  # fmt: skip
+    # The network (its normaliser inside) and nothing else: no metric objects.
+    assert ParameterSummary(max_depth=1)._summary(trainer, model).layer_names == ["net"]
 
 
 def test_a_prediction_table_says_unknown_where_the_label_is_unknown():

@@ -69,7 +69,7 @@ def test_the_export_is_weights_and_a_sidecar_that_rebuilds_the_network(run, expo
     card = read_sidecar(exported)
     assert card["format"] == "safetensors" and card["file"] == "best.safetensors"
     assert card["network"] == {
-        "architecture": "XrayClassifier", "backbone": "resnet18", "image_size": SIZE,
+        "architecture": "ChestXrayNet", "backbone": "resnet18", "image_size": SIZE,
         "classes": chexnet_pl.load(run / "checkpoints" / "best.ckpt").class_names,
         "channels_last": True,
     }  # fmt: skip
@@ -180,7 +180,7 @@ def copy_of(exported, tmp_path):
     ("change", "message"),
     [
         (lambda c: c["network"].update(architecture="os.system"),
-         r"names the architecture 'os.system'; only 'XrayClassifier'"),
+         r"names the architecture 'os.system'; only 'ChestXrayNet'"),
         (lambda c: c["network"].update(backbone="torchvision.models.vit_h_14"),
          r"names the backbone 'torchvision.models.vit_h_14', which is not one of chexnet_pl's"),
         (lambda c: c["network"].update(backbone="${oc.env:HOME}"),
@@ -195,6 +195,16 @@ def test_a_hostile_sidecar_is_refused_naming_the_file(copy_of, change, message):
     path = copy_of(change)
     with pytest.raises(WeightsError, match=rf"{path}.*{message}"):
         chexnet_pl.load(path)
+
+
+def test_an_export_naming_the_earlier_class_reads_the_same(copy_of, exported, nih_sample):
+    """Exports written before the network was one class name it ``XrayClassifier``: the same
+    tensors (``net.*``), so they load and predict as before."""
+    path = copy_of(lambda c: c["network"].update(architecture="XrayClassifier"))
+    paths = images(nih_sample, 2)
+    ours, theirs = chexnet_pl.load(path).predict(paths), chexnet_pl.load(exported).predict(paths)
+    columns = [c for c in theirs.columns if c.startswith("prob_")]
+    assert columns and np.array_equal(ours[columns].to_numpy(), theirs[columns].to_numpy())
 
 
 @pytest.mark.parametrize(

@@ -689,12 +689,12 @@ def test_a_head_without_cam_gets_grad_cam_on_torch_and_a_422_on_onnx(nih_sample)
     card = model_card("alexnet.ckpt", "alexnet", module.class_names, size, [0.5] * 15, None,
                       ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
     image = area_resize(read_gray(nih_images(nih_sample, 1)[0]), size)
-    on_torch = Predictor(TorchBackend(module), card)
+    on_torch = Predictor(TorchBackend(module.net), card)
     result = on_torch.submit(image, on_torch.heat_choice("top")).result(120)
     ((index, heat),) = result.maps.items()
     assert index == int(np.argmax(result.probabilities))
     assert heat.shape == (size, size) and heat.min() >= 0 and heat.max() == pytest.approx(1)
-    on_onnx = Predictor(OnnxBackend(onnx_bytes(ServedModel(module), size)), card)
+    on_onnx = Predictor(OnnxBackend(onnx_bytes(ServedModel(module.net), size)), card)
     with pytest.raises(UploadError, match="no heat maps on the onnx backend") as error:
         on_onnx.heat_choice("top")
     assert error.value.status == 422

@@ -159,7 +159,7 @@ def test_config_value_errors_deep_in_the_code_are_the_projects_own(tmp_path):
         "threshold": lambda: choose_threshold(scores, labels, "max"),
         "tta": lambda: predict(model, loader, model.class_names, tta="flip"),
         "precision": lambda: predict(model, loader, model.class_names, precision="fp64"),
-        "heat-map method": lambda: resolve_method(model, "gradcm"),
+        "heat-map method": lambda: resolve_method(model.net, "gradcm"),
     }
     for name, failure in failures.items():
         with pytest.raises(ChexnetError):

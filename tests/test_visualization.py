@@ -38,13 +38,13 @@ def test_cam_is_the_classifier_at_every_position():
     model = make_model().eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(images))
+        features = model.net.forward_features(model.net.prepare_input(images))
         raw = torch.einsum("kc,bchw->bkhw", model.net.classifier.weight, features)
         logits = model(images)
     torch.testing.assert_close(
         raw.mean((-2, -1)) + model.net.classifier.bias, logits, atol=1e-4, rtol=1e-4
     )
-    maps = class_activation_maps(model, images)
+    maps = class_activation_maps(model.net, images)
     assert maps.shape == (2, 15, 64, 64) and maps.min() >= 0 and maps.max() <= 1
 
 
@@ -56,7 +56,7 @@ def test_cam_equals_the_classifier_weights_times_the_feature_map():
     model = make_model(backbone="resnet18", class_names=["A", "B", "C"]).eval()
     images = torch.randint(0, 256, (2, 1, 128, 128), dtype=torch.uint8)
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(images)).double().numpy()
+        features = model.net.forward_features(model.net.prepare_input(images)).double().numpy()
     spread = features.std(axis=(2, 3)).min(axis=0)  # a channel that varies in both images
     channel = int(spread.argmax())
     weight = np.zeros((3, features.shape[1]))
@@ -69,12 +69,12 @@ def test_cam_equals_the_classifier_weights_times_the_feature_map():
         for k in range(3):
             raw = sum(weight[k, c] * features[b, c] for c in range(features.shape[1]))
             expected[b, k] = (raw - raw.min()) / (raw.max() - raw.min())
-    maps = class_activation_maps(model, images, size=features.shape[2:]).numpy()
+    maps = class_activation_maps(model.net, images, size=features.shape[2:]).numpy()
     assert maps.shape == expected.shape == (2, 3, 4, 4)
     np.testing.assert_allclose(maps, expected, atol=1e-4)
     np.testing.assert_allclose(maps[:, 1], 1 - maps[:, 0], atol=1e-4)  # negated: reversed
     # At the input's size: the same maps, bilinearly upsampled before the scaling.
-    upsampled = class_activation_maps(model, images)
+    upsampled = class_activation_maps(model.net, images)
     assert upsampled.shape == (2, 3, 128, 128)
     top = upsampled.flatten(-2).argmax(-1)
     for b in range(2):
@@ -89,11 +89,11 @@ def test_cam_equals_the_classifier_weights_times_the_feature_map():
 def test_grad_cam_methods_give_maps_of_the_input_size(method):
     model = make_model().eval()
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
-    maps = grad_cam(model, images, class_index=3, method=method)
+    maps = grad_cam(model.net, images, class_index=3, method=method)
     assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all() and maps.max() <= 1
     assert set(GRAD_METHODS) >= {"gradcam", "gradcam++", "scorecam"}
     with pytest.raises(ValueError, match="'magic' is not a heat-map method"):
-        grad_cam(model, images, 0, "magic")
+        grad_cam(model.net, images, 0, "magic")
 
 
 def test_overlay_is_at_the_xray_resolution():
@@ -212,7 +212,7 @@ def test_heatmap_of_a_lesion_peaks_on_it(learnt):
     for _, box in single.iterrows():
         gray = np.array(Image.open(root / "images" / box["Image Index"]))
         image = torch.from_numpy(gray)[None, None]
-        heat = heatmaps(model, image, [class_names().index(box["Finding Label"])], "cam")[
+        heat = heatmaps(model.net, image, [class_names().index(box["Finding Label"])], "cam")[
             0, 0
         ].numpy()
         hits += score_box(heat, (box["x"], box["y"], box["w"], box["h"]), 0.5)["pointing_hit"]
@@ -310,11 +310,11 @@ def test_cam_equals_grad_cam_for_a_pooled_linear_head():
     model = make_model().eval()
     images = torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8)
     with torch.inference_mode():
-        features = model.net.forward_features(model.prepare_input(images))
+        features = model.net.forward_features(model.net.prepare_input(images))
         raw = torch.einsum("kc,bchw->bkhw", model.net.classifier.weight, features)[:, 4:5]
         clipped = torch.nn.functional.interpolate(
             raw.clamp_min(0), size=(128, 128), mode="bilinear"
         )[0, 0]
     expected = (clipped - clipped.min()) / (clipped.max() - clipped.min())
-    from_grad_cam = grad_cam(model, images, class_index=4, method="gradcam")[0]
+    from_grad_cam = grad_cam(model.net, images, class_index=4, method="gradcam")[0]
     assert torch.corrcoef(torch.stack([expected.flatten(), from_grad_cam.flatten()]))[0, 1] > 0.99

@@ -67,7 +67,7 @@ def of_model(
     recipe: str | None = None,
     data: str | None = None,
 ) -> ModelIdentity:
-    """The identity of a ``CheXNetModule`` or ``XrayClassifier`` (its backbone, classes and
+    """The identity of a ``CheXNetModule`` or ``ChestXrayNet`` (its backbone, classes and
     input size are its own); recipe and label source as known by the caller."""
     from chexnet_pl.models.input_contract import input_size
 

@@ -57,7 +57,7 @@ class Model:
         conformal: the conformal positive/negative/refer rule (``decision_<name>``;
             ``evaluation.conformal``): ``conformal=`` given, else the ``conformal.json`` beside
             the checkpoint or in its run folder (an export: the one in its sidecar), else None.
-        network: the PyTorch network (``XrayClassifier``) of a checkpoint or a safetensors
+        network: the PyTorch network (``ChestXrayNet``) of a checkpoint or a safetensors
             export; None for an ONNX or TorchScript export.
         ood: the fitted out-of-distribution flag (``chexnet_pl.ood.OodState``: its
             ``threshold``, ``false_alarm_rate``, ...), from the checkpoint or the export's
@@ -261,8 +261,8 @@ def _torch_features(network: Any, batch: np.ndarray) -> np.ndarray:
 
     with torch.inference_mode():
         images = torch.from_numpy(np.ascontiguousarray(batch)).to(network.device)
-        net = network.net
-        pooled = net.pre_logits(net.pool(net.forward_features(network.prepare_input(images))))
+        features = network.forward_features(network.prepare_input(images))
+        pooled = network.pre_logits(network.pool(features))
         return pooled.float().cpu().numpy()
 
 

@@ -84,7 +84,7 @@ class VisualizationCallback(pl.Callback):
         identity = of_model(pl_module, None, training_recipe(), data_source())
         model_line = f"{identity.line(checkpoint=False)}, epoch {trainer.current_epoch}"
         with torch.inference_mode(False), torch.enable_grad():
-            explain(pl_module, xrays, trainer.datamodule.image_size, out_dir, self.method,
+            explain(pl_module.net, xrays, trainer.datamodule.image_size, out_dir, self.method,
                     model_line=model_line)  # fmt: skip
         pl_module.train(was_training)
         log.info(

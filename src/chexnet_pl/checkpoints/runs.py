@@ -21,7 +21,7 @@ from chexnet_pl.data.build import TARGET, build_datamodule
 from chexnet_pl.device import detect_caps
 from chexnet_pl.errors import DataError, WeightsError
 from chexnet_pl.models.input_contract import input_size
-from chexnet_pl.models.network import XrayClassifier
+from chexnet_pl.models.network import ChestXrayNet
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Run:
     """A trained model with what it was trained on."""
 
     path: Path
-    model: Any  # models.network.XrayClassifier, in eval mode
+    model: Any  # models.network.ChestXrayNet, in eval mode
     data_settings: dict = field(default_factory=dict)
     ood: Any = None  # chexnet_pl.ood.OodState, or None: the checkpoint has no OOD flag fitted
 
@@ -42,7 +42,7 @@ class Run:
 
 
 def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -> Run:
-    """The checkpoint's network (an ``XrayClassifier``: eval mode, on ``device`` or the GPU when
+    """The checkpoint's network (a ``ChestXrayNet``: eval mode, on ``device`` or the GPU when
     there is one) and data settings; ImageNet weights are never fetched, the checkpoint holds
     every weight. Lightning is not needed (nor imported) to read a run back. A safetensors
     export (``<name>.safetensors`` with its sidecar) is read without pickle instead
@@ -68,7 +68,7 @@ def load_run(checkpoint: str | Path, device: str | torch.device | None = None) -
     settings = shipped("model", **{k: v for k, v in hparams.items() if k != "class_names"})
     settings["image_size"] = trained_image_size(hparams, data_settings)
     try:
-        model = XrayClassifier(settings, names)
+        model = ChestXrayNet(settings, names)
         model.load_weights(stored["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise WeightsError(

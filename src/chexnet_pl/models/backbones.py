@@ -1,5 +1,6 @@
-"""Backbones with the timm-style contract: ``forward_features`` (last feature map) and
-``forward_head`` (pooling + classifier), so heat maps need no private hooks.
+"""The backbones, split into the parts ``models.network.ChestXrayNet`` holds (``BackboneParts``):
+the last feature map and the head, so its timm-style ``forward_features`` / ``forward_head`` let
+heat maps need no private hooks.
 
 One registry, ``BACKBONES``, maps a name (``model.backbone=``) to a torchvision constructor, its
 ImageNet weights, how its network splits into ``features`` (the layer heat maps explain) and a head
@@ -30,72 +31,39 @@ log = logging.getLogger(__name__)
 GLOBAL_AVERAGE_LINEAR = "global average pooling + one linear layer"
 
 
-class ChestXrayNet(nn.Module):
-    """``features`` (the last feature map) → ``pool`` → ``pre_logits`` → ``classifier`` (logits).
+@dataclass
+class BackboneParts:
+    """A torchvision network split as ``models.network.ChestXrayNet`` holds it: ``features``
+    (the last feature map) → ``pool`` → ``pre_logits`` → a new linear classifier on
+    ``num_features``.
 
-    ``classifier`` is always a new linear layer with one output per class. ``pre_logits`` is what
-    the ImageNet head had between pooling and its last linear layer (flattening, dropout;
-    AlexNet's fc6/fc7, ConvNeXt's LayerNorm), kept with its pretrained weights.
-
-    ``cam_available``: the head is global average pooling + one linear layer (dropout aside), so
-    the classifier applied at every position of ``features`` is an exact class activation map.
-    ``aux_heads`` (GoogLeNet's) read intermediate feature maps; they only serve the training loss.
+    ``pre_logits`` is what the ImageNet head had between pooling and its last linear layer
+    (flattening, dropout; AlexNet's fc6/fc7, ConvNeXt's LayerNorm), kept with its pretrained
+    weights. ``cam_available``: the head is global average pooling + one linear layer (dropout
+    aside), so the classifier applied at every position of ``features`` is an exact class
+    activation map. ``aux_heads`` (GoogLeNet's, their last layer already one output per class)
+    read intermediate feature maps; they only serve the training loss.
     """
 
-    def __init__(
-        self,
-        features: nn.Module,
-        num_features: int,
-        num_classes: int,
-        *,
-        pool: nn.Module | None = None,
-        pre_logits: nn.Module | None = None,
-        aux_heads: Mapping[str, nn.Module] | None = None,
-        cam_available: bool = True,
-        head_description: str = GLOBAL_AVERAGE_LINEAR,
-    ) -> None:
-        super().__init__()
-        self.features = features
-        self.pool = pool if pool is not None else nn.AdaptiveAvgPool2d(1)
-        self.pre_logits = pre_logits if pre_logits is not None else nn.Flatten(1)
-        self.num_features = num_features
-        self.classifier = nn.Linear(num_features, num_classes)
-        self.aux_heads = nn.ModuleDict(dict(aux_heads or {}))
-        self.cam_available = cam_available
-        self.head_description = head_description
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pre_logits(self.pool(features)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and the auxiliary heads' logits (an empty list for backbones without them)."""
-        if not self.aux_heads:
-            return self(x), []
-        features, taps = self.features.forward_with_taps(x)
-        aux_logits = [head(taps[name]) for name, head in self.aux_heads.items()]
-        return self.forward_head(features), aux_logits
-
-    def output_layer_names(self) -> list[str]:
-        """The layers with one output per class (what a different class count reinitialises)."""
-        return ["classifier", *(f"aux_heads.{name}.fc2" for name in self.aux_heads)]
+    features: nn.Module
+    num_features: int
+    pool: nn.Module = field(default_factory=lambda: nn.AdaptiveAvgPool2d(1))
+    pre_logits: nn.Module = field(default_factory=lambda: nn.Flatten(1))
+    aux_heads: Mapping[str, nn.Module] = field(default_factory=dict)
+    cam_available: bool = True
+    head_description: str = GLOBAL_AVERAGE_LINEAR
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one torchvision architecture as a ``ChestXrayNet``.
+    """How to build one torchvision architecture as the parts of a ``models.network.ChestXrayNet``.
 
     Args:
         family: the architecture family (``experiment=<family>`` has its training recipe).
         constructor: torchvision's builder, called with ``weights=None`` and ``constructor_kwargs``.
         weights: torchvision's ImageNet weights (their URL is where ``pretrained`` downloads from).
-        build: the torchvision network (ImageNet weights loaded or not) and the class count → the
-            ``ChestXrayNet`` made of its parts.
+        build: the torchvision network (ImageNet weights loaded or not) and the class count → its
+            ``BackboneParts``.
         replaced_keys: prefixes of the ImageNet state_dict keys of the layers ``build`` replaces;
             a weights file may hold them in any shape, or lack them.
         optional_keys: prefixes a weights file may lack (GoogLeNet's aux heads: never trained).
@@ -109,7 +77,7 @@ class BackboneSpec:
     family: str
     constructor: Callable[..., nn.Module]
     weights: torchvision.models.WeightsEnum
-    build: Callable[[nn.Module, int], ChestXrayNet]
+    build: Callable[[nn.Module, int], BackboneParts]
     replaced_keys: tuple[str, ...]
     optional_keys: tuple[str, ...] = ()
     constructor_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -144,17 +112,17 @@ class _DenseNetFeatures(nn.Module):
         return F.relu(self.body(x))
 
 
-def _build_densenet(network: nn.Module, num_classes: int) -> ChestXrayNet:
-    return ChestXrayNet(_DenseNetFeatures(network), network.classifier.in_features, num_classes)
+def _build_densenet(network: nn.Module, num_classes: int) -> BackboneParts:
+    return BackboneParts(_DenseNetFeatures(network), network.classifier.in_features)
 
 
-def _build_resnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+def _build_resnet(network: nn.Module, num_classes: int) -> BackboneParts:
     names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     features = nn.Sequential(OrderedDict((name, getattr(network, name)) for name in names))
-    return ChestXrayNet(features, network.fc.in_features, num_classes)
+    return BackboneParts(features, network.fc.in_features)
 
 
-def _build_alexnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+def _build_alexnet(network: nn.Module, num_classes: int) -> BackboneParts:
     # The ImageNet head is an MLP on a 6×6 pooled map; fc6 and fc7 keep their weights.
     mlp = network.classifier
     pre_logits = nn.Sequential(
@@ -163,10 +131,9 @@ def _build_alexnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
             dropout7=mlp[3], fc7=mlp[4], relu7=mlp[5],
         )
     )  # fmt: skip
-    return ChestXrayNet(
+    return BackboneParts(
         network.features,
         mlp[6].in_features,
-        num_classes,
         pool=network.avgpool,
         pre_logits=pre_logits,
         cam_available=False,
@@ -204,35 +171,33 @@ class _GoogLeNetFeatures(nn.Module):
         return x
 
 
-def _build_googlenet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+def _build_googlenet(network: nn.Module, num_classes: int) -> BackboneParts:
     aux_heads = {"aux1": network.aux1, "aux2": network.aux2}
     for head in aux_heads.values():
         head.fc2 = nn.Linear(head.fc2.in_features, num_classes)
     pre_logits = nn.Sequential(OrderedDict(flatten=nn.Flatten(1), dropout=network.dropout))
-    return ChestXrayNet(
+    return BackboneParts(
         _GoogLeNetFeatures(network),
         network.fc.in_features,
-        num_classes,
         pre_logits=pre_logits,
         aux_heads=aux_heads,
     )
 
 
-def _build_efficientnet(network: nn.Module, num_classes: int) -> ChestXrayNet:
+def _build_efficientnet(network: nn.Module, num_classes: int) -> BackboneParts:
     dropout, linear = network.classifier
     pre_logits = nn.Sequential(OrderedDict(flatten=nn.Flatten(1), dropout=dropout))
-    return ChestXrayNet(network.features, linear.in_features, num_classes, pre_logits=pre_logits)
+    return BackboneParts(network.features, linear.in_features, pre_logits=pre_logits)
 
 
-def _build_convnext(network: nn.Module, num_classes: int) -> ChestXrayNet:
+def _build_convnext(network: nn.Module, num_classes: int) -> BackboneParts:
     # The pooled vector is layer-normalised before the linear layer: normalising by its own
     # statistics is not linear in the features, so the classifier at each position is no CAM.
     norm, flatten, linear = network.classifier
     pre_logits = nn.Sequential(OrderedDict(norm=norm, flatten=flatten))
-    return ChestXrayNet(
+    return BackboneParts(
         network.features,
         linear.in_features,
-        num_classes,
         pre_logits=pre_logits,
         cam_available=False,
         head_description="global average pooling + LayerNorm + linear",
@@ -314,8 +279,9 @@ def create_backbone(
     pretrained: bool = False,
     weights_path: str | None = None,
     weights_url: str | None = None,
-) -> ChestXrayNet:
-    """Build ``name`` with a new ``num_classes`` head, ImageNet-initialised when asked.
+) -> BackboneParts:
+    """The parts of ``name`` (its aux heads with ``num_classes`` outputs), ImageNet-initialised
+    when asked; ``models.network.ChestXrayNet`` adds the classifier.
 
     ``weights_path`` (a local ImageNet state_dict) wins over downloading; ``weights_url``
     replaces torchvision's URL (a mirror).

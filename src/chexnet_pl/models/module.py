@@ -16,12 +16,11 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from chexnet_pl.checkpoints.file_io import read_checkpoint
 from chexnet_pl.errors import WeightsError
-from chexnet_pl.models.backbones import create_backbone
 from chexnet_pl.models.compiled import FirstStepClock, compiled_forward
-from chexnet_pl.models.input_contract import create_normalizer
+from chexnet_pl.models.input_contract import InputContract
 from chexnet_pl.models.loss_guard import NonFiniteLossGuard
 from chexnet_pl.models.metrics import IGNORE, PerClassAUROC, mean_finding_auroc
-from chexnet_pl.models.network import InferenceMethods
+from chexnet_pl.models.network import ChestXrayNet
 from chexnet_pl.models.optim import optimizers_for
 from chexnet_pl.models.settings import ModelSettings, model_settings
 
@@ -34,9 +33,10 @@ AUX_LOSS_WEIGHT = 0.3
 DEFAULT_CHECK_EVERY = 50
 
 
-class CheXNetModule(InferenceMethods, pl.LightningModule):
-    """Multilabel chest X-ray classifier; outputs logits, ``predict_proba`` gives sigmoids (the
-    inference methods are ``models.network``'s, shared with ``XrayClassifier``).
+class CheXNetModule(pl.LightningModule):
+    """Multilabel chest X-ray classifier: ``net`` (a ``models.network.ChestXrayNet``, the network
+    inference uses) with the loss, metrics and optimizers. ``model(images)`` gives ``net``'s
+    logits, ``predict_proba`` its sigmoids.
 
     Every argument is a plain value (saved in hparams) so ``load_from_checkpoint`` rebuilds it.
 
@@ -49,7 +49,8 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
             hparams for the commands that read it (an argument so checkpoints load).
         image_size: the size of the images it is trained on (``train`` passes the data's), kept
             in checkpoints: every command runs the model at that size (``models.input_contract``).
-        pretrained / weights_path / weights_url: ImageNet initialisation (see ``create_backbone``).
+        pretrained / weights_path / weights_url: ImageNet initialisation (see
+            ``models.backbones.create_backbone``).
         optimizer: ``name`` (adam | adamw | sgd, or a ``torch.optim`` class path), ``lr``,
             ``weight_decay``, ``betas`` or ``momentum``/``nesterov`` (``models.optim``).
         scheduler: ``name`` (plateau | cosine | none, or a class path) and its settings; plateau
@@ -97,13 +98,11 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
         self.__dict__["_train_forward"] = None  # set by setup("fit") when compile=true
         self.loss_guard = NonFiniteLossGuard()
         self.first_step = FirstStepClock()  # with compile=true: the compiling step's time
-        self.normalizer = create_normalizer(backbone)
         # Weights come from the checkpoint when loading one; never download again then.
-        self.net = create_backbone(
-            backbone, len(self.class_names), pretrained, weights_path, weights_url
-        )
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = ChestXrayNet(
+            dict(self.hparams), class_names, pretrained=pretrained, weights_path=weights_path,
+            weights_url=weights_url,
+        )  # fmt: skip
         self.register_buffer("loss_pos_weight", torch.ones(len(self.class_names)))
 
         # "disable": torchmetrics' NaN check reads the value back every step (a host sync);
@@ -133,6 +132,19 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
                 raise
             read_checkpoint(checkpoint_path)  # a damaged or unsafe file: said plainly
             raise  # the file reads: this is another problem, shown as it is
+
+    @property
+    def input_contract(self) -> InputContract:
+        """``net``'s: trained image size, smallest size, mean/std, output names."""
+        return self.net.input_contract
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of uint8 grayscale images (``net``'s)."""
+        return self.net(images)
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities for a batch of images (``net``'s)."""
+        return self.net.predict_proba(images)
 
     @property
     def compile_seconds(self) -> float | None:
@@ -166,7 +178,7 @@ class CheXNetModule(InferenceMethods, pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         forward = self._train_forward or self.net.forward_with_aux
-        logits, aux_logits = forward(self.prepare_input(batch["img"]))
+        logits, aux_logits = forward(self.net.prepare_input(batch["img"]))
         head_loss = self._loss(logits, batch["lab"])
         loss = head_loss
         if aux_logits:  # GoogLeNet's auxiliary classifiers: in the training loss only

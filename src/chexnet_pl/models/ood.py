@@ -244,9 +244,9 @@ def network_features(network: Any, images: Any) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        net = network.net
         x = network.prepare_input(images.to(network.device))
-        return net.pre_logits(net.pool(net.forward_features(x))).float().cpu().numpy()
+        features = network.forward_features(x)
+        return network.pre_logits(network.pool(features)).float().cpu().numpy()
 
 
 def loader_features(network: Any, loader: Iterable, max_images: int | None = None) -> np.ndarray:

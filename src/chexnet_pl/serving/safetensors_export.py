@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "safetensors"
 SUFFIX = ".safetensors"
-ARCHITECTURE = "XrayClassifier"  # models.network.XrayClassifier: the one network it rebuilds
+ARCHITECTURE = "ChestXrayNet"  # models.network.ChestXrayNet: the one network it rebuilds
+# What exports written before the network was one class name it (the same network, same tensors).
+EARLIER_ARCHITECTURES = ("XrayClassifier",)
 AGAIN = "export the checkpoint again with: chexnet-export ckpt=<its checkpoint> format=safetensors"
 
 
@@ -39,7 +41,7 @@ def is_safetensors(path: str | Path) -> bool:
 
 
 def network_fields(model: Any, image_size: int) -> dict[str, Any]:
-    """What rebuilds ``model`` (an ``XrayClassifier``) around its weights: the sidecar's
+    """What rebuilds ``model`` (a ``ChestXrayNet``) around its weights: the sidecar's
     ``network``."""
     return {
         "architecture": ARCHITECTURE,
@@ -50,11 +52,12 @@ def network_fields(model: Any, image_size: int) -> dict[str, Any]:
     }
 
 
-def safetensors_bytes(model: torch.nn.Module) -> bytes:
-    """The network's state dict (weights and buffers, CPU, contiguous) as safetensors bytes."""
+def safetensors_bytes(model: Any) -> bytes:
+    """The network's weights and buffers (CPU, contiguous) as safetensors bytes, named as in a
+    training checkpoint (``net.*``: ``ChestXrayNet.checkpoint_state_dict``)."""
     from safetensors.torch import save
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.checkpoint_state_dict().items()}
     return save(tensors, metadata={"format": "pt", "architecture": ARCHITECTURE})
 
 
@@ -66,7 +69,7 @@ def _checked_network(fields: Any, source: Path) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise WeightsError(f"{where} is missing or not an object; {AGAIN}")
     architecture = fields.get("architecture")
-    if architecture != ARCHITECTURE:
+    if architecture != ARCHITECTURE and architecture not in EARLIER_ARCHITECTURES:
         raise WeightsError(
             f"{where} names the architecture {architecture!r}; only {ARCHITECTURE!r} (this "
             f"project's classifier) is rebuilt, nothing else a file names; {AGAIN}"
@@ -96,13 +99,13 @@ def _checked_network(fields: Any, source: Path) -> dict[str, Any]:
 
 
 def network_from(fields: Any, data: bytes, source: Path) -> torch.nn.Module:
-    """An ``XrayClassifier`` (eval mode, CPU) built from checked ``fields`` with the weights of
+    """A ``ChestXrayNet`` (eval mode, CPU) built from checked ``fields`` with the weights of
     ``data`` (safetensors bytes); every tensor must be the network's, by name and shape."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     from chexnet_pl.config_defaults import shipped
-    from chexnet_pl.models.network import XrayClassifier
+    from chexnet_pl.models.network import ChestXrayNet
 
     checked = _checked_network(fields, source)
     try:
@@ -113,8 +116,8 @@ def network_from(fields: Any, data: bytes, source: Path) -> torch.nn.Module:
         ) from exc
     settings = shipped("model", backbone=checked["backbone"], pretrained=False)
     settings |= {"image_size": checked["image_size"], "channels_last": checked["channels_last"]}
-    model = XrayClassifier(settings, checked["classes"])
-    expected = model.state_dict()
+    model = ChestXrayNet(settings, checked["classes"])
+    expected = model.checkpoint_state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = [
@@ -136,7 +139,7 @@ def network_from(fields: Any, data: bytes, source: Path) -> torch.nn.Module:
             f"{source} does not fit the network its sidecar describes ({checked['backbone']}, "
             f"{len(checked['classes'])} classes): {detail}; {AGAIN}"
         )
-    model.load_state_dict(tensors, strict=True)
+    model.load_weights(tensors)
     return model.eval()
 
 

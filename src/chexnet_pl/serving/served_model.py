@@ -33,20 +33,19 @@ class ServedModel(nn.Module):
     ``visualization.heatmaps``); the maps are those of ``class_activation_maps``.
     """
 
-    def __init__(self, module: nn.Module, cams: bool = False, features: bool = False) -> None:
+    def __init__(self, network: nn.Module, cams: bool = False, features: bool = False) -> None:
         super().__init__()
-        if cams and not cam_available(module):
-            backbone = module.hparams.get("backbone", type(module.net).__name__)
+        if cams and not cam_available(network):
+            backbone = network.hparams.get("backbone", type(network).__name__)
             raise ServingError(
                 f"cams=true needs a backbone whose head is global average pooling + one linear "
-                f"layer; {backbone}'s head is {module.net.head_description}. Export without cams "
+                f"layer; {backbone}'s head is {network.head_description}. Export without cams "
                 "(cams=false); its heat maps need Grad-CAM, which runs in PyTorch only."
             )
-        self.normalizer = module.normalizer
-        self.net = module.net
+        self.net = network  # a models.network.ChestXrayNet
         self.with_cams = cams
         self.with_features = features
-        self.class_names = list(module.class_names)
+        self.class_names = list(network.class_names)
 
     @property
     def output_names(self) -> list[str]:
@@ -54,7 +53,8 @@ class ServedModel(nn.Module):
         return [*names, FEATURES] if self.with_features else names
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        features = self.net.forward_features(self.normalizer(images))
+        # The normaliser without prepare_input's channels-last copy: the graph as exported.
+        features = self.net.forward_features(self.net.normalizer(images))
         pooled = self.net.pre_logits(self.net.pool(features))
         probabilities = torch.sigmoid(self.net.classifier(pooled))
         outputs = [probabilities]

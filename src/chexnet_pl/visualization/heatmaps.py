@@ -2,11 +2,12 @@
 
 ``cam``: the original CAM (Zhou et al. 2016), exact for a global-average-pool + linear head: the
 maps of *every* class come from one forward pass. Backbones whose head is something else
-(AlexNet's MLP, ConvNeXt's LayerNorm before the linear layer) say so (``net.cam_available``), and
-asking them for CAM is an error. Grad-CAM and its relatives come from the ``grad-cam`` package,
-on the layer that produces ``forward_features`` (``net.features``) — so every backbone with that
-contract gets them without hooks into private layers. ``auto`` is CAM where the head allows it,
-else Grad-CAM.
+(AlexNet's MLP, ConvNeXt's LayerNorm before the linear layer) say so
+(``ChestXrayNet.cam_available``), and asking them for CAM is an error. Grad-CAM and its relatives
+come from the ``grad-cam`` package, on the layer that produces ``forward_features``
+(``ChestXrayNet.features``) — so every backbone with that contract gets them without hooks into
+private layers. ``auto`` is CAM where the head allows it, else Grad-CAM. Every function here takes
+the network, a ``models.network.ChestXrayNet`` (a LightningModule's is its ``net``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from chexnet_pl.visualization.methods import (  # noqa: F401  (re-exported: the 
 
 
 def cam_available(model) -> bool:
-    """Whether ``model``'s head is global average pooling + one linear layer (CAM is exact)."""
-    return bool(getattr(model.net, "cam_available", False))
+    """Whether ``model``'s (a ``models.network.ChestXrayNet``) head is global average pooling +
+    one linear layer (CAM is exact)."""
+    return bool(getattr(model, "cam_available", False))
 
 
 def resolve_method(model, method: str) -> str:
@@ -42,8 +44,8 @@ def resolve_method(model, method: str) -> str:
 def require_cam(model) -> None:
     if cam_available(model):
         return
-    backbone = model.hparams.get("backbone", type(model.net).__name__)
-    head = getattr(model.net, "head_description", "not global average pooling + one linear layer")
+    backbone = model.hparams.get("backbone", type(model).__name__)
+    head = getattr(model, "head_description", "not global average pooling + one linear layer")
     raise CAMUnavailableError(
         f"CAM needs a head that is global average pooling + one linear layer; {backbone}'s head is "
         f"{head}, so the classifier applied at each position is not a class map. Use "
@@ -70,9 +72,9 @@ def class_activation_maps(
     """
     require_cam(model)
     model.eval()
-    features = model.net.forward_features(model.prepare_input(images.to(model.device))).float()
+    features = model.forward_features(model.prepare_input(images.to(model.device))).float()
     return cams_from_features(
-        features, model.net.classifier.weight.float(), size or images.shape[-2:]
+        features, model.classifier.weight.float(), size or images.shape[-2:]
     ).cpu()
 
 
@@ -82,11 +84,9 @@ def probabilities_and_cams(model, images: torch.Tensor) -> tuple[torch.Tensor, t
     at the input's size) — what ``predict`` needs, at the cost of one prediction."""
     require_cam(model)
     model.eval()
-    features = model.net.forward_features(model.prepare_input(images.to(model.device)))
-    probabilities = torch.sigmoid(model.net.forward_head(features).float())
-    maps = cams_from_features(
-        features.float(), model.net.classifier.weight.float(), images.shape[-2:]
-    )
+    features = model.forward_features(model.prepare_input(images.to(model.device)))
+    probabilities = torch.sigmoid(model.forward_head(features).float())
+    maps = cams_from_features(features.float(), model.classifier.weight.float(), images.shape[-2:])
     return probabilities.cpu(), maps.cpu()
 
 
@@ -110,11 +110,14 @@ def grad_cam(
             f"{method!r} is not a Grad-CAM method; use one of {tuple(GRAD_METHODS)}"
         )
     model.eval()
+    # Grad-CAM sets requires_grad on its input: the normalised float batch, which the network
+    # without its normaliser takes (score and ablation CAM perturb that input).
     inputs = model.prepare_input(images.to(model.device)).contiguous()
     grad_cam_package = importlib.import_module("pytorch_grad_cam")
     explainer_class = getattr(grad_cam_package, GRAD_METHODS[method])
     target = importlib.import_module("pytorch_grad_cam.utils.model_targets").ClassifierOutputTarget
-    with explainer_class(model=model.net, target_layers=[model.net.features]) as explainer:
+    network = model.on_normalised_input()
+    with explainer_class(model=network, target_layers=[model.features]) as explainer:
         maps = explainer(input_tensor=inputs, targets=[target(class_index)] * len(images))
     return _normalise(torch.from_numpy(np.asarray(maps, dtype=np.float32)))
 

@@ -10,7 +10,7 @@ from chexnet_pl.visualization.heatmaps import heatmaps, probabilities_and_cams, 
 
 
 class TorchExplainer:
-    """A PyTorch model (``XrayClassifier`` or the training module) explained by ``method``
+    """A PyTorch network (``models.network.ChestXrayNet``) explained by ``method``
     (``auto``: CAM where its head allows it, else Grad-CAM)."""
 
     def __init__(self, model, method: str = "auto") -> None:
