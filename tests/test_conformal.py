@@ -216,6 +216,7 @@ def _expected(state: ConformalState, table: pd.DataFrame) -> np.ndarray:
     return state.decide(table[[f"prob_{n}" for n in class_names()]].to_numpy(np.float64))
 
 
+@pytest.mark.slow  # over ~5 s: the slow tier keeps make test-fast under 3 min
 def test_predict_and_the_api_decide_with_the_runs_conformal_json(
     checkpoint_with_rule, synthetic_root, tmp_path
 ):

@@ -430,6 +430,7 @@ def test_overlay_shows_the_map_only_where_it_matters_with_a_colour_bar():
     matplotlib.pyplot.close(figure)
 
 
+@pytest.mark.slow  # over ~5 s: the slow tier keeps make test-fast under 3 min
 def test_evaluate_writes_every_figure_in_the_format_asked(nih_sample, tmp_path):
     """``evaluation.figure_format=pdf`` through the shipped config: the five figures of the
     17-image sample as PDF (none as PNG); a wrong format is a settings error naming the choices."""

@@ -82,7 +82,10 @@ def markdown_rows(text: str, first_header: str) -> list[list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+# ONNX export (~9 s) runs with the slow tier.
+@pytest.mark.parametrize(
+    "fmt", [pytest.param("onnx", marks=pytest.mark.slow), "torchscript", "safetensors"]
+)
 def test_every_export_format_writes_a_model_card_with_the_sections(evaluated_run, tmp_path, fmt):
     out = export_checkpoint(evaluated_run / "checkpoints" / "best.ckpt", fmt, out=tmp_path / "x/")
     card_file = out.parent / CARD_FILE

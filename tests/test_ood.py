@@ -237,6 +237,7 @@ def test_the_onnx_export_carries_the_flag(fitted, synthetic_root, tmp_path):
     assert (a["in_distribution"] == b["in_distribution"]).all()
 
 
+@pytest.mark.slow  # over ~5 s: the slow tier keeps make test-fast under 3 min
 def test_the_safetensors_export_carries_the_flag(fitted, synthetic_root, tmp_path):
     """The safetensors export is the whole network again: its sidecar carries the flag, and
     ``chexnet_pl.load`` of it flags as the checkpoint does (and a TorchScript export, which has

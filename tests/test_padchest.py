@@ -88,6 +88,7 @@ def independent_names(labels: pd.Series) -> pd.Series:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # over ~5 s: the slow tier keeps make test-fast under 3 min
 def test_the_real_table_reads_whole_and_counts_as_pandas_does(padchest_csv, real_table):
     table = read_padchest_table(padchest_csv)
     assert len(table) == 160_861 and table["PatientID"].nunique() == 67_625

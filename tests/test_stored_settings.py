@@ -154,6 +154,7 @@ def test_the_refusal_names_each_place(payload, tmp_path):
     assert "nothing it names was imported" in message
 
 
+@pytest.mark.slow  # over ~5 s: the slow tier keeps make test-fast under 3 min
 def test_the_projects_own_components_still_load(tmp_path):
     """The registry is not a blanket refusal: shipped data modules, the short optimizer and
     scheduler names, and torch.optim's classes (a user's own command line may choose one)."""
