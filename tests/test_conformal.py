@@ -256,10 +256,10 @@ def test_the_service_and_an_export_carry_the_decisions(
 ):
     from chexnet_pl.serving.app import Limits, create_app, page_html
     from chexnet_pl.serving.backends import load_backend
-    from chexnet_pl.serving.card import read_sidecar
     from chexnet_pl.serving.export import export_checkpoint
     from chexnet_pl.serving.hosts import allowed_host_names
     from chexnet_pl.serving.predictor import Predictor
+    from chexnet_pl.serving.sidecar import read_sidecar
 
     checkpoint, state = checkpoint_with_rule
     image = sorted((synthetic_root / "images").glob("*.png"))[0]
@@ -285,6 +285,29 @@ def test_the_service_and_an_export_carry_the_decisions(
     from_export = chexnet_pl.load(exported).predict(image)
     columns = [f"decision_{n}" for n in class_names()]
     assert np.array_equal(from_export[columns].to_numpy(), expected[columns].to_numpy())
+
+
+def test_predict_on_a_safetensors_export_decides_with_its_sidecars_rule(
+    checkpoint_with_rule, synthetic_root, tmp_path
+):
+    """``chexnet-predict ckpt=<model.safetensors>`` far from the run: the rule is the sidecar's,
+    as ``chexnet_pl.load`` reads it (before, predict found no conformal.json and decided nothing)."""
+    from chexnet_pl.predict import predict
+    from chexnet_pl.serving.export import export_checkpoint
+
+    checkpoint, state = checkpoint_with_rule
+    exported = export_checkpoint(checkpoint, "safetensors", out=tmp_path / "far" / "m.safetensors")
+    assert not list((tmp_path / "far").rglob("conformal.json"))
+    image = sorted((synthetic_root / "images").glob("*.png"))[0]
+    cfg = compose_config("predict", tmp_path / "p", f"ckpt={exported}", f"image={image}",
+                         f"out={tmp_path / 'p'}", "backend=torch", "top_k=1")  # fmt: skip
+    predict(cfg)
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    columns = [f"decision_{n}" for n in class_names()]
+    assert set(columns) <= set(table.columns), list(table.columns)
+    assert np.array_equal(table[columns].to_numpy(), _expected(state, table))
+    from_api = chexnet_pl.load(exported).predict(image)
+    assert np.array_equal(from_api[columns].to_numpy(), table[columns].to_numpy())
 
 
 @pytest.mark.parametrize(

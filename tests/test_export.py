@@ -26,9 +26,9 @@ from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.serving.backends import OnnxBackend, load_backend
-from chexnet_pl.serving.card import read_sidecar
 from chexnet_pl.serving.export import PARITY_TOLERANCE, export_checkpoint, runner
 from chexnet_pl.serving.served_model import ServedModel, ServingError
+from chexnet_pl.serving.sidecar import read_sidecar
 from chexnet_pl.visualization.heatmaps import class_activation_maps
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 
 import chexnet_pl
 from chexnet_pl.model_identity import of_parts
-from chexnet_pl.serving.card import read_sidecar
 from chexnet_pl.serving.export import export_checkpoint
 from chexnet_pl.serving.model_card import CARD_FILE, SECTIONS, card_text, number
+from chexnet_pl.serving.sidecar import read_sidecar
 
 SIZE = 64
 
@@ -169,7 +169,7 @@ def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
     own) is in the safetensors sidecar and in the card, key by key."""
     from chexnet_pl.serving import export
 
-    real = export.model_card
+    real = export.model_description
 
     def with_state(*args, **kwargs):
         return {
@@ -177,7 +177,7 @@ def test_the_sidecars_state_flows_into_the_safetensors_sidecar_and_the_card(
             "ood": {"method": "mahalanobis", "threshold": 12.5, "false_alarm_rate": 0.05},
         }
 
-    monkeypatch.setattr(export, "model_card", with_state)
+    monkeypatch.setattr(export, "model_description", with_state)
     out = export_checkpoint(
         evaluated_run / "checkpoints" / "best.ckpt", "safetensors", out=tmp_path / "m.safetensors"
     )

@@ -19,7 +19,7 @@ from conftest import compose_config, random_checkpoint
 
 import chexnet_pl
 from chexnet_pl.errors import WeightsError
-from chexnet_pl.serving.card import read_sidecar, sidecar_path
+from chexnet_pl.serving.sidecar import read_sidecar, sidecar_path
 
 SIZE = 64
 TOLERANCE = 1e-6

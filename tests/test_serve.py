@@ -32,11 +32,11 @@ from chexnet_pl.data.transforms import area_resize
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.serving.backends import OnnxBackend, TorchBackend
 from chexnet_pl.serving.batching import BatchingQueue
-from chexnet_pl.serving.card import model_card
 from chexnet_pl.serving.decode import UploadError, decode_image
 from chexnet_pl.serving.export import onnx_bytes
 from chexnet_pl.serving.predictor import Predictor
 from chexnet_pl.serving.served_model import ServedModel
+from chexnet_pl.serving.sidecar import model_description
 from chexnet_pl.serving.uploads import file_from_body
 
 REPO = Path(__file__).resolve().parents[1]
@@ -460,7 +460,7 @@ def test_a_foreign_host_header_is_refused(server):
 
 
 @pytest.mark.slow
-def test_model_card_schema_and_no_docs_page(server, densenet_checkpoint):
+def test_model_description_schema_and_no_docs_page(server, densenet_checkpoint):
     """``GET /model`` names the checkpoint's file, not where it lies; ``/openapi.json`` describes
     the upload; ``/docs`` and ``/redoc`` answer 404 with a message pointing at it."""
     text = requests.get(f"{server.url}/model", timeout=10).text
@@ -511,7 +511,7 @@ def test_a_fault_of_the_service_says_what_the_user_can_do(caplog):
     from chexnet_pl.serving.app import Limits, create_app
     from chexnet_pl.serving.hosts import allowed_host_names
 
-    card = model_card("m.ckpt", "resnet18", ["Mass", "Edema"], 32, [0.5, 0.5], None,
+    card = model_description("m.ckpt", "resnet18", ["Mass", "Edema"], 32, [0.5, 0.5], None,
                       ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
     predictor = Predictor(_FailingBackend(), card)
     hosts = allowed_host_names("127.0.0.1", None)
@@ -686,7 +686,7 @@ def test_a_head_without_cam_gets_grad_cam_on_torch_and_a_422_on_onnx(nih_sample)
     size = 128  # AlexNet's feature map is 3×3 here (1×1 at 64 px: a constant map)
     torch.manual_seed(0)
     module = make_model(backbone="alexnet").eval()
-    card = model_card("alexnet.ckpt", "alexnet", module.class_names, size, [0.5] * 15, None,
+    card = model_description("alexnet.ckpt", "alexnet", module.class_names, size, [0.5] * 15, None,
                       ["probabilities"], checkpoint_sha256="0" * 64)  # fmt: skip
     image = area_resize(read_gray(nih_images(nih_sample, 1)[0]), size)
     on_torch = Predictor(TorchBackend(module.net), card)

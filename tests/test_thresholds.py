@@ -29,8 +29,8 @@ from chexnet_pl.label_sets import label_key, resolve_label
 from chexnet_pl.predict import predict
 from chexnet_pl.serving.app import Limits, create_app
 from chexnet_pl.serving.backends import load_backend
-from chexnet_pl.serving.card import find_thresholds
 from chexnet_pl.serving.predictor import Predictor
+from chexnet_pl.serving.sidecar import find_thresholds
 from chexnet_pl.visualize import visualize
 
 NAMES = class_names()

@@ -18,7 +18,6 @@ from chexnet_pl.errors import DataError
 from chexnet_pl.evaluation.conformal import (
     ConformalState,
     add_decisions,
-    find_conformal,
     with_calibration,
 )
 from chexnet_pl.evaluation.thresholds import OperatingThresholds, operating_thresholds
@@ -314,12 +313,9 @@ def _load_checkpoint(path: Path, device: str, thresholds, calibration, conformal
     names = list(network.class_names)
     contract = {**asdict(network.input_contract), "input": "uint8 N×1×H×W gray"}
     backend = "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
-    if backend == "safetensors" and not conformal:  # an export's rule is the one in its sidecar
-        from chexnet_pl.serving.card import read_sidecar, sidecar_conformal
+    from chexnet_pl.serving.sidecar import conformal_rule
 
-        rule = sidecar_conformal(read_sidecar(path), path, names)
-    else:
-        rule = find_conformal(path, conformal, names)
+    rule = conformal_rule(path, conformal, names)  # a safetensors export: its sidecar's
     return Model(
         path, backend, names, input_size(network), contract,
         operating_thresholds(path, thresholds, names), calibration, network=network,
@@ -331,7 +327,7 @@ def _load_export(
     path: Path, fmt: str, device: str, thresholds, calibration, conformal=None
 ) -> Model:
     from chexnet_pl.evaluation.thresholds import read_thresholds
-    from chexnet_pl.serving.card import read_sidecar, sidecar_conformal, sidecar_path
+    from chexnet_pl.serving.sidecar import read_sidecar, sidecar_conformal, sidecar_path
 
     card = read_sidecar(path)  # checked against the file: a stale sidecar is refused
     names = [str(n) for n in card["classes"]]

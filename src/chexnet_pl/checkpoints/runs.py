@@ -142,7 +142,7 @@ def load_safetensors_run(path: str | Path, device: str | torch.device | None = N
     ood = None
     if card.get("ood") is not None:  # the checkpoint's OOD flag, as its sidecar carries it
         from chexnet_pl.models.ood import OodState
-        from chexnet_pl.serving.card import sidecar_path
+        from chexnet_pl.serving.sidecar import sidecar_path
 
         ood = OodState.from_stored(card["ood"], sidecar_path(path))
     return Run(path, model.to(device or detect_caps().device).eval(), {}, ood)

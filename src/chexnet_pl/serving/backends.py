@@ -19,13 +19,6 @@ from chexnet_pl.evaluation.conformal import find_conformal, with_calibration
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_sha256
 from chexnet_pl.model_identity import of_checkpoint
-from chexnet_pl.serving.card import (
-    conformal_fields,
-    identity_fields,
-    model_card,
-    read_sidecar,
-    threshold_fields,
-)
 from chexnet_pl.serving.export import onnx_bytes, onnx_session
 from chexnet_pl.serving.served_model import (
     CAMS,
@@ -34,6 +27,13 @@ from chexnet_pl.serving.served_model import (
     PROBABILITIES,
     ServedModel,
     ServingError,
+)
+from chexnet_pl.serving.sidecar import (
+    conformal_fields,
+    identity_fields,
+    model_description,
+    read_sidecar,
+    threshold_fields,
 )
 from chexnet_pl.visualization.heatmaps import cam_available, grad_cam
 from chexnet_pl.visualization.inputs import calibrated_thresholds
@@ -148,7 +148,7 @@ def load_backend(
     if scaling is not None:
         rule = with_calibration(rule, scaling, Path(str(calibration)).name)
     outputs = [PROBABILITIES, CAMS] if served.has_cams else [PROBABILITIES]
-    card = model_card(
+    card = model_description(
         checkpoint, module.hparams.backbone, module.class_names, image_size,
         values, None, outputs, checkpoint_sha256=sha256,
     )  # fmt: skip

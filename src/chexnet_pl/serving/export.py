@@ -28,13 +28,6 @@ from chexnet_pl.evaluation.conformal import find_conformal
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
 from chexnet_pl.model_identity import of_parts
-from chexnet_pl.serving.card import (
-    conformal_fields,
-    identity_fields,
-    model_card,
-    sidecar_path,
-    threshold_fields,
-)
 from chexnet_pl.serving.model_card import calibration_fields, card_text, publish_card
 from chexnet_pl.serving.publish import destination, prepare_destination, publish
 from chexnet_pl.serving.safetensors_export import (
@@ -43,6 +36,13 @@ from chexnet_pl.serving.safetensors_export import (
     safetensors_runner,
 )
 from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
+from chexnet_pl.serving.sidecar import (
+    conformal_fields,
+    identity_fields,
+    model_description,
+    sidecar_path,
+    threshold_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def export_checkpoint(
     values = list(operating.values)
     source = str(operating.source) if operating.source else None
     identity = file_identity(checkpoint)  # before it is hashed: a change between is caught
-    card = model_card(
+    card = model_description(
         checkpoint, backbone, model.class_names, image_size, values, source, served.output_names
     )
     card.update(threshold_fields(operating, model.class_names))

@@ -619,7 +619,7 @@ def model_card(
     Returns:
         The path of ``MODEL_CARD.md``.
     """
-    from chexnet_pl.serving.card import read_sidecar
+    from chexnet_pl.serving.sidecar import read_sidecar
 
     path = Path(model).expanduser()
     sidecar = None

@@ -67,10 +67,11 @@ def predict_images(
     """
     import pandas as pd
 
-    from chexnet_pl.evaluation.conformal import add_decisions, find_conformal, with_calibration
+    from chexnet_pl.evaluation.conformal import add_decisions, with_calibration
     from chexnet_pl.evaluation.thresholds import operating_thresholds
     from chexnet_pl.files import write_csv_atomic
     from chexnet_pl.ood import add_flags, for_explainer
+    from chexnet_pl.serving.sidecar import conformal_rule
     from chexnet_pl.visualization.explain import explain, model_input
     from chexnet_pl.visualization.inputs import calibration_and_thresholds, read_readable
     from chexnet_pl.visualization.model_choice import open_explainer
@@ -81,7 +82,7 @@ def predict_images(
     operating = operating_thresholds(checkpoint, thresholds, model.class_names)
     calibration_map, cutoffs = calibration_and_thresholds(calibration, operating, model.class_names)
     decisions = with_calibration(
-        find_conformal(checkpoint, conformal, model.class_names), calibration_map,
+        conformal_rule(checkpoint, conformal, model.class_names), calibration_map,
         Path(str(calibration)).name,
     )  # fmt: skip
     ood = for_explainer(model, checkpoint)  # None: no flag fitted (one info line says how)

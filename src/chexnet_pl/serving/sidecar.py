@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from chexnet_pl.evaluation.conformal import ConformalState
+from chexnet_pl.evaluation.conformal import ConformalState, find_conformal
 from chexnet_pl.evaluation.thresholds import (
     DEFAULT_THRESHOLD,
     OperatingThresholds,
@@ -72,6 +72,21 @@ def sidecar_conformal(
     return ConformalState.from_json(data, class_names, where)
 
 
+def conformal_rule(
+    model_file: str | Path, given: str | Path | None, class_names: list[str]
+) -> ConformalState | None:
+    """The conformal rule a model file is used with, by one rule for the API and the commands:
+    ``conformal=<file>`` when given; for an export (a sidecar beside it), the rule its sidecar
+    carries; else the ``conformal.json`` beside the file or in its run folder (``find_conformal``)."""
+    model_file = Path(model_file).expanduser()
+    if not given and sidecar_path(model_file).is_file():
+        rule = sidecar_conformal(read_sidecar(model_file), model_file, class_names)
+        if rule is not None:
+            log.info('conformal decisions from %s (its "conformal")', sidecar_path(model_file))
+            return rule
+    return find_conformal(model_file, given, class_names)
+
+
 def identity_fields(identity: ModelIdentity) -> dict[str, Any]:
     """The model named as every command names it (``model_identity``), with the checkpoint's
     file name only: the card is served to clients."""
@@ -104,7 +119,7 @@ def preprocessing(backbone: str, image_size: int) -> dict[str, Any]:
     }
 
 
-def model_card(
+def model_description(
     checkpoint: str | Path,
     backbone: str,
     class_names: list[str],
@@ -114,6 +129,8 @@ def model_card(
     outputs: list[str],
     checkpoint_sha256: str | None = None,
 ) -> dict[str, Any]:
+    """The model's description: the export's sidecar and ``GET /model`` (no path: the file's name
+    and SHA-256 only). Not ``MODEL_CARD.md``, which is ``serving.model_card``'s."""
     checkpoint = Path(checkpoint).expanduser()
     return {
         "classes": list(class_names),
@@ -124,7 +141,7 @@ def model_card(
         "thresholds": json_thresholds(class_names, thresholds),
         "thresholds_source": thresholds_source
         or f"none found: {DEFAULT_THRESHOLD} for every class",
-        "checkpoint": checkpoint.name,  # the name only: the card is served to clients
+        "checkpoint": checkpoint.name,  # the name only: it is served to clients
         "checkpoint_sha256": checkpoint_sha256 or file_sha256(checkpoint),
     }
 
