@@ -12,7 +12,7 @@ COMMANDS = {"train", "evaluate", "predict", "visualize", "localize", "download",
             "import_weights", "export", "serve"}  # fmt: skip
 GROUND = {"errors", "files", "validation", "label_sets", "device", "config_defaults", "components",
           "config_location", "checkpoints.file_io"}  # fmt: skip
-LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "model_identity": 2, "evaluation": 2, "visualization": 2, "ood": 2,
+LAYERS = {"data": 1, "models": 1, "checkpoints": 2, "model_identity": 2, "evaluation": 2, "visualization": 2, "localization": 2, "ood": 2,
           "serving": 2, "training": 2, "callbacks": 2, "api": 5}  # fmt: skip
 
 

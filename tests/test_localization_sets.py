@@ -14,8 +14,8 @@ from conftest import SHARED_DATA, compose_config, random_checkpoint
 from dicom_datasets import make_rsna_root, make_siim_root, make_vindr_full_size_root
 
 from chexnet_pl.errors import ChexnetError
-from chexnet_pl.evaluation.localization import T_VALUES, summarize
-from chexnet_pl.evaluation.localization_sets import (
+from chexnet_pl.localization import T_VALUES, summarize
+from chexnet_pl.localization.releases import (
     UNION,
     Reference,
     box_mask,

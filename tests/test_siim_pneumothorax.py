@@ -243,7 +243,7 @@ def test_an_nih_checkpoint_is_scored_on_siims_pneumothorax(tmp_path, synthetic_r
 
 
 def test_a_mask_scored_against_itself_has_iou_one(siim_root):
-    from chexnet_pl.evaluation.localization import score_mask
+    from chexnet_pl.localization import score_mask
 
     dm = datamodule(siim_root)
     image = dm.masks["Image Index"].iloc[0]

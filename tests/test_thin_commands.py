@@ -2,8 +2,8 @@
 (a frozen ``*Settings`` dataclass and ``check_config``), a few lines that turn its config into a
 library call, ``hydra_main`` and ``main`` — and nothing a Python user would need: a training run
 is ``chexnet_pl.training.run.run_training``, a predicted folder
-``visualization.predict_images.predict_images``, an explored finding
-``visualization.explore.explore_finding``, a localisation ``evaluation.box_scoring.localize_checkpoint``.
+``serving.predict_images.predict_images``, an explored finding
+``visualization.explore.explore_finding``, a localisation ``localization.scoring.localize_checkpoint``.
 Nothing in the package imports a command module, and no command imports torch, Lightning or numpy.
 """
 
@@ -181,7 +181,7 @@ def test_the_api_judges_every_setting_before_any_work(tmp_path, synthetic_root):
 @pytest.mark.parametrize(
     ("function", "config"),
     [
-        ("chexnet_pl.visualization.predict_images:predict_images", "predict.yaml"),
+        ("chexnet_pl.serving.predict_images:predict_images", "predict.yaml"),
         ("chexnet_pl.visualization.explore:explore_finding", "visualize.yaml"),
     ],
 )

@@ -15,7 +15,7 @@ from conftest import compose_config, make_model
 from PIL import Image
 
 from chexnet_pl.data.nih_table import class_names
-from chexnet_pl.evaluation.localization import heatmap_boxes, iobb, iou, read_bbox_list, score_box
+from chexnet_pl.localization import heatmap_boxes, iobb, iou, read_bbox_list, score_box
 from chexnet_pl.localize import localize
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.train import train

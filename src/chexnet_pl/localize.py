@@ -43,7 +43,7 @@ class LocalizeSettings:
     data: Mapping[str, Any]
 
     def __post_init__(self) -> None:
-        from chexnet_pl.evaluation.localization_sets import SPLITS
+        from chexnet_pl.localization.releases import SPLITS
         from chexnet_pl.visualization.heatmaps import METHODS
 
         problems = Problems()
@@ -77,10 +77,10 @@ def check_config(cfg: DictConfig) -> LocalizeSettings:
 
 def localize(cfg: DictConfig) -> pd.DataFrame:
     """Score the checkpoint's heat maps against the boxes or masks ``cfg`` names
-    (``chexnet_pl.evaluation.box_scoring.localize_checkpoint``); returns the summary table."""
+    (``chexnet_pl.localization.scoring.localize_checkpoint``); returns the summary table."""
     from dataclasses import asdict
 
-    from chexnet_pl.evaluation.box_scoring import localize_checkpoint
+    from chexnet_pl.localization.scoring import localize_checkpoint
 
     settings = check_config(cfg)
     return localize_checkpoint(settings.ckpt, cfg.paths.output_dir, asdict(settings))

@@ -78,9 +78,9 @@ def predict(cfg: DictConfig) -> Path:
     """Write ``predictions.csv`` (Image Index, prob_<Class>...) and, per image, its prediction table
     and overlays of its ``top_k`` most probable findings; images that cannot be read are listed in
     ``skipped.csv`` (an error only when none can). Returns the output folder
-    (``chexnet_pl.visualization.predict_images``)."""
+    (``chexnet_pl.serving.predict_images``)."""
+    from chexnet_pl.serving.predict_images import predict_images
     from chexnet_pl.visualization.inputs import image_files
-    from chexnet_pl.visualization.predict_images import predict_images
 
     settings = check_config(cfg)
     out_dir = Path(settings.out or cfg.paths.output_dir)
@@ -96,7 +96,7 @@ def predict(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
-    from chexnet_pl.visualization.predict_images import SKIPPED
+    from chexnet_pl.serving.predict_images import SKIPPED
 
     out_dir = run_or_exit(predict, cfg)
     log_outputs(out_dir, ["predictions.csv", "model.json", "*.png", SKIPPED, "predict.log"])

@@ -1,6 +1,6 @@
 """A model's heat maps scored against radiologists' boxes, box by box (``chexnet-localize``'s
-engine, ``localize_checkpoint``; ``evaluation.localization`` holds the measures and the summary,
-``evaluation.localization_sets`` the other releases' references)."""
+engine, ``localize_checkpoint``; ``chexnet_pl.localization`` holds the measures and the summary,
+``localization.releases`` the other releases' references)."""
 
 from __future__ import annotations
 
@@ -30,15 +30,15 @@ def localize_checkpoint(
     confidence, data."""
     from chexnet_pl.checkpoints.runs import datamodule_for, load_run
     from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.localization import read_bbox_list, summarize
-    from chexnet_pl.evaluation.localization_sets import localize_dataset
+    from chexnet_pl.localization import read_bbox_list, summarize
+    from chexnet_pl.localization.releases import localize_dataset
     from chexnet_pl.models.input_contract import input_size
 
     run = load_run(checkpoint)
     model = run.model
     out_dir = Path(out_dir)
     data = dict(settings.get("data") or {})
-    if data.get("_target_"):  # VinDr-CXR, RSNA, SIIM-ACR: evaluation/localization_sets
+    if data.get("_target_"):  # VinDr-CXR, RSNA, SIIM-ACR: localization/releases.py
         datamodule = datamodule_for(run, data, out_dir)
         per_unit, table = localize_dataset(model, datamodule, settings)
         return _write(per_unit, table, out_dir, settings)
@@ -98,7 +98,7 @@ def score_boxes(
 
     from chexnet_pl.data.images import find_images, read_gray
     from chexnet_pl.errors import DataError
-    from chexnet_pl.evaluation.localization_sets import (
+    from chexnet_pl.localization.releases import (
         Reference,
         box_mask,
         nih_patient,

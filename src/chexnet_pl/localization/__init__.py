@@ -1,4 +1,8 @@
-"""Heat maps against radiologists' boxes (NIH ``BBox_List_2017.csv``), as in Wang et al.,
+"""Localisation: heat maps scored against radiologists' boxes and masks. This module holds the
+measures and NIH's boxes; ``localization.releases`` the references of VinDr-CXR, RSNA and
+SIIM-ACR; ``localization.scoring`` the engine of ``chexnet-localize`` (``localize_checkpoint``).
+
+Heat maps against radiologists' boxes (NIH ``BBox_List_2017.csv``), as in Wang et al.,
 ChestX-ray8 (2017): heat map → boxes by threshold and connected components, then accuracy at
 T(IoU) and T(IoBB), plus the pointing game (is the heat map's maximum inside the box?)."""
 

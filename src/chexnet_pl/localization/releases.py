@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from chexnet_pl.errors import DataError
-from chexnet_pl.evaluation.localization import score_box, score_mask
+from chexnet_pl.localization import score_box, score_mask
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def localize_dataset(
         label_map_for,
         match_model_to_data,
     )
-    from chexnet_pl.evaluation.localization import summarize
+    from chexnet_pl.localization import summarize
     from chexnet_pl.models.input_contract import input_size
     from chexnet_pl.visualization.explain import XRay, model_input
     from chexnet_pl.visualization.figures import upsample
