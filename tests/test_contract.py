@@ -9,12 +9,11 @@ from conftest import make_model, random_checkpoint
 
 from chexnet_pl.checkpoints.runs import load_run
 from chexnet_pl.config_defaults import shipped
-from chexnet_pl.errors import ConfigError, TrainingError
+from chexnet_pl.errors import ConfigError, ServingError, TrainingError
 from chexnet_pl.models.backbones import BACKBONES
 from chexnet_pl.models.input_contract import input_size
 from chexnet_pl.models.network import ChestXrayNet
 from chexnet_pl.serving.backends import load_backend
-from chexnet_pl.serving.served_model import ServingError
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

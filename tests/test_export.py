@@ -24,10 +24,11 @@ from conftest import make_model, random_checkpoint
 from chexnet_pl.data.images import read_gray
 from chexnet_pl.data.nih_table import class_names
 from chexnet_pl.data.transforms import area_resize
+from chexnet_pl.errors import ServingError
 from chexnet_pl.models.module import CheXNetModule
 from chexnet_pl.serving.backends import OnnxBackend, load_backend
 from chexnet_pl.serving.export import PARITY_TOLERANCE, export_checkpoint, runner
-from chexnet_pl.serving.served_model import ServedModel, ServingError
+from chexnet_pl.serving.served_model import ServedModel
 from chexnet_pl.serving.sidecar import read_sidecar
 from chexnet_pl.visualization.heatmaps import class_activation_maps
 

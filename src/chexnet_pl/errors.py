@@ -58,6 +58,10 @@ def shown(value: object) -> str:
     return repr(value)
 
 
+class ServingError(ChexnetError, ValueError):
+    """A model cannot be exported or served as asked (backbone, option, file)."""
+
+
 class DiskFullError(ChexnetError, OSError):
     """A write found its disk full (ENOSPC, or a quota): one line naming the folder, what was
     being written and the space it needed as far as known; the partial file is removed."""

@@ -35,11 +35,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from chexnet_pl.data.image_limits import check_max_pixels
-from chexnet_pl.errors import ConfigError, shown
+from chexnet_pl.errors import ConfigError, ServingError, shown
 from chexnet_pl.serving.decode import UploadError, decode_image, sniff_format
 from chexnet_pl.serving.hosts import HostCheck
 from chexnet_pl.serving.predictor import Predictor, overlay_png
-from chexnet_pl.serving.served_model import ServingError
 from chexnet_pl.serving.uploads import file_from_body, read_limited, save_upload
 
 log = logging.getLogger(__name__)

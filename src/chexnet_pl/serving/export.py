@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chexnet_pl.errors import ServingError
 from chexnet_pl.evaluation.conformal import find_conformal
 from chexnet_pl.evaluation.thresholds import operating_thresholds
 from chexnet_pl.files import file_identity
@@ -35,7 +36,7 @@ from chexnet_pl.serving.safetensors_export import (
     safetensors_bytes,
     safetensors_runner,
 )
-from chexnet_pl.serving.served_model import INPUT, ServedModel, ServingError
+from chexnet_pl.serving.served_model import INPUT, ServedModel
 from chexnet_pl.serving.sidecar import (
     conformal_fields,
     identity_fields,

@@ -20,8 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from chexnet_pl.errors import ServingError
 from chexnet_pl.files import atomic_write, unwritable_reason
-from chexnet_pl.serving.served_model import ServingError
 from chexnet_pl.serving.sidecar import sidecar_path
 
 log = logging.getLogger(__name__)

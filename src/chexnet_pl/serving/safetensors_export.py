@@ -146,7 +146,7 @@ def network_from(fields: Any, data: bytes, source: Path) -> torch.nn.Module:
 def read_export(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """The sidecar of a safetensors export (checked against the file: ``card.read_sidecar``) and
     the file's bytes, hashed once more as read so what is loaded is what was checked."""
-    from chexnet_pl.serving.served_model import ServingError
+    from chexnet_pl.errors import ServingError
     from chexnet_pl.serving.sidecar import read_sidecar
 
     path = Path(path).expanduser()

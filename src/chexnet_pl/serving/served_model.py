@@ -12,17 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from chexnet_pl.errors import ChexnetError
+from chexnet_pl.errors import ServingError
 from chexnet_pl.visualization.heatmaps import cam_available, cams_from_features
 
 PROBABILITIES = "probabilities"
 CAMS = "cams"
 FEATURES = "features"  # the pooled penultimate embedding (N×D): what the classifier reads
 INPUT = "images"
-
-
-class ServingError(ChexnetError, ValueError):
-    """A model cannot be exported or served as asked (backbone, option, file)."""
 
 
 class ServedModel(nn.Module):

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chexnet_pl.errors import ServingError
 from chexnet_pl.evaluation.conformal import ConformalState, find_conformal
 from chexnet_pl.evaluation.thresholds import (
     DEFAULT_THRESHOLD,
@@ -19,8 +20,6 @@ from chexnet_pl.evaluation.thresholds import (
 )
 from chexnet_pl.files import file_sha256
 from chexnet_pl.model_identity import ModelIdentity
-from chexnet_pl.models.backbones import backbone_spec
-from chexnet_pl.serving.served_model import INPUT, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,10 @@ def json_thresholds(class_names: list[str], values: list[float]) -> dict[str, fl
 
 def preprocessing(backbone: str, image_size: int) -> dict[str, Any]:
     """How an image becomes the model's input (what a client outside this package must do)."""
+    # Here, not at the top: predict on an ONNX export reads sidecars without importing torch.
+    from chexnet_pl.models.backbones import backbone_spec
+    from chexnet_pl.serving.served_model import INPUT
+
     spec = backbone_spec(backbone)
     return {
         "decode": "8-bit grayscale: colour and alpha dropped (PIL 'L'), 16-bit rescaled by its "
