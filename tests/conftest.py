@@ -256,7 +256,7 @@ def learnt_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # The tiers: ``slow`` marks the tests that train or launch a process, and the few in-process ones
-# over ~8 s (whole evaluations on NIH's full table; each says so) — the full suite, `make test`;
+# over ~3 s (whole evaluations, exports, real tables; each says so) — the full suite, `make test`;
 # the rest is the fast tier (`make test-fast`, ``-m "not slow"``, under 3 min on 2 cores). A test
 # using a fixture that trains is slow by that (below); others carry ``@pytest.mark.slow`` themselves.
 # A fast test that trains or launches a process, itself or through a fixture, fails, saying so.

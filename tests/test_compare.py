@@ -123,6 +123,7 @@ def _write(path: Path, names: list[str], scores: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_compare_two_files_on_the_real_test_list(nih_meta, tmp_path, caplog):
     """A is better than B on Cardiomegaly only; the command finds that, and no more."""
     truth = label_index(read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz"))
@@ -179,6 +180,7 @@ def test_mismatched_images_are_an_error_unless_intersection(synthetic_root, tmp_
         align_predictions(pd.read_csv(a), pd.read_csv(b), "most")
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_compare_two_checkpoints_on_the_same_split(synthetic_root, tmp_path):
     first = random_checkpoint(tmp_path / "a.ckpt", image_size=32, seed=0, root=str(synthetic_root))
     second = random_checkpoint(tmp_path / "b.ckpt", image_size=32, seed=1, root=str(synthetic_root))

@@ -287,6 +287,7 @@ def test_the_service_and_an_export_carry_the_decisions(
     assert np.array_equal(from_export[columns].to_numpy(), expected[columns].to_numpy())
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_predict_on_a_safetensors_export_decides_with_its_sidecars_rule(
     checkpoint_with_rule, synthetic_root, tmp_path
 ):

@@ -260,6 +260,7 @@ def test_aurocs_equal_scikit_learn_on_the_real_google_table(google_csv, nih_meta
     assert "expert/all/auroc_Fracture" not in metrics
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_expert_labels_with_no_predicted_image_or_an_unknown_output(google_csv, nih_meta, tmp_path):
     truth = label_index(read_data_entry(nih_meta / "Data_Entry_2017_v2020.csv.gz"))
     elsewhere = truth.index[~truth.index.isin(read_expert_labels(google_csv, FINDINGS).index)][:300]

@@ -268,6 +268,7 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_is_written(
     assert list(folder.iterdir()) == []  # no model, no sidecar, no temporary file left
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_an_export_stopped_between_its_two_renames_is_refused_by_readers(
     resnet_checkpoint, tmp_path, monkeypatch
 ):

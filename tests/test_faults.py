@@ -531,6 +531,7 @@ def test_localize_without_data_root_never_reads_the_current_folder(
         localize(cfg)
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_predict_a_folder_with_unreadable_files(model_checkpoint, synthetic_root, tmp_path):
     """Every readable image is predicted; the others are listed with their reason."""
     from chexnet_pl.predict import predict

@@ -275,6 +275,7 @@ def test_training_on_pooled_datasets(tmp_path, synthetic_root, chexpert_root):
     assert set(subgroups.query("attribute == 'dataset'")["subgroup"]) >= {"NIH", "CHEXPERT"}
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_fine_tuning_on_another_label_set_starts_a_new_head(tmp_path):
     from chexnet_pl.data.uncertainty import ordered_labels
     from chexnet_pl.models.init_from import init_from_checkpoint

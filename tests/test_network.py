@@ -142,6 +142,7 @@ def test_load_run_gives_the_network_with_the_module_outputs(trained):
         torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_grad_cam_explains_the_normalised_input_of_the_network():
     """Grad-CAM (and Score-CAM, which scales its input) run on the network without its
     normaliser, fed the normalised batch: the maps of that network, not of re-normalised input."""

@@ -200,6 +200,7 @@ def test_without_a_state_the_columns_are_empty_and_one_line_says_how(tmp_path, s
     )
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_chexnet_predict_writes_the_columns(fitted, synthetic_root, tmp_path):
     from chexnet_pl.predict import predict
 

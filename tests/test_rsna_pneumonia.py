@@ -100,6 +100,7 @@ def test_one_label_its_boxes_and_the_dicoms_headers(rsna_root):
     assert set(pa.table["View Position"]) == {"PA"} and 0 < len(pa.table) < 300
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_the_split_is_by_patient_id_and_seeded(rsna_root, tmp_path):
     dm = datamodule(rsna_root)
     sizes = dm.table["split"].value_counts()
@@ -190,6 +191,7 @@ def test_damaged_tables_say_where(tmp_path, rsna_root, edit, message):
         datamodule(root)
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_missing_dicoms_stop_the_run_or_are_skipped(tmp_path, rsna_root):
     root = Path(shutil.copytree(rsna_root, tmp_path / "rsna"))
     gone = sorted((root / "stage_2_train_images").glob("*.dcm"))[:2]
@@ -220,6 +222,7 @@ def test_two_batches_train_with_the_shipped_config(tmp_path, rsna_root):
     assert "Lung Opacity" in aucs.index and "test/auroc" in metrics
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_an_nih_checkpoint_is_scored_on_the_max_of_its_opacity_outputs(
     tmp_path, synthetic_root, rsna_root
 ):

@@ -193,6 +193,7 @@ def test_damaged_tables_say_where(tmp_path, siim_root, edit, message):
         datamodule(root)
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_a_gzipped_table_reads_as_the_plain_one(tmp_path, siim_root):
     root = Path(shutil.copytree(siim_root, tmp_path / "siim"))
     table = pd.read_csv(root / "train-rle.csv", dtype=str)
@@ -221,6 +222,7 @@ def test_two_batches_train_with_the_shipped_config(tmp_path, siim_root):
     assert "Pneumothorax" in pd.read_csv(tmp_path / "run" / "aucs.csv", index_col=0).index
 
 
+@pytest.mark.slow  # over ~3 s: the slow tier keeps make test-fast under 3 min
 def test_an_nih_checkpoint_is_scored_on_siims_pneumothorax(tmp_path, synthetic_root, siim_root):
     from sklearn.metrics import roc_auc_score
 
